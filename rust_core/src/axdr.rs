@@ -127,7 +127,10 @@ impl BitString {
 pub enum TypeDesc {
     /// A simple type, by tag (not array, structure or compact-array).
     Simple(u8),
-    Array { count: u16, element: Box<TypeDesc> },
+    Array {
+        count: u16,
+        element: Box<TypeDesc>,
+    },
     Structure(Vec<TypeDesc>),
 }
 
@@ -302,24 +305,18 @@ impl Data {
                 out.extend_from_slice(&bs.bytes);
             }
             Data::DoubleLong(v) | Data::DeltaDoubleLong(v) => out.extend_from_slice(&v.to_be_bytes()),
-            Data::DoubleLongUnsigned(v) | Data::DeltaDoubleLongUnsigned(v) => {
-                out.extend_from_slice(&v.to_be_bytes())
-            }
+            Data::DoubleLongUnsigned(v) | Data::DeltaDoubleLongUnsigned(v) => out.extend_from_slice(&v.to_be_bytes()),
             Data::OctetString(b) | Data::VisibleString(b) | Data::Utf8String(b) => put_axdr_bytes(out, b),
             Data::Bcd(v) | Data::Unsigned(v) | Data::Enum(v) | Data::DeltaUnsigned(v) => out.push(*v),
             Data::Integer(v) | Data::DeltaInteger(v) => out.push(*v as u8),
             Data::Long(v) | Data::DeltaLong(v) => out.extend_from_slice(&v.to_be_bytes()),
             Data::LongUnsigned(v) | Data::DeltaLongUnsigned(v) => out.extend_from_slice(&v.to_be_bytes()),
-            Data::CompactArray {
-                description,
-                elements,
-            } => {
+            Data::CompactArray { description, elements } => {
                 description.encode(out, 0)?;
                 let mut contents = Vec::new();
                 for (i, e) in elements.iter().enumerate() {
-                    encode_compact(e, description, &mut contents, depth + 1).map_err(|err| {
-                        Error::encode("compact-array", format!("element {i}: {err}"))
-                    })?;
+                    encode_compact(e, description, &mut contents, depth + 1)
+                        .map_err(|err| Error::encode("compact-array", format!("element {i}: {err}")))?;
                 }
                 put_axdr_bytes(out, &contents);
             }
@@ -371,10 +368,9 @@ fn encode_compact(v: &Data, desc: &TypeDesc, out: &mut Vec<u8>, depth: usize) ->
             Ok(())
         }
         (TypeDesc::Simple(t), v) if *t == v.tag() => v.encode_content(out, depth),
-        (desc, v) => Err(Error::encode(
-            "compact-array",
-            format!("a {} where the description says {desc}", v.type_name()),
-        )),
+        (desc, v) => {
+            Err(Error::encode("compact-array", format!("a {} where the description says {desc}", v.type_name())))
+        }
     }
 }
 
@@ -395,10 +391,7 @@ impl TypeDesc {
             tag::STRUCTURE => {
                 let n = r.axdr_length("type description structure length")?;
                 if n > r.remaining() {
-                    return Err(Error::Incomplete {
-                        what: "type description",
-                        needed: n - r.remaining(),
-                    });
+                    return Err(Error::Incomplete { what: "type description", needed: n - r.remaining() });
                 }
                 let mut fields = Vec::with_capacity(n);
                 for _ in 0..n {
@@ -508,11 +501,7 @@ impl Decoder {
                 for _ in 0..n {
                     items.push(self.data(r, depth + 1)?);
                 }
-                Ok(if t == tag::ARRAY {
-                    Data::Array(items)
-                } else {
-                    Data::Structure(items)
-                })
+                Ok(if t == tag::ARRAY { Data::Array(items) } else { Data::Structure(items) })
             }
             tag::COMPACT_ARRAY => {
                 let description = TypeDesc::decode(r, depth + 1)?;
@@ -532,10 +521,7 @@ impl Decoder {
                         .map_err(|e| e.truncated_at("compact-array contents", at))?;
                     elements.push(e);
                 }
-                Ok(Data::CompactArray {
-                    description,
-                    elements,
-                })
+                Ok(Data::CompactArray { description, elements })
             }
             t if type_name(t).is_some() => self.simple(r, t),
             7 | 8 => Err(Error::unsupported("Data", at, format!("data type {t} is reserved"))),
@@ -602,9 +588,7 @@ impl Decoder {
             tag::DELTA_DOUBLE_LONG => Data::DeltaDoubleLong(r.i32("delta-double-long")?),
             tag::DELTA_UNSIGNED => Data::DeltaUnsigned(r.u8("delta-unsigned")?),
             tag::DELTA_LONG_UNSIGNED => Data::DeltaLongUnsigned(r.u16("delta-long-unsigned")?),
-            tag::DELTA_DOUBLE_LONG_UNSIGNED => {
-                Data::DeltaDoubleLongUnsigned(r.u32("delta-double-long-unsigned")?)
-            }
+            tag::DELTA_DOUBLE_LONG_UNSIGNED => Data::DeltaDoubleLongUnsigned(r.u32("delta-double-long-unsigned")?),
             // Composite tags never reach here: `data` and `typed` handle them.
             t => return Err(r.invalid_back(1, "Data", format!("data type {t} is not simple"))),
         })
@@ -643,10 +627,7 @@ mod tests {
         assert_eq!(rt(&Data::DontCare), [0xFF]);
         assert_eq!(rt(&Data::DeltaInteger(-1)), [0x1C, 0xFF]);
         assert_eq!(rt(&Data::DeltaDoubleLongUnsigned(7)), [0x21, 0, 0, 0, 7]);
-        assert_eq!(
-            rt(&Data::BitString(BitString::new(10, vec![0xFF, 0xC0]).unwrap())),
-            [0x04, 10, 0xFF, 0xC0]
-        );
+        assert_eq!(rt(&Data::BitString(BitString::new(10, vec![0xFF, 0xC0]).unwrap())), [0x04, 10, 0xFF, 0xC0]);
     }
 
     #[test]
@@ -680,30 +661,18 @@ mod tests {
             ],
         };
         let b = rt(&v);
-        assert_eq!(
-            b,
-            [0x13, 0x02, 0x02, 0x06, 0x10, 0x0C, 0, 0, 0, 1, 0xFF, 0xFF, 0, 0, 0, 2, 0, 2]
-        );
+        assert_eq!(b, [0x13, 0x02, 0x02, 0x06, 0x10, 0x0C, 0, 0, 0, 1, 0xFF, 0xFF, 0, 0, 0, 2, 0, 2]);
         // An element that does not match the description cannot be encoded.
-        let bad = Data::CompactArray {
-            description: desc,
-            elements: vec![Data::Unsigned(1)],
-        };
+        let bad = Data::CompactArray { description: desc, elements: vec![Data::Unsigned(1)] };
         assert!(matches!(bad.to_bytes(), Err(Error::Encode { .. })));
     }
 
     #[test]
     fn compact_array_with_nested_fixed_array_and_strings() {
-        let desc = TypeDesc::Array {
-            count: 2,
-            element: Box::new(TypeDesc::Simple(tag::OCTET_STRING)),
-        };
+        let desc = TypeDesc::Array { count: 2, element: Box::new(TypeDesc::Simple(tag::OCTET_STRING)) };
         let v = Data::CompactArray {
             description: desc,
-            elements: vec![Data::Array(vec![
-                Data::OctetString(vec![1]),
-                Data::OctetString(vec![]),
-            ])],
+            elements: vec![Data::Array(vec![Data::OctetString(vec![1]), Data::OctetString(vec![])])],
         };
         assert_eq!(rt(&v), [0x13, 0x01, 0x00, 0x02, 0x09, 0x03, 0x01, 0x01, 0x00]);
     }
@@ -714,38 +683,23 @@ mod tests {
         let deep = vec![0x02, 0x01].repeat(1000);
         assert!(matches!(Data::from_bytes(&deep), Err(Error::Invalid { .. })));
         // A huge array count with no elements behind it.
-        assert!(matches!(
-            Data::from_bytes(&[0x01, 0x84, 0x00, 0xFF, 0xFF, 0xFF]),
-            Err(Error::Incomplete { .. })
-        ));
+        assert!(matches!(Data::from_bytes(&[0x01, 0x84, 0x00, 0xFF, 0xFF, 0xFF]), Err(Error::Incomplete { .. })));
         // A compact array of null elements claiming content.
-        assert!(matches!(
-            Data::from_bytes(&[0x13, 0x00, 0x02, 0x00, 0x00]),
-            Err(Error::Invalid { .. })
-        ));
+        assert!(matches!(Data::from_bytes(&[0x13, 0x00, 0x02, 0x00, 0x00]), Err(Error::Invalid { .. })));
         // A compact array of nulls within a fixed array with empty contents is fine.
         assert!(Data::from_bytes(&[0x13, 0x00, 0x00]).is_ok());
         // Unknown and reserved tags.
         assert!(matches!(Data::from_bytes(&[0x30]), Err(Error::Invalid { .. })));
         assert!(matches!(Data::from_bytes(&[0x07]), Err(Error::Unsupported { .. })));
         // Truncated content of a compact array is invalid, not "need more".
-        assert!(matches!(
-            Data::from_bytes(&[0x13, 0x06, 0x03, 0x00, 0x00, 0x01]),
-            Err(Error::Invalid { .. })
-        ));
+        assert!(matches!(Data::from_bytes(&[0x13, 0x06, 0x03, 0x00, 0x00, 0x01]), Err(Error::Invalid { .. })));
         // Trailing bytes after a complete value.
         assert!(matches!(Data::from_bytes(&[0x00, 0x00]), Err(Error::Invalid { .. })));
     }
 
     #[test]
     fn truncation_reports_missing_bytes() {
-        assert_eq!(
-            Data::from_bytes(&[0x06, 0x00]),
-            Err(Error::Incomplete {
-                what: "double-long-unsigned",
-                needed: 3
-            })
-        );
+        assert_eq!(Data::from_bytes(&[0x06, 0x00]), Err(Error::Incomplete { what: "double-long-unsigned", needed: 3 }));
     }
 
     #[test]

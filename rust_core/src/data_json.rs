@@ -37,10 +37,7 @@ pub fn unhex(s: &str) -> Result<Vec<u8>, String> {
             _ => Err(format!("{:?} is not a hex digit", c as char)),
         }
     };
-    digits
-        .chunks(2)
-        .map(|p| Ok(val(p[0])? << 4 | val(p[1])?))
-        .collect()
+    digits.chunks(2).map(|p| Ok(val(p[0])? << 4 | val(p[1])?)).collect()
 }
 
 fn float_json(v: f64) -> Value {
@@ -77,10 +74,7 @@ fn int_from<T: TryFrom<i128>>(v: &Value, ty: &str) -> Result<T, String> {
                 return Err(format!("{ty} value {n} is not an integer"));
             }
         }
-        Value::String(s) => s
-            .trim()
-            .parse()
-            .map_err(|_| format!("{ty} value {s:?} is not an integer"))?,
+        Value::String(s) => s.trim().parse().map_err(|_| format!("{ty} value {s:?} is not an integer"))?,
         Value::Bool(b) => *b as i128,
         other => return Err(format!("{ty} value {other} is not an integer")),
     };
@@ -141,10 +135,7 @@ impl Data {
             Data::Integer(v) | Data::DeltaInteger(v) => Some(json!(v)),
             Data::Long(v) | Data::DeltaLong(v) => Some(json!(v)),
             Data::LongUnsigned(v) | Data::DeltaLongUnsigned(v) => Some(json!(v)),
-            Data::CompactArray {
-                description,
-                elements,
-            } => {
+            Data::CompactArray { description, elements } => {
                 m.insert("description".into(), description.to_json());
                 Some(Value::Array(elements.iter().map(Data::to_json).collect()))
             }
@@ -171,9 +162,7 @@ impl Data {
         if depth > crate::axdr::MAX_DEPTH {
             return Err("Data nested too deeply".into());
         }
-        let obj = v
-            .as_object()
-            .ok_or_else(|| format!("a Data value must be an object with \"type\", got {v}"))?;
+        let obj = v.as_object().ok_or_else(|| format!("a Data value must be an object with \"type\", got {v}"))?;
         let ty = obj
             .get("type")
             .and_then(Value::as_str)
@@ -231,23 +220,19 @@ impl Data {
             tag::LONG_UNSIGNED => Data::LongUnsigned(int_from(val, ty)?),
             tag::COMPACT_ARRAY => {
                 let description = TypeDesc::from_json(
-                    obj.get("description")
-                        .ok_or("compact-array needs a \"description\"")?,
+                    obj.get("description").ok_or("compact-array needs a \"description\"")?,
                     depth + 1,
                 )?;
-                Data::CompactArray {
-                    description,
-                    elements: items(depth)?,
-                }
+                Data::CompactArray { description, elements: items(depth)? }
             }
             tag::LONG64 => Data::Long64(int_from(val, ty)?),
             tag::LONG64_UNSIGNED => Data::Long64Unsigned(int_from(val, ty)?),
             tag::ENUM => Data::Enum(int_from(val, ty)?),
             tag::FLOAT32 => Data::Float32(float_from(val)? as f32),
             tag::FLOAT64 => Data::Float64(float_from(val)?),
-            tag::DATE_TIME => Data::DateTime(
-                serde_json::from_value(val.clone()).map_err(|e| format!("date-time: {e}"))?,
-            ),
+            tag::DATE_TIME => {
+                Data::DateTime(serde_json::from_value(val.clone()).map_err(|e| format!("date-time: {e}"))?)
+            }
             tag::DATE => Data::Date(serde_json::from_value(val.clone()).map_err(|e| format!("date: {e}"))?),
             tag::TIME => Data::Time(serde_json::from_value(val.clone()).map_err(|e| format!("time: {e}"))?),
             tag::DELTA_INTEGER => Data::DeltaInteger(int_from(val, ty)?),
@@ -291,10 +276,7 @@ impl TypeDesc {
                 let a = &o["array"];
                 let count = int_from::<u16>(a.get("count").unwrap_or(&Value::Null), "array count")?;
                 let element = TypeDesc::from_json(a.get("element").ok_or("array needs an element")?, depth + 1)?;
-                Ok(TypeDesc::Array {
-                    count,
-                    element: Box::new(element),
-                })
+                Ok(TypeDesc::Array { count, element: Box::new(element) })
             }
             Value::Object(o) if o.contains_key("structure") => Ok(TypeDesc::Structure(
                 o["structure"]

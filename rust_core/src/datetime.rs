@@ -73,12 +73,7 @@ pub struct DateTime {
 
 impl Date {
     pub fn from_bytes(b: &[u8; 5]) -> Self {
-        Date {
-            year: u16::from_be_bytes([b[0], b[1]]),
-            month: b[2],
-            day: b[3],
-            weekday: b[4],
-        }
+        Date { year: u16::from_be_bytes([b[0], b[1]]), month: b[2], day: b[3], weekday: b[4] }
     }
 
     pub fn to_bytes(&self) -> [u8; 5] {
@@ -94,11 +89,7 @@ impl Date {
         if self.day < 1 || self.day > days_in_month(self.year as i64, self.month) {
             return None;
         }
-        Some(days_from_civil(
-            self.year as i64,
-            self.month as i64,
-            self.day as i64,
-        ))
+        Some(days_from_civil(self.year as i64, self.month as i64, self.day as i64))
     }
 
     /// ISO 8601 date; unspecified or special fields are shown as `*` / named markers.
@@ -133,12 +124,7 @@ impl Date {
 
 impl Time {
     pub fn from_bytes(b: &[u8; 4]) -> Self {
-        Time {
-            hour: b[0],
-            minute: b[1],
-            second: b[2],
-            hundredths: b[3],
-        }
+        Time { hour: b[0], minute: b[1], second: b[2], hundredths: b[3] }
     }
 
     pub fn to_bytes(&self) -> [u8; 4] {
@@ -229,12 +215,7 @@ impl DateTime {
         // 1970-01-01 was a Thursday (4); COSEM weekdays run Monday = 1 .. Sunday = 7.
         let weekday = ((days + 3).rem_euclid(7) + 1) as u8;
         DateTime {
-            date: Date {
-                year: y.clamp(0, 0xFFFE) as u16,
-                month: m as u8,
-                day: d as u8,
-                weekday,
-            },
+            date: Date { year: y.clamp(0, 0xFFFE) as u16, month: m as u8, day: d as u8, weekday },
             time: Time {
                 hour: (secs / 3600) as u8,
                 minute: (secs / 60 % 60) as u8,
@@ -273,11 +254,7 @@ impl DateTime {
             (CLOCK_INVALID_STATUS, "invalid-clock-status"),
             (CLOCK_DAYLIGHT_SAVING, "daylight-saving-active"),
         ];
-        names
-            .iter()
-            .filter(|(bit, _)| self.clock_status & bit != 0)
-            .map(|(_, n)| *n)
-            .collect()
+        names.iter().filter(|(bit, _)| self.clock_status & bit != 0).map(|(_, n)| *n).collect()
     }
 
     /// Parses the fully specified form `YYYY-MM-DDTHH:MM:SS[.hh][±HH:MM|Z]`.
@@ -321,25 +298,12 @@ impl DateTime {
             }
             _ => return None,
         };
-        let date = Date {
-            year: u16::try_from(year).ok()?,
-            month: month as u8,
-            day: day as u8,
-            weekday: NOT_SPECIFIED,
-        };
+        let date = Date { year: u16::try_from(year).ok()?, month: month as u8, day: day as u8, weekday: NOT_SPECIFIED };
         let days = date.days_since_epoch()?;
-        let time = Time {
-            hour: hour as u8,
-            minute: minute as u8,
-            second: second as u8,
-            hundredths,
-        };
+        let time = Time { hour: hour as u8, minute: minute as u8, second: second as u8, hundredths };
         time.seconds_of_day()?;
         Some(DateTime {
-            date: Date {
-                weekday: ((days + 3).rem_euclid(7) + 1) as u8,
-                ..date
-            },
+            date: Date { weekday: ((days + 3).rem_euclid(7) + 1) as u8, ..date },
             time,
             deviation,
             clock_status: NOT_SPECIFIED,
@@ -447,14 +411,9 @@ impl<'de> Deserialize<'de> for DateTime {
                 .map(|b| DateTime::from_bytes(&b))
                 .ok_or_else(|| D::Error::custom("date-time hex must be 12 bytes"));
         }
-        let iso = j
-            .iso
-            .ok_or_else(|| D::Error::custom("date-time needs \"hex\" or \"iso\""))?;
-        let mut dt = DateTime::parse_iso(&iso).ok_or_else(|| {
-            D::Error::custom(format!(
-                "date-time {iso:?} is not YYYY-MM-DDTHH:MM:SS[.hh][+HH:MM]"
-            ))
-        })?;
+        let iso = j.iso.ok_or_else(|| D::Error::custom("date-time needs \"hex\" or \"iso\""))?;
+        let mut dt = DateTime::parse_iso(&iso)
+            .ok_or_else(|| D::Error::custom(format!("date-time {iso:?} is not YYYY-MM-DDTHH:MM:SS[.hh][+HH:MM]")))?;
         if let Some(dev) = j.deviation {
             dt.deviation = dev;
         }
@@ -477,12 +436,7 @@ struct DateJson {
 
 impl Serialize for Date {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        DateJson {
-            iso: Some(self.iso()),
-            hex: Some(hex(&self.to_bytes())),
-            weekday: opt(self.weekday),
-        }
-        .serialize(s)
+        DateJson { iso: Some(self.iso()), hex: Some(hex(&self.to_bytes())), weekday: opt(self.weekday) }.serialize(s)
     }
 }
 
@@ -497,10 +451,7 @@ impl<'de> Deserialize<'de> for Date {
         let iso = j.iso.ok_or_else(|| D::Error::custom("date needs \"hex\" or \"iso\""))?;
         let dt = DateTime::parse_iso(&format!("{iso}T00:00:00"))
             .ok_or_else(|| D::Error::custom(format!("date {iso:?} is not YYYY-MM-DD")))?;
-        Ok(Date {
-            weekday: j.weekday.unwrap_or(dt.date.weekday),
-            ..dt.date
-        })
+        Ok(Date { weekday: j.weekday.unwrap_or(dt.date.weekday), ..dt.date })
     }
 }
 
@@ -514,11 +465,7 @@ struct TimeJson {
 
 impl Serialize for Time {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        TimeJson {
-            iso: Some(self.iso()),
-            hex: Some(hex(&self.to_bytes())),
-        }
-        .serialize(s)
+        TimeJson { iso: Some(self.iso()), hex: Some(hex(&self.to_bytes())) }.serialize(s)
     }
 }
 
@@ -554,10 +501,7 @@ mod tests {
         // 12:00 at UTC+5 is 07:00Z.
         assert_eq!(dt.to_unix(DeviationSign::Standard, None), Some(1_709_276_400));
         // A meter with the inverted sign would mean UTC-5, i.e. 17:00Z.
-        assert_eq!(
-            dt.to_unix(DeviationSign::Inverted, None),
-            Some(1_709_276_400 + 10 * 3600)
-        );
+        assert_eq!(dt.to_unix(DeviationSign::Inverted, None), Some(1_709_276_400 + 10 * 3600));
     }
 
     #[test]
@@ -576,10 +520,7 @@ mod tests {
         dt.deviation = DEVIATION_NOT_SPECIFIED;
         assert_eq!(dt.iso(), "2024-03-01T12:00:00");
         assert_eq!(dt.to_unix(DeviationSign::Standard, None), None);
-        assert_eq!(
-            dt.to_unix(DeviationSign::Standard, Some(-300)),
-            Some(1_709_276_400)
-        );
+        assert_eq!(dt.to_unix(DeviationSign::Standard, Some(-300)), Some(1_709_276_400));
         let pattern = DateTime::from_bytes(&[0xFF, 0xFF, 0xFF, 0xFE, 0xFF, 0, 0, 0xFF, 0xFF, 0x80, 0, 0xFF]);
         assert_eq!(pattern.iso(), "****-**-LLT00:00:**");
         assert_eq!(pattern.to_unix(DeviationSign::Standard, Some(0)), None);
@@ -612,8 +553,7 @@ mod tests {
         let back: DateTime = serde_json::from_value(j).unwrap();
         assert_eq!(back, dt);
         let from_iso: DateTime =
-            serde_json::from_value(serde_json::json!({"iso": "2024-03-01T12:00:00+05:00", "clock_status": 0}))
-                .unwrap();
+            serde_json::from_value(serde_json::json!({"iso": "2024-03-01T12:00:00+05:00", "clock_status": 0})).unwrap();
         assert_eq!(from_iso, dt);
     }
 

@@ -13,32 +13,15 @@ pub enum Error {
     /// The input ends inside `what`; at least `needed` more bytes are required.
     Incomplete { what: &'static str, needed: usize },
     /// The bytes at `offset` are not a valid `what`.
-    Invalid {
-        what: &'static str,
-        offset: usize,
-        reason: String,
-    },
+    Invalid { what: &'static str, offset: usize, reason: String },
     /// A length or count at `offset` exceeds the ceiling set for `what`.
-    TooLong {
-        what: &'static str,
-        offset: usize,
-        len: usize,
-        limit: usize,
-    },
+    TooLong { what: &'static str, offset: usize, len: usize, limit: usize },
     /// Valid DLMS/COSEM that this implementation does not handle.
-    Unsupported {
-        what: &'static str,
-        offset: usize,
-        reason: String,
-    },
+    Unsupported { what: &'static str, offset: usize, reason: String },
     /// A GCM tag or HLS-GMAC value did not verify.
     AuthenticationFailed,
     /// The invocation counter is not above the last one accepted from that system title.
-    Replay {
-        system_title: [u8; 8],
-        received: u32,
-        last: u32,
-    },
+    Replay { system_title: [u8; 8], received: u32, last: u32 },
     /// No keys are known for this system title.
     UnknownSystemTitle { system_title: [u8; 8] },
     /// Our side asked to encode something the standard cannot express.
@@ -50,30 +33,15 @@ pub type Result<T> = std::result::Result<T, Error>;
 
 impl Error {
     pub(crate) fn invalid(what: &'static str, offset: usize, reason: impl Into<String>) -> Self {
-        Error::Invalid {
-            what,
-            offset,
-            reason: reason.into(),
-        }
+        Error::Invalid { what, offset, reason: reason.into() }
     }
 
-    pub(crate) fn unsupported(
-        what: &'static str,
-        offset: usize,
-        reason: impl Into<String>,
-    ) -> Self {
-        Error::Unsupported {
-            what,
-            offset,
-            reason: reason.into(),
-        }
+    pub(crate) fn unsupported(what: &'static str, offset: usize, reason: impl Into<String>) -> Self {
+        Error::Unsupported { what, offset, reason: reason.into() }
     }
 
     pub(crate) fn encode(what: &'static str, reason: impl Into<String>) -> Self {
-        Error::Encode {
-            what,
-            reason: reason.into(),
-        }
+        Error::Encode { what, reason: reason.into() }
     }
 
     /// True when the peer's bytes are at fault (everything but [`Error::Encode`]).
@@ -89,9 +57,7 @@ impl Error {
             Error::Replay { .. } => "invocation-counter-error",
             Error::TooLong { .. } => "pdu-too-long",
             Error::Unsupported { .. } => "service-not-supported",
-            Error::Incomplete { .. } | Error::Invalid { .. } | Error::Encode { .. } => {
-                "operation-not-possible"
-            }
+            Error::Incomplete { .. } | Error::Invalid { .. } | Error::Encode { .. } => "operation-not-possible",
         }
     }
 
@@ -113,11 +79,9 @@ impl Error {
     /// frame's length says the APDU is complete, "need more" means the APDU is broken.
     pub fn truncated_at(self, what: &'static str, offset: usize) -> Self {
         match self {
-            Error::Incomplete { what: inner, needed } => Error::invalid(
-                what,
-                offset,
-                format!("{inner} is truncated ({needed} more bytes expected)"),
-            ),
+            Error::Incomplete { what: inner, needed } => {
+                Error::invalid(what, offset, format!("{inner} is truncated ({needed} more bytes expected)"))
+            }
             other => other,
         }
     }
@@ -133,31 +97,13 @@ impl fmt::Display for Error {
             Error::Incomplete { what, needed } => {
                 write!(f, "incomplete {what}: {needed} more bytes needed")
             }
-            Error::Invalid {
-                what,
-                offset,
-                reason,
-            } => write!(f, "invalid {what} at offset {offset}: {reason}"),
-            Error::TooLong {
-                what,
-                offset,
-                len,
-                limit,
-            } => write!(
-                f,
-                "{what} at offset {offset} is too long: {len} exceeds the limit of {limit}"
-            ),
-            Error::Unsupported {
-                what,
-                offset,
-                reason,
-            } => write!(f, "unsupported {what} at offset {offset}: {reason}"),
+            Error::Invalid { what, offset, reason } => write!(f, "invalid {what} at offset {offset}: {reason}"),
+            Error::TooLong { what, offset, len, limit } => {
+                write!(f, "{what} at offset {offset} is too long: {len} exceeds the limit of {limit}")
+            }
+            Error::Unsupported { what, offset, reason } => write!(f, "unsupported {what} at offset {offset}: {reason}"),
             Error::AuthenticationFailed => f.write_str("authentication failed"),
-            Error::Replay {
-                system_title,
-                received,
-                last,
-            } => write!(
+            Error::Replay { system_title, received, last } => write!(
                 f,
                 "replayed invocation counter from {}: received {received}, last accepted {last}",
                 hex8(system_title)
@@ -187,34 +133,20 @@ mod tests {
     #[test]
     fn authentication_failure_says_nothing_more() {
         assert_eq!(Error::AuthenticationFailed.to_string(), "authentication failed");
-        assert_eq!(
-            Error::AuthenticationFailed.exception_service_error(),
-            "deciphering-error"
-        );
+        assert_eq!(Error::AuthenticationFailed.exception_service_error(), "deciphering-error");
     }
 
     #[test]
     fn truncation_inside_a_complete_frame_becomes_invalid() {
-        let e = Error::Incomplete {
-            what: "octet-string",
-            needed: 3,
-        }
-        .truncated_at("APDU", 0);
+        let e = Error::Incomplete { what: "octet-string", needed: 3 }.truncated_at("APDU", 0);
         assert_eq!(e.kind(), "malformed");
         assert!(e.to_string().contains("3 more bytes"));
     }
 
     #[test]
     fn replay_names_counters_in_hex_title() {
-        let e = Error::Replay {
-            system_title: *b"MMM\x00\x00\xbc\x61\x4e",
-            received: 5,
-            last: 9,
-        };
-        assert_eq!(
-            e.to_string(),
-            "replayed invocation counter from 4D4D4D0000BC614E: received 5, last accepted 9"
-        );
+        let e = Error::Replay { system_title: *b"MMM\x00\x00\xbc\x61\x4e", received: 5, last: 9 };
+        assert_eq!(e.to_string(), "replayed invocation counter from 4D4D4D0000BC614E: received 5, last accepted 9");
         assert_eq!(e.exception_service_error(), "invocation-counter-error");
     }
 }

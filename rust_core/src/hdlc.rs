@@ -61,22 +61,14 @@ pub struct Address {
 impl Address {
     /// A one-byte address (clients; servers addressed by logical device only).
     pub fn one(upper: u8) -> Self {
-        Address {
-            upper: upper as u16,
-            lower: None,
-            size: 1,
-        }
+        Address { upper: upper as u16, lower: None, size: 1 }
     }
 
     /// A server address with upper and lower parts, two bytes if both fit in 7 bits,
     /// else four.
     pub fn server(upper: u16, lower: u16) -> Self {
         let size = if upper <= 0x7F && lower <= 0x7F { 2 } else { 4 };
-        Address {
-            upper,
-            lower: Some(lower),
-            size,
-        }
+        Address { upper, lower: Some(lower), size }
     }
 
     /// Appends the encoded address.
@@ -88,10 +80,7 @@ impl Address {
             _ => {
                 return Err(Error::encode(
                     "HDLC address",
-                    format!(
-                        "size {} with lower {:?} (1 byte without lower, 2 or 4 with)",
-                        self.size, self.lower
-                    ),
+                    format!("size {} with lower {:?} (1 byte without lower, 2 or 4 with)", self.size, self.lower),
                 ))
             }
         };
@@ -133,16 +122,8 @@ impl Address {
         let v = |i: usize| (buf[i] >> 1) as u16;
         let a = match n {
             1 => Address::one(v(0) as u8),
-            2 => Address {
-                upper: v(0),
-                lower: Some(v(1)),
-                size: 2,
-            },
-            4 => Address {
-                upper: v(0) << 7 | v(1),
-                lower: Some(v(2) << 7 | v(3)),
-                size: 4,
-            },
+            2 => Address { upper: v(0), lower: Some(v(1)), size: 2 },
+            4 => Address { upper: v(0) << 7 | v(1), lower: Some(v(2) << 7 | v(3)), size: 4 },
             _ => return Err(Error::invalid("HDLC address", offset, "3-byte addresses are not allowed")),
         };
         Ok((a, n))
@@ -188,11 +169,7 @@ impl Control {
     pub fn to_byte(self) -> u8 {
         let pf = |p: bool| if p { PF } else { 0 };
         match self {
-            Control::I {
-                send_seq,
-                recv_seq,
-                poll_final,
-            } => (recv_seq & 7) << 5 | pf(poll_final) | (send_seq & 7) << 1,
+            Control::I { send_seq, recv_seq, poll_final } => (recv_seq & 7) << 5 | pf(poll_final) | (send_seq & 7) << 1,
             Control::RR { recv_seq, poll_final } => (recv_seq & 7) << 5 | pf(poll_final) | 0x01,
             Control::RNR { recv_seq, poll_final } => (recv_seq & 7) << 5 | pf(poll_final) | 0x05,
             Control::SNRM { poll_final } => 0x83 | pf(poll_final),
@@ -208,11 +185,7 @@ impl Control {
         let poll_final = b & PF != 0;
         let recv_seq = b >> 5;
         if b & 1 == 0 {
-            return Some(Control::I {
-                send_seq: (b >> 1) & 7,
-                recv_seq,
-                poll_final,
-            });
+            return Some(Control::I { send_seq: (b >> 1) & 7, recv_seq, poll_final });
         }
         match b & 0x0F {
             0x01 => return Some(Control::RR { recv_seq, poll_final }),
@@ -267,14 +240,15 @@ pub fn parse_frame(buf: &[u8]) -> Result<(Frame<'_>, usize)> {
         return Err(Error::invalid("HDLC frame", 0, "does not start with the flag 0x7E"));
     }
     if buf.len() < 3 {
-        return Err(Error::Incomplete {
-            what: "HDLC frame format",
-            needed: 3 - buf.len(),
-        });
+        return Err(Error::Incomplete { what: "HDLC frame format", needed: 3 - buf.len() });
     }
     let format = u16::from_be_bytes([buf[1], buf[2]]);
     if format >> 12 != 0xA {
-        return Err(Error::invalid("HDLC frame", 1, format!("format type {:X} (only type 3, 0xA, is used)", format >> 12)));
+        return Err(Error::invalid(
+            "HDLC frame",
+            1,
+            format!("format type {:X} (only type 3, 0xA, is used)", format >> 12),
+        ));
     }
     let segmented = format & 0x0800 != 0;
     let len = (format & 0x07FF) as usize;
@@ -284,13 +258,14 @@ pub fn parse_frame(buf: &[u8]) -> Result<(Frame<'_>, usize)> {
     }
     let total = len + 2;
     if buf.len() < total {
-        return Err(Error::Incomplete {
-            what: "HDLC frame",
-            needed: total - buf.len(),
-        });
+        return Err(Error::Incomplete { what: "HDLC frame", needed: total - buf.len() });
     }
     if buf[len + 1] != FLAG {
-        return Err(Error::invalid("HDLC frame", len + 1, "closing flag 0x7E missing where the length says the frame ends"));
+        return Err(Error::invalid(
+            "HDLC frame",
+            len + 1,
+            "closing flag 0x7E missing where the length says the frame ends",
+        ));
     }
     let body = &buf[1..=len];
     let (destination, dn) = Address::decode(&body[2..len - 2], 3)?;
@@ -299,8 +274,9 @@ pub fn parse_frame(buf: &[u8]) -> Result<(Frame<'_>, usize)> {
     if ci >= len - 2 {
         return Err(Error::invalid("HDLC frame", ci + 1, "no room for the control field"));
     }
-    let control = Control::from_byte(body[ci])
-        .ok_or_else(|| Error::invalid("HDLC control field", ci + 1, format!("unknown control byte {:#04x}", body[ci])))?;
+    let control = Control::from_byte(body[ci]).ok_or_else(|| {
+        Error::invalid("HDLC control field", ci + 1, format!("unknown control byte {:#04x}", body[ci]))
+    })?;
     let header_len = ci + 1;
     let fcs = u16::from_le_bytes([body[len - 2], body[len - 1]]);
     if crc16(&body[..len - 2]) != fcs {
@@ -321,16 +297,7 @@ pub fn parse_frame(buf: &[u8]) -> Result<(Frame<'_>, usize)> {
     if segmented && !matches!(control, Control::I { .. } | Control::UI { .. }) {
         return Err(Error::invalid("HDLC frame", 1, format!("segmentation bit set on a {} frame", control.name())));
     }
-    Ok((
-        Frame {
-            segmented,
-            destination,
-            source,
-            control,
-            info,
-        },
-        len + 1,
-    ))
+    Ok((Frame { segmented, destination, source, control, info }, len + 1))
 }
 
 /// Encodes a frame with both flags. `info` may be empty.
@@ -346,13 +313,12 @@ pub fn encode_frame(
     destination.encode(&mut header)?;
     source.encode(&mut header)?;
     header.push(control.to_byte());
-    let len = if info.is_empty() {
-        header.len() + 2
-    } else {
-        header.len() + 2 + info.len() + 2
-    };
+    let len = if info.is_empty() { header.len() + 2 } else { header.len() + 2 + info.len() + 2 };
     if len > MAX_FRAME_LEN {
-        return Err(Error::encode("HDLC frame", format!("length {len} exceeds {MAX_FRAME_LEN}; segment the information")));
+        return Err(Error::encode(
+            "HDLC frame",
+            format!("length {len} exceeds {MAX_FRAME_LEN}; segment the information"),
+        ));
     }
     let format = 0xA000u16 | if segmented { 0x0800 } else { 0 } | len as u16;
     header[..2].copy_from_slice(&format.to_be_bytes());
@@ -394,7 +360,11 @@ impl Parameters {
         }
         let glen = info[2] as usize;
         if 3 + glen != info.len() {
-            return Err(Error::invalid("HDLC parameters", 2, format!("group length {glen} does not match the {} bytes present", info.len() - 3)));
+            return Err(Error::invalid(
+                "HDLC parameters",
+                2,
+                format!("group length {glen} does not match the {} bytes present", info.len() - 3),
+            ));
         }
         let mut i = 3;
         while i < info.len() {
@@ -424,7 +394,15 @@ impl Parameters {
             if let Some(v) = v {
                 // Windows are sent as 4 bytes by convention; lengths in 1 or 2.
                 let bytes = v.to_be_bytes();
-                let n = if window { 4 } else if v <= 0xFF { 1 } else if v <= 0xFFFF { 2 } else { 4 };
+                let n = if window {
+                    4
+                } else if v <= 0xFF {
+                    1
+                } else if v <= 0xFFFF {
+                    2
+                } else {
+                    4
+                };
                 body.push(id);
                 body.push(n as u8);
                 body.extend_from_slice(&bytes[4 - n..]);
@@ -472,7 +450,13 @@ mod tests {
 
     #[test]
     fn addresses_of_every_size() {
-        for a in [Address::one(0x10), Address::one(0x01), Address::server(1, 17), Address::server(1, 0x3FFF), Address::server(0x1234, 5)] {
+        for a in [
+            Address::one(0x10),
+            Address::one(0x01),
+            Address::server(1, 17),
+            Address::server(1, 0x3FFF),
+            Address::server(0x1234, 5),
+        ] {
             let mut out = Vec::new();
             a.encode(&mut out).unwrap();
             assert_eq!(out.len(), a.size as usize);
@@ -491,7 +475,8 @@ mod tests {
         // The SNRM every DLMS client opens with: client 0x10 to server logical device 1,
         // one-byte addresses, no information field.
         let want = [0x7E, 0xA0, 0x07, 0x03, 0x21, 0x93, 0x0F, 0x01, 0x7E];
-        let f = encode_frame(Address::one(1), Address::one(0x10), Control::SNRM { poll_final: true }, &[], false).unwrap();
+        let f =
+            encode_frame(Address::one(1), Address::one(0x10), Control::SNRM { poll_final: true }, &[], false).unwrap();
         assert_eq!(f, want);
         let (frame, used) = parse_frame(&want).unwrap();
         assert_eq!(used, want.len() - 1);
@@ -525,7 +510,13 @@ mod tests {
             window_receive: Some(1),
         };
         let b = p.encode();
-        assert_eq!(b, [0x81, 0x80, 0x13, 0x05, 0x01, 0x80, 0x06, 0x02, 0x04, 0x00, 0x07, 0x04, 0, 0, 0, 1, 0x08, 0x04, 0, 0, 0, 1]);
+        assert_eq!(
+            b,
+            [
+                0x81, 0x80, 0x13, 0x05, 0x01, 0x80, 0x06, 0x02, 0x04, 0x00, 0x07, 0x04, 0, 0, 0, 1, 0x08, 0x04, 0, 0,
+                0, 1
+            ]
+        );
         assert_eq!(Parameters::decode(&b).unwrap(), p);
         assert!(Parameters::decode(&[0x81, 0x80, 0x05, 0x05, 0x01]).is_err());
     }

@@ -21,8 +21,10 @@ pub mod datetime;
 pub mod error;
 pub mod hdlc;
 pub mod obis;
+pub mod push;
 pub mod reader;
 pub mod security;
+pub mod stream;
 pub mod units;
 pub mod wrapper;
 

@@ -20,11 +20,7 @@ pub struct Reader<'a> {
 
 impl<'a> Reader<'a> {
     pub fn new(buf: &'a [u8]) -> Self {
-        Reader {
-            buf,
-            pos: 0,
-            base: 0,
-        }
+        Reader { buf, pos: 0, base: 0 }
     }
 
     pub fn with_base(buf: &'a [u8], base: usize) -> Self {
@@ -86,10 +82,7 @@ impl<'a> Reader<'a> {
     pub fn bytes(&mut self, n: usize, what: &'static str) -> Result<&'a [u8]> {
         let left = self.remaining();
         if n > left {
-            return Err(Error::Incomplete {
-                what,
-                needed: n - left,
-            });
+            return Err(Error::Incomplete { what, needed: n - left });
         }
         let out = &self.buf[self.pos..self.pos + n];
         self.pos += n;
@@ -165,23 +158,14 @@ impl<'a> Reader<'a> {
         }
         let n = (first & 0x7F) as usize;
         if n == 0 || n > 4 {
-            return Err(Error::invalid(
-                what,
-                at,
-                format!("length field announces {n} length bytes (1 to 4 allowed)"),
-            ));
+            return Err(Error::invalid(what, at, format!("length field announces {n} length bytes (1 to 4 allowed)")));
         }
         let mut len = 0usize;
         for _ in 0..n {
             len = (len << 8) | self.u8(what)? as usize;
         }
         if len > MAX_LENGTH {
-            return Err(Error::TooLong {
-                what,
-                offset: at,
-                len,
-                limit: MAX_LENGTH,
-            });
+            return Err(Error::TooLong { what, offset: at, len, limit: MAX_LENGTH });
         }
         Ok(len)
     }
@@ -204,10 +188,7 @@ impl<'a> Reader<'a> {
         if self.is_empty() {
             Ok(())
         } else {
-            Err(self.invalid(
-                what,
-                format!("{} unexpected trailing bytes", self.remaining()),
-            ))
+            Err(self.invalid(what, format!("{} unexpected trailing bytes", self.remaining())))
         }
     }
 }
@@ -243,13 +224,7 @@ mod tests {
     #[test]
     fn incomplete_reports_missing_bytes() {
         let mut r = Reader::new(&[1, 2]);
-        assert_eq!(
-            r.u32("x"),
-            Err(Error::Incomplete {
-                what: "x",
-                needed: 2
-            })
-        );
+        assert_eq!(r.u32("x"), Err(Error::Incomplete { what: "x", needed: 2 }));
         // A failed read consumes nothing.
         assert_eq!(r.u16("x"), Ok(0x0102));
     }

@@ -51,10 +51,7 @@ fn iv(system_title: &SystemTitle, ic: u32) -> GenericArray<u8, U12> {
 
 impl Keys {
     pub fn new(ek: &[u8; 16], ak: &[u8; 16]) -> Keys {
-        Keys {
-            cipher: Suite0::new(GenericArray::from_slice(ek)),
-            ak: *ak,
-        }
+        Keys { cipher: Suite0::new(GenericArray::from_slice(ek)), ak: *ak }
     }
 
     /// Builds keys from byte slices, checking their length.
@@ -77,7 +74,11 @@ impl Keys {
 
     fn check_suite(sc: SecurityControl) -> Result<()> {
         if sc.suite() != 0 {
-            return Err(Error::unsupported("security control", 0, format!("security suite {} (only suite 0, AES-GCM-128)", sc.suite())));
+            return Err(Error::unsupported(
+                "security control",
+                0,
+                format!("security suite {} (only suite 0, AES-GCM-128)", sc.suite()),
+            ));
         }
         if sc.compressed() {
             return Err(Error::unsupported("security control", 0, "compression"));
@@ -209,10 +210,7 @@ pub struct Policy {
 
 impl Default for Policy {
     fn default() -> Self {
-        Policy {
-            require_authentication: true,
-            require_encryption: false,
-        }
+        Policy { require_authentication: true, require_encryption: false }
     }
 }
 
@@ -268,15 +266,8 @@ impl KeyTable {
         match self.meters.get_mut(&system_title) {
             Some(e) => e.global = keys,
             None => {
-                self.meters.insert(
-                    system_title,
-                    Entry {
-                        global: keys,
-                        dedicated: None,
-                        last_received: None,
-                        next_sent: 1,
-                    },
-                );
+                self.meters
+                    .insert(system_title, Entry { global: keys, dedicated: None, last_received: None, next_sent: 1 });
             }
         }
     }
@@ -293,15 +284,11 @@ impl KeyTable {
     }
 
     fn entry_mut(&mut self, system_title: &SystemTitle) -> Result<&mut Entry> {
-        self.meters.get_mut(system_title).ok_or(Error::UnknownSystemTitle {
-            system_title: *system_title,
-        })
+        self.meters.get_mut(system_title).ok_or(Error::UnknownSystemTitle { system_title: *system_title })
     }
 
     fn entry(&self, system_title: &SystemTitle) -> Result<&Entry> {
-        self.meters.get(system_title).ok_or(Error::UnknownSystemTitle {
-            system_title: *system_title,
-        })
+        self.meters.get(system_title).ok_or(Error::UnknownSystemTitle { system_title: *system_title })
     }
 
     /// Raises the floor for counters received from the meter (e.g. the last value
@@ -327,10 +314,7 @@ impl KeyTable {
 
     /// Every meter's counters, for persisting in one batch.
     pub fn all_counters(&self) -> Vec<(SystemTitle, Option<u32>, u32)> {
-        self.meters
-            .iter()
-            .map(|(st, e)| (*st, e.last_received, e.next_sent))
-            .collect()
+        self.meters.iter().map(|(st, e)| (*st, e.last_received, e.next_sent)).collect()
     }
 
     /// The meter's global keys (for HLS-GMAC computations by the session).
@@ -345,13 +329,17 @@ impl KeyTable {
     /// verified, so a forged APDU cannot advance it.
     pub fn decipher(&mut self, c: &Ciphered, sender: Option<&SystemTitle>, policy: Policy) -> Result<Deciphered> {
         let mut buf = c.ciphertext.clone();
-        let (st, sc, ic) = self.decipher_in_place(c.cipher, c.system_title.as_deref(), c.security_control, c.invocation_counter, &mut buf, c.tag.as_deref(), sender, policy)?;
-        Ok(Deciphered {
-            system_title: st,
-            security_control: sc,
-            invocation_counter: ic,
-            plaintext: buf,
-        })
+        let (st, sc, ic) = self.decipher_in_place(
+            c.cipher,
+            c.system_title.as_deref(),
+            c.security_control,
+            c.invocation_counter,
+            &mut buf,
+            c.tag.as_deref(),
+            sender,
+            policy,
+        )?;
+        Ok(Deciphered { system_title: st, security_control: sc, invocation_counter: ic, plaintext: buf })
     }
 
     /// [`KeyTable::decipher`] on borrowed parts, decrypting `buf` in place (the hot path).
@@ -372,15 +360,13 @@ impl KeyTable {
         let e = self.entry_mut(&st)?;
         if let Some(last) = e.last_received {
             if ic <= last {
-                return Err(Error::Replay {
-                    system_title: st,
-                    received: ic,
-                    last,
-                });
+                return Err(Error::Replay { system_title: st, received: ic, last });
             }
         }
         let keys = if cipher.is_dedicated() {
-            e.dedicated.as_ref().ok_or_else(|| Error::invalid("ciphered APDU", 0, "dedicated ciphering but no dedicated key agreed"))?
+            e.dedicated
+                .as_ref()
+                .ok_or_else(|| Error::invalid("ciphered APDU", 0, "dedicated ciphering but no dedicated key agreed"))?
         } else {
             &e.global
         };

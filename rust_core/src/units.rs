@@ -49,10 +49,7 @@ pub struct ScalerUnit {
 
 impl ScalerUnit {
     pub const fn new(scaler: i8, unit: u8) -> Self {
-        ScalerUnit {
-            scaler,
-            unit: Unit(unit),
-        }
+        ScalerUnit { scaler, unit: Unit(unit) }
     }
 
     /// `raw × 10^scaler`.
@@ -82,8 +79,8 @@ pub fn scale(raw: f64, scaler: i8) -> f64 {
 
 /// The powers of ten that f64 represents exactly.
 static EXACT: [f64; 23] = [
-    1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15,
-    1e16, 1e17, 1e18, 1e19, 1e20, 1e21, 1e22,
+    1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15, 1e16, 1e17, 1e18, 1e19, 1e20,
+    1e21, 1e22,
 ];
 
 /// 10^n for any i8 (as a float; inexact beyond 10^22 and below 10^-22).

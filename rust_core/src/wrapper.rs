@@ -43,10 +43,7 @@ impl WrapperHeader {
             }
         }
         if buf.len() < HEADER_LEN {
-            return Err(Error::Incomplete {
-                what: "wrapper header",
-                needed: HEADER_LEN - buf.len(),
-            });
+            return Err(Error::Incomplete { what: "wrapper header", needed: HEADER_LEN - buf.len() });
         }
         let mut r = Reader::new(&buf[..HEADER_LEN]);
         Ok(WrapperHeader {
@@ -64,22 +61,14 @@ pub fn parse_frame(buf: &[u8], max_apdu: usize) -> Result<(WrapperHeader, &[u8],
     let h = WrapperHeader::parse(buf)?;
     let len = h.length as usize;
     if len > max_apdu {
-        return Err(Error::TooLong {
-            what: "wrapper frame",
-            offset: 6,
-            len,
-            limit: max_apdu,
-        });
+        return Err(Error::TooLong { what: "wrapper frame", offset: 6, len, limit: max_apdu });
     }
     if len == 0 {
         return Err(Error::invalid("wrapper frame", 6, "length 0: a wrapper frame carries an APDU"));
     }
     let total = HEADER_LEN + len;
     if buf.len() < total {
-        return Err(Error::Incomplete {
-            what: "wrapper frame",
-            needed: total - buf.len(),
-        });
+        return Err(Error::Incomplete { what: "wrapper frame", needed: total - buf.len() });
     }
     Ok((h, &buf[HEADER_LEN..total], total))
 }
@@ -116,10 +105,7 @@ mod tests {
         assert!(matches!(parse_frame(&[0, 2, 0, 1, 0, 1, 0, 1, 0], 10), Err(Error::Invalid { .. })));
         assert_eq!(
             parse_frame(&[0, 1, 0, 1, 0, 1, 0, 3, 0xC0], 10),
-            Err(Error::Incomplete {
-                what: "wrapper frame",
-                needed: 2
-            })
+            Err(Error::Incomplete { what: "wrapper frame", needed: 2 })
         );
         assert!(matches!(parse_frame(&[0, 1, 0, 1, 0, 1, 0x10, 0], 100), Err(Error::TooLong { .. })));
         assert!(matches!(parse_frame(&[0, 1], 100), Err(Error::Incomplete { needed: 6, .. })));

@@ -110,9 +110,7 @@ fn read_auth_value(c: &mut Reader<'_>) -> Result<Vec<u8>> {
 fn read_user_information(c: &mut Reader<'_>) -> Result<Box<Apdu>> {
     let at = c.offset();
     let xdlms = expect_inner(c, 0x04, "user-information")?;
-    Apdu::decode_at(xdlms, at + 2)
-        .map(Box::new)
-        .map_err(|e| e.truncated_at("user-information", at))
+    Apdu::decode_at(xdlms, at + 2).map(Box::new).map_err(|e| e.truncated_at("user-information", at))
 }
 
 fn put_user_information(out: &mut Vec<u8>, apdu: &Apdu) -> Result<()> {
@@ -345,7 +343,9 @@ impl Aare {
                 0xA2 => {
                     let b = expect_inner(&mut c, 0x02, "result")?;
                     let v = read_integer(b, at, "result")?;
-                    result = Some(AssociationResult(u8::try_from(v).map_err(|_| Error::invalid("result", at, format!("{v}")))?));
+                    result = Some(AssociationResult(
+                        u8::try_from(v).map_err(|_| Error::invalid("result", at, format!("{v}")))?,
+                    ));
                 }
                 0xA3 => {
                     let (which, dat, mut inner) = tlv(&mut c, "result-source-diagnostic")?;
@@ -355,12 +355,16 @@ impl Aare {
                     diagnostic = Some(match which {
                         0xA1 => Diagnostic::AcseServiceUser(AcseServiceUser(v)),
                         0xA2 => Diagnostic::AcseServiceProvider(AcseServiceProvider(v)),
-                        t => return Err(Error::invalid("result-source-diagnostic", dat, format!("choice tag {t:#04x}"))),
+                        t => {
+                            return Err(Error::invalid("result-source-diagnostic", dat, format!("choice tag {t:#04x}")))
+                        }
                     });
                     c.finish("result-source-diagnostic")?;
                 }
                 0xA4 => a.responding_ap_title = Some(expect_inner(&mut c, 0x04, "responding-AP-title")?.to_vec()),
-                0xA5 => a.responding_ae_qualifier = Some(expect_inner(&mut c, 0x04, "responding-AE-qualifier")?.to_vec()),
+                0xA5 => {
+                    a.responding_ae_qualifier = Some(expect_inner(&mut c, 0x04, "responding-AE-qualifier")?.to_vec())
+                }
                 0xA6 => a.responding_ap_invocation_id = Some(read_invocation_id(&mut c, at)?),
                 0xA7 => a.responding_ae_invocation_id = Some(read_invocation_id(&mut c, at)?),
                 0x88 => a.responder_acse_requirements = Some(read_acse_requirements(&mut c, at)?),
@@ -371,9 +375,11 @@ impl Aare {
                 t => return Err(Error::invalid("AARE", at, format!("unexpected field tag {t:#04x}"))),
             }
         }
-        a.application_context = context.ok_or_else(|| Error::invalid("AARE", start, "application-context-name is missing"))?;
+        a.application_context =
+            context.ok_or_else(|| Error::invalid("AARE", start, "application-context-name is missing"))?;
         a.result = result.ok_or_else(|| Error::invalid("AARE", start, "result is missing"))?;
-        a.diagnostic = diagnostic.ok_or_else(|| Error::invalid("AARE", start, "result-source-diagnostic is missing"))?;
+        a.diagnostic =
+            diagnostic.ok_or_else(|| Error::invalid("AARE", start, "result-source-diagnostic is missing"))?;
         Ok(a)
     }
 
@@ -472,10 +478,7 @@ fn encode_release(out: &mut Vec<u8>, tag: u8, reason: Option<u8>, user: &Option<
 impl Rlrq {
     pub fn decode_body(r: &mut Reader<'_>) -> Result<Self> {
         let (reason, user_information) = decode_release(r, "RLRQ")?;
-        Ok(Rlrq {
-            reason: reason.map(ReleaseRequestReason),
-            user_information,
-        })
+        Ok(Rlrq { reason: reason.map(ReleaseRequestReason), user_information })
     }
 
     pub fn encode(&self, out: &mut Vec<u8>) -> Result<()> {
@@ -486,10 +489,7 @@ impl Rlrq {
 impl Rlre {
     pub fn decode_body(r: &mut Reader<'_>) -> Result<Self> {
         let (reason, user_information) = decode_release(r, "RLRE")?;
-        Ok(Rlre {
-            reason: reason.map(ReleaseResponseReason),
-            user_information,
-        })
+        Ok(Rlre { reason: reason.map(ReleaseResponseReason), user_information })
     }
 
     pub fn encode(&self, out: &mut Vec<u8>) -> Result<()> {

@@ -339,11 +339,7 @@ fn read_class_instance(r: &mut Reader<'_>) -> Result<(u16, ObisCode)> {
 impl AttributeDescriptor {
     pub fn decode(r: &mut Reader<'_>) -> Result<Self> {
         let (class_id, instance_id) = read_class_instance(r)?;
-        Ok(AttributeDescriptor {
-            class_id,
-            instance_id,
-            attribute_id: r.i8("attribute-id")?,
-        })
+        Ok(AttributeDescriptor { class_id, instance_id, attribute_id: r.i8("attribute-id")? })
     }
 
     pub fn encode(&self, out: &mut Vec<u8>) {
@@ -356,11 +352,7 @@ impl AttributeDescriptor {
 impl MethodDescriptor {
     pub fn decode(r: &mut Reader<'_>) -> Result<Self> {
         let (class_id, instance_id) = read_class_instance(r)?;
-        Ok(MethodDescriptor {
-            class_id,
-            instance_id,
-            method_id: r.i8("method-id")?,
-        })
+        Ok(MethodDescriptor { class_id, instance_id, method_id: r.i8("method-id")? })
     }
 
     pub fn encode(&self, out: &mut Vec<u8>) {
@@ -484,13 +476,15 @@ impl DataBlockG {
         let result = match r.u8("DataBlock-G result choice")? {
             0 => DataBlockResult::RawData(r.axdr_bytes("raw-data")?.to_vec()),
             1 => DataBlockResult::DataAccessResult(DataAccessResult(r.u8("data-access-result")?)),
-            c => return Err(Error::invalid("DataBlock-G", at, format!("result choice {c} (0 raw-data, 1 data-access-result)"))),
+            c => {
+                return Err(Error::invalid(
+                    "DataBlock-G",
+                    at,
+                    format!("result choice {c} (0 raw-data, 1 data-access-result)"),
+                ))
+            }
         };
-        Ok(DataBlockG {
-            last_block,
-            block_number,
-            result,
-        })
+        Ok(DataBlockG { last_block, block_number, result })
     }
 
     pub fn encode(&self, out: &mut Vec<u8>) {
@@ -539,10 +533,7 @@ pub fn read_seq_len(r: &mut Reader<'_>, what: &'static str, min_item: usize) -> 
     let n = r.axdr_length(what)?;
     let need = n.saturating_mul(min_item.max(1));
     if need > r.remaining() {
-        return Err(Error::Incomplete {
-            what,
-            needed: need - r.remaining(),
-        });
+        return Err(Error::Incomplete { what, needed: need - r.remaining() });
     }
     Ok(n)
 }

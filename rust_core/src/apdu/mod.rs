@@ -14,7 +14,7 @@ use serde_json::Value;
 pub use acse::{Aare, Aarq, Diagnostic, Rlre, Rlrq};
 pub use common::*;
 pub use services::*;
-pub use xdlms::{Conformance, ConfirmedServiceError, ExceptionResponse, InitiateRequest, InitiateResponse};
+pub use xdlms::{ConfirmedServiceError, Conformance, ExceptionResponse, InitiateRequest, InitiateResponse};
 
 use crate::error::{Error, Result};
 use crate::reader::{put_axdr_bytes, put_axdr_length, Reader};
@@ -127,10 +127,7 @@ impl CipheredKind {
 
     /// The service-specific ciphered tag for a plaintext APDU tag.
     pub fn for_plaintext(plain_tag: u8, dedicated: bool) -> Option<CipheredKind> {
-        CIPHERED
-            .iter()
-            .find(|e| e.3 == Some(plain_tag) && e.2 == dedicated)
-            .map(|e| CipheredKind(e.0))
+        CIPHERED.iter().find(|e| e.3 == Some(plain_tag) && e.2 == dedicated).map(|e| CipheredKind(e.0))
     }
 }
 
@@ -275,7 +272,8 @@ impl Ciphered {
     /// Parses SC | IC | ciphertext | tag.
     pub fn parse_content(cipher: CipheredKind, system_title: Option<Vec<u8>>, c: &mut Reader<'_>) -> Result<Ciphered> {
         let at = c.offset();
-        let security_control = SecurityControl(c.u8("security control").map_err(|e| e.truncated_at("ciphered content", at))?);
+        let security_control =
+            SecurityControl(c.u8("security control").map_err(|e| e.truncated_at("ciphered content", at))?);
         let invocation_counter = c.u32("invocation counter").map_err(|e| e.truncated_at("ciphered content", at))?;
         let rest = c.rest();
         let (ciphertext, tag) = if security_control.authenticated() {
@@ -283,7 +281,10 @@ impl Ciphered {
                 return Err(Error::invalid(
                     "ciphered content",
                     at,
-                    format!("{} bytes after the invocation counter; the authentication tag alone needs {TAG_LEN}", rest.len()),
+                    format!(
+                        "{} bytes after the invocation counter; the authentication tag alone needs {TAG_LEN}",
+                        rest.len()
+                    ),
                 ));
             }
             let (ct, t) = rest.split_at(rest.len() - TAG_LEN);
@@ -291,14 +292,7 @@ impl Ciphered {
         } else {
             (rest.to_vec(), None)
         };
-        Ok(Ciphered {
-            cipher,
-            system_title,
-            security_control,
-            invocation_counter,
-            ciphertext,
-            tag,
-        })
+        Ok(Ciphered { cipher, system_title, security_control, invocation_counter, ciphertext, tag })
     }
 
     fn decode_body(cipher: CipheredKind, r: &mut Reader<'_>) -> Result<Self> {
@@ -411,10 +405,18 @@ impl Apdu {
             tag::GENERAL_BLOCK_TRANSFER => Apdu::GeneralBlockTransfer(GeneralBlockTransfer::decode_body(r)?),
             t if CipheredKind::is_ciphered_tag(t) => Apdu::Ciphered(Ciphered::decode_body(CipheredKind(t), r)?),
             tag::GENERAL_CIPHERING | tag::GENERAL_SIGNING => {
-                return Err(Error::unsupported("APDU", at, format!("{t:#04x} (general-ciphering / general-signing with key agreement)")))
+                return Err(Error::unsupported(
+                    "APDU",
+                    at,
+                    format!("{t:#04x} (general-ciphering / general-signing with key agreement)"),
+                ))
             }
             0x05 | 0x06 | 0x0C | 0x0D | 0x16 | 0x18 => {
-                return Err(Error::unsupported("APDU", at, format!("{t:#04x} is a short-name service; only logical names are used")))
+                return Err(Error::unsupported(
+                    "APDU",
+                    at,
+                    format!("{t:#04x} is a short-name service; only logical names are used"),
+                ))
             }
             t => return Err(Error::invalid("APDU", at, format!("unknown APDU tag {t:#04x}"))),
         })

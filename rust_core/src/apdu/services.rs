@@ -45,10 +45,7 @@ impl GetRequest {
                 attribute: AttributeDescriptor::decode(r)?,
                 access_selection: SelectiveAccess::decode_optional(r)?,
             },
-            2 => GetRequest::Next {
-                invoke_id,
-                block_number: r.u32("block-number")?,
-            },
+            2 => GetRequest::Next { invoke_id, block_number: r.u32("block-number")? },
             3 => GetRequest::WithList {
                 invoke_id,
                 attributes: read_seq(r, "attribute-descriptor-list", 10, AttributeWithSelection::decode)?,
@@ -59,11 +56,7 @@ impl GetRequest {
 
     pub fn encode_body(&self, out: &mut Vec<u8>) -> Result<()> {
         match self {
-            GetRequest::Normal {
-                invoke_id,
-                attribute,
-                access_selection,
-            } => {
+            GetRequest::Normal { invoke_id, attribute, access_selection } => {
                 out.extend_from_slice(&[1, invoke_id.0]);
                 attribute.encode(out);
                 SelectiveAccess::encode_optional(access_selection, out)?;
@@ -88,18 +81,9 @@ impl GetRequest {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "kebab-case")]
 pub enum GetResponse {
-    Normal {
-        invoke_id: InvokeIdAndPriority,
-        result: GetDataResult,
-    },
-    WithDatablock {
-        invoke_id: InvokeIdAndPriority,
-        block: DataBlockG,
-    },
-    WithList {
-        invoke_id: InvokeIdAndPriority,
-        results: Vec<GetDataResult>,
-    },
+    Normal { invoke_id: InvokeIdAndPriority, result: GetDataResult },
+    WithDatablock { invoke_id: InvokeIdAndPriority, block: DataBlockG },
+    WithList { invoke_id: InvokeIdAndPriority, results: Vec<GetDataResult> },
 }
 
 impl GetResponse {
@@ -107,14 +91,8 @@ impl GetResponse {
         let c = r.u8("GET-Response choice")?;
         let invoke_id = InvokeIdAndPriority(r.u8("invoke-id-and-priority")?);
         Ok(match c {
-            1 => GetResponse::Normal {
-                invoke_id,
-                result: GetDataResult::decode(r)?,
-            },
-            2 => GetResponse::WithDatablock {
-                invoke_id,
-                block: DataBlockG::decode(r)?,
-            },
+            1 => GetResponse::Normal { invoke_id, result: GetDataResult::decode(r)? },
+            2 => GetResponse::WithDatablock { invoke_id, block: DataBlockG::decode(r)? },
             3 => GetResponse::WithList {
                 invoke_id,
                 results: read_seq(r, "get-data-result-list", 2, GetDataResult::decode)?,
@@ -196,10 +174,7 @@ impl SetRequest {
                 access_selection: SelectiveAccess::decode_optional(r)?,
                 block: DataBlockSA::decode(r)?,
             },
-            3 => SetRequest::WithDatablock {
-                invoke_id,
-                block: DataBlockSA::decode(r)?,
-            },
+            3 => SetRequest::WithDatablock { invoke_id, block: DataBlockSA::decode(r)? },
             4 => SetRequest::WithList {
                 invoke_id,
                 attributes: read_seq(r, "attribute-descriptor-list", 10, AttributeWithSelection::decode)?,
@@ -216,23 +191,13 @@ impl SetRequest {
 
     pub fn encode_body(&self, out: &mut Vec<u8>) -> Result<()> {
         match self {
-            SetRequest::Normal {
-                invoke_id,
-                attribute,
-                access_selection,
-                value,
-            } => {
+            SetRequest::Normal { invoke_id, attribute, access_selection, value } => {
                 out.extend_from_slice(&[1, invoke_id.0]);
                 attribute.encode(out);
                 SelectiveAccess::encode_optional(access_selection, out)?;
                 value.encode(out)?;
             }
-            SetRequest::WithFirstDatablock {
-                invoke_id,
-                attribute,
-                access_selection,
-                block,
-            } => {
+            SetRequest::WithFirstDatablock { invoke_id, attribute, access_selection, block } => {
                 out.extend_from_slice(&[2, invoke_id.0]);
                 attribute.encode(out);
                 SelectiveAccess::encode_optional(access_selection, out)?;
@@ -242,11 +207,7 @@ impl SetRequest {
                 out.extend_from_slice(&[3, invoke_id.0]);
                 block.encode(out);
             }
-            SetRequest::WithList {
-                invoke_id,
-                attributes,
-                values,
-            } => {
+            SetRequest::WithList { invoke_id, attributes, values } => {
                 out.extend_from_slice(&[4, invoke_id.0]);
                 put_axdr_length(out, attributes.len());
                 for a in attributes {
@@ -257,11 +218,7 @@ impl SetRequest {
                     v.encode(out)?;
                 }
             }
-            SetRequest::WithListAndFirstDatablock {
-                invoke_id,
-                attributes,
-                block,
-            } => {
+            SetRequest::WithListAndFirstDatablock { invoke_id, attributes, block } => {
                 out.extend_from_slice(&[5, invoke_id.0]);
                 put_axdr_length(out, attributes.len());
                 for a in attributes {
@@ -278,28 +235,11 @@ impl SetRequest {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "kebab-case")]
 pub enum SetResponse {
-    Normal {
-        invoke_id: InvokeIdAndPriority,
-        result: DataAccessResult,
-    },
-    Datablock {
-        invoke_id: InvokeIdAndPriority,
-        block_number: u32,
-    },
-    LastDatablock {
-        invoke_id: InvokeIdAndPriority,
-        result: DataAccessResult,
-        block_number: u32,
-    },
-    LastDatablockWithList {
-        invoke_id: InvokeIdAndPriority,
-        results: Vec<DataAccessResult>,
-        block_number: u32,
-    },
-    WithList {
-        invoke_id: InvokeIdAndPriority,
-        results: Vec<DataAccessResult>,
-    },
+    Normal { invoke_id: InvokeIdAndPriority, result: DataAccessResult },
+    Datablock { invoke_id: InvokeIdAndPriority, block_number: u32 },
+    LastDatablock { invoke_id: InvokeIdAndPriority, result: DataAccessResult, block_number: u32 },
+    LastDatablockWithList { invoke_id: InvokeIdAndPriority, results: Vec<DataAccessResult>, block_number: u32 },
+    WithList { invoke_id: InvokeIdAndPriority, results: Vec<DataAccessResult> },
 }
 
 fn read_results(r: &mut Reader<'_>) -> Result<Vec<DataAccessResult>> {
@@ -316,14 +256,8 @@ impl SetResponse {
         let c = r.u8("SET-Response choice")?;
         let invoke_id = InvokeIdAndPriority(r.u8("invoke-id-and-priority")?);
         Ok(match c {
-            1 => SetResponse::Normal {
-                invoke_id,
-                result: DataAccessResult(r.u8("data-access-result")?),
-            },
-            2 => SetResponse::Datablock {
-                invoke_id,
-                block_number: r.u32("block-number")?,
-            },
+            1 => SetResponse::Normal { invoke_id, result: DataAccessResult(r.u8("data-access-result")?) },
+            2 => SetResponse::Datablock { invoke_id, block_number: r.u32("block-number")? },
             3 => SetResponse::LastDatablock {
                 invoke_id,
                 result: DataAccessResult(r.u8("data-access-result")?),
@@ -334,10 +268,7 @@ impl SetResponse {
                 results: read_results(r)?,
                 block_number: r.u32("block-number")?,
             },
-            5 => SetResponse::WithList {
-                invoke_id,
-                results: read_results(r)?,
-            },
+            5 => SetResponse::WithList { invoke_id, results: read_results(r)? },
             c => return Err(choice_error(r, "SET-Response", c)),
         })
     }
@@ -349,19 +280,11 @@ impl SetResponse {
                 out.extend_from_slice(&[2, invoke_id.0]);
                 out.extend_from_slice(&block_number.to_be_bytes());
             }
-            SetResponse::LastDatablock {
-                invoke_id,
-                result,
-                block_number,
-            } => {
+            SetResponse::LastDatablock { invoke_id, result, block_number } => {
                 out.extend_from_slice(&[3, invoke_id.0, result.0]);
                 out.extend_from_slice(&block_number.to_be_bytes());
             }
-            SetResponse::LastDatablockWithList {
-                invoke_id,
-                results,
-                block_number,
-            } => {
+            SetResponse::LastDatablockWithList { invoke_id, results, block_number } => {
                 out.extend_from_slice(&[4, invoke_id.0]);
                 put_results(out, results);
                 out.extend_from_slice(&block_number.to_be_bytes());
@@ -423,10 +346,7 @@ impl ActionRequest {
                     None
                 },
             },
-            2 => ActionRequest::NextPblock {
-                invoke_id,
-                block_number: r.u32("block-number")?,
-            },
+            2 => ActionRequest::NextPblock { invoke_id, block_number: r.u32("block-number")? },
             3 => ActionRequest::WithList {
                 invoke_id,
                 methods: read_seq(r, "method-descriptor-list", 9, MethodDescriptor::decode)?,
@@ -442,21 +362,14 @@ impl ActionRequest {
                 methods: read_seq(r, "method-descriptor-list", 9, MethodDescriptor::decode)?,
                 block: DataBlockSA::decode(r)?,
             },
-            6 => ActionRequest::WithPblock {
-                invoke_id,
-                block: DataBlockSA::decode(r)?,
-            },
+            6 => ActionRequest::WithPblock { invoke_id, block: DataBlockSA::decode(r)? },
             c => return Err(choice_error(r, "ACTION-Request", c)),
         })
     }
 
     pub fn encode_body(&self, out: &mut Vec<u8>) -> Result<()> {
         match self {
-            ActionRequest::Normal {
-                invoke_id,
-                method,
-                parameters,
-            } => {
+            ActionRequest::Normal { invoke_id, method, parameters } => {
                 out.extend_from_slice(&[1, invoke_id.0]);
                 method.encode(out);
                 match parameters {
@@ -471,11 +384,7 @@ impl ActionRequest {
                 out.extend_from_slice(&[2, invoke_id.0]);
                 out.extend_from_slice(&block_number.to_be_bytes());
             }
-            ActionRequest::WithList {
-                invoke_id,
-                methods,
-                parameters,
-            } => {
+            ActionRequest::WithList { invoke_id, methods, parameters } => {
                 out.extend_from_slice(&[3, invoke_id.0]);
                 put_axdr_length(out, methods.len());
                 for m in methods {
@@ -491,11 +400,7 @@ impl ActionRequest {
                 method.encode(out);
                 block.encode(out);
             }
-            ActionRequest::WithListAndFirstPblock {
-                invoke_id,
-                methods,
-                block,
-            } => {
+            ActionRequest::WithListAndFirstPblock { invoke_id, methods, block } => {
                 out.extend_from_slice(&[5, invoke_id.0]);
                 put_axdr_length(out, methods.len());
                 for m in methods {
@@ -551,22 +456,10 @@ impl ActionOutcome {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "kebab-case")]
 pub enum ActionResponse {
-    Normal {
-        invoke_id: InvokeIdAndPriority,
-        response: ActionOutcome,
-    },
-    WithPblock {
-        invoke_id: InvokeIdAndPriority,
-        block: DataBlockSA,
-    },
-    WithList {
-        invoke_id: InvokeIdAndPriority,
-        responses: Vec<ActionOutcome>,
-    },
-    NextPblock {
-        invoke_id: InvokeIdAndPriority,
-        block_number: u32,
-    },
+    Normal { invoke_id: InvokeIdAndPriority, response: ActionOutcome },
+    WithPblock { invoke_id: InvokeIdAndPriority, block: DataBlockSA },
+    WithList { invoke_id: InvokeIdAndPriority, responses: Vec<ActionOutcome> },
+    NextPblock { invoke_id: InvokeIdAndPriority, block_number: u32 },
 }
 
 impl ActionResponse {
@@ -574,22 +467,13 @@ impl ActionResponse {
         let c = r.u8("ACTION-Response choice")?;
         let invoke_id = InvokeIdAndPriority(r.u8("invoke-id-and-priority")?);
         Ok(match c {
-            1 => ActionResponse::Normal {
-                invoke_id,
-                response: ActionOutcome::decode(r)?,
-            },
-            2 => ActionResponse::WithPblock {
-                invoke_id,
-                block: DataBlockSA::decode(r)?,
-            },
+            1 => ActionResponse::Normal { invoke_id, response: ActionOutcome::decode(r)? },
+            2 => ActionResponse::WithPblock { invoke_id, block: DataBlockSA::decode(r)? },
             3 => ActionResponse::WithList {
                 invoke_id,
                 responses: read_seq(r, "action-response-list", 2, ActionOutcome::decode)?,
             },
-            4 => ActionResponse::NextPblock {
-                invoke_id,
-                block_number: r.u32("block-number")?,
-            },
+            4 => ActionResponse::NextPblock { invoke_id, block_number: r.u32("block-number")? },
             c => return Err(choice_error(r, "ACTION-Response", c)),
         })
     }
@@ -676,16 +560,8 @@ impl EventNotification {
     pub fn decode_body(r: &mut Reader<'_>) -> Result<Self> {
         // `time OCTET STRING OPTIONAL`: any non-zero presence byte is accepted, since
         // some stacks send the octet-string tag 0x09 there instead of 0x01.
-        let time = if read_optional(r, "time")? {
-            read_notification_time(r)?
-        } else {
-            None
-        };
-        Ok(EventNotification {
-            time,
-            attribute: AttributeDescriptor::decode(r)?,
-            value: Data::decode(r)?,
-        })
+        let time = if read_optional(r, "time")? { read_notification_time(r)? } else { None };
+        Ok(EventNotification { time, attribute: AttributeDescriptor::decode(r)?, value: Data::decode(r)? })
     }
 
     pub fn encode_body(&self, out: &mut Vec<u8>) -> Result<()> {

@@ -12,7 +12,9 @@ use serde::de::Error as _;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::{json, Value};
 
-use super::common::{hexbytes, read_optional, ConfirmedService, ExceptionServiceError, ExceptionStateError, ServiceErrorKind};
+use super::common::{
+    hexbytes, read_optional, ConfirmedService, ExceptionServiceError, ExceptionStateError, ServiceErrorKind,
+};
 use crate::codes;
 use crate::data_json::{hex, unhex};
 use crate::error::{Error, Result};
@@ -120,17 +122,11 @@ fn yes() -> bool {
 
 impl InitiateRequest {
     pub fn decode_body(r: &mut Reader<'_>) -> Result<Self> {
-        let dedicated_key = if read_optional(r, "dedicated-key")? {
-            Some(r.axdr_bytes("dedicated-key")?.to_vec())
-        } else {
-            None
-        };
+        let dedicated_key =
+            if read_optional(r, "dedicated-key")? { Some(r.axdr_bytes("dedicated-key")?.to_vec()) } else { None };
         // DEFAULT TRUE: 0x00 means "the default", else the value follows.
-        let response_allowed = if read_optional(r, "response-allowed")? {
-            r.boolean("response-allowed")?
-        } else {
-            true
-        };
+        let response_allowed =
+            if read_optional(r, "response-allowed")? { r.boolean("response-allowed")? } else { true };
         let proposed_quality_of_service = if read_optional(r, "proposed-quality-of-service")? {
             Some(r.i8("proposed-quality-of-service")?)
         } else {
@@ -262,17 +258,12 @@ impl<'de> Deserialize<'de> for ConfirmedServiceError {
         let detail = match &j.detail {
             Value::String(n) => codes::service_error_detail::code(j.error.0, n)
                 .ok_or_else(|| D::Error::custom(format!("unknown detail {n:?} for {}", j.error)))?,
-            Value::Number(n) => n
-                .as_u64()
-                .and_then(|v| u8::try_from(v).ok())
-                .ok_or_else(|| D::Error::custom("detail out of range"))?,
+            Value::Number(n) => {
+                n.as_u64().and_then(|v| u8::try_from(v).ok()).ok_or_else(|| D::Error::custom("detail out of range"))?
+            }
             other => return Err(D::Error::custom(format!("detail must be a name or number, got {other}"))),
         };
-        Ok(ConfirmedServiceError {
-            service: j.service,
-            error: j.error,
-            detail,
-        })
+        Ok(ConfirmedServiceError { service: j.service, error: j.error, detail })
     }
 }
 
@@ -297,11 +288,7 @@ impl ExceptionResponse {
         } else {
             None
         };
-        Ok(ExceptionResponse {
-            state_error,
-            service_error,
-            invocation_counter,
-        })
+        Ok(ExceptionResponse { state_error, service_error, invocation_counter })
     }
 
     pub fn encode_body(&self, out: &mut Vec<u8>) -> Result<()> {
@@ -313,7 +300,10 @@ impl ExceptionResponse {
                 return Err(Error::encode("ExceptionResponse", "invocation-counter-error needs the invocation counter"))
             }
             (false, Some(_)) => {
-                return Err(Error::encode("ExceptionResponse", "an invocation counter goes only with invocation-counter-error"))
+                return Err(Error::encode(
+                    "ExceptionResponse",
+                    "an invocation counter goes only with invocation-counter-error",
+                ))
             }
         }
         Ok(())
