@@ -312,6 +312,12 @@ impl Data {
             Data::Long(v) | Data::DeltaLong(v) => out.extend_from_slice(&v.to_be_bytes()),
             Data::LongUnsigned(v) | Data::DeltaLongUnsigned(v) => out.extend_from_slice(&v.to_be_bytes()),
             Data::CompactArray { description, elements } => {
+                if description.is_zero_size() && !elements.is_empty() {
+                    return Err(Error::encode(
+                        "compact-array",
+                        "elements of zero size (null-data only) cannot be told apart in the contents",
+                    ));
+                }
                 description.encode(out, 0)?;
                 let mut contents = Vec::new();
                 for (i, e) in elements.iter().enumerate() {
@@ -680,7 +686,7 @@ mod tests {
     #[test]
     fn hostile_input_is_an_error_not_a_crash() {
         // Nesting far beyond the ceiling.
-        let deep = vec![0x02, 0x01].repeat(1000);
+        let deep = [0x02, 0x01].repeat(1000);
         assert!(matches!(Data::from_bytes(&deep), Err(Error::Invalid { .. })));
         // A huge array count with no elements behind it.
         assert!(matches!(Data::from_bytes(&[0x01, 0x84, 0x00, 0xFF, 0xFF, 0xFF]), Err(Error::Incomplete { .. })));

@@ -94,6 +94,8 @@ impl Data {
     pub fn to_json(&self) -> Value {
         let mut m = Map::new();
         m.insert("type".into(), json!(self.type_name()));
+        // Hints and descriptions follow the value, in this order.
+        let mut extra = Map::new();
         let value = match self {
             Data::Null | Data::DontCare => None,
             Data::Array(items) | Data::Structure(items) => {
@@ -102,6 +104,11 @@ impl Data {
             Data::Boolean(b) => Some(json!(b)),
             Data::BitString(bs) => {
                 let bits: String = (0..bs.bits).map(|i| if bs.get(i) { '1' } else { '0' }).collect();
+                // Padding bits should be zero; when a meter sets them, keep the exact bytes.
+                let pad = (8 - bs.bits % 8) % 8;
+                if bs.bytes.last().is_some_and(|&b| b & ((1u16 << pad) - 1) as u8 != 0) {
+                    extra.insert("hex".into(), json!(hex(&bs.bytes)));
+                }
                 Some(json!(bits))
             }
             Data::DoubleLong(v) | Data::DeltaDoubleLong(v) => Some(json!(v)),
@@ -109,25 +116,25 @@ impl Data {
             Data::OctetString(b) => {
                 if b.len() == 6 {
                     let o = ObisCode([b[0], b[1], b[2], b[3], b[4], b[5]]);
-                    m.insert("obis".into(), json!(o.to_string()));
+                    extra.insert("obis".into(), json!(o.to_string()));
                 }
                 if let Some(iso) = is_plausible_date_time(b) {
-                    m.insert("date_time".into(), json!(iso));
+                    extra.insert("date_time".into(), json!(iso));
                 }
                 if b.len() >= 2 && b.iter().all(|c| (0x20..0x7F).contains(c)) {
-                    m.insert("ascii".into(), json!(String::from_utf8_lossy(b)));
+                    extra.insert("ascii".into(), json!(String::from_utf8_lossy(b)));
                 }
                 Some(json!(hex(b)))
             }
             Data::VisibleString(b) => {
                 if !b.iter().all(|c| c.is_ascii()) {
-                    m.insert("hex".into(), json!(hex(b)));
+                    extra.insert("hex".into(), json!(hex(b)));
                 }
                 Some(json!(String::from_utf8_lossy(b)))
             }
             Data::Utf8String(b) => {
                 if std::str::from_utf8(b).is_err() {
-                    m.insert("hex".into(), json!(hex(b)));
+                    extra.insert("hex".into(), json!(hex(b)));
                 }
                 Some(json!(String::from_utf8_lossy(b)))
             }
@@ -136,7 +143,7 @@ impl Data {
             Data::Long(v) | Data::DeltaLong(v) => Some(json!(v)),
             Data::LongUnsigned(v) | Data::DeltaLongUnsigned(v) => Some(json!(v)),
             Data::CompactArray { description, elements } => {
-                m.insert("description".into(), description.to_json());
+                extra.insert("description".into(), description.to_json());
                 Some(Value::Array(elements.iter().map(Data::to_json).collect()))
             }
             Data::Long64(v) => Some(json!(v)),
@@ -150,6 +157,7 @@ impl Data {
         if let Some(v) = value {
             m.insert("value".into(), v);
         }
+        m.extend(extra);
         Value::Object(m)
     }
 
@@ -198,6 +206,13 @@ impl Data {
             }),
             tag::BIT_STRING => {
                 let s = val.as_str().ok_or("bit-string value must be a string of 0 and 1")?;
+                if let Some(h) = obj.get("hex").and_then(Value::as_str) {
+                    let bytes = unhex(h)?;
+                    if bytes.len() != s.len().div_ceil(8) {
+                        return Err(format!("bit-string hex has {} bytes for {} bits", bytes.len(), s.len()));
+                    }
+                    return Ok(Data::BitString(BitString { bits: s.len(), bytes }));
+                }
                 let mut bytes = vec![0u8; s.len().div_ceil(8)];
                 for (i, c) in s.chars().enumerate() {
                     match c {

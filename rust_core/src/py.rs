@@ -1,1 +1,1069 @@
+//! The Python binding, `headend._core`. The only module that mentions pyo3.
+//!
+//! The boundary is narrow and batch-minded: a stream decoder per connection fed with
+//! whatever `data_received` got, a push decoder that turns a whole buffer of frames into
+//! columns (without the GIL), a key table that never hands keys back, and JSON-form
+//! encode/decode for everything else. Errors map in one place ([`to_pyerr`]) onto the
+//! exception classes of `headend.errors`; panics are caught and reported, never allowed
+//! to unwind into a worker.
 
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+use pyo3::exceptions::{PyTypeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::{PyBool, PyBytes, PyDict, PyFloat, PyInt, PyList, PyString, PyTuple, PyType};
+use serde_json::{Map, Number, Value};
+
+use crate::apdu::{Apdu, Ciphered, CipheredKind, SecurityControl};
+use crate::axdr::{self, Data};
+use crate::error::Error;
+use crate::hdlc::{self, Address, Control};
+use crate::obis::ObisCode;
+use crate::push::{PushBatch as RsPushBatch, PushDecoder as RsPushDecoder};
+use crate::security::{self, KeyTable as RsKeyTable, Keys, Policy, SystemTitle};
+use crate::stream::{self, Event, Framing, StreamConfig, Transport};
+use crate::{units, wrapper};
+
+// ---------------------------------------------------------------------------------
+// Errors
+
+static ERROR_CLASSES: [PyOnceLock<Py<PyType>>; 8] = [const { PyOnceLock::new() }; 8];
+const ERROR_NAMES: [&str; 8] = [
+    "IncompleteData",
+    "RemoteProtocolError",
+    "FrameTooLarge",
+    "UnsupportedFeature",
+    "AuthenticationFailed",
+    "ReplayedInvocationCounter",
+    "UnknownSystemTitle",
+    "LocalProtocolError",
+];
+
+fn error_class<'py>(py: Python<'py>, index: usize) -> PyResult<&'py Bound<'py, PyType>> {
+    ERROR_CLASSES[index].import(py, "headend.errors", ERROR_NAMES[index])
+}
+
+/// The one mapping from codec errors to Python exceptions.
+fn to_pyerr(py: Python<'_>, e: &Error) -> PyErr {
+    let index = match e {
+        Error::Incomplete { .. } => 0,
+        Error::Invalid { .. } => 1,
+        Error::TooLong { .. } => 2,
+        Error::Unsupported { .. } => 3,
+        Error::AuthenticationFailed => 4,
+        Error::Replay { .. } => 5,
+        Error::UnknownSystemTitle { .. } => 6,
+        Error::Encode { .. } => 7,
+    };
+    let build = || -> PyResult<PyErr> {
+        let cls = error_class(py, index)?;
+        let exc = cls.call1((e.to_string(),))?;
+        exc.setattr("kind", e.kind())?;
+        exc.setattr("dlms_error", e.exception_service_error())?;
+        match e {
+            Error::Incomplete { what, needed } => {
+                exc.setattr("field", *what)?;
+                exc.setattr("needed", *needed)?;
+            }
+            Error::Invalid { what, offset, .. } | Error::Unsupported { what, offset, .. } => {
+                exc.setattr("field", *what)?;
+                exc.setattr("offset", *offset)?;
+            }
+            Error::TooLong { what, offset, len, limit } => {
+                exc.setattr("field", *what)?;
+                exc.setattr("offset", *offset)?;
+                exc.setattr("length", *len)?;
+                exc.setattr("limit", *limit)?;
+            }
+            Error::Replay { system_title, received, last } => {
+                exc.setattr("system_title", PyBytes::new(py, system_title))?;
+                exc.setattr("received", *received)?;
+                exc.setattr("last", *last)?;
+            }
+            Error::UnknownSystemTitle { system_title } => {
+                exc.setattr("system_title", PyBytes::new(py, system_title))?;
+            }
+            Error::Encode { what, .. } => exc.setattr("field", *what)?,
+            Error::AuthenticationFailed => {}
+        }
+        Ok(PyErr::from_value(exc))
+    };
+    build().unwrap_or_else(|err| err)
+}
+
+fn local_error(py: Python<'_>, what: &'static str, reason: impl Into<String>) -> PyErr {
+    to_pyerr(py, &Error::encode(what, reason))
+}
+
+/// Runs codec work, optionally without the GIL, turning a panic into an exception.
+/// A panic here is our bug; the worker must survive it and the connection be dropped.
+fn guarded<T: Send>(py: Python<'_>, release_gil: bool, f: impl FnOnce() -> T + Send) -> PyResult<T> {
+    let run = move || catch_unwind(AssertUnwindSafe(f));
+    let out = if release_gil { py.detach(run) } else { run() };
+    out.map_err(|p| {
+        let msg = p
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| p.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unknown panic".into());
+        match error_class(py, 1) {
+            Ok(cls) => PyErr::from_type(cls.clone(), format!("internal codec error: {msg}")),
+            Err(e) => e,
+        }
+    })
+}
+
+fn codec<T>(py: Python<'_>, r: crate::error::Result<T>) -> PyResult<T> {
+    r.map_err(|e| to_pyerr(py, &e))
+}
+
+// ---------------------------------------------------------------------------------
+// JSON form <-> Python objects
+
+fn value_to_py<'py>(py: Python<'py>, v: &Value) -> PyResult<Bound<'py, PyAny>> {
+    Ok(match v {
+        Value::Null => py.None().into_bound(py),
+        Value::Bool(b) => PyBool::new(py, *b).to_owned().into_any(),
+        Value::Number(n) => {
+            if let Some(u) = n.as_u64() {
+                u.into_pyobject(py)?.into_any()
+            } else if let Some(i) = n.as_i64() {
+                i.into_pyobject(py)?.into_any()
+            } else {
+                n.as_f64().unwrap_or(f64::NAN).into_pyobject(py)?.into_any()
+            }
+        }
+        Value::String(s) => PyString::new(py, s).into_any(),
+        Value::Array(items) => {
+            let list = PyList::empty(py);
+            for x in items {
+                list.append(value_to_py(py, x)?)?;
+            }
+            list.into_any()
+        }
+        Value::Object(m) => {
+            let d = PyDict::new(py);
+            for (k, x) in m {
+                d.set_item(k, value_to_py(py, x)?)?;
+            }
+            d.into_any()
+        }
+    })
+}
+
+fn py_to_value(obj: &Bound<'_, PyAny>, depth: usize) -> PyResult<Value> {
+    if depth > 64 {
+        return Err(PyValueError::new_err("structure nested too deeply"));
+    }
+    if obj.is_none() {
+        return Ok(Value::Null);
+    }
+    if let Ok(b) = obj.cast::<PyBool>() {
+        return Ok(Value::Bool(b.is_true()));
+    }
+    if obj.is_instance_of::<PyInt>() {
+        if let Ok(u) = obj.extract::<u64>() {
+            return Ok(Value::Number(u.into()));
+        }
+        let i: i64 = obj.extract().map_err(|_| PyValueError::new_err(format!("integer {obj} does not fit 64 bits")))?;
+        return Ok(Value::Number(i.into()));
+    }
+    if let Ok(f) = obj.cast::<PyFloat>() {
+        let v = f.value();
+        return Ok(Number::from_f64(v).map(Value::Number).unwrap_or_else(|| {
+            Value::String(if v.is_nan() {
+                "NaN".into()
+            } else if v > 0.0 {
+                "inf".into()
+            } else {
+                "-inf".into()
+            })
+        }));
+    }
+    if let Ok(s) = obj.cast::<PyString>() {
+        return Ok(Value::String(s.to_str()?.to_string()));
+    }
+    if let Ok(b) = obj.cast::<PyBytes>() {
+        return Ok(Value::String(crate::data_json::hex(b.as_bytes())));
+    }
+    if let Ok(d) = obj.cast::<PyDict>() {
+        let mut m = Map::new();
+        for (k, v) in d.iter() {
+            let key: String = k.extract().map_err(|_| PyTypeError::new_err("mapping keys must be str"))?;
+            m.insert(key, py_to_value(&v, depth + 1)?);
+        }
+        return Ok(Value::Object(m));
+    }
+    if obj.is_instance_of::<PyList>() || obj.is_instance_of::<PyTuple>() {
+        let mut out = Vec::new();
+        for x in obj.try_iter()? {
+            out.push(py_to_value(&x?, depth + 1)?);
+        }
+        return Ok(Value::Array(out));
+    }
+    Err(PyTypeError::new_err(format!("cannot express {} in the JSON form", obj.get_type().name()?)))
+}
+
+// ---------------------------------------------------------------------------------
+// Small conversions
+
+fn title(py: Python<'_>, b: &[u8]) -> PyResult<SystemTitle> {
+    b.try_into().map_err(|_| local_error(py, "system title", format!("{} bytes (8 needed)", b.len())))
+}
+
+fn key16(py: Python<'_>, what: &'static str, b: &[u8]) -> PyResult<[u8; 16]> {
+    b.try_into().map_err(|_| local_error(py, what, format!("{} bytes (16 needed)", b.len())))
+}
+
+fn framing_of(py: Python<'_>, s: &str) -> PyResult<Framing> {
+    match s {
+        "auto" => Ok(Framing::Auto),
+        "wrapper" => Ok(Framing::Wrapper),
+        "hdlc" => Ok(Framing::Hdlc),
+        other => Err(local_error(py, "framing", format!("{other:?} (auto, wrapper or hdlc)"))),
+    }
+}
+
+fn framing_name(f: Framing) -> &'static str {
+    match f {
+        Framing::Auto => "auto",
+        Framing::Wrapper => "wrapper",
+        Framing::Hdlc => "hdlc",
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// Stream decoding
+
+/// One frame from a stream: transport envelope and, when complete, the APDU.
+#[pyclass(module = "headend._core", frozen, get_all)]
+pub struct Frame {
+    framing: &'static str,
+    offset: u64,
+    wire_len: usize,
+    source: u32,
+    destination: u32,
+    source_lower: Option<u16>,
+    destination_lower: Option<u16>,
+    control: Option<&'static str>,
+    send_seq: Option<u8>,
+    recv_seq: Option<u8>,
+    poll_final: bool,
+    segmented: bool,
+    llc: Option<&'static str>,
+    apdu: Option<Py<PyBytes>>,
+    info: Py<PyBytes>,
+}
+
+#[pymethods]
+impl Frame {
+    fn __repr__(&self) -> String {
+        format!(
+            "<Frame {} {} {}->{} apdu={}>",
+            self.framing,
+            self.control.unwrap_or(""),
+            self.source,
+            self.destination,
+            self.apdu.as_ref().map_or("None".to_string(), |_| "bytes".to_string())
+        )
+    }
+}
+
+/// Bytes that were not a valid frame; the decoder skipped past them.
+#[pyclass(module = "headend._core", frozen, get_all)]
+pub struct FrameError {
+    offset: u64,
+    kind: &'static str,
+    message: String,
+}
+
+#[pymethods]
+impl FrameError {
+    fn __repr__(&self) -> String {
+        format!("<FrameError at {}: {}>", self.offset, self.message)
+    }
+}
+
+fn frame_to_py(py: Python<'_>, f: stream::Frame) -> Frame {
+    let mut out = Frame {
+        framing: "wrapper",
+        offset: f.offset,
+        wire_len: f.wire_len,
+        source: 0,
+        destination: 0,
+        source_lower: None,
+        destination_lower: None,
+        control: None,
+        send_seq: None,
+        recv_seq: None,
+        poll_final: false,
+        segmented: false,
+        llc: None,
+        apdu: f.apdu.map(|a| PyBytes::new(py, &a).unbind()),
+        info: PyBytes::new(py, &f.info).unbind(),
+    };
+    match f.transport {
+        Transport::Wrapper(h) => {
+            out.source = h.source_wport as u32;
+            out.destination = h.destination_wport as u32;
+        }
+        Transport::Hdlc { destination, source, control, segmented, llc } => {
+            out.framing = "hdlc";
+            out.source = source.upper as u32;
+            out.destination = destination.upper as u32;
+            out.source_lower = source.lower;
+            out.destination_lower = destination.lower;
+            out.control = Some(control.name());
+            out.poll_final = control.poll_final();
+            match control {
+                Control::I { send_seq, recv_seq, .. } => {
+                    out.send_seq = Some(send_seq);
+                    out.recv_seq = Some(recv_seq);
+                }
+                Control::RR { recv_seq, .. } | Control::RNR { recv_seq, .. } => out.recv_seq = Some(recv_seq),
+                _ => {}
+            }
+            out.segmented = segmented;
+            out.llc = llc.map(|l| match l {
+                stream::Llc::Command => "command",
+                stream::Llc::Response => "response",
+            });
+        }
+    }
+    out
+}
+
+/// A per-connection stream decoder (see `rust_core/src/stream.rs`).
+#[pyclass(module = "headend._core")]
+pub struct StreamDecoder {
+    inner: stream::StreamDecoder,
+}
+
+#[pymethods]
+impl StreamDecoder {
+    #[new]
+    #[pyo3(signature = (framing = "auto", max_apdu = 65535))]
+    fn new(py: Python<'_>, framing: &str, max_apdu: usize) -> PyResult<Self> {
+        let framing = framing_of(py, framing)?;
+        Ok(StreamDecoder {
+            inner: stream::StreamDecoder::new(StreamConfig {
+                framing,
+                max_wrapper_apdu: max_apdu.min(65_535),
+                max_hdlc_apdu: max_apdu,
+            }),
+        })
+    }
+
+    /// Stores bytes; b"" means the peer closed the connection.
+    fn receive(&mut self, data: &[u8]) {
+        self.inner.receive(data);
+    }
+
+    /// Every frame and error available now.
+    fn events<'py>(&mut self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
+        let list = PyList::empty(py);
+        let inner = &mut self.inner;
+        let events = guarded(py, false, || std::iter::from_fn(|| inner.next_event()).collect::<Vec<_>>())?;
+        for ev in events {
+            match ev {
+                Event::Frame(f) => list.append(Bound::new(py, frame_to_py(py, f))?)?,
+                Event::Error { offset, error } => {
+                    list.append(Bound::new(py, FrameError { offset, kind: error.kind(), message: error.to_string() })?)?
+                }
+            }
+        }
+        Ok(list)
+    }
+
+    /// `receive(data)` then `events()`.
+    fn feed<'py>(&mut self, py: Python<'py>, data: &[u8]) -> PyResult<Bound<'py, PyList>> {
+        self.inner.receive(data);
+        self.events(py)
+    }
+
+    #[getter]
+    fn framing(&self) -> &'static str {
+        framing_name(self.inner.framing())
+    }
+
+    #[getter]
+    fn pending(&self) -> usize {
+        self.inner.pending()
+    }
+
+    #[getter]
+    fn skipped(&self) -> u64 {
+        self.inner.skipped()
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// Keys
+
+/// Per-meter keys and invocation counters. Keys go in and never come out.
+#[pyclass(module = "headend._core")]
+pub struct KeyTable {
+    inner: RsKeyTable,
+}
+
+fn policy(require_authentication: bool, require_encryption: bool) -> Policy {
+    Policy { require_authentication, require_encryption }
+}
+
+#[pymethods]
+impl KeyTable {
+    #[new]
+    fn new() -> Self {
+        KeyTable { inner: RsKeyTable::new() }
+    }
+
+    fn __len__(&self) -> usize {
+        self.inner.len()
+    }
+
+    fn __contains__(&self, system_title: &[u8]) -> bool {
+        system_title.try_into().is_ok_and(|st: SystemTitle| self.inner.contains(&st))
+    }
+
+    fn __repr__(&self) -> String {
+        format!("<KeyTable of {} meters>", self.inner.len())
+    }
+
+    /// Sets a meter's global encryption and authentication keys (counters are kept).
+    fn set_keys(&mut self, py: Python<'_>, system_title: &[u8], ek: &[u8], ak: &[u8]) -> PyResult<()> {
+        let st = title(py, system_title)?;
+        let keys = Keys::new(&key16(py, "encryption key", ek)?, &key16(py, "authentication key", ak)?);
+        self.inner.insert(st, keys);
+        Ok(())
+    }
+
+    fn remove(&mut self, py: Python<'_>, system_title: &[u8]) -> PyResult<bool> {
+        Ok(self.inner.remove(&title(py, system_title)?))
+    }
+
+    #[pyo3(signature = (system_title, key))]
+    fn set_dedicated_key(&mut self, py: Python<'_>, system_title: &[u8], key: Option<&[u8]>) -> PyResult<()> {
+        let st = title(py, system_title)?;
+        let k = key.map(|k| key16(py, "dedicated key", k)).transpose()?;
+        codec(py, self.inner.set_dedicated_key(&st, k.as_ref()))
+    }
+
+    /// Raises the floor for counters received from the meter; never lowers it.
+    fn raise_received_counter(&mut self, py: Python<'_>, system_title: &[u8], invocation_counter: u32) -> PyResult<()> {
+        let st = title(py, system_title)?;
+        codec(py, self.inner.raise_received_counter(&st, invocation_counter))
+    }
+
+    /// Raises the next counter used towards the meter; never lowers it.
+    fn raise_sent_counter(&mut self, py: Python<'_>, system_title: &[u8], next: u32) -> PyResult<()> {
+        let st = title(py, system_title)?;
+        codec(py, self.inner.raise_sent_counter(&st, next))
+    }
+
+    /// (last received, next to send).
+    fn counters(&self, py: Python<'_>, system_title: &[u8]) -> PyResult<(Option<u32>, u32)> {
+        let st = title(py, system_title)?;
+        codec(py, self.inner.counters(&st))
+    }
+
+    /// Every meter's (system title, last received, next to send), for persisting.
+    fn all_counters<'py>(&self, py: Python<'py>) -> Vec<(Bound<'py, PyBytes>, Option<u32>, u32)> {
+        self.inner.all_counters().into_iter().map(|(st, r, s)| (PyBytes::new(py, &st), r, s)).collect()
+    }
+
+    /// Verifies, decrypts and replay-checks a ciphered APDU from a meter. Returns
+    /// (system title, security control, invocation counter, plaintext APDU).
+    #[pyo3(signature = (apdu, sender = None, *, require_authentication = true, require_encryption = false))]
+    fn decipher<'py>(
+        &mut self,
+        py: Python<'py>,
+        apdu: &[u8],
+        sender: Option<&[u8]>,
+        require_authentication: bool,
+        require_encryption: bool,
+    ) -> PyResult<(Bound<'py, PyBytes>, u8, u32, Bound<'py, PyBytes>)> {
+        let sender = sender.map(|s| title(py, s)).transpose()?;
+        let c = ciphered(py, apdu)?;
+        let inner = &mut self.inner;
+        let d = guarded(py, false, || {
+            inner.decipher(&c, sender.as_ref(), policy(require_authentication, require_encryption))
+        })?;
+        let d = codec(py, d)?;
+        Ok((
+            PyBytes::new(py, &d.system_title),
+            d.security_control.0,
+            d.invocation_counter,
+            PyBytes::new(py, &d.plaintext),
+        ))
+    }
+
+    /// Protects `apdu` for meter `meter` as sender `own_title` with the next counter.
+    /// The envelope is the service-specific glo-/ded- APDU, or general-glo/ded-ciphering
+    /// when `general` is true (required for APDUs without a service-specific form).
+    #[pyo3(signature = (meter, own_title, apdu, *, security_control = 0x30, general = false, dedicated = false))]
+    #[allow(clippy::too_many_arguments)]
+    fn encipher<'py>(
+        &mut self,
+        py: Python<'py>,
+        meter: &[u8],
+        own_title: &[u8],
+        apdu: &[u8],
+        security_control: u8,
+        general: bool,
+        dedicated: bool,
+    ) -> PyResult<Bound<'py, PyBytes>> {
+        let (m, own) = (title(py, meter)?, title(py, own_title)?);
+        let kind = envelope(py, apdu, general, dedicated)?;
+        let c = codec(py, self.inner.encipher(&m, &own, kind, SecurityControl(security_control), apdu))?;
+        Ok(PyBytes::new(py, &codec(py, Apdu::Ciphered(c).to_bytes())?))
+    }
+
+    /// HLS-GMAC f(challenge) = SC || IC || GMAC for meter `meter`'s keys, computed as
+    /// `own_title` with the next counter towards the meter (pass 3 for a client).
+    fn hls_response<'py>(
+        &mut self,
+        py: Python<'py>,
+        meter: &[u8],
+        own_title: &[u8],
+        challenge: &[u8],
+    ) -> PyResult<Bound<'py, PyBytes>> {
+        let (m, own) = (title(py, meter)?, title(py, own_title)?);
+        let (_, next) = codec(py, self.inner.counters(&m))?;
+        let f = codec(py, self.inner.keys(&m))?.hls_response(&own, next, challenge);
+        codec(py, self.inner.raise_sent_counter(&m, next.saturating_add(1)))?;
+        Ok(PyBytes::new(py, &f))
+    }
+
+    /// Checks the meter's f(challenge) for our challenge (pass 4); returns its counter.
+    fn verify_hls_response(&self, py: Python<'_>, meter: &[u8], challenge: &[u8], response: &[u8]) -> PyResult<u32> {
+        let m = title(py, meter)?;
+        let keys = codec(py, self.inner.keys(&m))?;
+        codec(py, keys.verify_hls_response(&m, challenge, response))
+    }
+}
+
+fn ciphered(py: Python<'_>, apdu: &[u8]) -> PyResult<Ciphered> {
+    match guarded(py, false, || Apdu::decode(apdu))? {
+        Ok(Apdu::Ciphered(c)) => Ok(c),
+        Ok(other) => {
+            Err(to_pyerr(py, &Error::invalid("ciphered APDU", 0, format!("{} is not ciphered", other.name()))))
+        }
+        Err(e) => Err(to_pyerr(py, &e)),
+    }
+}
+
+fn envelope(py: Python<'_>, apdu: &[u8], general: bool, dedicated: bool) -> PyResult<CipheredKind> {
+    if general {
+        return Ok(CipheredKind(if dedicated { 0xDC } else { 0xDB }));
+    }
+    let t = *apdu.first().ok_or_else(|| local_error(py, "APDU", "empty"))?;
+    CipheredKind::for_plaintext(t, dedicated).ok_or_else(|| {
+        local_error(py, "APDU", format!("tag {t:#04x} has no service-specific ciphered form; use general=True"))
+    })
+}
+
+// ---------------------------------------------------------------------------------
+// Pushes
+
+/// Decoded pushes as columns. See `rust_core/src/push.rs` for each column's meaning.
+#[pyclass(module = "headend._core", frozen)]
+pub struct PushBatch {
+    inner: RsPushBatch,
+    consumed: usize,
+}
+
+/// Little-endian encoding of a column's element type.
+trait Le: Copy {
+    const WIDTH: usize;
+    fn put(self, out: &mut [u8]);
+}
+
+macro_rules! le {
+    ($($t:ty),*) => {$(
+        impl Le for $t {
+            const WIDTH: usize = std::mem::size_of::<$t>();
+            fn put(self, out: &mut [u8]) {
+                out.copy_from_slice(&self.to_le_bytes());
+            }
+        }
+    )*};
+}
+le!(u16, u32, u64, i64, f64);
+
+/// A column as one new `bytes`, written in place (no intermediate copy).
+fn le_bytes<'py, T: Le>(py: Python<'py>, v: &[T]) -> PyResult<Bound<'py, PyBytes>> {
+    PyBytes::new_with(py, std::mem::size_of_val(v), |buf| {
+        for (chunk, x) in buf.chunks_exact_mut(T::WIDTH).zip(v) {
+            x.put(chunk);
+        }
+        Ok(())
+    })
+}
+
+#[pymethods]
+impl PushBatch {
+    /// Number of pushes decoded.
+    fn __len__(&self) -> usize {
+        self.inner.pushes()
+    }
+
+    #[getter]
+    fn values(&self) -> usize {
+        self.inner.values()
+    }
+
+    /// Bytes of the input consumed (a partial trailing frame is not).
+    #[getter]
+    fn consumed(&self) -> usize {
+        self.consumed
+    }
+
+    /// One column as little-endian machine values with its `array` typecode.
+    fn column<'py>(&self, py: Python<'py>, name: &str) -> PyResult<(&'static str, Bound<'py, PyBytes>)> {
+        let b = &self.inner;
+        Ok(match name {
+            "push_frame" => ("I", le_bytes(py, &b.push_frame)?),
+            "push_system_title" => ("Q", le_bytes(py, &b.push_system_title)?),
+            "push_invocation_counter" => ("I", le_bytes(py, &b.push_invocation_counter)?),
+            "push_security_control" => ("B", PyBytes::new(py, &b.push_security_control)),
+            "push_invoke_id" => ("I", le_bytes(py, &b.push_invoke_id)?),
+            "push_time" => ("q", le_bytes(py, &b.push_time)?),
+            "push_source" => ("I", le_bytes(py, &b.push_source)?),
+            "push_first_value" => ("I", le_bytes(py, &b.push_first_value)?),
+            "value_push" => ("I", le_bytes(py, &b.value_push)?),
+            "value_index" => ("H", le_bytes(py, &b.value_index)?),
+            "value_tag" => ("B", PyBytes::new(py, &b.value_tag)),
+            "value" => ("d", le_bytes(py, &b.value)?),
+            "value_blob_start" => ("I", le_bytes(py, &b.value_blob_start)?),
+            "value_blob_len" => ("I", le_bytes(py, &b.value_blob_len)?),
+            "blobs" => ("B", PyBytes::new(py, &b.blobs)),
+            other => return Err(PyValueError::new_err(format!("no column {other:?}"))),
+        })
+    }
+
+    /// Every value as (frame, system title, invocation counter, leaf index, type name,
+    /// value, raw bytes or None). For tests and inspection; use `column` for volume.
+    fn rows<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
+        let b = &self.inner;
+        let list = PyList::empty(py);
+        for i in 0..b.values() {
+            let p = b.value_push[i] as usize;
+            let (s, l) = (b.value_blob_start[i] as usize, b.value_blob_len[i] as usize);
+            let blob = (l > 0).then(|| PyBytes::new(py, &b.blobs[s..s + l]));
+            list.append((
+                b.push_frame[p],
+                PyBytes::new(py, &b.push_system_title[p].to_be_bytes()),
+                b.push_invocation_counter[p],
+                b.value_index[i],
+                axdr::type_name(b.value_tag[i]).unwrap_or("unknown"),
+                b.value[i],
+                blob,
+            ))?;
+        }
+        Ok(list)
+    }
+
+    /// Frames that failed: (frame, kind, message).
+    fn errors(&self) -> Vec<(u32, &'static str, String)> {
+        self.inner.errors.iter().map(|(f, e)| (*f, e.kind(), e.to_string())).collect()
+    }
+
+    /// Frames that were not pushes: (frame, sender system title or None, plaintext APDU).
+    fn others<'py>(&self, py: Python<'py>) -> Vec<(u32, Option<Bound<'py, PyBytes>>, Bound<'py, PyBytes>)> {
+        self.inner
+            .others
+            .iter()
+            .map(|(f, st, apdu)| (*f, (*st != 0).then(|| PyBytes::new(py, &st.to_be_bytes())), PyBytes::new(py, apdu)))
+            .collect()
+    }
+}
+
+/// Decodes buffers of pushed frames into `PushBatch` columns, without the GIL.
+#[pyclass(module = "headend._core")]
+pub struct PushDecoder {
+    inner: RsPushDecoder,
+}
+
+#[pymethods]
+impl PushDecoder {
+    #[new]
+    #[pyo3(signature = (*, require_authentication = true, require_encryption = false, max_apdu = 65535))]
+    fn new(require_authentication: bool, require_encryption: bool, max_apdu: usize) -> Self {
+        let mut inner = RsPushDecoder::new(policy(require_authentication, require_encryption));
+        inner.max_apdu = max_apdu;
+        PushDecoder { inner }
+    }
+
+    /// Decodes the complete frames in `frames` (back to back, one framing); a partial
+    /// trailing frame is left (see `PushBatch.consumed`).
+    #[pyo3(signature = (keys, frames, framing = "wrapper", first_frame = 0))]
+    fn decode(
+        &mut self,
+        py: Python<'_>,
+        keys: &mut KeyTable,
+        frames: &[u8],
+        framing: &str,
+        first_frame: u32,
+    ) -> PyResult<PushBatch> {
+        let framing = framing_of(py, framing)?;
+        let (dec, table) = (&mut self.inner, &mut keys.inner);
+        // Releasing the GIL costs more than decoding a handful of frames.
+        let release = frames.len() > 16 * 1024;
+        let (batch, consumed) = guarded(py, release, || {
+            let mut out = RsPushBatch::default();
+            let used = dec.decode_frames(table, frames, framing, first_frame, &mut out);
+            (out, used)
+        })?;
+        Ok(PushBatch { inner: batch, consumed })
+    }
+
+    /// Decodes a sequence of APDUs (already unframed). `sender` is the system title for
+    /// service-specific ciphered APDUs.
+    #[pyo3(signature = (keys, apdus, sender = None))]
+    fn decode_apdus(
+        &mut self,
+        py: Python<'_>,
+        keys: &mut KeyTable,
+        apdus: Vec<Vec<u8>>,
+        sender: Option<&[u8]>,
+    ) -> PyResult<PushBatch> {
+        let sender = sender.map(|s| title(py, s)).transpose()?;
+        let (dec, table) = (&mut self.inner, &mut keys.inner);
+        let batch = guarded(py, apdus.len() > 64, || {
+            let mut out = RsPushBatch::default();
+            for (i, a) in apdus.iter().enumerate() {
+                dec.decode_apdu(table, a, i as u32, sender.as_ref(), 0, &mut out);
+            }
+            out
+        })?;
+        Ok(PushBatch { inner: batch, consumed: 0 })
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// Functions
+
+/// Decodes one APDU into its JSON form (dicts, lists, str, int, float, bool, None).
+#[pyfunction]
+fn decode_apdu<'py>(py: Python<'py>, apdu: &[u8]) -> PyResult<Bound<'py, PyAny>> {
+    let v = codec(py, guarded(py, false, || Apdu::decode(apdu).map(|a| a.to_json()))?)?;
+    value_to_py(py, &v)
+}
+
+/// Encodes an APDU from its JSON form; bytes are accepted wherever hex is.
+#[pyfunction]
+fn encode_apdu<'py>(py: Python<'py>, apdu: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyBytes>> {
+    let v = py_to_value(apdu, 0)?;
+    let a = Apdu::from_json(&v).map_err(|e| local_error(py, "APDU", e))?;
+    Ok(PyBytes::new(py, &codec(py, a.to_bytes())?))
+}
+
+/// Decodes one A-XDR value into its JSON form.
+#[pyfunction]
+fn decode_data<'py>(py: Python<'py>, data: &[u8]) -> PyResult<Bound<'py, PyAny>> {
+    let v = codec(py, guarded(py, false, || Data::from_bytes(data).map(|d| d.to_json()))?)?;
+    value_to_py(py, &v)
+}
+
+/// Encodes one A-XDR value from its JSON form.
+#[pyfunction]
+fn encode_data<'py>(py: Python<'py>, value: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyBytes>> {
+    let v = py_to_value(value, 0)?;
+    let d = Data::from_json(&v).map_err(|e| local_error(py, "Data", e))?;
+    Ok(PyBytes::new(py, &codec(py, d.to_bytes())?))
+}
+
+/// Decodes exactly one frame (wrapper, HDLC, or a bare APDU with framing "apdu") into
+/// {"framing": {...} | None, "apdu": bytes | None, "info": bytes}.
+#[pyfunction]
+#[pyo3(signature = (frame, framing = "auto"))]
+fn decode_frame<'py>(py: Python<'py>, frame: &[u8], framing: &str) -> PyResult<Bound<'py, PyDict>> {
+    let framing = match framing {
+        "apdu" => None,
+        "auto" if frame.first().is_some_and(|&b| b != 0x00 && b != hdlc::FLAG) => None,
+        other => Some(framing_of(py, other)?),
+    };
+    let out = PyDict::new(py);
+    let Some(framing) = framing else {
+        out.set_item("framing", py.None())?;
+        out.set_item("apdu", PyBytes::new(py, frame))?;
+        out.set_item("info", PyBytes::new(py, &[]))?;
+        return Ok(out);
+    };
+    let mut d = stream::StreamDecoder::new(StreamConfig { framing, max_wrapper_apdu: 65_535, max_hdlc_apdu: 1 << 20 });
+    d.receive(frame);
+    d.receive(&[]);
+    let events = guarded(py, false, || std::iter::from_fn(|| d.next_event()).collect::<Vec<_>>())?;
+    let mut frames = Vec::new();
+    for ev in events {
+        match ev {
+            Event::Frame(f) => frames.push(f),
+            Event::Error { offset, error } => {
+                return Err(to_pyerr(py, &relocate(error, offset)));
+            }
+        }
+    }
+    // One frame, or the segments of one APDU.
+    let Some(last) = frames.last() else {
+        return Err(to_pyerr(py, &Error::Incomplete { what: "frame", needed: 1 }));
+    };
+    if frames.iter().filter(|f| f.apdu.is_some()).count() > 1 {
+        return Err(local_error(py, "frame", "the input holds more than one frame; decode them one at a time"));
+    }
+    let transport = serde_json::to_value(&last.transport).unwrap_or(Value::Null);
+    let t = value_to_py(py, &transport)?;
+    if let Ok(td) = t.cast::<PyDict>() {
+        td.set_item("segments", frames.len())?;
+        td.set_item("wire_len", frames.iter().map(|f| f.wire_len).sum::<usize>())?;
+    }
+    out.set_item("framing", t)?;
+    out.set_item("apdu", last.apdu.as_ref().map(|a| PyBytes::new(py, a)))?;
+    out.set_item("info", PyBytes::new(py, &last.info))?;
+    Ok(out)
+}
+
+fn relocate(e: Error, base: u64) -> Error {
+    match e {
+        Error::Invalid { what, offset, reason } => Error::Invalid { what, offset: offset + base as usize, reason },
+        Error::TooLong { what, offset, len, limit } => {
+            Error::TooLong { what, offset: offset + base as usize, len, limit }
+        }
+        other => other,
+    }
+}
+
+/// Decodes HDLC SNRM/UA information (negotiated parameters).
+#[pyfunction]
+fn decode_hdlc_parameters<'py>(py: Python<'py>, info: &[u8]) -> PyResult<Bound<'py, PyAny>> {
+    let p = codec(py, hdlc::Parameters::decode(info))?;
+    value_to_py(py, &serde_json::to_value(p).unwrap_or(Value::Null))
+}
+
+/// Wraps an APDU in an IEC 62056-47 wrapper frame.
+#[pyfunction]
+#[pyo3(signature = (apdu, source_wport = 0x0001, destination_wport = 0x0001))]
+fn wrap<'py>(py: Python<'py>, apdu: &[u8], source_wport: u16, destination_wport: u16) -> PyResult<Bound<'py, PyBytes>> {
+    Ok(PyBytes::new(py, &codec(py, wrapper::encode(source_wport, destination_wport, apdu))?))
+}
+
+fn address(py: Python<'_>, upper: u16, lower: Option<u16>, size: Option<u8>) -> PyResult<Address> {
+    let a = match lower {
+        None => Address { upper, lower: None, size: 1 },
+        Some(l) => {
+            let mut a = Address::server(upper, l);
+            if let Some(s) = size {
+                a.size = s;
+            }
+            a
+        }
+    };
+    // Validate by encoding.
+    codec(py, a.encode(&mut Vec::new()))?;
+    Ok(a)
+}
+
+/// Encodes one HDLC frame. `control` is I, RR, RNR, SNRM, DISC, UA, DM, FRMR or UI;
+/// addresses are (upper, lower or None); `info` for I/UI frames should start with the
+/// LLC header (see `hdlc_segments` to build a whole APDU's frames).
+#[pyfunction]
+#[pyo3(signature = (destination, source, control, info = b"".as_slice(), *, send_seq = 0, recv_seq = 0, poll_final = true, segmented = false))]
+#[allow(clippy::too_many_arguments)]
+fn hdlc_frame<'py>(
+    py: Python<'py>,
+    destination: (u16, Option<u16>),
+    source: (u16, Option<u16>),
+    control: &str,
+    info: &[u8],
+    send_seq: u8,
+    recv_seq: u8,
+    poll_final: bool,
+    segmented: bool,
+) -> PyResult<Bound<'py, PyBytes>> {
+    let ctl = control_of(py, control, send_seq, recv_seq, poll_final)?;
+    let d = address(py, destination.0, destination.1, None)?;
+    let s = address(py, source.0, source.1, None)?;
+    Ok(PyBytes::new(py, &codec(py, hdlc::encode_frame(d, s, ctl, info, segmented))?))
+}
+
+fn control_of(py: Python<'_>, control: &str, send_seq: u8, recv_seq: u8, poll_final: bool) -> PyResult<Control> {
+    if send_seq > 7 || recv_seq > 7 {
+        return Err(local_error(py, "HDLC control", "sequence numbers are 0..7"));
+    }
+    Ok(match control {
+        "I" => Control::I { send_seq, recv_seq, poll_final },
+        "RR" => Control::RR { recv_seq, poll_final },
+        "RNR" => Control::RNR { recv_seq, poll_final },
+        "SNRM" => Control::SNRM { poll_final },
+        "DISC" => Control::DISC { poll_final },
+        "UA" => Control::UA { poll_final },
+        "DM" => Control::DM { poll_final },
+        "FRMR" => Control::FRMR { poll_final },
+        "UI" => Control::UI { poll_final },
+        other => return Err(local_error(py, "HDLC control", format!("{other:?} is not a frame type"))),
+    })
+}
+
+/// The I-frames carrying one APDU: LLC header added, split at `max_info` bytes, send
+/// sequence numbers from `send_seq`, segmentation bits set on all but the last.
+#[pyfunction]
+#[pyo3(signature = (destination, source, apdu, *, command = true, max_info = 128, send_seq = 0, recv_seq = 0))]
+#[allow(clippy::too_many_arguments)]
+fn hdlc_segments<'py>(
+    py: Python<'py>,
+    destination: (u16, Option<u16>),
+    source: (u16, Option<u16>),
+    apdu: &[u8],
+    command: bool,
+    max_info: usize,
+    send_seq: u8,
+    recv_seq: u8,
+) -> PyResult<Vec<Bound<'py, PyBytes>>> {
+    if max_info < 4 {
+        return Err(local_error(py, "HDLC segments", "max_info below 4 bytes"));
+    }
+    let d = address(py, destination.0, destination.1, None)?;
+    let s = address(py, source.0, source.1, None)?;
+    let llc = if command { hdlc::LLC_COMMAND } else { hdlc::LLC_RESPONSE };
+    let info = [&llc[..], apdu].concat();
+    let chunks: Vec<&[u8]> = info.chunks(max_info).collect();
+    let mut out = Vec::with_capacity(chunks.len());
+    for (i, c) in chunks.iter().enumerate() {
+        let ctl =
+            Control::I { send_seq: (send_seq.wrapping_add(i as u8)) & 7, recv_seq: recv_seq & 7, poll_final: true };
+        out.push(PyBytes::new(py, &codec(py, hdlc::encode_frame(d, s, ctl, c, i + 1 < chunks.len()))?));
+    }
+    Ok(out)
+}
+
+/// Encodes SNRM/UA parameter information.
+#[pyfunction]
+#[pyo3(signature = (*, max_info_transmit = None, max_info_receive = None, window_transmit = None, window_receive = None))]
+fn hdlc_parameters<'py>(
+    py: Python<'py>,
+    max_info_transmit: Option<u32>,
+    max_info_receive: Option<u32>,
+    window_transmit: Option<u32>,
+    window_receive: Option<u32>,
+) -> Bound<'py, PyBytes> {
+    let p = hdlc::Parameters { max_info_transmit, max_info_receive, window_transmit, window_receive };
+    PyBytes::new(py, &p.encode())
+}
+
+/// Protects an APDU with explicit keys (the meter's side, tools and tests). The
+/// envelope is general-glo-ciphering unless `service_specific` asks for the glo- tag.
+#[pyfunction]
+#[pyo3(signature = (apdu, *, ek, ak, system_title, invocation_counter, security_control = 0x30, service_specific = false))]
+#[allow(clippy::too_many_arguments)]
+fn encrypt<'py>(
+    py: Python<'py>,
+    apdu: &[u8],
+    ek: &[u8],
+    ak: &[u8],
+    system_title: &[u8],
+    invocation_counter: u32,
+    security_control: u8,
+    service_specific: bool,
+) -> PyResult<Bound<'py, PyBytes>> {
+    let keys = Keys::new(&key16(py, "encryption key", ek)?, &key16(py, "authentication key", ak)?);
+    let st = title(py, system_title)?;
+    let kind = envelope(py, apdu, !service_specific, false)?;
+    let c = codec(
+        py,
+        security::encipher_with(&keys, kind, SecurityControl(security_control), &st, invocation_counter, apdu),
+    )?;
+    Ok(PyBytes::new(py, &codec(py, Apdu::Ciphered(c).to_bytes())?))
+}
+
+/// Verifies and decrypts with explicit keys, without replay state (the decode tool).
+/// Returns {"system_title", "security_control", "invocation_counter", "plaintext"}.
+#[pyfunction]
+#[pyo3(signature = (apdu, *, ek, ak, system_title = None, require_authentication = true))]
+fn decrypt<'py>(
+    py: Python<'py>,
+    apdu: &[u8],
+    ek: &[u8],
+    ak: &[u8],
+    system_title: Option<&[u8]>,
+    require_authentication: bool,
+) -> PyResult<Bound<'py, PyDict>> {
+    let keys = Keys::new(&key16(py, "encryption key", ek)?, &key16(py, "authentication key", ak)?);
+    let sender = system_title.map(|s| title(py, s)).transpose()?;
+    let c = ciphered(py, apdu)?;
+    let d = codec(py, security::decipher_with(&keys, &c, sender.as_ref(), policy(require_authentication, false)))?;
+    let out = PyDict::new(py);
+    out.set_item("system_title", PyBytes::new(py, &d.system_title))?;
+    out.set_item("security_control", d.security_control.0)?;
+    out.set_item("invocation_counter", d.invocation_counter)?;
+    out.set_item("plaintext", PyBytes::new(py, &d.plaintext))?;
+    Ok(out)
+}
+
+/// HLS-GMAC f(challenge) = SC || IC || GMAC with explicit keys.
+#[pyfunction]
+#[pyo3(signature = (challenge, *, ek, ak, system_title, invocation_counter))]
+fn hls_gmac<'py>(
+    py: Python<'py>,
+    challenge: &[u8],
+    ek: &[u8],
+    ak: &[u8],
+    system_title: &[u8],
+    invocation_counter: u32,
+) -> PyResult<Bound<'py, PyBytes>> {
+    let keys = Keys::new(&key16(py, "encryption key", ek)?, &key16(py, "authentication key", ak)?);
+    let st = title(py, system_title)?;
+    Ok(PyBytes::new(py, &keys.hls_response(&st, invocation_counter, challenge)))
+}
+
+/// Parses an OBIS code ("1.0.1.8.0.255" or "1-0:1.8.0*255") into its 6 bytes.
+#[pyfunction]
+fn parse_obis<'py>(py: Python<'py>, text: &str) -> PyResult<Bound<'py, PyBytes>> {
+    let o: ObisCode =
+        text.parse().map_err(|e: crate::obis::ObisParseError| local_error(py, "OBIS code", e.to_string()))?;
+    Ok(PyBytes::new(py, &o.0))
+}
+
+/// Formats 6 bytes as "a.b.c.d.e.f".
+#[pyfunction]
+fn format_obis(py: Python<'_>, code: &[u8]) -> PyResult<String> {
+    let b: [u8; 6] =
+        code.try_into().map_err(|_| local_error(py, "OBIS code", format!("{} bytes (6 needed)", code.len())))?;
+    Ok(ObisCode(b).to_string())
+}
+
+/// The OBIS code packed into an int (A in the most significant of 48 bits).
+#[pyfunction]
+fn obis_to_int(py: Python<'_>, code: &[u8]) -> PyResult<u64> {
+    let b: [u8; 6] =
+        code.try_into().map_err(|_| local_error(py, "OBIS code", format!("{} bytes (6 needed)", code.len())))?;
+    Ok(ObisCode(b).to_u64())
+}
+
+/// The unit's symbol ("Wh") and quantity, or None for a code the standard's table lacks.
+#[pyfunction]
+fn unit_info(code: u8) -> Option<(&'static str, &'static str)> {
+    Some((crate::codes::unit::name(code)?, crate::codes::unit::quantity(code)?))
+}
+
+/// Applies a scaler: value × 10^scaler, correctly rounded where f64 allows.
+#[pyfunction]
+fn scale(value: f64, scaler: i8) -> f64 {
+    units::scale(value, scaler)
+}
+
+#[pymodule]
+#[pyo3(name = "_core")]
+mod core_module {
+    #[pymodule_export]
+    use super::{
+        decode_apdu, decode_data, decode_frame, decode_hdlc_parameters, decrypt, encode_apdu, encode_data, encrypt,
+        format_obis, hdlc_frame, hdlc_parameters, hdlc_segments, hls_gmac, obis_to_int, parse_obis, scale, unit_info,
+        wrap, Frame, FrameError, KeyTable, PushBatch, PushDecoder, StreamDecoder,
+    };
+
+    #[pymodule_init]
+    fn init(m: &pyo3::Bound<'_, pyo3::types::PyModule>) -> pyo3::PyResult<()> {
+        use pyo3::types::PyModuleMethods;
+        m.add("__version__", env!("CARGO_PKG_VERSION"))
+    }
+}

@@ -130,7 +130,7 @@ impl Keys {
         sc: SecurityControl,
         system_title: &SystemTitle,
         ic: u32,
-        buf: &mut Vec<u8>,
+        buf: &mut [u8],
         tag: Option<&[u8]>,
     ) -> Result<()> {
         Self::check_suite(sc)?;
@@ -350,7 +350,7 @@ impl KeyTable {
         apdu_title: Option<&[u8]>,
         sc: SecurityControl,
         ic: u32,
-        buf: &mut Vec<u8>,
+        buf: &mut [u8],
         tag: Option<&[u8]>,
         sender: Option<&SystemTitle>,
         policy: Policy,

@@ -236,7 +236,16 @@ impl StreamDecoder {
 
     /// After the peer closed, a partial frame left behind is reported once.
     fn closing_event(&mut self) -> Option<Event> {
-        if self.closed && !self.close_reported && self.pending() > 0 {
+        if !self.closed || self.pending() == 0 {
+            return None;
+        }
+        // HDLC keeps the last closing flag (it may open the next frame): not a fragment.
+        if self.framing == Framing::Hdlc && self.buf[self.start..].iter().all(|&b| b == FLAG) {
+            let n = self.pending();
+            self.consume(n);
+            return None;
+        }
+        if !self.close_reported {
             self.close_reported = true;
             let offset = self.offset();
             let n = self.pending();
@@ -542,6 +551,19 @@ mod tests {
         assert_eq!(ev.len(), 1);
         assert!(matches!(&ev[0], Event::Error { .. }));
         assert!(drain(&mut d).is_empty());
+    }
+
+    #[test]
+    fn close_after_a_complete_hdlc_frame_is_clean() {
+        let f = hdlc::encode_frame(Address::one(1), Address::one(0x10), Control::SNRM { poll_final: true }, &[], false)
+            .unwrap();
+        let mut d = StreamDecoder::new(StreamConfig::default());
+        d.receive(&f);
+        d.receive(&[]);
+        let ev = drain(&mut d);
+        assert_eq!(ev.len(), 1, "{ev:?}");
+        assert!(matches!(&ev[0], Event::Frame(_)));
+        assert_eq!(d.pending(), 0);
     }
 
     #[test]

@@ -1,0 +1,92 @@
+# The headend's build, checks and tools. `make help` lists the targets.
+#
+# Everything runs from the repository root and installs what it needs: Python tools in
+# .venv (pinned in requirements-dev.txt), the Rust extension built by maturin in release
+# mode into the source tree (headend/_core*.so).
+
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV := $(CURDIR)/.venv
+BIN := $(VENV)/bin
+export VIRTUAL_ENV := $(VENV)
+export PATH := $(BIN):$(HOME)/.cargo/bin:$(PATH)
+# pyo3 builds against the venv's interpreter.
+export PYO3_PYTHON := $(BIN)/python
+
+RUST_SOURCES := $(shell find rust_core/src -name '*.rs') rust_core/Cargo.toml Cargo.toml Cargo.lock
+FUZZ_SECONDS ?= 60
+
+.PHONY: help
+help: ## list the targets
+	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | \
+		awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.deps: requirements-dev.txt | $(BIN)/python
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -r requirements-dev.txt
+	touch $@
+
+$(VENV)/.built: $(RUST_SOURCES) pyproject.toml $(VENV)/.deps
+	$(BIN)/maturin develop --release --quiet
+	touch $@
+
+.PHONY: venv
+venv: $(VENV)/.deps ## create .venv with the pinned tools
+
+.PHONY: build
+build: $(VENV)/.built ## build the Rust extension (release) into the package
+
+.PHONY: run
+run: build ## build, then decode the sample captures (the full demo comes later)
+	@echo "== Green Book examples (keys 000102..0F / D0D1..DF) =="
+	$(BIN)/headend decode --ek 000102030405060708090A0B0C0D0E0F --ak D0D1D2D3D4D5D6D7D8D9DADBDCDDDEDF \
+		--system-title 4D4D4D0000BC614E --pretty - < protocols/samples/green-book.hex
+	@echo "== A real meter's encrypted push =="
+	$(BIN)/headend decode --ek 4D5944554D4D59474C4F42414C4B4559 --ak 4D5944554D4D59474C4F42414C4B4559 \
+		--pretty - < protocols/samples/real-push.hex
+	@echo "== Plain frames: HDLC link set-up, GET, a push =="
+	$(BIN)/headend decode --pretty - < protocols/samples/plain.hex
+
+.PHONY: test
+test: build lint ## build everything and run every test and check
+	cargo test --quiet --manifest-path rust_core/Cargo.toml
+	$(BIN)/python -m pytest -q
+
+.PHONY: lint
+lint: build ## clippy, rustfmt, ruff, mypy, stubtest, generated-code check
+	cargo clippy --quiet --manifest-path rust_core/Cargo.toml --all-features --all-targets -- -D warnings
+	cargo fmt --manifest-path rust_core/Cargo.toml -- --check
+	$(BIN)/ruff check headend tests tools bench loadtest
+	$(BIN)/ruff format --check headend tests tools bench loadtest
+	$(BIN)/python -m mypy
+	$(BIN)/python -m mypy.stubtest headend._core
+	$(BIN)/python tools/gen_codes.py --check
+
+.PHONY: codes
+codes: ## regenerate rust_core/src/codes.rs from protocols/dlms_codes.toml
+	$(PYTHON) tools/gen_codes.py
+
+.PHONY: bench
+bench: build ## micro-benchmarks (pytest-benchmark); results in bench/results/
+	$(BIN)/python -m pytest bench -m benchmark -p no:cacheprovider \
+		--benchmark-only --benchmark-columns=min,median,mean,ops,rounds \
+		--benchmark-json=bench/results/codec-latest.json
+
+.PHONY: fuzz
+fuzz: ## fuzz the decoders for FUZZ_SECONDS per target (needs the nightly toolchain)
+	cargo +nightly --version >/dev/null
+	cargo install --quiet --locked cargo-fuzz 2>/dev/null || cargo install --quiet cargo-fuzz
+	cd rust_core && for t in $$(cargo +nightly fuzz list); do \
+		cargo +nightly fuzz run $$t -- -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=2048 || exit 1; \
+	done
+
+.PHONY: clean
+clean: ## remove build products and the virtual environment
+	cargo clean
+	rm -rf $(VENV) headend/_core*.so .pytest_cache .ruff_cache .mypy_cache

@@ -1,0 +1,271 @@
+"""headend._core: the DLMS/COSEM codec compiled from rust_core (do not import directly;
+use headend.codec).
+
+Errors are the classes of headend.errors: RemoteProtocolError and its subclasses for
+bad input, LocalProtocolError (also a ValueError) for values that cannot be encoded.
+"""
+
+from collections.abc import Mapping, Sequence
+from typing import Any, Final, Literal, final
+
+__version__: Final[str]
+
+Framing = Literal["auto", "wrapper", "hdlc"]
+
+@final
+class Frame:
+    """One frame from a stream: transport envelope and, when complete, the APDU."""
+
+    @property
+    def framing(self) -> Literal["wrapper", "hdlc"]: ...
+    @property
+    def offset(self) -> int:
+        """Offset of the frame's first byte in the connection's byte stream."""
+    @property
+    def wire_len(self) -> int:
+        """Bytes the frame occupied on the wire."""
+    @property
+    def source(self) -> int:
+        """Wrapper source wPort, or the HDLC source's upper address."""
+    @property
+    def destination(self) -> int:
+        """Wrapper destination wPort, or the HDLC destination's upper address."""
+    @property
+    def source_lower(self) -> int | None:
+        """Lower HDLC address of the source (2- and 4-byte addresses)."""
+    @property
+    def destination_lower(self) -> int | None: ...
+    @property
+    def control(self) -> str | None:
+        """HDLC frame type: I, RR, RNR, SNRM, DISC, UA, DM, FRMR, UI."""
+    @property
+    def send_seq(self) -> int | None: ...
+    @property
+    def recv_seq(self) -> int | None: ...
+    @property
+    def poll_final(self) -> bool: ...
+    @property
+    def segmented(self) -> bool:
+        """More HDLC segments of this APDU follow (acknowledge with RR)."""
+    @property
+    def llc(self) -> Literal["command", "response"] | None: ...
+    @property
+    def apdu(self) -> bytes | None:
+        """The complete APDU when this frame completes one (LLC header removed)."""
+    @property
+    def info(self) -> bytes:
+        """Information field of HDLC frames without an APDU (SNRM/UA parameters)."""
+
+@final
+class FrameError:
+    """Bytes that were not a valid frame; the decoder skipped past them."""
+
+    @property
+    def offset(self) -> int: ...
+    @property
+    def kind(self) -> str:
+        """truncated, malformed, oversize, unsupported, ..."""
+    @property
+    def message(self) -> str: ...
+
+@final
+class StreamDecoder:
+    """Frames out of arbitrary TCP chunks, for one connection (sans I/O)."""
+
+    def __new__(cls, framing: Framing = "auto", max_apdu: int = 65535) -> StreamDecoder: ...
+    def receive(self, data: bytes) -> None:
+        """Stores bytes; b"" means the peer closed the connection."""
+    def events(self) -> list[Frame | FrameError]:
+        """Every frame and error available now."""
+    def feed(self, data: bytes) -> list[Frame | FrameError]:
+        """receive(data), then events()."""
+    @property
+    def framing(self) -> Framing:
+        """The framing in use ("auto" until the first byte decides)."""
+    @property
+    def pending(self) -> int:
+        """Bytes received but not yet part of a frame."""
+    @property
+    def skipped(self) -> int:
+        """Bytes discarded while resynchronising after garbage."""
+
+@final
+class KeyTable:
+    """Per-meter keys and invocation counters; keys go in and never come out."""
+
+    def __new__(cls) -> KeyTable: ...
+    def __len__(self) -> int: ...
+    def __contains__(self, system_title: bytes) -> bool: ...
+    def set_keys(self, system_title: bytes, ek: bytes, ak: bytes) -> None:
+        """Sets a meter's global encryption and authentication keys (counters kept)."""
+    def remove(self, system_title: bytes) -> bool: ...
+    def set_dedicated_key(self, system_title: bytes, key: bytes | None) -> None: ...
+    def raise_received_counter(self, system_title: bytes, invocation_counter: int) -> None:
+        """Raises the floor for counters received from the meter; never lowers it."""
+    def raise_sent_counter(self, system_title: bytes, next: int) -> None:
+        """Raises the next counter used towards the meter; never lowers it."""
+    def counters(self, system_title: bytes) -> tuple[int | None, int]:
+        """(last received, next to send)."""
+    def all_counters(self) -> list[tuple[bytes, int | None, int]]: ...
+    def decipher(
+        self,
+        apdu: bytes,
+        sender: bytes | None = None,
+        *,
+        require_authentication: bool = True,
+        require_encryption: bool = False,
+    ) -> tuple[bytes, int, int, bytes]:
+        """Verifies, decrypts and replay-checks a ciphered APDU from a meter:
+        (system title, security control, invocation counter, plaintext APDU)."""
+    def encipher(
+        self,
+        meter: bytes,
+        own_title: bytes,
+        apdu: bytes,
+        *,
+        security_control: int = 0x30,
+        general: bool = False,
+        dedicated: bool = False,
+    ) -> bytes:
+        """Protects an APDU for ``meter`` as sender ``own_title``, next counter."""
+    def hls_response(self, meter: bytes, own_title: bytes, challenge: bytes) -> bytes:
+        """HLS-GMAC f(challenge) = SC || IC || GMAC (pass 3 for a client)."""
+    def verify_hls_response(self, meter: bytes, challenge: bytes, response: bytes) -> int:
+        """Checks the meter's f(challenge) (pass 4); returns its invocation counter."""
+
+ColumnName = Literal[
+    "push_frame",
+    "push_system_title",
+    "push_invocation_counter",
+    "push_security_control",
+    "push_invoke_id",
+    "push_time",
+    "push_source",
+    "push_first_value",
+    "value_push",
+    "value_index",
+    "value_tag",
+    "value",
+    "value_blob_start",
+    "value_blob_len",
+    "blobs",
+]
+
+@final
+class PushBatch:
+    """Decoded pushes as columns (see rust_core/src/push.rs)."""
+
+    def __len__(self) -> int:
+        """Number of pushes decoded."""
+    @property
+    def values(self) -> int:
+        """Number of values (leaves) decoded."""
+    @property
+    def consumed(self) -> int:
+        """Input bytes consumed; a partial trailing frame is not."""
+    def column(self, name: ColumnName) -> tuple[str, bytes]:
+        """(array typecode, little-endian bytes) of one column."""
+    def rows(
+        self,
+    ) -> list[tuple[int, bytes, int, int, str, float, bytes | None]]:
+        """(frame, system title, invocation counter, leaf, type, value, raw bytes)."""
+    def errors(self) -> list[tuple[int, str, str]]:
+        """Frames that failed: (frame, kind, message)."""
+    def others(self) -> list[tuple[int, bytes | None, bytes]]:
+        """Frames that were not pushes: (frame, sender title, plaintext APDU)."""
+
+@final
+class PushDecoder:
+    """Decodes buffers of pushed frames into PushBatch columns, without the GIL."""
+
+    def __new__(
+        cls,
+        *,
+        require_authentication: bool = True,
+        require_encryption: bool = False,
+        max_apdu: int = 65535,
+    ) -> PushDecoder: ...
+    def decode(
+        self, keys: KeyTable, frames: bytes, framing: Framing = "wrapper", first_frame: int = 0
+    ) -> PushBatch: ...
+    def decode_apdus(
+        self, keys: KeyTable, apdus: Sequence[bytes], sender: bytes | None = None
+    ) -> PushBatch: ...
+
+def decode_apdu(apdu: bytes) -> dict[str, Any]:
+    """One APDU in its JSON form."""
+
+def encode_apdu(apdu: Mapping[str, Any]) -> bytes:
+    """An APDU from its JSON form (bytes accepted wherever hex is)."""
+
+def decode_data(data: bytes) -> dict[str, Any]:
+    """One A-XDR value in its JSON form."""
+
+def encode_data(value: Mapping[str, Any]) -> bytes: ...
+def decode_frame(
+    frame: bytes, framing: Literal["auto", "wrapper", "hdlc", "apdu"] = "auto"
+) -> dict[str, Any]:
+    """Exactly one frame: {"framing": {...} | None, "apdu": bytes | None, "info": bytes}."""
+
+def decode_hdlc_parameters(info: bytes) -> dict[str, int]: ...
+def wrap(apdu: bytes, source_wport: int = 0x0001, destination_wport: int = 0x0001) -> bytes: ...
+def hdlc_frame(
+    destination: tuple[int, int | None],
+    source: tuple[int, int | None],
+    control: str,
+    info: bytes = b"",
+    *,
+    send_seq: int = 0,
+    recv_seq: int = 0,
+    poll_final: bool = True,
+    segmented: bool = False,
+) -> bytes: ...
+def hdlc_segments(
+    destination: tuple[int, int | None],
+    source: tuple[int, int | None],
+    apdu: bytes,
+    *,
+    command: bool = True,
+    max_info: int = 128,
+    send_seq: int = 0,
+    recv_seq: int = 0,
+) -> list[bytes]:
+    """The I-frames carrying one APDU, LLC header added, segmented at ``max_info``."""
+
+def hdlc_parameters(
+    *,
+    max_info_transmit: int | None = None,
+    max_info_receive: int | None = None,
+    window_transmit: int | None = None,
+    window_receive: int | None = None,
+) -> bytes: ...
+def encrypt(
+    apdu: bytes,
+    *,
+    ek: bytes,
+    ak: bytes,
+    system_title: bytes,
+    invocation_counter: int,
+    security_control: int = 0x30,
+    service_specific: bool = False,
+) -> bytes:
+    """Protects an APDU with explicit keys (general-glo-ciphering by default)."""
+
+def decrypt(
+    apdu: bytes,
+    *,
+    ek: bytes,
+    ak: bytes,
+    system_title: bytes | None = None,
+    require_authentication: bool = True,
+) -> dict[str, Any]:
+    """Verifies and decrypts with explicit keys, no replay state."""
+
+def hls_gmac(
+    challenge: bytes, *, ek: bytes, ak: bytes, system_title: bytes, invocation_counter: int
+) -> bytes: ...
+def parse_obis(text: str) -> bytes: ...
+def format_obis(code: bytes) -> str: ...
+def obis_to_int(code: bytes) -> int: ...
+def unit_info(code: int) -> tuple[str, str] | None: ...
+def scale(value: float, scaler: int) -> float: ...
