@@ -9,8 +9,35 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Final, Literal, final
 
 __version__: Final[str]
+__all__ = [
+    "Frame",
+    "FrameError",
+    "KeyTable",
+    "PushBatch",
+    "PushDecoder",
+    "StreamDecoder",
+    "__version__",
+    "decode_apdu",
+    "decode_data",
+    "decode_frame",
+    "decode_hdlc_parameters",
+    "decrypt",
+    "encode_apdu",
+    "encode_data",
+    "encrypt",
+    "format_obis",
+    "hdlc_frame",
+    "hdlc_parameters",
+    "hdlc_segments",
+    "hls_gmac",
+    "obis_to_int",
+    "parse_obis",
+    "scale",
+    "unit_info",
+    "wrap",
+]
 
-Framing = Literal["auto", "wrapper", "hdlc"]
+_Framing = Literal["auto", "wrapper", "hdlc"]
 
 @final
 class Frame:
@@ -72,7 +99,7 @@ class FrameError:
 class StreamDecoder:
     """Frames out of arbitrary TCP chunks, for one connection (sans I/O)."""
 
-    def __new__(cls, framing: Framing = "auto", max_apdu: int = 65535) -> StreamDecoder: ...
+    def __new__(cls, framing: _Framing = "auto", max_apdu: int = 65535) -> StreamDecoder: ...
     def receive(self, data: bytes) -> None:
         """Stores bytes; b"" means the peer closed the connection."""
     def events(self) -> list[Frame | FrameError]:
@@ -80,7 +107,7 @@ class StreamDecoder:
     def feed(self, data: bytes) -> list[Frame | FrameError]:
         """receive(data), then events()."""
     @property
-    def framing(self) -> Framing:
+    def framing(self) -> _Framing:
         """The framing in use ("auto" until the first byte decides)."""
     @property
     def pending(self) -> int:
@@ -95,7 +122,7 @@ class KeyTable:
 
     def __new__(cls) -> KeyTable: ...
     def __len__(self) -> int: ...
-    def __contains__(self, system_title: bytes) -> bool: ...
+    def __contains__(self, key: bytes, /) -> bool: ...
     def set_keys(self, system_title: bytes, ek: bytes, ak: bytes) -> None:
         """Sets a meter's global encryption and authentication keys (counters kept)."""
     def remove(self, system_title: bytes) -> bool: ...
@@ -133,7 +160,7 @@ class KeyTable:
     def verify_hls_response(self, meter: bytes, challenge: bytes, response: bytes) -> int:
         """Checks the meter's f(challenge) (pass 4); returns its invocation counter."""
 
-ColumnName = Literal[
+_ColumnName = Literal[
     "push_frame",
     "push_system_title",
     "push_invocation_counter",
@@ -163,7 +190,7 @@ class PushBatch:
     @property
     def consumed(self) -> int:
         """Input bytes consumed; a partial trailing frame is not."""
-    def column(self, name: ColumnName) -> tuple[str, bytes]:
+    def column(self, name: _ColumnName) -> tuple[str, bytes]:
         """(array typecode, little-endian bytes) of one column."""
     def rows(
         self,
@@ -186,7 +213,7 @@ class PushDecoder:
         max_apdu: int = 65535,
     ) -> PushDecoder: ...
     def decode(
-        self, keys: KeyTable, frames: bytes, framing: Framing = "wrapper", first_frame: int = 0
+        self, keys: KeyTable, frames: bytes, framing: _Framing = "wrapper", first_frame: int = 0
     ) -> PushBatch: ...
     def decode_apdus(
         self, keys: KeyTable, apdus: Sequence[bytes], sender: bytes | None = None
@@ -213,7 +240,7 @@ def hdlc_frame(
     destination: tuple[int, int | None],
     source: tuple[int, int | None],
     control: str,
-    info: bytes = b"",
+    info: bytes | None = None,
     *,
     send_seq: int = 0,
     recv_seq: int = 0,

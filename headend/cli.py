@@ -44,9 +44,7 @@ def cmd_decode(args: argparse.Namespace) -> int:
         if not text:
             continue
         try:
-            _print_json(
-                decode(parse_hex(text), framing=args.framing, keys=keys), not args.pretty
-            )
+            _print_json(decode(parse_hex(text), framing=args.framing, keys=keys), not args.pretty)
         except HeadendError as e:
             print(f"error: line {lineno}: {describe_error(e)}", file=sys.stderr)
             status = 1

@@ -288,9 +288,7 @@ def aarq(
     return encode_apdu(
         {
             "apdu": "aarq",
-            "application_context": (
-                "logical-name-with-ciphering" if ciphered else "logical-name"
-            ),
+            "application_context": ("logical-name-with-ciphering" if ciphered else "logical-name"),
             "calling_ap_title": calling_title,
             "sender_acse_requirements": True if authenticated else None,
             "mechanism_name": mechanism if authenticated else None,

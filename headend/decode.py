@@ -38,7 +38,9 @@ def parse_key(text: str | None, what: str, size: int = 16) -> bytes | None:
         return None
     b = parse_hex(text, what)
     if len(b) != size:
-        raise LocalProtocolError(f"{what} must be {size} bytes ({2 * size} hex digits), got {len(b)}")
+        raise LocalProtocolError(
+            f"{what} must be {size} bytes ({2 * size} hex digits), got {len(b)}"
+        )
     return b
 
 
@@ -73,7 +75,8 @@ def _decipher(node: dict[str, Any], keys: Keys, sender: bytes | None) -> None:
     if not keys:
         node["note"] = "ciphered: give --ek and --ak to decipher"
         return
-    assert keys.ek is not None and keys.ak is not None
+    assert keys.ek is not None
+    assert keys.ak is not None
     title = node.get("system_title")
     st = bytes.fromhex(title) if title else (sender or keys.system_title)
     if st is None:

@@ -38,7 +38,7 @@ class IncompleteData(RemoteProtocolError):
     needed: int = 0
 
 
-class FrameTooLarge(RemoteProtocolError):
+class LimitExceeded(RemoteProtocolError):
     """A length exceeds its ceiling (``length`` > ``limit``)."""
 
     kind = "oversize"

@@ -68,7 +68,7 @@ def unit_table(table: dict[str, list[str]]) -> str:
     lines += [f"        ({c}, {rust_str(s)}, {rust_str(q)})," for c, s, q in rows]
     lines.append("    ];")
     lines.append("")
-    lines.append("    /// The unit's symbol, e.g. 30 -> \"Wh\".")
+    lines.append('    /// The unit\'s symbol, e.g. 30 -> "Wh".')
     lines.append("    pub fn name(code: u8) -> Option<&'static str> {")
     lines.append("        match code {")
     lines += [f"            {c} => Some({rust_str(s)})," for c, s, _ in rows]

@@ -32,7 +32,7 @@ static ERROR_CLASSES: [PyOnceLock<Py<PyType>>; 8] = [const { PyOnceLock::new() }
 const ERROR_NAMES: [&str; 8] = [
     "IncompleteData",
     "RemoteProtocolError",
-    "FrameTooLarge",
+    "LimitExceeded",
     "UnsupportedFeature",
     "AuthenticationFailed",
     "ReplayedInvocationCounter",
@@ -867,14 +867,14 @@ fn address(py: Python<'_>, upper: u16, lower: Option<u16>, size: Option<u8>) -> 
 /// addresses are (upper, lower or None); `info` for I/UI frames should start with the
 /// LLC header (see `hdlc_segments` to build a whole APDU's frames).
 #[pyfunction]
-#[pyo3(signature = (destination, source, control, info = b"".as_slice(), *, send_seq = 0, recv_seq = 0, poll_final = true, segmented = false))]
+#[pyo3(signature = (destination, source, control, info = None, *, send_seq = 0, recv_seq = 0, poll_final = true, segmented = false))]
 #[allow(clippy::too_many_arguments)]
 fn hdlc_frame<'py>(
     py: Python<'py>,
     destination: (u16, Option<u16>),
     source: (u16, Option<u16>),
     control: &str,
-    info: &[u8],
+    info: Option<&[u8]>,
     send_seq: u8,
     recv_seq: u8,
     poll_final: bool,
@@ -883,7 +883,7 @@ fn hdlc_frame<'py>(
     let ctl = control_of(py, control, send_seq, recv_seq, poll_final)?;
     let d = address(py, destination.0, destination.1, None)?;
     let s = address(py, source.0, source.1, None)?;
-    Ok(PyBytes::new(py, &codec(py, hdlc::encode_frame(d, s, ctl, info, segmented))?))
+    Ok(PyBytes::new(py, &codec(py, hdlc::encode_frame(d, s, ctl, info.unwrap_or_default(), segmented))?))
 }
 
 fn control_of(py: Python<'_>, control: &str, send_seq: u8, recv_seq: u8, poll_final: bool) -> PyResult<Control> {

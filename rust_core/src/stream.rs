@@ -248,11 +248,21 @@ impl StreamDecoder {
         if !self.close_reported {
             self.close_reported = true;
             let offset = self.offset();
+            let data = &self.buf[self.start..];
+            // How much the cut frame still lacked, when its header says.
+            let needed = match self.framing {
+                Framing::Hdlc => hdlc::parse_frame(data).err(),
+                _ => wrapper::parse_frame(data, self.cfg.max_wrapper_apdu).err(),
+            };
+            let needed = match needed {
+                Some(Error::Incomplete { needed, .. }) => needed,
+                _ => 1,
+            };
             let n = self.pending();
             self.skip(n);
             return Some(Event::Error {
                 offset,
-                error: Error::invalid("stream", 0, format!("connection closed inside a frame ({n} bytes pending)")),
+                error: Error::Incomplete { what: "frame cut by the closed connection", needed },
             });
         }
         None
@@ -549,7 +559,9 @@ mod tests {
         d.receive(&[]);
         let ev = drain(&mut d);
         assert_eq!(ev.len(), 1);
-        assert!(matches!(&ev[0], Event::Error { .. }));
+        // 5 bytes of a 12-byte frame: the header alone still lacked 3 (the length field
+        // that would tell the rest never arrived).
+        assert!(matches!(&ev[0], Event::Error { error: Error::Incomplete { needed: 3, .. }, .. }), "{ev:?}");
         assert!(drain(&mut d).is_empty());
     }
 

@@ -38,6 +38,9 @@ pub enum GetRequest {
 impl GetRequest {
     pub fn decode_body(r: &mut Reader<'_>) -> Result<Self> {
         let c = r.u8("GET-Request choice")?;
+        if !(1..=3).contains(&c) {
+            return Err(choice_error(r, "GET-Request", c));
+        }
         let invoke_id = InvokeIdAndPriority(r.u8("invoke-id-and-priority")?);
         Ok(match c {
             1 => GetRequest::Normal {
@@ -89,6 +92,9 @@ pub enum GetResponse {
 impl GetResponse {
     pub fn decode_body(r: &mut Reader<'_>) -> Result<Self> {
         let c = r.u8("GET-Response choice")?;
+        if !(1..=3).contains(&c) {
+            return Err(choice_error(r, "GET-Response", c));
+        }
         let invoke_id = InvokeIdAndPriority(r.u8("invoke-id-and-priority")?);
         Ok(match c {
             1 => GetResponse::Normal { invoke_id, result: GetDataResult::decode(r)? },
@@ -160,6 +166,9 @@ pub enum SetRequest {
 impl SetRequest {
     pub fn decode_body(r: &mut Reader<'_>) -> Result<Self> {
         let c = r.u8("SET-Request choice")?;
+        if !(1..=5).contains(&c) {
+            return Err(choice_error(r, "SET-Request", c));
+        }
         let invoke_id = InvokeIdAndPriority(r.u8("invoke-id-and-priority")?);
         Ok(match c {
             1 => SetRequest::Normal {
@@ -254,6 +263,9 @@ fn put_results(out: &mut Vec<u8>, results: &[DataAccessResult]) {
 impl SetResponse {
     pub fn decode_body(r: &mut Reader<'_>) -> Result<Self> {
         let c = r.u8("SET-Response choice")?;
+        if !(1..=5).contains(&c) {
+            return Err(choice_error(r, "SET-Response", c));
+        }
         let invoke_id = InvokeIdAndPriority(r.u8("invoke-id-and-priority")?);
         Ok(match c {
             1 => SetResponse::Normal { invoke_id, result: DataAccessResult(r.u8("data-access-result")?) },
@@ -335,6 +347,9 @@ pub enum ActionRequest {
 impl ActionRequest {
     pub fn decode_body(r: &mut Reader<'_>) -> Result<Self> {
         let c = r.u8("ACTION-Request choice")?;
+        if !(1..=6).contains(&c) {
+            return Err(choice_error(r, "ACTION-Request", c));
+        }
         let invoke_id = InvokeIdAndPriority(r.u8("invoke-id-and-priority")?);
         Ok(match c {
             1 => ActionRequest::Normal {
@@ -465,6 +480,9 @@ pub enum ActionResponse {
 impl ActionResponse {
     pub fn decode_body(r: &mut Reader<'_>) -> Result<Self> {
         let c = r.u8("ACTION-Response choice")?;
+        if !(1..=4).contains(&c) {
+            return Err(choice_error(r, "ACTION-Response", c));
+        }
         let invoke_id = InvokeIdAndPriority(r.u8("invoke-id-and-priority")?);
         Ok(match c {
             1 => ActionResponse::Normal { invoke_id, response: ActionOutcome::decode(r)? },
