@@ -75,7 +75,7 @@ codes: ## regenerate rust_core/src/codes.rs from protocols/dlms_codes.toml
 .PHONY: bench
 bench: build ## micro-benchmarks (pytest-benchmark); results in bench/results/
 	$(BIN)/python -m pytest bench -m benchmark -p no:cacheprovider \
-		--benchmark-only --benchmark-columns=min,median,mean,ops,rounds \
+		--benchmark-columns=min,median,mean,ops,rounds \
 		--benchmark-json=bench/results/codec-latest.json
 
 .PHONY: fuzz

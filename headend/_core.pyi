@@ -162,6 +162,7 @@ class KeyTable:
 
 _ColumnName = Literal[
     "push_frame",
+    "push_kind",
     "push_system_title",
     "push_invocation_counter",
     "push_security_control",
@@ -180,7 +181,8 @@ _ColumnName = Literal[
 
 @final
 class PushBatch:
-    """Decoded pushes as columns (see rust_core/src/push.rs)."""
+    """Decoded pushes as columns (see rust_core/src/push.rs). A record is a
+    DataNotification (push_kind 0) or a GET-Response-Normal with data (push_kind 1)."""
 
     def __len__(self) -> int:
         """Number of pushes decoded."""

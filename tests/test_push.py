@@ -183,3 +183,41 @@ def test_decode_apdus_with_service_specific_ciphering() -> None:
     batch = codec.PushDecoder().decode_apdus(keys, [glo], sender=title(3))
     assert batch.errors() == []
     assert batch.others() == [(0, title(3), event)]
+
+
+def test_load_profile_get_response_is_flattened() -> None:
+    """A 96-interval load profile read (GET-Response-Normal with an array of rows)."""
+    start = dt.datetime(2026, 11, 22, 0, 0, tzinfo=TZ)
+    rows = [
+        codec.data(
+            "structure",
+            [
+                codec.data(
+                    "octet-string",
+                    codec.encode_data(codec.date_time(start + dt.timedelta(minutes=15 * i)))[
+                        1:
+                    ].hex(),
+                ),
+                codec.data("unsigned", 0),
+                codec.data("double-long-unsigned", 10_000 + 25 * i),
+            ],
+        )
+        for i in range(96)
+    ]
+    resp = codec.encode_apdu(
+        {
+            "apdu": "get-response",
+            "kind": "normal",
+            "invoke_id": codec.invoke_id(2),
+            "result": {"data": codec.data("array", rows)},
+        }
+    )
+    batch = codec.PushDecoder().decode(codec.KeyTable(), codec.wrap(resp))
+    assert batch.errors() == []
+    assert column(batch, "push_kind") == [1]
+    assert column(batch, "push_invoke_id") == [0xC2]
+    values = column(batch, "value")
+    assert len(values) == 96 * 3
+    assert values[2::3] == [10_000.0 + 25 * i for i in range(96)]
+    # The octet-string timestamps come through as raw bytes for the profile layer.
+    assert bytes(column(batch, "value_tag")[0:1]) == b"\x09"  # type: ignore[arg-type]

@@ -4,7 +4,8 @@
 //! octet strings as hex, strings as text, date/time as objects with ISO 8601 text and
 //! the exact bytes. Octet strings also carry hints a field engineer wants to see (an
 //! OBIS code for 6 bytes, a date-time for 12, ASCII text); hints are ignored on input.
-//! The form is lossless: `from_json(to_json(d)) == d` for every value (NaN aside).
+//! The form is lossless: `from_json(to_json(d))` encodes to the same bytes as `d` for
+//! every value (non-finite floats and odd strings also carry their exact bytes).
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::{json, Map, Value};
@@ -148,8 +149,19 @@ impl Data {
             }
             Data::Long64(v) => Some(json!(v)),
             Data::Long64Unsigned(v) => Some(json!(v)),
-            Data::Float32(v) => Some(float_json(*v as f64)),
-            Data::Float64(v) => Some(float_json(*v)),
+            Data::Float32(v) => {
+                // NaN payloads and the sign of infinities survive only as bytes.
+                if !v.is_finite() {
+                    extra.insert("hex".into(), json!(hex(&v.to_be_bytes())));
+                }
+                Some(float_json(*v as f64))
+            }
+            Data::Float64(v) => {
+                if !v.is_finite() {
+                    extra.insert("hex".into(), json!(hex(&v.to_be_bytes())));
+                }
+                Some(float_json(*v))
+            }
             Data::DateTime(dt) => Some(serde_json::to_value(dt).unwrap_or(Value::Null)),
             Data::Date(d) => Some(serde_json::to_value(d).unwrap_or(Value::Null)),
             Data::Time(t) => Some(serde_json::to_value(t).unwrap_or(Value::Null)),
@@ -243,8 +255,18 @@ impl Data {
             tag::LONG64 => Data::Long64(int_from(val, ty)?),
             tag::LONG64_UNSIGNED => Data::Long64Unsigned(int_from(val, ty)?),
             tag::ENUM => Data::Enum(int_from(val, ty)?),
-            tag::FLOAT32 => Data::Float32(float_from(val)? as f32),
-            tag::FLOAT64 => Data::Float64(float_from(val)?),
+            tag::FLOAT32 => match obj.get("hex").and_then(Value::as_str) {
+                Some(h) => Data::Float32(f32::from_be_bytes(
+                    unhex(h)?.try_into().map_err(|_| "float32 hex must be 4 bytes".to_string())?,
+                )),
+                None => Data::Float32(float_from(val)? as f32),
+            },
+            tag::FLOAT64 => match obj.get("hex").and_then(Value::as_str) {
+                Some(h) => Data::Float64(f64::from_be_bytes(
+                    unhex(h)?.try_into().map_err(|_| "float64 hex must be 8 bytes".to_string())?,
+                )),
+                None => Data::Float64(float_from(val)?),
+            },
             tag::DATE_TIME => {
                 Data::DateTime(serde_json::from_value(val.clone()).map_err(|e| format!("date-time: {e}"))?)
             }

@@ -6,7 +6,9 @@
 //! DataNotification body becomes one row, numbered depth-first; the meter-model profile
 //! (a later layer) maps leaf numbers to OBIS codes, scalers and units.
 //!
-//! Anything that is not a DataNotification (events, responses, AAREs) is handed back
+//! GET-Response-Normal carrying data (a register or a load-profile buffer read) is
+//! flattened the same way, marked by `push_kind`, so polled data takes the same road
+//! into the store. Anything else (events, block transfers, AAREs, errors) is handed back
 //! in `others` for the general decoder, so nothing is lost on the fast path.
 
 use crate::apdu::{tag as apdu_tag, Ciphered, CipheredKind, SecurityControl};
@@ -19,6 +21,11 @@ use crate::security::{KeyTable, Policy, SystemTitle};
 use crate::stream::{Event, Framing, StreamConfig, StreamDecoder, Transport};
 use crate::wrapper;
 
+/// A DataNotification.
+pub const KIND_NOTIFICATION: u8 = 0;
+/// A GET-Response-Normal with data (its invoke id in `push_invoke_id`, no time).
+pub const KIND_GET_RESPONSE: u8 = 1;
+
 /// Most leaves one push may have.
 pub const MAX_LEAVES: usize = u16::MAX as usize;
 
@@ -28,6 +35,8 @@ pub const MAX_LEAVES: usize = u16::MAX as usize;
 pub struct PushBatch {
     /// Index of the input frame (or APDU) the push came from.
     pub push_frame: Vec<u32>,
+    /// [`KIND_NOTIFICATION`] or [`KIND_GET_RESPONSE`].
+    pub push_kind: Vec<u8>,
     /// The sender's system title as a big-endian u64; 0 for plain pushes.
     pub push_system_title: Vec<u64>,
     /// 0 for plain pushes.
@@ -222,11 +231,10 @@ impl PushDecoder {
         let Some(&t) = apdu.first() else {
             return Err(Error::invalid("APDU", 0, "empty"));
         };
-        if t == apdu_tag::DATA_NOTIFICATION {
-            return decode_notification(apdu, frame, 0, 0, 0, source, out);
-        }
         if !CipheredKind::is_ciphered_tag(t) {
-            out.others.push((frame, 0, apdu.to_vec()));
+            if !decode_plain(apdu, frame, 0, 0, 0, source, out)? {
+                out.others.push((frame, 0, apdu.to_vec()));
+            }
             return Ok(());
         }
         // Parse the envelope by borrowing, decrypt into the scratch buffer.
@@ -273,56 +281,84 @@ impl PushDecoder {
                 ));
             }
         }
-        if self.scratch.first() == Some(&apdu_tag::DATA_NOTIFICATION) {
-            decode_notification(&self.scratch, frame, title_u64(&st), ic, sc.0, source, out)
-        } else {
+        if !decode_plain(&self.scratch, frame, title_u64(&st), ic, sc.0, source, out)? {
             out.others.push((frame, title_u64(&st), self.scratch.clone()));
-            Ok(())
         }
+        Ok(())
     }
 }
 
-/// A DataNotification's header and body into the batch; all or nothing.
-fn decode_notification(
-    apdu: &[u8],
+/// The push-level fields of one record.
+struct PushHeader {
     frame: u32,
+    kind: u8,
     st: u64,
     ic: u32,
     sc: u8,
+    invoke: u32,
+    time: i64,
     source: u32,
-    out: &mut PushBatch,
-) -> Result<()> {
-    let mut r = Reader::new(apdu);
-    let res = (|| {
-        r.u8("APDU tag")?;
-        let invoke = r.u32("long-invoke-id-and-priority")?;
-        let at = r.offset();
-        let dt = r.axdr_bytes("date-time")?;
-        let time = match dt.len() {
-            0 => i64::MIN,
-            12 => DateTime::from_bytes(dt.try_into().expect("length checked"))
-                .to_unix(DeviationSign::Standard, None)
-                .unwrap_or(i64::MIN),
-            n => return Err(Error::invalid("date-time", at, format!("{n} bytes (empty or 12)"))),
-        };
-        Ok((invoke, time))
-    })();
-    let (invoke, time) = res.map_err(|e| e.truncated_at("DataNotification", 0))?;
+}
+
+/// Flattens a plain DataNotification or GET-Response-Normal with data; false for any
+/// other APDU (left for the general decoder).
+fn decode_plain(apdu: &[u8], frame: u32, st: u64, ic: u32, sc: u8, source: u32, out: &mut PushBatch) -> Result<bool> {
+    let mut h = PushHeader { frame, kind: KIND_NOTIFICATION, st, ic, sc, invoke: 0, time: i64::MIN, source };
+    match apdu {
+        [apdu_tag::DATA_NOTIFICATION, ..] => {
+            let mut r = Reader::new(apdu);
+            let (invoke, time) = notification_header(&mut r).map_err(|e| e.truncated_at("DataNotification", 0))?;
+            h.invoke = invoke & 0x00FF_FFFF;
+            h.time = time;
+            flatten_body(&mut r, h, out, "DataNotification")?;
+            Ok(true)
+        }
+        // get-response-normal (choice 1), invoke id, Get-Data-Result choice data (0).
+        [apdu_tag::GET_RESPONSE, 1, invoke, 0, ..] => {
+            h.kind = KIND_GET_RESPONSE;
+            h.invoke = *invoke as u32;
+            flatten_body(&mut Reader::with_base(&apdu[4..], 4), h, out, "GET-Response")?;
+            Ok(true)
+        }
+        _ => Ok(false),
+    }
+}
+
+/// Tag, long-invoke-id and date-time of a DataNotification.
+fn notification_header(r: &mut Reader<'_>) -> Result<(u32, i64)> {
+    r.u8("APDU tag")?;
+    let invoke = r.u32("long-invoke-id-and-priority")?;
+    let at = r.offset();
+    let dt = r.axdr_bytes("date-time")?;
+    let time = match dt.len() {
+        0 => i64::MIN,
+        12 => DateTime::from_bytes(dt.try_into().expect("length checked"))
+            .to_unix(DeviationSign::Standard, None)
+            .unwrap_or(i64::MIN),
+        n => return Err(Error::invalid("date-time", at, format!("{n} bytes (empty or 12)"))),
+    };
+    Ok((invoke, time))
+}
+
+/// Walks one Data value (the body) into value rows, then records the push; all or
+/// nothing.
+fn flatten_body(r: &mut Reader<'_>, h: PushHeader, out: &mut PushBatch, what: &'static str) -> Result<()> {
     let push = out.push_frame.len() as u32;
     let mark = out.mark();
     let mut leaves = 0usize;
-    let walked = walk(&mut r, 0, push, &mut leaves, out).and_then(|_| r.finish("DataNotification"));
+    let walked = walk(r, 0, push, &mut leaves, out).and_then(|_| r.finish(what));
     if let Err(e) = walked {
         out.rollback(mark);
-        return Err(e.truncated_at("DataNotification", 0));
+        return Err(e.truncated_at(what, 0));
     }
-    out.push_frame.push(frame);
-    out.push_system_title.push(st);
-    out.push_invocation_counter.push(ic);
-    out.push_security_control.push(sc);
-    out.push_invoke_id.push(invoke & 0x00FF_FFFF);
-    out.push_time.push(time);
-    out.push_source.push(source);
+    out.push_frame.push(h.frame);
+    out.push_kind.push(h.kind);
+    out.push_system_title.push(h.st);
+    out.push_invocation_counter.push(h.ic);
+    out.push_security_control.push(h.sc);
+    out.push_invoke_id.push(h.invoke);
+    out.push_time.push(h.time);
+    out.push_source.push(h.source);
     out.push_first_value.push(mark.0 as u32);
     Ok(())
 }
@@ -516,7 +552,8 @@ mod tests {
             wrapper::encode(1, 1, &enc).unwrap(),
             wrapper::encode(1, 1, &forged).unwrap(),
             wrapper::encode(1, 1, &broken).unwrap(),
-            wrapper::encode(1, 1, &[0xC4, 1, 0xC1, 0, 0]).unwrap(),
+            // A GET-Response with a data-access-result (object-undefined): not data.
+            wrapper::encode(1, 1, &[0xC4, 1, 0xC1, 1, 4]).unwrap(),
         ]
         .concat();
         let mut table = KeyTable::new();
@@ -529,9 +566,37 @@ mod tests {
         // The broken push left no partial values behind.
         assert_eq!(out.values(), 6);
         // The GET-Response went to the slow path untouched.
-        assert_eq!(out.others, vec![(4, 0, vec![0xC4, 1, 0xC1, 0, 0])]);
+        assert_eq!(out.others, vec![(4, 0, vec![0xC4, 1, 0xC1, 1, 4])]);
         // The forged frame did not advance the counter.
         assert_eq!(table.counters(&st).unwrap().0, Some(10));
+    }
+
+    #[test]
+    fn get_response_with_a_load_profile_is_flattened() {
+        let rows: Vec<Data> = (0..96u32)
+            .map(|i| {
+                Data::Structure(vec![
+                    Data::OctetString(DateTime::from_unix(1_700_000_000 + 900 * i as i64, -300, 0).to_bytes().to_vec()),
+                    Data::Unsigned(0),
+                    Data::DoubleLongUnsigned(1000 + i),
+                    Data::DoubleLongUnsigned(i),
+                ])
+            })
+            .collect();
+        let resp = Apdu::GetResponse(crate::apdu::GetResponse::Normal {
+            invoke_id: crate::apdu::InvokeIdAndPriority(0xC1),
+            result: crate::apdu::GetDataResult::Data(Data::Array(rows)),
+        })
+        .to_bytes()
+        .unwrap();
+        let mut out = PushBatch::default();
+        PushDecoder::default().decode_apdu(&mut KeyTable::new(), &resp, 0, None, 0, &mut out);
+        assert!(out.errors.is_empty(), "{:?}", out.errors);
+        assert_eq!(out.push_kind, [KIND_GET_RESPONSE]);
+        assert_eq!(out.push_invoke_id, [0xC1]);
+        assert_eq!(out.values(), 96 * 4);
+        assert_eq!(out.value[2], 1000.0);
+        assert_eq!(out.value[4 * 95 + 3], 95.0);
     }
 
     #[test]

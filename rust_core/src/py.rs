@@ -624,6 +624,7 @@ impl PushBatch {
         let b = &self.inner;
         Ok(match name {
             "push_frame" => ("I", le_bytes(py, &b.push_frame)?),
+            "push_kind" => ("B", PyBytes::new(py, &b.push_kind)),
             "push_system_title" => ("Q", le_bytes(py, &b.push_system_title)?),
             "push_invocation_counter" => ("I", le_bytes(py, &b.push_invocation_counter)?),
             "push_security_control" => ("B", PyBytes::new(py, &b.push_security_control)),
