@@ -10,11 +10,15 @@ from typing import Any, Final, Literal, final
 
 __version__: Final[str]
 __all__ = [
+    "Directory",
     "Frame",
     "FrameError",
     "KeyTable",
+    "MasterKey",
     "PushBatch",
     "PushDecoder",
+    "RowSink",
+    "Session",
     "StreamDecoder",
     "__version__",
     "decode_apdu",
@@ -220,6 +224,99 @@ class PushDecoder:
     def decode_apdus(
         self, keys: KeyTable, apdus: Sequence[bytes], sender: bytes | None = None
     ) -> PushBatch: ...
+
+@final
+class MasterKey:
+    """The deployment's master key (AES-256). Wraps meter keys for storage; only
+    Directory.add_meter unwraps, straight into its key table."""
+
+    def __new__(cls, key: bytes) -> MasterKey: ...
+    @property
+    def fingerprint(self) -> str:
+        """A non-secret identifier of this key (hex)."""
+    def wrap(self, secret: bytes, purpose: str, owner: str, nonce: bytes) -> bytes:
+        """Wraps `secret` for `purpose` ("ek", "ak", "password") of meter `owner`."""
+
+@final
+class Directory:
+    """The meters, models and keys a worker knows (filled lazily from the store)."""
+
+    def __new__(
+        cls,
+        *,
+        require_authentication: bool = True,
+        require_encryption: bool = False,
+        device_leaf: int = 0,
+    ) -> Directory: ...
+    def __len__(self) -> int: ...
+    def add_profile(self, profile: Mapping[str, Any]) -> None:
+        """Adds or replaces a meter-model profile (the parsed TOML)."""
+    @property
+    def models(self) -> list[str]: ...
+    def add_meter(
+        self,
+        serial: str,
+        model: str,
+        system_title: bytes | None = None,
+        wrapped_ek: bytes | None = None,
+        wrapped_ak: bytes | None = None,
+        master: MasterKey | None = None,
+        last_received: int | None = None,
+        next_sent: int | None = None,
+    ) -> int:
+        """Adds or updates a meter; wrapped keys are unwrapped into the key table."""
+    def mark_unknown(
+        self, *, until: int, system_title: bytes | None = None, serial: bytes | None = None
+    ) -> None:
+        """Remembers, until `until` (Unix seconds), that the store does not know a meter."""
+    def serial(self, meter: int) -> str: ...
+    def find(
+        self, *, serial: str | None = None, system_title: bytes | None = None
+    ) -> int | None: ...
+    def counters(self, titles: Sequence[bytes]) -> list[tuple[bytes, int | None, int]]:
+        """(system title, last received, next to send) of each title, to persist."""
+
+@final
+class RowSink:
+    """Rows of the worker's sessions as RowBinary, until drained."""
+
+    def __new__(cls) -> RowSink: ...
+    @property
+    def empty(self) -> bool: ...
+    def drain(self) -> tuple[bytes, int, bytes, int, list[bytes]]:
+        """(readings RowBinary, rows, events RowBinary, rows, titles whose counters moved)."""
+    def take_stats(self) -> dict[str, Any]:
+        """Counts since the last call: pushes, readings, events, rejects by reason."""
+    @staticmethod
+    def columns() -> list[tuple[str, list[str]]]:
+        """Column order of the RowBinary blocks, per table."""
+
+@final
+class Session:
+    """One meter connection: bytes in, rows into a RowSink, a few events out."""
+
+    def __new__(
+        cls, peer: str, framing: _Framing = "auto", max_apdu: int = 65535, max_pending: int = 64
+    ) -> Session: ...
+    def feed(
+        self, data: bytes, now: int, directory: Directory, sink: RowSink
+    ) -> list[tuple[Any, ...]]:
+        """Feeds bytes (b"": the peer closed); returns the events Python must act on:
+        ("lookup", title | None, serial | None), ("identified", meter, serial),
+        ("apdu", source, meter | None, apdu), ("link", source, destination, control, info),
+        ("reject", reason, message, meter | None)."""
+    def retry(self, now: int, directory: Directory, sink: RowSink) -> list[tuple[Any, ...]]:
+        """Runs the APDUs that waited for a meter lookup again."""
+    @property
+    def peer(self) -> str: ...
+    @property
+    def framing(self) -> _Framing: ...
+    @property
+    def pending(self) -> int: ...
+    @property
+    def buffered(self) -> int: ...
+    @property
+    def stats(self) -> dict[str, Any]: ...
 
 def decode_apdu(apdu: bytes) -> dict[str, Any]:
     """One APDU in its JSON form."""

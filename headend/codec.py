@@ -13,11 +13,15 @@ from collections.abc import Mapping
 from typing import Any
 
 from headend._core import (
+    Directory,
     Frame,
     FrameError,
     KeyTable,
+    MasterKey,
     PushBatch,
     PushDecoder,
+    RowSink,
+    Session,
     StreamDecoder,
     __version__,
     decode_apdu,
@@ -43,11 +47,15 @@ from headend._core import (
 __all__ = [
     "CLOCK",
     "DEFAULT_CONFORMANCE",
+    "Directory",
     "Frame",
     "FrameError",
     "KeyTable",
+    "MasterKey",
     "PushBatch",
     "PushDecoder",
+    "RowSink",
+    "Session",
     "StreamDecoder",
     "__version__",
     "aarq",

@@ -11,7 +11,7 @@
 //! into the store. Anything else (events, block transfers, AAREs, errors) is handed back
 //! in `others` for the general decoder, so nothing is lost on the fast path.
 
-use crate::apdu::{tag as apdu_tag, Ciphered, CipheredKind, SecurityControl};
+use crate::apdu::{tag as apdu_tag, Ciphered, CipheredKind, Envelope, SecurityControl};
 use crate::axdr::{tag, Data, MAX_DEPTH};
 use crate::datetime::{DateTime, DeviationSign};
 use crate::error::{Error, Result};
@@ -238,40 +238,20 @@ impl PushDecoder {
             return Ok(());
         }
         // Parse the envelope by borrowing, decrypt into the scratch buffer.
-        let kind = CipheredKind(t);
-        let mut r = Reader::new(apdu);
-        r.u8("APDU tag")?;
-        let title = if kind.is_general() {
-            let at = r.offset();
-            let st = r.axdr_bytes("system-title")?;
-            if !(st.is_empty() || st.len() == 8) {
-                return Err(Error::invalid("system-title", at, format!("{} bytes (8 expected)", st.len())));
-            }
-            Some(st)
-        } else {
-            None
-        };
-        let len = r.axdr_length("ciphered content length")?;
-        let content = r.bytes(len, "ciphered content").map_err(|e| e.truncated_at("APDU", 0))?;
-        r.finish("APDU")?;
-        if content.len() < 5 {
-            return Err(Error::invalid("ciphered content", 0, "shorter than security control and counter"));
-        }
-        let sc = SecurityControl(content[0]);
-        let ic = u32::from_be_bytes([content[1], content[2], content[3], content[4]]);
-        let body = &content[5..];
-        let (ct, tag) = if sc.authenticated() {
-            if body.len() < crate::apdu::TAG_LEN {
-                return Err(Error::invalid("ciphered content", 5, "too short for the authentication tag"));
-            }
-            let (a, b) = body.split_at(body.len() - crate::apdu::TAG_LEN);
-            (a, Some(b))
-        } else {
-            (body, None)
-        };
+        let env = Envelope::parse(apdu)?;
+        let kind = env.kind;
         self.scratch.clear();
-        self.scratch.extend_from_slice(ct);
-        let (st, sc, ic) = keys.decipher_in_place(kind, title, sc, ic, &mut self.scratch, tag, sender, self.policy)?;
+        self.scratch.extend_from_slice(env.ciphertext);
+        let (st, sc, ic) = keys.decipher_in_place(
+            kind,
+            env.system_title.map(|t| &t[..]),
+            env.security_control,
+            env.invocation_counter,
+            &mut self.scratch,
+            env.tag,
+            sender,
+            self.policy,
+        )?;
         if let Some(want) = kind.plaintext_tag() {
             if self.scratch.first() != Some(&want) {
                 return Err(Error::invalid(
@@ -361,6 +341,15 @@ fn flatten_body(r: &mut Reader<'_>, h: PushHeader, out: &mut PushBatch, what: &'
     out.push_source.push(h.source);
     out.push_first_value.push(mark.0 as u32);
     Ok(())
+}
+
+/// Flattens one A-XDR value from `r` into the value columns of `out` as leaves of push
+/// number `push` (no push-level row is added). Used by sessions that inspect the leaves
+/// before deciding what rows they make.
+pub fn flatten_value(r: &mut Reader<'_>, push: u32, out: &mut PushBatch) -> Result<usize> {
+    let mut leaves = 0usize;
+    walk(r, 0, push, &mut leaves, out)?;
+    Ok(leaves)
 }
 
 /// Walks one A-XDR value, appending its leaves.

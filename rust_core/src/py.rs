@@ -19,9 +19,13 @@ use crate::apdu::{Apdu, Ciphered, CipheredKind, SecurityControl};
 use crate::axdr::{self, Data};
 use crate::error::Error;
 use crate::hdlc::{self, Address, Control};
+use crate::keywrap::MasterKey as RsMasterKey;
 use crate::obis::ObisCode;
+use crate::profile::Profile;
 use crate::push::{PushBatch as RsPushBatch, PushDecoder as RsPushDecoder};
+use crate::rows::{RowSink as RsRowSink, EVENTS_COLUMNS, READINGS_COLUMNS};
 use crate::security::{self, KeyTable as RsKeyTable, Keys, Policy, SystemTitle};
+use crate::session::{Directory as RsDirectory, LookupKey, Session as RsSession, SessionEvent};
 use crate::stream::{self, Event, Framing, StreamConfig, Transport};
 use crate::{units, wrapper};
 
@@ -743,6 +747,321 @@ impl PushDecoder {
 }
 
 // ---------------------------------------------------------------------------------
+// Server: master key, directory, row sink, sessions
+
+/// The deployment's master key (AES-256). Wraps meter keys for storage; there is no
+/// unwrap here: only `Directory.add_meter` unwraps, straight into its key table.
+#[pyclass(module = "headend._core", frozen)]
+pub struct MasterKey {
+    inner: RsMasterKey,
+}
+
+#[pymethods]
+impl MasterKey {
+    #[new]
+    fn new(py: Python<'_>, key: &[u8]) -> PyResult<Self> {
+        Ok(MasterKey { inner: codec(py, RsMasterKey::new(key))? })
+    }
+
+    /// A non-secret identifier of this key (hex).
+    #[getter]
+    fn fingerprint(&self) -> String {
+        crate::data_json::hex(&self.inner.fingerprint())
+    }
+
+    /// Wraps `secret` for `purpose` ("ek", "ak", "password") of meter `owner`;
+    /// `nonce` must be 12 fresh random bytes.
+    fn wrap<'py>(
+        &self,
+        py: Python<'py>,
+        secret: &[u8],
+        purpose: &str,
+        owner: &str,
+        nonce: &[u8],
+    ) -> PyResult<Bound<'py, PyBytes>> {
+        let n: [u8; 12] = nonce.try_into().map_err(|_| local_error(py, "nonce", "12 bytes needed"))?;
+        Ok(PyBytes::new(py, &codec(py, self.inner.wrap(secret, purpose, owner, &n))?))
+    }
+
+    fn __repr__(&self) -> String {
+        format!("<MasterKey {}>", self.fingerprint())
+    }
+}
+
+/// The meters, models and keys a worker knows (filled lazily from the store).
+#[pyclass(module = "headend._core")]
+pub struct Directory {
+    inner: RsDirectory,
+}
+
+#[pymethods]
+impl Directory {
+    #[new]
+    #[pyo3(signature = (*, require_authentication = true, require_encryption = false, device_leaf = 0))]
+    fn new(require_authentication: bool, require_encryption: bool, device_leaf: u16) -> Self {
+        let mut inner = RsDirectory::new();
+        inner.policy = policy(require_authentication, require_encryption);
+        inner.device_leaf = device_leaf;
+        Directory { inner }
+    }
+
+    fn __len__(&self) -> usize {
+        self.inner.len()
+    }
+
+    /// Adds or replaces a meter-model profile (the parsed TOML of protocols/profiles).
+    fn add_profile(&mut self, py: Python<'_>, profile: &Bound<'_, PyAny>) -> PyResult<()> {
+        let v = py_to_value(profile, 0)?;
+        let p = Profile::from_json(&v).map_err(|e| local_error(py, "profile", e))?;
+        self.inner.add_profile(p);
+        Ok(())
+    }
+
+    #[getter]
+    fn models(&self) -> Vec<String> {
+        self.inner.profile_names()
+    }
+
+    /// Adds or updates a meter; wrapped keys are unwrapped with `master` into the key
+    /// table (never into Python). Counters from the store raise the meter's floors.
+    #[pyo3(signature = (serial, model, system_title = None, wrapped_ek = None, wrapped_ak = None, master = None, last_received = None, next_sent = None))]
+    #[allow(clippy::too_many_arguments)]
+    fn add_meter(
+        &mut self,
+        py: Python<'_>,
+        serial: &str,
+        model: &str,
+        system_title: Option<&[u8]>,
+        wrapped_ek: Option<&[u8]>,
+        wrapped_ak: Option<&[u8]>,
+        master: Option<&MasterKey>,
+        last_received: Option<u32>,
+        next_sent: Option<u32>,
+    ) -> PyResult<u32> {
+        let st = system_title.map(|t| title(py, t)).transpose()?;
+        let keys = match (wrapped_ek, wrapped_ak, master) {
+            (Some(ek), Some(ak), Some(m)) => {
+                let ek = codec(py, m.inner.unwrap(ek, "ek", serial))?;
+                let ak = codec(py, m.inner.unwrap(ak, "ak", serial))?;
+                Some(codec(py, Keys::from_slices(&ek, &ak))?)
+            }
+            (None, None, _) => None,
+            _ => return Err(local_error(py, "meter keys", "give both wrapped keys and the master key")),
+        };
+        codec(py, self.inner.add_meter(serial, model, st, keys, last_received, next_sent))
+    }
+
+    /// Remembers, until `until` (Unix seconds), that the store does not know a meter.
+    #[pyo3(signature = (*, until, system_title = None, serial = None))]
+    fn mark_unknown(
+        &mut self,
+        py: Python<'_>,
+        until: i64,
+        system_title: Option<&[u8]>,
+        serial: Option<&[u8]>,
+    ) -> PyResult<()> {
+        match (system_title, serial) {
+            (Some(t), None) => self.inner.mark_unknown(LookupKey::Title(title(py, t)?), until),
+            (None, Some(s)) => self.inner.mark_unknown(LookupKey::Serial(s.to_vec()), until),
+            _ => return Err(local_error(py, "lookup key", "give exactly one of system_title and serial")),
+        }
+        Ok(())
+    }
+
+    fn serial(&self, meter: u32) -> PyResult<String> {
+        if (meter as usize) < self.inner.len() {
+            Ok(self.inner.meter(meter).serial.clone())
+        } else {
+            Err(PyValueError::new_err(format!("no meter {meter}")))
+        }
+    }
+
+    /// The meter id of a serial or system title, if the directory has it.
+    #[pyo3(signature = (*, serial = None, system_title = None))]
+    fn find(&self, serial: Option<&str>, system_title: Option<&[u8]>) -> Option<u32> {
+        if let Some(s) = serial {
+            return self.inner.by_serial(s.as_bytes());
+        }
+        system_title.and_then(|t| <[u8; 8]>::try_from(t).ok()).and_then(|st| self.inner.by_title(&st))
+    }
+
+    /// (system title, last received, next to send) for each title, to persist.
+    fn counters<'py>(&self, py: Python<'py>, titles: Vec<Vec<u8>>) -> Vec<(Bound<'py, PyBytes>, Option<u32>, u32)> {
+        titles
+            .iter()
+            .filter_map(|t| <[u8; 8]>::try_from(t.as_slice()).ok())
+            .filter_map(|st| self.inner.keys.counters(&st).ok().map(|(r, s)| (PyBytes::new(py, &st), r, s)))
+            .collect()
+    }
+}
+
+/// Rows of the worker's sessions, as RowBinary, until drained (once per loop turn).
+#[pyclass(module = "headend._core")]
+pub struct RowSink {
+    inner: RsRowSink,
+}
+
+#[pymethods]
+impl RowSink {
+    #[new]
+    fn new() -> Self {
+        RowSink { inner: RsRowSink::new() }
+    }
+
+    #[getter]
+    fn empty(&self) -> bool {
+        self.inner.is_empty()
+    }
+
+    /// (readings RowBinary, rows, events RowBinary, rows, system titles whose counters moved).
+    #[allow(clippy::type_complexity)]
+    fn drain<'py>(
+        &mut self,
+        py: Python<'py>,
+    ) -> (Bound<'py, PyBytes>, u64, Bound<'py, PyBytes>, u64, Vec<Bound<'py, PyBytes>>) {
+        let ((r, rn), (e, en), touched) = self.inner.drain();
+        (PyBytes::new(py, &r), rn, PyBytes::new(py, &e), en, touched.iter().map(|t| PyBytes::new(py, t)).collect())
+    }
+
+    /// Counts since the last call: pushes, readings, events and rejects by reason.
+    fn take_stats<'py>(&mut self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let s = self.inner.take_stats();
+        let d = PyDict::new(py);
+        d.set_item("pushes", s.pushes)?;
+        d.set_item("readings", s.readings)?;
+        d.set_item("events", s.events)?;
+        let rejects = PyDict::new(py);
+        for (k, n) in s.rejects {
+            rejects.set_item(k, n)?;
+        }
+        d.set_item("rejects", rejects)?;
+        Ok(d)
+    }
+
+    /// Column order of the RowBinary blocks, per table.
+    #[staticmethod]
+    fn columns() -> Vec<(&'static str, Vec<&'static str>)> {
+        vec![("readings", READINGS_COLUMNS.to_vec()), ("events", EVENTS_COLUMNS.to_vec())]
+    }
+}
+
+fn session_events<'py>(py: Python<'py>, dir: &RsDirectory, events: Vec<SessionEvent>) -> PyResult<Bound<'py, PyList>> {
+    let list = PyList::empty(py);
+    for ev in events {
+        let item = match ev {
+            SessionEvent::Lookup(LookupKey::Title(st)) => {
+                ("lookup", PyBytes::new(py, &st), py.None()).into_pyobject(py)?.into_any()
+            }
+            SessionEvent::Lookup(LookupKey::Serial(s)) => {
+                ("lookup", py.None(), PyBytes::new(py, &s)).into_pyobject(py)?.into_any()
+            }
+            SessionEvent::Identified(m) => ("identified", m, dir.meter(m).serial.clone()).into_pyobject(py)?.into_any(),
+            SessionEvent::Apdu { source, meter, apdu } => {
+                ("apdu", source, meter, PyBytes::new(py, &apdu)).into_pyobject(py)?.into_any()
+            }
+            SessionEvent::Link { source, destination, control, info } => {
+                ("link", source, destination, control, PyBytes::new(py, &info)).into_pyobject(py)?.into_any()
+            }
+            SessionEvent::Reject { kind, message, meter } => {
+                ("reject", kind, message, meter).into_pyobject(py)?.into_any()
+            }
+        };
+        list.append(item)?;
+    }
+    Ok(list)
+}
+
+/// One meter connection: bytes in, rows into a RowSink, a few events out.
+#[pyclass(module = "headend._core")]
+pub struct Session {
+    inner: RsSession,
+}
+
+#[pymethods]
+impl Session {
+    #[new]
+    #[pyo3(signature = (peer, framing = "auto", max_apdu = 65535, max_pending = 64))]
+    fn new(py: Python<'_>, peer: String, framing: &str, max_apdu: usize, max_pending: usize) -> PyResult<Self> {
+        let framing = framing_of(py, framing)?;
+        let cfg = StreamConfig { framing, max_wrapper_apdu: max_apdu.min(65_535), max_hdlc_apdu: max_apdu };
+        Ok(Session { inner: RsSession::new(peer, cfg, max_pending) })
+    }
+
+    /// Feeds bytes (b"": the peer closed) at time `now` (Unix seconds); rows go to
+    /// `sink`; returns the events Python must act on.
+    fn feed<'py>(
+        &mut self,
+        py: Python<'py>,
+        data: &[u8],
+        now: i64,
+        directory: &mut Directory,
+        sink: &mut RowSink,
+    ) -> PyResult<Bound<'py, PyList>> {
+        let (s, d, k) = (&mut self.inner, &mut directory.inner, &mut sink.inner);
+        let events = guarded(py, false, || {
+            let mut out = Vec::new();
+            s.feed(data, now, d, k, &mut out);
+            out
+        })?;
+        session_events(py, &directory.inner, events)
+    }
+
+    /// Runs the APDUs that waited for a meter lookup again.
+    fn retry<'py>(
+        &mut self,
+        py: Python<'py>,
+        now: i64,
+        directory: &mut Directory,
+        sink: &mut RowSink,
+    ) -> PyResult<Bound<'py, PyList>> {
+        let (s, d, k) = (&mut self.inner, &mut directory.inner, &mut sink.inner);
+        let events = guarded(py, false, || {
+            let mut out = Vec::new();
+            s.retry(now, d, k, &mut out);
+            out
+        })?;
+        session_events(py, &directory.inner, events)
+    }
+
+    #[getter]
+    fn peer(&self) -> &str {
+        &self.inner.peer
+    }
+
+    #[getter]
+    fn framing(&self) -> &'static str {
+        framing_name(self.inner.framing())
+    }
+
+    /// APDUs waiting for a meter lookup.
+    #[getter]
+    fn pending(&self) -> usize {
+        self.inner.pending()
+    }
+
+    /// Bytes of a partial frame held back.
+    #[getter]
+    fn buffered(&self) -> usize {
+        self.inner.buffered()
+    }
+
+    /// Counters: bytes_in, frames, pushes, readings, events, errors, meters (ids).
+    #[getter]
+    fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let s = &self.inner.stats;
+        let d = PyDict::new(py);
+        d.set_item("bytes_in", s.bytes_in)?;
+        d.set_item("frames", s.frames)?;
+        d.set_item("pushes", s.pushes)?;
+        d.set_item("readings", s.readings)?;
+        d.set_item("events", s.events)?;
+        d.set_item("errors", s.errors)?;
+        d.set_item("meters", s.meters.clone())?;
+        Ok(d)
+    }
+}
+
+// ---------------------------------------------------------------------------------
 // Functions
 
 /// Decodes one APDU into its JSON form (dicts, lists, str, int, float, bool, None).
@@ -1059,7 +1378,8 @@ mod core_module {
     use super::{
         decode_apdu, decode_data, decode_frame, decode_hdlc_parameters, decrypt, encode_apdu, encode_data, encrypt,
         format_obis, hdlc_frame, hdlc_parameters, hdlc_segments, hls_gmac, obis_to_int, parse_obis, scale, unit_info,
-        wrap, Frame, FrameError, KeyTable, PushBatch, PushDecoder, StreamDecoder,
+        wrap, Directory, Frame, FrameError, KeyTable, MasterKey, PushBatch, PushDecoder, RowSink, Session,
+        StreamDecoder,
     };
 
     #[pymodule_init]

@@ -116,6 +116,8 @@ pub struct StreamDecoder {
 
 /// Compact the buffer once this much has been consumed (and the rest is small).
 const COMPACT_AT: usize = 64 * 1024;
+/// Free a drained buffer larger than this instead of keeping its capacity.
+const RELEASE_ABOVE: usize = 1024;
 
 impl StreamDecoder {
     pub fn new(cfg: StreamConfig) -> Self {
@@ -155,8 +157,13 @@ impl StreamDecoder {
             return;
         }
         if self.start > 0 && (self.start >= COMPACT_AT || self.start == self.buf.len()) {
-            self.buf.drain(..self.start);
             self.base += self.start as u64;
+            if self.start == self.buf.len() && self.buf.capacity() > RELEASE_ABOVE {
+                // An idle connection should not keep the memory of its largest frame.
+                self.buf = Vec::new();
+            } else {
+                self.buf.drain(..self.start);
+            }
             self.start = 0;
         }
         self.buf.extend_from_slice(data);
@@ -417,15 +424,17 @@ fn plausible_hdlc(data: &[u8]) -> bool {
     }
 }
 
-/// A wrapper header could start here: version 1 and a length within bounds (a prefix
-/// too short to tell is plausible).
+/// A wrapper frame could start here: version 1, a length within bounds, and a first
+/// APDU byte that can begin an APDU (a prefix too short to tell is plausible). Without
+/// the last check, the tail of garbage plus a real header ("00 01 00 01 00 01 00 01")
+/// passes for a frame and swallows the real one.
 fn plausible_wrapper(data: &[u8], max: usize) -> bool {
     match data {
         [0x00] => true,
-        [0x00, 0x01, ..] if data.len() < wrapper::HEADER_LEN => true,
-        [0x00, 0x01, _, _, _, _, hi, lo, ..] => {
+        [0x00, 0x01, ..] if data.len() <= wrapper::HEADER_LEN => true,
+        [0x00, 0x01, _, _, _, _, hi, lo, first, ..] => {
             let len = u16::from_be_bytes([*hi, *lo]) as usize;
-            len > 0 && len <= max
+            len > 0 && len <= max && crate::apdu::is_apdu_tag(*first)
         }
         _ => false,
     }
@@ -490,6 +499,18 @@ mod tests {
         assert_eq!(apdus(&ev).len(), 2, "{ev:?}");
         assert_eq!(ev.iter().filter(|e| matches!(e, Event::Error { .. })).count(), 1);
         assert_eq!(d.skipped(), 4);
+    }
+
+    #[test]
+    fn resync_is_not_fooled_by_a_header_shaped_run() {
+        // "00 02 00 01" then a real frame whose header continues "00 01 00 01 00 01": the
+        // run 00 01 00 01 00 01 00 01 looks like a header with length 1.
+        let good = wrap(&[0xC0, 1, 0xC1, 0, 8]);
+        let stream = [good.clone(), vec![0x00, 0x02, 0x00, 0x01], good.clone()].concat();
+        let mut d = StreamDecoder::new(StreamConfig::default());
+        d.receive(&stream);
+        let ev = drain(&mut d);
+        assert_eq!(apdus(&ev).len(), 2, "{ev:?}");
     }
 
     #[test]

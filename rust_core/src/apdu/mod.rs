@@ -60,6 +60,34 @@ pub mod tag {
     pub const DED_ACTION_RESPONSE: u8 = 0xD7;
 }
 
+/// True for a byte that can begin an APDU of the LN xDLMS and ACSE protocols (plain,
+/// ciphered, or the general ones this codec refuses with a clear error). Stream
+/// resynchronisation uses it to tell a frame start from coincidental bytes.
+pub fn is_apdu_tag(t: u8) -> bool {
+    matches!(
+        t,
+        tag::INITIATE_REQUEST
+            | tag::INITIATE_RESPONSE
+            | tag::CONFIRMED_SERVICE_ERROR
+            | tag::DATA_NOTIFICATION
+            | tag::AARQ
+            | tag::AARE
+            | tag::RLRQ
+            | tag::RLRE
+            | tag::GET_REQUEST
+            | tag::SET_REQUEST
+            | tag::EVENT_NOTIFICATION
+            | tag::ACTION_REQUEST
+            | tag::GET_RESPONSE
+            | tag::SET_RESPONSE
+            | tag::ACTION_RESPONSE
+            | tag::EXCEPTION_RESPONSE
+            | tag::GENERAL_CIPHERING
+            | tag::GENERAL_SIGNING
+            | tag::GENERAL_BLOCK_TRANSFER
+    ) || CipheredKind::is_ciphered_tag(t)
+}
+
 /// The ciphered APDU types: (tag, name, dedicated key?, the plaintext APDU's tag).
 /// Service-specific APDUs carry no system title; the general ones do.
 const CIPHERED: &[(u8, &str, bool, Option<u8>)] = &[
@@ -340,6 +368,62 @@ impl Ciphered {
         put_axdr_length(out, content.len());
         out.extend_from_slice(&content);
         Ok(())
+    }
+}
+
+/// A ciphered APDU's envelope, borrowed from the bytes (the hot path's form of
+/// [`Ciphered`]: nothing is copied until the ciphertext is decrypted).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Envelope<'a> {
+    pub kind: CipheredKind,
+    /// The system title of general-glo/ded-ciphering when present (8 bytes).
+    pub system_title: Option<&'a [u8; 8]>,
+    pub security_control: SecurityControl,
+    pub invocation_counter: u32,
+    pub ciphertext: &'a [u8],
+    pub tag: Option<&'a [u8]>,
+}
+
+impl<'a> Envelope<'a> {
+    /// Parses a whole ciphered APDU (tag included) without copying.
+    pub fn parse(apdu: &'a [u8]) -> Result<Envelope<'a>> {
+        let mut r = Reader::new(apdu);
+        let t = r.u8("APDU tag")?;
+        if !CipheredKind::is_ciphered_tag(t) {
+            return Err(Error::invalid("APDU", 0, format!("tag {t:#04x} is not a ciphered APDU")));
+        }
+        let kind = CipheredKind(t);
+        let system_title = if kind.is_general() {
+            let at = r.offset();
+            let st = r.axdr_bytes("system-title")?;
+            match st.len() {
+                0 => None,
+                8 => Some(st.try_into().expect("length checked")),
+                n => return Err(Error::invalid("system-title", at, format!("{n} bytes (8 expected)"))),
+            }
+        } else {
+            None
+        };
+        let len = r.axdr_length("ciphered content length")?;
+        let start = r.offset();
+        let content = r.bytes(len, "ciphered content").map_err(|e| e.truncated_at("APDU", 0))?;
+        r.finish("APDU")?;
+        if content.len() < 5 {
+            return Err(Error::invalid("ciphered content", start, "shorter than security control and counter"));
+        }
+        let security_control = SecurityControl(content[0]);
+        let invocation_counter = u32::from_be_bytes([content[1], content[2], content[3], content[4]]);
+        let body = &content[5..];
+        let (ciphertext, tag) = if security_control.authenticated() {
+            if body.len() < TAG_LEN {
+                return Err(Error::invalid("ciphered content", start + 5, "too short for the authentication tag"));
+            }
+            let (c, t) = body.split_at(body.len() - TAG_LEN);
+            (c, Some(t))
+        } else {
+            (body, None)
+        };
+        Ok(Envelope { kind, system_title, security_control, invocation_counter, ciphertext, tag })
     }
 }
 
