@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 import argparse
+import csv
+import datetime as dt
+import io
 import json
+import logging
 import sys
+import time
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
 from headend import codec
+from headend import config as config_mod
 from headend.decode import Keys, decode, describe_error, parse_hex, parse_key
 from headend.errors import HeadendError
 
@@ -51,6 +59,230 @@ def cmd_decode(args: argparse.Namespace) -> int:
     return status
 
 
+def _config(args: argparse.Namespace) -> config_mod.Config:
+    return config_mod.load(
+        Path(args.config) if getattr(args, "config", None) else None,
+        Path(args.data) if getattr(args, "data", None) else None,
+    )
+
+
+def _fail(e: BaseException, status: int = 1) -> int:
+    print(f"error: {describe_error(e)}", file=sys.stderr)
+    return status
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from headend import logs
+    from headend.server.supervisor import Supervisor
+
+    try:
+        cfg = _config(args)
+        logs.setup("supervisor", cfg.log.level, cfg.log.format)
+        return Supervisor(cfg).run()
+    except HeadendError as e:
+        return _fail(e)
+
+
+class _Access:
+    """The store for a command: through the running server if there is one (the
+    embedded store belongs to one process), else opened here."""
+
+    def __init__(self, cfg: config_mod.Config) -> None:
+        from headend.server.admin import AdminClient, ServerNotRunning
+
+        self.cfg = cfg
+        self.admin: Any = None
+        self.store: Any = None
+        client = AdminClient(cfg.admin_socket)
+        try:
+            client.call("ping")
+            self.admin = client
+        except ServerNotRunning:
+            from headend.store.db import Store, migrate
+
+            self.store = Store(cfg.dsn, cfg.store.database).connect()
+            migrate(self.store)
+
+    def sql(self, query: str) -> tuple[list[str], list[list[Any]]]:
+        from headend.server.store import check_sql, jsonable
+
+        if self.admin is not None:
+            r = self.admin.call("sql", query=query)
+            return r["columns"], r["rows"]
+        check_sql(query)
+        cols, rows = self.store.query(query)
+        return cols, jsonable(rows)
+
+    @property
+    def access(self) -> Any:
+        return self.admin if self.admin is not None else self.store
+
+    def close(self) -> None:
+        if self.store is not None:
+            self.store.close()
+        if self.admin is not None:
+            self.admin.close()
+
+
+def _print_rows(cols: list[str], rows: list[list[Any]], fmt: str) -> None:
+    if fmt == "json":
+        print(
+            json.dumps(
+                [dict(zip(cols, r, strict=True)) for r in rows], ensure_ascii=False, indent=1
+            )
+        )
+    elif fmt == "csv":
+        out = io.StringIO()
+        w = csv.writer(out, lineterminator="\n")
+        w.writerow(cols)
+        w.writerows(rows)
+        sys.stdout.write(out.getvalue())
+    else:
+        text = [[("" if v is None else str(v)) for v in r] for r in rows]
+        widths = [max([len(c), *(len(r[i]) for r in text)]) for i, c in enumerate(cols)]
+        print("  ".join(c.ljust(w) for c, w in zip(cols, widths, strict=True)).rstrip())
+        print("  ".join("-" * w for w in widths))
+        for r in text:
+            print("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip())
+        print(f"({len(rows)} row{'s' if len(rows) != 1 else ''})", file=sys.stderr)
+
+
+def cmd_sql(args: argparse.Namespace) -> int:
+    try:
+        acc = _Access(_config(args))
+        try:
+            cols, rows = acc.sql(args.query)
+        finally:
+            acc.close()
+    except HeadendError as e:
+        return _fail(e)
+    _print_rows(cols, rows, args.format)
+    return 0
+
+
+def _report(report: Any) -> int:
+    for line in report.lines():
+        print(line, file=sys.stderr)
+    print(f"{report.file}: {report.loaded} rows loaded, {len(report.bad)} refused")
+    return 0 if not report.bad else 1
+
+
+def cmd_grid_import(args: argparse.Namespace) -> int:
+    from headend.store.imports import import_grid
+
+    try:
+        cfg = _config(args)
+        acc = _Access(cfg)
+        try:
+            report = import_grid(Path(args.file), acc.access, cfg.store.database)
+        finally:
+            acc.close()
+    except HeadendError as e:
+        return _fail(e)
+    return _report(report)
+
+
+def cmd_meters_import(args: argparse.Namespace) -> int:
+    from headend import profiles
+    from headend.keys import load_master_key
+    from headend.store.imports import import_meters
+
+    try:
+        cfg = _config(args)
+        master = load_master_key(cfg, create=True)
+        models = profiles.kinds(profiles.load_all(cfg.profiles_dir))
+        acc = _Access(cfg)
+        try:
+            report = import_meters(Path(args.file), acc.access, master, models, cfg.store.database)
+        finally:
+            acc.close()
+    except HeadendError as e:
+        return _fail(e)
+    return _report(report)
+
+
+def cmd_ctl(args: argparse.Namespace) -> int:
+    from headend.server.admin import AdminClient
+
+    try:
+        cfg = _config(args)
+        client = AdminClient(cfg.admin_socket)
+        if args.action == "status":
+            st = client.call("status")
+            if args.json:
+                print(json.dumps(st, indent=2))
+            else:
+                _print_status(st)
+        elif args.action == "sessions":
+            r = client.call("sessions", meter=args.meter)
+            if args.json:
+                print(json.dumps(r["sessions"], indent=2))
+            else:
+                cols = [
+                    "session_id",
+                    "worker",
+                    "peer",
+                    "framing",
+                    "meters",
+                    "since",
+                    "pushes",
+                    "readings",
+                    "errors",
+                ]
+                rows = [
+                    [
+                        s["session_id"],
+                        s["worker"],
+                        s["peer"],
+                        s["framing"],
+                        ",".join(s["meters"]),
+                        dt.datetime.fromtimestamp(s["connected_at"], dt.UTC).strftime(
+                            "%Y-%m-%d %H:%M:%SZ"
+                        ),
+                        s["pushes"],
+                        s["readings"],
+                        s["errors"],
+                    ]
+                    for s in r["sessions"]
+                ]
+                _print_rows(cols, rows, "table")
+        elif args.action == "drain":
+            client.call("drain")
+            print("draining: the server stops accepting, flushes and exits")
+        client.close()
+    except HeadendError as e:
+        return _fail(e)
+    return 0
+
+
+def _print_status(st: dict[str, Any]) -> None:
+    ing = st["ingest"]
+    print(f"uptime        {st['uptime_s']:.0f} s   (store pid {st['pid']}, {st['dsn']})")
+    print(f"sessions      {st['sessions']}")
+    print(f"pushes/s      {st['pushes_per_s']:.1f}")
+    print(f"readings/s    {st['readings_per_s']:.1f}   ingested rows/s {ing['rows_per_s']:.1f}")
+    print(f"spool backlog {st['spool_backlog_bytes']} bytes")
+    if ing.get("error"):
+        since = time.time() - ing["failing_since"] if ing.get("failing_since") else 0
+        print(f"ingest        FAILING for {since:.0f} s: {ing['error']}")
+    for w in st["workers"]:
+        state = "ok" if w["connected"] else "DOWN"
+        paused = " paused" if w["paused"] else ""
+        print(
+            f"worker {w['worker']:<3}    pid {w['pid']} {state}{paused}: {w['sessions']} sessions, "
+            f"{w['pushes_per_s']:.1f} pushes/s, {w['meters_known']} meters known"
+        )
+    if st["rejects"]:
+        print("rejects       " + ", ".join(f"{k}={v}" for k, v in sorted(st["rejects"].items())))
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--data", metavar="DIR", help="data directory (default $HEADEND_DATA or ./headend-data)"
+    )
+    p.add_argument("--config", metavar="FILE", help="configuration file (TOML)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="headend",
@@ -87,10 +319,71 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument("--compact", action="store_true", help="one line of JSON")
     out.add_argument("--pretty", action="store_true", help="indented JSON for stdin input too")
     p.set_defaults(func=cmd_decode, framing="auto")
+
+    p = sub.add_parser(
+        "serve",
+        help="run the head-end",
+        description="Run the head-end: store, workers, admin socket.",
+    )
+    _add_common(p)
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser(
+        "sql",
+        help="run SQL on the store",
+        description="Run SQL on the store (through the "
+        "running server if there is one, else directly).",
+    )
+    p.add_argument("query")
+    p.add_argument("--format", choices=("table", "csv", "json"), default="table")
+    _add_common(p)
+    p.set_defaults(func=cmd_sql)
+
+    for noun, func, cols in (
+        ("grid", cmd_grid_import, "node_id,parent_id,level,commodity,name,admin_unit,lat,lon"),
+        (
+            "meters",
+            cmd_meters_import,
+            "serial,kind,role,node_id,account_id,model,system_title,ek,ak,password,lat,lon",
+        ),
+    ):
+        p = sub.add_parser(noun, help=f"manage {noun}")
+        nsub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+        ip = nsub.add_parser(
+            "import",
+            help=f"import {noun} from CSV ({cols})",
+            description=f"Import {noun} from "
+            f"CSV with the header {cols}. Bad rows are reported with line and reason; "
+            "good rows load.",
+        )
+        ip.add_argument("file", metavar="FILE.csv")
+        _add_common(ip)
+        ip.set_defaults(func=func)
+
+    p = sub.add_parser(
+        "ctl",
+        help="control the running server",
+        description="Talk to the running server through its admin socket.",
+    )
+    csub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    for action, text in (
+        ("status", "uptime, workers, sessions, rates, backlog, rejects"),
+        ("sessions", "live meter sessions"),
+        ("drain", "stop accepting, flush, exit"),
+    ):
+        cp = csub.add_parser(action, help=text)
+        _add_common(cp)
+        if action in ("status", "sessions"):
+            cp.add_argument("--json", action="store_true", help="machine-readable output")
+        if action == "sessions":
+            cp.add_argument("--meter", metavar="SERIAL", help="only sessions of this meter")
+        cp.set_defaults(func=cmd_ctl)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.func is not cmd_serve:
+        logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     result: int = args.func(args)
     return result

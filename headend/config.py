@@ -1,0 +1,277 @@
+"""Settings: one frozen object per section, every field with its unit and meaning.
+
+A deployment is a data directory (`--data`, `$HEADEND_DATA`, else `./headend-data`)
+plus an optional TOML file (`--config headend.toml`; an annotated example ships in the
+repository). Everything has a default, so `headend serve` runs with no file at all.
+Unknown keys in the file are errors that name the key: a typo must not silently fall
+back to a default.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from headend.errors import HeadendError
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DLMS_PORT = 4059  # IANA-registered port for DLMS/COSEM over TCP
+
+
+class ConfigError(HeadendError):
+    """The configuration file or a setting is wrong."""
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """Meter-facing TCP servers and worker processes."""
+
+    host: str = "0.0.0.0"  # noqa: S104 - meters connect from the GPRS network
+    """Address the meter port listens on."""
+    port: int = DLMS_PORT
+    """TCP port for meters (4059 is registered for DLMS/COSEM)."""
+    hdlc_port: int | None = None
+    """A second port for HDLC-over-TCP; None: one port, framing detected per connection."""
+    framing: str = "auto"
+    """Framing on `port`: auto, wrapper or hdlc."""
+    workers: int = 0
+    """Worker processes; 0 means one per CPU."""
+    max_connections_per_worker: int = 19_000
+    """Connections one worker holds (a process may hold 20,000 open files here)."""
+    max_apdu: int = 65_535
+    """Largest APDU accepted, bytes (wrapper frames cannot exceed 65,535)."""
+    idle_timeout: float = 1800.0
+    """Seconds without a byte before a connection is closed."""
+    handshake_timeout: float = 60.0
+    """Seconds a new connection has to send its first valid frame."""
+    max_pending_per_session: int = 64
+    """APDUs a connection may queue while its meter is looked up."""
+    unknown_meter_ttl: float = 300.0
+    """Seconds a meter the store does not know stays refused before asking again."""
+    lookup_batch_delay: float = 0.01
+    """Seconds to gather meter lookups into one request to the store."""
+    pause_backlog_bytes: int = 1 << 30
+    """Spool backlog (bytes not yet in ClickHouse) at which workers stop reading."""
+    resume_backlog_bytes: int = 512 << 20
+    """Backlog below which workers read again."""
+    sweep_interval: float = 5.0
+    """Seconds between checks of idle and handshake timeouts."""
+
+
+@dataclass(frozen=True)
+class StoreConfig:
+    """ClickHouse and the spool."""
+
+    dsn: str = ""
+    """ClickHouse to use: "" for the embedded store in the data directory, or
+    "http://host:8123" for a server."""
+    database: str = "ami"
+    """Database holding the documented tables."""
+    ingest_interval: float = 0.2
+    """Seconds between spool ingest rounds."""
+    max_insert_bytes: int = 64 << 20
+    """Spool bytes per insert (per segment and round)."""
+    segment_bytes: int = 64 << 20
+    """Spool segment size before a worker starts a new one."""
+    fsync: str = "interval"
+    """When workers fsync the spool: always (every append), interval, never."""
+    fsync_interval: float = 1.0
+    """Seconds between fsyncs with fsync = interval (the loss window on power failure)."""
+    readings_ttl_days: int = 0
+    """Delete readings older than this many days; 0 keeps them."""
+    sessions_ttl_days: int = 90
+    """Delete session records older than this many days; 0 keeps them."""
+    retry_delay: float = 1.0
+    """First retry delay after a failed insert, seconds (doubles up to 30)."""
+
+
+@dataclass(frozen=True)
+class SecurityConfig:
+    """Keys and what meters must do."""
+
+    master_key_file: str = ""
+    """File holding the 32-byte master key as hex; "" means <data>/secrets/master.key,
+    created on first use. Keep it outside the data directory in production."""
+    master_key_env: str = "HEADEND_MASTER_KEY"
+    """Environment variable that, when set, holds the master key (hex) instead."""
+    require_authentication: bool = True
+    """Refuse ciphered APDUs without an authentication tag."""
+    require_encryption: bool = False
+    """Refuse ciphered APDUs that are only authenticated."""
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    """Logging."""
+
+    level: str = "info"
+    """debug, info, warning or error."""
+    format: str = "text"
+    """text (key=value) or json (one object per line)."""
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole configuration of one deployment."""
+
+    data_dir: Path
+    server: ServerConfig = field(default_factory=ServerConfig)
+    store: StoreConfig = field(default_factory=StoreConfig)
+    security: SecurityConfig = field(default_factory=SecurityConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    profiles_dir: Path = REPO_ROOT / "protocols" / "profiles"
+    source: Path | None = None
+    """The file this was read from, if any."""
+
+    # Paths inside the data directory.
+    @property
+    def spool_dir(self) -> Path:
+        return self.data_dir / "spool"
+
+    @property
+    def run_dir(self) -> Path:
+        return self.data_dir / "run"
+
+    @property
+    def control_socket(self) -> Path:
+        return self.run_dir / "control.sock"
+
+    @property
+    def admin_socket(self) -> Path:
+        return self.data_dir / "admin.sock"
+
+    @property
+    def clickhouse_dir(self) -> Path:
+        return self.data_dir / "clickhouse"
+
+    @property
+    def log_dir(self) -> Path:
+        return self.data_dir / "logs"
+
+    @property
+    def master_key_path(self) -> Path:
+        return (
+            Path(self.security.master_key_file)
+            if self.security.master_key_file
+            else (self.data_dir / "secrets" / "master.key")
+        )
+
+    @property
+    def dsn(self) -> str:
+        return self.store.dsn or f"chdb://{self.clickhouse_dir}"
+
+    @property
+    def workers(self) -> int:
+        return self.server.workers or (os.cpu_count() or 1)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The settings as plain values (for passing to child processes and logs)."""
+        return {
+            "data_dir": str(self.data_dir),
+            "profiles_dir": str(self.profiles_dir),
+            "source": str(self.source) if self.source else None,
+            **{s: _section_dict(getattr(self, s)) for s in SECTIONS},
+        }
+
+
+SECTIONS: dict[str, type[Any]] = {
+    "server": ServerConfig,
+    "store": StoreConfig,
+    "security": SecurityConfig,
+    "log": LogConfig,
+}
+
+CHOICES = {
+    ("server", "framing"): {"auto", "wrapper", "hdlc"},
+    ("store", "fsync"): {"always", "interval", "never"},
+    ("log", "level"): {"debug", "info", "warning", "error"},
+    ("log", "format"): {"text", "json"},
+}
+
+
+def _section_dict(obj: Any) -> dict[str, Any]:
+    return {f.name: getattr(obj, f.name) for f in fields(obj)}
+
+
+def _build(section: str, cls: type[Any], values: dict[str, Any], where: str) -> Any:
+    known = {f.name: f for f in fields(cls)}
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        if key not in known:
+            raise ConfigError(f"{where}: unknown setting [{section}] {key}")
+        default = getattr(cls(), key)
+        expected: tuple[type[Any], ...]
+        if isinstance(default, bool):
+            expected = (bool,)
+        elif isinstance(default, int) and not isinstance(default, bool):
+            expected = (int,)
+        elif isinstance(default, float):
+            expected = (int, float)
+        elif default is None:
+            expected = (int,)
+        else:
+            expected = (str,)
+        if not isinstance(value, expected) or (expected == (int,) and isinstance(value, bool)):
+            names = " or ".join(t.__name__ for t in expected)
+            raise ConfigError(f"{where}: [{section}] {key} must be {names}, got {value!r}")
+        choices = CHOICES.get((section, key))
+        if choices and (not isinstance(value, str) or value not in choices):
+            raise ConfigError(
+                f"{where}: [{section}] {key} = {value!r}; "
+                f"choose one of {', '.join(sorted(choices))}"
+            )
+        out[key] = float(value) if isinstance(default, float) else value
+    return cls(**out)
+
+
+def default_data_dir() -> Path:
+    return Path(os.environ.get("HEADEND_DATA") or "headend-data")
+
+
+def load(path: Path | None = None, data_dir: Path | None = None) -> Config:
+    """Reads the configuration: defaults, then the file (if any), then `data_dir`."""
+    raw: dict[str, Any] = {}
+    where = "defaults"
+    if path is not None:
+        where = str(path)
+        try:
+            raw = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"configuration file {path} does not exist") from None
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"{path}: {e}") from None
+    sections: dict[str, Any] = {}
+    file_data_dir = raw.pop("data_dir", None)
+    profiles_dir = raw.pop("profiles_dir", None)
+    for key, value in raw.items():
+        if key not in SECTIONS:
+            raise ConfigError(f"{where}: unknown section [{key}]")
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: [{key}] must be a table")
+        sections[key] = _build(key, SECTIONS[key], value, where)
+    base = Path(path).parent if path is not None else Path.cwd()
+    chosen = data_dir or (Path(file_data_dir) if file_data_dir else None) or default_data_dir()
+    if not chosen.is_absolute():
+        chosen = (base if data_dir is None and file_data_dir else Path.cwd()) / chosen
+    cfg = Config(
+        data_dir=chosen.resolve(), source=Path(path).resolve() if path else None, **sections
+    )
+    if profiles_dir:
+        p = Path(profiles_dir)
+        cfg = replace(cfg, profiles_dir=(p if p.is_absolute() else base / p).resolve())
+    if cfg.server.resume_backlog_bytes > cfg.server.pause_backlog_bytes:
+        raise ConfigError(f"{where}: [server] resume_backlog_bytes exceeds pause_backlog_bytes")
+    return cfg
+
+
+def from_dict(d: dict[str, Any]) -> Config:
+    """Rebuilds a configuration from `Config.to_dict` (in a child process)."""
+    return Config(
+        data_dir=Path(d["data_dir"]),
+        profiles_dir=Path(d["profiles_dir"]),
+        source=Path(d["source"]) if d.get("source") else None,
+        **{s: SECTIONS[s](**d[s]) for s in SECTIONS},
+    )

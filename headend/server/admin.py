@@ -1,0 +1,83 @@
+"""The admin socket's client: ``headend ctl``, ``headend sql`` and imports while the
+server runs. One JSON object per line each way over ``<data>/admin.sock`` (mode 0600).
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from headend.errors import HeadendError
+
+
+class ServerNotRunning(HeadendError):
+    """Nothing answers on the admin socket."""
+
+
+class AdminError(HeadendError):
+    """The server refused the command."""
+
+
+def _json_default(v: Any) -> Any:
+    from headend.server.store import jsonable
+
+    return jsonable(v)
+
+
+class AdminClient:
+    def __init__(self, path: Path, timeout: float = 300.0) -> None:
+        self.path = path
+        self.timeout = timeout
+        self._sock: socket.socket | None = None
+        self._buf = b""
+
+    def _connect(self) -> socket.socket:
+        if self._sock is None:
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            s.settimeout(self.timeout)
+            try:
+                s.connect(str(self.path))
+            except (FileNotFoundError, ConnectionRefusedError):
+                s.close()
+                raise ServerNotRunning(f"no server answers on {self.path}") from None
+            self._sock = s
+        return self._sock
+
+    def call(self, cmd: str, **args: Any) -> Any:
+        s = self._connect()
+        s.sendall(json.dumps({"cmd": cmd, **args}, default=_json_default).encode() + b"\n")
+        while b"\n" not in self._buf:
+            chunk = s.recv(1 << 20)
+            if not chunk:
+                self.close()
+                raise ServerNotRunning("the server closed the admin connection")
+            self._buf += chunk
+        line, self._buf = self._buf.split(b"\n", 1)
+        reply = json.loads(line)
+        if not reply.get("ok"):
+            raise AdminError(reply.get("error", "unknown error"))
+        return reply.get("result")
+
+    def close(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+
+    # The SqlAccess protocol (imports through the running server).
+    def query(
+        self, sql: str, params: dict[str, Any] | None = None
+    ) -> tuple[list[str], list[tuple[Any, ...]]]:
+        r = self.call("query", query=sql, params=params)
+        return r["columns"], [tuple(row) for row in r["rows"]]
+
+    def insert_rows(
+        self,
+        table: str,
+        columns: Sequence[str],
+        rows: Sequence[Sequence[Any]],
+        token: str | None = None,
+    ) -> None:
+        self.call("insert", table=table, columns=list(columns), rows=[list(r) for r in rows])

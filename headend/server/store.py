@@ -1,0 +1,487 @@
+"""The store process: the only process that opens ClickHouse.
+
+It ingests the workers' spool (a thread, so inserts never block the event loop),
+answers workers' meter lookups, tells them the spool backlog (they pause reading above
+a threshold), and serves the admin socket (``headend ctl``, ``headend sql``, imports
+while the server runs).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import decimal
+import json
+import logging
+import math
+import os
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import msgpack
+
+from headend import logs
+from headend.config import Config, from_dict
+from headend.errors import HeadendError
+from headend.server import ipc
+from headend.store import spool
+from headend.store.db import Store, StoreError, migrate
+from headend.store.ingest import Backoff, Ingestor
+
+log = logging.getLogger("headend.store")
+
+FORBIDDEN_TABLES = ("meter_keys",)
+
+
+class CounterScanner:
+    """Invocation counters from spool records not yet in ClickHouse, so a meter looked up
+    by another worker right after moving never gets a stale (lower) floor."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.pos: dict[Path, int] = {}
+        self.found: dict[Path, dict[str, tuple[int, int]]] = {}
+
+    def scan(self) -> dict[str, tuple[int, int]]:
+        live = set()
+        for segs in spool.segments(self.root).values():
+            for seg in segs:
+                live.add(seg)
+                done = spool.read_ack(seg).done
+                start = max(self.pos.get(seg, 0), done)
+                found = self.found.setdefault(seg, {})
+                end = start
+                for r in spool.read_records(seg, start):
+                    end = r.end
+                    if r.table == spool.COUNTERS:
+                        for title, last, nxt in msgpack.unpackb(r.payload):
+                            old = found.get(title, (-1, 0))
+                            found[title] = (max(old[0], last), max(old[1], nxt))
+                self.pos[seg] = end
+                if done >= end:
+                    found.clear()  # all of it is in ClickHouse now
+        for gone in set(self.pos) - live:
+            self.pos.pop(gone, None)
+            self.found.pop(gone, None)
+        merged: dict[str, tuple[int, int]] = {}
+        for found in self.found.values():
+            for title, (last, nxt) in found.items():
+                old = merged.get(title, (-1, 0))
+                merged[title] = (max(old[0], last), max(old[1], nxt))
+        return merged
+
+
+def jsonable(v: Any) -> Any:
+    if isinstance(v, dt.datetime):
+        return v.isoformat()
+    if isinstance(v, dt.date):
+        return v.isoformat()
+    if isinstance(v, bytes):
+        return v.hex()
+    if isinstance(v, decimal.Decimal):
+        return str(v)
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    if isinstance(v, (list, tuple)):
+        return [jsonable(x) for x in v]
+    if isinstance(v, dict):
+        return {str(k): jsonable(x) for k, x in v.items()}
+    if isinstance(v, (str, int, float, bool)) or v is None:
+        return v
+    return str(v)
+
+
+def check_sql(query: str) -> None:
+    """Refuses SQL that reads the wrapped meter keys."""
+    low = query.lower()
+    for t in FORBIDDEN_TABLES:
+        if t in low:
+            raise HeadendError(f"table {t} is not readable through headend sql")
+
+
+class StoreService:
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        self.store = Store(cfg.dsn, cfg.store.database)
+        self.db = cfg.store.database
+        self.ingestor = Ingestor(self.store, cfg.spool_dir, max_bytes=cfg.store.max_insert_bytes)
+        self.scanner = CounterScanner(cfg.spool_dir)
+        self.workers: dict[int, ipc.Channel] = {}
+        self.worker_stats: dict[int, dict[str, Any]] = {}
+        self.rates: dict[int, tuple[float, dict[str, int]]] = {}
+        self.started = time.time()
+        self.stopping = threading.Event()
+        self.wake = threading.Event()
+        self.ingest_state: dict[str, Any] = {"error": None, "failing_since": None, "last_ok": None}
+        self.ingest_rate: dict[str, float] = {}
+        self.backlog = 0
+        self.stop = asyncio.Event()
+        self.lookup_lock = asyncio.Lock()
+
+    # -- ingest thread ---------------------------------------------------------------
+
+    def _ingest_loop(self, final: threading.Event) -> None:
+        backoff = Backoff(self.cfg.store.retry_delay)
+        last_error = None
+        window_start, window_rows = time.monotonic(), 0
+        while True:
+            try:
+                stats = self.ingestor.run_once()
+                backoff.ok()
+                if last_error is not None:
+                    log.info("ClickHouse accepts inserts again")
+                last_error = None
+                self.ingest_state.update(error=None, failing_since=None, last_ok=time.time())
+                window_rows += sum(stats.rows.values())
+                now = time.monotonic()
+                if now - window_start >= 2.0:
+                    self.ingest_rate = {"rows_per_s": window_rows / (now - window_start)}
+                    window_start, window_rows = now, 0
+                # At shutdown, stop once a round finds nothing more to ingest (a torn
+                # tail left by a killed worker is never ingestible; it stays on disk).
+                if final.is_set() and stats.bytes == 0:
+                    return
+                delay = self.cfg.store.ingest_interval
+            except StoreError as e:
+                delay = backoff.failed()
+                if str(e) != last_error:
+                    log.error(
+                        "ClickHouse refused an insert (%s); the spool keeps everything; retrying", e
+                    )
+                    last_error = str(e)
+                self.ingest_state.update(error=str(e), failing_since=backoff.failing_since)
+                if final.is_set() and self.stopping.is_set():
+                    return
+            except Exception:
+                log.exception("ingest round failed")
+                delay = backoff.failed()
+            self.wake.wait(delay)
+            self.wake.clear()
+            if self.stopping.is_set() and not final.is_set():
+                return
+
+    # -- workers -------------------------------------------------------------------------
+
+    async def _worker_msg(self, ch: ipc.Channel, msg: dict[str, Any]) -> dict[str, Any] | None:
+        t = msg.get("t")
+        if t == "hello":
+            wid = int(msg["worker"])
+            ch.info["worker"] = wid
+            self.workers[wid] = ch
+            log.info("worker %d connected (pid %s)", wid, msg.get("pid"))
+            ch.send({"t": "backlog", "bytes": self.backlog})
+        elif t == "stats":
+            wid = int(msg["worker"])
+            self.worker_stats[wid] = msg
+            now = time.monotonic()
+            prev = self.rates.get(wid)
+            totals = dict(msg.get("totals", {}))
+            if prev is not None and now > prev[0]:
+                span = now - prev[0]
+                msg["rates"] = {k: max(0, v - prev[1].get(k, 0)) / span for k, v in totals.items()}
+            self.rates[wid] = (now, totals)
+        elif t == "lookup":
+            return await self._lookup(msg)
+        return None
+
+    async def _lookup(self, msg: dict[str, Any]) -> dict[str, Any]:
+        titles = [bytes(t).hex().upper() for t in msg.get("titles", [])]
+        serials = [bytes(s).decode("utf-8", "replace") for s in msg.get("serials", [])]
+        loop = asyncio.get_running_loop()
+        async with self.lookup_lock:
+            meters, recent = await loop.run_in_executor(None, self._lookup_sql, titles, serials)
+        found_titles = {m["system_title_hex"] for m in meters}
+        found_serials = {m["serial"] for m in meters}
+        out = []
+        for m in meters:
+            th = m.pop("system_title_hex")
+            last, nxt = m["last_received"], m["next_sent"]
+            if th in recent:
+                last = max(last, recent[th][0])
+                nxt = max(nxt, recent[th][1])
+            m["last_received"] = None if last < 0 else last
+            m["next_sent"] = nxt if nxt > 0 else None
+            out.append(m)
+        return {
+            "meters": out,
+            "unknown_titles": [bytes.fromhex(t) for t in titles if t not in found_titles],
+            "unknown_serials": [s.encode() for s in serials if s not in found_serials],
+        }
+
+    def _lookup_sql(
+        self, titles: list[str], serials: list[str]
+    ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        db = self.db
+        recent = self.scanner.scan()
+        _, rows = self.store.query(
+            f"SELECT serial, model, system_title FROM {db}.meters FINAL "
+            "WHERE system_title IN %(t)s OR serial IN %(s)s",
+            {"t": titles or [""], "s": serials or [""]},
+        )
+        if not rows:
+            return [], recent
+        found = {r[0]: r for r in rows}
+        _, keys = self.store.query(
+            f"SELECT serial, ek, ak FROM {db}.meter_keys FINAL WHERE serial IN %(s)s",
+            {"s": list(found)},
+        )
+        key_of = {k[0]: (k[1], k[2]) for k in keys}
+        meter_titles = [r[2] for r in rows if r[2]]
+        counters: dict[str, tuple[int, int]] = {}
+        if meter_titles:
+            _, crows = self.store.query(
+                "SELECT system_title, max(last_received), max(next_sent) "
+                f"FROM {db}.invocation_counters "
+                "WHERE system_title IN %(t)s GROUP BY system_title",
+                {"t": meter_titles},
+            )
+            counters = {c[0]: (int(c[1]), int(c[2])) for c in crows}
+        out = []
+        for serial, model, title in rows:
+            ek, ak = key_of.get(serial, ("", ""))
+            last, nxt = counters.get(title, (-1, 0))
+            out.append(
+                {
+                    "serial": serial,
+                    "model": model,
+                    "system_title": bytes.fromhex(title) if title else None,
+                    "system_title_hex": title,
+                    "ek": bytes.fromhex(ek) if ek else None,
+                    "ak": bytes.fromhex(ak) if ak else None,
+                    "last_received": last,
+                    "next_sent": nxt,
+                }
+            )
+        return out, recent
+
+    async def _control_client(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        ch = ipc.Channel(reader, writer, self._worker_msg)
+        await ch.run()
+        wid = ch.info.get("worker")
+        if wid is not None and self.workers.get(wid) is ch:
+            del self.workers[wid]
+            log.info("worker %d disconnected", wid)
+
+    async def _monitor_backlog(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            self.backlog = await loop.run_in_executor(None, spool.backlog, self.cfg.spool_dir)
+            for ch in list(self.workers.values()):
+                with contextlib.suppress(ipc.ChannelClosed, ConnectionError):
+                    ch.send({"t": "backlog", "bytes": self.backlog})
+            await asyncio.sleep(0.5)
+
+    # -- admin ---------------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        workers = []
+        rejects: dict[str, int] = {}
+        totals: dict[str, float] = {"sessions": 0, "pushes_per_s": 0.0, "readings_per_s": 0.0}
+        for wid, st in sorted(self.worker_stats.items()):
+            rates = st.get("rates", {})
+            connected = wid in self.workers
+            workers.append(
+                {
+                    "worker": wid,
+                    "pid": st.get("pid"),
+                    "connected": connected,
+                    "sessions": st.get("sessions", 0),
+                    "meters_known": st.get("meters_known", 0),
+                    "pushes_per_s": round(rates.get("pushes", 0.0), 1),
+                    "readings_per_s": round(rates.get("readings", 0.0), 1),
+                    "totals": st.get("totals", {}),
+                    "paused": st.get("paused", False),
+                }
+            )
+            for k, n in st.get("rejects", {}).items():
+                rejects[k] = rejects.get(k, 0) + n
+            if connected:
+                totals["sessions"] += st.get("sessions", 0)
+                totals["pushes_per_s"] += rates.get("pushes", 0.0)
+                totals["readings_per_s"] += rates.get("readings", 0.0)
+        return {
+            "uptime_s": round(time.time() - self.started, 1),
+            "pid": os.getpid(),
+            "dsn": self.cfg.dsn if self.store.embedded else self.cfg.dsn.split("@")[-1],
+            "workers": workers,
+            "sessions": int(totals["sessions"]),
+            "pushes_per_s": round(totals["pushes_per_s"], 1),
+            "readings_per_s": round(totals["readings_per_s"], 1),
+            "spool_backlog_bytes": self.backlog,
+            "ingest": {
+                "rows_per_s": round(self.ingest_rate.get("rows_per_s", 0.0), 1),
+                "rows_total": dict(self.ingestor.totals.rows),
+                **self.ingest_state,
+            },
+            "rejects": rejects,
+        }
+
+    async def _admin(self, req: dict[str, Any]) -> Any:
+        cmd = req.get("cmd")
+        loop = asyncio.get_running_loop()
+        if cmd == "ping":
+            return {"ok": True}
+        if cmd == "status":
+            return self.status()
+        if cmd == "sessions":
+            out: list[dict[str, Any]] = []
+            for ch in list(self.workers.values()):
+                with contextlib.suppress(ipc.ChannelClosed, ConnectionError, TimeoutError):
+                    r = await ch.request({"t": "sessions", "meter": req.get("meter")}, timeout=10)
+                    out.extend(r.get("sessions", []))
+            return {"sessions": sorted(out, key=lambda s: s["connected_at"])}
+        if cmd == "drain":
+            log.info("drain requested through the admin socket")
+            os.kill(os.getppid(), signal.SIGTERM)
+            return {"ok": True, "draining": True}
+        if cmd == "sql":
+            query = str(req.get("query", ""))
+            check_sql(query)
+            cols, rows = await loop.run_in_executor(
+                None, self.store.query, query, req.get("params")
+            )
+            return {"columns": cols, "rows": jsonable(rows)}
+        if cmd == "query":  # for imports: parameters allowed, keys table still off limits
+            query = str(req.get("query", ""))
+            check_sql(query)
+            cols, rows = await loop.run_in_executor(
+                None, self.store.query, query, req.get("params")
+            )
+            return {"columns": cols, "rows": jsonable(rows)}
+        if cmd == "insert":
+            table = str(req["table"])
+            new_rows = [self._revive(table, r) for r in req["rows"]]
+            await loop.run_in_executor(
+                None, self.store.insert_rows, table, req["columns"], new_rows, None
+            )
+            if table in ("meters", "meter_keys"):
+                serials = sorted({r[0] for r in new_rows})
+                for ch in list(self.workers.values()):
+                    with contextlib.suppress(ipc.ChannelClosed, ConnectionError):
+                        ch.send({"t": "invalidate", "serials": serials})
+            return {"ok": True, "rows": len(new_rows)}
+        raise HeadendError(f"unknown admin command {cmd!r}")
+
+    @staticmethod
+    def _revive(table: str, row: list[Any]) -> list[Any]:
+        """JSON carried datetimes as ISO text and NaN as null; restore them."""
+        out: list[Any] = []
+        for v in row:
+            if isinstance(v, str) and len(v) >= 19 and v[4] == "-" and v[10] == "T":
+                try:
+                    out.append(dt.datetime.fromisoformat(v))
+                    continue
+                except ValueError:
+                    pass
+            out.append(math.nan if v is None and table in ("grid_nodes", "meters") else v)
+        return out
+
+    async def _admin_client(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        try:
+            while line := await reader.readline():
+                try:
+                    req = json.loads(line)
+                    result = await self._admin(req)
+                    reply = {"ok": True, "result": result}
+                except HeadendError as e:
+                    reply = {"ok": False, "error": str(e)}
+                except Exception as e:
+                    log.exception("admin command failed")
+                    reply = {"ok": False, "error": f"internal error: {type(e).__name__}: {e}"}
+                writer.write(json.dumps(reply, default=jsonable).encode() + b"\n")
+                await writer.drain()
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            with contextlib.suppress(Exception):
+                writer.close()
+
+    # -- life cycle ------------------------------------------------------------------
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, self.stop.set)
+        loop.add_signal_handler(signal.SIGINT, self.stop.set)
+        cfg = self.cfg
+        await loop.run_in_executor(None, self.store.connect)
+        applied = await loop.run_in_executor(
+            None,
+            lambda: migrate(
+                self.store,
+                readings_ttl_days=cfg.store.readings_ttl_days,
+                sessions_ttl_days=cfg.store.sessions_ttl_days,
+            ),
+        )
+        if applied:
+            log.info("schema migrated to version %d", max(applied))
+        self.ingestor.on_counters = None
+        final = threading.Event()
+        ingest = threading.Thread(
+            target=self._ingest_loop, args=(final,), name="ingest", daemon=True
+        )
+        ingest.start()
+        cfg.run_dir.mkdir(parents=True, exist_ok=True)
+        for path in (cfg.control_socket, cfg.admin_socket):
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+        old = os.umask(0o077)  # both sockets 0600
+        try:
+            control = await asyncio.start_unix_server(
+                self._control_client, str(cfg.control_socket), limit=ipc.MAX_MESSAGE
+            )
+            admin = await asyncio.start_unix_server(
+                self._admin_client, str(cfg.admin_socket), limit=64 << 20
+            )
+        finally:
+            os.umask(old)
+        monitor = loop.create_task(self._monitor_backlog())
+        log.info("store ready (%s)", cfg.dsn if self.store.embedded else "ClickHouse server")
+        await self.stop.wait()
+        # Shutdown: the supervisor stopped the workers first; ingest what they left.
+        log.info("store stopping: ingesting the remaining spool")
+        monitor.cancel()
+        control.close()
+        final.set()
+        self.wake.set()
+        deadline = time.monotonic() + 120
+        while ingest.is_alive() and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        self.stopping.set()
+        self.wake.set()
+        left = spool.backlog(cfg.spool_dir)
+        if left:
+            log.warning("%d spool bytes not ingested; they stay on disk for the next start", left)
+        admin.close()
+        for path in (cfg.control_socket, cfg.admin_socket):
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+        self.store.close()
+        log.info("store stopped")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    with open(args[0]) as f:
+        cfg = from_dict(json.load(f))
+    logs.setup("store", cfg.log.level, cfg.log.format)
+    import uvloop
+
+    try:
+        uvloop.run(StoreService(cfg).run())
+    except HeadendError as e:
+        log.error("store cannot start: %s", e)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,546 @@
+"""A worker process: meter connections in, spool records out.
+
+Each worker runs uvloop and listens on the meter port itself (SO_REUSEPORT: the
+kernel spreads connections over the workers). A connection is a thin
+:class:`MeterProtocol` over a Rust :class:`Session`; decoded rows go into the worker's
+one :class:`RowSink`, which is drained into the spool once per event-loop turn (one
+write for everything read in that turn). What a worker had read but not yet appended
+when it is killed is lost with its connections; everything appended survives.
+
+Meters are looked up lazily: a session that meets an unknown meter queues its APDUs
+and the worker asks the store (batched); keys arrive wrapped and are unwrapped by the
+Rust directory, straight into the key table.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+from typing import Any, Literal, cast
+
+import msgpack
+
+from headend import logs, profiles
+from headend.codec import Directory, RowSink, Session
+from headend.config import Config, from_dict
+from headend.errors import HeadendError
+from headend.keys import load_master_key
+from headend.server import ipc
+from headend.store import spool
+
+log = logging.getLogger("headend.worker")
+
+LookupKey = tuple[str, bytes]  # ("t", system title) or ("s", serial)
+
+
+class MeterProtocol(asyncio.Protocol):
+    """One meter (or concentrator) connection. Thin: bytes go to Rust."""
+
+    __slots__ = (
+        "closed",
+        "connected_at",
+        "framing",
+        "last_rx",
+        "logged",
+        "lost_reason",
+        "plog",
+        "session",
+        "sid",
+        "transport",
+        "worker",
+    )
+
+    def __init__(self, worker: Worker, framing: Literal["auto", "wrapper", "hdlc"]) -> None:
+        self.worker = worker
+        self.framing = framing
+        self.transport: asyncio.Transport | None = None
+        self.session: Session | None = None
+        self.sid = 0
+        self.connected_at = 0.0
+        self.last_rx = 0.0
+        self.plog: logs.PeerLogger | None = None
+        self.logged: set[str] | None = None
+        self.closed = False
+        self.lost_reason: str | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports implement asyncio.Transport without subclassing it.
+        transport = cast(asyncio.Transport, transport)
+        w = self.worker
+        self.transport = transport
+        peername = transport.get_extra_info("peername")
+        peer = f"{peername[0]}:{peername[1]}" if isinstance(peername, tuple) else str(peername)
+        if not w.accepting or len(w.connections) >= w.cfg.server.max_connections_per_worker:
+            w.count_reject("capacity" if w.accepting else "draining")
+            transport.abort()
+            self.closed = True
+            return
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.session = Session(
+            peer, self.framing, w.cfg.server.max_apdu, w.cfg.server.max_pending_per_session
+        )
+        self.sid = w.next_session_id()
+        self.connected_at = self.last_rx = time.time()
+        w.connections[self.sid] = self
+        w.session_row(self, "connect", "")
+        if w.paused:
+            transport.pause_reading()
+
+    def data_received(self, data: bytes) -> None:
+        w = self.worker
+        session = self.session
+        if session is None:
+            return
+        now = time.time()
+        self.last_rx = now
+        events = session.feed(data, int(now), w.directory, w.sink)
+        w.mark_dirty()
+        if events:
+            w.on_events(self, events)
+
+    def eof_received(self) -> bool:
+        return False
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        w = self.worker
+        reason = w.close_reasons.pop(self.sid, "peer-closed" if exc is None else "error")
+        if self.session is not None:
+            events = self.session.feed(b"", int(time.time()), w.directory, w.sink)
+            if events:
+                w.on_events(self, events)
+            if self.session.pending:
+                # APDUs still wait for a meter lookup; the session's record is written
+                # when they have run, so its counters are complete.
+                self.lost_reason = reason
+            else:
+                w.session_row(self, "disconnect", reason)
+        w.connections.pop(self.sid, None)
+        w.mark_dirty()
+
+    def close(self, reason: str) -> None:
+        if self.transport is not None and not self.closed:
+            self.worker.close_reasons[self.sid] = reason
+            self.transport.close()
+
+    def peer_logger(self) -> logs.PeerLogger:
+        if self.plog is None:
+            self.plog = logs.PeerLogger(log, self.session.peer if self.session else "?")
+        return self.plog
+
+
+class Worker:
+    def __init__(self, cfg: Config, worker_id: int) -> None:
+        self.cfg = cfg
+        self.id = worker_id
+        self.master = load_master_key(cfg)
+        self.directory = Directory(
+            require_authentication=cfg.security.require_authentication,
+            require_encryption=cfg.security.require_encryption,
+        )
+        for p in profiles.load_all(cfg.profiles_dir):
+            self.directory.add_profile(p)
+        self.sink = RowSink()
+        self.spool = spool.SpoolWriter(
+            cfg.spool_dir,
+            worker_id,
+            segment_bytes=cfg.store.segment_bytes,
+            fsync=cfg.store.fsync,
+            fsync_interval=cfg.store.fsync_interval,
+        )
+        self.connections: dict[int, MeterProtocol] = {}
+        self.close_reasons: dict[int, str] = {}
+        self._sids = itertools.count((time.time_ns() // 1000) << 8 | (worker_id & 0xFF), 256)
+        self.session_rows: list[list[Any]] = []
+        self.waiting: dict[LookupKey, set[MeterProtocol]] = {}
+        self.lookup_keys: set[LookupKey] = set()
+        self.lookup_task: asyncio.Task[None] | None = None
+        self.dirty = False
+        self.paused = False
+        self.accepting = True
+        self.store: ipc.Channel | None = None
+        self.stop = asyncio.Event()
+        self.servers: list[asyncio.Server] = []
+        self.totals: dict[str, int] = {"pushes": 0, "readings": 0, "events": 0, "connections": 0}
+        self.rejects: dict[str, int] = {}
+        self.started = time.time()
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    # -- rows and the spool ------------------------------------------------------
+
+    def next_session_id(self) -> int:
+        self.totals["connections"] += 1
+        return next(self._sids)
+
+    def mark_dirty(self) -> None:
+        if not self.dirty:
+            self.dirty = True
+            asyncio.get_running_loop().call_soon(self.flush)
+
+    def flush(self) -> None:
+        """Everything decoded since the last turn goes to the spool in one write."""
+        self.dirty = False
+        readings, rn, events, en, touched = self.sink.drain()
+        records = []
+        if rn:
+            records.append(spool.encode_record(spool.READINGS, spool.ROWBINARY, rn, readings))
+        if en:
+            records.append(spool.encode_record(spool.EVENTS, spool.ROWBINARY, en, events))
+        if touched:
+            counters = [
+                [t.hex().upper(), -1 if last is None else last, nxt]
+                for t, last, nxt in self.directory.counters(touched)
+            ]
+            records.append(
+                spool.encode_record(
+                    spool.COUNTERS, spool.MSGPACK, len(counters), msgpack.packb(counters)
+                )
+            )
+        if self.session_rows:
+            rows, self.session_rows = self.session_rows, []
+            records.append(
+                spool.encode_record(spool.SESSIONS, spool.MSGPACK, len(rows), msgpack.packb(rows))
+            )
+        if records:
+            self.spool.append(records)
+        stats = self.sink.take_stats()
+        for k in ("pushes", "readings", "events"):
+            self.totals[k] += stats[k]
+        for k, n in stats["rejects"].items():
+            self.rejects[k] = self.rejects.get(k, 0) + n
+
+    def session_row(self, proto: MeterProtocol, event: str, reason: str) -> None:
+        s = proto.session
+        if s is None:
+            return
+        st = s.stats
+        now = time.time()
+        meters = [self.directory.serial(m) for m in st["meters"]]
+        self.session_rows.append(
+            [
+                now,
+                event,
+                proto.sid,
+                self.id,
+                s.peer,
+                s.framing,
+                meters,
+                st["bytes_in"],
+                st["frames"],
+                st["pushes"],
+                st["readings"],
+                st["errors"],
+                reason,
+                now - proto.connected_at if event == "disconnect" else 0.0,
+            ]
+        )
+        self.mark_dirty()
+
+    def count_reject(self, kind: str) -> None:
+        self.rejects[kind] = self.rejects.get(kind, 0) + 1
+
+    # -- events from sessions ----------------------------------------------------
+
+    def on_events(self, proto: MeterProtocol, events: list[Any]) -> None:
+        for ev in events:
+            kind = ev[0]
+            if kind == "lookup":
+                key: LookupKey = ("t", ev[1]) if ev[1] is not None else ("s", ev[2])
+                self.waiting.setdefault(key, set()).add(proto)
+                self.queue_lookup(key)
+            elif kind == "identified":
+                proto.peer_logger().meter = ev[2]
+            elif kind == "reject":
+                _, reason, message, _meter = ev
+                # Logged once per connection and reason; every one is counted and
+                # stored as an events row by the session.
+                if proto.logged is None:
+                    proto.logged = set()
+                if reason not in proto.logged:
+                    proto.logged.add(reason)
+                    proto.peer_logger().warning("refused input (%s): %s", reason, message)
+            elif kind == "apdu":
+                proto.peer_logger().info(
+                    "unsolicited %d-byte APDU (tag 0x%02X) ignored", len(ev[3]), ev[3][0]
+                )
+            elif kind == "link":
+                proto.peer_logger().debug("HDLC %s frame from %s", ev[3], ev[1])
+
+    def queue_lookup(self, key: LookupKey) -> None:
+        self.lookup_keys.add(key)
+        if self.lookup_task is None or self.lookup_task.done():
+            self.lookup_task = asyncio.get_running_loop().create_task(self._lookups())
+
+    async def _lookups(self) -> None:
+        await asyncio.sleep(self.cfg.server.lookup_batch_delay)
+        while self.lookup_keys:
+            keys, self.lookup_keys = self.lookup_keys, set()
+            try:
+                await self._lookup(keys)
+            except (ipc.ChannelClosed, ConnectionError, TimeoutError):
+                # The store is away: keep the keys and try again shortly; sessions hold
+                # their APDUs meanwhile (bounded per session).
+                self.lookup_keys |= keys
+                await asyncio.sleep(1.0)
+
+    async def _lookup(self, keys: set[LookupKey]) -> None:
+        if self.store is None:
+            raise ConnectionError("no store")
+        titles = [k[1] for k in keys if k[0] == "t"]
+        serials = [k[1] for k in keys if k[0] == "s"]
+        reply = await self.store.request({"t": "lookup", "titles": titles, "serials": serials})
+        for m in reply.get("meters", []):
+            try:
+                self.directory.add_meter(
+                    m["serial"],
+                    m["model"],
+                    m["system_title"],
+                    m["ek"],
+                    m["ak"],
+                    self.master if m["ek"] else None,
+                    m["last_received"],
+                    m["next_sent"],
+                )
+            except HeadendError as e:
+                # A wrapped key that does not unwrap (another master key) or a model
+                # this worker lacks: the meter cannot be served; say which.
+                log.error("meter %s cannot be loaded: %s", m["serial"], e)
+                until = int(time.time() + self.cfg.server.unknown_meter_ttl)
+                if m["system_title"]:
+                    self.directory.mark_unknown(until=until, system_title=m["system_title"])
+                self.directory.mark_unknown(until=until, serial=m["serial"].encode())
+        until = int(time.time() + self.cfg.server.unknown_meter_ttl)
+        for t in reply.get("unknown_titles", []):
+            self.directory.mark_unknown(until=until, system_title=t)
+        for s in reply.get("unknown_serials", []):
+            self.directory.mark_unknown(until=until, serial=s)
+        now = int(time.time())
+        for key in keys:
+            for proto in self.waiting.pop(key, ()):
+                if proto.session is not None:
+                    events = proto.session.retry(now, self.directory, self.sink)
+                    if events:
+                        self.on_events(proto, events)
+                    if proto.lost_reason is not None and not proto.session.pending:
+                        self.session_row(proto, "disconnect", proto.lost_reason)
+                        proto.lost_reason = None
+        self.mark_dirty()
+
+    # -- the store link ------------------------------------------------------------
+
+    async def _handle(self, ch: ipc.Channel, msg: dict[str, Any]) -> dict[str, Any] | None:
+        t = msg.get("t")
+        if t == "backlog":
+            self._backpressure(int(msg["bytes"]))
+        elif t == "drain":
+            self.stop.set()
+        elif t == "sessions":
+            return {"sessions": self.list_sessions(msg.get("meter"))}
+        elif t == "invalidate":
+            await self._refresh(msg.get("serials", []))
+        return None
+
+    async def _refresh(self, serials: list[str]) -> None:
+        """Re-reads meters this worker knows after they were re-imported."""
+        keys: set[LookupKey] = {
+            ("s", s.encode()) for s in serials if self.directory.find(serial=s) is not None
+        }
+        if keys:
+            with contextlib.suppress(ipc.ChannelClosed, ConnectionError, TimeoutError):
+                await self._lookup(keys)
+
+    def _backpressure(self, backlog: int) -> None:
+        if not self.paused and backlog >= self.cfg.server.pause_backlog_bytes:
+            self.paused = True
+            log.warning(
+                "spool backlog %d bytes: pausing reads on %d connections",
+                backlog,
+                len(self.connections),
+            )
+            for p in self.connections.values():
+                if p.transport is not None:
+                    p.transport.pause_reading()
+        elif self.paused and backlog <= self.cfg.server.resume_backlog_bytes:
+            self.paused = False
+            log.info("spool backlog %d bytes: resuming reads", backlog)
+            for p in self.connections.values():
+                if p.transport is not None and not p.closed:
+                    p.transport.resume_reading()
+
+    def list_sessions(self, meter: str | None) -> list[dict[str, Any]]:
+        out = []
+        for p in self.connections.values():
+            s = p.session
+            if s is None:
+                continue
+            st = s.stats
+            serials = [self.directory.serial(m) for m in st["meters"]]
+            if meter and meter not in serials:
+                continue
+            out.append(
+                {
+                    "session_id": p.sid,
+                    "worker": self.id,
+                    "peer": s.peer,
+                    "framing": s.framing,
+                    "meters": serials,
+                    "connected_at": p.connected_at,
+                    "last_rx": p.last_rx,
+                    "bytes_in": st["bytes_in"],
+                    "frames": st["frames"],
+                    "pushes": st["pushes"],
+                    "readings": st["readings"],
+                    "errors": st["errors"],
+                    "pending": s.pending,
+                }
+            )
+        return out
+
+    async def _store_link(self) -> None:
+        path = str(self.cfg.control_socket)
+        while not self.stop.is_set():
+            try:
+                ch = await ipc.connect(path, self._handle)
+            except (FileNotFoundError, ConnectionRefusedError, OSError):
+                await asyncio.sleep(0.5)
+                continue
+            ch.send({"t": "hello", "worker": self.id, "pid": os.getpid()})
+            self.store = ch
+            if self.lookup_keys:
+                self.queue_lookup(next(iter(self.lookup_keys)))
+            log.info("connected to the store")
+            await ch.run()
+            self.store = None
+            if not self.stop.is_set():
+                log.warning("lost the store; reconnecting")
+                await asyncio.sleep(0.5)
+
+    async def _report(self) -> None:
+        while not self.stop.is_set():
+            await asyncio.sleep(1.0)
+            self.spool.maybe_sync()
+            if self.store is not None:
+                with contextlib.suppress(ipc.ChannelClosed, ConnectionError):
+                    self.store.send(
+                        {
+                            "t": "stats",
+                            "worker": self.id,
+                            "pid": os.getpid(),
+                            "sessions": len(self.connections),
+                            "meters_known": len(self.directory),
+                            "totals": self.totals,
+                            "rejects": self.rejects,
+                            "spooled_bytes": self.spool.appended_bytes,
+                            "paused": self.paused,
+                            "waiting_lookups": len(self.waiting),
+                            "started": self.started,
+                        }
+                    )
+
+    async def _sweep(self) -> None:
+        """Closes connections that never spoke or went quiet."""
+        srv = self.cfg.server
+        while not self.stop.is_set():
+            await asyncio.sleep(srv.sweep_interval)
+            now = time.time()
+            for p in list(self.connections.values()):
+                s = p.session
+                if s is None:
+                    continue
+                if now - p.last_rx > srv.idle_timeout:
+                    self.count_reject("idle-timeout")
+                    p.close("idle-timeout")
+                elif now - p.connected_at > srv.handshake_timeout and s.stats["frames"] == 0:
+                    self.count_reject("handshake-timeout")
+                    p.peer_logger().warning(
+                        "no valid frame within %.0f s; closing", srv.handshake_timeout
+                    )
+                    p.close("handshake-timeout")
+
+    # -- life cycle ------------------------------------------------------------------
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, self.stop.set)
+        loop.add_signal_handler(signal.SIGINT, self.stop.set)
+        srv = self.cfg.server
+        listen: list[tuple[int, Literal["auto", "wrapper", "hdlc"]]] = [
+            (srv.port, srv.framing)  # type: ignore[list-item]  # checked by the config loader
+        ]
+        if srv.hdlc_port:
+            listen.append((srv.hdlc_port, "hdlc"))
+        for port, framing in listen:
+            server = await loop.create_server(
+                lambda f=framing: MeterProtocol(self, f),  # type: ignore[misc]
+                srv.host,
+                port,
+                reuse_port=True,
+                backlog=4096,
+            )
+            self.servers.append(server)
+        log.info(
+            "worker %d listening on %s port(s) %s",
+            self.id,
+            srv.host,
+            ", ".join(str(p) for p, _ in listen),
+        )
+        for coro in (self._store_link(), self._report(), self._sweep()):
+            task = loop.create_task(coro)
+            self._tasks.add(task)
+        await self.stop.wait()
+        await self.drain()
+
+    async def drain(self) -> None:
+        """Stop accepting, close connections, write everything, exit."""
+        self.accepting = False
+        for s in self.servers:
+            s.close()
+        for p in list(self.connections.values()):
+            p.close("shutdown")
+        await asyncio.sleep(0.05)  # let connection_lost run for the closed transports
+        self.flush()
+        self.spool.close()
+        for t in self._tasks:
+            t.cancel()
+        if self.store is not None:
+            self.store.close()
+        log.info(
+            "worker %d stopped: %d pushes, %d readings, %d events",
+            self.id,
+            self.totals["pushes"],
+            self.totals["readings"],
+            self.totals["events"],
+        )
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    with open(args[0]) as f:
+        cfg = from_dict(json.load(f))
+    worker_id = int(args[1])
+    logs.setup(f"worker-{worker_id}", cfg.log.level, cfg.log.format)
+    import uvloop
+
+    try:
+        uvloop.run(Worker(cfg, worker_id).run())
+    except HeadendError as e:
+        log.error("worker %d cannot start: %s", worker_id, e)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

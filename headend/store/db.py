@@ -1,0 +1,217 @@
+"""The store's ClickHouse connection and schema migrations.
+
+Only the store knows ClickHouse. The embedded default is chdb in the data directory,
+reached with the same clickhouse-connect client as a server
+(``clickhouse_connect.get_client(dsn="chdb:///DIR")``); an ``http://host:8123`` DSN
+points the same code at a ClickHouse server. The embedded store belongs to one
+process: the store process when the server runs, else the command that needs it.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+from collections.abc import Sequence
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from headend.errors import HeadendError
+
+log = logging.getLogger("headend.store")
+
+IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+class StoreError(HeadendError):
+    """ClickHouse refused or could not be reached."""
+
+
+class StoreBusy(StoreError):
+    """The embedded store is held by another process (the running server)."""
+
+
+class Store:
+    """One ClickHouse client, serialised (chdb's client is not thread-safe)."""
+
+    def __init__(self, dsn: str, database: str = "ami") -> None:
+        if not IDENT.match(database):
+            raise StoreError(f"database name {database!r} is not an identifier")
+        self.dsn = dsn
+        self.db = database
+        self._lock = threading.RLock()
+        self._client: Any = None
+
+    @property
+    def embedded(self) -> bool:
+        return self.dsn.startswith("chdb://")
+
+    def connect(self) -> Store:
+        import clickhouse_connect
+
+        with self._lock:
+            if self._client is not None:
+                return self
+            if self.embedded:
+                path = Path(self.dsn[len("chdb://") :])
+                path.mkdir(parents=True, exist_ok=True)
+                try:
+                    self._client = clickhouse_connect.get_client(dsn=f"chdb://{path}")
+                except Exception as e:
+                    text = str(e)
+                    if "lock" in text.lower() or "already" in text.lower():
+                        raise StoreBusy(
+                            f"the embedded store in {path} is in use by another process"
+                        ) from None
+                    raise StoreError(f"cannot open the embedded store in {path}: {text}") from None
+            else:
+                try:
+                    self._client = clickhouse_connect.get_client(dsn=self.dsn)
+                except Exception as e:
+                    raise StoreError(f"cannot reach ClickHouse at {self.dsn}: {e}") from None
+        return self
+
+    def close(self) -> None:
+        with self._lock:
+            if self._client is not None:
+                try:
+                    self._client.close()
+                finally:
+                    self._client = None
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            self.connect()
+        return self._client
+
+    def command(self, sql: str, params: dict[str, Any] | None = None) -> Any:
+        with self._lock:
+            try:
+                return self.client.command(sql, parameters=params)
+            except HeadendError:
+                raise
+            except Exception as e:
+                raise StoreError(_clean(e)) from None
+
+    def query(
+        self, sql: str, params: dict[str, Any] | None = None, settings: dict[str, Any] | None = None
+    ) -> tuple[list[str], list[tuple[Any, ...]]]:
+        with self._lock:
+            try:
+                r = self.client.query(sql, parameters=params, settings=settings)
+            except HeadendError:
+                raise
+            except Exception as e:
+                raise StoreError(_clean(e)) from None
+            return list(r.column_names), [tuple(row) for row in r.result_rows]
+
+    def insert_rowbinary(self, table: str, columns: Sequence[str], data: bytes, token: str) -> None:
+        """Inserts RowBinary rows; `token` makes a repeated insert a no-op."""
+        with self._lock:
+            try:
+                self.client.raw_insert(
+                    f"{self.db}.{table}",
+                    list(columns),
+                    insert_block=data,
+                    fmt="RowBinary",
+                    settings={"insert_deduplication_token": token},
+                )
+            except Exception as e:
+                raise StoreError(_clean(e)) from None
+
+    def insert_rows(
+        self,
+        table: str,
+        columns: Sequence[str],
+        rows: Sequence[Sequence[Any]],
+        token: str | None = None,
+    ) -> None:
+        settings = {"insert_deduplication_token": token} if token else None
+        with self._lock:
+            try:
+                self.client.insert(
+                    f"{self.db}.{table}",
+                    [list(r) for r in rows],
+                    column_names=list(columns),
+                    settings=settings,
+                )
+            except Exception as e:
+                raise StoreError(_clean(e)) from None
+
+
+def _clean(e: BaseException) -> str:
+    """ClickHouse messages, first line, without the client's stack dump."""
+    text = str(e).strip()
+    first = text.splitlines()[0] if text else type(e).__name__
+    return first[:500]
+
+
+def migrations() -> list[tuple[int, str, str]]:
+    """(version, name, SQL) of every migration, in order."""
+    out = []
+    for entry in (resources.files("headend.store") / "migrations").iterdir():
+        name = entry.name
+        if name.endswith(".sql") and name[:4].isdigit():
+            out.append((int(name[:4]), name[5:-4], entry.read_text(encoding="utf-8")))
+    return sorted(out)
+
+
+def statements(sql: str) -> list[str]:
+    """Splits a migration into statements (`;` ends a statement at the end of a line)."""
+    out, cur = [], []
+    for line in sql.splitlines():
+        if line.strip().startswith("--"):
+            continue
+        cur.append(line)
+        if line.rstrip().endswith(";"):
+            stmt = "\n".join(cur).strip().rstrip(";").strip()
+            if stmt:
+                out.append(stmt)
+            cur = []
+    tail = "\n".join(cur).strip()
+    if tail:
+        out.append(tail)
+    return out
+
+
+def migrate(store: Store, *, readings_ttl_days: int = 0, sessions_ttl_days: int = 0) -> list[int]:
+    """Applies the migrations not yet applied; returns their versions. Idempotent."""
+    db = store.db
+    store.command(f"CREATE DATABASE IF NOT EXISTS {db}")
+    store.command(
+        f"CREATE TABLE IF NOT EXISTS {db}.schema_migrations "
+        "(version UInt32, name String, applied_at DateTime('UTC') DEFAULT now()) "
+        "ENGINE = MergeTree ORDER BY version"
+    )
+    _, rows = store.query(f"SELECT version FROM {db}.schema_migrations")
+    done = {r[0] for r in rows}
+    applied = []
+    for version, name, sql in migrations():
+        if version in done:
+            continue
+        for stmt in statements(sql):
+            store.command(stmt.replace("{db}", db))
+        store.insert_rows("schema_migrations", ["version", "name"], [(version, name)])
+        log.info("applied migration %04d %s", version, name)
+        applied.append(version)
+    _apply_ttl(store, "readings", "ts", readings_ttl_days)
+    _apply_ttl(store, "sessions", "ts", sessions_ttl_days)
+    return applied
+
+
+def _apply_ttl(store: Store, table: str, column: str, days: int) -> None:
+    """TTL follows the configuration on every start (it is not part of a migration)."""
+    if days > 0:
+        store.command(
+            f"ALTER TABLE {store.db}.{table} "
+            f"MODIFY TTL toDateTime({column}) + INTERVAL {int(days)} DAY"
+        )
+    else:
+        _, rows = store.query(
+            "SELECT create_table_query FROM system.tables WHERE database = %(db)s AND name = %(t)s",
+            {"db": store.db, "t": table},
+        )
+        if rows and " TTL " in rows[0][0]:
+            store.command(f"ALTER TABLE {store.db}.{table} REMOVE TTL")

@@ -1,0 +1,312 @@
+"""CSV imports of the grid and the meters (formats in DESIGN.md section 7).
+
+Every row is checked; a bad row is reported with file, line and reason and skipped;
+good rows are loaded; nothing half-loads silently. Re-importing a row updates it (the
+tables keep the latest ``updated_at``). Meter keys are wrapped under the master key
+here, before they leave this process.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import math
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from headend.codec import MasterKey
+from headend.keys import wrap
+
+GRID_COLUMNS = ["node_id", "parent_id", "level", "commodity", "name", "admin_unit", "lat", "lon"]
+METER_COLUMNS = [
+    "serial",
+    "kind",
+    "role",
+    "node_id",
+    "account_id",
+    "model",
+    "system_title",
+    "ek",
+    "ak",
+    "password",
+    "lat",
+    "lon",
+]
+LEVELS = (
+    "republic",
+    "region",
+    "district",
+    "generation",
+    "backbone_substation",
+    "distribution_substation",
+    "feeder",
+    "transformer",
+    "gas_station",
+    "gas_segment",
+)
+COMMODITIES = ("electricity", "gas", "any")
+KINDS = ("electricity", "gas")
+ROLES = ("consumer", "balance")
+ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:/-]{0,63}$")
+HEX = re.compile(r"^[0-9A-Fa-f]*$")
+CHUNK = 20_000
+
+
+class SqlAccess(Protocol):
+    """What an import needs of the store: queries and inserts (the store directly, or
+    the running server through its admin socket)."""
+
+    def query(
+        self, sql: str, params: dict[str, Any] | None = None
+    ) -> tuple[list[str], list[tuple[Any, ...]]]: ...
+
+    def insert_rows(
+        self,
+        table: str,
+        columns: Sequence[str],
+        rows: Sequence[Sequence[Any]],
+        token: str | None = None,
+    ) -> None: ...
+
+
+@dataclass
+class ImportReport:
+    file: str
+    loaded: int = 0
+    bad: list[tuple[int, str]] = field(default_factory=list)
+
+    def lines(self) -> list[str]:
+        return [f"{self.file}:{line}: {reason}" for line, reason in self.bad]
+
+
+def _read(
+    path: Path, columns: list[str], report: ImportReport
+) -> Iterable[tuple[int, dict[str, str]]]:
+    try:
+        f = open(path, newline="", encoding="utf-8-sig")  # noqa: SIM115 - closed below
+    except OSError as e:
+        report.bad.append((0, f"cannot read the file: {e.strerror}"))
+        return
+    with f:
+        reader = csv.reader(f)
+        try:
+            header = next(reader)
+        except StopIteration:
+            report.bad.append((1, "the file is empty (a header line is expected)"))
+            return
+        except (csv.Error, UnicodeDecodeError) as e:
+            report.bad.append((1, f"unreadable header: {e}"))
+            return
+        header = [h.strip() for h in header]
+        missing = [c for c in columns if c not in header]
+        if missing:
+            report.bad.append(
+                (1, f"header lacks column(s) {', '.join(missing)}; expected {','.join(columns)}")
+            )
+            return
+        extra = [h for h in header if h not in columns]
+        if extra:
+            report.bad.append((1, f"unknown column(s) {', '.join(extra)} ignored"))
+        while True:
+            try:
+                row = next(reader)
+            except StopIteration:
+                return
+            except (csv.Error, UnicodeDecodeError) as e:
+                report.bad.append((reader.line_num, f"unreadable line: {e}"))
+                continue
+            if not row or all(not c.strip() for c in row):
+                continue
+            if len(row) != len(header):
+                report.bad.append(
+                    (reader.line_num, f"{len(row)} fields where the header has {len(header)}")
+                )
+                continue
+            yield reader.line_num, {h: v.strip() for h, v in zip(header, row, strict=True)}
+
+
+def _coord(text: str, name: str, lo: float, hi: float) -> float:
+    if text == "":
+        return math.nan
+    try:
+        v = float(text)
+    except ValueError:
+        raise ValueError(f"{name} {text!r} is not a number") from None
+    if not (lo <= v <= hi):
+        raise ValueError(f"{name} {v} is outside {lo}..{hi}")
+    return v
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def import_grid(path: Path, store: SqlAccess, db: str = "ami") -> ImportReport:
+    report = ImportReport(str(path))
+    _, existing = store.query(f"SELECT node_id FROM {db}.grid_nodes FINAL")
+    known = {r[0] for r in existing}
+    rows: list[tuple[int, list[Any]]] = []
+    seen: set[str] = set()
+    for line, r in _read(path, GRID_COLUMNS, report):
+        try:
+            node = r["node_id"]
+            if not ID.match(node):
+                raise ValueError(f"node_id {node!r} must be 1-64 letters, digits or _.:/-")
+            if node in seen:
+                raise ValueError(f"node_id {node} appears twice in the file")
+            if r["level"] not in LEVELS:
+                raise ValueError(f"level {r['level']!r} is not one of {', '.join(LEVELS)}")
+            if r["commodity"] not in COMMODITIES:
+                raise ValueError(
+                    f"commodity {r['commodity']!r} is not one of {', '.join(COMMODITIES)}"
+                )
+            parent = r["parent_id"]
+            if parent == node:
+                raise ValueError("a node cannot be its own parent")
+            if not parent and r["level"] != "republic":
+                raise ValueError(
+                    f"only the republic has no parent; this {r['level']} needs a parent_id"
+                )
+            lat = _coord(r["lat"], "lat", -90, 90)
+            lon = _coord(r["lon"], "lon", -180, 180)
+        except ValueError as e:
+            report.bad.append((line, str(e)))
+            continue
+        seen.add(node)
+        rows.append(
+            (line, [node, parent, r["level"], r["commodity"], r["name"], r["admin_unit"], lat, lon])
+        )
+    # Parents may come later in the file or already be stored.
+    good = []
+    names = known | seen
+    for line, row in rows:
+        if row[1] and row[1] not in names:
+            report.bad.append((line, f"parent_id {row[1]} is neither in the file nor in the store"))
+            continue
+        good.append(row)
+    now = _now()
+    for i in range(0, len(good), CHUNK):
+        store.insert_rows(
+            "grid_nodes", [*GRID_COLUMNS, "updated_at"], [[*g, now] for g in good[i : i + CHUNK]]
+        )
+    report.loaded = len(good)
+    report.bad.sort()
+    return report
+
+
+def import_meters(
+    path: Path, store: SqlAccess, master: MasterKey, models: dict[str, str], db: str = "ami"
+) -> ImportReport:
+    """`models` maps each known model name to its kind (electricity or gas)."""
+    report = ImportReport(str(path))
+    _, nodes = store.query(f"SELECT node_id, commodity FROM {db}.grid_nodes FINAL")
+    node_kind = {n: c for n, c in nodes}
+    meters: list[list[Any]] = []
+    keys: list[list[Any]] = []
+    serials: dict[str, int] = {}
+    titles: dict[str, str] = {}
+    now = _now()
+    for line, r in _read(path, METER_COLUMNS, report):
+        try:
+            serial = r["serial"]
+            if not ID.match(serial):
+                raise ValueError(f"serial {serial!r} must be 1-64 letters, digits or _.:/-")
+            if serial in serials:
+                raise ValueError(f"serial {serial} appears twice in the file")
+            if r["kind"] not in KINDS:
+                raise ValueError(f"kind {r['kind']!r} is not electricity or gas")
+            if r["role"] not in ROLES:
+                raise ValueError(f"role {r['role']!r} is not consumer or balance")
+            node = r["node_id"]
+            if node not in node_kind:
+                raise ValueError(f"node_id {node!r} is not in grid_nodes (import the grid first)")
+            if node_kind[node] not in ("any", r["kind"]):
+                raise ValueError(f"a {r['kind']} meter on {node_kind[node]} node {node}")
+            model = r["model"]
+            if model not in models:
+                raise ValueError(
+                    f"model {model!r} has no profile (known: {', '.join(sorted(models))})"
+                )
+            if models[model] != r["kind"]:
+                raise ValueError(
+                    f"model {model} is a {models[model]} meter, the row says {r['kind']}"
+                )
+            title = r["system_title"].upper()
+            if title and (len(title) != 16 or not HEX.match(title)):
+                raise ValueError("system_title must be 16 hex digits (8 bytes)")
+            if title in titles:
+                raise ValueError(f"system_title {title} is also meter {titles[title]}'s")
+            ek, ak = r["ek"], r["ak"]
+            if bool(ek) != bool(ak):
+                raise ValueError("give both ek and ak, or neither")
+            for name, k in (("ek", ek), ("ak", ak)):
+                if k and (len(k) != 32 or not HEX.match(k)):
+                    raise ValueError(f"{name} must be 32 hex digits (16 bytes)")
+            if ek and not title:
+                raise ValueError("keys need the meter's system_title")
+            password = r["password"]
+            if len(password) > 64:
+                raise ValueError("password longer than 64 characters")
+            lat = _coord(r["lat"], "lat", -90, 90)
+            lon = _coord(r["lon"], "lon", -180, 180)
+        except ValueError as e:
+            report.bad.append((line, str(e)))
+            continue
+        serials[serial] = line
+        if title:
+            titles[title] = serial
+        meters.append(
+            [serial, r["kind"], r["role"], node, r["account_id"], model, title, lat, lon, now]
+        )
+        # Every meter gets a keys row, empty when it has none: re-importing a meter
+        # without keys removes the old ones.
+        keys.append(
+            [
+                serial,
+                title,
+                wrap(master, bytes.fromhex(ek), "ek", serial).hex() if ek else "",
+                wrap(master, bytes.fromhex(ak), "ak", serial).hex() if ak else "",
+                wrap(master, password.encode(), "password", serial).hex() if password else "",
+                master.fingerprint,
+                now,
+            ]
+        )
+    # A system title already belonging to another stored meter is a conflict.
+    clash = _title_owners(store, db, list(titles))
+    bad_serials = set()
+    for title, owner in clash.items():
+        if owner != titles[title]:
+            bad_serials.add(titles[title])
+    if bad_serials:
+        by_serial = {m[0]: m for m in meters}
+        for s in sorted(bad_serials):
+            title = by_serial[s][6]
+            report.bad.append(
+                (serials[s], f"system_title {title} already belongs to stored meter {clash[title]}")
+            )
+        meters = [m for m in meters if m[0] not in bad_serials]
+        keys = [k for k in keys if k[0] not in bad_serials]
+    cols = [*[c for c in METER_COLUMNS if c not in ("ek", "ak", "password")], "updated_at"]
+    key_cols = ["serial", "system_title", "ek", "ak", "password", "master_key", "updated_at"]
+    for i in range(0, len(meters), CHUNK):
+        store.insert_rows("meters", cols, meters[i : i + CHUNK])
+    for i in range(0, len(keys), CHUNK):
+        store.insert_rows("meter_keys", key_cols, keys[i : i + CHUNK])
+    report.loaded = len(meters)
+    report.bad.sort()
+    return report
+
+
+def _title_owners(store: SqlAccess, db: str, titles: list[str]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for i in range(0, len(titles), 5000):
+        chunk = titles[i : i + 5000]
+        _, rows = store.query(
+            f"SELECT system_title, serial FROM {db}.meters FINAL WHERE system_title IN %(t)s",
+            {"t": chunk},
+        )
+        out.update({t: s for t, s in rows})
+    return out

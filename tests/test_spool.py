@@ -1,0 +1,189 @@
+"""The spool and its ingest: exactly once across crashes, torn tails and outages."""
+
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import pytest
+
+from headend.store import spool
+from headend.store.db import Store, StoreError, migrate
+from headend.store.ingest import COLUMNS, Ingestor
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> Store:
+    s = Store(f"chdb://{tmp_path_factory.mktemp('ch')}").connect()
+    migrate(s)
+    return s
+
+
+def reading_rows(meter: str, n: int, start_ts: int = 1_700_000_000) -> bytes:
+    out = bytearray()
+    for i in range(n):
+        m = meter.encode()
+        out += bytes([len(m)]) + m
+        out += struct.pack("<QId", 0x0100010800FF, start_ts + 900 * i, float(i))
+        out += bytes([2]) + b"Wh" + bytes([0, 1, 1])
+        out += struct.pack("<I", start_ts + 900 * i + 5)
+    return bytes(out)
+
+
+def count(store: Store, meter: str) -> int:
+    return int(
+        store.query("SELECT count() FROM ami.readings WHERE meter = %(m)s", {"m": meter})[1][0][0]
+    )
+
+
+def test_records_round_trip_and_torn_tail_is_ignored(tmp_path: Path) -> None:
+    w = spool.SpoolWriter(tmp_path, 1, fsync="always")
+    recs = [
+        spool.encode_record(spool.READINGS, spool.ROWBINARY, 3, reading_rows("A", 3))
+        for _ in range(3)
+    ]
+    w.append(recs)
+    assert w.path is not None
+    with open(w.path, "ab") as f:
+        f.write(recs[0][:20])  # a worker killed mid-append
+    got = list(spool.read_records(w.path, 0))
+    assert [r.rows for r in got] == [3, 3, 3]
+    assert got[-1].end == sum(len(r) for r in recs)
+    # Corruption stops the reader at the bad record.
+    data = bytearray(w.path.read_bytes())
+    data[spool.HEADER_SIZE + 5] ^= 0xFF
+    w.path.write_bytes(bytes(data))
+    assert list(spool.read_records(w.path, 0)) == []
+
+
+def test_ingest_exactly_once_across_crashes(
+    tmp_path: Path, store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = tmp_path / "spool"
+    w = spool.SpoolWriter(root, 7, fsync="always")
+    w.append([spool.encode_record(spool.READINGS, spool.ROWBINARY, 10, reading_rows("CRASH", 10))])
+    ing = Ingestor(store, root)
+
+    # Crash 1: the insert succeeded but the process died before the ack was written.
+    real_write_ack = spool.write_ack
+    calls: list[Any] = []
+
+    def dying_write_ack(seg: Path, ack: spool.Ack) -> None:
+        calls.append(ack)
+        if ack.intent is None:
+            raise KeyboardInterrupt("killed after the insert")
+        real_write_ack(seg, ack)
+
+    monkeypatch.setattr(spool, "write_ack", dying_write_ack)
+    with pytest.raises(KeyboardInterrupt):
+        ing.run_once()
+    monkeypatch.setattr(spool, "write_ack", real_write_ack)
+    assert count(store, "CRASH") == 10
+    # Meanwhile the worker appended more; the restarted store redoes exactly the
+    # intended range first (deduplicated), then the rest.
+    w.append(
+        [
+            spool.encode_record(
+                spool.READINGS, spool.ROWBINARY, 5, reading_rows("CRASH", 5, 1_800_000_000)
+            )
+        ]
+    )
+    Ingestor(store, root).run_once()
+    assert count(store, "CRASH") == 10
+    Ingestor(store, root).run_once()
+    assert count(store, "CRASH") == 15
+    assert spool.backlog(root) == 0
+
+
+def test_ingest_waits_through_an_outage(tmp_path: Path, store: Store) -> None:
+    root = tmp_path / "spool"
+    w = spool.SpoolWriter(root, 1, fsync="never")
+    w.append([spool.encode_record(spool.READINGS, spool.ROWBINARY, 4, reading_rows("OUTAGE", 4))])
+
+    class Down(Store):
+        def insert_rowbinary(self, *a: Any, **k: Any) -> None:
+            raise StoreError("Connection refused")
+
+    ing = Ingestor(Down("chdb:///nonexistent"), root)
+    with pytest.raises(StoreError):
+        ing.run_once()
+    assert spool.read_ack(w.path).intent is not None  # type: ignore[arg-type]
+    assert spool.backlog(root) > 0
+    Ingestor(store, root).run_once()
+    assert count(store, "OUTAGE") == 4
+    assert spool.backlog(root) == 0
+
+
+def test_sealed_segments_are_removed_and_torn_tails_dropped(tmp_path: Path, store: Store) -> None:
+    root = tmp_path / "spool"
+    w = spool.SpoolWriter(root, 2, fsync="always")
+    w.append([spool.encode_record(spool.READINGS, spool.ROWBINARY, 2, reading_rows("SEAL", 2))])
+    first = w.path
+    assert first is not None
+    with open(first, "ab") as f:
+        f.write(b"HSP1\x01\x00")  # torn
+    w2 = spool.SpoolWriter(root, 2, fsync="always")  # the restarted worker
+    w2.append(
+        [
+            spool.encode_record(
+                spool.READINGS, spool.ROWBINARY, 1, reading_rows("SEAL", 1, 1_900_000_000)
+            )
+        ]
+    )
+    ing = Ingestor(store, root)
+    ing.run_once()
+    ing.run_once()
+    assert count(store, "SEAL") == 3
+    assert not first.exists()
+    assert w2.path is not None
+    assert w2.path.exists()
+
+
+def test_msgpack_tables_and_counters_callback(tmp_path: Path, store: Store) -> None:
+    root = tmp_path / "spool"
+    w = spool.SpoolWriter(root, 3, fsync="always")
+    counters = [["AABBCCDD00112233", 41, 2], ["AABBCCDD00112233", 40, 9]]
+    session = [
+        [
+            1_700_000_000.5,
+            "disconnect",
+            9,
+            3,
+            "10.0.0.1:5",
+            "wrapper",
+            ["M1"],
+            10,
+            1,
+            1,
+            4,
+            0,
+            "closed",
+            2.5,
+        ]
+    ]
+    w.append(
+        [
+            spool.encode_record(spool.COUNTERS, spool.MSGPACK, 2, msgpack.packb(counters)),
+            spool.encode_record(spool.SESSIONS, spool.MSGPACK, 1, msgpack.packb(session)),
+        ]
+    )
+    seen: list[tuple[str, int, int]] = []
+    Ingestor(store, root, on_counters=seen.extend).run_once()
+    assert seen == [("AABBCCDD00112233", 41, 2), ("AABBCCDD00112233", 40, 9)]
+    _, rows = store.query(
+        "SELECT max(last_received), max(next_sent) FROM ami.invocation_counters WHERE system_title = 'AABBCCDD00112233'"
+    )
+    assert rows == [(41, 9)]
+    _, rows = store.query("SELECT event, meters, readings FROM ami.sessions WHERE session_id = 9")
+    assert rows == [("disconnect", ["M1"], 4)]
+    assert set(COLUMNS) == {spool.READINGS, spool.EVENTS, spool.SESSIONS, spool.COUNTERS}
+
+
+def test_rowbinary_columns_match_the_rust_sink() -> None:
+    from headend import codec
+
+    rust = dict(codec.RowSink.columns())
+    assert rust["readings"] == COLUMNS[spool.READINGS]
+    assert rust["events"] == COLUMNS[spool.EVENTS]
