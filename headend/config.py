@@ -47,8 +47,9 @@ class ServerConfig:
     """Seconds without a byte before a connection is closed."""
     handshake_timeout: float = 60.0
     """Seconds a new connection has to send its first valid frame."""
-    max_pending_per_session: int = 64
-    """APDUs a connection may queue while its meter is looked up."""
+    max_pending_per_session: int = 1024
+    """APDUs a connection may queue while its meter is looked up (the connection stops
+    being read meanwhile; this bounds what one read can bring)."""
     unknown_meter_ttl: float = 300.0
     """Seconds a meter the store does not know stays refused before asking again."""
     lookup_batch_delay: float = 0.01
@@ -70,8 +71,14 @@ class StoreConfig:
     "http://host:8123" for a server."""
     database: str = "ami"
     """Database holding the documented tables."""
-    ingest_interval: float = 0.2
-    """Seconds between spool ingest rounds."""
+    ingest_interval: float = 0.5
+    """Longest wait, seconds, before spooled rows are inserted (the latency bound)."""
+    ingest_batch_bytes: int = 16 << 20
+    """Spool bytes that start an insert before `ingest_interval` is up: inserts of a few
+    hundred thousand rows cost half the CPU per row of small ones."""
+    counters_interval: float = 1.0
+    """Seconds between a worker's invocation-counter records (the counters' replay
+    window after a crash; readings dedup on their key regardless)."""
     max_insert_bytes: int = 64 << 20
     """Spool bytes per insert (per segment and round)."""
     segment_bytes: int = 64 << 20

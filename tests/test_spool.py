@@ -62,17 +62,25 @@ def test_ingest_exactly_once_across_crashes(
     tmp_path: Path, store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     root = tmp_path / "spool"
-    w = spool.SpoolWriter(root, 7, fsync="always")
-    w.append([spool.encode_record(spool.READINGS, spool.ROWBINARY, 10, reading_rows("CRASH", 10))])
+    a = spool.SpoolWriter(root, 7, fsync="always")
+    b = spool.SpoolWriter(root, 8, fsync="always")
+    a.append([spool.encode_record(spool.READINGS, spool.ROWBINARY, 10, reading_rows("CRASH", 10))])
+    b.append(
+        [
+            spool.encode_record(
+                spool.READINGS, spool.ROWBINARY, 3, reading_rows("CRASH", 3, 1_750_000_000)
+            )
+        ]
+    )
     ing = Ingestor(store, root)
 
-    # Crash 1: the insert succeeded but the process died before the ack was written.
+    # The inserts succeeded, then the process died while recording progress.
     real_write_ack = spool.write_ack
     calls: list[Any] = []
 
     def dying_write_ack(seg: Path, ack: spool.Ack) -> None:
         calls.append(ack)
-        if ack.intent is None:
+        if len(calls) == 2:
             raise KeyboardInterrupt("killed after the insert")
         real_write_ack(seg, ack)
 
@@ -80,10 +88,11 @@ def test_ingest_exactly_once_across_crashes(
     with pytest.raises(KeyboardInterrupt):
         ing.run_once()
     monkeypatch.setattr(spool, "write_ack", real_write_ack)
-    assert count(store, "CRASH") == 10
-    # Meanwhile the worker appended more; the restarted store redoes exactly the
-    # intended range first (deduplicated), then the rest.
-    w.append(
+    assert count(store, "CRASH") == 13
+    assert (root / "intent.json").exists()
+    # Meanwhile a worker appended more; the restarted store redoes exactly the intended
+    # ranges first (deduplicated), then the rest.
+    a.append(
         [
             spool.encode_record(
                 spool.READINGS, spool.ROWBINARY, 5, reading_rows("CRASH", 5, 1_800_000_000)
@@ -91,9 +100,10 @@ def test_ingest_exactly_once_across_crashes(
         ]
     )
     Ingestor(store, root).run_once()
-    assert count(store, "CRASH") == 10
+    assert count(store, "CRASH") == 13
+    assert not (root / "intent.json").exists()
     Ingestor(store, root).run_once()
-    assert count(store, "CRASH") == 15
+    assert count(store, "CRASH") == 18
     assert spool.backlog(root) == 0
 
 
@@ -109,7 +119,7 @@ def test_ingest_waits_through_an_outage(tmp_path: Path, store: Store) -> None:
     ing = Ingestor(Down("chdb:///nonexistent"), root)
     with pytest.raises(StoreError):
         ing.run_once()
-    assert spool.read_ack(w.path).intent is not None  # type: ignore[arg-type]
+    assert (root / "intent.json").exists()
     assert spool.backlog(root) > 0
     Ingestor(store, root).run_once()
     assert count(store, "OUTAGE") == 4

@@ -146,7 +146,10 @@ class StoreService:
                 # tail left by a killed worker is never ingestible; it stays on disk).
                 if final.is_set() and stats.bytes == 0:
                     return
-                delay = self.cfg.store.ingest_interval
+                if stats.bytes >= self.cfg.store.max_insert_bytes // 2:
+                    continue  # a backlog: the next round at once
+                self._await_batch(final)
+                continue
             except StoreError as e:
                 delay = backoff.failed()
                 if str(e) != last_error:
@@ -164,6 +167,15 @@ class StoreService:
             self.wake.clear()
             if self.stopping.is_set() and not final.is_set():
                 return
+
+    def _await_batch(self, final: threading.Event) -> None:
+        """Waits for a worthwhile insert: enough spooled bytes, or the latency bound."""
+        deadline = time.monotonic() + self.cfg.store.ingest_interval
+        while time.monotonic() < deadline and not final.is_set() and not self.stopping.is_set():
+            if spool.backlog(self.cfg.spool_dir) >= self.cfg.store.ingest_batch_bytes:
+                return
+            self.wake.wait(0.05)
+            self.wake.clear()
 
     # -- workers -------------------------------------------------------------------------
 

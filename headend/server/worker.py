@@ -55,6 +55,7 @@ class MeterProtocol(asyncio.Protocol):
         "session",
         "sid",
         "transport",
+        "waiting_pause",
         "worker",
     )
 
@@ -70,6 +71,7 @@ class MeterProtocol(asyncio.Protocol):
         self.logged: set[str] | None = None
         self.closed = False
         self.lost_reason: str | None = None
+        self.waiting_pause = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement asyncio.Transport without subclassing it.
@@ -108,6 +110,11 @@ class MeterProtocol(asyncio.Protocol):
         w.mark_dirty()
         if events:
             w.on_events(self, events)
+        if session.pending and not self.waiting_pause and self.transport is not None:
+            # The meter is being looked up: stop reading until it is known, so TCP
+            # holds the meter back instead of the queue overflowing.
+            self.waiting_pause = True
+            self.transport.pause_reading()
 
     def eof_received(self) -> bool:
         return False
@@ -165,6 +172,8 @@ class Worker:
         self.close_reasons: dict[int, str] = {}
         self._sids = itertools.count((time.time_ns() // 1000) << 8 | (worker_id & 0xFF), 256)
         self.session_rows: list[list[Any]] = []
+        self.touched: set[bytes] = set()
+        self.counters_at = time.monotonic()
         self.waiting: dict[LookupKey, set[MeterProtocol]] = {}
         self.lookup_keys: set[LookupKey] = set()
         self.lookup_task: asyncio.Task[None] | None = None
@@ -190,8 +199,9 @@ class Worker:
             self.dirty = True
             asyncio.get_running_loop().call_soon(self.flush)
 
-    def flush(self) -> None:
-        """Everything decoded since the last turn goes to the spool in one write."""
+    def flush(self, final: bool = False) -> None:
+        """Everything decoded since the last turn goes to the spool in one write
+        (invocation counters at most once per `counters_interval`, and at the end)."""
         self.dirty = False
         readings, rn, events, en, touched = self.sink.drain()
         records = []
@@ -199,11 +209,15 @@ class Worker:
             records.append(spool.encode_record(spool.READINGS, spool.ROWBINARY, rn, readings))
         if en:
             records.append(spool.encode_record(spool.EVENTS, spool.ROWBINARY, en, events))
-        if touched:
+        self.touched.update(touched)
+        due = time.monotonic() - self.counters_at >= self.cfg.store.counters_interval
+        if self.touched and (final or due):
             counters = [
                 [t.hex().upper(), -1 if last is None else last, nxt]
-                for t, last, nxt in self.directory.counters(touched)
+                for t, last, nxt in self.directory.counters(list(self.touched))
             ]
+            self.touched.clear()
+            self.counters_at = time.monotonic()
             records.append(
                 spool.encode_record(
                     spool.COUNTERS, spool.MSGPACK, len(counters), msgpack.packb(counters)
@@ -302,6 +316,13 @@ class Worker:
         titles = [k[1] for k in keys if k[0] == "t"]
         serials = [k[1] for k in keys if k[0] == "s"]
         reply = await self.store.request({"t": "lookup", "titles": titles, "serials": serials})
+        self._install(reply)
+        self._retry_waiting(keys)
+        self.mark_dirty()
+
+    def _install(self, reply: dict[str, Any]) -> None:
+        """Puts looked-up meters (and the store's "unknown" answers) into the directory."""
+        until = int(time.time() + self.cfg.server.unknown_meter_ttl)
         for m in reply.get("meters", []):
             try:
                 self.directory.add_meter(
@@ -318,26 +339,33 @@ class Worker:
                 # A wrapped key that does not unwrap (another master key) or a model
                 # this worker lacks: the meter cannot be served; say which.
                 log.error("meter %s cannot be loaded: %s", m["serial"], e)
-                until = int(time.time() + self.cfg.server.unknown_meter_ttl)
                 if m["system_title"]:
                     self.directory.mark_unknown(until=until, system_title=m["system_title"])
                 self.directory.mark_unknown(until=until, serial=m["serial"].encode())
-        until = int(time.time() + self.cfg.server.unknown_meter_ttl)
         for t in reply.get("unknown_titles", []):
             self.directory.mark_unknown(until=until, system_title=t)
         for s in reply.get("unknown_serials", []):
             self.directory.mark_unknown(until=until, serial=s)
+
+    def _retry_waiting(self, keys: set[LookupKey]) -> None:
+        """Runs the sessions' queued APDUs again, resumes their reading, and writes the
+        records of sessions that closed while waiting."""
         now = int(time.time())
         for key in keys:
             for proto in self.waiting.pop(key, ()):
-                if proto.session is not None:
-                    events = proto.session.retry(now, self.directory, self.sink)
-                    if events:
-                        self.on_events(proto, events)
-                    if proto.lost_reason is not None and not proto.session.pending:
-                        self.session_row(proto, "disconnect", proto.lost_reason)
-                        proto.lost_reason = None
-        self.mark_dirty()
+                session = proto.session
+                if session is None:
+                    continue
+                events = session.retry(now, self.directory, self.sink)
+                if events:
+                    self.on_events(proto, events)
+                if proto.waiting_pause and not session.pending:
+                    proto.waiting_pause = False
+                    if not self.paused and not proto.closed and proto.transport is not None:
+                        proto.transport.resume_reading()
+                if proto.lost_reason is not None and not session.pending:
+                    self.session_row(proto, "disconnect", proto.lost_reason)
+                    proto.lost_reason = None
 
     # -- the store link ------------------------------------------------------------
 
@@ -377,7 +405,7 @@ class Worker:
             self.paused = False
             log.info("spool backlog %d bytes: resuming reads", backlog)
             for p in self.connections.values():
-                if p.transport is not None and not p.closed:
+                if p.transport is not None and not p.closed and not p.waiting_pause:
                     p.transport.resume_reading()
 
     def list_sessions(self, meter: str | None) -> list[dict[str, Any]]:
@@ -431,6 +459,8 @@ class Worker:
     async def _report(self) -> None:
         while not self.stop.is_set():
             await asyncio.sleep(1.0)
+            if self.touched:
+                self.mark_dirty()  # so counters are written even when traffic stops
             self.spool.maybe_sync()
             if self.store is not None:
                 with contextlib.suppress(ipc.ChannelClosed, ConnectionError):
@@ -511,7 +541,7 @@ class Worker:
         for p in list(self.connections.values()):
             p.close("shutdown")
         await asyncio.sleep(0.05)  # let connection_lost run for the closed transports
-        self.flush()
+        self.flush(final=True)
         self.spool.close()
         for t in self._tasks:
             t.cancel()

@@ -1,19 +1,27 @@
-"""Spool to ClickHouse, exactly once.
+"""Spool to ClickHouse, exactly once, in large inserts.
 
-For each segment, in order: take the complete records after ``done`` (up to a byte
-budget), write the range as ``intent`` (durably), insert each table's rows of the range
-with the deduplication token ``<worker>/<segment>:<start>:<end>:<table>``, then record
-``done = end``. A crash anywhere repeats the same range with the same tokens, which
-ClickHouse drops (the tables keep a deduplication window): no loss, no duplicates.
-When ClickHouse is unreachable nothing advances; workers keep spooling.
+A round takes the complete records appended since the last round from every segment
+(oldest first, up to a byte budget) and writes the ranges, with a fresh round id, to
+``<spool>/intent.json`` (durably). Then it inserts each table's rows of the whole round
+at once with the deduplication token ``<round id>:<table>``, and finally records each
+segment's new ``done`` offset and removes the intent. A crash anywhere leaves the
+intent, so the next round repeats exactly those ranges with the same tokens, and
+ClickHouse drops the repeat (the tables keep a deduplication window): nothing is lost,
+nothing doubled. When ClickHouse is unreachable nothing advances; workers keep spooling.
+
+Rounds are large on purpose: an insert of 600,000 rows costs about half the CPU per row
+of one of 40,000 (measured on chdb), and fewer parts mean fewer merges.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
+import os
 import shutil
 import time
+import uuid
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -82,10 +90,33 @@ class IngestStats:
     segments_done: int = 0
 
 
+@dataclass(frozen=True)
+class Range:
+    segment: Path
+    start: int
+    end: int
+
+
 def _session_row(row: list[Any]) -> list[Any]:
     out = list(row)
     out[0] = dt.datetime.fromtimestamp(float(row[0]), dt.UTC)
     return out
+
+
+def _durable_write(path: Path, text: str) -> None:
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, text.encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    dfd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
 
 
 class Ingestor:
@@ -102,17 +133,35 @@ class Ingestor:
         self.max_bytes = max_bytes
         self.on_counters = on_counters
         self.totals = IngestStats()
+        self.intent_path = root / "intent.json"
+
+    # -- the round -------------------------------------------------------------------
+
+    def pending_bytes(self) -> int:
+        return spool.backlog(self.root)
 
     def run_once(self) -> IngestStats:
-        """One pass over every segment; raises StoreError if ClickHouse refuses."""
+        """One round; raises StoreError if ClickHouse refuses (nothing advances)."""
         stats = IngestStats()
-        for worker, segs in spool.segments(self.root).items():
-            for i, seg in enumerate(segs):
-                sealed = i < len(segs) - 1
-                try:
-                    self._segment(worker, seg, sealed, stats)
-                except FileNotFoundError:
-                    continue
+        self.root.mkdir(parents=True, exist_ok=True)
+        intent = self._read_intent()
+        if intent is not None:
+            round_id, ranges = intent
+            records = self._records(ranges, exact=True)
+            if records is None:
+                return stats
+        else:
+            ranges, records = self._collect(stats)
+            if not ranges:
+                return stats
+            round_id = uuid.uuid4().hex
+            self._write_intent(round_id, ranges)
+        self._insert(round_id, records, stats)
+        for r in ranges:
+            spool.write_ack(r.segment, spool.Ack(done=r.end))
+            stats.bytes += r.end - r.start
+        self.intent_path.unlink(missing_ok=True)
+        self._remove_finished(stats)
         for k, v in stats.rows.items():
             self.totals.rows[k] += v
         self.totals.bytes += stats.bytes
@@ -120,39 +169,44 @@ class Ingestor:
         self.totals.segments_done += stats.segments_done
         return stats
 
-    def _segment(self, worker: str, seg: Path, sealed: bool, stats: IngestStats) -> None:
-        ack = spool.read_ack(seg)
-        size = seg.stat().st_size
-        if ack.intent is not None:
-            start, end = ack.intent
-            records = [r for r in spool.read_records(seg, start) if r.end <= end]
-            if not records or records[-1].end != end:
-                self._quarantine(seg, f"records of the ingest intent {start}-{end} are unreadable")
-                return
-        else:
-            start = ack.done
-            records = list(spool.read_records(seg, start, self.max_bytes)) if start < size else []
-            if not records:
-                if sealed:
-                    if start < size:
-                        # A worker killed mid-append leaves a partial last record: it
-                        # was never complete, so nothing of it was spooled.
-                        log.warning(
-                            "segment %s/%s ends with %d bytes of an incomplete record",
-                            worker,
-                            seg.name,
-                            size - start,
-                        )
-                    self._remove(seg)
-                    stats.segments_done += 1
-                return
-            end = records[-1].end
-            spool.write_ack(seg, spool.Ack(done=start, intent=(start, end)))
-        self._insert(f"{worker}/{seg.name}:{start}:{end}", records, stats)
-        spool.write_ack(seg, spool.Ack(done=end, intent=None))
-        stats.bytes += end - start
+    def _collect(self, stats: IngestStats) -> tuple[list[Range], list[spool.Record]]:
+        ranges: list[Range] = []
+        records: list[spool.Record] = []
+        budget = self.max_bytes
+        for segs in spool.segments(self.root).values():
+            for seg in segs:
+                if budget <= 0:
+                    break
+                try:
+                    ack = spool.read_ack(seg)
+                    if seg.stat().st_size <= ack.done:
+                        continue
+                except FileNotFoundError:
+                    continue
+                recs = list(spool.read_records(seg, ack.done, budget))
+                if recs:
+                    ranges.append(Range(seg, ack.done, recs[-1].end))
+                    records.extend(recs)
+                    budget -= recs[-1].end - ack.done
+        return ranges, records
 
-    def _insert(self, token: str, records: list[spool.Record], stats: IngestStats) -> None:
+    def _records(self, ranges: list[Range], *, exact: bool) -> list[spool.Record] | None:
+        out: list[spool.Record] = []
+        for r in ranges:
+            try:
+                recs = [x for x in spool.read_records(r.segment, r.start) if x.end <= r.end]
+            except FileNotFoundError:
+                recs = []
+            if exact and (not recs or recs[-1].end != r.end):
+                self._quarantine(
+                    r.segment, f"records of the ingest intent {r.start}-{r.end} are unreadable"
+                )
+                self.intent_path.unlink(missing_ok=True)
+                return None
+            out.extend(recs)
+        return out
+
+    def _insert(self, round_id: str, records: list[spool.Record], stats: IngestStats) -> None:
         by_table: dict[tuple[int, int], list[spool.Record]] = defaultdict(list)
         for r in records:
             by_table[(r.table, r.fmt)].append(r)
@@ -160,16 +214,16 @@ class Ingestor:
             name = spool.TABLES.get(table)
             if name is None:
                 log.error(
-                    "spool record for unknown table %d skipped (%d rows)",
+                    "spool records for unknown table %d skipped (%d rows)",
                     table,
                     sum(r.rows for r in recs),
                 )
                 continue
             columns = COLUMNS[table]
             rows = sum(r.rows for r in recs)
-            t = f"{token}:{name}:{fmt}"
+            token = f"{round_id}:{name}:{fmt}"
             if fmt == spool.ROWBINARY:
-                self.store.insert_rowbinary(name, columns, b"".join(r.payload for r in recs), t)
+                self.store.insert_rowbinary(name, columns, b"".join(r.payload for r in recs), token)
             elif fmt == spool.MSGPACK:
                 data: list[list[Any]] = []
                 for r in recs:
@@ -178,23 +232,59 @@ class Ingestor:
                     data = [_session_row(row) for row in data]
                 if table == spool.COUNTERS and self.on_counters is not None:
                     self.on_counters([(str(a), int(b), int(c)) for a, b, c in data])
-                self.store.insert_rows(name, columns, data, token=t)
+                self.store.insert_rows(name, columns, data, token=token)
             else:
-                log.error("spool record format %d for %s skipped", fmt, name)
+                log.error("spool records of format %d for %s skipped", fmt, name)
                 continue
             stats.rows[name] += rows
             stats.inserts += 1
 
-    def _remove(self, seg: Path) -> None:
-        seg.unlink(missing_ok=True)
-        spool.ack_path(seg).unlink(missing_ok=True)
+    def _remove_finished(self, stats: IngestStats) -> None:
+        """Deletes sealed segments (an older one of the same worker) fully ingested; a
+        partial record at the end of a sealed segment was never complete."""
+        for worker, segs in spool.segments(self.root).items():
+            for seg in segs[:-1]:
+                try:
+                    done = spool.read_ack(seg).done
+                    size = seg.stat().st_size
+                except FileNotFoundError:
+                    continue
+                if any(True for _ in spool.read_records(seg, done)):
+                    continue  # complete records left: ingest them first
+                if size > done:
+                    log.warning(
+                        "segment %s/%s ends with %d bytes of an incomplete record",
+                        worker,
+                        seg.name,
+                        size - done,
+                    )
+                seg.unlink(missing_ok=True)
+                spool.ack_path(seg).unlink(missing_ok=True)
+                stats.segments_done += 1
+
+    # -- the intent ------------------------------------------------------------------
+
+    def _read_intent(self) -> tuple[str, list[Range]] | None:
+        try:
+            d = json.loads(self.intent_path.read_text())
+        except FileNotFoundError:
+            return None
+        return d["id"], [Range(self.root / w / s, int(a), int(b)) for w, s, a, b in d["ranges"]]
+
+    def _write_intent(self, round_id: str, ranges: list[Range]) -> None:
+        body = {
+            "id": round_id,
+            "ranges": [[r.segment.parent.name, r.segment.name, r.start, r.end] for r in ranges],
+        }
+        _durable_write(self.intent_path, json.dumps(body))
 
     def _quarantine(self, seg: Path, why: str) -> None:
         dest = self.root / "quarantine"
         dest.mkdir(parents=True, exist_ok=True)
         target = dest / f"{seg.parent.name}-{seg.name}"
         log.error("spool segment %s quarantined to %s: %s", seg, target, why)
-        shutil.move(str(seg), target)
+        if seg.exists():
+            shutil.move(str(seg), target)
         spool.ack_path(seg).unlink(missing_ok=True)
 
 
@@ -209,7 +299,7 @@ class Backoff:
     def failed(self) -> float:
         self.delay = self.first if self.delay == 0 else min(self.cap, self.delay * 2)
         if self.failing_since is None:
-            self.failing_since = time.monotonic()
+            self.failing_since = time.time()
         return self.delay
 
     def ok(self) -> None:

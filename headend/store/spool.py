@@ -12,10 +12,10 @@ segment; readers stop at the first incomplete or corrupt record, and the restart
 worker opens a new segment, which seals the old one.
 
 The store tracks its progress per segment in ``<segment>.ack`` (JSON): ``done`` is the
-offset ingested and acknowledged by ClickHouse; ``intent`` is the range being
-ingested. The intent is written (and fsynced) before the insert, so after a crash the
-same range is inserted again with the same deduplication token and ClickHouse drops
-it: nothing is lost and nothing is doubled.
+offset ingested and acknowledged by ClickHouse. The ranges of a round being ingested
+are written first to a round-level intent (see :mod:`headend.store.ingest`), so after
+a crash the same ranges are inserted again with the same deduplication tokens and
+ClickHouse drops them: nothing is lost and nothing is doubled.
 """
 
 from __future__ import annotations
@@ -178,7 +178,6 @@ def read_records(path: Path, start: int, limit: int | None = None) -> Iterator[R
 @dataclass
 class Ack:
     done: int = 0
-    intent: tuple[int, int] | None = None
 
 
 def ack_path(segment: Path) -> Path:
@@ -190,17 +189,14 @@ def read_ack(segment: Path) -> Ack:
         d = json.loads(ack_path(segment).read_text())
     except FileNotFoundError:
         return Ack()
-    intent = d.get("intent")
-    return Ack(
-        done=int(d.get("done", 0)), intent=(int(intent[0]), int(intent[1])) if intent else None
-    )
+    return Ack(done=int(d.get("done", 0)))
 
 
 def write_ack(segment: Path, ack: Ack) -> None:
     """Atomically replaces the ack file and makes it durable."""
     p = ack_path(segment)
     tmp = p.with_suffix(".ack.tmp")
-    body = json.dumps({"done": ack.done, "intent": list(ack.intent) if ack.intent else None})
+    body = json.dumps({"done": ack.done})
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
         os.write(fd, body.encode())
@@ -217,7 +213,8 @@ def segments(root: Path) -> dict[str, list[Path]]:
     if not root.exists():
         return out
     for d in sorted(root.iterdir()):
-        if d.is_dir():
+        # Worker directories are w<id>; others (quarantine) hold no live segments.
+        if d.is_dir() and d.name[:1] == "w" and d.name[1:].isdigit():
             out[d.name] = sorted(d.glob("*.seg"))
     return out
 
