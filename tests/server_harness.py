@@ -166,6 +166,7 @@ class Server:
     meters: list[Meter] = field(default_factory=list)
     proc: subprocess.Popen[bytes] | None = None
     extra_config: str = ""
+    server_settings: str = ""
 
     @property
     def data(self) -> Path:
@@ -205,6 +206,7 @@ workers = 2
 handshake_timeout = 3.0
 sweep_interval = 0.5
 unknown_meter_ttl = 2.0
+{self.server_settings}
 [store]
 ingest_interval = 0.05
 fsync = "always"
@@ -328,8 +330,13 @@ class Pusher:
 
 
 @contextlib.contextmanager
-def running(root: Path, meters: list[Meter], extra_config: str = "") -> Iterator[Server]:
-    srv = Server(root, free_port(), meters, extra_config=extra_config)
+def running(
+    root: Path, meters: list[Meter], extra_config: str = "", server_settings: str = ""
+) -> Iterator[Server]:
+    """A started server; `server_settings` go into [server], `extra_config` after [store]."""
+    srv = Server(
+        root, free_port(), meters, extra_config=extra_config, server_settings=server_settings
+    )
     srv.setup()
     srv.start()
     try:

@@ -16,6 +16,7 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
 from server_harness import Pusher, Server, free_port, keyed, running
 
 from headend.store import spool
@@ -197,3 +198,31 @@ def test_sigterm_flushes_everything(tmp_path: Path) -> None:
         stored = int(r.stdout.splitlines()[-1])
         assert stored == 50 * REGISTERS
         assert spooled_readings(srv.data) == 0
+
+
+@pytest.mark.slow
+def test_store_unreachable_for_minutes(tmp_path: Path) -> None:
+    """The store frozen for two minutes while meters keep pushing (opt-in: -m slow)."""
+    meters = [keyed(f"U{i}", 600 + i) for i in range(N)]
+    with running(tmp_path, meters) as srv:
+        conns = [Pusher(srv.port) for _ in meters]
+        for m, c in zip(meters, conns, strict=True):
+            assert c.send(c.frame(m.push(0)))
+        srv.wait_for("SELECT count() FROM ami.readings", N * REGISTERS)
+        store = srv.pid_of("store")
+        os.kill(store, signal.SIGSTOP)
+        sent = 1
+        try:
+            t_end = time.monotonic() + 120
+            while time.monotonic() < t_end:
+                for m, c in zip(meters, conns, strict=True):
+                    assert c.send(c.frame(m.push(sent)))
+                sent += 1
+                time.sleep(1.0)
+            assert spooled_readings(srv.data) == (sent - 1) * N * REGISTERS
+        finally:
+            os.kill(store, signal.SIGCONT)
+        for c in conns:
+            c.close()
+        srv.wait_for("SELECT count() FROM ami.readings", sent * N * REGISTERS, timeout=120)
+        no_duplicates(srv)

@@ -1,0 +1,99 @@
+"""Limits and operations on a server configured tight: a separate HDLC port, idle
+timeout, connections per worker, backpressure from the spool backlog, socket modes."""
+
+from __future__ import annotations
+
+import socket
+import stat
+import time
+from collections.abc import Iterator
+
+import pytest
+from server_harness import Pusher, Server, free_port, keyed, running
+
+M = keyed("L1", 500)
+H = keyed("L2", 501)
+HDLC_PORT = free_port()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    settings = f"""hdlc_port = {HDLC_PORT}
+idle_timeout = 2.0
+max_connections_per_worker = 3
+pause_backlog_bytes = 1
+resume_backlog_bytes = 0"""
+    with running(tmp_path_factory.mktemp("lim"), [M, H], server_settings=settings) as srv:
+        yield srv
+
+
+def test_separate_hdlc_port(server: Server) -> None:
+    p = Pusher(HDLC_PORT, "hdlc")
+    p.send(p.frame(H.push(0)))
+    p.close()
+    server.wait_for("SELECT count() FROM ami.readings WHERE meter = 'L2'", 6)
+    # The HDLC port only speaks HDLC: a wrapper frame there is refused.
+    before = int(server.scalar("SELECT count() FROM ami.events WHERE name = 'reject:malformed'"))
+    w = Pusher(HDLC_PORT)
+    w.send(w.frame(H.push(1)))
+    w.close()
+    server.wait_for("SELECT count() FROM ami.events WHERE name = 'reject:malformed'", before + 1)
+
+
+def test_backpressure_pauses_and_resumes_without_loss(server: Server) -> None:
+    # With a 1-byte pause threshold every backlog pauses reading until it is ingested.
+    p = Pusher(server.port)
+    for i in range(40):
+        p.send(p.frame(M.push(i)))
+    p.close()
+    server.wait_for("SELECT count() FROM ami.readings WHERE meter = 'L1'", 40 * 6)
+    # The workers resume at the next backlog report once everything is ingested.
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and "resuming reads" not in server.log.read_text():
+        time.sleep(0.2)
+    log = server.log.read_text()
+    assert "pausing reads" in log
+    assert "resuming reads" in log
+
+
+def test_idle_connections_are_closed(server: Server) -> None:
+    p = Pusher(server.port)
+    p.send(p.frame(M.push(100)))
+    assert p.sock is not None
+    p.sock.settimeout(15)
+    t = time.monotonic()
+    assert p.sock.recv(1) == b""
+    assert 1.5 < time.monotonic() - t < 12
+    p.close()
+    server.wait_for("SELECT count() > 0 FROM ami.sessions WHERE reason = 'idle-timeout'", 1)
+
+
+def test_connections_per_worker_are_capped(server: Server) -> None:
+    # Two workers, three connections each: a seventh connection is closed at once.
+    socks = []
+    try:
+        for _ in range(6):
+            s = socket.create_connection(("127.0.0.1", server.port))
+            socks.append(s)
+        time.sleep(0.5)
+        extra = socket.create_connection(("127.0.0.1", server.port))
+        extra.settimeout(5)
+        assert extra.recv(1) == b""
+        extra.close()
+    finally:
+        for s in socks:
+            s.close()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        if server.admin("status")["rejects"].get("capacity", 0) >= 1:
+            break
+        time.sleep(0.2)
+    assert server.admin("status")["rejects"].get("capacity", 0) >= 1
+
+
+def test_sockets_and_secrets_are_private(server: Server) -> None:
+    for path in (server.data / "admin.sock", server.data / "run" / "control.sock"):
+        mode = stat.S_IMODE(path.stat().st_mode)
+        assert mode & 0o077 == 0, f"{path} is mode {mode:o}"
+    key = server.data / "secrets" / "master.key"
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600
