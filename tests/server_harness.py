@@ -153,6 +153,17 @@ def keyed(serial: str, n: int, model: str = "e1ph") -> Meter:
     )
 
 
+def _toml(table: dict[str, Any]) -> str:
+    def value(v: Any) -> str:
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, str):
+            return f'"{v}"'
+        return str(v)
+
+    return "\n".join(f"{k} = {value(v)}" for k, v in table.items())
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -165,8 +176,15 @@ class Server:
     port: int
     meters: list[Meter] = field(default_factory=list)
     proc: subprocess.Popen[bytes] | None = None
-    extra_config: str = ""
-    server_settings: str = ""
+    server_settings: dict[str, Any] = field(default_factory=dict)
+    store_settings: dict[str, Any] = field(default_factory=dict)
+    pushers: list[Pusher] = field(default_factory=list)
+
+    def pusher(self, framing: str = "wrapper", port: int | None = None) -> Pusher:
+        """A meter connection the server closes when it stops (also after a failure)."""
+        p = Pusher(port or self.port, framing)
+        self.pushers.append(p)
+        return p
 
     @property
     def data(self) -> Path:
@@ -198,20 +216,17 @@ class Server:
 
     def setup(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
-        self.config.write_text(
-            f"""[server]
-host = "127.0.0.1"
-port = {self.port}
-workers = 2
-handshake_timeout = 3.0
-sweep_interval = 0.5
-unknown_meter_ttl = 2.0
-{self.server_settings}
-[store]
-ingest_interval = 0.05
-fsync = "always"
-{self.extra_config}"""
-        )
+        server = {
+            "host": "127.0.0.1",
+            "port": self.port,
+            "workers": 2,
+            "handshake_timeout": 3.0,
+            "sweep_interval": 0.5,
+            "unknown_meter_ttl": 2.0,
+            **self.server_settings,
+        }
+        store = {"ingest_interval": 0.05, "fsync": "always", **self.store_settings}
+        self.config.write_text(f"[server]\n{_toml(server)}\n[store]\n{_toml(store)}\n")
         (self.root / "grid.csv").write_text(GRID)
         self.cli("grid", "import", str(self.root / "grid.csv"))
         header = "serial,kind,role,node_id,account_id,model,system_title,ek,ak,password,lat,lon\n"
@@ -278,6 +293,8 @@ fsync = "always"
         return int(next(w["pid"] for w in st["workers"] if w["worker"] == int(role)))
 
     def stop(self) -> int:
+        for p in self.pushers:
+            p.close()
         if self.proc is None:
             return 0
         if self.proc.poll() is None:
@@ -331,11 +348,18 @@ class Pusher:
 
 @contextlib.contextmanager
 def running(
-    root: Path, meters: list[Meter], extra_config: str = "", server_settings: str = ""
+    root: Path,
+    meters: list[Meter],
+    server_settings: dict[str, Any] | None = None,
+    store_settings: dict[str, Any] | None = None,
 ) -> Iterator[Server]:
-    """A started server; `server_settings` go into [server], `extra_config` after [store]."""
+    """A started server; the settings override the harness's [server] and [store]."""
     srv = Server(
-        root, free_port(), meters, extra_config=extra_config, server_settings=server_settings
+        root,
+        free_port(),
+        meters,
+        server_settings=server_settings or {},
+        store_settings=store_settings or {},
     )
     srv.setup()
     srv.start()

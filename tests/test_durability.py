@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
-from server_harness import Pusher, Server, free_port, keyed, running
+from server_harness import Server, free_port, keyed, running
 
 from headend.store import spool
 
@@ -60,12 +60,17 @@ def wait_workers(srv: Server, pids: set[int], timeout: float = 60) -> None:
 def test_worker_kill_9_loses_nothing_spooled(tmp_path: Path) -> None:
     meters = [keyed(f"K{i}", 100 + i) for i in range(N)]
     with running(tmp_path, meters) as srv:
-        conns = [Pusher(srv.port) for _ in meters]
+        conns = [srv.pusher() for _ in meters]
         # Phase 1: every meter is looked up and stored.
         for i in range(PER_PHASE):
             for m, c in zip(meters, conns, strict=True):
                 assert c.send(c.frame(m.push(i)))
         srv.wait_for("SELECT count() FROM ami.readings", N * PER_PHASE * REGISTERS)
+        # Rows become queryable a moment before the store records them as done.
+        deadline = time.monotonic() + 10
+        while spooled_readings(srv.data) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert spooled_readings(srv.data) == 0
         pids = {srv.pid_of("0"), srv.pid_of("1")}
         store = srv.pid_of("store")
         # Phase 2: freeze the store, push on the same connections (the meters are known
@@ -90,7 +95,7 @@ def test_worker_kill_9_loses_nothing_spooled(tmp_path: Path) -> None:
             c.close()
         wait_workers(srv, pids)
         # Phase 3: the meters reconnect and go on.
-        conns = [Pusher(srv.port) for _ in meters]
+        conns = [srv.pusher() for _ in meters]
         for i in range(2 * PER_PHASE, 3 * PER_PHASE):
             for m, c in zip(meters, conns, strict=True):
                 assert c.send(c.frame(m.push(i)))
@@ -106,7 +111,7 @@ def test_worker_kill_9_loses_nothing_spooled(tmp_path: Path) -> None:
 def test_store_killed_and_frozen_while_meters_push(tmp_path: Path) -> None:
     meters = [keyed(f"S{i}", 200 + i) for i in range(N)]
     with running(tmp_path, meters) as srv:
-        conns = [Pusher(srv.port) for _ in meters]
+        conns = [srv.pusher() for _ in meters]
         sent = [0] * N
         failed: list[str] = []
 
@@ -156,7 +161,7 @@ def test_counters_survive_a_restart_and_drain_exits_cleanly(tmp_path: Path) -> N
     srv = Server(tmp_path, port=free_port(), meters=[m])
     srv.setup()
     srv.start()
-    p = Pusher(srv.port)
+    p = srv.pusher()
     frames = [p.frame(m.push(i)) for i in range(3)]
     p.send(b"".join(frames))
     p.close()
@@ -168,7 +173,7 @@ def test_counters_survive_a_restart_and_drain_exits_cleanly(tmp_path: Path) -> N
     srv.proc = None
     # After a full restart the old frames are replays.
     srv.start()
-    p = Pusher(srv.port)
+    p = srv.pusher()
     p.send(frames[0] + frames[2] + p.frame(m.push(3)))
     p.close()
     srv.wait_for("SELECT count() FROM ami.readings", 4 * REGISTERS)
@@ -184,7 +189,7 @@ def test_counters_survive_a_restart_and_drain_exits_cleanly(tmp_path: Path) -> N
 def test_sigterm_flushes_everything(tmp_path: Path) -> None:
     m = keyed("T1", 400)
     with running(tmp_path, [m]) as srv:
-        p = Pusher(srv.port)
+        p = srv.pusher()
         p.send(b"".join(p.frame(m.push(i)) for i in range(50)))
         # Stop at once: what the workers read is spooled on the way out, and the store
         # ingests it before exiting.
@@ -205,10 +210,13 @@ def test_store_unreachable_for_minutes(tmp_path: Path) -> None:
     """The store frozen for two minutes while meters keep pushing (opt-in: -m slow)."""
     meters = [keyed(f"U{i}", 600 + i) for i in range(N)]
     with running(tmp_path, meters) as srv:
-        conns = [Pusher(srv.port) for _ in meters]
+        conns = [srv.pusher() for _ in meters]
         for m, c in zip(meters, conns, strict=True):
             assert c.send(c.frame(m.push(0)))
         srv.wait_for("SELECT count() FROM ami.readings", N * REGISTERS)
+        deadline = time.monotonic() + 10
+        while spooled_readings(srv.data) and time.monotonic() < deadline:
+            time.sleep(0.05)
         store = srv.pid_of("store")
         os.kill(store, signal.SIGSTOP)
         sent = 1

@@ -9,7 +9,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from server_harness import Pusher, Server, free_port, keyed, running
+from server_harness import Server, free_port, keyed, running
 
 M = keyed("L1", 500)
 H = keyed("L2", 501)
@@ -18,23 +18,27 @@ HDLC_PORT = free_port()
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    settings = f"""hdlc_port = {HDLC_PORT}
-idle_timeout = 2.0
-max_connections_per_worker = 3
-pause_backlog_bytes = 1
-resume_backlog_bytes = 0"""
-    with running(tmp_path_factory.mktemp("lim"), [M, H], server_settings=settings) as srv:
+    settings = {
+        "hdlc_port": HDLC_PORT,
+        "idle_timeout": 2.0,
+        "max_connections_per_worker": 3,
+        "pause_backlog_bytes": 1,
+        "resume_backlog_bytes": 0,
+    }
+    # Rows wait 1.5 s in the spool, so the store's backlog reports (every 0.5 s) see them.
+    store = {"ingest_interval": 1.5}
+    with running(tmp_path_factory.mktemp("lim"), [M, H], settings, store) as srv:
         yield srv
 
 
 def test_separate_hdlc_port(server: Server) -> None:
-    p = Pusher(HDLC_PORT, "hdlc")
+    p = server.pusher("hdlc", HDLC_PORT)
     p.send(p.frame(H.push(0)))
     p.close()
     server.wait_for("SELECT count() FROM ami.readings WHERE meter = 'L2'", 6)
     # The HDLC port only speaks HDLC: a wrapper frame there is refused.
     before = int(server.scalar("SELECT count() FROM ami.events WHERE name = 'reject:malformed'"))
-    w = Pusher(HDLC_PORT)
+    w = server.pusher(port=HDLC_PORT)
     w.send(w.frame(H.push(1)))
     w.close()
     server.wait_for("SELECT count() FROM ami.events WHERE name = 'reject:malformed'", before + 1)
@@ -42,7 +46,7 @@ def test_separate_hdlc_port(server: Server) -> None:
 
 def test_backpressure_pauses_and_resumes_without_loss(server: Server) -> None:
     # With a 1-byte pause threshold every backlog pauses reading until it is ingested.
-    p = Pusher(server.port)
+    p = server.pusher()
     for i in range(40):
         p.send(p.frame(M.push(i)))
     p.close()
@@ -57,7 +61,7 @@ def test_backpressure_pauses_and_resumes_without_loss(server: Server) -> None:
 
 
 def test_idle_connections_are_closed(server: Server) -> None:
-    p = Pusher(server.port)
+    p = server.pusher()
     p.send(p.frame(M.push(100)))
     assert p.sock is not None
     p.sock.settimeout(15)

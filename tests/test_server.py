@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from server_harness import START, Meter, Pusher, Server, keyed, running
+from server_harness import START, Meter, Server, keyed, running
 
 from headend import codec
 
@@ -36,7 +36,7 @@ def readings(srv: Server, meter: str) -> int:
 
 
 def test_encrypted_pushes_over_the_wrapper_become_scaled_readings(server: Server) -> None:
-    p = Pusher(server.port)
+    p = server.pusher()
     for i in range(4):
         assert p.send(p.frame(E1.push(i)))
     p.close()
@@ -61,7 +61,7 @@ def test_encrypted_pushes_over_the_wrapper_become_scaled_readings(server: Server
 
 
 def test_three_phase_and_gas_over_hdlc(server: Server) -> None:
-    p = Pusher(server.port, "hdlc")
+    p = server.pusher("hdlc")
     p.send(p.frame(E3.push(0)))
     p.send(p.frame(G1.push(0), source=2))
     p.close()
@@ -78,14 +78,14 @@ def test_three_phase_and_gas_over_hdlc(server: Server) -> None:
 
 
 def test_plain_meter_identified_by_its_device_id(server: Server) -> None:
-    p = Pusher(server.port)
+    p = server.pusher()
     p.send(p.frame(P1.push(0)) + p.frame(P1.push(1)))
     p.close()
     server.wait_for("SELECT count() FROM ami.readings WHERE meter = 'P1'", 12)
 
 
 def test_concentrator_connection_carries_several_meters(server: Server) -> None:
-    p = Pusher(server.port)
+    p = server.pusher()
     data = b""
     for i in range(3):
         for k, m in enumerate(C):
@@ -98,7 +98,7 @@ def test_concentrator_connection_carries_several_meters(server: Server) -> None:
 
 def test_bad_frames_interleaved_with_good_ones(server: Server) -> None:
     before = int(server.scalar("SELECT count() FROM ami.events WHERE name = 'reject:malformed'"))
-    p = Pusher(server.port)
+    p = server.pusher()
     good = [p.frame(E1.push(10 + i)) for i in range(3)]
     oversized = (
         b"\x00\x01\x00\x01\x00\x01\xff\xff"  # a header claiming 65,535 bytes, then nothing sane
@@ -112,7 +112,7 @@ def test_bad_frames_interleaved_with_good_ones(server: Server) -> None:
     after = int(server.scalar("SELECT count() FROM ami.events WHERE name = 'reject:malformed'"))
     assert after - before == 2
     assert oversized  # used below
-    p = Pusher(server.port)
+    p = server.pusher()
     p.send(oversized + b"x" * 100)
     p.close()
     server.wait_for(
@@ -122,7 +122,7 @@ def test_bad_frames_interleaved_with_good_ones(server: Server) -> None:
 
 
 def test_wrong_key_and_replay_are_refused_and_recorded(server: Server) -> None:
-    p = Pusher(server.port)
+    p = server.pusher()
     p.send(p.frame(WK.push(0, ek=os.urandom(16))))
     first = RP.push(0)
     p.send(p.frame(first) + p.frame(first) + p.frame(RP.push(1)))
@@ -143,7 +143,7 @@ def test_wrong_key_and_replay_are_refused_and_recorded(server: Server) -> None:
 
 def test_unknown_meter_is_refused_and_recorded(server: Server) -> None:
     stranger = keyed("NOPE", 99)
-    p = Pusher(server.port)
+    p = server.pusher()
     p.send(p.frame(stranger.push(0)))
     p.close()
     assert stranger.title is not None
@@ -155,7 +155,7 @@ def test_unknown_meter_is_refused_and_recorded(server: Server) -> None:
 
 
 def test_alarm_push_becomes_an_event(server: Server) -> None:
-    p = Pusher(server.port)
+    p = server.pusher()
     p.send(p.frame(E1.event(40, START)))
     p.close()
     server.wait_for(
@@ -179,7 +179,7 @@ def test_handshake_timeout_closes_silent_connections(server: Server) -> None:
 
 
 def test_sessions_status_and_sql_through_the_server(server: Server) -> None:
-    p = Pusher(server.port)
+    p = server.pusher()
     p.send(p.frame(E3.push(5)))
     server.wait_for("SELECT count() FROM ami.readings WHERE meter = 'E3'", 20)
     sessions = server.admin("sessions", meter="E3")["sessions"]
