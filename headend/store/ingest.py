@@ -18,7 +18,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
-import os
 import shutil
 import time
 import uuid
@@ -101,22 +100,6 @@ def _session_row(row: list[Any]) -> list[Any]:
     out = list(row)
     out[0] = dt.datetime.fromtimestamp(float(row[0]), dt.UTC)
     return out
-
-
-def _durable_write(path: Path, text: str) -> None:
-    tmp = path.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.write(fd, text.encode())
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    dfd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
 
 
 class Ingestor:
@@ -276,7 +259,7 @@ class Ingestor:
             "id": round_id,
             "ranges": [[r.segment.parent.name, r.segment.name, r.start, r.end] for r in ranges],
         }
-        _durable_write(self.intent_path, json.dumps(body))
+        spool.durable_write(self.intent_path, json.dumps(body))
 
     def _quarantine(self, seg: Path, why: str) -> None:
         dest = self.root / "quarantine"

@@ -192,19 +192,23 @@ def read_ack(segment: Path) -> Ack:
     return Ack(done=int(d.get("done", 0)))
 
 
-def write_ack(segment: Path, ack: Ack) -> None:
-    """Atomically replaces the ack file and makes it durable."""
-    p = ack_path(segment)
-    tmp = p.with_suffix(".ack.tmp")
-    body = json.dumps({"done": ack.done})
+def durable_write(path: Path, text: str) -> None:
+    """Replaces `path` atomically (temporary file, fsync, rename, fsync of the
+    directory): after a crash it holds the old text or the new, never a mixture."""
+    tmp = path.with_name(path.name + ".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
-        os.write(fd, body.encode())
+        os.write(fd, text.encode())
         os.fsync(fd)
     finally:
         os.close(fd)
-    os.replace(tmp, p)
-    _fsync_dir(p.parent)
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def write_ack(segment: Path, ack: Ack) -> None:
+    """Records the store's progress in a segment, durably."""
+    durable_write(ack_path(segment), json.dumps({"done": ack.done}))
 
 
 def segments(root: Path) -> dict[str, list[Path]]:
