@@ -17,6 +17,8 @@ export PATH := $(BIN):$(HOME)/.cargo/bin:$(PATH)
 export PYO3_PYTHON := $(BIN)/python
 
 RUST_SOURCES := $(shell find rust_core/src -name '*.rs') rust_core/Cargo.toml Cargo.toml Cargo.lock
+SIM_SOURCES := $(shell find loadtest/sim/src -name '*.rs') loadtest/sim/Cargo.toml
+SIM := target/release/headend-sim
 FUZZ_SECONDS ?= 60
 
 .PHONY: help
@@ -36,11 +38,15 @@ $(VENV)/.built: $(RUST_SOURCES) pyproject.toml $(VENV)/.deps
 	$(BIN)/maturin develop --release --quiet
 	touch $@
 
+$(SIM): $(RUST_SOURCES) $(SIM_SOURCES)
+	cargo build --quiet --release -p headend-sim
+	touch $@
+
 .PHONY: venv
 venv: $(VENV)/.deps ## create .venv with the pinned tools
 
 .PHONY: build
-build: $(VENV)/.built ## build the Rust extension (release) into the package
+build: $(VENV)/.built $(SIM) ## build the Rust extension (release) and the fleet simulator
 
 .PHONY: run
 run: build ## build, then decode the sample captures (the full demo comes later)
@@ -55,13 +61,13 @@ run: build ## build, then decode the sample captures (the full demo comes later)
 
 .PHONY: test
 test: build lint ## build everything and run every test and check
-	cargo test --quiet --manifest-path rust_core/Cargo.toml
+	cargo test --quiet --workspace
 	$(BIN)/python -m pytest -q
 
 .PHONY: lint
 lint: build ## clippy, rustfmt, ruff, mypy, stubtest, generated-code check
-	cargo clippy --quiet --manifest-path rust_core/Cargo.toml --all-features --all-targets -- -D warnings
-	cargo fmt --manifest-path rust_core/Cargo.toml -- --check
+	cargo clippy --quiet --workspace --all-features --all-targets -- -D warnings
+	cargo fmt --all -- --check
 	$(BIN)/ruff check headend tests tools bench loadtest
 	$(BIN)/ruff format --check headend tests tools bench loadtest
 	$(BIN)/python -m mypy

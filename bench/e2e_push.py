@@ -21,15 +21,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import datetime as dt
 import json
 import multiprocessing as mp
 import os
 import platform
-import signal
 import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -40,7 +37,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from headend import codec  # noqa: E402
-from headend.server.admin import AdminClient, AdminError, ServerNotRunning  # noqa: E402
+from headend.server.admin import AdminClient  # noqa: E402
+from loadtest.headend import Headend, cpu_seconds, free_port, rss_kib  # noqa: E402
 
 TZ = dt.timezone(dt.timedelta(hours=5))
 START = dt.datetime(2026, 11, 1, tzinfo=TZ)
@@ -95,104 +93,33 @@ def frames_for(index: int, pushes: int, first: int, encrypt: bool) -> list[bytes
 # -- the server ---------------------------------------------------------------------------
 
 
-class Headend:
-    def __init__(
-        self, root: Path, port: int, workers: int, meters: int, encrypt: bool, extra: str = ""
-    ) -> None:
-        self.root, self.port, self.workers = root, port, workers
-        self.data = root / "data"
-        self.config = root / "headend.toml"
-        self.log = root / "serve.log"
-        self.config.write_text(
-            f"""[server]
-host = "127.0.0.1"
-port = {port}
-workers = {workers}
-max_connections_per_worker = 19000
-handshake_timeout = 600.0
-idle_timeout = 3600.0
-sweep_interval = 5.0
-[store]
-ingest_interval = 0.1
-fsync = "interval"
-{extra}
-"""
-        )
-        env = {**os.environ, "HEADEND_DATA": str(self.data)}
-        self.env = env
-        grid = root / "grid.csv"
-        grid.write_text(
-            "node_id,parent_id,level,commodity,name,admin_unit,lat,lon\n"
-            "UZ,,republic,any,Uzbekistan,UZ,41.3,69.2\nTR,UZ,transformer,electricity,TR,UZ,41.3,69.2\n"
-        )
-        lines = ["serial,kind,role,node_id,account_id,model,system_title,ek,ak,password,lat,lon"]
-        for i in range(meters):
-            serial, title, ek, ak = meter(i)
-            keys = f"{title.hex()},{ek.hex()},{ak.hex()}" if encrypt else ",,"
-            lines.append(f"{serial},electricity,consumer,TR,A{i},e1ph,{keys},,41.3,69.2")
-        (root / "meters.csv").write_text("\n".join(lines) + "\n")
-        self._cli("grid", "import", str(grid))
-        self._cli("meters", "import", str(root / "meters.csv"))
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def _cli(self, *args: str) -> None:
-        subprocess.run(
-            [sys.executable, "-m", "headend", *args, "--config", str(self.config)],
-            env=self.env,
-            check=True,
-            capture_output=True,
-        )
-
-    def start(self) -> None:
-        with open(self.log, "ab") as logf:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "headend", "serve", "--config", str(self.config)],
-                env=self.env,
-                stdout=logf,
-                stderr=logf,
-            )
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            with contextlib.suppress(ServerNotRunning, AdminError, OSError, KeyError):
-                st = self.admin("status")
-                if len([w for w in st["workers"] if w["connected"]]) == self.workers:
-                    return
-            time.sleep(0.2)
-        raise RuntimeError("headend did not start: " + self.log.read_text()[-2000:])
-
-    def admin(self, cmd: str, **args: Any) -> Any:
-        c = AdminClient(self.data / "admin.sock", timeout=120)
-        try:
-            return c.call(cmd, **args)
-        finally:
-            c.close()
-
-    def scalar(self, sql: str) -> Any:
-        return self.admin("sql", query=sql)["rows"][0][0]
-
-    def worker_pids(self) -> list[int]:
-        return [w["pid"] for w in self.admin("status")["workers"]]
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(180)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-
-
-def rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    return 0
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    ticks = os.sysconf("SC_CLK_TCK")
-    return (int(fields[11]) + int(fields[12])) / ticks
+def headend(root: Path, port: int, workers: int, meters: int, encrypt: bool) -> Headend:
+    """A head-end on a fresh data directory with `meters` bench meters imported."""
+    h = Headend(
+        root,
+        port=port,
+        server={
+            "workers": workers,
+            "max_connections_per_worker": 19000,
+            "handshake_timeout": 600.0,
+            "idle_timeout": 3600.0,
+            "sweep_interval": 5.0,
+        },
+        store={"ingest_interval": 0.1, "fsync": "interval"},
+    )
+    grid = root / "grid.csv"
+    grid.write_text(
+        "node_id,parent_id,level,commodity,name,admin_unit,lat,lon\n"
+        "UZ,,republic,any,Uzbekistan,UZ,41.3,69.2\nTR,UZ,transformer,electricity,TR,UZ,41.3,69.2\n"
+    )
+    lines = ["serial,kind,role,node_id,account_id,model,system_title,ek,ak,password,lat,lon"]
+    for i in range(meters):
+        serial, title, ek, ak = meter(i)
+        keys = f"{title.hex()},{ek.hex()},{ak.hex()}" if encrypt else ",,"
+        lines.append(f"{serial},electricity,consumer,TR,A{i},e1ph,{keys},,41.3,69.2")
+    (root / "meters.csv").write_text("\n".join(lines) + "\n")
+    h.import_fleet(grid, root / "meters.csv")
+    return h
 
 
 # -- clients ------------------------------------------------------------------------------
@@ -270,7 +197,7 @@ def run_throughput(args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="headend-bench-") as tmp:
         root = Path(tmp)
         port = free_port()
-        h = Headend(root, port, args.workers, args.meters + 1, not args.plain)
+        h = headend(root, port, args.workers, args.meters + 1, not args.plain)
         h.start()
         try:
             ctx = mp.get_context("spawn")
@@ -308,8 +235,7 @@ def run_throughput(args: argparse.Namespace) -> dict[str, Any]:
                     out,
                 ),
             )
-            pids = h.worker_pids()
-            store_pid = int(h.admin("status")["pid"])
+            pids, store_pid = h.pids()
             cpu0 = {pid: cpu_seconds(pid) for pid in [*pids, store_pid]}
             time.sleep(max(0.0, start_at - time.time() - 0.5))
             probe_p.start()
@@ -394,11 +320,11 @@ def run_idle(args: argparse.Namespace) -> dict[str, Any]:
         with tempfile.TemporaryDirectory(prefix="headend-bench-") as tmp:
             root = Path(tmp)
             port = free_port()
-            h = Headend(root, port, args.workers, n, False)
+            h = headend(root, port, args.workers, n, False)
             h.start()
             try:
                 time.sleep(1.0)
-                pids = h.worker_pids()
+                pids, _ = h.pids()
                 before = {p: rss_kib(p) for p in pids}
                 ctx = mp.get_context("spawn")
                 out, hold = ctx.Queue(), ctx.Event()
@@ -438,12 +364,6 @@ def run_idle(args: argparse.Namespace) -> dict[str, Any]:
             }
         )
     return {"idle": results}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def main() -> None:

@@ -1,0 +1,573 @@
+"""The load driver: a simulated fleet against a head-end, measured.
+
+    python -m loadtest run --meters 100000 --interval 1 --duration 60 --encrypt
+
+1. generates a grid and fleet (`loadtest.grid`) and starts `headend serve` on a fresh
+   data directory with them imported (or, with ``--connect PORT --data DIR``, imports
+   them into a head-end that is already running on loopback);
+2. runs the Rust simulator (`headend-sim`) in as many processes as the connections
+   need (each process holds at most ~15,000, from its own 127.x source addresses), each
+   meter pushing once every ``--interval`` real seconds for ``--duration`` seconds;
+3. meanwhile sends probe pushes from a meter of its own and times each until its
+   reading is queryable in ClickHouse;
+4. when the fleet stops, waits for the store to settle and counts what reached
+   ClickHouse against what the simulators report they sent.
+
+It reports connections, pushes sent, readings stored, lost and duplicated readings
+(must be zero), pushes/s sent and stored in the steady window, push-to-stored latency
+percentiles, CPU of the head-end and of the simulators, and the head-end's resident
+memory per session; and names the bottleneck. Results go to
+``bench/results/loadtest-<time>.json`` with the command line and the machine.
+
+Loopback only; bounded in meters (5 M) and time (2 h); stops by itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import json
+import math
+import os
+import platform
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+from loadtest import sim
+from loadtest.grid import generate
+from loadtest.headend import Headend, cpu_seconds, free_port, rss_kib
+
+ROOT = Path(__file__).resolve().parent.parent
+MAX_METERS = 5_000_000
+MAX_DURATION = 7200.0
+PER_PROCESS = 15_000
+SIM_INTERVAL = 900  # each push advances the simulated clock a quarter hour
+TZ = dt.timezone(dt.timedelta(hours=5))
+
+
+def add_arguments(ap: argparse.ArgumentParser) -> None:
+    ap.add_argument(
+        "--meters", type=int, required=True, help="consumer meters (balance meters come on top)"
+    )
+    ap.add_argument(
+        "--interval", type=float, required=True, help="real seconds between a meter's pushes"
+    )
+    ap.add_argument("--duration", type=float, required=True, help="real seconds the fleet pushes")
+    ap.add_argument(
+        "--encrypt", action="store_true", help="meters have keys and push AES-GCM ciphered"
+    )
+    ap.add_argument("--gas-share", type=float, default=0.3)
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument(
+        "--spread", type=float, default=1.0, help="share of the interval pushes spread over"
+    )
+    ap.add_argument(
+        "--workers", type=int, default=0, help="head-end workers (default: enough for the sessions)"
+    )
+    ap.add_argument(
+        "--processes", type=int, default=0, help="simulator processes (default: 1 per 15,000)"
+    )
+    ap.add_argument("--hdlc", type=float, default=0.05, help="share of HDLC connections")
+    ap.add_argument(
+        "--concentrators", type=float, default=0.1, help="share of transformers with a concentrator"
+    )
+    ap.add_argument(
+        "--connect-rate", type=float, default=5000.0, help="connections/s per simulator process"
+    )
+    ap.add_argument("--fault-drop", type=float, default=0.0)
+    ap.add_argument("--fault-garbage", type=float, default=0.0)
+    ap.add_argument("--fault-stall", type=float, default=0.0)
+    ap.add_argument(
+        "--storm-at", default="", help="real seconds after the fleet starts, comma-separated"
+    )
+    ap.add_argument(
+        "--probes-per-s", type=float, default=5.0, help="probe pushes per second (latency)"
+    )
+    ap.add_argument(
+        "--settle", type=float, default=120.0, help="at most this long for the store to catch up"
+    )
+    ap.add_argument(
+        "--connect", type=int, default=0, metavar="PORT", help="use a running head-end on this port"
+    )
+    ap.add_argument("--data", type=Path, help="its data directory (with --connect)")
+    ap.add_argument("--keep", type=Path, help="keep the fleet, data and logs in this directory")
+    ap.add_argument(
+        "--results", type=Path, default=ROOT / "bench" / "results", help="where the JSON goes"
+    )
+    ap.add_argument("--no-results", action="store_true", help="print only, write no result file")
+
+
+class SimProcess:
+    """One simulator process and the status lines it prints."""
+
+    def __init__(self, proc: subprocess.Popen[str], log: IO[str]) -> None:
+        self.proc = proc
+        self.log = log
+        self.last: dict[str, Any] = {}
+        self.lines: list[tuple[float, dict[str, Any]]] = []
+        self.thread = threading.Thread(target=self._read, daemon=True)
+        self.thread.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for st in sim.status_lines(self.proc.stdout):
+            self.last = st
+            self.lines.append((time.monotonic(), st))
+
+
+class Probe(threading.Thread):
+    """A meter of the driver's own: one push every 1/rate seconds on its own
+    connection, each timed until its reading can be queried."""
+
+    def __init__(
+        self, h: Headend, port: int, meter: dict[str, Any], rate: float, encrypt: bool
+    ) -> None:
+        super().__init__(daemon=True)
+        self.h, self.port, self.meter, self.rate, self.encrypt = h, port, meter, rate, encrypt
+        self.latencies: list[float] = []
+        self.sent = 0
+        self.stop = threading.Event()
+        self.error = ""
+
+    def run(self) -> None:
+        try:
+            self._run()
+        except Exception as e:
+            self.error = f"{type(e).__name__}: {e}"
+
+    def _run(self) -> None:
+        from headend import codec
+        from headend.server.admin import AdminClient
+
+        m = self.meter
+        try:
+            sock = socket.create_connection(("127.0.0.1", self.port))
+            admin = AdminClient(self.h.data / "admin.sock", timeout=120)
+        except OSError as e:
+            self.error = str(e)
+            return
+        start = dt.datetime(2026, 1, 1, tzinfo=TZ)
+        i = 0
+        while not self.stop.is_set():
+            when = start + dt.timedelta(minutes=15 * i)
+            clock = codec.data("octet-string", codec.encode_data(codec.date_time(when))[1:].hex())
+            apdu = codec.encode_apdu(
+                {
+                    "apdu": "data-notification",
+                    "long_invoke_id": {"invoke_id": i & 0xFFFFFF},
+                    "date_time": None,
+                    "body": codec.data(
+                        "structure",
+                        [
+                            codec.data("octet-string", m["serial"].encode().hex()),
+                            clock,
+                            codec.data("double-long-unsigned", 1000 + i),
+                            codec.data("double-long-unsigned", 0),
+                            codec.data("long-unsigned", 2300),
+                            codec.data("long-unsigned", 100),
+                            codec.data("double-long-unsigned", 230),
+                            codec.data("boolean", True),
+                        ],
+                    ),
+                }
+            )
+            if self.encrypt:
+                apdu = codec.encrypt(
+                    apdu,
+                    ek=m["ek"],
+                    ak=m["ak"],
+                    system_title=m["title"],
+                    # From the wall clock, as the simulator's meters count.
+                    invocation_counter=int((time.time() - 1_735_689_600) * 8) + i,
+                )
+            t0 = time.perf_counter()
+            sock.sendall(codec.wrap(apdu))
+            self.sent += 1
+            ts = int(when.timestamp())
+            q = (
+                f"SELECT count() FROM ami.readings WHERE meter = '{m['serial']}' "
+                f"AND ts = toDateTime({ts}, 'UTC')"
+            )
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline and not self.stop.is_set():
+                if admin.call("sql", query=q)["rows"][0][0] >= 6:
+                    self.latencies.append(time.perf_counter() - t0)
+                    break
+                time.sleep(0.01)
+            i += 1
+            self.stop.wait(max(0.0, 1.0 / self.rate - (time.perf_counter() - t0)))
+        sock.close()
+        admin.close()
+
+
+def percentiles(xs: list[float]) -> dict[str, float]:
+    if not xs:
+        return {"samples": 0}
+    s = sorted(xs)
+
+    def p(q: float) -> float:
+        return round(s[min(len(s) - 1, int(len(s) * q))], 4)
+
+    return {"samples": len(s), "p50": p(0.5), "p90": p(0.9), "p99": p(0.99), "max": round(s[-1], 4)}
+
+
+def probe_meter(fleet: Path, encrypt: bool) -> tuple[dict[str, Any], Path]:
+    """A meter outside the fleet (so no simulator runs it), on the first transformer."""
+    import csv as _csv
+
+    with open(fleet / "grid.csv", encoding="utf-8") as f:
+        node = next(r["node_id"] for r in _csv.DictReader(f) if r["level"] == "transformer")
+    m: dict[str, Any] = {"serial": "PROBE00001", "title": b"PRB" + (1).to_bytes(5, "big")}
+    m["ek"], m["ak"] = os.urandom(16), os.urandom(16)
+    keys = f"{m['title'].hex()},{m['ek'].hex()},{m['ak'].hex()}" if encrypt else ",,"
+    path = fleet.parent / "probe.csv"
+    path.write_text(
+        "serial,kind,role,node_id,account_id,model,system_title,ek,ak,password,lat,lon\n"
+        f"{m['serial']},electricity,consumer,{node},PROBE,e1ph,{keys},,41.3,69.3\n"
+    )
+    return m, path
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        result = measure(args)
+    except (RuntimeError, ValueError, FileNotFoundError) as e:
+        print(f"loadtest run: {e}", file=sys.stderr)
+        return 1
+    record = {
+        "command": " ".join(["python -m loadtest", *sys.argv[1:]]),
+        "machine": {
+            "node": platform.node(),
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "kernel": platform.release(),
+        },
+        "when": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "result": result,
+    }
+    text = json.dumps(record, indent=2)
+    print(text)
+    if not args.no_results:
+        args.results.mkdir(parents=True, exist_ok=True)
+        name = f"loadtest-{dt.datetime.now(dt.UTC).strftime('%Y%m%dT%H%M%S')}.json"
+        (args.results / name).write_text(text + "\n")
+        print(f"written to {args.results / name}", file=sys.stderr)
+    return 0 if result["lost_readings"] == 0 and result["duplicated_readings"] == 0 else 3
+
+
+def measure(args: argparse.Namespace) -> dict[str, Any]:
+    if not 0 < args.meters <= MAX_METERS:
+        raise ValueError(f"--meters must be 1..{MAX_METERS}")
+    if not 0 < args.duration <= MAX_DURATION:
+        raise ValueError(f"--duration must be at most {MAX_DURATION:.0f} s")
+    if args.interval <= 0:
+        raise ValueError("--interval must be positive")
+    if args.connect and not args.data:
+        raise ValueError("--connect needs --data DIR of the running head-end")
+    sim.binary()
+    tmp = None
+    if args.keep:
+        root = args.keep
+        root.mkdir(parents=True, exist_ok=True)
+    else:
+        tmp = tempfile.mkdtemp(prefix="headend-loadtest-")
+        root = Path(tmp)
+    try:
+        return _measure(args, root)
+    finally:
+        if tmp:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+EVENT_SOURCES = "source IN ('push', 'event-notification')"
+
+
+@dataclass
+class Window:
+    """Counters at the start or the end of the steady window."""
+
+    t: float = 0.0
+    pushes: int = 0
+    stored: int = 0
+    cpu: dict[int, float] = field(default_factory=dict)
+    cpu_sims: float = 0.0
+
+
+def _measure(args: argparse.Namespace, root: Path) -> dict[str, Any]:
+    r = LoadRun(args, root)
+    r.prepare()
+    try:
+        r.start_fleet()
+        r.wait_connected()
+        w0 = r.window_edge()
+        probe = Probe(r.h, r.port, r.probe, args.probes_per_s, args.encrypt)
+        if args.probes_per_s > 0:
+            probe.start()
+        # The window ends a second before the simulators stop.
+        while time.monotonic() < r.t_start + r.ramp + args.duration - 1.0:
+            time.sleep(0.5)
+        w1 = r.window_edge()
+        probe.stop.set()
+        r.finish(probe)
+        return r.report(w0, w1, probe)
+    finally:
+        r.cleanup()
+
+
+class LoadRun:
+    def __init__(self, args: argparse.Namespace, root: Path) -> None:
+        self.args, self.root = args, root
+        self.fleet_dir = root / "fleet"
+        self.logs = root / "sim-logs"
+        self.procs: list[SimProcess] = []
+        self.finals: list[dict[str, Any]] = []
+        self.setup_s: dict[str, float] = {}
+        self.connections = self.connected_at_steady = self.sessions = 0
+        self.rss0: dict[int, int] = {}
+        self.rss1: dict[int, int] = {}
+        self.t_start = 0.0
+
+    def prepare(self) -> None:
+        args = self.args
+        t = time.monotonic()
+        fleet = generate(
+            args.meters, args.gas_share, self.fleet_dir, seed=args.seed, plain=not args.encrypt
+        )
+        self.total_meters = int(fleet.truth["summary"]["meters"])
+        self.setup_s["grid"] = round(time.monotonic() - t, 1)
+        self.processes = args.processes or max(1, math.ceil(self.total_meters / PER_PROCESS))
+        self.workers = args.workers or max(
+            os.cpu_count() or 1, math.ceil(self.total_meters / 18_000)
+        )
+        self.speed = SIM_INTERVAL / args.interval
+        self.ramp = self.total_meters / self.processes / args.connect_rate
+        self.probe, probe_csv = probe_meter(self.fleet_dir, args.encrypt)
+        if args.connect:
+            self.port = args.connect
+            self.h = Headend(self.root, port=self.port, data=args.data)
+        else:
+            self.port = free_port()
+            self.h = Headend(
+                self.root,
+                port=self.port,
+                server={
+                    "workers": self.workers,
+                    "max_connections_per_worker": 19_000,
+                    "handshake_timeout": 600.0,
+                    "idle_timeout": 3600.0,
+                    "sweep_interval": 5.0,
+                },
+                store={"ingest_interval": 0.1, "fsync": "interval"},
+            )
+        t = time.monotonic()
+        self.h.import_fleet(self.fleet_dir / "grid.csv", self.fleet_dir / "meters.csv")
+        self.h.cli("meters", "import", str(probe_csv))
+        self.setup_s["import"] = round(time.monotonic() - t, 1)
+        if not args.connect:
+            self.h.start()
+        self.worker_pids, self.store_pid = self.h.pids()
+        self.rss0 = {p: rss_kib(p) for p in self.worker_pids}
+        self.base_rows = int(self.h.scalar("SELECT count() FROM ami.readings"))
+        self.base_events = int(
+            self.h.scalar(f"SELECT count() FROM ami.events WHERE {EVENT_SOURCES}")
+        )
+
+    def sim_args(self, k: int) -> list[str]:
+        a = self.args
+        sources = [f"127.{1 + k // 250}.{k % 250}.1", f"127.{1 + k // 250}.{k % 250}.2"]
+        extra = [
+            "--partition", f"{k}/{self.processes}",
+            "--source", ",".join(sources),
+            "--speed", str(self.speed),
+            "--interval", str(SIM_INTERVAL),
+            "--gas-interval", str(SIM_INTERVAL),
+            "--spread", str(a.spread),
+            "--duration", str(a.duration + self.ramp),
+            "--connect-rate", str(a.connect_rate),
+            "--hdlc", str(a.hdlc),
+            "--concentrators", str(a.concentrators),
+            "--gaps", "0",
+            "--status-every", "1",
+            "--fault-drop", str(a.fault_drop),
+            "--fault-garbage", str(a.fault_garbage),
+            "--fault-stall", str(a.fault_stall),
+        ]  # fmt: skip
+        if a.storm_at:
+            extra += ["--storm-at", a.storm_at]
+        return extra
+
+    def start_fleet(self) -> None:
+        self.logs.mkdir(exist_ok=True)
+        for k in range(self.processes):
+            log = open(self.logs / f"sim-{k}.log", "w", encoding="utf-8")  # noqa: SIM115
+            proc = sim.start(self.fleet_dir, self.port, *self.sim_args(k), stderr=log)
+            self.procs.append(SimProcess(proc, log))
+        self.t_start = time.monotonic()
+
+    def wait_connected(self) -> None:
+        deadline = self.t_start + self.ramp + 120
+        while time.monotonic() < deadline:
+            time.sleep(0.5)
+            if any(p.proc.poll() is not None for p in self.procs):
+                raise RuntimeError("a simulator exited early: " + _tail(self.logs))
+            if all(p.last for p in self.procs):
+                self.connections = sum(int(p.last["connections"]) for p in self.procs)
+                if sum(int(p.last["connected"]) for p in self.procs) >= self.connections:
+                    break
+        self.connected_at_steady = sum(int(p.last.get("connected", 0)) for p in self.procs)
+        time.sleep(2.0)
+        self.sessions = int(self.h.admin("status")["sessions"])
+        self.rss1 = {p: rss_kib(p) for p in self.worker_pids}
+
+    def window_edge(self) -> Window:
+        return Window(
+            t=time.monotonic(),
+            pushes=sum(int(p.last.get("pushes", 0)) for p in self.procs),
+            stored=int(self.h.scalar("SELECT count() FROM ami.readings")),
+            cpu={p: cpu_seconds(p) for p in [*self.worker_pids, self.store_pid]},
+            cpu_sims=sum(cpu_seconds(p.proc.pid) for p in self.procs),
+        )
+
+    def finish(self, probe: Probe) -> None:
+        for p in self.procs:
+            p.proc.wait(timeout=120)
+            p.thread.join(10)
+            p.log.close()
+        if probe.is_alive():
+            probe.join(150)
+        self.finals = [p.last for p in self.procs]
+        if not all(f.get("final") for f in self.finals):
+            raise RuntimeError("a simulator did not finish cleanly: " + _tail(self.logs))
+        self.sent_readings = sum(int(f["readings"]) for f in self.finals)
+        self.sent_events = sum(int(f["alarms"]) + int(f["events"]) for f in self.finals)
+        # Every probe push counts, also one whose reading did not show in time.
+        self.expected = self.base_rows + self.sent_readings + 6 * probe.sent
+        t = time.monotonic()
+        stored, last_change = -1, t
+        while time.monotonic() - t < self.args.settle and time.monotonic() - last_change < 30:
+            now_rows = int(self.h.scalar("SELECT count() FROM ami.readings"))
+            if now_rows != stored:
+                stored, last_change = now_rows, time.monotonic()
+            if stored >= self.expected:
+                break
+            time.sleep(0.5)
+        self.settle_s = time.monotonic() - t
+        self.stored = stored
+        self.distinct = int(self.h.scalar("SELECT uniqExact(meter, obis, ts) FROM ami.readings"))
+        self.stored_events = int(
+            self.h.scalar(f"SELECT count() FROM ami.events WHERE {EVENT_SOURCES}")
+        )
+        self.rejects = self.h.admin("status").get("rejects", {})
+
+    def cleanup(self) -> None:
+        for p in self.procs:
+            if p.proc.poll() is None:
+                p.proc.kill()
+            if not p.log.closed:
+                p.log.close()
+        if not self.args.connect and hasattr(self, "h"):
+            self.h.stop()
+
+    def bottleneck(self, target: float, sent: float, stored: float, lag: float) -> str:
+        if sent < 0.97 * target and lag > 1.0:
+            return f"simulator: it fell behind its schedule (max lag {lag:.1f} s)"
+        if stored < 0.97 * sent:
+            return "head-end: stored fewer pushes/s than were sent (the store fell behind)"
+        if sent < 0.97 * target:
+            return "head-end: it read slower than the fleet pushed (TCP backpressure)"
+        return "none: the fleet's rate was sent and stored"
+
+    def report(self, w0: Window, w1: Window, probe: Probe) -> dict[str, Any]:
+        a, f = self.args, self.finals
+        window = max(1e-9, w1.t - w0.t)
+        pushes = sum(int(x["pushes"]) for x in f)
+        avg_regs = self.sent_readings / max(1, pushes)
+        cpu_workers = sum(w1.cpu[p] - w0.cpu[p] for p in self.worker_pids)
+        cpu_store = w1.cpu[self.store_pid] - w0.cpu[self.store_pid]
+        cpu_sims = w1.cpu_sims - w0.cpu_sims
+        target = self.total_meters / a.interval
+        sent_rate = (w1.pushes - w0.pushes) / window
+        stored_rate = (w1.stored - w0.stored) / max(avg_regs, 1e-9) / window
+        lag = max(float(x.get("max_lag_s", 0.0)) for x in f)
+        return {
+            "parameters": {
+                "meters": a.meters,
+                "meters_with_balance": self.total_meters,
+                "interval_s": a.interval,
+                "duration_s": a.duration,
+                "encrypt": a.encrypt,
+                "gas_share": a.gas_share,
+                "speed": self.speed,
+                "hdlc_share": a.hdlc,
+                "concentrator_share": a.concentrators,
+                "head_end_workers": None if a.connect else self.workers,
+                "simulator_processes": self.processes,
+                "faults": {
+                    "drop": a.fault_drop,
+                    "garbage": a.fault_garbage,
+                    "stall": a.fault_stall,
+                    "storm_at": a.storm_at,
+                },
+            },
+            "setup_seconds": self.setup_s,
+            "connections": self.connections,
+            "connected_at_steady": self.connected_at_steady,
+            "head_end_sessions": self.sessions,
+            "connects": sum(int(x["connects"]) for x in f),
+            "connect_failures": sum(int(x["connect_failures"]) for x in f),
+            "pushes_sent": pushes,
+            "alarms_and_events_sent": self.sent_events,
+            "readings_sent": self.sent_readings,
+            "probe_pushes": probe.sent,
+            "readings_expected": self.expected - self.base_rows,
+            "readings_stored": self.stored - self.base_rows,
+            "lost_readings": self.expected - self.distinct,
+            "duplicated_readings": self.stored - self.distinct,
+            "events_stored": self.stored_events - self.base_events,
+            "aborted_pushes_by_faults": sum(int(x["aborted_pushes"]) for x in f),
+            "dropped_offline": sum(int(x["dropped_offline"]) for x in f),
+            "steady_window_s": round(window, 2),
+            "target_pushes_per_s": round(target, 1),
+            "pushes_per_s_sent": round(sent_rate, 1),
+            "pushes_per_s_stored": round(stored_rate, 1),
+            "readings_per_s_stored": round((w1.stored - w0.stored) / window, 1),
+            "settle_seconds": round(self.settle_s, 1),
+            "push_to_stored_latency_s": percentiles(probe.latencies),
+            "probe_error": probe.error or None,
+            "cpu_seconds_in_window": {
+                "head_end_workers": round(cpu_workers, 2),
+                "head_end_store": round(cpu_store, 2),
+                "simulators": round(cpu_sims, 2),
+            },
+            "cpu_cores_busy": {
+                "head_end": round((cpu_workers + cpu_store) / window, 2),
+                "simulators": round(cpu_sims / window, 2),
+            },
+            "head_end_rss_kib": {
+                "before": sum(self.rss0.values()),
+                "connected": sum(self.rss1.values()),
+            },
+            "head_end_bytes_per_session": round(
+                (sum(self.rss1.values()) - sum(self.rss0.values())) * 1024 / max(1, self.sessions)
+            ),
+            "simulator_max_lag_s": lag,
+            "rejects": self.rejects,
+            "bottleneck": self.bottleneck(target, sent_rate, stored_rate, lag),
+        }
+
+
+def _tail(logs: Path) -> str:
+    out = []
+    for f in sorted(logs.glob("*.log")):
+        with contextlib.suppress(OSError):
+            out.append(f"{f.name}: {f.read_text()[-500:]}")
+    return "\n".join(out)

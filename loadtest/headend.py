@@ -1,0 +1,141 @@
+"""A `headend serve` under test: started on its own data directory and port, or an
+already running one found by its data directory; plus /proc readings of its
+processes. Used by the load driver and the end-to-end benchmarks."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from headend.server.admin import AdminClient, AdminError, ServerNotRunning
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process (0 if it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, str):
+        return f'"{v}"'
+    return str(v)
+
+
+class Headend:
+    """`headend serve` with a config written from `server` and `store` settings; or,
+    with `start=False`, a running one whose data directory is `root/data`."""
+
+    def __init__(
+        self,
+        root: Path,
+        *,
+        port: int,
+        server: dict[str, Any] | None = None,
+        store: dict[str, Any] | None = None,
+        data: Path | None = None,
+    ) -> None:
+        self.root = root
+        self.port = port
+        self.data = data or root / "data"
+        self.config = root / "headend.toml"
+        self.log = root / "serve.log"
+        srv = {"host": "127.0.0.1", "port": port, **(server or {})}
+        sto = {"ingest_interval": 0.1, **(store or {})}
+        root.mkdir(parents=True, exist_ok=True)
+        self.config.write_text(
+            "[server]\n"
+            + "\n".join(f"{k} = {toml_value(v)}" for k, v in srv.items())
+            + "\n[store]\n"
+            + "\n".join(f"{k} = {toml_value(v)}" for k, v in sto.items())
+            + "\n"
+        )
+        self.env = {**os.environ, "HEADEND_DATA": str(self.data)}
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.workers = int(srv.get("workers", 0)) or (os.cpu_count() or 1)
+
+    def cli(self, *args: str) -> str:
+        r = subprocess.run(
+            [sys.executable, "-m", "headend", *args, "--config", str(self.config)],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if r.returncode != 0:
+            raise RuntimeError(f"headend {' '.join(args)}: {r.stderr.strip()}")
+        return r.stdout
+
+    def import_fleet(self, grid: Path, meters: Path) -> None:
+        self.cli("grid", "import", str(grid))
+        self.cli("meters", "import", str(meters))
+
+    def start(self, timeout: float = 180.0) -> None:
+        with open(self.log, "ab") as logf:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "headend", "serve", "--config", str(self.config)],
+                env=self.env,
+                stdout=logf,
+                stderr=logf,
+            )
+        self.wait_ready(timeout)
+
+    def wait_ready(self, timeout: float = 180.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise RuntimeError("headend serve exited: " + self.log.read_text()[-2000:])
+            with contextlib.suppress(ServerNotRunning, AdminError, OSError, KeyError):
+                st = self.admin("status")
+                if len([w for w in st["workers"] if w["connected"]]) == len(st["workers"]) > 0:
+                    return
+            time.sleep(0.2)
+        raise RuntimeError("headend did not come up: " + self.log.read_text()[-2000:])
+
+    def admin(self, cmd: str, **args: Any) -> Any:
+        c = AdminClient(self.data / "admin.sock", timeout=300)
+        try:
+            return c.call(cmd, **args)
+        finally:
+            c.close()
+
+    def scalar(self, sql: str) -> Any:
+        return self.admin("sql", query=sql)["rows"][0][0]
+
+    def pids(self) -> tuple[list[int], int]:
+        """(worker pids, store pid)."""
+        st = self.admin("status")
+        return [int(w["pid"]) for w in st["workers"]], int(st["pid"])
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(300)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
