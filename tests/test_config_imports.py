@@ -10,7 +10,7 @@ import pytest
 from headend import codec, profiles
 from headend.config import REPO_ROOT, ConfigError, load
 from headend.store.db import Store, migrate
-from headend.store.imports import import_grid, import_meters
+from headend.store.imports import import_grid, import_meters, title_owners
 
 
 def test_defaults_need_no_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -156,6 +156,34 @@ def test_meter_import_checks_every_field_and_wraps_keys(tmp_path: Path, store: S
             bytes.fromhex(by["M1"][2]),
             master,
         )
+
+
+def test_a_system_title_moves_with_its_meter(tmp_path: Path, store: Store) -> None:
+    """meter_titles finds meters by title; a title a meter gave up is free again and
+    points to nobody."""
+    (tmp_path / "grid.csv").write_text(GRID)
+    import_grid(tmp_path / "grid.csv", store)
+    header = "serial,kind,role,node_id,account_id,model,system_title,ek,ak,password,lat,lon\n"
+    models = profiles.kinds(profiles.load_all(REPO_ROOT / "protocols" / "profiles"))
+    master = codec.MasterKey(bytes(range(32)))
+
+    def load(*rows: str) -> list[str]:
+        (tmp_path / "m.csv").write_text(header + "\n".join(rows) + "\n")
+        return [
+            reason for _, reason in import_meters(tmp_path / "m.csv", store, master, models).bad
+        ]
+
+    t1, t2 = "5A45000000000001", "5A45000000000002"
+    assert load(f"A,electricity,consumer,T1,A,e1ph,{t1},,,,41,69") == []
+    assert title_owners(store, "ami", [t1, t2]) == {t1: "A"}
+    assert load(f"B,electricity,consumer,T1,B,e1ph,{t1},,,,41,69") == [
+        f"system_title {t1} already belongs to stored meter A"
+    ]
+    # A takes a new title; the old one is free for B.
+    assert load(f"A,electricity,consumer,T1,A,e1ph,{t2},,,,41,69") == []
+    assert title_owners(store, "ami", [t1, t2]) == {t2: "A"}
+    assert load(f"B,electricity,consumer,T1,B,e1ph,{t1},,,,41,69") == []
+    assert title_owners(store, "ami", [t1, t2]) == {t1: "B", t2: "A"}
 
 
 def test_empty_and_headerless_files(tmp_path: Path, store: Store) -> None:

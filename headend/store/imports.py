@@ -295,6 +295,11 @@ def import_meters(
         store.insert_rows("meters", cols, meters[i : i + CHUNK])
     for i in range(0, len(keys), CHUNK):
         store.insert_rows("meter_keys", key_cols, keys[i : i + CHUNK])
+    indexed = [[m[6], m[0], m[9]] for m in meters if m[6]]
+    for i in range(0, len(indexed), CHUNK):
+        store.insert_rows(
+            "meter_titles", ["system_title", "serial", "updated_at"], indexed[i : i + CHUNK]
+        )
     report.loaded = len(meters)
     report.bad.sort()
     return report
@@ -303,10 +308,25 @@ def import_meters(
 def _title_owners(store: SqlAccess, db: str, titles: list[str]) -> dict[str, str]:
     out: dict[str, str] = {}
     for i in range(0, len(titles), 5000):
-        chunk = titles[i : i + 5000]
-        _, rows = store.query(
-            f"SELECT system_title, serial FROM {db}.meters FINAL WHERE system_title IN %(t)s",
-            {"t": chunk},
-        )
-        out.update({t: s for t, s in rows})
+        out.update(title_owners(store, db, titles[i : i + 5000]))
     return out
+
+
+def title_owners(store: SqlAccess, db: str, titles: list[str]) -> dict[str, str]:
+    """The stored meter that has each system title (hex, upper case), by primary key:
+    through `meter_titles`, confirmed against `meters` (a title a meter no longer has
+    belongs to nobody)."""
+    if not titles:
+        return {}
+    _, rows = store.query(
+        f"SELECT system_title, serial FROM {db}.meter_titles FINAL WHERE system_title IN %(t)s",
+        {"t": titles},
+    )
+    if not rows:
+        return {}
+    _, current = store.query(
+        f"SELECT serial, system_title FROM {db}.meters FINAL WHERE serial IN %(s)s",
+        {"s": sorted({r[1] for r in rows})},
+    )
+    has = {s: t for s, t in current}
+    return {t: s for t, s in rows if has.get(s) == t}
