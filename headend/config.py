@@ -52,7 +52,7 @@ class ServerConfig:
     being read meanwhile; this bounds what one read can bring)."""
     unknown_meter_ttl: float = 300.0
     """Seconds a meter the store does not know stays refused before asking again."""
-    lookup_batch_delay: float = 0.01
+    lookup_batch_delay: float = 0.05
     """Seconds to gather meter lookups into one request to the store."""
     pause_backlog_bytes: int = 1 << 30
     """Spool backlog (bytes not yet in ClickHouse) at which workers stop reading."""

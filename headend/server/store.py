@@ -38,6 +38,10 @@ log = logging.getLogger("headend.store")
 FORBIDDEN_TABLES = ("meter_keys",)
 
 
+LOOKUP_GATHER = 0.05
+"""Seconds a lookup round waits for more requests (the workers' requests are merged)."""
+
+
 class CounterScanner:
     """Invocation counters from spool records not yet in ClickHouse, so a meter looked up
     by another worker right after moving never gets a stale (lower) floor."""
@@ -121,7 +125,9 @@ class StoreService:
         self.ingest_rate: dict[str, float] = {}
         self.backlog = 0
         self.stop = asyncio.Event()
-        self.lookup_lock = asyncio.Lock()
+        self.lookup_pending: list[tuple[list[str], list[str], asyncio.Future[Any]]] = []
+        self.lookup_task: asyncio.Task[None] | None = None
+        self.lookup_stats = {"rounds": 0, "requests": 0, "keys": 0}
 
     # -- ingest thread ---------------------------------------------------------------
 
@@ -202,39 +208,86 @@ class StoreService:
         return None
 
     async def _lookup(self, msg: dict[str, Any]) -> dict[str, Any]:
+        """Answers one worker's lookup. Requests that arrive while a lookup runs are
+        merged into the next one: a lookup's cost is mostly fixed (a handful of
+        primary-key queries), so under a reconnect storm the batches grow instead of
+        the queue."""
         titles = [bytes(t).hex().upper() for t in msg.get("titles", [])]
         serials = [bytes(s).decode("utf-8", "replace") for s in msg.get("serials", [])]
-        loop = asyncio.get_running_loop()
-        async with self.lookup_lock:
-            meters, recent = await loop.run_in_executor(None, self._lookup_sql, titles, serials)
-        found_titles = {m["system_title_hex"] for m in meters}
-        found_serials = {m["serial"] for m in meters}
-        out = []
-        for m in meters:
-            th = m.pop("system_title_hex")
+        fut: asyncio.Future[tuple[dict[str, dict[str, Any]], dict[str, Any]]]
+        fut = asyncio.get_running_loop().create_future()
+        self.lookup_pending.append((titles, serials, fut))
+        if self.lookup_task is None or self.lookup_task.done():
+            self.lookup_task = asyncio.get_running_loop().create_task(self._lookup_rounds())
+        by_serial, recent = await fut
+        out, found_titles, found_serials = [], set(), set()
+        want_titles, want_serials = set(titles), set(serials)
+        for m in by_serial.values():
+            th = m["system_title_hex"]
+            if m["serial"] not in want_serials and th not in want_titles:
+                continue
+            found_titles.add(th)
+            found_serials.add(m["serial"])
             last, nxt = m["last_received"], m["next_sent"]
             if th in recent:
                 last = max(last, recent[th][0])
                 nxt = max(nxt, recent[th][1])
-            m["last_received"] = None if last < 0 else last
-            m["next_sent"] = nxt if nxt > 0 else None
-            out.append(m)
+            answer = {k: v for k, v in m.items() if k != "system_title_hex"}
+            answer["last_received"] = None if last < 0 else last
+            answer["next_sent"] = nxt if nxt > 0 else None
+            out.append(answer)
         return {
             "meters": out,
             "unknown_titles": [bytes.fromhex(t) for t in titles if t not in found_titles],
             "unknown_serials": [s.encode() for s in serials if s not in found_serials],
         }
 
+    async def _lookup_rounds(self) -> None:
+        loop = asyncio.get_running_loop()
+        while self.lookup_pending:
+            await asyncio.sleep(LOOKUP_GATHER)
+            batch, self.lookup_pending = self.lookup_pending, []
+            titles = sorted({t for b in batch for t in b[0]})
+            serials = sorted({s for b in batch for s in b[1]})
+            try:
+                meters, recent = await loop.run_in_executor(None, self._lookup_sql, titles, serials)
+            except Exception as e:
+                for _, _, fut in batch:
+                    if not fut.done():
+                        fut.set_exception(e)
+                continue
+            self.lookup_stats["rounds"] += 1
+            self.lookup_stats["requests"] += len(batch)
+            self.lookup_stats["keys"] += len(titles) + len(serials)
+            by_serial = {m["serial"]: m for m in meters}
+            for _, _, fut in batch:
+                if not fut.done():
+                    fut.set_result((by_serial, recent))
+
     def _lookup_sql(
         self, titles: list[str], serials: list[str]
     ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
         db = self.db
         recent = self.scanner.scan()
+        # Both by primary key: titles through meter_titles, then meters by serial. A
+        # title counts only if the meter still has it (the meters row confirms it).
+        claimed: list[tuple[Any, ...]] = []
+        if titles:
+            _, claimed = self.store.query(
+                f"SELECT system_title, serial FROM {db}.meter_titles FINAL "
+                "WHERE system_title IN %(t)s",
+                {"t": titles},
+            )
+        wanted = sorted({*serials, *(c[1] for c in claimed)})
+        if not wanted:
+            return [], recent
         _, rows = self.store.query(
-            f"SELECT serial, model, system_title FROM {db}.meters FINAL "
-            "WHERE system_title IN %(t)s OR serial IN %(s)s",
-            {"t": titles or [""], "s": serials or [""]},
+            f"SELECT serial, model, system_title FROM {db}.meters FINAL WHERE serial IN %(s)s",
+            {"s": wanted},
         )
+        asked = set(serials)
+        owners = {(t, s) for t, s in claimed}
+        rows = [r for r in rows if r[0] in asked or (r[2], r[0]) in owners]
         if not rows:
             return [], recent
         found = {r[0]: r for r in rows}
@@ -333,6 +386,7 @@ class StoreService:
                 **self.ingest_state,
             },
             "rejects": rejects,
+            "lookups": dict(self.lookup_stats),
         }
 
     async def _admin(self, req: dict[str, Any]) -> Any:
@@ -487,6 +541,9 @@ def main(argv: list[str] | None = None) -> int:
     logs.setup("store", cfg.log.level, cfg.log.format)
     import uvloop
 
+    from headend.server import tune_gc
+
+    tune_gc()
     try:
         uvloop.run(StoreService(cfg).run())
     except HeadendError as e:
