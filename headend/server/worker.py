@@ -564,6 +564,9 @@ def main(argv: list[str] | None = None) -> int:
     logs.setup(f"worker-{worker_id}", cfg.log.level, cfg.log.format)
     import uvloop
 
+    from headend.server import tune_gc
+
+    tune_gc()
     try:
         uvloop.run(Worker(cfg, worker_id).run())
     except HeadendError as e:
