@@ -179,6 +179,8 @@ class Server:
     server_settings: dict[str, Any] = field(default_factory=dict)
     store_settings: dict[str, Any] = field(default_factory=dict)
     pushers: list[Pusher] = field(default_factory=list)
+    #: A generated fleet (grid.csv, meters.csv) to import instead of the harness's own.
+    fleet: Path | None = None
 
     def pusher(self, framing: str = "wrapper", port: int | None = None) -> Pusher:
         """A meter connection the server closes when it stops (also after a failure)."""
@@ -227,6 +229,10 @@ class Server:
         }
         store = {"ingest_interval": 0.05, "fsync": "always", **self.store_settings}
         self.config.write_text(f"[server]\n{_toml(server)}\n[store]\n{_toml(store)}\n")
+        if self.fleet is not None:
+            self.cli("grid", "import", str(self.fleet / "grid.csv"))
+            self.cli("meters", "import", str(self.fleet / "meters.csv"))
+            return
         (self.root / "grid.csv").write_text(GRID)
         self.cli("grid", "import", str(self.root / "grid.csv"))
         header = "serial,kind,role,node_id,account_id,model,system_title,ek,ak,password,lat,lon\n"
@@ -352,6 +358,7 @@ def running(
     meters: list[Meter],
     server_settings: dict[str, Any] | None = None,
     store_settings: dict[str, Any] | None = None,
+    fleet: Path | None = None,
 ) -> Iterator[Server]:
     """A started server; the settings override the harness's [server] and [store]."""
     srv = Server(
@@ -360,6 +367,7 @@ def running(
         meters,
         server_settings=server_settings or {},
         store_settings=store_settings or {},
+        fleet=fleet,
     )
     srv.setup()
     srv.start()

@@ -99,6 +99,8 @@ def start_sim(fleet: Path, port: int, *args: str) -> subprocess.Popen[str]:
         "0",
         "--status-every",
         "60",
+        "--drain",  # these peers never close first
+        "1",
         *args,
     )
 

@@ -52,6 +52,7 @@ Time
   --linger S             after the last push, keep connections S seconds (default 2)
 Behaviour
   --events on|off        alarms and power-failure events (default on)
+  --event-rate X         events X times as often as in life (default 1)
   --gaps F               share of meter-days with a modem outage of 1-6 h (default 0.01)
 Faults (per push sent)
   --fault-drop P         close the connection after a push, reconnect
@@ -61,6 +62,8 @@ Faults (per push sent)
   --storm-at S[,S...]    at these real seconds every connection drops and reconnects at once
 Output
   --status-every S       a JSON status line on stdout every S seconds (default 5)
+  --drain S              at the end, how long a connection waits for the head-end to
+                         close after our FIN (default 30)
   --record FILE          JSON lines of every push, event and command (for tests)
 ";
 
@@ -82,6 +85,7 @@ pub struct Options {
     pub pushes: Option<u32>,
     pub linger: f64,
     pub events: bool,
+    pub event_rate: f64,
     pub gaps: f64,
     pub fault_drop: f64,
     pub fault_garbage: f64,
@@ -89,6 +93,7 @@ pub struct Options {
     pub stall_seconds: f64,
     pub storm_at: Vec<f64>,
     pub status_every: f64,
+    pub drain: f64,
     pub record: Option<PathBuf>,
 }
 
@@ -130,6 +135,7 @@ impl Options {
             pushes: None,
             linger: 2.0,
             events: true,
+            event_rate: 1.0,
             gaps: 0.01,
             fault_drop: 0.0,
             fault_garbage: 0.0,
@@ -137,6 +143,7 @@ impl Options {
             stall_seconds: 20.0,
             storm_at: Vec::new(),
             status_every: 5.0,
+            drain: 30.0,
             record: None,
         };
         let mut have_fleet = false;
@@ -206,6 +213,7 @@ impl Options {
                     }
                 }
                 "--gaps" => o.gaps = share(num(value()?)?)?,
+                "--event-rate" => o.event_rate = num(value()?)?.max(1e-3),
                 "--fault-drop" => o.fault_drop = share(num(value()?)?)?,
                 "--fault-garbage" => o.fault_garbage = share(num(value()?)?)?,
                 "--fault-stall" => o.fault_stall = share(num(value()?)?)?,
@@ -214,6 +222,7 @@ impl Options {
                     o.storm_at = value()?.split(',').map(|s| num(s.trim().to_string())).collect::<Result<_, _>>()?;
                 }
                 "--status-every" => o.status_every = num(value()?)?.max(0.1),
+                "--drain" => o.drain = num(value()?)?.clamp(0.0, 600.0),
                 "--record" => o.record = Some(PathBuf::from(value()?)),
                 other => return Err(format!("unknown option {other}")),
             }
@@ -260,6 +269,7 @@ pub struct Stats {
     fault_garbage: Cell<u64>,
     fault_stall: Cell<u64>,
     aborted_pushes: Cell<u64>,
+    unconfirmed_closes: Cell<u64>,
     storms: Cell<u64>,
     max_lag: Cell<f64>,
 }
@@ -289,6 +299,11 @@ const STOP: u32 = u32::MAX;
 const QUEUE_LIMIT: usize = 96;
 
 impl Shared {
+    /// How long a stopping connection waits for the head-end to read everything.
+    fn drain(&self) -> Duration {
+        Duration::from_secs_f64(self.opt.drain)
+    }
+
     fn sim_now(&self) -> f64 {
         self.start_unix + self.t0.elapsed().as_secs_f64() * self.opt.speed
     }
@@ -417,7 +432,7 @@ pub fn run(opt: Options) -> Result<(), String> {
         }
         wait_for_end(&sh).await;
         sh.epoch.send_replace(STOP);
-        let deadline = Instant::now() + Duration::from_secs(10);
+        let deadline = Instant::now() + sh.drain() + Duration::from_secs(5);
         for t in tasks {
             let _ = tokio::time::timeout_at(deadline, t).await;
         }
@@ -467,7 +482,7 @@ fn print_status(sh: &Shared, last: bool) {
             "\"alarms\":{},\"events\":{},\"skipped\":{},\"dropped_offline\":{},\"requests\":{},\"responses\":{},",
             "\"disconnects\":{},\"reconnects\":{},\"bytes_out\":{},\"bytes_in\":{},\"link_errors\":{},",
             "\"faults\":{{\"drop\":{},\"garbage\":{},\"stall\":{},\"storms\":{}}},\"aborted_pushes\":{},",
-            "\"max_lag_s\":{:.3},\"meters_left\":{}}}"
+            "\"unconfirmed_closes\":{},\"max_lag_s\":{:.3},\"meters_left\":{}}}"
         ),
         last,
         sh.opt.fleet.partition,
@@ -497,6 +512,7 @@ fn print_status(sh: &Shared, last: bool) {
         s.fault_stall.get(),
         s.storms.get(),
         s.aborted_pushes.get(),
+        s.unconfirmed_closes.get(),
         s.max_lag.get(),
         sh.meters_left.get(),
     );
@@ -523,8 +539,10 @@ fn first_slot(sh: &Shared, index: u32) -> Slot {
     let meter = Meter::new(index, flow, sh.first_ic);
     let interval = if spec.model.is_gas() { sh.opt.gas_interval } else { sh.opt.interval };
     let delay = sh.opt.spread * interval as f64 * unit(spec.key ^ 0x5EED);
+    // The first capture whose push falls after the start, so pushes spread over the
+    // first interval at once instead of waiting for the next boundary.
     let m0 = meter.meter_time(spec, sh.start_unix);
-    let next = (m0 / interval as f64).ceil() as i64 * interval;
+    let next = ((m0 - delay) / interval as f64).ceil() as i64 * interval;
     let mut s = Slot { meter, interval, delay, next, due: sh.t0, left: sh.opt.pushes };
     s.due = due_of(sh, &s, index);
     s
@@ -535,9 +553,10 @@ fn due_of(sh: &Shared, s: &Slot, index: u32) -> Instant {
     sh.instant_at(s.meter.true_time(spec, s.next as f64) + s.delay)
 }
 
-fn day_event(key: u64, day: i64, salt: u64, p: f64) -> Option<f64> {
+/// With probability `p`, a time within period number `day` of `period` seconds.
+fn day_event(key: u64, day: i64, salt: u64, p: f64, period: i64) -> Option<f64> {
     let k = key ^ (day as u64).wrapping_mul(0x9E37_79B9) ^ salt;
-    (unit(k) < p).then(|| day as f64 * 86_400.0 + unit(k ^ 0xABCD) * 86_400.0)
+    (unit(k) < p).then(|| (day * period) as f64 + unit(k ^ 0xABCD) * period as f64)
 }
 
 /// Generates the pushes due now into `queue`.
@@ -623,7 +642,7 @@ fn in_gap(sh: &Shared, key: u64, b: i64) -> bool {
     }
     let day = b.div_euclid(86_400);
     for d in [day - 1, day] {
-        if let Some(start) = day_event(key, d, 0x6A95, sh.opt.gaps) {
+        if let Some(start) = day_event(key, d, 0x6A95, sh.opt.gaps, 86_400) {
             let len = 3600.0 * (1.0 + 5.0 * unit(key ^ d as u64 ^ 0x6A96));
             if (b as f64) >= start && (b as f64) < start + len {
                 return true;
@@ -638,18 +657,20 @@ fn in_gap(sh: &Shared, key: u64, b: i64) -> bool {
 fn events_between(sh: &Shared, spec: &crate::fleet::MeterSpec, from: i64, to: i64) -> Vec<(i64, u16, bool)> {
     let mut out = Vec::new();
     let node_key = mix(sh.fleet.seed ^ crate::model::fnv(sh.fleet.nodes[spec.node as usize].id.as_bytes()));
-    for day in from.div_euclid(86_400)..=to.div_euclid(86_400) {
+    // Events come per "day"; --event-rate shortens the day for tests and demos.
+    let period = ((86_400.0 / sh.opt.event_rate) as i64).max(60);
+    for day in from.div_euclid(period)..=to.div_euclid(period) {
         let within = |t: f64| t > from as f64 && t <= to as f64;
         // The thief's magnet or opened cover, every few days.
         if let Some(code) = spec.alarm {
-            if let Some(t) = day_event(spec.key, day, 0x7A, 1.0 / 3.0) {
+            if let Some(t) = day_event(spec.key, day, 0x7A, 1.0 / 3.0, period) {
                 if within(t) {
                     out.push((t as i64, code, true));
                 }
             }
         }
         // An honest meter's cover opened now and then (an inspection).
-        if let Some(t) = day_event(spec.key, day, 0x7B, 0.0005) {
+        if let Some(t) = day_event(spec.key, day, 0x7B, 0.0005, period) {
             if within(t) {
                 let code =
                     if spec.model.is_gas() { cosem::EV_GAS_CASE_OPENED } else { cosem::EV_TERMINAL_COVER_OPENED };
@@ -659,7 +680,7 @@ fn events_between(sh: &Shared, spec: &crate::fleet::MeterSpec, from: i64, to: i6
         // Short supply interruptions hit every meter of a transformer together; the
         // meter reports power-down and power-up once it is back.
         if !spec.model.is_gas() {
-            if let Some(t) = day_event(node_key, day, 0x7C, 0.03) {
+            if let Some(t) = day_event(node_key, day, 0x7C, 0.03, period) {
                 let up = t + 30.0 + 140.0 * unit(node_key ^ day as u64);
                 if within(up) {
                     out.push((t as i64, cosem::EV_POWER_DOWN, false));
@@ -760,6 +781,22 @@ async fn connection(
         if current == STOP {
             let _ = flush(sh, &mut sock, queue, rng, false).await;
             let _ = sock.shutdown().await;
+            // The head-end closes once it has read everything up to our FIN: only then
+            // is every push counted as sent really in its hands (a process that exits
+            // earlier leaves orphaned sockets the kernel may reset).
+            let mut buf = [0u8; 1024];
+            let drained = tokio::time::timeout(sh.drain(), async {
+                loop {
+                    match tokio::io::AsyncReadExt::read(&mut sock, &mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(_) => {}
+                    }
+                }
+            })
+            .await;
+            if drained.is_err() {
+                inc(&sh.stats.unconfirmed_closes, 1);
+            }
             return End::Stop;
         }
         if current != epoch {
