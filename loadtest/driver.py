@@ -44,7 +44,7 @@ from typing import IO, Any
 
 from loadtest import sim
 from loadtest.grid import generate
-from loadtest.headend import Headend, cpu_seconds, free_port, rss_kib
+from loadtest.headend import Headend, cpu_times, free_port, rss_kib
 
 ROOT = Path(__file__).resolve().parent.parent
 MAX_METERS = 5_000_000
@@ -88,6 +88,12 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--fault-stall", type=float, default=0.0)
     ap.add_argument(
         "--storm-at", default="", help="real seconds after the fleet starts, comma-separated"
+    )
+    ap.add_argument(
+        "--ingest-interval",
+        type=float,
+        default=0.5,
+        help="the head-end's store ingest round (default 0.5 s, the head-end's default)",
     )
     ap.add_argument(
         "--probes-per-s", type=float, default=5.0, help="probe pushes per second (latency)"
@@ -202,7 +208,8 @@ class Probe(threading.Thread):
                 if admin.call("sql", query=q)["rows"][0][0] >= 6:
                     self.latencies.append(time.perf_counter() - t0)
                     break
-                time.sleep(0.01)
+                # Every query costs the store a few milliseconds of CPU: poll at 20/s.
+                time.sleep(0.05)
             i += 1
             self.stop.wait(max(0.0, 1.0 / self.rate - (time.perf_counter() - t0)))
         sock.close()
@@ -298,8 +305,8 @@ class Window:
     t: float = 0.0
     pushes: int = 0
     stored: int = 0
-    cpu: dict[int, float] = field(default_factory=dict)
-    cpu_sims: float = 0.0
+    cpu: dict[int, tuple[float, float]] = field(default_factory=dict)
+    cpu_sims: tuple[float, float] = (0.0, 0.0)
 
 
 def _measure(args: argparse.Namespace, root: Path) -> dict[str, Any]:
@@ -366,7 +373,7 @@ class LoadRun:
                     "idle_timeout": 3600.0,
                     "sweep_interval": 5.0,
                 },
-                store={"ingest_interval": 0.1, "fsync": "interval"},
+                store={"ingest_interval": args.ingest_interval, "fsync": "interval"},
             )
         t = time.monotonic()
         self.h.import_fleet(self.fleet_dir / "grid.csv", self.fleet_dir / "meters.csv")
@@ -433,8 +440,11 @@ class LoadRun:
             t=time.monotonic(),
             pushes=sum(int(p.last.get("pushes", 0)) for p in self.procs),
             stored=int(self.h.scalar("SELECT count() FROM ami.readings")),
-            cpu={p: cpu_seconds(p) for p in [*self.worker_pids, self.store_pid]},
-            cpu_sims=sum(cpu_seconds(p.proc.pid) for p in self.procs),
+            cpu={p: cpu_times(p) for p in [*self.worker_pids, self.store_pid]},
+            cpu_sims=(
+                sum(cpu_times(p.proc.pid)[0] for p in self.procs),
+                sum(cpu_times(p.proc.pid)[1] for p in self.procs),
+            ),
         )
 
     def finish(self, probe: Probe) -> None:
@@ -477,7 +487,13 @@ class LoadRun:
         if not self.args.connect and hasattr(self, "h"):
             self.h.stop()
 
-    def bottleneck(self, target: float, sent: float, stored: float, lag: float) -> str:
+    def bottleneck(self, target: float, sent: float, stored: float, lag: float, busy: float) -> str:
+        cores = os.cpu_count() or 1
+        if busy > 0.9 * cores and (sent < 0.97 * target or stored < 0.97 * sent):
+            return (
+                f"CPU: head-end and simulators kept the machine's {cores} cores "
+                f"{100 * busy / cores:.0f} % busy"
+            )
         if sent < 0.97 * target and lag > 1.0:
             return f"simulator: it fell behind its schedule (max lag {lag:.1f} s)"
         if stored < 0.97 * sent:
@@ -491,10 +507,18 @@ class LoadRun:
         window = max(1e-9, w1.t - w0.t)
         pushes = sum(int(x["pushes"]) for x in f)
         avg_regs = self.sent_readings / max(1, pushes)
-        cpu_workers = sum(w1.cpu[p] - w0.cpu[p] for p in self.worker_pids)
-        cpu_store = w1.cpu[self.store_pid] - w0.cpu[self.store_pid]
-        cpu_sims = w1.cpu_sims - w0.cpu_sims
+
+        def used(pids: list[int]) -> tuple[float, float]:
+            return (
+                sum(w1.cpu[p][0] - w0.cpu[p][0] for p in pids),
+                sum(w1.cpu[p][1] - w0.cpu[p][1] for p in pids),
+            )
+
+        workers_us, store_us = used(self.worker_pids), used([self.store_pid])
+        sims_us = (w1.cpu_sims[0] - w0.cpu_sims[0], w1.cpu_sims[1] - w0.cpu_sims[1])
+        cpu_workers, cpu_store, cpu_sims = sum(workers_us), sum(store_us), sum(sims_us)
         target = self.total_meters / a.interval
+        window_pushes = max(1, w1.pushes - w0.pushes)
         sent_rate = (w1.pushes - w0.pushes) / window
         stored_rate = (w1.stored - w0.stored) / max(avg_regs, 1e-9) / window
         lag = max(float(x.get("max_lag_s", 0.0)) for x in f)
@@ -534,6 +558,7 @@ class LoadRun:
             "duplicated_readings": self.stored - self.distinct,
             "events_stored": self.stored_events - self.base_events,
             "aborted_pushes_by_faults": sum(int(x["aborted_pushes"]) for x in f),
+            "unconfirmed_closes": sum(int(x.get("unconfirmed_closes", 0)) for x in f),
             "dropped_offline": sum(int(x["dropped_offline"]) for x in f),
             "steady_window_s": round(window, 2),
             "target_pushes_per_s": round(target, 1),
@@ -547,6 +572,15 @@ class LoadRun:
                 "head_end_workers": round(cpu_workers, 2),
                 "head_end_store": round(cpu_store, 2),
                 "simulators": round(cpu_sims, 2),
+                "user_system": {
+                    "head_end_workers": [round(x, 2) for x in workers_us],
+                    "head_end_store": [round(x, 2) for x in store_us],
+                    "simulators": [round(x, 2) for x in sims_us],
+                },
+            },
+            "cpu_microseconds_per_push": {
+                "head_end": round(1e6 * (cpu_workers + cpu_store) / window_pushes, 2),
+                "simulators": round(1e6 * cpu_sims / window_pushes, 2),
             },
             "cpu_cores_busy": {
                 "head_end": round((cpu_workers + cpu_store) / window, 2),
@@ -561,7 +595,9 @@ class LoadRun:
             ),
             "simulator_max_lag_s": lag,
             "rejects": self.rejects,
-            "bottleneck": self.bottleneck(target, sent_rate, stored_rate, lag),
+            "bottleneck": self.bottleneck(
+                target, sent_rate, stored_rate, lag, (cpu_workers + cpu_store + cpu_sims) / window
+            ),
         }
 
 
