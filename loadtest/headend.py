@@ -118,7 +118,8 @@ class Headend:
                 raise RuntimeError("headend serve exited: " + self.log.read_text()[-2000:])
             with contextlib.suppress(ServerNotRunning, AdminError, OSError, KeyError):
                 st = self.admin("status")
-                if len([w for w in st["workers"] if w["connected"]]) == len(st["workers"]) > 0:
+                # Every worker reports itself (the status lists only those that have).
+                if len([w for w in st["workers"] if w["connected"]]) >= self.workers:
                     return
             time.sleep(0.2)
         raise RuntimeError("headend did not come up: " + self.log.read_text()[-2000:])
