@@ -30,6 +30,7 @@ pub mod security;
 pub mod session;
 pub mod stream;
 pub mod units;
+pub mod vee;
 pub mod wrapper;
 
 #[cfg(feature = "python")]
