@@ -21,6 +21,7 @@ __all__ = [
     "Session",
     "StreamDecoder",
     "__version__",
+    "consumption_rows",
     "decode_apdu",
     "decode_data",
     "decode_frame",
@@ -395,3 +396,24 @@ def format_obis(code: bytes) -> str: ...
 def obis_to_int(code: bytes) -> int: ...
 def unit_info(code: int) -> tuple[str, str] | None: ...
 def scale(value: float, scaler: int) -> float: ...
+def consumption_rows(
+    readings: bytes,
+    *,
+    channels: Sequence[tuple[str, float, str, float]],
+    unlimited: Sequence[bytes],
+    keep_from: int,
+    keep_to: int,
+    now: int,
+    computed_at_ms: int,
+    interval: int = 3600,
+    measured_gap: int = 3600,
+    max_estimate_span: int = 5356800,
+    local_offset: int = 18000,
+    future_tolerance: int = 600,
+) -> tuple[bytes, dict[str, int]]:
+    """Interval consumption (validation, estimation, editing) from RowBinary readings
+    (`meter String, obis UInt64, ts Int64, value Float64`, ordered by meter, obis, ts) to
+    RowBinary rows of the `consumption` table, keeping intervals that start in
+    [keep_from, keep_to). `channels`: (OBIS code, scale to the consumption's unit, that
+    unit, most a consumer carries per hour in register units); `unlimited`: serials
+    with no such limit. Runs without the GIL."""

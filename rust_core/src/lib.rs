@@ -16,6 +16,7 @@ pub mod apdu;
 pub mod axdr;
 #[rustfmt::skip]
 pub mod codes;
+pub mod consumption;
 pub mod data_json;
 pub mod datetime;
 pub mod error;

@@ -17,6 +17,7 @@ use serde_json::{Map, Number, Value};
 
 use crate::apdu::{Apdu, Ciphered, CipheredKind, SecurityControl};
 use crate::axdr::{self, Data};
+use crate::consumption::{self, Channel, Job};
 use crate::error::Error;
 use crate::hdlc::{self, Address, Control};
 use crate::keywrap::MasterKey as RsMasterKey;
@@ -27,6 +28,7 @@ use crate::rows::{RowSink as RsRowSink, EVENTS_COLUMNS, READINGS_COLUMNS};
 use crate::security::{self, KeyTable as RsKeyTable, Keys, Policy, SystemTitle};
 use crate::session::{Directory as RsDirectory, LookupKey, Session as RsSession, SessionEvent};
 use crate::stream::{self, Event, Framing, StreamConfig, Transport};
+use crate::vee::VeeConfig;
 use crate::{units, wrapper};
 
 // ---------------------------------------------------------------------------------
@@ -1371,15 +1373,67 @@ fn scale(value: f64, scaler: i8) -> f64 {
     units::scale(value, scaler)
 }
 
+/// Interval consumption (VEE) from RowBinary readings (`meter, obis, ts Int64, value`,
+/// ordered by meter, obis, ts) to RowBinary `consumption` rows; without the GIL.
+/// `channels`: (obis, scale, unit, max_rate per hour in register units).
+/// Returns (rows, stats).
+#[pyfunction]
+#[pyo3(signature = (
+    readings, *, channels, unlimited, keep_from, keep_to, now, computed_at_ms,
+    interval = 3600, measured_gap = 3600, max_estimate_span = 5_356_800,
+    local_offset = 18_000, future_tolerance = 600
+))]
+#[allow(clippy::too_many_arguments)]
+fn consumption_rows<'py>(
+    py: Python<'py>,
+    readings: &[u8],
+    channels: Vec<(String, f64, String, f64)>,
+    unlimited: Vec<Vec<u8>>,
+    keep_from: i64,
+    keep_to: i64,
+    now: i64,
+    computed_at_ms: i64,
+    interval: i64,
+    measured_gap: i64,
+    max_estimate_span: i64,
+    local_offset: i64,
+    future_tolerance: i64,
+) -> PyResult<(Bound<'py, PyBytes>, Bound<'py, PyDict>)> {
+    let mut chans = Vec::with_capacity(channels.len());
+    for (code, scale, unit, max_rate) in channels {
+        let obis: ObisCode =
+            code.parse().map_err(|e: crate::obis::ObisParseError| local_error(py, "OBIS code", e.to_string()))?;
+        chans.push(Channel { obis: obis.to_u64(), scale, unit, max_rate });
+    }
+    let job = Job {
+        vee: VeeConfig { interval, measured_gap, max_estimate_span, local_offset, now, future_tolerance },
+        channels: chans,
+        unlimited: unlimited.into_iter().collect(),
+        keep_from,
+        keep_to,
+        computed_at_ms,
+    };
+    let (rows, st) = codec(py, guarded(py, true, || consumption::run(&job, readings))?)?;
+    let d = PyDict::new(py);
+    d.set_item("readings", st.readings)?;
+    d.set_item("series", st.series)?;
+    d.set_item("rows", st.rows)?;
+    d.set_item("future", st.vee.future)?;
+    d.set_item("not_finite", st.vee.not_finite)?;
+    d.set_item("duplicates", st.vee.duplicates)?;
+    d.set_item("conflicts", st.vee.conflicts)?;
+    Ok((PyBytes::new(py, &rows), d))
+}
+
 #[pymodule]
 #[pyo3(name = "_core")]
 mod core_module {
     #[pymodule_export]
     use super::{
-        decode_apdu, decode_data, decode_frame, decode_hdlc_parameters, decrypt, encode_apdu, encode_data, encrypt,
-        format_obis, hdlc_frame, hdlc_parameters, hdlc_segments, hls_gmac, obis_to_int, parse_obis, scale, unit_info,
-        wrap, Directory, Frame, FrameError, KeyTable, MasterKey, PushBatch, PushDecoder, RowSink, Session,
-        StreamDecoder,
+        consumption_rows, decode_apdu, decode_data, decode_frame, decode_hdlc_parameters, decrypt, encode_apdu,
+        encode_data, encrypt, format_obis, hdlc_frame, hdlc_parameters, hdlc_segments, hls_gmac, obis_to_int,
+        parse_obis, scale, unit_info, wrap, Directory, Frame, FrameError, KeyTable, MasterKey, PushBatch, PushDecoder,
+        RowSink, Session, StreamDecoder,
     };
 
     #[pymodule_init]
