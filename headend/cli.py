@@ -283,6 +283,90 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", metavar="FILE", help="configuration file (TOML)")
 
 
+def _when(text: str) -> int:
+    """A time on the command line: ISO date or date-time (Tashkent time unless it says
+    otherwise), or Unix seconds."""
+    if text.lstrip("-").isdigit():
+        return int(text)
+    try:
+        t = dt.datetime.fromisoformat(text)
+    except ValueError:
+        raise HeadendError(
+            f"cannot read the time {text!r}: use 2026-11-01, 2026-11-01T06:00 or Unix seconds"
+        ) from None
+    if t.tzinfo is None:
+        t = t.replace(tzinfo=dt.timezone(dt.timedelta(hours=5)))
+    return int(t.timestamp())
+
+
+def _window(args: argparse.Namespace) -> tuple[int, int]:
+    end = _when(args.to) if args.to else int(time.time()) // 3600 * 3600
+    start = _when(args.from_) if args.from_ else end - 86_400
+    if end <= start:
+        raise HeadendError("--to must be after --from")
+    return start, end
+
+
+def cmd_balance(args: argparse.Namespace) -> int:
+    from headend import balance
+
+    try:
+        cfg = _config(args)
+        start, end = _window(args)
+        acc = _Access(cfg)
+        try:
+            if args.recompute:
+                if acc.admin is not None:
+                    rep = acc.admin.call("recompute", start=start, end=end)
+                else:
+                    rep = balance.recompute(acc.store, start, end).as_dict()
+                print(json.dumps(rep), file=sys.stderr)
+            cols, rows = balance.report(
+                acc.access,
+                cfg.store.database,
+                level=args.level,
+                period=args.period,
+                start=start,
+                end=end,
+                node=args.node,
+            )
+        finally:
+            acc.close()
+    except HeadendError as e:
+        return _fail(e)
+    from headend.server.store import jsonable
+
+    _print_rows(cols, jsonable(rows), args.format)
+    return 0
+
+
+def cmd_losses(args: argparse.Namespace) -> int:
+    from headend import balance
+
+    try:
+        cfg = _config(args)
+        start, end = _window(args)
+        acc = _Access(cfg)
+        try:
+            cols, rows = balance.losses(
+                acc.access,
+                cfg.store.database,
+                level=args.level,
+                start=start,
+                end=end,
+                top=args.top,
+                min_completeness=args.min_completeness,
+            )
+        finally:
+            acc.close()
+    except HeadendError as e:
+        return _fail(e)
+    from headend.server.store import jsonable
+
+    _print_rows(cols, jsonable(rows), args.format)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="headend",
@@ -359,6 +443,41 @@ def build_parser() -> argparse.ArgumentParser:
         ip.add_argument("file", metavar="FILE.csv")
         _add_common(ip)
         ip.set_defaults(func=func)
+
+    p = sub.add_parser(
+        "balance",
+        help="energy balances per grid node or administrative unit",
+        description="Input, output, loss, loss %% and completeness per node of a network "
+        "level (or per district, region, republic, link by link), summed over hours, days, "
+        "months or years in Tashkent time. Times: ISO (Tashkent time unless given) or "
+        "Unix seconds; default the last 24 hours.",
+    )
+    p.add_argument("--level", required=True, help="a network level or district/region/republic")
+    p.add_argument("--period", choices=("hour", "day", "month", "year"), default="day")
+    p.add_argument("--from", dest="from_", metavar="T")
+    p.add_argument("--to", metavar="T")
+    p.add_argument("--node", metavar="ID", help="one node (or administrative unit prefix)")
+    p.add_argument(
+        "--recompute", action="store_true", help="rebuild consumption and balances first"
+    )
+    p.add_argument("--format", choices=("table", "csv", "json"), default="table")
+    _add_common(p)
+    p.set_defaults(func=cmd_balance)
+
+    p = sub.add_parser(
+        "losses",
+        help="nodes ranked by loss",
+        description="Nodes of a network level ranked by loss over the window, where "
+        "completeness is high enough, with their loss %% over the window before.",
+    )
+    p.add_argument("--level", default="transformer")
+    p.add_argument("--from", dest="from_", metavar="T")
+    p.add_argument("--to", metavar="T")
+    p.add_argument("--top", type=int, default=20)
+    p.add_argument("--min-completeness", type=float, default=0.9)
+    p.add_argument("--format", choices=("table", "csv", "json"), default="table")
+    _add_common(p)
+    p.set_defaults(func=cmd_losses)
 
     p = sub.add_parser(
         "ctl",

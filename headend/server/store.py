@@ -433,6 +433,13 @@ class StoreService:
                     with contextlib.suppress(ipc.ChannelClosed, ConnectionError):
                         ch.send({"t": "invalidate", "serials": serials})
             return {"ok": True, "rows": len(new_rows)}
+        if cmd == "recompute":
+            from headend import balance
+
+            rep = await loop.run_in_executor(
+                None, lambda: balance.recompute(self.store, int(req["start"]), int(req["end"]))
+            )
+            return rep.as_dict()
         raise HeadendError(f"unknown admin command {cmd!r}")
 
     @staticmethod

@@ -107,6 +107,16 @@ class Store:
                 raise StoreError(_clean(e)) from None
             return list(r.column_names), [tuple(row) for row in r.result_rows]
 
+    def raw_query(self, sql: str, params: dict[str, Any] | None = None) -> bytes:
+        """The result as RowBinary bytes (for Rust to read in one piece)."""
+        with self._lock:
+            try:
+                return bytes(self.client.raw_query(sql, parameters=params, fmt="RowBinary"))
+            except HeadendError:
+                raise
+            except Exception as e:
+                raise StoreError(_clean(e)) from None
+
     def insert_rowbinary(self, table: str, columns: Sequence[str], data: bytes, token: str) -> None:
         """Inserts RowBinary rows; `token` makes a repeated insert a no-op."""
         with self._lock:

@@ -1,0 +1,497 @@
+"""Consumption and energy balances (DESIGN.md section 6).
+
+`recompute(store, start, end)` rebuilds, for the hours in [start, end):
+
+1. `consumption`: per meter and register, the energy or volume of each hour, by the
+   Rust VEE (`rust_core/src/vee.rs`) over the raw `readings` (plus a margin on both
+   sides, so the window's edge hours and gaps across its edges are bounded); meters are
+   taken in slices of the primary key, so memory stays bounded at any fleet size;
+2. `balances`: per network node and hour, input (its balance meters), output (children
+   with balance meters by their input, everything below without one by its meters'
+   consumption), loss and completeness.
+
+Both tables keep the newest computation (ReplacingMergeTree on `computed_at`), so a
+recompute is idempotent and late data corrects the hours it belongs to once the window
+is recomputed. Reports (`report`, `losses`) sum hours into days, months and years in
+Asia/Tashkent time.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from headend import codec
+from headend.errors import HeadendError
+
+log = logging.getLogger("headend.balance")
+
+HOUR = 3600
+TASHKENT = "Asia/Tashkent"
+
+ELECTRICITY_IMPORT = "1.0.1.8.0.255"
+ELECTRICITY_EXPORT = "1.0.2.8.0.255"
+GAS_VOLUME = "7.0.3.0.0.255"
+# (OBIS, scale from the register's unit, unit, most a consumer carries per hour in the
+# register's unit): 100 kW for electricity (Wh), 25 m³/h for gas.
+CHANNELS: list[tuple[str, float, str, float]] = [
+    (ELECTRICITY_IMPORT, 0.001, "kWh", 100_000.0),
+    (ELECTRICITY_EXPORT, 0.001, "kWh", 100_000.0),
+    (GAS_VOLUME, 1.0, "m³", 25.0),
+]
+FLOW = {"electricity": ELECTRICITY_IMPORT, "gas": GAS_VOLUME}
+NETWORK_LEVELS = (
+    "generation",
+    "backbone_substation",
+    "distribution_substation",
+    "feeder",
+    "transformer",
+    "gas_station",
+    "gas_segment",
+)
+ADMIN_LEVELS = ("republic", "region", "district")
+_SUMS = "sum(input) AS i, sum(output) AS o, sum(loss) AS l, sum(measured) AS m, sum(expected) AS e"
+_FIGURES = (
+    "round(i, 3) AS input, round(o, 3) AS output, round(l, 3) AS loss, "
+    "round(if(i > 0, l / i * 100, NULL), 2) AS loss_pct, "
+    "round(m / greatest(e, 1), 4) AS completeness"
+)
+# Periods in Tashkent time, labelled as text (a day is its local date); % doubled for
+# the parameterised query.
+PERIODS = {
+    "hour": f"formatDateTime(period_start, '%%Y-%%m-%%dT%%H:00+05:00', '{TASHKENT}')",
+    "day": f"toString(toDate(period_start, '{TASHKENT}'))",
+    "month": f"formatDateTime(period_start, '%%Y-%%m', '{TASHKENT}')",
+    "year": f"toString(toYear(toTimeZone(period_start, '{TASHKENT}')))",
+}
+CONSUMPTION_COLUMNS = [
+    "meter",
+    "obis",
+    "interval_start",
+    "value",
+    "unit",
+    "quality",
+    "flags",
+    "computed_at",
+]
+BALANCE_COLUMNS = [
+    "node_id",
+    "level",
+    "commodity",
+    "admin_unit",
+    "period_start",
+    "input",
+    "output",
+    "loss",
+    "measured",
+    "expected",
+    "has_input",
+    "computed_at",
+]
+
+
+class BalanceError(HeadendError):
+    """A balance request that cannot be answered as asked."""
+
+
+class RawStore(Protocol):
+    """What a recompute needs: the store itself (RowBinary both ways)."""
+
+    db: str
+
+    def query(
+        self, sql: str, params: dict[str, Any] | None = None, settings: dict[str, Any] | None = None
+    ) -> tuple[list[str], list[tuple[Any, ...]]]: ...
+
+    def raw_query(self, sql: str, params: dict[str, Any] | None = None) -> bytes: ...
+
+    def insert_rowbinary(
+        self, table: str, columns: Sequence[str], data: bytes, token: str
+    ) -> None: ...
+
+    def insert_rows(
+        self,
+        table: str,
+        columns: Sequence[str],
+        rows: Sequence[Sequence[Any]],
+        token: str | None = None,
+    ) -> None: ...
+
+
+@dataclass
+class RecomputeReport:
+    start: int
+    end: int
+    readings: int = 0
+    series: int = 0
+    consumption_rows: int = 0
+    balance_rows: int = 0
+    dropped: dict[str, int] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "from": _iso(self.start),
+            "to": _iso(self.end),
+            "readings": self.readings,
+            "series": self.series,
+            "consumption_rows": self.consumption_rows,
+            "balance_rows": self.balance_rows,
+            "dropped": self.dropped,
+            "seconds": self.seconds,
+        }
+
+
+def _iso(t: int) -> str:
+    return dt.datetime.fromtimestamp(t, dt.UTC).isoformat()
+
+
+def hour_floor(t: float) -> int:
+    return int(t) // HOUR * HOUR
+
+
+def recompute(
+    store: RawStore,
+    start: int,
+    end: int,
+    *,
+    now: float | None = None,
+    margin: int = 2 * 86_400,
+    meters_per_slice: int = 20_000,
+) -> RecomputeReport:
+    """Rebuilds consumption and balances for the hours in [start, end) (Unix seconds)."""
+    start, end = hour_floor(start), hour_floor(end + HOUR - 1)
+    if end <= start:
+        raise BalanceError("the window is empty: --to must be after --from")
+    if end - start > 400 * 86_400:
+        raise BalanceError("a window longer than 400 days: recompute it in parts")
+    now = time.time() if now is None else now
+    rep = RecomputeReport(start, end)
+    t0 = time.monotonic()
+    _consumption(store, rep, int(now), margin, meters_per_slice)
+    rep.seconds["consumption"] = round(time.monotonic() - t0, 3)
+    t1 = time.monotonic()
+    rep.balance_rows = _balances(store, start, end)
+    rep.seconds["balances"] = round(time.monotonic() - t1, 3)
+    log.info(
+        "recomputed %s .. %s: %d readings, %d consumption rows, %d balance rows",
+        _iso(start),
+        _iso(end),
+        rep.readings,
+        rep.consumption_rows,
+        rep.balance_rows,
+    )
+    return rep
+
+
+def _obis_ints() -> dict[str, int]:
+    return {c[0]: codec.obis_to_int(codec.parse_obis(c[0])) for c in CHANNELS}
+
+
+def _consumption(store: RawStore, rep: RecomputeReport, now: int, margin: int, per: int) -> None:
+    db = store.db
+    _, rows = store.query(f"SELECT serial, role FROM {db}.meters FINAL ORDER BY serial")
+    serials = [r[0] for r in rows]
+    unlimited = [r[0].encode() for r in rows if r[1] == "balance"]
+    obis = sorted(_obis_ints().values())
+    computed_at = int(time.time() * 1000)
+    for i in range(0, max(len(serials), 1), per):
+        chunk = serials[i : i + per]
+        if not chunk:
+            break
+        bounds = "meter >= %(lo)s" + (" AND meter < %(hi)s" if i + per < len(serials) else "")
+        params: dict[str, Any] = {"lo": chunk[0], "obis": obis}
+        if i + per < len(serials):
+            params["hi"] = serials[i + per]
+        raw = store.raw_query(
+            "SELECT meter, obis, toInt64(ts), value "
+            f"FROM {db}.readings WHERE {bounds} AND obis IN %(obis)s "
+            f"AND ts >= toDateTime({rep.start - margin}) AND ts < toDateTime({rep.end + margin}) "
+            "ORDER BY meter, obis, ts",
+            params,
+        )
+        out, stats = codec.consumption_rows(
+            raw,
+            channels=CHANNELS,
+            unlimited=unlimited,
+            keep_from=rep.start,
+            keep_to=rep.end,
+            now=now,
+            computed_at_ms=computed_at,
+        )
+        rep.readings += stats["readings"]
+        rep.series += stats["series"]
+        rep.consumption_rows += stats["rows"]
+        for k in ("future", "not_finite", "duplicates", "conflicts"):
+            rep.dropped[k] = rep.dropped.get(k, 0) + stats[k]
+        if out:
+            store.insert_rowbinary(
+                "consumption",
+                CONSUMPTION_COLUMNS,
+                out,
+                token=f"consumption:{rep.start}:{rep.end}:{computed_at}:{i}",
+            )
+
+
+@dataclass
+class _Node:
+    node_id: str
+    parent: str
+    level: str
+    commodity: str
+    admin_unit: str
+    children: list[str] = field(default_factory=list)
+    balance_meters: int = 0
+    consumers: int = 0
+
+
+def _network(store: RawStore) -> dict[str, _Node]:
+    """Network nodes, each with its nearest network ancestor as parent ('' for none).
+    The top network nodes of a commodity hang under its generation node when there is
+    exactly one (the producer feeds the backbone)."""
+    db = store.db
+    _, rows = store.query(
+        f"SELECT node_id, parent_id, level, commodity, admin_unit FROM {db}.grid_nodes FINAL"
+    )
+    parent_of = {r[0]: r[1] for r in rows}
+    nodes = {r[0]: _Node(r[0], "", r[2], r[3], r[4]) for r in rows if r[2] in NETWORK_LEVELS}
+    for n in nodes.values():
+        p, seen = parent_of.get(n.node_id, ""), 0
+        while p and p not in nodes and seen < 64:
+            p, seen = parent_of.get(p, ""), seen + 1
+        n.parent = p if p in nodes else ""
+    gens = [n for n in nodes.values() if n.level == "generation"]
+    for commodity in {n.commodity for n in nodes.values()}:
+        g = [n for n in gens if n.commodity in (commodity, "any")]
+        if len(g) == 1:
+            for n in nodes.values():
+                if n.parent == "" and n.level != "generation" and n.commodity == commodity:
+                    n.parent = g[0].node_id
+    for n in nodes.values():
+        if n.parent:
+            nodes[n.parent].children.append(n.node_id)
+    _, counts = store.query(f"SELECT node_id, role, count() FROM {db}.meters FINAL GROUP BY 1, 2")
+    for node_id, role, k in counts:
+        if node_id in nodes:
+            if role == "balance":
+                nodes[node_id].balance_meters = int(k)
+            else:
+                nodes[node_id].consumers = int(k)
+    return nodes
+
+
+def _balances(store: RawStore, start: int, end: int) -> int:
+    db = store.db
+    nodes = _network(store)
+    hours = (end - start) // HOUR
+    ints = _obis_ints()
+    flow_obis = sorted({ints[o] for o in FLOW.values()})
+    _, sums = store.query(
+        "SELECT m.node_id, m.role, toInt64(c.interval_start), sum(c.value), "
+        "countIf(c.quality = 'measured') "
+        f"FROM (SELECT meter, interval_start, value, quality FROM {db}.consumption FINAL "
+        "      WHERE obis IN %(obis)s AND interval_start >= toDateTime(%(a)s) "
+        "      AND interval_start < toDateTime(%(b)s)) AS c "
+        f"INNER JOIN (SELECT serial, node_id, role FROM {db}.meters FINAL) AS m "
+        "ON c.meter = m.serial GROUP BY 1, 2, 3",
+        {"obis": flow_obis, "a": start, "b": end},
+    )
+    zeros = np.zeros(hours)
+    cons: dict[str, np.ndarray] = {}
+    cons_m: dict[str, np.ndarray] = {}
+    inp: dict[str, np.ndarray] = {}
+    inp_m: dict[str, np.ndarray] = {}
+    for node_id, role, t, value, measured in sums:
+        if node_id not in nodes:
+            continue
+        k = (int(t) - start) // HOUR
+        v, m = (inp, inp_m) if role == "balance" else (cons, cons_m)
+        v.setdefault(node_id, np.zeros(hours))[k] += float(value)
+        m.setdefault(node_id, np.zeros(hours))[k] += int(measured)
+
+    # Bottom-up: what each node passes to its parent (flow), measured and expected
+    # meter-hours behind that flow.
+    flow: dict[str, np.ndarray] = {}
+    flow_m: dict[str, np.ndarray] = {}
+    flow_e: dict[str, int] = {}
+    out: dict[str, tuple[np.ndarray, np.ndarray, int]] = {}
+    for n in _post_order(nodes):
+        o = cons.get(n.node_id, zeros).copy()
+        om = cons_m.get(n.node_id, zeros).copy()
+        oe = n.consumers
+        for c in n.children:
+            o += flow[c]
+            om += flow_m[c]
+            oe += flow_e[c]
+        out[n.node_id] = (o, om, oe)
+        if n.balance_meters:
+            flow[n.node_id] = inp.get(n.node_id, zeros)
+            flow_m[n.node_id] = inp_m.get(n.node_id, zeros)
+            flow_e[n.node_id] = n.balance_meters
+        else:
+            flow[n.node_id], flow_m[n.node_id], flow_e[n.node_id] = o, om, oe
+
+    computed_at = dt.datetime.now(dt.UTC)
+    rows: list[list[Any]] = []
+    for n in nodes.values():
+        o, om, oe = out[n.node_id]
+        i = inp.get(n.node_id, zeros)
+        im = inp_m.get(n.node_id, zeros)
+        has = 1 if n.balance_meters else 0
+        for k in range(hours):
+            rows.append(
+                [
+                    n.node_id,
+                    n.level,
+                    n.commodity,
+                    n.admin_unit,
+                    dt.datetime.fromtimestamp(start + k * HOUR, dt.UTC),
+                    float(i[k]),
+                    float(o[k]),
+                    float(i[k] - o[k]) if has else 0.0,
+                    int(im[k] + om[k]),
+                    n.balance_meters + oe,
+                    has,
+                    computed_at,
+                ]
+            )
+    for at in range(0, len(rows), 200_000):
+        store.insert_rows("balances", BALANCE_COLUMNS, rows[at : at + 200_000])
+    return len(rows)
+
+
+def _post_order(nodes: dict[str, _Node]) -> list[_Node]:
+    """Children before parents (iteratively: grids are deep enough to matter)."""
+    order: list[_Node] = []
+    seen: set[str] = set()
+    for root in [n for n in nodes.values() if not n.parent]:
+        stack: list[tuple[_Node, bool]] = [(root, False)]
+        while stack:
+            n, done = stack.pop()
+            if done:
+                order.append(n)
+                continue
+            if n.node_id in seen:
+                continue
+            seen.add(n.node_id)
+            stack.append((n, True))
+            stack.extend((nodes[c], False) for c in n.children)
+    # A cycle in the grid file leaves nodes unreached: they balance on their own.
+    order.extend(n for n in nodes.values() if n.node_id not in seen)
+    return order
+
+
+# -- reports --------------------------------------------------------------------------
+
+
+def report(
+    access: Any,
+    db: str,
+    *,
+    level: str,
+    period: str,
+    start: int,
+    end: int,
+    node: str | None = None,
+) -> tuple[list[str], list[tuple[Any, ...]]]:
+    """Balances of `level` nodes (or of administrative units, link by link) summed over
+    `period`s in Tashkent time."""
+    if period not in PERIODS:
+        raise BalanceError(f"unknown period {period!r}: one of {', '.join(PERIODS)}")
+    p = PERIODS[period]
+    params: dict[str, Any] = {"a": start, "b": end}
+    node_filter = ""
+    if level in NETWORK_LEVELS:
+        if node:
+            node_filter = "AND node_id = %(node)s"
+            params["node"] = node
+        params["level"] = level
+        sql = (
+            f"SELECT node_id, period, {_FIGURES} FROM ("
+            f"SELECT node_id, {p} AS period, {_SUMS} "
+            f"FROM {db}.balances FINAL WHERE level = %(level)s "
+            "AND period_start >= toDateTime(%(a)s) AND period_start < toDateTime(%(b)s) "
+            f"{node_filter} GROUP BY node_id, period) ORDER BY node_id, period"
+        )
+        return _query(access, sql, params)
+    if level in ADMIN_LEVELS:
+        # Administrative units from admin_unit ("QR" a region, "QR-D01" its district);
+        # each link of the chain (network level) on its own row.
+        unit = {
+            "republic": "'republic'",
+            "region": "splitByChar('-', admin_unit)[1]",
+            "district": "arrayStringConcat(arraySlice(splitByChar('-', admin_unit), 1, 2), '-')",
+        }[level]
+        if node:
+            node_filter = "AND startsWith(admin_unit, %(node)s)"
+            params["node"] = node
+        sql = (
+            f"SELECT unit, link, period, {_FIGURES} FROM ("
+            f"SELECT {unit} AS unit, level AS link, {p} AS period, {_SUMS} "
+            f"FROM {db}.balances FINAL WHERE has_input = 1 "
+            "AND period_start >= toDateTime(%(a)s) AND period_start < toDateTime(%(b)s) "
+            f"{node_filter} GROUP BY unit, link, period) "
+            "ORDER BY unit, period, indexOf(%(order)s, link)"
+        )
+        params["order"] = list(NETWORK_LEVELS)
+        return _query(access, sql, params)
+    raise BalanceError(
+        f"unknown level {level!r}: one of {', '.join(NETWORK_LEVELS + ADMIN_LEVELS)}"
+    )
+
+
+def losses(
+    access: Any,
+    db: str,
+    *,
+    level: str,
+    start: int,
+    end: int,
+    top: int,
+    min_completeness: float = 0.9,
+) -> tuple[list[str], list[tuple[Any, ...]]]:
+    """Nodes of `level` ranked by loss (kWh or m³) over [start, end), only where
+    completeness is at least `min_completeness`, with their loss % over the same length
+    of time before (the trend against their own history)."""
+    if level not in NETWORK_LEVELS:
+        raise BalanceError(f"losses are ranked per network level: one of {NETWORK_LEVELS}")
+    span = end - start
+    sql = (
+        "SELECT node_id, admin_unit, round(l, 3) AS loss, "
+        "round(if(i > 0, l / i * 100, NULL), 2) AS loss_pct, "
+        "round(if(i0 > 0, l0 / i0 * 100, NULL), 2) AS loss_pct_before, "
+        "round(m / greatest(e, 1), 4) AS completeness FROM ("
+        "SELECT node_id, admin_unit, sumIf(loss, now_) AS l, sumIf(input, now_) AS i, "
+        "sumIf(loss, NOT now_) AS l0, sumIf(input, NOT now_) AS i0, "
+        "sumIf(measured, now_) AS m, sumIf(expected, now_) AS e "
+        "FROM (SELECT *, period_start >= toDateTime(%(a)s) AS now_ "
+        f"      FROM {db}.balances FINAL WHERE level = %(level)s AND has_input = 1 "
+        "      AND period_start >= toDateTime(%(before)s) AND period_start < toDateTime(%(b)s)) "
+        "GROUP BY node_id, admin_unit) WHERE m / greatest(e, 1) >= %(minc)s "
+        "ORDER BY l DESC LIMIT %(top)s"
+    )
+    params = {
+        "a": start,
+        "b": end,
+        "before": start - span,
+        "level": level,
+        "minc": min_completeness,
+        "top": top,
+    }
+    return _query(access, sql, params)
+
+
+def _query(
+    access: Any, sql: str, params: dict[str, Any]
+) -> tuple[list[str], list[tuple[Any, ...]]]:
+    if hasattr(access, "call"):
+        r = access.call("query", query=sql, params=params)
+        return r["columns"], [tuple(x) for x in r["rows"]]
+    cols, rows = access.query(sql, params)
+    return list(cols), rows

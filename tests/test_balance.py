@@ -1,0 +1,222 @@
+"""Consumption and balances end to end through ClickHouse, against hand-computed values.
+
+The grid: feeder F1 (balance meter BF) feeds transformer T1 (balance meter BT1;
+consumers C1, C2) and transformer T2 (no balance meter; consumer C3); gas station GS
+(balance meter BG; consumer G1). Registers are read every hour from T0 for four hours.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from headend import balance, codec, profiles
+from headend.config import REPO_ROOT
+from headend.store.db import Store, migrate
+from headend.store.imports import import_grid, import_meters
+
+H = 3600
+T0 = 1_793_577_600  # 2026-11-02 00:00 UTC, 05:00 in Tashkent
+END = T0 + 4 * H
+
+GRID = """node_id,parent_id,level,commodity,name,admin_unit,lat,lon
+UZ,,republic,any,Uzbekistan,UZ,41.3,64.6
+TK,UZ,region,any,Tashkent,TK,41.3,69.3
+TK-D01,TK,district,any,District 1,TK-D01,41.3,69.3
+F1,TK-D01,feeder,electricity,Feeder 1,TK-D01,41.3,69.3
+T1,F1,transformer,electricity,T1,TK-D01,41.3,69.3
+T2,F1,transformer,electricity,T2,TK-D01,41.3,69.3
+GS,TK,gas_station,gas,Gas station,TK,41.3,69.3
+"""
+METERS = [
+    ("BF", "electricity", "balance", "F1", "e3ph"),
+    ("BT1", "electricity", "balance", "T1", "e3ph"),
+    ("C1", "electricity", "consumer", "T1", "e1ph"),
+    ("C2", "electricity", "consumer", "T1", "e1ph"),
+    ("C3", "electricity", "consumer", "T2", "e1ph"),
+    ("BG", "gas", "balance", "GS", "gas-g4"),
+    ("G1", "gas", "consumer", "GS", "gas-g4"),
+]
+# Register values (Wh; m³ for gas) at T0 + k hours; None: the push never came.
+REGISTERS: dict[str, list[float | None]] = {
+    "BF": [0, 10_000, 20_000, 30_000, 40_000],
+    "BT1": [0, 6_000, 12_000, 18_000, 24_000],
+    "C1": [0, 2_000, 4_000, 6_000, 50],  # the register restarted in the last hour
+    "C2": [0, 3_000, None, 9_000, 12_000],  # the push at T0+2h is missing
+    "C3": [0, 3_000, 6_000, 9_000, 12_000],
+    "BG": [0, 5, 10, 15, 20],
+    "G1": [0, 4, 8, 12, 16],
+}
+
+
+def _obis(text: str) -> int:
+    return codec.obis_to_int(codec.parse_obis(text))
+
+
+def _readings(store: Store, samples: list[tuple[str, int, float]]) -> None:
+    rows = []
+    for meter, t, v in samples:
+        gas = meter in ("BG", "G1")
+        rows.append(
+            [
+                meter,
+                _obis(balance.GAS_VOLUME if gas else balance.ELECTRICITY_IMPORT),
+                dt.datetime.fromtimestamp(t, dt.UTC),
+                float(v),
+                "m³" if gas else "Wh",
+                0,
+                "push",
+                "measured",
+                dt.datetime.fromtimestamp(t, dt.UTC),
+            ]
+        )
+    cols = ["meter", "obis", "ts", "value", "unit", "status", "source", "quality", "received_at"]
+    store.insert_rows("readings", cols, rows)
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Any:
+    st = Store(f"chdb://{tmp_path / 'db'}", "ami").connect()
+    migrate(st)
+    (tmp_path / "grid.csv").write_text(GRID)
+    assert not import_grid(tmp_path / "grid.csv", st).bad
+    header = "serial,kind,role,node_id,account_id,model,system_title,ek,ak,password,lat,lon\n"
+    body = "".join(f"{s},{k},{r},{n},A-{s},{m},,,,,41.3,69.3\n" for s, k, r, n, m in METERS)
+    (tmp_path / "meters.csv").write_text(header + body)
+    models = profiles.kinds(profiles.load_all(REPO_ROOT / "protocols" / "profiles"))
+    master = codec.MasterKey(bytes(range(32)))
+    assert not import_meters(tmp_path / "meters.csv", st, master, models).bad
+    _readings(
+        st,
+        [
+            (m, T0 + k * H, v)
+            for m, values in REGISTERS.items()
+            for k, v in enumerate(values)
+            if v is not None
+        ],
+    )
+    yield st
+    st.close()
+
+
+def hourly(store: Store, node: str) -> list[tuple[float, float, float, int, int, int]]:
+    _, rows = store.query(
+        "SELECT input, output, loss, measured, expected, has_input FROM ami.balances FINAL "
+        "WHERE node_id = %(n)s ORDER BY period_start",
+        {"n": node},
+    )
+    return [(round(a, 6), round(b, 6), round(c, 6), d, e, f) for a, b, c, d, e, f in rows]
+
+
+def consumption(store: Store, meter: str) -> list[tuple[float, str, int]]:
+    _, rows = store.query(
+        "SELECT value, quality, flags FROM ami.consumption FINAL WHERE meter = %(m)s "
+        "ORDER BY interval_start",
+        {"m": meter},
+    )
+    return [(round(v, 6), q, f) for v, q, f in rows]
+
+
+def test_hand_computed_balances(store: Store) -> None:
+    rep = balance.recompute(store, T0, END, now=END + 60)
+    assert rep.consumption_rows == 7 * 4
+    # C2's missing push: hours 1 and 2 share the 6 kWh between the pushes around it.
+    assert consumption(store, "C2") == [
+        (3.0, "measured", 0),
+        (3.0, "estimated", 1),
+        (3.0, "estimated", 1),
+        (3.0, "measured", 0),
+    ]
+    # C1's register restarted: the last hour is invalid and counts for nothing.
+    assert consumption(store, "C1")[3] == (0.0, "invalid", 2)
+    assert consumption(store, "G1") == [(4.0, "measured", 0)] * 4
+    # T1: input 6 kWh an hour; output C1 + C2; completeness over BT1, C1, C2.
+    assert hourly(store, "T1") == [
+        (6.0, 5.0, 1.0, 3, 3, 1),
+        (6.0, 5.0, 1.0, 2, 3, 1),
+        (6.0, 5.0, 1.0, 2, 3, 1),
+        (6.0, 3.0, 3.0, 2, 3, 1),
+    ]
+    # T2 has no balance meter: no input, no loss; its consumption counts at F1.
+    assert hourly(store, "T2") == [(0.0, 3.0, 0.0, 1, 1, 0)] * 4
+    # F1: input 10; output T1's input (6) + T2's consumers (3).
+    assert hourly(store, "F1") == [(10.0, 9.0, 1.0, 3, 3, 1)] * 4
+    assert hourly(store, "GS") == [(5.0, 4.0, 1.0, 2, 2, 1)] * 4
+
+    # The day in Tashkent time (05:00-09:00 of 2 November).
+    cols, rows = balance.report(store, "ami", level="transformer", period="day", start=T0, end=END)
+    got = [dict(zip(cols, r, strict=True)) for r in rows]
+    assert [(g["node_id"], g["input"], g["output"], g["loss"], g["loss_pct"]) for g in got] == [
+        ("T1", 24.0, 18.0, 6.0, 25.0),
+        ("T2", 0.0, 12.0, 0.0, None),
+    ]
+    assert got[0]["completeness"] == pytest.approx(9 / 12, abs=1e-4)
+    assert str(got[0]["period"]).startswith("2026-11-02")
+    for period, label in (("month", "2026-11"), ("year", "2026"), ("hour", "2026-11-02T05:00")):
+        _, rows = balance.report(
+            store, "ami", level="transformer", period=period, start=T0, end=END, node="T1"
+        )
+        assert rows[0][:2] == ("T1", label + ("+05:00" if period == "hour" else ""))
+        assert sum(r[2] for r in rows) == 24.0
+    # The region, link by link.
+    cols, rows = balance.report(store, "ami", level="region", period="day", start=T0, end=END)
+    links = {(r[0], r[1]): (r[3], r[4], r[5]) for r in rows}
+    assert links == {
+        ("TK", "feeder"): (40.0, 36.0, 4.0),
+        ("TK", "transformer"): (24.0, 18.0, 6.0),
+        ("TK", "gas_station"): (20.0, 16.0, 4.0),
+    }
+
+
+def test_late_data_replaces_the_estimate_and_reruns_change_nothing(store: Store) -> None:
+    balance.recompute(store, T0, END, now=END + 60)
+    first = hourly(store, "T1")
+    balance.recompute(store, T0, END, now=END + 60)
+    assert hourly(store, "T1") == first
+    # C2's buffered reading arrives: 2 kWh in hour 1, 4 kWh in hour 2.
+    _readings(store, [("C2", T0 + 2 * H, 5_000)])
+    balance.recompute(store, T0, END, now=END + 60)
+    assert consumption(store, "C2")[1:3] == [(2.0, "measured", 0), (4.0, "measured", 0)]
+    assert hourly(store, "T1")[1:3] == [(6.0, 4.0, 2.0, 3, 3, 1), (6.0, 6.0, 0.0, 3, 3, 1)]
+
+
+def test_losses_rank_complete_nodes_only(store: Store) -> None:
+    balance.recompute(store, T0, END, now=END + 60)
+    cols, rows = balance.losses(store, "ami", level="transformer", start=T0, end=END, top=5)
+    assert rows == []  # T1 is 75 % complete: its loss is not presented
+    cols, rows = balance.losses(
+        store, "ami", level="feeder", start=T0, end=END, top=5, min_completeness=0.9
+    )
+    assert [(r[0], r[2], r[3]) for r in rows] == [("F1", 4.0, 10.0)]
+    assert cols[:4] == ["node_id", "admin_unit", "loss", "loss_pct"]
+
+
+def test_the_command_line(store: Store, tmp_path: Path) -> None:
+    store.close()
+    cfg = tmp_path / "h.toml"
+    cfg.write_text(f"[store]\ndsn = 'chdb://{tmp_path / 'db'}'\n")
+    base = [sys.executable, "-m", "headend"]
+    common = ["--config", str(cfg), "--data", str(tmp_path / "data")]
+    args = ["--level", "feeder", "--period", "hour", "--from", "2026-11-02T05:00"]
+    args += ["--to", "2026-11-02T09:00", "--format", "json", "--recompute"]
+    r = subprocess.run(
+        [*base, "balance", *args, *common], capture_output=True, text=True, check=False
+    )
+    assert r.returncode == 0, r.stderr
+    rows = json.loads(r.stdout)
+    assert [(x["input"], x["output"], x["loss"], x["loss_pct"]) for x in rows] == [
+        (10.0, 9.0, 1.0, 10.0)
+    ] * 4
+    for bad, message in (
+        (["balance", "--level", "nowhere"], "unknown level 'nowhere'"),
+        (["losses", "--from", "yesterday"], "cannot read the time 'yesterday'"),
+    ):
+        r = subprocess.run([*base, *bad, *common], capture_output=True, text=True, check=False)
+        assert r.returncode == 1, r.stderr
+        assert message in r.stderr
