@@ -22,6 +22,7 @@ import datetime as dt
 import logging
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -195,48 +196,59 @@ def _obis_ints() -> dict[str, int]:
 
 
 def _consumption(store: RawStore, rep: RecomputeReport, now: int, margin: int, per: int) -> None:
+    """Consumption of every meter, a slice of `per` meters at a time; the next slice is
+    read from ClickHouse while Rust works on this one (it runs without the GIL)."""
     db = store.db
     _, rows = store.query(f"SELECT serial, role FROM {db}.meters FINAL ORDER BY serial")
     serials = [r[0] for r in rows]
     unlimited = [r[0].encode() for r in rows if r[1] == "balance"]
     obis = sorted(_obis_ints().values())
     computed_at = int(time.time() * 1000)
-    for i in range(0, max(len(serials), 1), per):
-        chunk = serials[i : i + per]
-        if not chunk:
-            break
-        bounds = "meter >= %(lo)s" + (" AND meter < %(hi)s" if i + per < len(serials) else "")
-        params: dict[str, Any] = {"lo": chunk[0], "obis": obis}
-        if i + per < len(serials):
+
+    def fetch(i: int) -> bytes:
+        last = i + per >= len(serials)
+        params: dict[str, Any] = {"lo": serials[i], "obis": obis}
+        if not last:
             params["hi"] = serials[i + per]
-        raw = store.raw_query(
+        return store.raw_query(
             "SELECT meter, obis, toInt64(ts), value "
-            f"FROM {db}.readings WHERE {bounds} AND obis IN %(obis)s "
+            f"FROM {db}.readings WHERE meter >= %(lo)s "
+            + ("" if last else "AND meter < %(hi)s ")
+            + "AND obis IN %(obis)s "
             f"AND ts >= toDateTime({rep.start - margin}) AND ts < toDateTime({rep.end + margin}) "
             "ORDER BY meter, obis, ts",
             params,
         )
-        out, stats = codec.consumption_rows(
-            raw,
-            channels=CHANNELS,
-            unlimited=unlimited,
-            keep_from=rep.start,
-            keep_to=rep.end,
-            now=now,
-            computed_at_ms=computed_at,
-        )
-        rep.readings += stats["readings"]
-        rep.series += stats["series"]
-        rep.consumption_rows += stats["rows"]
-        for k in ("future", "not_finite", "duplicates", "conflicts"):
-            rep.dropped[k] = rep.dropped.get(k, 0) + stats[k]
-        if out:
-            store.insert_rowbinary(
-                "consumption",
-                CONSUMPTION_COLUMNS,
-                out,
-                token=f"consumption:{rep.start}:{rep.end}:{computed_at}:{i}",
+
+    starts = list(range(0, len(serials), per))
+    with ThreadPoolExecutor(1, thread_name_prefix="balance-fetch") as pool:
+        pending = pool.submit(fetch, starts[0]) if starts else None
+        for n, i in enumerate(starts):
+            assert pending is not None
+            raw = pending.result()
+            pending = pool.submit(fetch, starts[n + 1]) if n + 1 < len(starts) else None
+            out, stats = codec.consumption_rows(
+                raw,
+                channels=CHANNELS,
+                unlimited=unlimited,
+                keep_from=rep.start,
+                keep_to=rep.end,
+                now=now,
+                computed_at_ms=computed_at,
             )
+            del raw
+            rep.readings += stats["readings"]
+            rep.series += stats["series"]
+            rep.consumption_rows += stats["rows"]
+            for k in ("future", "not_finite", "duplicates", "conflicts"):
+                rep.dropped[k] = rep.dropped.get(k, 0) + stats[k]
+            if out:
+                store.insert_rowbinary(
+                    "consumption",
+                    CONSUMPTION_COLUMNS,
+                    out,
+                    token=f"consumption:{rep.start}:{rep.end}:{computed_at}:{i}",
+                )
 
 
 @dataclass
