@@ -431,7 +431,7 @@ def report(
             "AND period_start >= toDateTime(%(a)s) AND period_start < toDateTime(%(b)s) "
             f"{node_filter} GROUP BY node_id, period) ORDER BY node_id, period"
         )
-        return _query(access, sql, params)
+        return run_query(access, sql, params)
     if level in ADMIN_LEVELS:
         # Administrative units from admin_unit ("QR" a region, "QR-D01" its district);
         # each link of the chain (network level) on its own row.
@@ -452,7 +452,7 @@ def report(
             "ORDER BY unit, period, indexOf(%(order)s, link)"
         )
         params["order"] = list(NETWORK_LEVELS)
-        return _query(access, sql, params)
+        return run_query(access, sql, params)
     raise BalanceError(
         f"unknown level {level!r}: one of {', '.join(NETWORK_LEVELS + ADMIN_LEVELS)}"
     )
@@ -496,10 +496,10 @@ def losses(
         "minc": min_completeness,
         "top": top,
     }
-    return _query(access, sql, params)
+    return run_query(access, sql, params)
 
 
-def _query(
+def run_query(
     access: Any, sql: str, params: dict[str, Any]
 ) -> tuple[list[str], list[tuple[Any, ...]]]:
     if hasattr(access, "call"):

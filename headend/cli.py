@@ -367,6 +367,38 @@ def cmd_losses(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_anomalies(args: argparse.Namespace) -> int:
+    from headend import anomalies
+    from headend.balance import run_query
+
+    try:
+        cfg = _config(args)
+        start, end = _window(args)
+        acc = _Access(cfg)
+        try:
+            if args.detect:
+                if acc.admin is not None:
+                    found = acc.admin.call("detect", start=start, end=end)
+                else:
+                    found = anomalies.detect(acc.store, start, end).summary()
+                print(json.dumps(found), file=sys.stderr)
+            cols, rows = run_query(
+                acc.access,
+                f"SELECT meter, node_id, score, rules, evidence, node_loss_pct "
+                f"FROM {cfg.store.database}.anomalies WHERE window_start = toDateTime(%(a)s) "
+                "AND window_end = toDateTime(%(b)s) ORDER BY score DESC, node_id, meter",
+                {"a": start, "b": end},
+            )
+        finally:
+            acc.close()
+    except HeadendError as e:
+        return _fail(e)
+    from headend.server.store import jsonable
+
+    _print_rows(cols, jsonable(rows), args.format)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="headend",
@@ -478,6 +510,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=("table", "csv", "json"), default="table")
     _add_common(p)
     p.set_defaults(func=cmd_losses)
+
+    p = sub.add_parser(
+        "anomalies",
+        help="suspicious consumers under lossy transformers",
+        description="Consumers under transformers with losses, flagged by what they "
+        "show (low against peers, drop against history, tamper alarms, zero or flat, "
+        "reverse energy, consuming while switched off), with the evidence. --detect "
+        "examines the window first (balances must be computed for it).",
+    )
+    p.add_argument("--from", dest="from_", metavar="T")
+    p.add_argument("--to", metavar="T")
+    p.add_argument("--detect", action="store_true", help="examine the window first")
+    p.add_argument("--format", choices=("table", "csv", "json"), default="table")
+    _add_common(p)
+    p.set_defaults(func=cmd_anomalies)
 
     p = sub.add_parser(
         "ctl",

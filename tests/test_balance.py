@@ -220,3 +220,67 @@ def test_the_command_line(store: Store, tmp_path: Path) -> None:
         r = subprocess.run([*base, *bad, *common], capture_output=True, text=True, check=False)
         assert r.returncode == 1, r.stderr
         assert message in r.stderr
+
+
+def _events(store: Store, rows: list[tuple[str, int, str]]) -> None:
+    cols = ["meter", "ts", "code", "name", "category", "source", "peer", "detail", "received_at"]
+    store.insert_rows(
+        "events",
+        cols,
+        [
+            [m, when, 1, name, "alarm", "push", "", "", when]
+            for m, t, name in rows
+            for when in [dt.datetime.fromtimestamp(t, dt.UTC)]
+        ],
+    )
+
+
+def test_suspects_under_a_lossy_transformer_with_their_evidence(store: Store) -> None:
+    from headend import anomalies
+
+    # C1 raised magnetic-field alarms; C2's export register runs (0.5 kWh an hour) and
+    # it reported its disconnector off in the first hour while consuming 3 kWh.
+    _events(store, [("C1", T0 + 600, "magnetic-field-detected")] * 2)
+    _events(store, [("C3", T0 + 600, "magnetic-field-detected")])  # T2 has no balance
+    export = _obis(balance.ELECTRICITY_EXPORT)
+    state = _obis(anomalies.DISCONNECTOR_STATE)
+    cols = ["meter", "obis", "ts", "value", "unit", "status", "source", "quality", "received_at"]
+    store.insert_rows(
+        "readings",
+        cols,
+        [
+            [m, o, when, v, u, 0, "push", "measured", when]
+            for m, o, t, v, u in [
+                *(("C2", export, T0 + k * H, 500.0 * k, "Wh") for k in range(5)),
+                ("C2", state, T0 + 900, 0.0, "count"),
+            ]
+            for when in [dt.datetime.fromtimestamp(t, dt.UTC)]
+        ],
+    )
+    balance.recompute(store, T0, END, now=END + 60)
+    det = anomalies.detect(store, T0, END, min_completeness=0.7)
+    assert det.lossy_nodes == {"T1": 25.0}
+    assert det.consumers_checked == 2
+    got = {f.meter: (f.rules, f.evidence, f.score) for f in det.suspects()}
+    assert got == {
+        "C1": (["tamper_events"], {"tamper_events": {"events": {"magnetic-field-detected": 2}}}, 2),
+        "C2": (
+            ["reverse_energy", "consuming_while_off"],
+            {
+                "reverse_energy": {"export_kwh": 2.0},
+                "consuming_while_off": {"hours": 1, "kwh": 3.0},
+            },
+            5,
+        ),
+    }
+    _, rows = store.query("SELECT meter, score, rules FROM ami.anomalies ORDER BY meter")
+    assert rows == [
+        ("C1", 2, ["tamper_events"]),
+        ("C2", 5, ["reverse_energy", "consuming_while_off"]),
+    ]
+    # With completeness required at 0.8, T1 (0.75) is not trusted: nothing, and the
+    # window's earlier findings are gone.
+    det = anomalies.detect(store, T0, END)
+    assert det.lossy_nodes == {}
+    _, rows = store.query("SELECT count() FROM ami.anomalies")
+    assert rows == [(0,)]

@@ -440,6 +440,13 @@ class StoreService:
                 None, lambda: balance.recompute(self.store, int(req["start"]), int(req["end"]))
             )
             return rep.as_dict()
+        if cmd == "detect":
+            from headend import anomalies
+
+            det = await loop.run_in_executor(
+                None, lambda: anomalies.detect(self.store, int(req["start"]), int(req["end"]))
+            )
+            return det.summary()
         raise HeadendError(f"unknown admin command {cmd!r}")
 
     @staticmethod

@@ -1,0 +1,267 @@
+"""Suspicious consumers under lossy transformers, each with the evidence that flagged it.
+
+`detect(store, start, end)` looks at the transformers whose balance over [start, end)
+shows a loss of at least `min_loss_pct` with enough completeness to trust it, and at
+every consumer meter under them:
+
+- `low_vs_peers`: consumed less than `peer_ratio` of the median of the other consumers
+  of its transformer (a bypass shows as almost nothing);
+- `drop_vs_history`: consumed less than `history_ratio` of what it did over the window
+  before (when it has such a window);
+- `tamper_events`: cover opened, magnetic field (the meter's own alarms);
+- `zero_or_flat`: nothing at all, or the same every hour, while its peers vary;
+- `reverse_energy`: a consumer whose export register runs;
+- `consuming_while_off`: consumption in hours its disconnector reported off.
+
+Each rule adds its weight to a score; a meter with a score of at least 2 is a suspect.
+Findings go to `anomaly_findings` (read through the `anomalies` view), one row per
+meter and window, with the evidence as JSON. Nothing here is an accusation: a finding
+says what to check on site and why.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import statistics
+from dataclasses import dataclass, field
+from typing import Any
+
+from headend import balance, codec
+
+TAMPER_EVENTS = (
+    "terminal-cover-opened",
+    "meter-cover-opened",
+    "magnetic-field-detected",
+)
+DISCONNECTOR_STATE = "0.0.96.3.10.255"
+WEIGHTS = {
+    "low_vs_peers": 2,
+    "drop_vs_history": 1,
+    "tamper_events": 2,
+    "zero_or_flat": 1,
+    "reverse_energy": 2,
+    "consuming_while_off": 3,
+}
+SUSPECT_SCORE = 2
+COLUMNS = [
+    "window_start",
+    "window_end",
+    "meter",
+    "node_id",
+    "score",
+    "rules",
+    "evidence",
+    "node_loss_pct",
+    "computed_at",
+]
+
+
+@dataclass
+class Finding:
+    meter: str
+    node_id: str
+    node_loss_pct: float
+    rules: list[str] = field(default_factory=list)
+    evidence: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def score(self) -> int:
+        return sum(WEIGHTS[r] for r in self.rules)
+
+    def add(self, rule: str, **evidence: Any) -> None:
+        self.rules.append(rule)
+        self.evidence[rule] = evidence
+
+
+@dataclass
+class Detection:
+    start: int
+    end: int
+    lossy_nodes: dict[str, float]
+    consumers_checked: int
+    findings: list[Finding]
+
+    def suspects(self) -> list[Finding]:
+        return [f for f in self.findings if f.score >= SUSPECT_SCORE]
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "lossy_transformers": len(self.lossy_nodes),
+            "consumers_examined": self.consumers_checked,
+            "findings": len(self.findings),
+            "suspects": len(self.suspects()),
+        }
+
+
+def _obis(text: str) -> int:
+    return codec.obis_to_int(codec.parse_obis(text))
+
+
+def detect(
+    store: Any,
+    start: int,
+    end: int,
+    *,
+    min_loss_pct: float = 3.0,
+    min_completeness: float = 0.8,
+    peer_ratio: float = 0.4,
+    history_ratio: float = 0.5,
+    write: bool = True,
+) -> Detection:
+    """Finds suspects for [start, end) (Unix seconds); balances must be computed."""
+    db = store.db
+    _, nodes = store.query(
+        "SELECT node_id, sum(loss) / sum(input) * 100 AS pct, "
+        "sum(measured) / greatest(sum(expected), 1) AS completeness "
+        f"FROM {db}.balances FINAL WHERE level = 'transformer' AND has_input = 1 "
+        "AND period_start >= toDateTime(%(a)s) AND period_start < toDateTime(%(b)s) "
+        "GROUP BY node_id HAVING sum(input) > 0",
+        {"a": start, "b": end},
+    )
+    lossy = {n: float(p) for n, p, c in nodes if p >= min_loss_pct and c >= min_completeness}
+    findings, checked = (
+        _findings(store, lossy, (start, end), peer_ratio=peer_ratio, history_ratio=history_ratio)
+        if lossy
+        else ([], 0)
+    )
+    det = Detection(start, end, lossy, checked, findings)
+    if write:
+        _write(store, det)
+    return det
+
+
+def _findings(
+    store: Any,
+    lossy: dict[str, float],
+    window: tuple[int, int],
+    *,
+    peer_ratio: float,
+    history_ratio: float,
+) -> tuple[list[Finding], int]:
+    """The findings, and how many consumers were examined."""
+    db = store.db
+    start, end = window
+    span = end - start
+    imp, exp = _obis(balance.ELECTRICITY_IMPORT), _obis(balance.ELECTRICITY_EXPORT)
+    _, rows = store.query(
+        "SELECT c.meter, m.node_id, "
+        "sumIf(c.value, c.obis = %(imp)s AND c.interval_start >= toDateTime(%(a)s)) AS now_, "
+        "sumIf(c.value, c.obis = %(imp)s AND c.interval_start < toDateTime(%(a)s)) AS before_, "
+        "countIf(c.obis = %(imp)s AND c.interval_start < toDateTime(%(a)s)) AS before_hours, "
+        "countIf(c.obis = %(imp)s AND c.interval_start >= toDateTime(%(a)s)) AS hours, "
+        "stddevPopIf(c.value, c.obis = %(imp)s AND c.interval_start >= toDateTime(%(a)s)) AS sd, "
+        "sumIf(c.value, c.obis = %(exp)s AND c.interval_start >= toDateTime(%(a)s)) AS export_ "
+        f"FROM (SELECT meter, obis, interval_start, value FROM {db}.consumption FINAL "
+        "      WHERE obis IN (%(imp)s, %(exp)s) AND quality != 'invalid' "
+        "      AND interval_start >= toDateTime(%(before)s) "
+        "      AND interval_start < toDateTime(%(b)s)) AS c "
+        f"INNER JOIN (SELECT serial, node_id FROM {db}.meters FINAL "
+        "            WHERE role = 'consumer' AND node_id IN %(nodes)s) AS m "
+        "ON c.meter = m.serial GROUP BY c.meter, m.node_id",
+        {
+            "imp": imp,
+            "exp": exp,
+            "a": start,
+            "b": end,
+            "before": start - span,
+            "nodes": sorted(lossy),
+        },
+    )
+    meters = [r[0] for r in rows]
+    tamper = _tamper_events(store, meters, start, end)
+    off = _consuming_while_off(store, meters, start, end)
+    by_node: dict[str, list[tuple[Any, ...]]] = {}
+    for r in rows:
+        by_node.setdefault(r[1], []).append(r)
+    findings: list[Finding] = []
+    for node, members in by_node.items():
+        for meter, _, now_, before, before_hours, hours, sd, export in members:
+            f = Finding(meter, node, round(lossy[node], 2))
+            peers = [float(p[2]) for p in members if p[0] != meter]
+            median = statistics.median(peers) if peers else 0.0
+            if median > 0 and now_ < peer_ratio * median:
+                f.add("low_vs_peers", kwh=round(now_, 3), peer_median_kwh=round(median, 3))
+            full_history = before_hours >= 0.8 * hours > 0
+            if full_history and before > 0 and now_ < history_ratio * before:
+                f.add("drop_vs_history", kwh=round(now_, 3), before_kwh=round(before, 3))
+            if meter in tamper:
+                f.add("tamper_events", events=tamper[meter])
+            if hours >= 12 and (now_ <= 1e-6 or sd <= 1e-6) and median > 0:
+                f.add("zero_or_flat", kwh=round(now_, 3), hourly_sd=round(sd, 6), hours=hours)
+            if export > 0.01:
+                f.add("reverse_energy", export_kwh=round(export, 3))
+            if meter in off:
+                f.add("consuming_while_off", **off[meter])
+            if f.rules:
+                findings.append(f)
+    findings.sort(key=lambda f: (-f.score, f.node_id, f.meter))
+    return findings, len(rows)
+
+
+def _write(store: Any, det: Detection) -> None:
+    db, start, end, findings = store.db, det.start, det.end, det.findings
+    # A rerun replaces the window's findings, including those that no longer hold.
+    store.command(
+        f"DELETE FROM {db}.anomaly_findings "
+        "WHERE window_start = toDateTime(%(a)s) AND window_end = toDateTime(%(b)s)",
+        {"a": start, "b": end},
+    )
+    if findings:
+        now = dt.datetime.now(dt.UTC)
+        a, b = (dt.datetime.fromtimestamp(t, dt.UTC) for t in (start, end))
+        store.insert_rows(
+            "anomaly_findings",
+            COLUMNS,
+            [
+                [a, b, f.meter, f.node_id, f.score, f.rules, json.dumps(f.evidence), *tail]
+                for f in findings
+                for tail in [(f.node_loss_pct, now)]
+            ],
+        )
+
+
+def _tamper_events(
+    store: Any, meters: list[str], start: int, end: int
+) -> dict[str, dict[str, int]]:
+    if not meters:
+        return {}
+    _, rows = store.query(
+        f"SELECT meter, name, count() FROM {store.db}.events "
+        "WHERE meter IN %(m)s AND name IN %(names)s "
+        "AND ts >= toDateTime(%(a)s) AND ts < toDateTime(%(b)s) GROUP BY meter, name",
+        {"m": meters, "names": list(TAMPER_EVENTS), "a": start, "b": end},
+    )
+    out: dict[str, dict[str, int]] = {}
+    for meter, name, n in rows:
+        out.setdefault(meter, {})[name] = int(n)
+    return out
+
+
+def _consuming_while_off(
+    store: Any, meters: list[str], start: int, end: int
+) -> dict[str, dict[str, Any]]:
+    """Hours where the meter's disconnector reported off and it still registered more
+    than 0.05 kWh."""
+    if not meters:
+        return {}
+    db = store.db
+    _, rows = store.query(
+        "SELECT c.meter, count() AS hours, round(sum(c.value), 3) AS kwh FROM "
+        f"(SELECT meter, interval_start, value FROM {db}.consumption FINAL "
+        "  WHERE meter IN %(m)s AND obis = %(imp)s AND quality != 'invalid' AND value > 0.05 "
+        "  AND interval_start >= toDateTime(%(a)s) AND interval_start < toDateTime(%(b)s)) AS c "
+        "INNER JOIN "
+        f"(SELECT DISTINCT meter, toStartOfHour(ts) AS h FROM {db}.readings "
+        "  WHERE meter IN %(m)s AND obis = %(state)s AND value = 0 "
+        "  AND ts >= toDateTime(%(a)s) AND ts < toDateTime(%(b)s)) AS s "
+        "ON c.meter = s.meter AND c.interval_start = s.h GROUP BY c.meter",
+        {
+            "m": meters,
+            "imp": _obis(balance.ELECTRICITY_IMPORT),
+            "state": _obis(DISCONNECTOR_STATE),
+            "a": start,
+            "b": end,
+        },
+    )
+    return {m: {"hours": int(h), "kwh": float(k)} for m, h, k in rows}
