@@ -2,6 +2,7 @@
 
     python -m loadtest grid --meters N [--gas-share 0.3] --out DIR [--seed S] [--plain]
     python -m loadtest run  --meters N --interval S --duration S [--encrypt] ...
+    python -m loadtest score --run DIR --from T --to T
 
 `grid` writes a grid and a fleet (grid.csv, meters.csv, ground_truth.json); `run`
 measures a head-end under the simulated fleet (see loadtest/driver.py).
@@ -40,6 +41,11 @@ def main(argv: list[str] | None = None) -> int:
     driver.add_arguments(
         sub.add_parser("run", help="run the fleet against a head-end and measure it")
     )
+    from loadtest import score
+
+    score.add_arguments(
+        sub.add_parser("score", help="score theft detection on a kept run's ground truth")
+    )
     args = ap.parse_args(argv)
     if args.command == "grid":
         from loadtest.grid import generate
@@ -64,6 +70,8 @@ def main(argv: list[str] | None = None) -> int:
             f"{s['illegal_connections']} illegal connections"
         )
         return 0
+    if args.command == "score":
+        return score.main(args)
     return driver.run(args)
 
 

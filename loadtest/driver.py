@@ -107,6 +107,11 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--data", type=Path, help="its data directory (with --connect)")
     ap.add_argument("--keep", type=Path, help="keep the fleet, data and logs in this directory")
     ap.add_argument(
+        "--start",
+        help="simulated time at the start (ISO 8601; default now): with a fast clock, "
+        "start in the past to keep the readings out of the future",
+    )
+    ap.add_argument(
         "--results", type=Path, default=ROOT / "bench" / "results", help="where the JSON goes"
     )
     ap.add_argument("--no-results", action="store_true", help="print only, write no result file")
@@ -410,6 +415,8 @@ class LoadRun:
         ]  # fmt: skip
         if a.storm_at:
             extra += ["--storm-at", a.storm_at]
+        if a.start:
+            extra += ["--start", a.start]
         return extra
 
     def start_fleet(self) -> None:

@@ -1,0 +1,104 @@
+"""Theft detection scored against the fleet's ground truth.
+
+    python -m loadtest score --run DIR --from 2026-11-15T06:00 --to 2026-11-17T18:00
+
+DIR is the directory of a finished `python -m loadtest run ... --keep DIR` (its fleet
+and its head-end's data; the head-end must be stopped). Recomputes consumption and
+balances for the window, runs `headend.anomalies.detect`, and compares the suspects with
+`ground_truth.json`: precision and recall over thieving consumers (and by kind of
+theft), and how many of the transformers with theft show as lossy. Results go to
+bench/results/theft-score-<time>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def add_arguments(ap: argparse.ArgumentParser) -> None:
+    ap.add_argument("--run", type=Path, required=True, help="the --keep directory of a run")
+    ap.add_argument("--from", dest="from_", required=True, help="ISO time (Tashkent if naive)")
+    ap.add_argument("--to", required=True)
+    ap.add_argument("--results", type=Path, default=ROOT / "bench" / "results")
+    ap.add_argument("--no-results", action="store_true")
+
+
+def _when(text: str) -> int:
+    t = dt.datetime.fromisoformat(text)
+    if t.tzinfo is None:
+        t = t.replace(tzinfo=dt.timezone(dt.timedelta(hours=5)))
+    return int(t.timestamp())
+
+
+def score(run: Path, start: int, end: int) -> dict[str, Any]:
+    from headend import anomalies, balance
+    from headend.store.db import Store, migrate
+
+    truth = json.loads((run / "fleet" / "ground_truth.json").read_text())
+    store = Store(f"chdb://{run / 'data' / 'clickhouse'}", "ami").connect()
+    try:
+        migrate(store)
+        t = time.monotonic()
+        rep = balance.recompute(store, start, end, now=end + 86_400)
+        det = anomalies.detect(store, start, end)
+        seconds = round(time.monotonic() - t, 2)
+    finally:
+        store.close()
+    thieves = {t["serial"]: t["type"] for t in truth["thieves"]}
+    suspects = {f.meter for f in det.suspects()}
+    caught = suspects & set(thieves)
+    theft_nodes = set(truth["theft_nodes"]) | {i["node"] for i in truth["illegal"]}
+    lossy = set(det.lossy_nodes)
+    return {
+        "window": {"from": rep.as_dict()["from"], "to": rep.as_dict()["to"]},
+        "readings": rep.readings,
+        "consumers_examined": det.consumers_checked,
+        "thieves": len(thieves),
+        "suspects": len(suspects),
+        "true_positives": len(caught),
+        "precision": round(len(caught) / len(suspects), 3) if suspects else None,
+        "recall": round(len(caught) / len(thieves), 3) if thieves else None,
+        "recall_by_kind": {
+            kind: f"{Counter(thieves[m] for m in caught)[kind]}/{n}"
+            for kind, n in Counter(thieves.values()).items()
+        },
+        "false_positives_by_rule": dict(
+            Counter(r for f in det.suspects() if f.meter not in thieves for r in f.rules)
+        ),
+        "lossy_transformers": len(lossy),
+        "theft_transformers": len(theft_nodes),
+        "theft_transformers_lossy": len(lossy & theft_nodes),
+        "seconds": seconds,
+    }
+
+
+def main(args: argparse.Namespace) -> int:
+    result = score(args.run, _when(args.from_), _when(args.to))
+    print(json.dumps(result, indent=2))
+    if not args.no_results:
+        args.results.mkdir(parents=True, exist_ok=True)
+        out = args.results / f"theft-score-{time.strftime('%Y%m%dT%H%M%S')}.json"
+        out.write_text(
+            json.dumps(
+                {
+                    "command": "python -m loadtest " + " ".join(sys.argv[1:]),
+                    "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
+                    "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                    "result": result,
+                },
+                indent=2,
+            )
+        )
+        print(f"written to {out}", file=sys.stderr)
+    return 0
