@@ -93,6 +93,12 @@ class StoreConfig:
     """Delete session records older than this many days; 0 keeps them."""
     retry_delay: float = 1.0
     """First retry delay after a failed insert, seconds (doubles up to 30)."""
+    balance_interval: float = 900.0
+    """Seconds between recomputations of the recent consumption and balances; 0: never
+    (then `headend balance --recompute` keeps them)."""
+    balance_window: int = 21_600
+    """Seconds back from now that each recomputation covers; older late data is taken
+    in by recomputing its period (`headend balance --recompute --from ... --to ...`)."""
 
 
 @dataclass(frozen=True)

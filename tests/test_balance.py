@@ -11,6 +11,7 @@ import datetime as dt
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -284,3 +285,23 @@ def test_suspects_under_a_lossy_transformer_with_their_evidence(store: Store) ->
     assert det.lossy_nodes == {}
     _, rows = store.query("SELECT count() FROM ami.anomalies")
     assert rows == [(0,)]
+
+
+def test_the_server_keeps_recent_balances_up_to_date(tmp_path: Path) -> None:
+    from tests.server_harness import Meter, running
+
+    settings = {"balance_interval": 0.5, "balance_window": 6 * H}
+    with running(tmp_path, [Meter("P1", "e1ph")], store_settings=settings) as srv:
+        hour = int(time.time()) // H * H
+        obis = _obis(balance.ELECTRICITY_IMPORT)
+        rows = [
+            ["P1", obis, when, v, "Wh", 0, "push", "measured", when]
+            for t, v in ((hour - 3 * H, 1000.0), (hour - 2 * H, 1500.0), (hour - H, 2500.0))
+            for when in [dt.datetime.fromtimestamp(t, dt.UTC).isoformat()]
+        ]
+        cols = ["meter", "obis", "ts", "value", "unit", "status", "source", "quality"]
+        srv.admin("insert", table="readings", columns=[*cols, "received_at"], rows=rows)
+        srv.wait_for("SELECT round(sum(value), 3) FROM ami.consumption FINAL", 1.5)
+        srv.wait_for(
+            "SELECT round(sum(output), 3) FROM ami.balances FINAL WHERE node_id = 'TR-1'", 1.5
+        )

@@ -343,6 +343,24 @@ class StoreService:
                     ch.send({"t": "backlog", "bytes": self.backlog})
             await asyncio.sleep(0.5)
 
+    async def _keep_balances(self) -> None:
+        """Recomputes the recent window's consumption and balances now and then, so
+        they follow the data as it arrives (late data inside the window included)."""
+        interval = self.cfg.store.balance_interval
+        if interval <= 0:
+            return
+        from headend import balance
+
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(interval)
+            end = balance.hour_floor(time.time()) + 3600
+            start = end - max(3600, self.cfg.store.balance_window)
+            try:
+                await loop.run_in_executor(None, balance.recompute, self.store, start, end)
+            except Exception as e:
+                log.error("recomputing balances failed (will retry): %s", e)
+
     # -- admin ---------------------------------------------------------------------------
 
     def status(self) -> dict[str, Any]:
@@ -524,11 +542,13 @@ class StoreService:
         finally:
             os.umask(old)
         monitor = loop.create_task(self._monitor_backlog())
+        balances = loop.create_task(self._keep_balances())
         log.info("store ready (%s)", cfg.dsn if self.store.embedded else "ClickHouse server")
         await self.stop.wait()
         # Shutdown: the supervisor stopped the workers first; ingest what they left.
         log.info("store stopping: ingesting the remaining spool")
         monitor.cancel()
+        balances.cancel()
         control.close()
         final.set()
         self.wake.set()
