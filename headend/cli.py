@@ -340,12 +340,36 @@ def cmd_balance(args: argparse.Namespace) -> int:
     return 0
 
 
+def _last_period(period: str, before: int) -> tuple[int, int]:
+    """The last whole hour, day, month or year (Tashkent time) that ends by `before`."""
+    tz = dt.timezone(dt.timedelta(hours=5))
+    t = dt.datetime.fromtimestamp(before, tz)
+    if period == "hour":
+        end = t.replace(minute=0, second=0, microsecond=0)
+        return int(end.timestamp()) - 3600, int(end.timestamp())
+    end = t.replace(hour=0, minute=0, second=0, microsecond=0)
+    if period == "day":
+        start = end - dt.timedelta(days=1)
+    elif period == "month":
+        end = end.replace(day=1)
+        start = (end - dt.timedelta(days=1)).replace(day=1)
+    else:
+        end = end.replace(month=1, day=1)
+        start = end.replace(year=end.year - 1)
+    return int(start.timestamp()), int(end.timestamp())
+
+
 def cmd_losses(args: argparse.Namespace) -> int:
     from headend import balance
 
     try:
         cfg = _config(args)
-        start, end = _window(args)
+        if args.period and args.from_:
+            raise HeadendError("give --period or --from, not both")
+        if args.period:
+            start, end = _last_period(args.period, _when(args.to) if args.to else int(time.time()))
+        else:
+            start, end = _window(args)
         acc = _Access(cfg)
         try:
             cols, rows = balance.losses(
@@ -503,6 +527,11 @@ def build_parser() -> argparse.ArgumentParser:
         "completeness is high enough, with their loss %% over the window before.",
     )
     p.add_argument("--level", default="transformer")
+    p.add_argument(
+        "--period",
+        choices=("hour", "day", "month", "year"),
+        help="the last whole one (Tashkent time) before --to or now",
+    )
     p.add_argument("--from", dest="from_", metavar="T")
     p.add_argument("--to", metavar="T")
     p.add_argument("--top", type=int, default=20)

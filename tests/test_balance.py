@@ -214,6 +214,17 @@ def test_the_command_line(store: Store, tmp_path: Path) -> None:
     assert [(x["input"], x["output"], x["loss"], x["loss_pct"]) for x in rows] == [
         (10.0, 9.0, 1.0, 10.0)
     ] * 4
+    day = ["--level", "feeder", "--period", "day", "--to", "2026-11-03T00:00"]
+    r = subprocess.run(
+        [*base, "losses", *day, "--format", "json", *common],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert r.returncode == 0, r.stderr
+    assert [(x["node_id"], x["loss"], x["loss_pct"]) for x in json.loads(r.stdout)] == [
+        ("F1", 4.0, 10.0)
+    ]
     for bad, message in (
         (["balance", "--level", "nowhere"], "unknown level 'nowhere'"),
         (["losses", "--from", "yesterday"], "cannot read the time 'yesterday'"),
