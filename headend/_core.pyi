@@ -405,6 +405,7 @@ def consumption_rows(
     keep_to: int,
     now: int,
     computed_at_ms: int,
+    profiles: Sequence[tuple[bytes, int, Sequence[float]]] | None = None,
     interval: int = 3600,
     measured_gap: int = 3600,
     max_estimate_span: int = 5356800,
@@ -416,4 +417,5 @@ def consumption_rows(
     RowBinary rows of the `consumption` table, keeping intervals that start in
     [keep_from, keep_to). `channels`: (OBIS code, scale to the consumption's unit, that
     unit, most a consumer carries per hour in register units); `unlimited`: serials
-    with no such limit. Runs without the GIL."""
+    with no such limit; `profiles`: (serial, packed OBIS, 24 typical values by local
+    hour) by which gaps are spread. Runs without the GIL."""

@@ -205,32 +205,33 @@ def _consumption(store: RawStore, rep: RecomputeReport, now: int, margin: int, p
     obis = sorted(_obis_ints().values())
     computed_at = int(time.time() * 1000)
 
-    def fetch(i: int) -> bytes:
+    def fetch(i: int) -> tuple[bytes, list[tuple[bytes, int, list[float]]]]:
         last = i + per >= len(serials)
         params: dict[str, Any] = {"lo": serials[i], "obis": obis}
         if not last:
             params["hi"] = serials[i + per]
-        return store.raw_query(
+        bounds = "meter >= %(lo)s" + ("" if last else " AND meter < %(hi)s")
+        raw = store.raw_query(
             "SELECT meter, obis, toInt64(ts), value "
-            f"FROM {db}.readings WHERE meter >= %(lo)s "
-            + ("" if last else "AND meter < %(hi)s ")
-            + "AND obis IN %(obis)s "
+            f"FROM {db}.readings WHERE {bounds} AND obis IN %(obis)s "
             f"AND ts >= toDateTime({rep.start - margin}) AND ts < toDateTime({rep.end + margin}) "
             "ORDER BY meter, obis, ts",
             params,
         )
+        return raw, _profiles(store, bounds, params, rep.start)
 
     starts = list(range(0, len(serials), per))
     with ThreadPoolExecutor(1, thread_name_prefix="balance-fetch") as pool:
         pending = pool.submit(fetch, starts[0]) if starts else None
         for n, i in enumerate(starts):
             assert pending is not None
-            raw = pending.result()
+            raw, profiles = pending.result()
             pending = pool.submit(fetch, starts[n + 1]) if n + 1 < len(starts) else None
             out, stats = codec.consumption_rows(
                 raw,
                 channels=CHANNELS,
                 unlimited=unlimited,
+                profiles=profiles,
                 keep_from=rep.start,
                 keep_to=rep.end,
                 now=now,
@@ -249,6 +250,38 @@ def _consumption(store: RawStore, rep: RecomputeReport, now: int, margin: int, p
                     out,
                     token=f"consumption:{rep.start}:{rep.end}:{computed_at}:{i}",
                 )
+
+
+PROFILE_DAYS = 28
+PROFILE_MIN_HOURS = 12
+
+
+def _profiles(
+    store: RawStore, bounds: str, params: dict[str, Any], before: int
+) -> list[tuple[bytes, int, list[float]]]:
+    """Each series' typical consumption by Tashkent hour of day, from its measured hours
+    of the four weeks before `before`; hours never measured take the mean of the others.
+    Series with fewer than 12 hours of the day measured get none (their gaps are spread
+    by time)."""
+    _, rows = store.query(
+        "SELECT meter, obis, groupArray((h, v)) FROM ("
+        "SELECT meter, obis, toHour(toTimeZone(interval_start, 'Asia/Tashkent')) AS h, "
+        "avg(value) AS v "
+        f"FROM {store.db}.consumption FINAL WHERE {bounds} AND obis IN %(obis)s "
+        "AND quality = 'measured' "
+        f"AND interval_start >= toDateTime({before - PROFILE_DAYS * 86_400}) "
+        f"AND interval_start < toDateTime({before}) GROUP BY meter, obis, h"
+        ") GROUP BY meter, obis",
+        params,
+    )
+    out = []
+    for meter, obis, hours in rows:
+        if len(hours) < PROFILE_MIN_HOURS:
+            continue
+        known = {int(h): max(float(v), 0.0) for h, v in hours}
+        mean = sum(known.values()) / len(known)
+        out.append((meter.encode(), int(obis), [known.get(h, mean) for h in range(24)]))
+    return out
 
 
 @dataclass

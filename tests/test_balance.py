@@ -316,3 +316,31 @@ def test_the_server_keeps_recent_balances_up_to_date(tmp_path: Path) -> None:
         srv.wait_for(
             "SELECT round(sum(output), 3) FROM ami.balances FINAL WHERE node_id = 'TR-1'", 1.5
         )
+
+
+def test_a_gap_is_spread_by_the_meters_own_typical_day(store: Store) -> None:
+    # C3's next day, hourly: 1 kWh in even Tashkent hours, 3 kWh in odd ones (T0 + k
+    # hours is local hour 5 + k). Its register was 12,000 Wh at T0 + 4 h.
+    def used(k: int) -> float:
+        return 1_000.0 if (5 + k) % 24 % 2 == 0 else 3_000.0
+
+    values = {4: 12_000.0}
+    for k in range(4, 32):
+        values[k + 1] = values[k] + used(k)
+    del values[30]  # no push at T0 + 30 h: hours 29 and 30 form a gap
+    _readings(store, [("C3", T0 + k * H, v) for k, v in values.items() if k > 4])
+    balance.recompute(store, T0 + 4 * H, T0 + 28 * H, now=T0 + 40 * H)  # its history
+    balance.recompute(store, T0 + 28 * H, T0 + 32 * H, now=T0 + 40 * H)
+    _, rows = store.query(
+        "SELECT value, quality, flags FROM ami.consumption FINAL WHERE meter = 'C3' "
+        "AND interval_start >= toDateTime(%(a)s) ORDER BY interval_start",
+        {"a": T0 + 28 * H},
+    )
+    # Hours 29 and 30 (local 10 and 11) share their 4 kWh as the typical day does: 1 and
+    # 3, not 2 and 2; estimated, by profile (flags 1 gap + 64 profile).
+    assert [(round(v, 6), q, f) for v, q, f in rows] == [
+        (3.0, "measured", 0),
+        (1.0, "estimated", 65),
+        (3.0, "estimated", 65),
+        (1.0, "measured", 0),
+    ]

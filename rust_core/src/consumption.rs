@@ -7,7 +7,7 @@
 //! intervals in `[keep_from, keep_to)` are written (the samples around the window are
 //! there to bound its first and last intervals and to estimate gaps across its edges).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use crate::error::{Error, Result};
 use crate::reader::Reader;
@@ -31,6 +31,9 @@ pub struct Job {
     pub channels: Vec<Channel>,
     /// Meters with no rate limit (balance meters carry a feeder's load).
     pub unlimited: HashSet<Vec<u8>>,
+    /// Typical consumption by local hour of day, per (meter, OBIS): gaps are spread by
+    /// it (else by time).
+    pub profiles: HashMap<(Vec<u8>, u64), [f64; 24]>,
     pub keep_from: i64,
     pub keep_to: i64,
     /// Version of the rows written (Unix milliseconds): the latest computation wins.
@@ -80,8 +83,10 @@ pub fn run(job: &Job, data: &[u8]) -> Result<(Vec<u8>, JobStats)> {
             }
             let c = &job.channels[ch];
             let limit = if job.unlimited.contains(meter) { 0.0 } else { c.max_rate };
+            let profile =
+                if job.profiles.is_empty() { None } else { job.profiles.get(&(meter.to_vec(), obis)).copied() };
             keys.push((start, start + len, ch));
-            params.push(SeriesParams { max_rate: limit, ..SeriesParams::default() });
+            params.push(SeriesParams { max_rate: limit, profile, ..SeriesParams::default() });
             last = Some((meter, obis));
         }
         series.push((keys.len() - 1) as u32);
@@ -154,6 +159,7 @@ mod tests {
             vee: VeeConfig::default(),
             channels: vec![Channel { obis: 7, scale: 0.001, unit: "kWh".into(), max_rate: 1e6 }],
             unlimited: HashSet::new(),
+            profiles: HashMap::new(),
             keep_from: 0,
             keep_to: i64::MAX,
             computed_at_ms: 42,

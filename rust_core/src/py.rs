@@ -1373,13 +1373,16 @@ fn scale(value: f64, scaler: i8) -> f64 {
     units::scale(value, scaler)
 }
 
+/// (serial, packed OBIS, 24 typical values by local hour).
+type ProfileRow = (Vec<u8>, u64, Vec<f64>);
+
 /// Interval consumption (VEE) from RowBinary readings (`meter, obis, ts Int64, value`,
 /// ordered by meter, obis, ts) to RowBinary `consumption` rows; without the GIL.
 /// `channels`: (obis, scale, unit, max_rate per hour in register units).
 /// Returns (rows, stats).
 #[pyfunction]
 #[pyo3(signature = (
-    readings, *, channels, unlimited, keep_from, keep_to, now, computed_at_ms,
+    readings, *, channels, unlimited, keep_from, keep_to, now, computed_at_ms, profiles = None,
     interval = 3600, measured_gap = 3600, max_estimate_span = 5_356_800,
     local_offset = 18_000, future_tolerance = 600
 ))]
@@ -1393,6 +1396,7 @@ fn consumption_rows<'py>(
     keep_to: i64,
     now: i64,
     computed_at_ms: i64,
+    profiles: Option<Vec<ProfileRow>>,
     interval: i64,
     measured_gap: i64,
     max_estimate_span: i64,
@@ -1405,10 +1409,19 @@ fn consumption_rows<'py>(
             code.parse().map_err(|e: crate::obis::ObisParseError| local_error(py, "OBIS code", e.to_string()))?;
         chans.push(Channel { obis: obis.to_u64(), scale, unit, max_rate });
     }
+    let profiles = profiles.unwrap_or_default();
+    let mut by_series = std::collections::HashMap::with_capacity(profiles.len());
+    for (meter, obis, hours) in profiles {
+        let Ok(p) = <[f64; 24]>::try_from(hours.as_slice()) else {
+            return Err(local_error(py, "profile", format!("{} values, not 24", hours.len())));
+        };
+        by_series.insert((meter, obis), p);
+    }
     let job = Job {
         vee: VeeConfig { interval, measured_gap, max_estimate_span, local_offset, now, future_tolerance },
         channels: chans,
         unlimited: unlimited.into_iter().collect(),
+        profiles: by_series,
         keep_from,
         keep_to,
         computed_at_ms,
