@@ -406,6 +406,7 @@ def consumption_rows(
     now: int,
     computed_at_ms: int,
     profiles: Sequence[tuple[bytes, int, Sequence[float]]] | None = None,
+    states: Sequence[str] | None = None,
     interval: int = 3600,
     measured_gap: int = 3600,
     max_estimate_span: int = 5356800,
@@ -418,4 +419,5 @@ def consumption_rows(
     [keep_from, keep_to). `channels`: (OBIS code, scale to the consumption's unit, that
     unit, most a consumer carries per hour in register units); `unlimited`: serials
     with no such limit; `profiles`: (serial, packed OBIS, 24 typical values by local
-    hour) by which gaps are spread. Runs without the GIL."""
+    hour) by which gaps are spread; `states`: OBIS codes of supply-switch registers (0
+    off) whose off periods flag the intervals. Runs without the GIL."""

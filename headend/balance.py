@@ -47,6 +47,8 @@ CHANNELS: list[tuple[str, float, str, float]] = [
     (GAS_VOLUME, 1.0, "m³", 25.0),
 ]
 FLOW = {"electricity": ELECTRICITY_IMPORT, "gas": GAS_VOLUME}
+# Supply switches (0 off): the disconnector's output state and the gas valve.
+STATES = ["0.0.96.3.10.255", "0.0.24.4.0.255"]
 NETWORK_LEVELS = (
     "generation",
     "backbone_substation",
@@ -203,17 +205,18 @@ def _consumption(store: RawStore, rep: RecomputeReport, now: int, margin: int, p
     serials = [r[0] for r in rows]
     unlimited = [r[0].encode() for r in rows if r[1] == "balance"]
     obis = sorted(_obis_ints().values())
+    states = [codec.obis_to_int(codec.parse_obis(o)) for o in STATES]
     computed_at = int(time.time() * 1000)
 
     def fetch(i: int) -> tuple[bytes, list[tuple[bytes, int, list[float]]]]:
         last = i + per >= len(serials)
-        params: dict[str, Any] = {"lo": serials[i], "obis": obis}
+        params: dict[str, Any] = {"lo": serials[i], "obis": obis, "with_states": obis + states}
         if not last:
             params["hi"] = serials[i + per]
         bounds = "meter >= %(lo)s" + ("" if last else " AND meter < %(hi)s")
         raw = store.raw_query(
             "SELECT meter, obis, toInt64(ts), value "
-            f"FROM {db}.readings WHERE {bounds} AND obis IN %(obis)s "
+            f"FROM {db}.readings WHERE {bounds} AND obis IN %(with_states)s "
             f"AND ts >= toDateTime({rep.start - margin}) AND ts < toDateTime({rep.end + margin}) "
             "ORDER BY meter, obis, ts",
             params,
@@ -232,6 +235,7 @@ def _consumption(store: RawStore, rep: RecomputeReport, now: int, margin: int, p
                 channels=CHANNELS,
                 unlimited=unlimited,
                 profiles=profiles,
+                states=STATES,
                 keep_from=rep.start,
                 keep_to=rep.end,
                 now=now,

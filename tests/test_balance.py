@@ -270,6 +270,13 @@ def test_suspects_under_a_lossy_transformer_with_their_evidence(store: Store) ->
         ],
     )
     balance.recompute(store, T0, END, now=END + 60)
+    # The off report marks C2's hours from 00:15 for one measured gap (flag 128; hour 1
+    # is also a gap, 1).
+    _, flags = store.query(
+        "SELECT obis, groupArray(flags) FROM (SELECT obis, flags FROM ami.consumption FINAL "
+        "WHERE meter = 'C2' ORDER BY interval_start) GROUP BY obis ORDER BY obis"
+    )
+    assert [f[1] for f in flags] == [[128, 129, 1, 0], [128, 128, 0, 0]]  # import, export
     det = anomalies.detect(store, T0, END, min_completeness=0.7)
     assert det.lossy_nodes == {"T1": 25.0}
     assert det.consumers_checked == 2

@@ -34,6 +34,9 @@ pub struct Job {
     /// Typical consumption by local hour of day, per (meter, OBIS): gaps are spread by
     /// it (else by time).
     pub profiles: HashMap<(Vec<u8>, u64), [f64; 24]>,
+    /// Registers that report the supply switch (disconnector output, gas valve): 0 off,
+    /// else on. Off periods mark the meter's intervals; consumption in them is flagged.
+    pub states: Vec<u64>,
     pub keep_from: i64,
     pub keep_to: i64,
     /// Version of the rows written (Unix milliseconds): the latest computation wins.
@@ -60,6 +63,11 @@ pub fn run(job: &Job, data: &[u8]) -> Result<(Vec<u8>, JobStats)> {
     let (mut series, mut ts, mut value) = (Vec::new(), Vec::new(), Vec::new());
     let mut readings = 0u64;
     let mut last: Option<(&[u8], u64)> = None;
+    // Supply-off periods per meter, from its state register: from a 0 to the next
+    // non-zero sample, or one measured gap past the last 0 when none follows.
+    let mut off_by_meter: HashMap<&[u8], Vec<(i64, i64)>> = HashMap::new();
+    let mut open: Option<(&[u8], i64, i64)> = None; // meter, since, last 0 seen
+    let gap = job.vee.measured_gap;
     while !r.is_empty() {
         let at = r.position();
         let len = leb128(&mut r)?;
@@ -72,6 +80,21 @@ pub fn run(job: &Job, data: &[u8]) -> Result<(Vec<u8>, JobStats)> {
         let t = i64::from_le_bytes(r.array::<8>("ts")?);
         let v = f64::from_le_bytes(r.array::<8>("value")?);
         readings += 1;
+        if job.states.contains(&obis) {
+            if open.is_some_and(|o| o.0 != meter) {
+                close_off(&mut open, &mut off_by_meter, gap);
+            }
+            match (&mut open, v == 0.0) {
+                (Some(o), true) => o.2 = t,
+                (None, true) => open = Some((meter, t, t)),
+                (Some(o), false) => {
+                    off_by_meter.entry(o.0).or_default().push((o.1, t));
+                    open = None;
+                }
+                (None, false) => {}
+            }
+            continue;
+        }
         let Some(ch) = job.channels.iter().position(|c| c.obis == obis) else {
             continue;
         };
@@ -86,14 +109,25 @@ pub fn run(job: &Job, data: &[u8]) -> Result<(Vec<u8>, JobStats)> {
             let profile =
                 if job.profiles.is_empty() { None } else { job.profiles.get(&(meter.to_vec(), obis)).copied() };
             keys.push((start, start + len, ch));
-            params.push(SeriesParams { max_rate: limit, profile, ..SeriesParams::default() });
+            // A switched-off meter may still show a trickle (its own electronics, rounding).
+            let idle_rate = c.max_rate * 0.0005;
+            params.push(SeriesParams { max_rate: limit, profile, idle_rate, ..SeriesParams::default() });
             last = Some((meter, obis));
         }
         series.push((keys.len() - 1) as u32);
         ts.push(t);
         value.push(v);
     }
-    let (iv, vee) = derive(&job.vee, &params, &series, &ts, &value, &[])?;
+    close_off(&mut open, &mut off_by_meter, gap);
+    let mut off = Vec::new();
+    if !off_by_meter.is_empty() {
+        for (k, &(m0, m1, _)) in keys.iter().enumerate() {
+            if let Some(periods) = off_by_meter.get(&data[m0..m1]) {
+                off.extend(periods.iter().map(|&(a, b)| (k as u32, a, b)));
+            }
+        }
+    }
+    let (iv, vee) = derive(&job.vee, &params, &series, &ts, &value, &off)?;
     let mut out = Vec::with_capacity(iv.len() * 48);
     let mut rows = 0u64;
     for k in 0..iv.len() {
@@ -115,6 +149,13 @@ pub fn run(job: &Job, data: &[u8]) -> Result<(Vec<u8>, JobStats)> {
     }
     let stats = JobStats { readings, series: keys.len() as u64, rows, vee };
     Ok((out, stats))
+}
+
+/// Ends a meter's open off period one measured gap after its last 0.
+fn close_off<'a>(open: &mut Option<(&'a [u8], i64, i64)>, map: &mut HashMap<&'a [u8], Vec<(i64, i64)>>, gap: i64) {
+    if let Some((m, since, last0)) = open.take() {
+        map.entry(m).or_default().push((since, last0 + gap));
+    }
 }
 
 fn leb128(r: &mut Reader<'_>) -> Result<usize> {
@@ -160,6 +201,7 @@ mod tests {
             channels: vec![Channel { obis: 7, scale: 0.001, unit: "kWh".into(), max_rate: 1e6 }],
             unlimited: HashSet::new(),
             profiles: HashMap::new(),
+            states: vec![3],
             keep_from: 0,
             keep_to: i64::MAX,
             computed_at_ms: 42,
@@ -186,6 +228,38 @@ mod tests {
         want.extend_from_slice(&42i64.to_le_bytes());
         assert_eq!(&out[..want.len()], &want[..]);
         assert_eq!(out.len(), want.len() * 4);
+    }
+
+    #[test]
+    fn supply_off_periods_come_from_the_state_register() {
+        use crate::vee::flags::{CONSUMED_WHILE_OFF, DISCONNECTED};
+        let mut data = Vec::new();
+        // The state (obis 3) sorts before the energy register (obis 7): off from 1 h to
+        // 3 h; meter B reports off at 2 h and nothing after (off for one measured gap).
+        for (t, v) in [(0, 1.0), (3600, 0.0), (7200, 0.0), (10800, 1.0)] {
+            row(&mut data, "A", 3, t, v);
+        }
+        for h in 0..5 {
+            row(&mut data, "A", 7, 3600 * h, 1000.0 * h as f64 * if h >= 2 { 1.0 } else { 0.5 });
+        }
+        row(&mut data, "B", 3, 7200, 0.0);
+        for h in 0..5 {
+            row(&mut data, "B", 7, 3600 * h, 0.0);
+        }
+        let (out, st) = run(&job(), &data).unwrap();
+        assert_eq!(st.rows, 8);
+        // Each row is 1+1 (serial) + 8 + 4 + 8 + 4 (unit) + 1 + then flags (u16) + 8.
+        let row_len = 2 + 8 + 4 + 8 + 4 + 1 + 2 + 8;
+        let flags: Vec<u16> = (0..8)
+            .map(|k| {
+                let at = k * row_len + 2 + 8 + 4 + 8 + 4 + 1;
+                u16::from_le_bytes([out[at], out[at + 1]])
+            })
+            .collect();
+        let off = DISCONNECTED;
+        let eaten = DISCONNECTED | CONSUMED_WHILE_OFF;
+        // A: hour 1 consumed 1.5 kWh while off, hour 2 1 kWh; B consumed nothing.
+        assert_eq!(flags, vec![0, eaten, eaten, 0, 0, 0, off, 0]);
     }
 
     #[test]

@@ -1382,7 +1382,7 @@ type ProfileRow = (Vec<u8>, u64, Vec<f64>);
 /// Returns (rows, stats).
 #[pyfunction]
 #[pyo3(signature = (
-    readings, *, channels, unlimited, keep_from, keep_to, now, computed_at_ms, profiles = None,
+    readings, *, channels, unlimited, keep_from, keep_to, now, computed_at_ms, profiles = None, states = None,
     interval = 3600, measured_gap = 3600, max_estimate_span = 5_356_800,
     local_offset = 18_000, future_tolerance = 600
 ))]
@@ -1397,6 +1397,7 @@ fn consumption_rows<'py>(
     now: i64,
     computed_at_ms: i64,
     profiles: Option<Vec<ProfileRow>>,
+    states: Option<Vec<String>>,
     interval: i64,
     measured_gap: i64,
     max_estimate_span: i64,
@@ -1408,6 +1409,12 @@ fn consumption_rows<'py>(
         let obis: ObisCode =
             code.parse().map_err(|e: crate::obis::ObisParseError| local_error(py, "OBIS code", e.to_string()))?;
         chans.push(Channel { obis: obis.to_u64(), scale, unit, max_rate });
+    }
+    let mut state_codes = Vec::new();
+    for code in states.unwrap_or_default() {
+        let obis: ObisCode =
+            code.parse().map_err(|e: crate::obis::ObisParseError| local_error(py, "OBIS code", e.to_string()))?;
+        state_codes.push(obis.to_u64());
     }
     let profiles = profiles.unwrap_or_default();
     let mut by_series = std::collections::HashMap::with_capacity(profiles.len());
@@ -1422,6 +1429,7 @@ fn consumption_rows<'py>(
         channels: chans,
         unlimited: unlimited.into_iter().collect(),
         profiles: by_series,
+        states: state_codes,
         keep_from,
         keep_to,
         computed_at_ms,
