@@ -323,6 +323,31 @@ def test_the_server_keeps_recent_balances_up_to_date(tmp_path: Path) -> None:
         srv.wait_for(
             "SELECT round(sum(output), 3) FROM ami.balances FINAL WHERE node_id = 'TR-1'", 1.5
         )
+        # The commands go through the running server (which owns the embedded store).
+        rep = srv.admin("recompute", start=hour - 3 * H, end=hour)
+        assert (rep["readings"], rep["consumption_rows"]) == (3, 2)
+        assert srv.admin("detect", start=hour - 3 * H, end=hour) == {
+            "lossy_transformers": 0,
+            "consumers_examined": 0,
+            "findings": 0,
+            "suspects": 0,
+        }
+        r = srv.cli(
+            "balance",
+            "--level",
+            "transformer",
+            "--period",
+            "hour",
+            "--from",
+            str(hour - 3 * H),
+            "--to",
+            str(hour),
+            "--recompute",
+            "--format",
+            "json",
+        )
+        got = [(x["node_id"], x["output"]) for x in json.loads(r.stdout)]
+        assert got == [("TR-1", 0.5), ("TR-1", 1.0), ("TR-1", 0.0)]
 
 
 def test_a_gap_is_spread_by_the_meters_own_typical_day(store: Store) -> None:
