@@ -11,6 +11,7 @@ use std::collections::{HashMap, HashSet};
 
 use crate::error::{Error, Result};
 use crate::reader::Reader;
+use crate::rows::put_string;
 use crate::vee::{derive, SeriesParams, VeeConfig, VeeStats};
 
 /// A register that has consumption: its OBIS code (packed), the factor from the
@@ -168,20 +169,6 @@ fn leb128(r: &mut Reader<'_>) -> Result<usize> {
         }
     }
     Err(r.invalid("string length", "LEB128 longer than 5 bytes"))
-}
-
-fn put_string(out: &mut Vec<u8>, s: &[u8]) {
-    let mut n = s.len();
-    loop {
-        let b = (n & 0x7f) as u8;
-        n >>= 7;
-        if n == 0 {
-            out.push(b);
-            break;
-        }
-        out.push(b | 0x80);
-    }
-    out.extend_from_slice(s);
 }
 
 #[cfg(test)]

@@ -29,7 +29,8 @@ pub const QUALITY_MEASURED: i8 = 1;
 /// DLMS clock status leaves reserved).
 pub const STATUS_TIME_FROM_HEADEND: u8 = 0x40;
 
-fn put_string(out: &mut Vec<u8>, s: &[u8]) {
+/// A RowBinary String: LEB128 length, then the bytes.
+pub(crate) fn put_string(out: &mut Vec<u8>, s: &[u8]) {
     let mut n = s.len();
     loop {
         let b = (n & 0x7F) as u8;
