@@ -10,7 +10,7 @@ import json
 import logging
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -307,37 +307,52 @@ def _window(args: argparse.Namespace) -> tuple[int, int]:
     return start, end
 
 
-def cmd_balance(args: argparse.Namespace) -> int:
-    from headend import balance
+def _table_command(
+    args: argparse.Namespace,
+    window: Callable[[argparse.Namespace], tuple[int, int]],
+    work: Callable[[config_mod.Config, _Access, int, int], tuple[list[str], list[Any]]],
+) -> int:
+    """Runs `work` on the store for the command's window and prints the rows it returns."""
+    from headend.server.store import jsonable
 
     try:
         cfg = _config(args)
-        start, end = _window(args)
+        start, end = window(args)
         acc = _Access(cfg)
         try:
-            if args.recompute:
-                if acc.admin is not None:
-                    rep = acc.admin.call("recompute", start=start, end=end)
-                else:
-                    rep = balance.recompute(acc.store, start, end).as_dict()
-                print(json.dumps(rep), file=sys.stderr)
-            cols, rows = balance.report(
-                acc.access,
-                cfg.store.database,
-                level=args.level,
-                period=args.period,
-                start=start,
-                end=end,
-                node=args.node,
-            )
+            cols, rows = work(cfg, acc, start, end)
         finally:
             acc.close()
     except HeadendError as e:
         return _fail(e)
-    from headend.server.store import jsonable
-
     _print_rows(cols, jsonable(rows), args.format)
     return 0
+
+
+def cmd_balance(args: argparse.Namespace) -> int:
+    from headend import balance
+
+    def work(
+        cfg: config_mod.Config, acc: _Access, start: int, end: int
+    ) -> tuple[list[str], list[Any]]:
+        if args.recompute:
+            if acc.admin is not None:
+                rep = acc.admin.call("recompute", start=start, end=end)
+            else:
+                rep = balance.recompute(acc.store, start, end).as_dict()
+            print(json.dumps(rep), file=sys.stderr)
+        cols, rows = balance.report(
+            acc.access,
+            cfg.store.database,
+            level=args.level,
+            period=args.period,
+            start=start,
+            end=end,
+            node=args.node,
+        )
+        return cols, list(rows)
+
+    return _table_command(args, _window, work)
 
 
 def _last_period(period: str, before: int) -> tuple[int, int]:
@@ -359,68 +374,57 @@ def _last_period(period: str, before: int) -> tuple[int, int]:
     return int(start.timestamp()), int(end.timestamp())
 
 
+def _losses_window(args: argparse.Namespace) -> tuple[int, int]:
+    if args.period and args.from_:
+        raise HeadendError("give --period or --from, not both")
+    if args.period:
+        return _last_period(args.period, _when(args.to) if args.to else int(time.time()))
+    return _window(args)
+
+
 def cmd_losses(args: argparse.Namespace) -> int:
     from headend import balance
 
-    try:
-        cfg = _config(args)
-        if args.period and args.from_:
-            raise HeadendError("give --period or --from, not both")
-        if args.period:
-            start, end = _last_period(args.period, _when(args.to) if args.to else int(time.time()))
-        else:
-            start, end = _window(args)
-        acc = _Access(cfg)
-        try:
-            cols, rows = balance.losses(
-                acc.access,
-                cfg.store.database,
-                level=args.level,
-                start=start,
-                end=end,
-                top=args.top,
-                min_completeness=args.min_completeness,
-            )
-        finally:
-            acc.close()
-    except HeadendError as e:
-        return _fail(e)
-    from headend.server.store import jsonable
+    def work(
+        cfg: config_mod.Config, acc: _Access, start: int, end: int
+    ) -> tuple[list[str], list[Any]]:
+        cols, rows = balance.losses(
+            acc.access,
+            cfg.store.database,
+            level=args.level,
+            start=start,
+            end=end,
+            top=args.top,
+            min_completeness=args.min_completeness,
+        )
+        return cols, list(rows)
 
-    _print_rows(cols, jsonable(rows), args.format)
-    return 0
+    return _table_command(args, _losses_window, work)
 
 
 def cmd_anomalies(args: argparse.Namespace) -> int:
     from headend import anomalies
     from headend.balance import run_query
 
-    try:
-        cfg = _config(args)
-        start, end = _window(args)
-        acc = _Access(cfg)
-        try:
-            if args.detect:
-                if acc.admin is not None:
-                    found = acc.admin.call("detect", start=start, end=end)
-                else:
-                    found = anomalies.detect(acc.store, start, end).summary()
-                print(json.dumps(found), file=sys.stderr)
-            cols, rows = run_query(
-                acc.access,
-                f"SELECT meter, node_id, score, rules, evidence, node_loss_pct "
-                f"FROM {cfg.store.database}.anomalies WHERE window_start = toDateTime(%(a)s) "
-                "AND window_end = toDateTime(%(b)s) ORDER BY score DESC, node_id, meter",
-                {"a": start, "b": end},
-            )
-        finally:
-            acc.close()
-    except HeadendError as e:
-        return _fail(e)
-    from headend.server.store import jsonable
+    def work(
+        cfg: config_mod.Config, acc: _Access, start: int, end: int
+    ) -> tuple[list[str], list[Any]]:
+        if args.detect:
+            if acc.admin is not None:
+                found = acc.admin.call("detect", start=start, end=end)
+            else:
+                found = anomalies.detect(acc.store, start, end).summary()
+            print(json.dumps(found), file=sys.stderr)
+        cols, rows = run_query(
+            acc.access,
+            "SELECT meter, node_id, score, rules, evidence, node_loss_pct "
+            f"FROM {cfg.store.database}.anomalies WHERE window_start = toDateTime(%(a)s) "
+            "AND window_end = toDateTime(%(b)s) ORDER BY score DESC, node_id, meter",
+            {"a": start, "b": end},
+        )
+        return cols, list(rows)
 
-    _print_rows(cols, jsonable(rows), args.format)
-    return 0
+    return _table_command(args, _window, work)
 
 
 def build_parser() -> argparse.ArgumentParser:
