@@ -30,6 +30,7 @@ import numpy as np
 
 from headend import codec
 from headend.errors import HeadendError
+from headend.store.imports import SqlAccess
 
 log = logging.getLogger("headend.balance")
 
@@ -103,27 +104,15 @@ class BalanceError(HeadendError):
     """A balance request that cannot be answered as asked."""
 
 
-class RawStore(Protocol):
+class RawStore(SqlAccess, Protocol):
     """What a recompute needs: the store itself (RowBinary both ways)."""
 
     db: str
-
-    def query(
-        self, sql: str, params: dict[str, Any] | None = None, settings: dict[str, Any] | None = None
-    ) -> tuple[list[str], list[tuple[Any, ...]]]: ...
 
     def raw_query(self, sql: str, params: dict[str, Any] | None = None) -> bytes: ...
 
     def insert_rowbinary(
         self, table: str, columns: Sequence[str], data: bytes, token: str
-    ) -> None: ...
-
-    def insert_rows(
-        self,
-        table: str,
-        columns: Sequence[str],
-        rows: Sequence[Sequence[Any]],
-        token: str | None = None,
     ) -> None: ...
 
 
