@@ -177,9 +177,10 @@ def test_hand_computed_balances(store: Store) -> None:
 
 def test_late_data_replaces_the_estimate_and_reruns_change_nothing(store: Store) -> None:
     balance.recompute(store, T0, END, now=END + 60)
-    first = hourly(store, "T1")
-    balance.recompute(store, T0, END, now=END + 60)
-    assert hourly(store, "T1") == first
+    first = {n: hourly(store, n) for n in ("T1", "T2", "F1", "GS")}
+    rep = balance.recompute(store, T0, END, now=END + 60, meters_per_slice=2)  # 4 slices
+    assert rep.series == 7
+    assert {n: hourly(store, n) for n in first} == first
     # C2's buffered reading arrives: 2 kWh in hour 1, 4 kWh in hour 2.
     _readings(store, [("C2", T0 + 2 * H, 5_000)])
     balance.recompute(store, T0, END, now=END + 60)
