@@ -112,7 +112,7 @@ class RawStore(SqlAccess, Protocol):
     def raw_query(self, sql: str, params: dict[str, Any] | None = None) -> bytes: ...
 
     def insert_rowbinary(
-        self, table: str, columns: Sequence[str], data: bytes, token: str
+        self, table: str, columns: Sequence[str], data: bytes, token: str, fmt: str = ...
     ) -> None: ...
 
 
@@ -232,6 +232,7 @@ def _consumption(store: RawStore, rep: RecomputeReport, now: int, margin: int, p
                 unlimited=unlimited,
                 profiles=profiles,
                 states=STATES,
+                native=True,
                 keep_from=rep.start,
                 keep_to=rep.end,
                 now=now,
@@ -249,6 +250,7 @@ def _consumption(store: RawStore, rep: RecomputeReport, now: int, margin: int, p
                     CONSUMPTION_COLUMNS,
                     out,
                     token=f"consumption:{rep.start}:{rep.end}:{computed_at}:{i}",
+                    fmt="Native",
                 )
 
 

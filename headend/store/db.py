@@ -117,15 +117,23 @@ class Store:
             except Exception as e:
                 raise StoreError(_clean(e)) from None
 
-    def insert_rowbinary(self, table: str, columns: Sequence[str], data: bytes, token: str) -> None:
-        """Inserts RowBinary rows; `token` makes a repeated insert a no-op."""
+    def insert_rowbinary(
+        self,
+        table: str,
+        columns: Sequence[str],
+        data: bytes,
+        token: str,
+        fmt: str = "RowBinary",
+    ) -> None:
+        """Inserts RowBinary rows (or `fmt`, e.g. Native blocks); `token` makes a repeated
+        insert a no-op."""
         with self._lock:
             try:
                 self.client.raw_insert(
                     f"{self.db}.{table}",
                     list(columns),
                     insert_block=data,
-                    fmt="RowBinary",
+                    fmt=fmt,
                     # Re-sent readings collapse in merges (ReplacingMergeTree); collapsing
                     # each block on insert as well costs ~10% more CPU for nothing.
                     settings={"insert_deduplication_token": token, "optimize_on_insert": 0},

@@ -12,7 +12,7 @@ use std::collections::{HashMap, HashSet};
 use crate::error::{Error, Result};
 use crate::reader::Reader;
 use crate::rows::put_string;
-use crate::vee::{derive, SeriesParams, VeeConfig, VeeStats};
+use crate::vee::{derive, Intervals, SeriesParams, VeeConfig, VeeStats};
 
 /// A register that has consumption: its OBIS code (packed), the factor from the
 /// register's unit to the consumption's (Wh -> kWh: 0.001), the consumption's unit,
@@ -42,6 +42,8 @@ pub struct Job {
     pub keep_to: i64,
     /// Version of the rows written (Unix milliseconds): the latest computation wins.
     pub computed_at_ms: i64,
+    /// Write a Native block rather than RowBinary rows.
+    pub native: bool,
 }
 
 /// What a job did.
@@ -129,27 +131,92 @@ pub fn run(job: &Job, data: &[u8]) -> Result<(Vec<u8>, JobStats)> {
         }
     }
     let (iv, vee) = derive(&job.vee, &params, &series, &ts, &value, &off)?;
-    let mut out = Vec::with_capacity(iv.len() * 48);
-    let mut rows = 0u64;
-    for k in 0..iv.len() {
-        let start = iv.start[k];
-        if start < job.keep_from || start >= job.keep_to {
-            continue;
-        }
+    let keep: Vec<usize> = (0..iv.len()).filter(|&k| (job.keep_from..job.keep_to).contains(&iv.start[k])).collect();
+    let rows = keep.len() as u64;
+    let out =
+        if job.native { native_block(job, data, &keys, &iv, &keep) } else { row_binary(job, data, &keys, &iv, &keep) };
+    let stats = JobStats { readings, series: keys.len() as u64, rows, vee };
+    Ok((out, stats))
+}
+
+/// Interval start as ClickHouse `DateTime` (UInt32 seconds).
+fn datetime(start: i64) -> u32 {
+    start.clamp(0, i64::from(u32::MAX)) as u32
+}
+
+/// The rows as RowBinary.
+fn row_binary(job: &Job, data: &[u8], keys: &[(usize, usize, usize)], iv: &Intervals, keep: &[usize]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(keep.len() * 48);
+    for &k in keep {
         let (m0, m1, ch) = keys[iv.series[k] as usize];
         let c = &job.channels[ch];
         put_string(&mut out, &data[m0..m1]);
         out.extend_from_slice(&c.obis.to_le_bytes());
-        out.extend_from_slice(&(start.clamp(0, i64::from(u32::MAX)) as u32).to_le_bytes());
+        out.extend_from_slice(&datetime(iv.start[k]).to_le_bytes());
         out.extend_from_slice(&(iv.value[k] * c.scale).to_le_bytes());
         put_string(&mut out, c.unit.as_bytes());
         out.push(iv.quality[k] + 1); // Enum8: measured 1, estimated 2, invalid 3
         out.extend_from_slice(&iv.flags[k].to_le_bytes());
         out.extend_from_slice(&job.computed_at_ms.to_le_bytes());
-        rows += 1;
     }
-    let stats = JobStats { readings, series: keys.len() as u64, rows, vee };
-    Ok((out, stats))
+    out
+}
+
+/// The rows as one block of ClickHouse's Native format (columns one after another):
+/// ClickHouse reads it several times faster than RowBinary. `unit` goes as String and
+/// becomes the table's LowCardinality(String) on insert.
+fn native_block(job: &Job, data: &[u8], keys: &[(usize, usize, usize)], iv: &Intervals, keep: &[usize]) -> Vec<u8> {
+    let n = keep.len();
+    let mut out = Vec::with_capacity(n * 48 + 256);
+    put_varuint(&mut out, COLUMNS.len() as u64);
+    put_varuint(&mut out, n as u64);
+    let channel = |k: usize| &job.channels[keys[iv.series[k] as usize].2];
+    for (name, ty) in COLUMNS {
+        put_string(&mut out, name.as_bytes());
+        put_string(&mut out, ty.as_bytes());
+        match name {
+            "meter" => {
+                for &k in keep {
+                    let (m0, m1, _) = keys[iv.series[k] as usize];
+                    put_string(&mut out, &data[m0..m1]);
+                }
+            }
+            "obis" => keep.iter().for_each(|&k| out.extend_from_slice(&channel(k).obis.to_le_bytes())),
+            "interval_start" => keep.iter().for_each(|&k| out.extend_from_slice(&datetime(iv.start[k]).to_le_bytes())),
+            "value" => {
+                keep.iter().for_each(|&k| out.extend_from_slice(&(iv.value[k] * channel(k).scale).to_le_bytes()))
+            }
+            "unit" => keep.iter().for_each(|&k| put_string(&mut out, channel(k).unit.as_bytes())),
+            "quality" => keep.iter().for_each(|&k| out.push(iv.quality[k] + 1)),
+            "flags" => keep.iter().for_each(|&k| out.extend_from_slice(&iv.flags[k].to_le_bytes())),
+            _ => (0..n).for_each(|_| out.extend_from_slice(&job.computed_at_ms.to_le_bytes())),
+        }
+    }
+    out
+}
+
+/// The `consumption` columns and the types a Native block declares for them.
+pub const COLUMNS: [(&str, &str); 8] = [
+    ("meter", "String"),
+    ("obis", "UInt64"),
+    ("interval_start", "DateTime('UTC')"),
+    ("value", "Float64"),
+    ("unit", "String"),
+    ("quality", "Enum8('measured' = 1, 'estimated' = 2, 'invalid' = 3)"),
+    ("flags", "UInt16"),
+    ("computed_at", "DateTime64(3, 'UTC')"),
+];
+
+fn put_varuint(out: &mut Vec<u8>, mut n: u64) {
+    loop {
+        let b = (n & 0x7f) as u8;
+        n >>= 7;
+        if n == 0 {
+            out.push(b);
+            return;
+        }
+        out.push(b | 0x80);
+    }
 }
 
 /// Ends a meter's open off period one measured gap after its last 0.
@@ -192,6 +259,7 @@ mod tests {
             keep_from: 0,
             keep_to: i64::MAX,
             computed_at_ms: 42,
+            native: false,
         }
     }
 
@@ -215,6 +283,33 @@ mod tests {
         want.extend_from_slice(&42i64.to_le_bytes());
         assert_eq!(&out[..want.len()], &want[..]);
         assert_eq!(out.len(), want.len() * 4);
+    }
+
+    #[test]
+    fn a_native_block_holds_the_same_rows_by_column() {
+        let mut data = Vec::new();
+        for h in 0..3 {
+            row(&mut data, "AB", 7, 3600 * h, 1000.0 * h as f64);
+        }
+        let (rb, _) = run(&job(), &data).unwrap();
+        let (nb, st) = run(&Job { native: true, ..job() }, &data).unwrap();
+        assert_eq!(st.rows, 2);
+        let mut want = vec![8, 2];
+        let mut col = |name: &str, ty: &str, bytes: &[u8]| {
+            put_string(&mut want, name.as_bytes());
+            put_string(&mut want, ty.as_bytes());
+            want.extend_from_slice(bytes);
+        };
+        col("meter", "String", b"\x02AB\x02AB");
+        col("obis", "UInt64", &[7, 0, 0, 0, 0, 0, 0, 0, 7, 0, 0, 0, 0, 0, 0, 0]);
+        col("interval_start", "DateTime('UTC')", &[0, 0, 0, 0, 0x10, 0x0e, 0, 0]);
+        col("value", "Float64", &[1.0f64.to_le_bytes(), 1.0f64.to_le_bytes()].concat());
+        col("unit", "String", b"\x03kWh\x03kWh");
+        col("quality", COLUMNS[5].1, &[1, 1]);
+        col("flags", "UInt16", &[0, 0, 0, 0]);
+        col("computed_at", "DateTime64(3, 'UTC')", &[42i64.to_le_bytes(), 42i64.to_le_bytes()].concat());
+        assert_eq!(nb, want);
+        assert_eq!(rb.len(), 2 * 38);
     }
 
     #[test]

@@ -1377,12 +1377,13 @@ fn scale(value: f64, scaler: i8) -> f64 {
 type ProfileRow = (Vec<u8>, u64, Vec<f64>);
 
 /// Interval consumption (VEE) from RowBinary readings (`meter, obis, ts Int64, value`,
-/// ordered by meter, obis, ts) to RowBinary `consumption` rows; without the GIL.
+/// ordered by meter, obis, ts) to `consumption` rows, RowBinary or (`native`) one
+/// Native block; without the GIL.
 /// `channels`: (obis, scale, unit, max_rate per hour in register units).
 /// Returns (rows, stats).
 #[pyfunction]
 #[pyo3(signature = (
-    readings, *, channels, unlimited, keep_from, keep_to, now, computed_at_ms, profiles = None, states = None,
+    readings, *, channels, unlimited, keep_from, keep_to, now, computed_at_ms, profiles = None, states = None, native = false,
     interval = 3600, measured_gap = 3600, max_estimate_span = 5_356_800,
     local_offset = 18_000, future_tolerance = 600
 ))]
@@ -1398,6 +1399,7 @@ fn consumption_rows<'py>(
     computed_at_ms: i64,
     profiles: Option<Vec<ProfileRow>>,
     states: Option<Vec<String>>,
+    native: bool,
     interval: i64,
     measured_gap: i64,
     max_estimate_span: i64,
@@ -1430,6 +1432,7 @@ fn consumption_rows<'py>(
         unlimited: unlimited.into_iter().collect(),
         profiles: by_series,
         states: state_codes,
+        native,
         keep_from,
         keep_to,
         computed_at_ms,
