@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -17,8 +18,29 @@ from typing import Any
 from headend.server.admin import AdminClient, AdminError, ServerNotRunning
 
 
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        lo, hi = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(lo), int(hi)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
 def free_port() -> int:
-    with socket.socket() as s:
+    """A free loopback TCP port outside the kernel's ephemeral range: a port the kernel
+    hands out could be taken by any outgoing connection between now and the head-end
+    binding it (tests open thousands), and the worker would fail with EADDRINUSE."""
+    lo, _ = _ephemeral_range()
+    first = 20_000 if lo > 21_000 else 1_025
+    for _ in range(500):
+        port = random.randint(first, lo - 1)  # noqa: S311 (a port, not a secret)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    with socket.socket() as s:  # everything below the range is taken: take what comes
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
 

@@ -19,6 +19,7 @@ from typing import Any
 
 from headend import codec
 from headend.server.admin import AdminClient, AdminError, ServerNotRunning
+from loadtest.headend import free_port
 
 TZ = dt.timezone(dt.timedelta(hours=5))
 START = dt.datetime(2026, 11, 23, 0, 0, tzinfo=TZ)
@@ -162,12 +163,6 @@ def _toml(table: dict[str, Any]) -> str:
         return str(v)
 
     return "\n".join(f"{k} = {value(v)}" for k, v in table.items())
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass
