@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -30,6 +29,7 @@ from headend import balance, codec, profiles  # noqa: E402
 from headend.config import REPO_ROOT  # noqa: E402
 from headend.store.db import Store, migrate  # noqa: E402
 from headend.store.imports import import_grid, import_meters  # noqa: E402
+from loadtest import results  # noqa: E402
 from loadtest.grid import generate  # noqa: E402
 
 DAY0 = 1_793_559_600  # 2026-11-02 00:00 in Tashkent (UTC+5)
@@ -55,8 +55,8 @@ def main() -> int:
         import_meters(tmp / "grid" / "meters.csv", store, codec.MasterKey(os.urandom(32)), models)
         setup["grid_and_import_s"] = round(time.monotonic() - t, 1)
         t = time.monotonic()
-        e_obis = codec.obis_to_int(codec.parse_obis(balance.ELECTRICITY_IMPORT))
-        g_obis = codec.obis_to_int(codec.parse_obis(balance.GAS_VOLUME))
+        e_obis = balance.obis_int(balance.ELECTRICITY_IMPORT)
+        g_obis = balance.obis_int(balance.GAS_VOLUME)
         # Every meter rises by its own steady rate with noise, one sample a quarter hour;
         # balance meters (role 'balance') carry a hundred times more.
         store.command(
@@ -116,19 +116,7 @@ def main() -> int:
     }
     print(json.dumps(result, indent=2))
     if not args.no_results:
-        out = ROOT / "bench" / "results" / f"balance-day-{time.strftime('%Y%m%dT%H%M%S')}.json"
-        out.write_text(
-            json.dumps(
-                {
-                    "command": "python bench/balance_day.py " + " ".join(sys.argv[1:]),
-                    "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
-                    "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                    "result": result,
-                },
-                indent=2,
-            )
-        )
-        print(f"written to {out}", file=sys.stderr)
+        results.save("balance-day", results.record("python bench/balance_day.py", result))
     store.close()
     return 0
 

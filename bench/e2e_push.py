@@ -24,8 +24,6 @@ import asyncio
 import datetime as dt
 import json
 import multiprocessing as mp
-import os
-import platform
 import socket
 import sys
 import tempfile
@@ -38,6 +36,7 @@ sys.path.insert(0, str(ROOT))
 
 from headend import codec  # noqa: E402
 from headend.server.admin import AdminClient  # noqa: E402
+from loadtest import results  # noqa: E402
 from loadtest.headend import Headend, cpu_seconds, free_port, rss_kib  # noqa: E402
 
 TZ = dt.timezone(dt.timedelta(hours=5))
@@ -387,21 +386,9 @@ def main() -> None:
     i.add_argument("--workers", type=int, default=4)
     args = ap.parse_args()
     result = run_throughput(args) if args.mode == "throughput" else run_idle(args)
-    record = {
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "machine": {
-            "node": platform.node(),
-            "cpus": os.cpu_count(),
-            "python": platform.python_version(),
-        },
-        "when": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "result": result,
-    }
-    print(json.dumps(record, indent=2))
-    results = ROOT / "bench" / "results"
-    results.mkdir(parents=True, exist_ok=True)
-    name = f"e2e-{args.mode}-{dt.datetime.now(dt.UTC).strftime('%Y%m%dT%H%M%S')}.json"
-    (results / name).write_text(json.dumps(record, indent=2) + "\n")
+    rec = results.record("python bench/e2e_push.py", result)
+    print(json.dumps(rec, indent=2))
+    results.save(f"e2e-{args.mode}", rec)
 
 
 if __name__ == "__main__":

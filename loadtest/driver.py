@@ -30,7 +30,6 @@ import datetime as dt
 import json
 import math
 import os
-import platform
 import shutil
 import socket
 import subprocess
@@ -42,7 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from loadtest import sim
+from loadtest import results, sim
 from loadtest.grid import generate
 from loadtest.headend import Headend, cpu_times, free_port, rss_kib
 
@@ -111,9 +110,7 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
         help="simulated time at the start (ISO 8601; default now): with a fast clock, "
         "start in the past to keep the readings out of the future",
     )
-    ap.add_argument(
-        "--results", type=Path, default=ROOT / "bench" / "results", help="where the JSON goes"
-    )
+    ap.add_argument("--results", type=Path, default=results.DEFAULT_DIR, help="where the JSON goes")
     ap.add_argument("--no-results", action="store_true", help="print only, write no result file")
 
 
@@ -255,24 +252,10 @@ def run(args: argparse.Namespace) -> int:
     except (RuntimeError, ValueError, FileNotFoundError) as e:
         print(f"loadtest run: {e}", file=sys.stderr)
         return 1
-    record = {
-        "command": " ".join(["python -m loadtest", *sys.argv[1:]]),
-        "machine": {
-            "node": platform.node(),
-            "cpus": os.cpu_count(),
-            "python": platform.python_version(),
-            "kernel": platform.release(),
-        },
-        "when": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "result": result,
-    }
-    text = json.dumps(record, indent=2)
-    print(text)
+    rec = results.record("python -m loadtest", result)
+    print(json.dumps(rec, indent=2))
     if not args.no_results:
-        args.results.mkdir(parents=True, exist_ok=True)
-        name = f"loadtest-{dt.datetime.now(dt.UTC).strftime('%Y%m%dT%H%M%S')}.json"
-        (args.results / name).write_text(text + "\n")
-        print(f"written to {args.results / name}", file=sys.stderr)
+        results.save("loadtest", rec, args.results)
     return 0 if result["lost_readings"] == 0 and result["duplicated_readings"] == 0 else 3
 
 

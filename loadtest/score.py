@@ -13,32 +13,21 @@ bench/results/theft-score-<time>.json.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
-import os
-import platform
-import sys
 import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
+from loadtest import results
 
 
 def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--run", type=Path, required=True, help="the --keep directory of a run")
     ap.add_argument("--from", dest="from_", required=True, help="ISO time (Tashkent if naive)")
     ap.add_argument("--to", required=True)
-    ap.add_argument("--results", type=Path, default=ROOT / "bench" / "results")
+    ap.add_argument("--results", type=Path, default=results.DEFAULT_DIR)
     ap.add_argument("--no-results", action="store_true")
-
-
-def _when(text: str) -> int:
-    t = dt.datetime.fromisoformat(text)
-    if t.tzinfo is None:
-        t = t.replace(tzinfo=dt.timezone(dt.timedelta(hours=5)))
-    return int(t.timestamp())
 
 
 def score(run: Path, start: int, end: int) -> dict[str, Any]:
@@ -84,21 +73,10 @@ def score(run: Path, start: int, end: int) -> dict[str, Any]:
 
 
 def main(args: argparse.Namespace) -> int:
-    result = score(args.run, _when(args.from_), _when(args.to))
+    from headend.balance import parse_time
+
+    result = score(args.run, parse_time(args.from_), parse_time(args.to))
     print(json.dumps(result, indent=2))
     if not args.no_results:
-        args.results.mkdir(parents=True, exist_ok=True)
-        out = args.results / f"theft-score-{time.strftime('%Y%m%dT%H%M%S')}.json"
-        out.write_text(
-            json.dumps(
-                {
-                    "command": "python -m loadtest " + " ".join(sys.argv[1:]),
-                    "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
-                    "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                    "result": result,
-                },
-                indent=2,
-            )
-        )
-        print(f"written to {out}", file=sys.stderr)
+        results.save("theft-score", results.record("python -m loadtest", result), args.results)
     return 0
