@@ -27,7 +27,7 @@ import statistics
 from dataclasses import dataclass, field
 from typing import Any
 
-from headend import balance, codec
+from headend import balance
 
 TAMPER_EVENTS = (
     "terminal-cover-opened",
@@ -94,10 +94,6 @@ class Detection:
         }
 
 
-def _obis(text: str) -> int:
-    return codec.obis_to_int(codec.parse_obis(text))
-
-
 def detect(
     store: Any,
     start: int,
@@ -143,7 +139,10 @@ def _findings(
     db = store.db
     start, end = window
     span = end - start
-    imp, exp = _obis(balance.ELECTRICITY_IMPORT), _obis(balance.ELECTRICITY_EXPORT)
+    imp, exp = (
+        balance.obis_int(balance.ELECTRICITY_IMPORT),
+        balance.obis_int(balance.ELECTRICITY_EXPORT),
+    )
     _, rows = store.query(
         "SELECT c.meter, m.node_id, "
         "sumIf(c.value, c.obis = %(imp)s AND c.interval_start >= toDateTime(%(a)s)) AS now_, "
@@ -258,8 +257,8 @@ def _consuming_while_off(
         "ON c.meter = s.meter AND c.interval_start = s.h GROUP BY c.meter",
         {
             "m": meters,
-            "imp": _obis(balance.ELECTRICITY_IMPORT),
-            "state": _obis(DISCONNECTOR_STATE),
+            "imp": balance.obis_int(balance.ELECTRICITY_IMPORT),
+            "state": balance.obis_int(DISCONNECTOR_STATE),
             "a": start,
             "b": end,
         },

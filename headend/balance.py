@@ -30,7 +30,7 @@ import numpy as np
 
 from headend import codec
 from headend.errors import HeadendError
-from headend.store.imports import SqlAccess
+from headend.store.imports import LEVELS, SqlAccess
 
 log = logging.getLogger("headend.balance")
 
@@ -50,16 +50,8 @@ CHANNELS: list[tuple[str, float, str, float]] = [
 FLOW = {"electricity": ELECTRICITY_IMPORT, "gas": GAS_VOLUME}
 # Supply switches (0 off): the disconnector's output state and the gas valve.
 STATES = ["0.0.96.3.10.255", "0.0.24.4.0.255"]
-NETWORK_LEVELS = (
-    "generation",
-    "backbone_substation",
-    "distribution_substation",
-    "feeder",
-    "transformer",
-    "gas_station",
-    "gas_segment",
-)
 ADMIN_LEVELS = ("republic", "region", "district")
+NETWORK_LEVELS = tuple(level for level in LEVELS if level not in ADMIN_LEVELS)
 _SUMS = "sum(input) AS i, sum(output) AS o, sum(loss) AS l, sum(measured) AS m, sum(expected) AS e"
 _FIGURES = (
     "round(i, 3) AS input, round(o, 3) AS output, round(l, 3) AS loss, "
@@ -144,6 +136,49 @@ def _iso(t: int) -> str:
     return dt.datetime.fromtimestamp(t, dt.UTC).isoformat()
 
 
+LOCAL = dt.timezone(dt.timedelta(hours=5))
+"""Tashkent time (Uzbekistan keeps no daylight saving time)."""
+
+
+def parse_time(text: str) -> int:
+    """A time as given on a command line: ISO date or date-time (Tashkent time unless it
+    says otherwise), or Unix seconds."""
+    if text.lstrip("-").isdigit():
+        return int(text)
+    try:
+        t = dt.datetime.fromisoformat(text)
+    except ValueError:
+        raise BalanceError(
+            f"cannot read the time {text!r}: use 2026-11-01, 2026-11-01T06:00 or Unix seconds"
+        ) from None
+    if t.tzinfo is None:
+        t = t.replace(tzinfo=LOCAL)
+    return int(t.timestamp())
+
+
+def last_period(period: str, before: int) -> tuple[int, int]:
+    """The last whole hour, day, month or year (Tashkent time) that ends by `before`."""
+    t = dt.datetime.fromtimestamp(before, LOCAL)
+    if period == "hour":
+        end = t.replace(minute=0, second=0, microsecond=0)
+        return int(end.timestamp()) - HOUR, int(end.timestamp())
+    end = t.replace(hour=0, minute=0, second=0, microsecond=0)
+    if period == "day":
+        start = end - dt.timedelta(days=1)
+    elif period == "month":
+        end = end.replace(day=1)
+        start = (end - dt.timedelta(days=1)).replace(day=1)
+    else:
+        end = end.replace(month=1, day=1)
+        start = end.replace(year=end.year - 1)
+    return int(start.timestamp()), int(end.timestamp())
+
+
+def obis_int(text: str) -> int:
+    """An OBIS code as the UInt64 the tables store."""
+    return codec.obis_to_int(codec.parse_obis(text))
+
+
 def hour_floor(t: float) -> int:
     return int(t) // HOUR * HOUR
 
@@ -183,7 +218,7 @@ def recompute(
 
 
 def _obis_ints() -> dict[str, int]:
-    return {c[0]: codec.obis_to_int(codec.parse_obis(c[0])) for c in CHANNELS}
+    return {c[0]: obis_int(c[0]) for c in CHANNELS}
 
 
 def _consumption(store: RawStore, rep: RecomputeReport, now: int, margin: int, per: int) -> None:
@@ -201,7 +236,7 @@ def _consumption(store: RawStore, rep: RecomputeReport, now: int, margin: int, p
     _, rows = store.query(f"SELECT serial FROM {db}.meters FINAL WHERE role = 'balance'")
     unlimited = [r[0].encode() for r in rows]
     obis = sorted(_obis_ints().values())
-    states = [codec.obis_to_int(codec.parse_obis(o)) for o in STATES]
+    states = [obis_int(o) for o in STATES]
     computed_at = int(time.time() * 1000)
 
     def fetch(i: int) -> tuple[bytes, list[tuple[bytes, int, list[float]]]]:

@@ -283,25 +283,11 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", metavar="FILE", help="configuration file (TOML)")
 
 
-def _when(text: str) -> int:
-    """A time on the command line: ISO date or date-time (Tashkent time unless it says
-    otherwise), or Unix seconds."""
-    if text.lstrip("-").isdigit():
-        return int(text)
-    try:
-        t = dt.datetime.fromisoformat(text)
-    except ValueError:
-        raise HeadendError(
-            f"cannot read the time {text!r}: use 2026-11-01, 2026-11-01T06:00 or Unix seconds"
-        ) from None
-    if t.tzinfo is None:
-        t = t.replace(tzinfo=dt.timezone(dt.timedelta(hours=5)))
-    return int(t.timestamp())
-
-
 def _window(args: argparse.Namespace) -> tuple[int, int]:
-    end = _when(args.to) if args.to else int(time.time()) // 3600 * 3600
-    start = _when(args.from_) if args.from_ else end - 86_400
+    from headend.balance import parse_time
+
+    end = parse_time(args.to) if args.to else int(time.time()) // 3600 * 3600
+    start = parse_time(args.from_) if args.from_ else end - 86_400
     if end <= start:
         raise HeadendError("--to must be after --from")
     return start, end
@@ -355,30 +341,13 @@ def cmd_balance(args: argparse.Namespace) -> int:
     return _table_command(args, _window, work)
 
 
-def _last_period(period: str, before: int) -> tuple[int, int]:
-    """The last whole hour, day, month or year (Tashkent time) that ends by `before`."""
-    tz = dt.timezone(dt.timedelta(hours=5))
-    t = dt.datetime.fromtimestamp(before, tz)
-    if period == "hour":
-        end = t.replace(minute=0, second=0, microsecond=0)
-        return int(end.timestamp()) - 3600, int(end.timestamp())
-    end = t.replace(hour=0, minute=0, second=0, microsecond=0)
-    if period == "day":
-        start = end - dt.timedelta(days=1)
-    elif period == "month":
-        end = end.replace(day=1)
-        start = (end - dt.timedelta(days=1)).replace(day=1)
-    else:
-        end = end.replace(month=1, day=1)
-        start = end.replace(year=end.year - 1)
-    return int(start.timestamp()), int(end.timestamp())
-
-
 def _losses_window(args: argparse.Namespace) -> tuple[int, int]:
+    from headend.balance import last_period, parse_time
+
     if args.period and args.from_:
         raise HeadendError("give --period or --from, not both")
     if args.period:
-        return _last_period(args.period, _when(args.to) if args.to else int(time.time()))
+        return last_period(args.period, parse_time(args.to) if args.to else int(time.time()))
     return _window(args)
 
 

@@ -56,8 +56,7 @@ REGISTERS: dict[str, list[float | None]] = {
 }
 
 
-def _obis(text: str) -> int:
-    return codec.obis_to_int(codec.parse_obis(text))
+_obis = balance.obis_int
 
 
 def _readings(store: Store, samples: list[tuple[str, int, float]]) -> None:
