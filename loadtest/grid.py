@@ -33,6 +33,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from headend.store.imports import GRID_COLUMNS, METER_COLUMNS
+
 # The 14 first-level divisions: (code, name, latitude, longitude, population in
 # millions, about 2023). Centres are the capitals (Tashkent region: Nurafshon).
 REGIONS = [
@@ -52,21 +54,9 @@ REGIONS = [
     ("TK", "Tashkent city", 41.31, 69.28, 3.0),
 ]
 
-GRID_HEADER = ["node_id", "parent_id", "level", "commodity", "name", "admin_unit", "lat", "lon"]
-METER_HEADER = [
-    "serial",
-    "kind",
-    "role",
-    "node_id",
-    "account_id",
-    "model",
-    "system_title",
-    "ek",
-    "ak",
-    "password",
-    "lat",
-    "lon",
-]
+# The import formats (DESIGN.md section 7), as `headend grid|meters import` reads them.
+GRID_HEADER = GRID_COLUMNS
+METER_HEADER = METER_COLUMNS
 
 
 @dataclass
