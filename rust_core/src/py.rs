@@ -120,6 +120,11 @@ fn guarded<T: Send>(py: Python<'_>, release_gil: bool, f: impl FnOnce() -> T + S
     })
 }
 
+/// An OBIS code from its text; a bad one is the caller's error.
+fn obis_code(py: Python<'_>, text: &str) -> PyResult<ObisCode> {
+    text.parse().map_err(|e: crate::obis::ObisParseError| local_error(py, "OBIS code", e.to_string()))
+}
+
 fn codec<T>(py: Python<'_>, r: crate::error::Result<T>) -> PyResult<T> {
     r.map_err(|e| to_pyerr(py, &e))
 }
@@ -1340,8 +1345,7 @@ fn hls_gmac<'py>(
 /// Parses an OBIS code ("1.0.1.8.0.255" or "1-0:1.8.0*255") into its 6 bytes.
 #[pyfunction]
 fn parse_obis<'py>(py: Python<'py>, text: &str) -> PyResult<Bound<'py, PyBytes>> {
-    let o: ObisCode =
-        text.parse().map_err(|e: crate::obis::ObisParseError| local_error(py, "OBIS code", e.to_string()))?;
+    let o = obis_code(py, text)?;
     Ok(PyBytes::new(py, &o.0))
 }
 
@@ -1408,14 +1412,12 @@ fn consumption_rows<'py>(
 ) -> PyResult<(Bound<'py, PyBytes>, Bound<'py, PyDict>)> {
     let mut chans = Vec::with_capacity(channels.len());
     for (code, scale, unit, max_rate) in channels {
-        let obis: ObisCode =
-            code.parse().map_err(|e: crate::obis::ObisParseError| local_error(py, "OBIS code", e.to_string()))?;
+        let obis = obis_code(py, &code)?;
         chans.push(Channel { obis: obis.to_u64(), scale, unit, max_rate });
     }
     let mut state_codes = Vec::new();
     for code in states.unwrap_or_default() {
-        let obis: ObisCode =
-            code.parse().map_err(|e: crate::obis::ObisParseError| local_error(py, "OBIS code", e.to_string()))?;
+        let obis = obis_code(py, &code)?;
         state_codes.push(obis.to_u64());
     }
     let profiles = profiles.unwrap_or_default();
