@@ -271,6 +271,24 @@ class Directory:
     ) -> None:
         """Remembers, until `until` (Unix seconds), that the store does not know a meter."""
     def serial(self, meter: int) -> str: ...
+    def meter_info(self, meter: int) -> tuple[str, str, bytes | None, bool]:
+        """(serial, model, system title or None, has keys)."""
+    def encipher(
+        self,
+        meter: int,
+        own_title: bytes,
+        apdu: bytes,
+        *,
+        security_control: int = 0x30,
+        general: bool = False,
+    ) -> bytes:
+        """Protects a request to the meter with its keys and the next counter."""
+    def decipher(self, meter: int, apdu: bytes) -> bytes:
+        """Verifies, decrypts and replay-checks a ciphered APDU from the meter."""
+    def hls_response(self, meter: int, own_title: bytes, challenge: bytes) -> bytes:
+        """HLS-GMAC pass 3 towards the meter."""
+    def verify_hls_response(self, meter: int, challenge: bytes, response: bytes) -> int:
+        """HLS-GMAC pass 4: checks the meter's f(challenge); returns its counter."""
     def find(
         self, *, serial: str | None = None, system_title: bytes | None = None
     ) -> int | None: ...
@@ -303,7 +321,7 @@ class Session:
         self, data: bytes, now: int, directory: Directory, sink: RowSink
     ) -> list[tuple[Any, ...]]:
         """Feeds bytes (b"": the peer closed); returns the events Python must act on:
-        ("lookup", title | None, serial | None), ("identified", meter, serial),
+        ("lookup", title | None, serial | None), ("identified", meter, serial, source),
         ("apdu", source, meter | None, apdu), ("link", source, destination, control, info),
         ("reject", reason, message, meter | None)."""
     def retry(self, now: int, directory: Directory, sink: RowSink) -> list[tuple[Any, ...]]:

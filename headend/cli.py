@@ -8,6 +8,7 @@ import datetime as dt
 import io
 import json
 import logging
+import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -252,6 +253,92 @@ def cmd_ctl(args: argparse.Namespace) -> int:
         client.close()
     except HeadendError as e:
         return _fail(e)
+    return 0
+
+
+COMMAND_ACTIONS = ("read", "disconnect", "reconnect", "clock", "profile")
+
+
+def _command_args(args: argparse.Namespace) -> dict[str, Any]:
+    if args.action == "read":
+        objects = []
+        for spec in args.objects:
+            obis, _, attr = spec.partition(":")
+            cls = args.class_id
+            if cls is None:
+                cls = 8 if obis == "0.0.1.0.0.255" else 70 if obis.startswith("0.0.96.3.") else 3
+            objects.append([cls, obis, int(attr or 2)])
+        return {"objects": objects}
+    if args.action == "clock":
+        return {"threshold": args.threshold}
+    if args.action == "profile":
+        start, end = _window(args)
+        return {"from": start, "to": end}
+    return {}
+
+
+def cmd_command(args: argparse.Namespace) -> int:
+    """ctl read/disconnect/reconnect/clock/profile: queue a command, wait for it."""
+    from headend.server.admin import AdminClient
+
+    try:
+        cfg = _config(args)
+        client = AdminClient(cfg.admin_socket, timeout=max(300.0, args.wait + 30))
+        c = client.call(
+            "command",
+            serial=args.serial,
+            kind=args.action,
+            args=_command_args(args),
+            wait=args.wait,
+            expires_in=args.expire,
+            reason=args.reason or "",
+            requested_by=f"operator:{os.environ.get('USER', 'unknown')}",
+        )
+        client.close()
+    except HeadendError as e:
+        return _fail(e)
+    failed = c["state"] in ("failed", "expired", "cancelled")
+    if args.json:
+        print(json.dumps(c, indent=2))
+        return 1 if failed else 0
+    if c["state"] == "done":
+        r = c["result"] or {}
+        if args.action == "read":
+            for (cls, obis, attr), v in zip(c["args"]["objects"], r["values"], strict=True):
+                print(f"{obis}:{attr} (class {cls})  {json.dumps(v.get('value', v))}")
+        else:
+            print(f"{args.action} {c['serial']}: done  {json.dumps(r)}")
+    elif failed:
+        print(f"{args.action} {c['serial']}: {c['state']}: {c['error']}", file=sys.stderr)
+        return 1
+    else:
+        note = f" (last attempt: {c['error']})" if c["error"] else ""
+        print(
+            f"{args.action} {c['serial']}: queued as {c['command_id']}, state {c['state']}{note}; "
+            f"it runs when the meter is connected (see `headend ctl commands`)"
+        )
+    return 0
+
+
+def cmd_commands(args: argparse.Namespace) -> int:
+    from headend.server.admin import AdminClient
+
+    try:
+        cfg = _config(args)
+        client = AdminClient(cfg.admin_socket)
+        if args.action == "cancel":
+            c = client.call("cancel", id=args.id)
+            print(f"cancelled {c['command_id']} ({c['kind']} {c['serial']})")
+            return 0
+        r = client.call("commands", serial=args.serial)
+        client.close()
+    except HeadendError as e:
+        return _fail(e)
+    if args.json:
+        print(json.dumps(r, indent=2))
+        return 0
+    cols = ["command_id", "serial", "kind", "state", "attempts", "requested_by", "error"]
+    _print_rows(cols, [[c[k] for k in cols] for c in r["pending"]], "table")
     return 0
 
 
@@ -546,6 +633,48 @@ def build_parser() -> argparse.ArgumentParser:
         if action == "sessions":
             cp.add_argument("--meter", metavar="SERIAL", help="only sessions of this meter")
         cp.set_defaults(func=cmd_ctl)
+    for action, text in (
+        ("read", "read attributes of a meter now (or when it connects)"),
+        ("disconnect", "switch a meter's supply off, verified by reading it back"),
+        ("reconnect", "switch a meter's supply on, verified by reading it back"),
+        ("clock", "check a meter's clock and set it when it drifted"),
+        ("profile", "read a meter's load profile for a period into readings"),
+    ):
+        cp = csub.add_parser(action, help=text)
+        cp.add_argument("serial", metavar="SERIAL")
+        if action == "read":
+            cp.add_argument("objects", nargs="+", metavar="OBIS[:ATTR]")
+            cp.add_argument(
+                "--class",
+                dest="class_id",
+                type=int,
+                help="interface class (default: 8 for the clock, 70 for the disconnector, else 3)",
+            )
+        if action == "clock":
+            cp.add_argument("--threshold", type=float, default=10.0, help="seconds of drift")
+        if action == "profile":
+            cp.add_argument("--from", dest="from_", metavar="T", help="default: a day ago")
+            cp.add_argument("--to", metavar="T", help="default: this hour")
+        cp.add_argument("--wait", type=float, default=30.0, help="seconds to wait for the outcome")
+        cp.add_argument(
+            "--expire",
+            type=float,
+            default=None,
+            help="seconds the command waits for the meter (default [commands] expire)",
+        )
+        cp.add_argument("--reason", help="why (kept in the audit trail)")
+        cp.add_argument("--json", action="store_true", help="machine-readable output")
+        _add_common(cp)
+        cp.set_defaults(func=cmd_command)
+    cp = csub.add_parser("commands", help="commands waiting or running")
+    cp.add_argument("serial", nargs="?", metavar="SERIAL")
+    cp.add_argument("--json", action="store_true")
+    _add_common(cp)
+    cp.set_defaults(func=cmd_commands)
+    cp = csub.add_parser("cancel", help="cancel a waiting command")
+    cp.add_argument("id", metavar="COMMAND_ID")
+    _add_common(cp)
+    cp.set_defaults(func=cmd_commands)
     return parser
 
 

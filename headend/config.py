@@ -117,6 +117,70 @@ class SecurityConfig:
 
 
 @dataclass(frozen=True)
+class CommandsConfig:
+    """Requests to meters: the head-end as DLMS client on the meters' connections."""
+
+    client_title: str = "48454144454E4431"
+    """The head-end's system title (8 bytes as hex) in ciphered requests and HLS."""
+    client_address: int = 1
+    """Client wrapper port (1: the management client, which may switch supply)."""
+    request_timeout: float = 20.0
+    """Seconds to wait for a meter's response to one request."""
+    max_associations_per_worker: int = 64
+    """Associations one worker runs at the same time (commands go first)."""
+    max_per_node: int = 8
+    """Commands running at the same time under one grid node (transformer, segment)."""
+    attempts: int = 4
+    """Tries before a command fails."""
+    retry_delay: float = 30.0
+    """Seconds before the first retry; doubles with each attempt (at most an hour)."""
+    expire: float = 86_400.0
+    """Seconds a command waits for its meter to connect before it expires."""
+    wait: float = 30.0
+    """Seconds `headend ctl read/disconnect/reconnect` waits for the outcome before
+    answering that the command is queued."""
+    dispatch_interval: float = 1.0
+    """Seconds between passes over the queue (offers, expiries)."""
+    schedule_interval: float = 3600.0
+    """Seconds between scheduler passes (gap backfill, clock checks); 0: off."""
+    schedule_batch: int = 10_000
+    """Meters one scheduler pass queues work for, at most, per kind."""
+    backfill_days: int = 7
+    """Days back the scheduler looks for estimated (missing) consumption to backfill
+    from the meters' load profiles."""
+    clock_check_days: float = 1.0
+    """Each meter's clock is checked this often (days)."""
+    clock_threshold: float = 10.0
+    """Seconds of drift beyond which the clock is set."""
+
+
+@dataclass(frozen=True)
+class BillingConfig:
+    """Debts from the billing system and the disconnection policy."""
+
+    policy: bool = True
+    """Run the disconnection policy (False: debts are kept, nobody is switched)."""
+    debt_threshold: float = 100_000.0
+    """Debt (in the billing currency) above which an account may be disconnected."""
+    overdue_days: int = 30
+    """Days the debt must be overdue before a disconnection."""
+    reconnect_at: float = 0.0
+    """A disconnected debtor is reconnected once the debt is at most this."""
+    allowed_hours: str = "9-17"
+    """Local (Tashkent) hours in which disconnections may start, "from-to" inclusive."""
+    allowed_weekdays: str = "mon-fri"
+    """Weekdays on which disconnections may happen: a range or a comma list."""
+    holidays: str = ""
+    """Dates without disconnections, comma-separated YYYY-MM-DD."""
+    warning_hours: float = 48.0
+    """Hours between the warning and the earliest disconnection."""
+    max_per_node_per_hour: int = 20
+    """Disconnections per grid node (transformer) per hour, at most."""
+    interval: float = 60.0
+    """Seconds between policy passes."""
+
+
+@dataclass(frozen=True)
 class LogConfig:
     """Logging."""
 
@@ -134,6 +198,8 @@ class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
     security: SecurityConfig = field(default_factory=SecurityConfig)
+    commands: CommandsConfig = field(default_factory=CommandsConfig)
+    billing: BillingConfig = field(default_factory=BillingConfig)
     log: LogConfig = field(default_factory=LogConfig)
     profiles_dir: Path = REPO_ROOT / "protocols" / "profiles"
     source: Path | None = None
@@ -194,6 +260,8 @@ SECTIONS: dict[str, type[Any]] = {
     "server": ServerConfig,
     "store": StoreConfig,
     "security": SecurityConfig,
+    "commands": CommandsConfig,
+    "billing": BillingConfig,
     "log": LogConfig,
 }
 

@@ -176,6 +176,8 @@ class Server:
     pushers: list[Pusher] = field(default_factory=list)
     #: A generated fleet (grid.csv, meters.csv) to import instead of the harness's own.
     fleet: Path | None = None
+    #: Further sections of the configuration file ({"commands": {...}}).
+    sections: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def pusher(self, framing: str = "wrapper", port: int | None = None) -> Pusher:
         """A meter connection the server closes when it stops (also after a failure)."""
@@ -223,7 +225,8 @@ class Server:
             **self.server_settings,
         }
         store = {"ingest_interval": 0.05, "fsync": "always", **self.store_settings}
-        self.config.write_text(f"[server]\n{_toml(server)}\n[store]\n{_toml(store)}\n")
+        extra = "".join(f"[{k}]\n{_toml(v)}\n" for k, v in self.sections.items())
+        self.config.write_text(f"[server]\n{_toml(server)}\n[store]\n{_toml(store)}\n{extra}")
         if self.fleet is not None:
             self.cli("grid", "import", str(self.fleet / "grid.csv"))
             self.cli("meters", "import", str(self.fleet / "meters.csv"))
@@ -354,8 +357,10 @@ def running(
     server_settings: dict[str, Any] | None = None,
     store_settings: dict[str, Any] | None = None,
     fleet: Path | None = None,
+    sections: dict[str, dict[str, Any]] | None = None,
 ) -> Iterator[Server]:
-    """A started server; the settings override the harness's [server] and [store]."""
+    """A started server; the settings override the harness's [server] and [store]
+    (and `sections` add others)."""
     srv = Server(
         root,
         free_port(),
@@ -363,6 +368,7 @@ def running(
         server_settings=server_settings or {},
         store_settings=store_settings or {},
         fleet=fleet,
+        sections=sections or {},
     )
     srv.setup()
     srv.start()

@@ -2,8 +2,9 @@
 
 It ingests the workers' spool (a thread, so inserts never block the event loop),
 answers workers' meter lookups, tells them the spool backlog (they pause reading above
-a threshold), and serves the admin socket (``headend ctl``, ``headend sql``, imports
-while the server runs).
+a threshold), keeps the command queue (``headend/commands.py``), the scheduler and the
+billing policy, and serves the admin socket (``headend ctl``, ``headend sql``,
+imports while the server runs).
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ from typing import Any
 
 import msgpack
 
-from headend import logs
+from headend import codec, logs
+from headend.commands import CommandQueue, Scheduler
 from headend.config import Config, from_dict
 from headend.errors import HeadendError
 from headend.server import ipc
@@ -128,6 +130,11 @@ class StoreService:
         self.lookup_pending: list[tuple[list[str], list[str], asyncio.Future[Any]]] = []
         self.lookup_task: asyncio.Task[None] | None = None
         self.lookup_stats = {"rounds": 0, "requests": 0, "keys": 0}
+        self.commands = CommandQueue(
+            self.store, cfg.commands, self._send_worker, lambda: sorted(self.workers)
+        )
+        self.scheduler = Scheduler(self.commands, cfg.commands)
+        self.polled = 0
 
     # -- ingest thread ---------------------------------------------------------------
 
@@ -193,6 +200,8 @@ class StoreService:
             self.workers[wid] = ch
             log.info("worker %d connected (pid %s)", wid, msg.get("pid"))
             ch.send({"t": "backlog", "bytes": self.backlog})
+            # A (re)connected worker has forgotten what it was offered.
+            self.commands.worker_lost(wid)
         elif t == "stats":
             wid = int(msg["worker"])
             self.worker_stats[wid] = msg
@@ -205,7 +214,64 @@ class StoreService:
             self.rates[wid] = (now, totals)
         elif t == "lookup":
             return await self._lookup(msg)
+        elif t == "claim":
+            return {"claim": self.commands.claim(str(msg["command"]), int(msg["worker"]))}
+        elif t == "job-result":
+            await self._job_result(msg)
         return None
+
+    def _send_worker(self, wid: int, msg: dict[str, Any]) -> bool:
+        ch = self.workers.get(wid)
+        if ch is None:
+            return False
+        try:
+            ch.send(msg)
+        except (ipc.ChannelClosed, ConnectionError):
+            return False
+        return True
+
+    async def _job_result(self, msg: dict[str, Any]) -> None:
+        """A worker ran a command. Polled profile rows become readings (source poll)
+        before the command is marked done, so a failed insert retries the read."""
+        cid = str(msg.get("command"))
+        c = self.commands.commands.get(cid)
+        result = msg.get("result")
+        if c is not None and msg.get("status") == "done" and isinstance(result, dict):
+            rows = result.pop("rows", None)
+            if rows:
+                try:
+                    n = await asyncio.get_running_loop().run_in_executor(
+                        None, self._insert_polled, c.serial, rows
+                    )
+                    result["readings"] = n
+                except Exception as e:
+                    msg = {**msg, "status": "failed", "error": f"storing the readings failed: {e}"}
+        self.commands.outcome(cid, msg)
+
+    def _insert_polled(self, serial: str, rows: list[list[Any]]) -> int:
+        now = dt.datetime.now(dt.UTC).replace(microsecond=0)
+        out = []
+        for obis, ts, value, unit, status in rows:
+            out.append(
+                (
+                    serial,
+                    codec.obis_to_int(codec.parse_obis(obis)),
+                    dt.datetime.fromtimestamp(int(ts), dt.UTC),
+                    float(value),
+                    unit,
+                    int(status),
+                    "poll",
+                    "measured",
+                    now,
+                )
+            )
+        self.store.insert_rows(
+            "readings",
+            ["meter", "obis", "ts", "value", "unit", "status", "source", "quality", "received_at"],
+            out,
+        )
+        self.polled += len(out)
+        return len(out)
 
     async def _lookup(self, msg: dict[str, Any]) -> dict[str, Any]:
         """Answers one worker's lookup. Requests that arrive while a lookup runs are
@@ -332,6 +398,7 @@ class StoreService:
         wid = ch.info.get("worker")
         if wid is not None and self.workers.get(wid) is ch:
             del self.workers[wid]
+            self.commands.worker_lost(wid)
             log.info("worker %d disconnected", wid)
 
     async def _monitor_backlog(self) -> None:
@@ -360,6 +427,21 @@ class StoreService:
                 await loop.run_in_executor(None, balance.recompute, self.store, start, end)
             except Exception as e:
                 log.error("recomputing balances failed (will retry): %s", e)
+
+    async def _schedule(self) -> None:
+        """Scheduled reads: gap backfill and clock checks, every `schedule_interval`."""
+        interval = self.cfg.commands.schedule_interval
+        if interval <= 0:
+            return
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                queued = await loop.run_in_executor(None, self.scheduler.run_once)
+                if any(queued.values()):
+                    log.info("scheduled: %s", queued)
+            except Exception as e:
+                log.error("scheduling reads failed (will retry): %s", e)
 
     # -- admin ---------------------------------------------------------------------------
 
@@ -405,6 +487,7 @@ class StoreService:
             },
             "rejects": rejects,
             "lookups": dict(self.lookup_stats),
+            "commands": {**self.commands.stats(), "polled_readings": self.polled},
         }
 
     async def _admin(self, req: dict[str, Any]) -> Any:
@@ -451,6 +534,37 @@ class StoreService:
                     with contextlib.suppress(ipc.ChannelClosed, ConnectionError):
                         ch.send({"t": "invalidate", "serials": serials})
             return {"ok": True, "rows": len(new_rows)}
+        if cmd == "command":
+            c = await loop.run_in_executor(
+                None,
+                lambda: self.commands.submit(
+                    str(req["serial"]),
+                    str(req["kind"]),
+                    req.get("args") or {},
+                    requested_by=str(req.get("requested_by") or "operator"),
+                    reason=str(req.get("reason") or ""),
+                    expires_in=None if req.get("expires_in") is None else float(req["expires_in"]),
+                ),
+            )
+            self.commands.dispatch()
+            wait = float(req.get("wait", self.cfg.commands.wait))
+            if wait > 0:
+                c = await self.commands.wait(c.command_id, wait)
+            return c.public()
+        if cmd == "commands":
+            serial = req.get("serial")
+            return {
+                "pending": [
+                    c.public()
+                    for c in self.commands.commands.values()
+                    if not serial or c.serial == serial
+                ],
+                "stats": self.commands.stats(),
+            }
+        if cmd == "schedule":
+            return await loop.run_in_executor(None, self.scheduler.run_once)
+        if cmd == "cancel":
+            return self.commands.cancel(str(req["id"])).public()
         if cmd == "recompute":
             from headend import balance
 
@@ -505,6 +619,24 @@ class StoreService:
 
     # -- life cycle ------------------------------------------------------------------
 
+    async def _open_sockets(self) -> tuple[asyncio.Server, asyncio.Server]:
+        cfg = self.cfg
+        cfg.run_dir.mkdir(parents=True, exist_ok=True)
+        for path in (cfg.control_socket, cfg.admin_socket):
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+        old = os.umask(0o077)  # both sockets 0600
+        try:
+            control = await asyncio.start_unix_server(
+                self._control_client, str(cfg.control_socket), limit=ipc.MAX_MESSAGE
+            )
+            admin = await asyncio.start_unix_server(
+                self._admin_client, str(cfg.admin_socket), limit=64 << 20
+            )
+        finally:
+            os.umask(old)
+        return control, admin
+
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGTERM, self.stop.set)
@@ -527,28 +659,27 @@ class StoreService:
             target=self._ingest_loop, args=(final,), name="ingest", daemon=True
         )
         ingest.start()
-        cfg.run_dir.mkdir(parents=True, exist_ok=True)
-        for path in (cfg.control_socket, cfg.admin_socket):
-            with contextlib.suppress(FileNotFoundError):
-                path.unlink()
-        old = os.umask(0o077)  # both sockets 0600
-        try:
-            control = await asyncio.start_unix_server(
-                self._control_client, str(cfg.control_socket), limit=ipc.MAX_MESSAGE
+        control, admin = await self._open_sockets()
+        queued = await loop.run_in_executor(None, self.commands.load)
+        if queued:
+            log.info("%d commands still queued from before", queued)
+        tasks = [
+            loop.create_task(c)
+            for c in (
+                self._monitor_backlog(),
+                self._keep_balances(),
+                self.commands.run(),
+                self._schedule(),
             )
-            admin = await asyncio.start_unix_server(
-                self._admin_client, str(cfg.admin_socket), limit=64 << 20
-            )
-        finally:
-            os.umask(old)
-        monitor = loop.create_task(self._monitor_backlog())
-        balances = loop.create_task(self._keep_balances())
+        ]
         log.info("store ready (%s)", cfg.dsn if self.store.embedded else "ClickHouse server")
         await self.stop.wait()
         # Shutdown: the supervisor stopped the workers first; ingest what they left.
         log.info("store stopping: ingesting the remaining spool")
-        monitor.cancel()
-        balances.cancel()
+        for t in tasks:
+            t.cancel()
+        with contextlib.suppress(Exception):
+            await loop.run_in_executor(None, self.commands.flush)
         control.close()
         final.set()
         self.wake.set()

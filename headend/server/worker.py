@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
 import itertools
 import json
 import logging
@@ -34,6 +35,7 @@ from headend.config import Config, from_dict
 from headend.errors import HeadendError
 from headend.keys import load_master_key
 from headend.server import ipc
+from headend.server.client import ClientError, MeterClient, execute
 from headend.store import spool
 
 log = logging.getLogger("headend.worker")
@@ -45,6 +47,7 @@ class MeterProtocol(asyncio.Protocol):
     """One meter (or concentrator) connection. Thin: bytes go to Rust."""
 
     __slots__ = (
+        "clients",
         "closed",
         "connected_at",
         "framing",
@@ -72,6 +75,7 @@ class MeterProtocol(asyncio.Protocol):
         self.closed = False
         self.lost_reason: str | None = None
         self.waiting_pause = False
+        self.clients: dict[int, MeterClient] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement asyncio.Transport without subclassing it.
@@ -136,6 +140,7 @@ class MeterProtocol(asyncio.Protocol):
             else:
                 w.session_row(self, "disconnect", reason)
         w.connections.pop(self.sid, None)
+        w.connection_gone(self)
         w.mark_dirty()
 
     def close(self, reason: str) -> None:
@@ -149,6 +154,31 @@ class MeterProtocol(asyncio.Protocol):
         return self.plog
 
 
+class PriorityGate:
+    """At most `n` holders; waiters with a lower priority number go first."""
+
+    def __init__(self, n: int) -> None:
+        self.free = n
+        self._waiting: list[tuple[int, int, asyncio.Future[None]]] = []
+        self._seq = itertools.count()
+
+    async def acquire(self, priority: int) -> None:
+        if self.free > 0 and not self._waiting:
+            self.free -= 1
+            return
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        heapq.heappush(self._waiting, (priority, next(self._seq), fut))
+        await fut
+
+    def release(self) -> None:
+        while self._waiting:
+            _, _, fut = heapq.heappop(self._waiting)
+            if not fut.done():
+                fut.set_result(None)
+                return
+        self.free += 1
+
+
 class Worker:
     def __init__(self, cfg: Config, worker_id: int) -> None:
         self.cfg = cfg
@@ -158,8 +188,10 @@ class Worker:
             require_authentication=cfg.security.require_authentication,
             require_encryption=cfg.security.require_encryption,
         )
+        self.models: dict[str, dict[str, Any]] = {}
         for p in profiles.load_all(cfg.profiles_dir):
             self.directory.add_profile(p)
+            self.models[p["name"]] = p
         self.sink = RowSink()
         self.spool = spool.SpoolWriter(
             cfg.spool_dir,
@@ -187,6 +219,16 @@ class Worker:
         self.rejects: dict[str, int] = {}
         self.started = time.time()
         self._tasks: set[asyncio.Task[Any]] = set()
+        # Commands: where each identified meter is, the jobs the store offered, and
+        # the associations running.
+        self.online: dict[str, tuple[MeterProtocol, int, int]] = {}
+        self.jobs: dict[str, dict[str, Any]] = {}
+        self.wanted: dict[str, list[str]] = {}
+        self.busy: set[str] = set()
+        self.gate = PriorityGate(cfg.commands.max_associations_per_worker)
+        self.own_title = bytes.fromhex(cfg.commands.client_title)
+        self.unreported: list[dict[str, Any]] = []
+        self.job_totals: dict[str, int] = {"done": 0, "failed": 0}
 
     # -- rows and the spool ------------------------------------------------------
 
@@ -276,7 +318,11 @@ class Worker:
                 self.waiting.setdefault(key, set()).add(proto)
                 self.queue_lookup(key)
             elif kind == "identified":
-                proto.peer_logger().meter = ev[2]
+                _, meter, serial, source = ev
+                proto.peer_logger().meter = serial
+                self.online[serial] = (proto, meter, source)
+                if serial in self.wanted:
+                    self._start_jobs(serial)
             elif kind == "reject":
                 _, reason, message, _meter = ev
                 # Logged once per connection and reason; every one is counted and
@@ -287,6 +333,9 @@ class Worker:
                     proto.logged.add(reason)
                     proto.peer_logger().warning("refused input (%s): %s", reason, message)
             elif kind == "apdu":
+                client = proto.clients.get(ev[1]) if proto.clients else None
+                if client is not None and client.deliver(ev[3]):
+                    continue
                 proto.peer_logger().info(
                     "unsolicited %d-byte APDU (tag 0x%02X) ignored", len(ev[3]), ev[3][0]
                 )
@@ -379,7 +428,138 @@ class Worker:
             return {"sessions": self.list_sessions(msg.get("meter"))}
         elif t == "invalidate":
             await self._refresh(msg.get("serials", []))
+        elif t == "job":
+            self.offer(msg["job"])
+        elif t == "job-cancel":
+            self._drop_job(str(msg["command"]))
         return None
+
+    # -- commands -------------------------------------------------------------------
+
+    def offer(self, job: dict[str, Any]) -> None:
+        """The store offers a job: run it if the meter is here, else wait for it."""
+        jid = str(job["id"])
+        if jid in self.jobs:
+            return
+        self.jobs[jid] = job
+        self.wanted.setdefault(str(job["serial"]), []).append(jid)
+        if job["serial"] in self.online:
+            self._start_jobs(str(job["serial"]))
+
+    def _drop_job(self, jid: str) -> None:
+        job = self.jobs.pop(jid, None)
+        if job is None:
+            return
+        ids = self.wanted.get(job["serial"], [])
+        if jid in ids:
+            ids.remove(jid)
+        if not ids:
+            self.wanted.pop(job["serial"], None)
+
+    def _start_jobs(self, serial: str) -> None:
+        if serial in self.busy:
+            return
+        self.busy.add(serial)
+        task = asyncio.get_running_loop().create_task(self._jobs_for(serial))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _jobs_for(self, serial: str) -> None:
+        """Runs the jobs offered for `serial` while its meter is connected here."""
+        try:
+            while self.wanted.get(serial) and serial in self.online and self.store is not None:
+                jid = self.wanted[serial][0]
+                job = self.jobs[jid]
+                try:
+                    answer = await self.store.request(
+                        {"t": "claim", "command": jid, "worker": self.id}
+                    )
+                except (ipc.ChannelClosed, ConnectionError, TimeoutError):
+                    return
+                verdict = answer.get("claim")
+                if verdict == "later":
+                    await asyncio.sleep(1.0)
+                    continue
+                self._drop_job(jid)
+                if verdict != "ok":
+                    continue
+                self._send_outcome(await self._run_job(serial, job))
+        finally:
+            self.busy.discard(serial)
+
+    async def _run_job(self, serial: str, job: dict[str, Any]) -> dict[str, Any]:
+        started = time.monotonic()
+        out: dict[str, Any] = {"t": "job-result", "command": job["id"]}
+        await self.gate.acquire(int(job.get("priority", 0)))
+        try:
+            where = self.online.get(serial)
+            if where is None:
+                return {**out, "status": "failed", "error": "meter disconnected before the job ran"}
+            proto, meter, source = where
+            client = self._client(proto, meter, source)
+            model = self.models.get(client.model, {})
+            result = await execute(client, job, model.get("objects", {}), model)
+            out.update(status="done", result=result)
+        except ClientError as e:
+            out.update(status="failed", error=str(e))
+        except HeadendError as e:
+            out.update(status="failed", error=f"{type(e).__name__}: {e}")
+        finally:
+            self.gate.release()
+        out["elapsed"] = time.monotonic() - started
+        self.job_totals[out["status"]] += 1
+        log.info(
+            "job %s %s for meter %s: %s %s",
+            job["id"],
+            job["kind"],
+            serial,
+            out["status"],
+            out.get("error", ""),
+        )
+        return out
+
+    def _client(self, proto: MeterProtocol, meter: int, source: int) -> MeterClient:
+        if proto.session is None or proto.transport is None or proto.closed:
+            raise ClientError("the meter's connection closed")
+        if proto.session.framing == "hdlc":
+            raise ClientError("requests over HDLC connections are not supported yet (wrapper only)")
+        if proto.clients is None:
+            proto.clients = {}
+        client = proto.clients.get(source)
+        if client is None or client.meter != meter:
+            transport = proto.transport
+            client = MeterClient(
+                directory=self.directory,
+                meter=meter,
+                source=source,
+                send=transport.write,
+                own_title=self.own_title,
+                client_address=self.cfg.commands.client_address,
+                timeout=self.cfg.commands.request_timeout,
+                touched=self._touch,
+            )
+            proto.clients[source] = client
+        return client
+
+    def _touch(self, title: bytes) -> None:
+        self.touched.add(title)
+        self.mark_dirty()
+
+    def _send_outcome(self, outcome: dict[str, Any]) -> None:
+        if self.store is not None:
+            try:
+                self.store.send(outcome)
+                return
+            except (ipc.ChannelClosed, ConnectionError):
+                pass
+        self.unreported.append(outcome)
+
+    def connection_gone(self, proto: MeterProtocol) -> None:
+        if proto.clients:
+            for c in proto.clients.values():
+                c.fail("the meter's connection closed")
+        for serial in [s for s, w in self.online.items() if w[0] is proto]:
+            del self.online[serial]
 
     async def _refresh(self, serials: list[str]) -> None:
         """Re-reads meters this worker knows after they were re-imported."""
@@ -447,6 +627,12 @@ class Worker:
                 continue
             ch.send({"t": "hello", "worker": self.id, "pid": os.getpid()})
             self.store = ch
+            for outcome in self.unreported:
+                ch.send(outcome)
+            self.unreported.clear()
+            # The store offers its queue again to a worker that (re)connects.
+            self.jobs.clear()
+            self.wanted.clear()
             if self.lookup_keys:
                 self.queue_lookup(next(iter(self.lookup_keys)))
             log.info("connected to the store")
@@ -476,6 +662,8 @@ class Worker:
                             "spooled_bytes": self.spool.appended_bytes,
                             "paused": self.paused,
                             "waiting_lookups": len(self.waiting),
+                            "jobs": self.job_totals,
+                            "jobs_waiting": len(self.jobs),
                             "started": self.started,
                         }
                     )

@@ -495,12 +495,7 @@ impl KeyTable {
         require_encryption: bool,
     ) -> PyResult<(Bound<'py, PyBytes>, u8, u32, Bound<'py, PyBytes>)> {
         let sender = sender.map(|s| title(py, s)).transpose()?;
-        let c = ciphered(py, apdu)?;
-        let inner = &mut self.inner;
-        let d = guarded(py, false, || {
-            inner.decipher(&c, sender.as_ref(), policy(require_authentication, require_encryption))
-        })?;
-        let d = codec(py, d)?;
+        let d = decipher_apdu(py, &mut self.inner, apdu, sender.as_ref(), policy(require_authentication, require_encryption))?;
         Ok((
             PyBytes::new(py, &d.system_title),
             d.security_control.0,
@@ -525,9 +520,7 @@ impl KeyTable {
         dedicated: bool,
     ) -> PyResult<Bound<'py, PyBytes>> {
         let (m, own) = (title(py, meter)?, title(py, own_title)?);
-        let kind = envelope(py, apdu, general, dedicated)?;
-        let c = codec(py, self.inner.encipher(&m, &own, kind, SecurityControl(security_control), apdu))?;
-        Ok(PyBytes::new(py, &codec(py, Apdu::Ciphered(c).to_bytes())?))
+        encipher_apdu(py, &mut self.inner, &m, &own, apdu, security_control, general, dedicated)
     }
 
     /// HLS-GMAC f(challenge) = SC || IC || GMAC for meter `meter`'s keys, computed as
@@ -540,18 +533,56 @@ impl KeyTable {
         challenge: &[u8],
     ) -> PyResult<Bound<'py, PyBytes>> {
         let (m, own) = (title(py, meter)?, title(py, own_title)?);
-        let (_, next) = codec(py, self.inner.counters(&m))?;
-        let f = codec(py, self.inner.keys(&m))?.hls_response(&own, next, challenge);
-        codec(py, self.inner.raise_sent_counter(&m, next.saturating_add(1)))?;
-        Ok(PyBytes::new(py, &f))
+        hls_pass3(py, &mut self.inner, &m, &own, challenge)
     }
 
     /// Checks the meter's f(challenge) for our challenge (pass 4); returns its counter.
     fn verify_hls_response(&self, py: Python<'_>, meter: &[u8], challenge: &[u8], response: &[u8]) -> PyResult<u32> {
         let m = title(py, meter)?;
-        let keys = codec(py, self.inner.keys(&m))?;
-        codec(py, keys.verify_hls_response(&m, challenge, response))
+        codec(py, codec(py, self.inner.keys(&m))?.verify_hls_response(&m, challenge, response))
     }
+}
+
+fn decipher_apdu(
+    py: Python<'_>,
+    keys: &mut RsKeyTable,
+    apdu: &[u8],
+    sender: Option<&SystemTitle>,
+    policy: Policy,
+) -> PyResult<crate::security::Deciphered> {
+    let c = ciphered(py, apdu)?;
+    let d = guarded(py, false, || keys.decipher(&c, sender, policy))?;
+    codec(py, d)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn encipher_apdu<'py>(
+    py: Python<'py>,
+    keys: &mut RsKeyTable,
+    meter: &SystemTitle,
+    own: &SystemTitle,
+    apdu: &[u8],
+    security_control: u8,
+    general: bool,
+    dedicated: bool,
+) -> PyResult<Bound<'py, PyBytes>> {
+    let kind = envelope(py, apdu, general, dedicated)?;
+    let c = codec(py, keys.encipher(meter, own, kind, SecurityControl(security_control), apdu))?;
+    Ok(PyBytes::new(py, &codec(py, Apdu::Ciphered(c).to_bytes())?))
+}
+
+/// HLS-GMAC pass 3: f(challenge) with the next counter towards the meter, which moves on.
+fn hls_pass3<'py>(
+    py: Python<'py>,
+    keys: &mut RsKeyTable,
+    meter: &SystemTitle,
+    own: &SystemTitle,
+    challenge: &[u8],
+) -> PyResult<Bound<'py, PyBytes>> {
+    let (_, next) = codec(py, keys.counters(meter))?;
+    let f = codec(py, keys.keys(meter))?.hls_response(own, next, challenge);
+    codec(py, keys.raise_sent_counter(meter, next.saturating_add(1)))?;
+    Ok(PyBytes::new(py, &f))
 }
 
 fn ciphered(py: Python<'_>, apdu: &[u8]) -> PyResult<Ciphered> {
@@ -876,11 +907,7 @@ impl Directory {
     }
 
     fn serial(&self, meter: u32) -> PyResult<String> {
-        if (meter as usize) < self.inner.len() {
-            Ok(self.inner.meter(meter).serial.clone())
-        } else {
-            Err(PyValueError::new_err(format!("no meter {meter}")))
-        }
+        Ok(self.known(meter)?.serial.clone())
     }
 
     /// The meter id of a serial or system title, if the directory has it.
@@ -892,6 +919,52 @@ impl Directory {
         system_title.and_then(|t| <[u8; 8]>::try_from(t).ok()).and_then(|st| self.inner.by_title(&st))
     }
 
+    /// (serial, model, system title or None, has keys) of a meter id.
+    #[allow(clippy::type_complexity)]
+    fn meter_info<'py>(&self, py: Python<'py>, meter: u32) -> PyResult<(String, String, Option<Bound<'py, PyBytes>>, bool)> {
+        let m = self.known(meter)?;
+        let model = self.inner.profile(m.profile).name.clone();
+        Ok((m.serial.clone(), model, m.system_title.map(|t| PyBytes::new(py, &t)), m.ciphered))
+    }
+
+    /// Protects a request to meter `meter` with its keys and the next counter towards it
+    /// (as `KeyTable.encipher`); the caller persists the counters of the meter's title.
+    #[pyo3(signature = (meter, own_title, apdu, *, security_control = 0x30, general = false))]
+    fn encipher<'py>(
+        &mut self,
+        py: Python<'py>,
+        meter: u32,
+        own_title: &[u8],
+        apdu: &[u8],
+        security_control: u8,
+        general: bool,
+    ) -> PyResult<Bound<'py, PyBytes>> {
+        let (st, own) = (self.title_of(meter)?, title(py, own_title)?);
+        encipher_apdu(py, &mut self.inner.keys, &st, &own, apdu, security_control, general, false)
+    }
+
+    /// Verifies, decrypts and replay-checks a ciphered APDU from meter `meter` (one
+    /// without a system title of its own, such as the glo-initiate-response inside an
+    /// AARE) under the directory's policy; returns the plaintext APDU.
+    fn decipher<'py>(&mut self, py: Python<'py>, meter: u32, apdu: &[u8]) -> PyResult<Bound<'py, PyBytes>> {
+        let st = self.title_of(meter)?;
+        let policy = self.inner.policy;
+        let d = decipher_apdu(py, &mut self.inner.keys, apdu, Some(&st), policy)?;
+        Ok(PyBytes::new(py, &d.plaintext))
+    }
+
+    /// HLS-GMAC pass 3 towards meter `meter` (see `KeyTable.hls_response`).
+    fn hls_response<'py>(&mut self, py: Python<'py>, meter: u32, own_title: &[u8], challenge: &[u8]) -> PyResult<Bound<'py, PyBytes>> {
+        let (st, own) = (self.title_of(meter)?, title(py, own_title)?);
+        hls_pass3(py, &mut self.inner.keys, &st, &own, challenge)
+    }
+
+    /// HLS-GMAC pass 4: checks meter `meter`'s f(challenge); returns its counter.
+    fn verify_hls_response(&self, py: Python<'_>, meter: u32, challenge: &[u8], response: &[u8]) -> PyResult<u32> {
+        let st = self.title_of(meter)?;
+        codec(py, codec(py, self.inner.keys.keys(&st))?.verify_hls_response(&st, challenge, response))
+    }
+
     /// (system title, last received, next to send) for each title, to persist.
     fn counters<'py>(&self, py: Python<'py>, titles: Vec<Vec<u8>>) -> Vec<(Bound<'py, PyBytes>, Option<u32>, u32)> {
         titles
@@ -899,6 +972,21 @@ impl Directory {
             .filter_map(|t| <[u8; 8]>::try_from(t.as_slice()).ok())
             .filter_map(|st| self.inner.keys.counters(&st).ok().map(|(r, s)| (PyBytes::new(py, &st), r, s)))
             .collect()
+    }
+}
+
+impl Directory {
+    fn known(&self, meter: u32) -> PyResult<&crate::session::MeterInfo> {
+        if (meter as usize) < self.inner.len() {
+            Ok(self.inner.meter(meter))
+        } else {
+            Err(PyValueError::new_err(format!("no meter {meter}")))
+        }
+    }
+
+    fn title_of(&self, meter: u32) -> PyResult<SystemTitle> {
+        let m = self.known(meter)?;
+        m.system_title.ok_or_else(|| PyValueError::new_err(format!("meter {} has no system title", m.serial)))
     }
 }
 
@@ -962,7 +1050,9 @@ fn session_events<'py>(py: Python<'py>, dir: &RsDirectory, events: Vec<SessionEv
             SessionEvent::Lookup(LookupKey::Serial(s)) => {
                 ("lookup", py.None(), PyBytes::new(py, &s)).into_pyobject(py)?.into_any()
             }
-            SessionEvent::Identified(m) => ("identified", m, dir.meter(m).serial.clone()).into_pyobject(py)?.into_any(),
+            SessionEvent::Identified { meter, source } => {
+                ("identified", meter, dir.meter(meter).serial.clone(), source).into_pyobject(py)?.into_any()
+            }
             SessionEvent::Apdu { source, meter, apdu } => {
                 ("apdu", source, meter, PyBytes::new(py, &apdu)).into_pyobject(py)?.into_any()
             }

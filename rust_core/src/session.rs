@@ -201,8 +201,9 @@ impl Directory {
 pub enum SessionEvent {
     /// Ask the store about this meter; the APDU waits in the session.
     Lookup(LookupKey),
-    /// A meter spoke on this connection for the first time.
-    Identified(u32),
+    /// A meter spoke on this connection for the first time, from link address
+    /// `source` (wrapper port, or HDLC upper << 16 | lower): requests to it go there.
+    Identified { meter: u32, source: u32 },
     /// A (deciphered) APDU that is not a push: a response to the head-end's request,
     /// an AARE, an exception.
     Apdu { source: u32, meter: Option<u32>, apdu: Vec<u8> },
@@ -367,7 +368,7 @@ impl Session {
         }
         if !self.stats.meters.contains(&meter) {
             self.stats.meters.push(meter);
-            cx.out.push(SessionEvent::Identified(meter));
+            cx.out.push(SessionEvent::Identified { meter, source });
         }
     }
 
@@ -771,7 +772,7 @@ mod tests {
     fn encrypted_push_becomes_scaled_readings() {
         let (mut d, mut sink, mut s) = (dir(), RowSink::new(), new_session());
         let out = run(&mut s, &mut d, &mut sink, &[enc(&push("E1", 123_456, 2301, 1_700_000_000), 5)]);
-        assert_eq!(out, vec![SessionEvent::Identified(0)]);
+        assert_eq!(out, vec![SessionEvent::Identified { meter: 0, source: 1 }]);
         assert_eq!(sink.readings_rows(), 2);
         assert_eq!(s.stats.pushes, 1);
         let ((r, _), _, touched) = sink.drain();
@@ -884,7 +885,7 @@ mod tests {
         .to_bytes()
         .unwrap();
         let out = run(&mut s, &mut d, &mut sink, &[enc(&alarm, 1), enc(&event, 2)]);
-        assert_eq!(out, vec![SessionEvent::Identified(0)]);
+        assert_eq!(out, vec![SessionEvent::Identified { meter: 0, source: 1 }]);
         assert_eq!(sink.events_rows(), 2);
         let (_, (e, _), _) = sink.drain();
         let text = String::from_utf8_lossy(&e);

@@ -1,0 +1,531 @@
+"""The command queue: reads, disconnects, reconnects, clock corrections and profile
+reads for meters, ordered per meter, retried with backoff, surviving restarts.
+
+The store process owns it. A command is offered to every worker; the worker holding
+the meter's connection (now, or when the meter next connects) claims it, runs it in
+one association (``headend/server/client.py``) and reports the outcome. Every state a
+command passes through is a row in ``commands`` (view ``command_status``): that table
+is the audit trail and, on restart, the queue itself.
+
+Throttling: one command at a time per meter, at most ``max_per_node`` running per grid
+node, and per worker at most ``max_associations_per_worker`` associations, where
+commands (priority 0) go before scheduled reads (priority 1).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import json
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from headend.config import CommandsConfig
+from headend.errors import HeadendError
+from headend.store.db import Store
+
+log = logging.getLogger("headend.commands")
+
+KINDS = ("read", "disconnect", "reconnect", "clock", "profile")
+FINAL = frozenset({"done", "failed", "expired", "cancelled"})
+COMMAND = 0  # priority lane for commands and on-demand reads
+SCHEDULED = 1
+
+COLUMNS = [
+    "command_id",
+    "serial",
+    "kind",
+    "args",
+    "requested_by",
+    "reason",
+    "priority",
+    "requested_at",
+    "expires_at",
+    "state",
+    "attempts",
+    "worker",
+    "result",
+    "error",
+    "verified_state",
+    "ts",
+]
+
+
+class CommandError(HeadendError):
+    """A command cannot be queued (unknown meter, bad kind or arguments)."""
+
+
+def _utc(t: float) -> dt.datetime:
+    return dt.datetime.fromtimestamp(t, dt.UTC)
+
+
+@dataclass
+class Command:
+    command_id: str
+    serial: str
+    kind: str
+    args: dict[str, Any]
+    requested_by: str
+    reason: str
+    priority: int
+    requested_at: float
+    expires_at: float
+    node_id: str = ""
+    state: str = "queued"
+    attempts: int = 0
+    worker: int = -1
+    not_before: float = 0.0
+    result: dict[str, Any] | None = None
+    error: str = ""
+    verified_state: str = ""
+    offered: set[int] = field(default_factory=set)
+
+    def job(self) -> dict[str, Any]:
+        return {
+            "id": self.command_id,
+            "serial": self.serial,
+            "kind": self.kind,
+            "args": self.args,
+            "priority": self.priority,
+        }
+
+    def public(self) -> dict[str, Any]:
+        return {
+            "command_id": self.command_id,
+            "serial": self.serial,
+            "kind": self.kind,
+            "args": self.args,
+            "requested_by": self.requested_by,
+            "reason": self.reason,
+            "state": self.state,
+            "attempts": self.attempts,
+            "requested_at": self.requested_at,
+            "result": self.result,
+            "error": self.error,
+            "verified_state": self.verified_state,
+        }
+
+    def row(self, now: float) -> list[Any]:
+        return [
+            self.command_id,
+            self.serial,
+            self.kind,
+            json.dumps(self.args, sort_keys=True),
+            self.requested_by,
+            self.reason,
+            self.priority,
+            _utc(self.requested_at),
+            _utc(self.expires_at),
+            self.state,
+            self.attempts,
+            self.worker,
+            json.dumps(self.result) if self.result is not None else "",
+            self.error,
+            self.verified_state,
+            _utc(now),
+        ]
+
+
+def validate(kind: str, args: dict[str, Any]) -> None:
+    if kind not in KINDS:
+        raise CommandError(f"unknown command {kind!r}; choose one of {', '.join(KINDS)}")
+    if kind == "read":
+        objs = args.get("objects")
+        if not isinstance(objs, list) or not objs:
+            raise CommandError("read needs objects: [[class, obis, attribute], ...]")
+        for o in objs:
+            if not (isinstance(o, list | tuple) and len(o) == 3):
+                raise CommandError(f"read object {o!r} is not [class, obis, attribute]")
+    if kind == "profile" and not (
+        isinstance(args.get("from"), int) and isinstance(args.get("to"), int)
+    ):
+        raise CommandError("profile needs integer from and to (Unix seconds)")
+
+
+class CommandQueue:
+    """The store's queue. `send(worker, message)` reaches a worker; `workers()` lists
+    the connected ones; writes go through `store` in an executor."""
+
+    def __init__(
+        self,
+        store: Store,
+        cfg: CommandsConfig,
+        send: Callable[[int, dict[str, Any]], bool],
+        workers: Callable[[], list[int]],
+    ) -> None:
+        self.store = store
+        self.db = store.db
+        self.cfg = cfg
+        self._send = send
+        self._workers = workers
+        self.commands: dict[str, Command] = {}
+        self.by_meter: dict[str, list[str]] = {}
+        self.waiters: dict[str, list[asyncio.Future[Command]]] = {}
+        self.running_per_node: dict[str, int] = {}
+        self.totals: dict[str, int] = {}
+        self.latency: list[float] = []
+        self._rows: list[list[Any]] = []
+        self._wake = asyncio.Event()
+
+    # -- persistence ------------------------------------------------------------------
+
+    def load(self) -> int:
+        """Re-queues the commands that were not final when the store stopped."""
+        _, rows = self.store.query(
+            f"SELECT c.command_id, c.serial, c.kind, c.args, c.requested_by, c.reason, "
+            f"c.priority, toFloat64(c.requested_at), toFloat64(c.expires_at), c.state, "
+            f"c.attempts, m.node_id "
+            f"FROM {self.db}.command_status AS c "
+            f"LEFT JOIN (SELECT serial, argMax(node_id, updated_at) AS node_id "
+            f"FROM {self.db}.meters GROUP BY serial) AS m ON m.serial = c.serial "
+            f"WHERE c.state NOT IN ('done', 'failed', 'expired', 'cancelled') "
+            f"ORDER BY c.requested_at"
+        )
+        for r in rows:
+            c = Command(
+                command_id=r[0],
+                serial=r[1],
+                kind=r[2],
+                args=json.loads(r[3] or "{}"),
+                requested_by=r[4],
+                reason=r[5],
+                priority=int(r[6]),
+                requested_at=float(r[7]),
+                expires_at=float(r[8]),
+                attempts=int(r[10]),
+                node_id=r[11] or "",
+            )
+            # A command that was running when the store stopped runs again (disconnect
+            # and reconnect are idempotent; reads are harmless).
+            self._add(c)
+        return len(rows)
+
+    def _record(self, c: Command) -> None:
+        self._rows.append(c.row(time.time()))
+        self.totals[c.state] = self.totals.get(c.state, 0) + 1
+        self._wake.set()
+
+    def flush(self) -> None:
+        """Writes the recorded transitions (called from an executor)."""
+        rows, self._rows = self._rows, []
+        if rows:
+            try:
+                self.store.insert_rows("commands", COLUMNS, rows)
+            except Exception:
+                self._rows[:0] = rows
+                raise
+
+    # -- submitting -----------------------------------------------------------------------
+
+    def meter_rows(self, serials: list[str]) -> dict[str, tuple[str, str]]:
+        """serial -> (node_id, kind) for the meters the store knows."""
+        if not serials:
+            return {}
+        _, rows = self.store.query(
+            f"SELECT serial, argMax(node_id, updated_at), argMax(kind, updated_at) "
+            f"FROM {self.db}.meters WHERE serial IN {{s:Array(String)}} GROUP BY serial",
+            {"s": serials},
+        )
+        return {r[0]: (r[1], r[2]) for r in rows}
+
+    def submit(
+        self,
+        serial: str,
+        kind: str,
+        args: dict[str, Any] | None = None,
+        *,
+        requested_by: str,
+        reason: str = "",
+        priority: int = COMMAND,
+        expires_in: float | None = None,
+        node_id: str | None = None,
+    ) -> Command:
+        args = args or {}
+        validate(kind, args)
+        if node_id is None:
+            known = self.meter_rows([serial])
+            if serial not in known:
+                raise CommandError(f"unknown meter {serial!r}")
+            node_id = known[serial][0]
+        now = time.time()
+        c = Command(
+            command_id=uuid.uuid4().hex[:16],
+            serial=serial,
+            kind=kind,
+            args=args,
+            requested_by=requested_by,
+            reason=reason,
+            priority=priority,
+            requested_at=now,
+            expires_at=now + (self.cfg.expire if expires_in is None else expires_in),
+            node_id=node_id,
+        )
+        self._add(c)
+        self._record(c)
+        return c
+
+    def _add(self, c: Command) -> None:
+        self.commands[c.command_id] = c
+        q = self.by_meter.setdefault(c.serial, [])
+        q.append(c.command_id)
+        # Commands before scheduled reads; otherwise in the order asked.
+        q.sort(key=lambda i: (self.commands[i].priority, self.commands[i].requested_at))
+
+    def pending(self, serial: str, kind: str | None = None) -> list[Command]:
+        return [
+            self.commands[i]
+            for i in self.by_meter.get(serial, [])
+            if kind is None or self.commands[i].kind == kind
+        ]
+
+    def cancel(self, command_id: str) -> Command:
+        c = self.commands.get(command_id)
+        if c is None:
+            raise CommandError(f"no pending command {command_id!r}")
+        if c.state == "running":
+            raise CommandError(f"command {command_id} is running on worker {c.worker}")
+        self._finish(c, "cancelled", error="cancelled by an operator")
+        return c
+
+    async def wait(self, command_id: str, timeout: float) -> Command:
+        c = self.commands.get(command_id)
+        if c is None:
+            raise CommandError(f"no pending command {command_id!r}")
+        fut: asyncio.Future[Command] = asyncio.get_running_loop().create_future()
+        self.waiters.setdefault(command_id, []).append(fut)
+        try:
+            return await asyncio.wait_for(asyncio.shield(fut), timeout)
+        except TimeoutError:
+            return c
+
+    # -- dispatch ---------------------------------------------------------------------------
+
+    def dispatch(self, now: float | None = None) -> None:
+        """Offers each meter's first command to the workers that have not seen it;
+        expires commands whose time is up."""
+        now = time.time() if now is None else now
+        workers = self._workers()
+        for ids in list(self.by_meter.values()):
+            for cid in list(ids):
+                c = self.commands[cid]
+                if c.state != "running" and now >= c.expires_at:
+                    self._finish(c, "expired", error="the meter did not connect in time")
+            if not ids:
+                continue
+            head = self.commands[ids[0]]
+            if head.state == "running" or now < head.not_before:
+                continue
+            for w in workers:
+                if w not in head.offered and self._send(w, {"t": "job", "job": head.job()}):
+                    head.offered.add(w)
+
+    def claim(self, command_id: str, worker: int) -> str:
+        """A worker has the meter and wants to run the command: ok, later or gone."""
+        c = self.commands.get(command_id)
+        if c is None or c.state in FINAL:
+            return "gone"
+        ids = self.by_meter.get(c.serial, [])
+        if c.state == "running" or not ids or ids[0] != command_id:
+            return "gone" if c.state == "running" else "later"
+        if c.node_id and self.running_per_node.get(c.node_id, 0) >= self.cfg.max_per_node:
+            return "later"
+        c.state = "running"
+        c.worker = worker
+        c.attempts += 1
+        self.running_per_node[c.node_id] = self.running_per_node.get(c.node_id, 0) + 1
+        self._record(c)
+        for w in c.offered - {worker}:
+            self._send(w, {"t": "job-cancel", "command": command_id})
+        c.offered = {worker}
+        return "ok"
+
+    def outcome(self, command_id: str, msg: dict[str, Any]) -> None:
+        c = self.commands.get(command_id)
+        if c is None or c.state != "running":
+            return
+        self._release_node(c)
+        if msg.get("status") == "done":
+            result = msg.get("result") or {}
+            verified = ""
+            if c.kind in ("disconnect", "reconnect"):
+                verified = str(result.get("control_state", ""))
+            self.latency.append(float(msg.get("elapsed", 0.0)))
+            del self.latency[:-10_000]
+            self._finish(c, "done", result=result, verified=verified)
+            return
+        error = str(msg.get("error") or "failed")
+        retryable = bool(msg.get("retry", True))
+        if retryable and c.attempts < self.cfg.attempts:
+            delay = min(self.cfg.retry_delay * 2 ** (c.attempts - 1), 3600.0)
+            c.state = "retry"
+            c.error = error
+            c.worker = -1
+            c.not_before = time.time() + delay
+            c.offered = set()
+            self._record(c)
+            c.state = "queued"
+            log.info(
+                "command %s to %s failed (%s); retry in %.0f s",
+                c.command_id,
+                c.serial,
+                error,
+                delay,
+            )
+            return
+        self._finish(c, "failed", error=error)
+
+    def worker_lost(self, worker: int) -> None:
+        """A worker went away: its running commands are queued again."""
+        for c in list(self.commands.values()):
+            c.offered.discard(worker)
+            if c.state == "running" and c.worker == worker:
+                self._release_node(c)
+                c.state = "queued"
+                c.worker = -1
+                c.error = f"worker {worker} stopped while running it"
+                self._record(c)
+
+    def _release_node(self, c: Command) -> None:
+        n = self.running_per_node.get(c.node_id, 0)
+        if n > 0:
+            self.running_per_node[c.node_id] = n - 1
+
+    def _finish(
+        self,
+        c: Command,
+        state: str,
+        *,
+        result: dict[str, Any] | None = None,
+        error: str = "",
+        verified: str = "",
+    ) -> None:
+        c.state = state
+        c.result = result
+        c.error = error
+        c.verified_state = verified
+        self._record(c)
+        self.commands.pop(c.command_id, None)
+        ids = self.by_meter.get(c.serial, [])
+        if c.command_id in ids:
+            ids.remove(c.command_id)
+        if not ids:
+            self.by_meter.pop(c.serial, None)
+        for w in c.offered:
+            self._send(w, {"t": "job-cancel", "command": c.command_id})
+        for fut in self.waiters.pop(c.command_id, []):
+            if not fut.done():
+                fut.set_result(c)
+
+    def stats(self) -> dict[str, Any]:
+        lat = sorted(self.latency)
+
+        def pct(p: float) -> float | None:
+            return round(lat[min(len(lat) - 1, int(p * len(lat)))], 3) if lat else None
+
+        return {
+            "pending": len(self.commands),
+            "running": sum(1 for c in self.commands.values() if c.state == "running"),
+            "meters_waiting": len(self.by_meter),
+            "transitions": dict(self.totals),
+            "p50_s": pct(0.5),
+            "p99_s": pct(0.99),
+        }
+
+    async def run(self) -> None:
+        """Dispatches and writes the audit rows, forever."""
+        loop = asyncio.get_running_loop()
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.cfg.dispatch_interval)
+            self._wake.clear()
+            self.dispatch()
+            try:
+                await loop.run_in_executor(None, self.flush)
+            except Exception as e:
+                log.error("writing command records failed (will retry): %s", e)
+                await asyncio.sleep(1.0)
+
+
+class Scheduler:
+    """Queues scheduled work as low-priority commands, bounded per pass:
+
+    - gap backfill: meters whose consumption in the last `backfill_days` has estimated
+      hours (data missing) get a load-profile read over those hours; once the readings
+      are in, the next recomputation turns the estimates into measurements;
+    - clock checks: meters whose clock was not checked within `clock_check_days` (by
+      the `commands` table, so the schedule survives restarts) get a clock job, which
+      sets the clock when it drifted beyond `clock_threshold`.
+    """
+
+    def __init__(self, queue: CommandQueue, cfg: CommandsConfig) -> None:
+        self.queue = queue
+        self.cfg = cfg
+        self.db = queue.db
+
+    def backfill(self, now: float) -> int:
+        since = int(now - self.cfg.backfill_days * 86_400)
+        _, rows = self.queue.store.query(
+            f"SELECT c.meter, toInt64(min(c.interval_start)), toInt64(max(c.interval_start)), "
+            f"any(m.node_id) "
+            f"FROM {self.db}.consumption AS c FINAL "
+            f"INNER JOIN (SELECT serial, argMax(node_id, updated_at) AS node_id "
+            f"FROM {self.db}.meters GROUP BY serial) AS m ON m.serial = c.meter "
+            f"WHERE c.interval_start >= toDateTime({{since:Int64}}) AND c.quality = 'estimated' "
+            f"GROUP BY c.meter ORDER BY c.meter LIMIT {{n:UInt32}}",
+            {"since": since, "n": self.cfg.schedule_batch},
+        )
+        n = 0
+        for serial, first, last, node in rows:
+            if self.queue.pending(serial, "profile"):
+                continue
+            # The profile entries that close the first and last estimated hour.
+            self.queue.submit(
+                serial,
+                "profile",
+                {"from": int(first) - 3600, "to": int(last) + 3600},
+                requested_by="scheduler",
+                reason="backfill estimated consumption",
+                priority=SCHEDULED,
+                node_id=node,
+            )
+            n += 1
+        return n
+
+    def clocks(self, now: float) -> int:
+        due = int(now - self.cfg.clock_check_days * 86_400)
+        _, rows = self.queue.store.query(
+            f"SELECT m.serial, m.node_id FROM "
+            f"(SELECT serial, argMax(node_id, updated_at) AS node_id "
+            f"FROM {self.db}.meters GROUP BY serial) AS m "
+            f"LEFT JOIN (SELECT serial, max(ts) AS checked FROM {self.db}.commands "
+            f"WHERE kind = 'clock' AND state IN ('done', 'failed') GROUP BY serial) AS k "
+            f"ON k.serial = m.serial "
+            f"WHERE k.checked < toDateTime64({{due:Int64}}, 3) "
+            f"ORDER BY k.checked, m.serial LIMIT {{n:UInt32}}",
+            {"due": due, "n": self.cfg.schedule_batch},
+        )
+        n = 0
+        for serial, node in rows:
+            if self.queue.pending(serial, "clock"):
+                continue
+            self.queue.submit(
+                serial,
+                "clock",
+                {"threshold": self.cfg.clock_threshold},
+                requested_by="scheduler",
+                reason="daily clock check",
+                priority=SCHEDULED,
+                node_id=node,
+                expires_in=self.cfg.clock_check_days * 86_400,
+            )
+            n += 1
+        return n
+
+    def run_once(self, now: float | None = None) -> dict[str, int]:
+        now = time.time() if now is None else now
+        return {"backfill": self.backfill(now), "clock": self.clocks(now)}

@@ -1,0 +1,381 @@
+"""The head-end as DLMS/COSEM client on a meter's own connection.
+
+Meters connect in and push; to read, set or switch them the head-end speaks first on
+that same socket: AARQ (no security for meters without keys, HLS-GMAC with ciphered
+APDUs for keyed ones), GET/SET/ACTION (block transfer followed), RLRQ. Responses come
+back through the connection's Rust :class:`Session`, which deciphers them with the
+meter's keys and checks their invocation counter like any push; they reach a
+:class:`MeterClient` as ``("apdu", source, meter, plaintext)`` events.
+
+:func:`execute` runs one job (read, disconnect, reconnect, clock, profile) inside one
+association and returns its outcome; the store owns the queue and the audit trail.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import os
+from collections.abc import Callable
+from typing import Any
+
+from headend import codec
+from headend.codec import Directory
+from headend.errors import HeadendError
+
+# The management logical device and current association (Green Book 4.4.4).
+ASSOCIATION_LN = "0.0.40.0.0.255"
+CLOCK_LN = "0.0.1.0.0.255"
+TASHKENT = dt.timezone(dt.timedelta(hours=5))
+CONTROL_STATES = {0: "disconnected", 1: "connected", 2: "ready-for-reconnection"}
+
+
+class ClientError(HeadendError):
+    """A request to a meter failed; the message says how (refused, timed out, ...)."""
+
+
+class MeterClient:
+    """Requests to one meter (at link address `source`) on one connection.
+
+    One request is outstanding at a time, as a DLMS client does on one association.
+    """
+
+    def __init__(
+        self,
+        *,
+        directory: Directory,
+        meter: int,
+        source: int,
+        send: Callable[[bytes], None],
+        own_title: bytes,
+        client_address: int,
+        timeout: float,
+        touched: Callable[[bytes], None],
+    ) -> None:
+        self.directory = directory
+        self.meter = meter
+        self.source = source
+        self._send = send
+        self.own_title = own_title
+        self.client_address = client_address
+        self.timeout = timeout
+        self._touched = touched
+        serial, model, title, keyed = directory.meter_info(meter)
+        self.serial = serial
+        self.model = model
+        self.title = title
+        self.keyed = keyed
+        self.ciphered = False
+        self._invoke = 0
+        self._waiter: asyncio.Future[bytes] | None = None
+        self.requests = 0
+
+    # -- the link ---------------------------------------------------------------------
+
+    def deliver(self, apdu: bytes) -> bool:
+        """A response from the meter; False when nothing waits for one."""
+        w = self._waiter
+        if w is None or w.done():
+            return False
+        w.set_result(apdu)
+        return True
+
+    def fail(self, reason: str) -> None:
+        w = self._waiter
+        if w is not None and not w.done():
+            w.set_exception(ClientError(reason))
+
+    async def _exchange(self, apdu: bytes) -> bytes:
+        loop = asyncio.get_running_loop()
+        self._waiter = loop.create_future()
+        self.requests += 1
+        self._send(codec.wrap(apdu, self.client_address, self.source))
+        try:
+            return await asyncio.wait_for(self._waiter, self.timeout)
+        except TimeoutError:
+            raise ClientError(
+                f"no response from meter {self.serial} within {self.timeout:g} s"
+            ) from None
+        finally:
+            self._waiter = None
+
+    def _protect(self, apdu: bytes) -> bytes:
+        if not self.ciphered:
+            return apdu
+        out = self.directory.encipher(self.meter, self.own_title, apdu)
+        if self.title is not None:
+            self._touched(self.title)
+        return out
+
+    async def request(self, apdu: bytes) -> dict[str, Any]:
+        """Sends a request (ciphered inside a ciphered association) and decodes the
+        response; an exception-response raises :class:`ClientError`."""
+        r = codec.decode_apdu(await self._exchange(self._protect(apdu)))
+        if r.get("apdu") == "exception-response":
+            raise ClientError(
+                f"meter {self.serial} answered with an exception: "
+                f"{r.get('state_error')}, {r.get('service_error')}"
+            )
+        return r
+
+    def _next_invoke(self) -> int:
+        self._invoke = (self._invoke + 1) % 16
+        return self._invoke
+
+    # -- association --------------------------------------------------------------------
+
+    async def associate(self, max_pdu: int = 0xFFFF) -> dict[str, Any]:
+        """AARQ: HLS-GMAC with ciphering for keyed meters, lowest level otherwise."""
+        self.ciphered = False
+        init = codec.initiate_request(max_pdu=max_pdu)
+        hls = self.keyed and self.title is not None
+        ctos = os.urandom(16)
+        if hls:
+            init = self.directory.encipher(self.meter, self.own_title, init)
+            assert self.title is not None
+            self._touched(self.title)
+        aarq = codec.aarq(
+            user_information=init,
+            ciphered=hls,
+            mechanism="high-gmac" if hls else None,
+            authentication_value=ctos if hls else None,
+            calling_title=self.own_title if hls else None,
+        )
+        aare = codec.decode_apdu(await self._exchange(aarq))
+        if aare.get("apdu") != "aare":
+            raise ClientError(f"meter {self.serial} answered the AARQ with {aare.get('apdu')}")
+        if aare["result"] != "accepted":
+            detail = ""
+            ui = aare.get("user_information")
+            if isinstance(ui, dict) and ui.get("apdu") == "confirmed-service-error":
+                detail = f", {ui.get('error')}"
+            raise ClientError(
+                f"meter {self.serial} refused the association: {aare['result']}, "
+                f"diagnostic {aare.get('diagnostic')}{detail}"
+            )
+        if not hls:
+            return aare
+        ui = codec.encode_apdu(aare["user_information"])
+        try:
+            plain = self.directory.decipher(self.meter, ui)
+        except HeadendError as e:
+            raise ClientError(f"meter {self.serial}'s association response: {e}") from None
+        aare["user_information"] = codec.decode_apdu(plain)
+        self.ciphered = True
+        stoc = bytes.fromhex(aare.get("responding_authentication_value") or "")
+        if not stoc:
+            raise ClientError(f"meter {self.serial} sent no HLS challenge")
+        f_stoc = self.directory.hls_response(self.meter, self.own_title, stoc)
+        r = await self.request(
+            codec.action_request(
+                15,
+                ASSOCIATION_LN,
+                1,
+                codec.data("octet-string", f_stoc.hex()),
+                invoke=self._next_invoke(),
+            )
+        )
+        outcome = r["response"]
+        if outcome["result"] != "success":
+            raise ClientError(
+                f"meter {self.serial} refused HLS authentication (pass 3): {outcome['result']}"
+            )
+        try:
+            f_ctos = bytes.fromhex(outcome["return_parameters"]["data"]["value"])
+            self.directory.verify_hls_response(self.meter, ctos, f_ctos)
+        except (KeyError, TypeError, ValueError, HeadendError) as e:
+            raise ClientError(
+                f"meter {self.serial} failed HLS authentication (pass 4): {e}"
+            ) from None
+        return aare
+
+    async def release(self) -> None:
+        self.ciphered = False
+        with contextlib.suppress(ClientError):
+            await self._exchange(codec.rlrq())
+
+    # -- services -------------------------------------------------------------------------
+
+    async def get(self, class_id: int, obis: str, attribute: int, access: Any = None) -> Any:
+        """The attribute's value in the JSON form, following block transfer."""
+        inv = self._next_invoke()
+        r = await self.request(
+            codec.get_request(class_id, obis, attribute, invoke=inv, access=access)
+        )
+        what = f"{class_id}/{obis}/{attribute}"
+        if r.get("apdu") != "get-response":
+            raise ClientError(f"GET {what}: unexpected {r.get('apdu')}")
+        if r["kind"] == "normal":
+            res = r["result"]
+            if "data" not in res:
+                raise ClientError(f"GET {what} refused: {res.get('data-access-result')}")
+            return res["data"]
+        raw = b""
+        while True:
+            block = r["block"]
+            if "data-access-result" in block["result"]:
+                raise ClientError(f"GET {what} refused: {block['result']['data-access-result']}")
+            raw += bytes.fromhex(block["result"]["raw-data"])
+            if block["last_block"]:
+                return codec.decode_data(raw)
+            r = await self.request(codec.get_request_next(block["block_number"], invoke=inv))
+
+    async def set(self, class_id: int, obis: str, attribute: int, value: Any) -> None:
+        r = await self.request(
+            codec.set_request(class_id, obis, attribute, value, invoke=self._next_invoke())
+        )
+        if r.get("result") != "success":
+            raise ClientError(f"SET {class_id}/{obis}/{attribute} refused: {r.get('result')}")
+
+    async def action(self, class_id: int, obis: str, method: int, param: Any = None) -> None:
+        r = await self.request(
+            codec.action_request(
+                class_id,
+                obis,
+                method,
+                param if param is not None else codec.data("integer", 0),
+                invoke=self._next_invoke(),
+            )
+        )
+        result = r["response"]["result"]
+        if result != "success":
+            raise ClientError(f"ACTION {class_id}/{obis}/{method} refused: {result}")
+
+
+# -- jobs ---------------------------------------------------------------------------------
+
+
+def clock_value(value: Any, reversed_sign: bool = False) -> dt.datetime:
+    """A COSEM date-time (octet-string or date-time JSON) as an aware datetime."""
+    if value.get("type") == "octet-string":
+        value = codec.decode_data(b"\x19" + bytes.fromhex(value["value"]))
+    d = value["value"]
+    dev = d.get("deviation")
+    if dev is None:
+        dev = -300
+    minutes = dev if reversed_sign else -dev
+    return dt.datetime.fromisoformat(d["iso"]).replace(
+        tzinfo=dt.timezone(dt.timedelta(minutes=minutes))
+    )
+
+
+def _obis_text(v: Any) -> str:
+    return codec.format_obis(bytes.fromhex(v["value"]))
+
+
+async def _switch(c: MeterClient, obj: str, on: bool) -> dict[str, Any]:
+    await c.action(70, obj, 2 if on else 1)
+    output = await c.get(70, obj, 2)
+    state = await c.get(70, obj, 3)
+    out = {
+        "output_state": bool(output.get("value")),
+        "control_state": CONTROL_STATES.get(state.get("value"), str(state.get("value"))),
+    }
+    ok = out["output_state"] if on else not out["output_state"]
+    if on and not ok and out["control_state"] == "ready-for-reconnection":
+        ok = True  # the consumer completes it with the meter's button
+    if not ok:
+        raise ClientError(
+            f"{'reconnect' if on else 'disconnect'} not verified: output_state "
+            f"{out['output_state']}, control_state {out['control_state']}"
+        )
+    return out
+
+
+async def _clock(
+    c: MeterClient, obj: str, threshold: float, reversed_sign: bool, deviation: int
+) -> dict[str, Any]:
+    before = clock_value(await c.get(8, obj, 2), reversed_sign)
+    now = dt.datetime.now(dt.UTC)
+    drift = (before - now).total_seconds()
+    out: dict[str, Any] = {"drift_s": round(drift, 1), "corrected": False}
+    if abs(drift) > threshold:
+        # `deviation` is in the meter's own sign convention, as its profile says.
+        offset = dt.timedelta(minutes=deviation if reversed_sign else -deviation)
+        local = dt.datetime.now(dt.UTC).astimezone(dt.timezone(offset)).replace(microsecond=0)
+        await c.set(8, obj, 2, codec.date_time(local, deviation=deviation))
+        after = clock_value(await c.get(8, obj, 2), reversed_sign)
+        out["corrected"] = True
+        out["drift_after_s"] = round((after - dt.datetime.now(dt.UTC)).total_seconds(), 1)
+        if abs(out["drift_after_s"]) > threshold:
+            raise ClientError(f"clock set but still {out['drift_after_s']} s off")
+    return out
+
+
+async def _profile(c: MeterClient, obj: str, start: int, end: int) -> dict[str, Any]:
+    """Load-profile entries with clock in [start, end] as readings rows
+    [obis, ts, value, unit, status], scaled by the registers' own scaler_unit."""
+    captured = (await c.get(7, obj, 3))["value"]
+    columns: list[tuple[int, str]] = []
+    for col in captured:
+        f = col["value"]
+        columns.append((int(f[0]["value"]), _obis_text(f[1])))
+    scalers: dict[int, tuple[int, str]] = {}
+    for i, (cls, obis) in enumerate(columns):
+        if cls in (3, 4):
+            su = (await c.get(cls, obis, 3))["value"]
+            info = codec.unit_info(int(su[1]["value"]))
+            scalers[i] = (int(su[0]["value"]), info[0] if info else "")
+    to_local = TASHKENT
+    access = codec.range_descriptor(
+        dt.datetime.fromtimestamp(start, to_local), dt.datetime.fromtimestamp(end, to_local)
+    )
+    entries = (await c.get(7, obj, 2, access=access))["value"]
+    clock_i = next((i for i, (cls, _) in enumerate(columns) if cls == 8), None)
+    status_i = next(
+        (i for i, (cls, o) in enumerate(columns) if cls == 1 and o.startswith("0.0.96.10.")), None
+    )
+    if clock_i is None:
+        raise ClientError(f"load profile {obj} of meter {c.serial} has no clock column")
+    rows: list[list[Any]] = []
+    for e in entries:
+        values = e["value"]
+        ts = int(clock_value(values[clock_i]).timestamp())
+        status = int(values[status_i]["value"]) if status_i is not None else 0
+        for i, (scaler, unit) in scalers.items():
+            v = values[i].get("value")
+            if not isinstance(v, int | float):
+                continue
+            rows.append([columns[i][1], ts, float(v) * 10.0**scaler, unit, status & 0xFF])
+    return {"entries": len(entries), "rows": rows}
+
+
+async def execute(
+    c: MeterClient, job: dict[str, Any], objects: dict[str, str], model: dict[str, Any]
+) -> dict[str, Any]:
+    """Runs `job` in one association; returns its result or raises ClientError."""
+    kind = job["kind"]
+    args = job.get("args") or {}
+    await c.associate()
+    try:
+        if kind == "read":
+            values = []
+            for cls, obis, attr in args["objects"]:
+                try:
+                    values.append({"value": await c.get(int(cls), str(obis), int(attr))})
+                except ClientError as e:
+                    values.append({"error": str(e)})
+            return {"values": values}
+        if kind in ("disconnect", "reconnect"):
+            obj = objects.get("disconnect_control") or objects.get("valve_control")
+            if not obj:
+                raise ClientError(f"model {c.model} has no disconnect control or valve")
+            return await _switch(c, obj, kind == "reconnect")
+        if kind == "clock":
+            reversed_sign = model.get("deviation_sign") == "reversed"
+            return await _clock(
+                c,
+                objects.get("clock", CLOCK_LN),
+                float(args.get("threshold", 0.0)),
+                reversed_sign,
+                int(model.get("default_deviation", -300)),
+            )
+        if kind == "profile":
+            obj = objects.get("load_profile")
+            if not obj:
+                raise ClientError(f"model {c.model} has no load profile")
+            return await _profile(c, obj, int(args["from"]), int(args["to"]))
+        raise ClientError(f"unknown job kind {kind!r}")
+    finally:
+        await c.release()
