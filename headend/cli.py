@@ -202,6 +202,54 @@ def cmd_meters_import(args: argparse.Namespace) -> int:
     return _report(report)
 
 
+def cmd_billing_import(args: argparse.Namespace) -> int:
+    from headend.billing import import_accounts
+
+    try:
+        cfg = _config(args)
+        acc = _Access(cfg)
+        try:
+            report = import_accounts(Path(args.file), acc.access, cfg.store.database)
+            if acc.admin is not None and report.loaded and cfg.billing.policy:
+                # Payments take effect now, not at the next policy pass.
+                acc.admin.call("policy", act=True)
+        finally:
+            acc.close()
+    except HeadendError as e:
+        return _fail(e)
+    return _report(report)
+
+
+def cmd_billing_status(args: argparse.Namespace) -> int:
+    """What the disconnection policy will do for each debtor's meter, and why."""
+    from headend import billing
+
+    try:
+        cfg = _config(args)
+        acc = _Access(cfg)
+        try:
+            if acc.admin is not None:
+                r = acc.admin.call("policy", act=False)
+                cols, rows = r["columns"], r["rows"]
+            else:
+                db = cfg.store.database
+                queued = billing.pending_from_table(acc.store, db)
+                decisions = billing.evaluate(
+                    acc.store, cfg.billing, db, time.time(), queued.__contains__
+                )
+                cols, rows = billing.DECISION_COLUMNS, [d.row() for d in decisions]
+        finally:
+            acc.close()
+    except HeadendError as e:
+        return _fail(e)
+    if args.account:
+        rows = [r for r in rows if r[0] == args.account]
+    if not args.all:
+        rows = [r for r in rows if r[6] != "none" or args.account]
+    _print_rows(cols, rows, args.format)
+    return 0
+
+
 def cmd_ctl(args: argparse.Namespace) -> int:
     from headend.server.admin import AdminClient
 
@@ -614,6 +662,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=("table", "csv", "json"), default="table")
     _add_common(p)
     p.set_defaults(func=cmd_anomalies)
+
+    p = sub.add_parser("billing", help="debts, payments and the disconnection policy")
+    bsub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    bp = bsub.add_parser(
+        "import",
+        help="load accounts from the billing system (CSV: "
+        "account_id,debt,overdue_since,protected,note)",
+    )
+    bp.add_argument("file", metavar="FILE.csv")
+    _add_common(bp)
+    bp.set_defaults(func=cmd_billing_import)
+    bp = bsub.add_parser("status", help="what the policy will do for each debtor, and why")
+    bp.add_argument("--account", metavar="ID", help="only this account")
+    bp.add_argument("--all", action="store_true", help="also accounts the policy leaves alone")
+    bp.add_argument("--format", choices=("table", "csv", "json"), default="table")
+    _add_common(bp)
+    bp.set_defaults(func=cmd_billing_status)
 
     p = sub.add_parser(
         "ctl",

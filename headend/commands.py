@@ -84,6 +84,7 @@ class Command:
     error: str = ""
     verified_state: str = ""
     offered: set[int] = field(default_factory=set)
+    last_ts: float = 0.0
 
     def job(self) -> dict[str, Any]:
         return {
@@ -206,7 +207,10 @@ class CommandQueue:
         return len(rows)
 
     def _record(self, c: Command) -> None:
-        self._rows.append(c.row(time.time()))
+        # Each transition strictly later than the one before (ms resolution), so the
+        # latest state is well defined.
+        c.last_ts = max(time.time(), c.last_ts + 0.001)
+        self._rows.append(c.row(c.last_ts))
         self.totals[c.state] = self.totals.get(c.state, 0) + 1
         self._wake.set()
 
@@ -283,13 +287,13 @@ class CommandQueue:
             if kind is None or self.commands[i].kind == kind
         ]
 
-    def cancel(self, command_id: str) -> Command:
+    def cancel(self, command_id: str, why: str = "cancelled by an operator") -> Command:
         c = self.commands.get(command_id)
         if c is None:
             raise CommandError(f"no pending command {command_id!r}")
         if c.state == "running":
             raise CommandError(f"command {command_id} is running on worker {c.worker}")
-        self._finish(c, "cancelled", error="cancelled by an operator")
+        self._finish(c, "cancelled", error=why)
         return c
 
     async def wait(self, command_id: str, timeout: float) -> Command:

@@ -284,7 +284,8 @@ class Server:
         got = None
         while time.monotonic() < deadline:
             with contextlib.suppress(ServerNotRunning, AdminError, OSError):
-                got = self.scalar(query)
+                rows = self.sql(query)
+                got = rows[0][0] if rows else None
                 if got == expected:
                     return got
             time.sleep(0.1)
@@ -354,6 +355,7 @@ class Pusher:
 def running(
     root: Path,
     meters: list[Meter],
+    *,
     server_settings: dict[str, Any] | None = None,
     store_settings: dict[str, Any] | None = None,
     fleet: Path | None = None,

@@ -127,8 +127,7 @@ def test_reads_switching_clock_and_profile_on_live_meters(fleet: Path, tmp_path:
         try:
             # ... and runs when the meter connects.
             srv.wait_for(
-                f"SELECT state FROM ami.command_status WHERE command_id = "
-                f"'{queued['command_id']}'",
+                f"SELECT state FROM ami.command_status WHERE command_id = '{queued['command_id']}'",
                 "done",
                 timeout=60,
             )
@@ -212,3 +211,138 @@ def test_reads_switching_clock_and_profile_on_live_meters(fleet: Path, tmp_path:
             "SELECT DISTINCT requested_by FROM ami.commands WHERE requested_by LIKE 'operator:%'"
         )
         assert who
+
+
+def test_debtors_are_disconnected_and_reconnected_after_paying(fleet: Path, tmp_path: Path) -> None:
+    debtor, protected, small = consumers(fleet, "e1ph")[4:7]
+    policy = {
+        "interval": 0.5,
+        "warning_hours": 0.0,
+        "allowed_hours": "0-23",
+        "allowed_weekdays": "mon-sun",
+        "debt_threshold": 1000.0,
+        "overdue_days": 10,
+    }
+    accounts = tmp_path / "accounts.csv"
+
+    def bill(rows: list[tuple[str, float, str, str]]) -> None:
+        accounts.write_text(
+            "account_id,debt,overdue_since,protected,note\n"
+            + "".join(f"{a},{d},{s},{p},\n" for a, d, s, p in rows)
+        )
+        srv.cli("billing", "import", str(accounts))
+
+    long_ago = (dt.date.today() - dt.timedelta(days=60)).isoformat()
+    with running(
+        tmp_path / "srv",
+        [],
+        fleet=fleet,
+        server_settings={"handshake_timeout": 30.0},
+        sections={**SETTINGS, "billing": policy},
+    ) as srv:
+        p = start_fleet(fleet, srv.port, [m["serial"] for m in (debtor, protected, small)])
+        try:
+            for m in (debtor, protected, small):
+                online(srv, m["serial"])
+            # Bad rows are named and skipped; good ones load.
+            accounts.write_text(
+                "account_id,debt,overdue_since,protected,note\n"
+                "X1,lots,2026-01-01,false,\nX2,5,yesterday,false,\nX3,5,,maybe,\n"
+            )
+            r = srv.cli("billing", "import", str(accounts), check=False)
+            assert "is not a number" in r.stdout + r.stderr
+            assert "is not a date" in r.stdout + r.stderr
+            assert "is not true or false" in r.stdout + r.stderr
+            bill(
+                [
+                    (debtor["account_id"], 5000.0, long_ago, "false"),
+                    (protected["account_id"], 9000.0, long_ago, "true"),
+                    (small["account_id"], 500.0, long_ago, "false"),
+                ]
+            )
+            # Warned first, then disconnected by the policy, verified off.
+            srv.wait_for(
+                f"SELECT state FROM ami.command_status WHERE serial = '{debtor['serial']}' "
+                f"AND kind = 'disconnect'",
+                "done",
+                timeout=60,
+            )
+            steps = srv.sql(
+                f"SELECT action FROM ami.policy_actions WHERE serial = '{debtor['serial']}' "
+                f"ORDER BY ts"
+            )
+            assert [s[0] for s in steps] == ["warn", "disconnect"]
+            assert (
+                srv.scalar(
+                    f"SELECT count() FROM ami.events WHERE meter = '{debtor['serial']}' "
+                    f"AND name = 'disconnect-warning'"
+                )
+                == 1
+            )
+            row = srv.sql(
+                f"SELECT requested_by, verified_state, reason FROM ami.command_status "
+                f"WHERE serial = '{debtor['serial']}'"
+            )[0]
+            assert row[:2] == ["policy", "disconnected"]
+            assert debtor["account_id"] in row[2]
+            # Its consumption stops: pushes carry zero power and an open disconnector.
+            t0 = time.time()
+            srv.wait_for(
+                f"SELECT value FROM ami.readings WHERE meter = '{debtor['serial']}' "
+                f"AND obis_code = '0.0.96.3.10.255' ORDER BY ts DESC LIMIT 1",
+                0.0,
+                timeout=30,
+            )
+            srv.wait_for(
+                f"SELECT value FROM ami.readings WHERE meter = '{debtor['serial']}' "
+                f"AND obis_code = '1.0.1.7.0.255' AND received_at >= toDateTime({int(t0)}) "
+                f"ORDER BY ts DESC LIMIT 1",
+                0.0,
+                timeout=30,
+            )
+            # The protected account and the small debt are never touched; status says why.
+            status = json.loads(srv.cli("billing", "status", "--all", "--format", "json").stdout)
+            why = {r["serial"]: (r["action"], r["reason"]) for r in status}
+            assert why[protected["serial"]] == ("none", "protected account: never disconnected")
+            assert why[small["serial"]][0] == "none"
+            assert why[debtor["serial"]][0] == "none"
+            assert "stays off" in why[debtor["serial"]][1]
+
+            # The debtor pays: reconnected at once (the import runs a policy pass).
+            bill([(debtor["account_id"], 0.0, "", "false")])
+            srv.wait_for(
+                f"SELECT state FROM ami.command_status WHERE serial = '{debtor['serial']}' "
+                f"AND kind = 'reconnect'",
+                "done",
+                timeout=30,
+            )
+            assert (
+                srv.scalar(
+                    f"SELECT argMax(verified_state, updated_at) FROM ami.command_status "
+                    f"WHERE serial = '{debtor['serial']}'"
+                )
+                == "connected"
+            )
+            # The account's other meter (gas, not connected in this run) had its
+            # disconnection queued; paying called it off.
+            with open(fleet / "meters.csv", encoding="utf-8") as f:
+                others = [
+                    m["serial"]
+                    for m in csv.DictReader(f)
+                    if m["account_id"] == debtor["account_id"] and m["serial"] != debtor["serial"]
+                ]
+            assert others
+            for serial in others:
+                srv.wait_for(
+                    f"SELECT state FROM ami.command_status WHERE serial = '{serial}'",
+                    "cancelled",
+                    timeout=10,
+                )
+            touched = srv.sql(
+                "SELECT DISTINCT serial FROM ami.commands WHERE requested_by = 'policy' "
+                "ORDER BY serial"
+            )
+            assert touched == [[s] for s in sorted([debtor["serial"], *others])]
+        finally:
+            final = stop_fleet(p)
+        assert (final["disconnects"], final["reconnects"]) == (1, 1)

@@ -27,7 +27,9 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     }
     # Rows wait 1.5 s in the spool, so the store's backlog reports (every 0.5 s) see them.
     store = {"ingest_interval": 1.5}
-    with running(tmp_path_factory.mktemp("lim"), [M, H], settings, store) as srv:
+    with running(
+        tmp_path_factory.mktemp("lim"), [M, H], server_settings=settings, store_settings=store
+    ) as srv:
         yield srv
 
 

@@ -443,6 +443,57 @@ class StoreService:
             except Exception as e:
                 log.error("scheduling reads failed (will retry): %s", e)
 
+    def _policy_pass(self, act: bool) -> dict[str, Any]:
+        """Evaluates the billing policy; with `act`, carries it out (an executor)."""
+        from headend import billing
+
+        cfg = self.cfg
+        now = time.time()
+        decisions = billing.evaluate(
+            self.store, cfg.billing, self.db, now, lambda s: bool(self.commands.pending(s))
+        )
+        out: dict[str, Any] = {
+            "columns": billing.DECISION_COLUMNS,
+            "rows": [d.row() for d in decisions],
+        }
+        if act:
+
+            def submit(d: billing.Decision) -> str:
+                c = self.commands.submit(
+                    d.serial,
+                    d.action,
+                    requested_by="policy",
+                    reason=f"account {d.account_id}: {d.reason}",
+                    node_id=d.node_id,
+                )
+                return c.command_id
+
+            out["done"] = billing.act(self.store, decisions, submit, now)
+            # A disconnection still waiting for its meter is called off once the
+            # account no longer warrants it (paid, or marked protected).
+            for d in decisions:
+                if d.action in ("none", "reconnect") and (
+                    d.debt <= cfg.billing.debt_threshold or d.protected
+                ):
+                    for c in self.commands.pending(d.serial, "disconnect"):
+                        if c.requested_by == "policy" and c.state != "running":
+                            self.commands.cancel(c.command_id, f"account {d.account_id} settled")
+        return out
+
+    async def _policy(self) -> None:
+        """The disconnection policy, every [billing] interval."""
+        if not self.cfg.billing.policy or self.cfg.billing.interval <= 0:
+            return
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(self.cfg.billing.interval)
+            try:
+                r = await loop.run_in_executor(None, self._policy_pass, True)
+                if r.get("done"):
+                    log.info("billing policy: %s", r["done"])
+            except Exception as e:
+                log.error("billing policy pass failed (will retry): %s", e)
+
     # -- admin ---------------------------------------------------------------------------
 
     def status(self) -> dict[str, Any]:
@@ -561,6 +612,9 @@ class StoreService:
                 ],
                 "stats": self.commands.stats(),
             }
+        if cmd == "policy":
+            act = bool(req.get("act", False)) and self.cfg.billing.policy
+            return await loop.run_in_executor(None, self._policy_pass, act)
         if cmd == "schedule":
             return await loop.run_in_executor(None, self.scheduler.run_once)
         if cmd == "cancel":
@@ -592,6 +646,10 @@ class StoreService:
                     continue
                 except ValueError:
                     pass
+            if table == "billing_accounts" and isinstance(v, str) and len(v) == 10:
+                with contextlib.suppress(ValueError):
+                    out.append(dt.date.fromisoformat(v))
+                    continue
             out.append(math.nan if v is None and table in ("grid_nodes", "meters") else v)
         return out
 
@@ -670,6 +728,7 @@ class StoreService:
                 self._keep_balances(),
                 self.commands.run(),
                 self._schedule(),
+                self._policy(),
             )
         ]
         log.info("store ready (%s)", cfg.dsn if self.store.embedded else "ClickHouse server")

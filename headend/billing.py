@@ -1,0 +1,380 @@
+"""Debts from the billing system and the disconnection policy.
+
+The billing system reports accounts (``headend billing import FILE.csv``): the debt,
+since when it is overdue, whether the account is protected. The policy decides, per
+meter of each account, one of:
+
+- ``reconnect``: the policy disconnected it and the debt is now at most
+  ``reconnect_at`` (any hour, any day: within a policy pass of the payment);
+- ``warn``: the debt is over ``debt_threshold`` and overdue by ``overdue_days``, and no
+  warning was given since: a warning event goes to the meter's record first;
+- ``disconnect``: as for warn, warned at least ``warning_hours`` ago, within allowed
+  hours and weekdays, not a holiday, and the meter's grid node has not reached its
+  hourly limit;
+- ``wait`` (with why: outside hours, holiday, node limit, warning too recent, a
+  command already queued) or ``none`` (protected account, no debt, ...).
+
+``headend billing status`` shows these decisions without acting; the store process
+acts on them every ``interval`` seconds, writing ``policy_actions`` and queuing
+commands whose requester is ``policy``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from headend.config import BillingConfig, ConfigError
+from headend.store.imports import CHUNK, ID, ImportReport, SqlAccess, _read
+
+TASHKENT = dt.timezone(dt.timedelta(hours=5))
+ACCOUNT_COLUMNS = ["account_id", "debt", "overdue_since", "protected", "note"]
+WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+TRUE = {"1", "true", "yes", "y"}
+FALSE = {"0", "false", "no", "n", ""}
+
+
+# -- import -----------------------------------------------------------------------------
+
+
+def import_accounts(path: Path, store: SqlAccess, db: str = "ami") -> ImportReport:
+    """Loads the billing system's accounts; bad rows are reported and skipped."""
+    report = ImportReport(str(path))
+    good: list[list[Any]] = []
+    seen: set[str] = set()
+    now = dt.datetime.now(dt.UTC)
+    for line, r in _read(path, ACCOUNT_COLUMNS, report):
+        try:
+            acc = r["account_id"]
+            if not ID.match(acc):
+                raise ValueError(f"account_id {acc!r} must be 1-64 letters, digits or _.:/-")
+            if acc in seen:
+                raise ValueError(f"account_id {acc} appears twice in the file")
+            try:
+                debt = float(r["debt"])
+            except ValueError:
+                raise ValueError(f"debt {r['debt']!r} is not a number") from None
+            if math.isnan(debt) or abs(debt) > 1e15:
+                raise ValueError(f"debt {r['debt']!r} is not a usable amount")
+            since = None
+            if r["overdue_since"]:
+                try:
+                    since = dt.date.fromisoformat(r["overdue_since"])
+                except ValueError:
+                    raise ValueError(
+                        f"overdue_since {r['overdue_since']!r} is not a date (YYYY-MM-DD)"
+                    ) from None
+            flag = r["protected"].lower()
+            if flag not in TRUE | FALSE:
+                raise ValueError(f"protected {r['protected']!r} is not true or false")
+        except ValueError as e:
+            report.bad.append((line, str(e)))
+            continue
+        seen.add(acc)
+        good.append([acc, debt, since, flag in TRUE, r["note"], now])
+    for i in range(0, len(good), CHUNK):
+        store.insert_rows("billing_accounts", [*ACCOUNT_COLUMNS, "updated_at"], good[i : i + CHUNK])
+    report.loaded = len(good)
+    report.bad.sort()
+    return report
+
+
+# -- policy -----------------------------------------------------------------------------
+
+
+def _hours(text: str) -> tuple[int, int]:
+    m = re.fullmatch(r"\s*(\d{1,2})\s*-\s*(\d{1,2})\s*", text)
+    if not m or not (0 <= int(m[1]) <= 23 and 0 <= int(m[2]) <= 23):
+        raise ConfigError(f"[billing] allowed_hours {text!r} must be like 9-17 (hours 0-23)")
+    return int(m[1]), int(m[2])
+
+
+def _weekdays(text: str) -> set[int]:
+    out: set[int] = set()
+    for part in text.lower().replace(" ", "").split(","):
+        if not part:
+            continue
+        a, _, b = part.partition("-")
+        if a not in WEEKDAYS or (b and b not in WEEKDAYS):
+            raise ConfigError(f"[billing] allowed_weekdays {text!r}: use mon..sun, e.g. mon-fri")
+        i, j = WEEKDAYS.index(a), WEEKDAYS.index(b or a)
+        out.update(range(i, j + 1) if i <= j else [*range(i, 7), *range(0, j + 1)])
+    return out
+
+
+def _holidays(text: str) -> set[dt.date]:
+    out = set()
+    for part in text.replace(" ", "").split(","):
+        if part:
+            try:
+                out.add(dt.date.fromisoformat(part))
+            except ValueError:
+                raise ConfigError(f"[billing] holidays: {part!r} is not YYYY-MM-DD") from None
+    return out
+
+
+@dataclass
+class Decision:
+    account_id: str
+    serial: str
+    node_id: str
+    debt: float
+    protected: bool
+    supply: str
+    action: str
+    reason: str
+
+    def row(self) -> list[Any]:
+        return [
+            self.account_id,
+            self.serial,
+            self.node_id,
+            round(self.debt, 2),
+            self.protected,
+            self.supply,
+            self.action,
+            self.reason,
+        ]
+
+
+DECISION_COLUMNS = [
+    "account_id",
+    "serial",
+    "node_id",
+    "debt",
+    "protected",
+    "supply",
+    "action",
+    "reason",
+]
+
+
+class Policy:
+    def __init__(self, cfg: BillingConfig) -> None:
+        self.cfg = cfg
+        self.hours = _hours(cfg.allowed_hours)
+        self.weekdays = _weekdays(cfg.allowed_weekdays)
+        self.holidays = _holidays(cfg.holidays)
+
+    def window_closed(self, now: float) -> str | None:
+        """Why disconnections may not start at `now`, or None."""
+        local = dt.datetime.fromtimestamp(now, TASHKENT)
+        if local.date() in self.holidays:
+            return f"{local.date()} is a holiday"
+        if local.weekday() not in self.weekdays:
+            return f"no disconnections on {WEEKDAYS[local.weekday()]}"
+        lo, hi = self.hours
+        if not (lo <= local.hour <= hi):
+            return f"outside allowed hours {lo}-{hi} (now {local:%H:%M} Tashkent)"
+        return None
+
+    def decide(
+        self,
+        rows: list[tuple[Any, ...]],
+        now: float,
+        pending: Callable[[str], bool],
+        node_disconnects: dict[str, int],
+    ) -> list[Decision]:
+        """One decision per meter. `rows`: account_id, debt, overdue_since, protected,
+        serial, node_id, supply (connected/disconnected/unknown), disconnected by
+        policy (bool), last warning (unix or 0), last reconnect (unix or 0)."""
+        per_node = dict(node_disconnects)
+        closed = self.window_closed(now)
+        today = dt.datetime.fromtimestamp(now, TASHKENT).date()
+        out = []
+        for acc, amount, since, protected, serial, node, supply, by_policy, warned, back in rows:
+            debt = float(amount)
+            if supply == "disconnected":
+                action, reason = self._switched_off(debt, bool(by_policy), pending(serial))
+            else:
+                action, reason = self._debtor(
+                    debt,
+                    since,
+                    bool(protected),
+                    today,
+                    queued=pending(serial),
+                    warned=warned,
+                    back=back,
+                    now=now,
+                )
+                if action == "disconnect":
+                    if closed:
+                        action, reason = "wait", closed
+                    elif per_node.get(node, 0) >= self.cfg.max_per_node_per_hour:
+                        limit = self.cfg.max_per_node_per_hour
+                        action, reason = "wait", f"node {node} reached {limit} this hour"
+                    else:
+                        per_node[node] = per_node.get(node, 0) + 1
+            out.append(Decision(acc, serial, node, debt, bool(protected), supply, action, reason))
+        return out
+
+    def _switched_off(self, debt: float, by_policy: bool, queued: bool) -> tuple[str, str]:
+        cfg = self.cfg
+        if not by_policy:
+            return "none", "disconnected by an operator, not by the policy"
+        if debt > cfg.reconnect_at:
+            return "none", f"stays off: debt {debt:.2f}"
+        if queued:
+            return "wait", "a command for this meter is already queued"
+        return "reconnect", f"debt {debt:.2f} paid down to at most {cfg.reconnect_at:g}"
+
+    def _exempt(
+        self, debt: float, since: dt.date | None, protected: bool, today: dt.date
+    ) -> tuple[str | None, int]:
+        """Why a debtor is left alone (or None), and the days overdue."""
+        cfg = self.cfg
+        overdue = (today - since).days if since is not None else -1
+        if debt <= cfg.debt_threshold:
+            return f"debt {debt:.2f} within {cfg.debt_threshold:g}", overdue
+        if protected:
+            return "protected account: never disconnected", overdue
+        if overdue < cfg.overdue_days:
+            return f"overdue {max(overdue, 0)} of {cfg.overdue_days} days", overdue
+        return None, overdue
+
+    def _debtor(
+        self,
+        debt: float,
+        since: dt.date | None,
+        protected: bool,
+        today: dt.date,
+        *,
+        queued: bool,
+        warned: float,
+        back: float,
+        now: float,
+    ) -> tuple[str, str]:
+        exempt, overdue = self._exempt(debt, since, protected, today)
+        if exempt:
+            return "none", exempt
+        if queued:
+            return "wait", "a command for this meter is already queued"
+        if not warned or warned < back:
+            return "warn", f"debt {debt:.2f} overdue {overdue} days: warning first"
+        ready = warned + self.cfg.warning_hours * 3600
+        if now < ready:
+            when = dt.datetime.fromtimestamp(ready, TASHKENT)
+            return "wait", f"warned; disconnect from {when:%Y-%m-%d %H:%M}"
+        return "disconnect", f"debt {debt:.2f} overdue {overdue} days, warned"
+
+
+def policy_rows(store: SqlAccess, db: str) -> list[tuple[Any, ...]]:
+    """The accounts' meters with their supply state and policy history."""
+    _, rows = store.query(
+        f"""
+        SELECT a.account_id, a.debt, a.overdue_since, a.protected, m.serial, m.node_id,
+               if(s.supply_state = '', 'unknown', s.supply_state) AS supply,
+               s.by_policy,
+               toFloat64(ifNull(w.warned, 0)), toFloat64(ifNull(w.back, 0))
+        FROM (SELECT account_id, argMax(debt, updated_at) AS debt,
+                     argMax(overdue_since, updated_at) AS overdue_since,
+                     argMax(protected, updated_at) AS protected
+              FROM {db}.billing_accounts GROUP BY account_id) AS a
+        INNER JOIN (SELECT serial, argMax(node_id, updated_at) AS node_id,
+                           argMax(account_id, updated_at) AS account_id,
+                           argMax(role, updated_at) AS role
+                    FROM {db}.meters GROUP BY serial) AS m
+            ON m.account_id = a.account_id AND m.role = 'consumer'
+        LEFT JOIN (SELECT serial, argMax(verified_state, updated_at) AS supply_state,
+                          argMax(requested_by, updated_at) = 'policy' AS by_policy
+                   FROM {db}.command_status
+                   WHERE kind IN ('disconnect', 'reconnect') AND state = 'done'
+                   GROUP BY serial) AS s ON s.serial = m.serial
+        LEFT JOIN (SELECT serial,
+                          maxIf(toUnixTimestamp64Milli(ts), action = 'warn') / 1000 AS warned,
+                          maxIf(toUnixTimestamp64Milli(ts), action = 'reconnect') / 1000 AS back
+                   FROM {db}.policy_actions GROUP BY serial) AS w ON w.serial = m.serial
+        ORDER BY a.account_id, m.serial
+        """
+    )
+    return [tuple(r) for r in rows]
+
+
+def node_disconnects(store: SqlAccess, db: str, now: float) -> dict[str, int]:
+    """Policy disconnections per grid node in the last hour."""
+    _, rows = store.query(
+        f"SELECT m.node_id, count() FROM {db}.policy_actions AS p "
+        f"INNER JOIN (SELECT serial, argMax(node_id, updated_at) AS node_id "
+        f"FROM {db}.meters GROUP BY serial) AS m ON m.serial = p.serial "
+        f"WHERE p.action = 'disconnect' AND p.ts >= toDateTime64({{since:Float64}}, 3) "
+        f"GROUP BY m.node_id",
+        {"since": now - 3600},
+    )
+    return {r[0]: int(r[1]) for r in rows}
+
+
+def evaluate(
+    store: SqlAccess, cfg: BillingConfig, db: str, now: float, pending: Callable[[str], bool]
+) -> list[Decision]:
+    return Policy(cfg).decide(
+        policy_rows(store, db), now, pending, node_disconnects(store, db, now)
+    )
+
+
+def pending_from_table(store: SqlAccess, db: str) -> set[str]:
+    """Meters with a command not yet final (when no server holds the queue)."""
+    _, rows = store.query(
+        f"SELECT DISTINCT serial FROM {db}.command_status "
+        f"WHERE state NOT IN ('done', 'failed', 'expired', 'cancelled')"
+    )
+    return {r[0] for r in rows}
+
+
+ACTION_COLUMNS = ["ts", "account_id", "serial", "action", "reason", "command_id"]
+EVENT_COLUMNS = [
+    "meter",
+    "ts",
+    "code",
+    "name",
+    "category",
+    "source",
+    "peer",
+    "detail",
+    "received_at",
+]
+
+
+def act(
+    store: SqlAccess,
+    decisions: list[Decision],
+    submit: Callable[[Decision], str],
+    now: float,
+) -> dict[str, int]:
+    """Carries out warn/disconnect/reconnect decisions: queues the commands (`submit`
+    returns the command id), records policy_actions and the warning events."""
+    ts = dt.datetime.fromtimestamp(now, dt.UTC)
+    actions: list[list[Any]] = []
+    events: list[list[Any]] = []
+    done: dict[str, int] = {}
+    for d in decisions:
+        if d.action not in ("warn", "disconnect", "reconnect"):
+            continue
+        cid = ""
+        if d.action == "warn":
+            events.append(
+                [
+                    d.serial,
+                    ts.replace(microsecond=0),
+                    0,
+                    "disconnect-warning",
+                    "billing",
+                    "policy",
+                    "",
+                    f"account {d.account_id}: {d.reason}",
+                    ts.replace(microsecond=0),
+                ]
+            )
+        else:
+            cid = submit(d)
+        actions.append([ts, d.account_id, d.serial, d.action, d.reason, cid])
+        done[d.action] = done.get(d.action, 0) + 1
+    if events:
+        store.insert_rows("events", EVENT_COLUMNS, events)
+    if actions:
+        store.insert_rows("policy_actions", ACTION_COLUMNS, actions)
+    return done
