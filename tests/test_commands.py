@@ -48,7 +48,9 @@ def consumers(fleet: Path, model: str) -> list[dict[str, str]]:
         ]
 
 
-def start_fleet(fleet: Path, port: int, serials: list[str]) -> subprocess.Popen[str]:
+def start_fleet(
+    fleet: Path, port: int, serials: list[str], drifting: str = "0"
+) -> subprocess.Popen[str]:
     return sim.start(
         fleet,
         port,
@@ -59,7 +61,7 @@ def start_fleet(fleet: Path, port: int, serials: list[str]) -> subprocess.Popen[
         "--gaps",
         "0",
         "--drifting",
-        "1",
+        drifting,
         "--hdlc",
         "0",
         "--concentrators",
@@ -109,7 +111,7 @@ def state_of(srv: Server, command_id: str) -> list[Any]:
 
 
 def test_reads_switching_clock_and_profile_on_live_meters(fleet: Path, tmp_path: Path) -> None:
-    a, b = (m["serial"] for m in consumers(fleet, "e1ph")[1:3])
+    a, b, drifted = (m["serial"] for m in consumers(fleet, "e1ph")[1:4])
     gas = consumers(fleet, "gas-g4")[0]["serial"]
     with running(
         tmp_path / "srv",
@@ -124,6 +126,8 @@ def test_reads_switching_clock_and_profile_on_live_meters(fleet: Path, tmp_path:
         with pytest.raises(AssertionError, match="unknown meter"):
             srv.cli("ctl", "disconnect", "NO-SUCH-METER")
         p = start_fleet(fleet, srv.port, [a, b, gas])
+        # One more meter whose clock is minutes off (and its own simulator).
+        p2 = start_fleet(fleet, srv.port, [drifted], drifting="1")
         try:
             # ... and runs when the meter connects.
             srv.wait_for(
@@ -158,8 +162,14 @@ def test_reads_switching_clock_and_profile_on_live_meters(fleet: Path, tmp_path:
             assert r["state"] == "done", r
             assert r["result"]["output_state"] is False
 
-            # The clock: drifted by minutes (--drifting 1), set, read back within bounds.
+            # Clocks: one within seconds is left alone; one minutes off is set and read
+            # back within bounds.
             r = ctl(srv, "clock", a, "--threshold", "10")
+            assert r["state"] == "done", r
+            assert abs(r["result"]["drift_s"]) <= 10
+            assert r["result"]["corrected"] is False
+            online(srv, drifted)
+            r = ctl(srv, "clock", drifted, "--threshold", "10")
             assert r["state"] == "done", r
             assert abs(r["result"]["drift_s"]) >= 110
             assert r["result"]["corrected"] is True
@@ -178,6 +188,29 @@ def test_reads_switching_clock_and_profile_on_live_meters(fleet: Path, tmp_path:
                 f"WHERE meter = '{a}' AND source = 'poll' GROUP BY obis_code ORDER BY obis_code"
             )
             assert rows == [["1.0.1.8.0.255", 5, 1], ["1.0.2.8.0.255", 5, 0]]
+
+            # The scheduler backfills what is still missing: between the polled hour
+            # and the first push the consumption is estimated; a scheduled profile read
+            # brings the measurements, and the recomputation uses them.
+            def estimated() -> int:
+                srv.admin("recompute", start=now - 5 * 3600, end=now + 3600)
+                return int(
+                    srv.scalar(
+                        f"SELECT countIf(quality = 'estimated') FROM ami.consumption FINAL "
+                        f"WHERE meter = '{a}' AND obis = {0x0100010800FF}"
+                    )
+                )
+
+            assert estimated() >= 2
+            queued = srv.admin("schedule")
+            assert queued["backfill"] >= 1
+            srv.wait_for(
+                f"SELECT state FROM ami.command_status WHERE serial = '{a}' "
+                f"AND kind = 'profile' AND requested_by = 'scheduler'",
+                "done",
+                timeout=30,
+            )
+            assert estimated() == 0
 
             # Wrong keys (a botched re-keying): the meter refuses the association and
             # the command's record says so.
@@ -204,6 +237,7 @@ def test_reads_switching_clock_and_profile_on_live_meters(fleet: Path, tmp_path:
             assert "retry" in [h[0] for h in history]
         finally:
             final = stop_fleet(p)
+            stop_fleet(p2)
         assert final["disconnects"] == 2
         assert final["reconnects"] == 1
         # Every transition is in the audit trail with who asked.

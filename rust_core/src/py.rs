@@ -495,7 +495,13 @@ impl KeyTable {
         require_encryption: bool,
     ) -> PyResult<(Bound<'py, PyBytes>, u8, u32, Bound<'py, PyBytes>)> {
         let sender = sender.map(|s| title(py, s)).transpose()?;
-        let d = decipher_apdu(py, &mut self.inner, apdu, sender.as_ref(), policy(require_authentication, require_encryption))?;
+        let d = decipher_apdu(
+            py,
+            &mut self.inner,
+            apdu,
+            sender.as_ref(),
+            policy(require_authentication, require_encryption),
+        )?;
         Ok((
             PyBytes::new(py, &d.system_title),
             d.security_control.0,
@@ -921,7 +927,11 @@ impl Directory {
 
     /// (serial, model, system title or None, has keys) of a meter id.
     #[allow(clippy::type_complexity)]
-    fn meter_info<'py>(&self, py: Python<'py>, meter: u32) -> PyResult<(String, String, Option<Bound<'py, PyBytes>>, bool)> {
+    fn meter_info<'py>(
+        &self,
+        py: Python<'py>,
+        meter: u32,
+    ) -> PyResult<(String, String, Option<Bound<'py, PyBytes>>, bool)> {
         let m = self.known(meter)?;
         let model = self.inner.profile(m.profile).name.clone();
         Ok((m.serial.clone(), model, m.system_title.map(|t| PyBytes::new(py, &t)), m.ciphered))
@@ -954,7 +964,13 @@ impl Directory {
     }
 
     /// HLS-GMAC pass 3 towards meter `meter` (see `KeyTable.hls_response`).
-    fn hls_response<'py>(&mut self, py: Python<'py>, meter: u32, own_title: &[u8], challenge: &[u8]) -> PyResult<Bound<'py, PyBytes>> {
+    fn hls_response<'py>(
+        &mut self,
+        py: Python<'py>,
+        meter: u32,
+        own_title: &[u8],
+        challenge: &[u8],
+    ) -> PyResult<Bound<'py, PyBytes>> {
         let (st, own) = (self.title_of(meter)?, title(py, own_title)?);
         hls_pass3(py, &mut self.inner.keys, &st, &own, challenge)
     }
