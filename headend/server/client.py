@@ -149,7 +149,7 @@ class MeterClient:
             detail = ""
             ui = aare.get("user_information")
             if isinstance(ui, dict) and ui.get("apdu") == "confirmed-service-error":
-                detail = f", {ui.get('error')}"
+                detail = ", " + ", ".join(f"{k} {v}" for k, v in ui.items() if k != "apdu")
             raise ClientError(
                 f"meter {self.serial} refused the association: {aare['result']}, "
                 f"diagnostic {aare.get('diagnostic')}{detail}"
