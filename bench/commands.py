@@ -138,7 +138,18 @@ def main() -> int:
         fleet,
         h.port,
         *("--drifting", "0", "--hdlc", "0", "--concentrators", "0", "--events", "off"),
-        *("--gaps", "0", "--interval", "900", "--spread", "0", "--status-every", "60"),
+        *(
+            "--gaps",
+            "0",
+            "--interval",
+            "60",
+            "--gas-interval",
+            "60",
+            "--spread",
+            "0",
+            "--status-every",
+            "60",
+        ),
     )
     out: dict[str, object] = {"meters": len(meters), "workers": args.workers}
     try:
@@ -147,8 +158,12 @@ def main() -> int:
             if h.admin("status")["sessions"] >= len(meters) * 0.99:
                 break
             time.sleep(1)
-        time.sleep(5)  # every meter has pushed (identified itself)
-
+        # Commands run on meters that identified themselves (pushed) on a connection.
+        while time.monotonic() < deadline:
+            pushed = h.scalar("SELECT uniqExact(meter) FROM ami.readings")
+            if pushed >= len(meters) * 0.99:
+                break
+            time.sleep(2)
         out["round_trip_s"] = round_trip(h, electric, args.serial)
         out["burst"] = burst(h, meters, args.burst)
         out["profiles"] = profile_reads(h, electric, args.profiles)
