@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from headend.config import BillingConfig, ConfigError
+from headend.store import ingest, spool
 from headend.store.imports import CHUNK, ID, ImportReport, SqlAccess, _read
 
 TASHKENT = dt.timezone(dt.timedelta(hours=5))
@@ -326,17 +327,7 @@ def pending_from_table(store: SqlAccess, db: str) -> set[str]:
 
 
 ACTION_COLUMNS = ["ts", "account_id", "serial", "action", "reason", "command_id"]
-EVENT_COLUMNS = [
-    "meter",
-    "ts",
-    "code",
-    "name",
-    "category",
-    "source",
-    "peer",
-    "detail",
-    "received_at",
-]
+EVENT_COLUMNS = ingest.COLUMNS[spool.EVENTS]
 
 
 def act(

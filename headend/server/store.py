@@ -33,7 +33,7 @@ from headend.errors import HeadendError
 from headend.server import ipc
 from headend.store import spool
 from headend.store.db import Store, StoreError, migrate
-from headend.store.ingest import Backoff, Ingestor
+from headend.store.ingest import COLUMNS, Backoff, Ingestor
 
 log = logging.getLogger("headend.store")
 
@@ -265,11 +265,7 @@ class StoreService:
                     now,
                 )
             )
-        self.store.insert_rows(
-            "readings",
-            ["meter", "obis", "ts", "value", "unit", "status", "source", "quality", "received_at"],
-            out,
-        )
+        self.store.insert_rows("readings", COLUMNS[spool.READINGS], out)
         self.polled += len(out)
         return len(out)
 
