@@ -25,15 +25,16 @@ import datetime as dt
 import math
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from headend.balance import LOCAL as TASHKENT
+from headend.commands import latest_meters
 from headend.config import BillingConfig, ConfigError
 from headend.store import ingest, spool
 from headend.store.imports import CHUNK, ID, ImportReport, SqlAccess, _read
 
-TASHKENT = dt.timezone(dt.timedelta(hours=5))
 ACCOUNT_COLUMNS = ["account_id", "debt", "overdue_since", "protected", "note"]
 WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 TRUE = {"1", "true", "yes", "y"}
@@ -131,28 +132,10 @@ class Decision:
     reason: str
 
     def row(self) -> list[Any]:
-        return [
-            self.account_id,
-            self.serial,
-            self.node_id,
-            round(self.debt, 2),
-            self.protected,
-            self.supply,
-            self.action,
-            self.reason,
-        ]
+        return [round(self.debt, 2) if f == "debt" else getattr(self, f) for f in DECISION_COLUMNS]
 
 
-DECISION_COLUMNS = [
-    "account_id",
-    "serial",
-    "node_id",
-    "debt",
-    "protected",
-    "supply",
-    "action",
-    "reason",
-]
+DECISION_COLUMNS = [f.name for f in fields(Decision)]
 
 
 class Policy:
@@ -300,8 +283,7 @@ def node_disconnects(store: SqlAccess, db: str, now: float) -> dict[str, int]:
     """Policy disconnections per grid node in the last hour."""
     _, rows = store.query(
         f"SELECT m.node_id, count() FROM {db}.policy_actions AS p "
-        f"INNER JOIN (SELECT serial, argMax(node_id, updated_at) AS node_id "
-        f"FROM {db}.meters GROUP BY serial) AS m ON m.serial = p.serial "
+        f"INNER JOIN {latest_meters(db)} AS m ON m.serial = p.serial "
         f"WHERE p.action = 'disconnect' AND p.ts >= toDateTime64({{since:Float64}}, 3) "
         f"GROUP BY m.node_id",
         {"since": now - 3600},
@@ -330,39 +312,27 @@ ACTION_COLUMNS = ["ts", "account_id", "serial", "action", "reason", "command_id"
 EVENT_COLUMNS = ingest.COLUMNS[spool.EVENTS]
 
 
-def act(
-    store: SqlAccess,
-    decisions: list[Decision],
-    submit: Callable[[Decision], str],
-    now: float,
+def record(
+    store: SqlAccess, decisions: list[Decision], command_ids: dict[str, str], now: float
 ) -> dict[str, int]:
-    """Carries out warn/disconnect/reconnect decisions: queues the commands (`submit`
-    returns the command id), records policy_actions and the warning events."""
+    """Writes what a policy pass did: policy_actions (with the command queued for each
+    disconnect/reconnect, by serial) and the warning events."""
     ts = dt.datetime.fromtimestamp(now, dt.UTC)
+    second = ts.replace(microsecond=0)
     actions: list[list[Any]] = []
     events: list[list[Any]] = []
     done: dict[str, int] = {}
     for d in decisions:
         if d.action not in ("warn", "disconnect", "reconnect"):
             continue
-        cid = ""
         if d.action == "warn":
+            detail = f"account {d.account_id}: {d.reason}"
             events.append(
-                [
-                    d.serial,
-                    ts.replace(microsecond=0),
-                    0,
-                    "disconnect-warning",
-                    "billing",
-                    "policy",
-                    "",
-                    f"account {d.account_id}: {d.reason}",
-                    ts.replace(microsecond=0),
-                ]
+                [d.serial, second, 0, "disconnect-warning", "billing", "policy", "", detail, second]
             )
-        else:
-            cid = submit(d)
-        actions.append([ts, d.account_id, d.serial, d.action, d.reason, cid])
+        actions.append(
+            [ts, d.account_id, d.serial, d.action, d.reason, command_ids.get(d.serial, "")]
+        )
         done[d.action] = done.get(d.action, 0) + 1
     if events:
         store.insert_rows("events", EVENT_COLUMNS, events)

@@ -374,12 +374,14 @@ def cmd_commands(args: argparse.Namespace) -> int:
     try:
         cfg = _config(args)
         client = AdminClient(cfg.admin_socket)
-        if args.action == "cancel":
-            c = client.call("cancel", id=args.id)
-            print(f"cancelled {c['command_id']} ({c['kind']} {c['serial']})")
-            return 0
-        r = client.call("commands", serial=args.serial)
-        client.close()
+        try:
+            if args.action == "cancel":
+                c = client.call("cancel", id=args.id)
+                print(f"cancelled {c['command_id']} ({c['kind']} {c['serial']})")
+                return 0
+            r = client.call("commands", serial=args.serial)
+        finally:
+            client.close()
     except HeadendError as e:
         return _fail(e)
     if args.json:

@@ -56,6 +56,13 @@ COLUMNS = [
 ]
 
 
+def latest_meters(db: str) -> str:
+    """Each meter's current grid node (meters keeps every import's row)."""
+    return (
+        f"(SELECT serial, argMax(node_id, updated_at) AS node_id FROM {db}.meters GROUP BY serial)"
+    )
+
+
 class CommandError(HeadendError):
     """A command cannot be queued (unknown meter, bad kind or arguments)."""
 
@@ -182,8 +189,7 @@ class CommandQueue:
             f"c.priority, toFloat64(c.requested_at), toFloat64(c.expires_at), c.state, "
             f"c.attempts, m.node_id "
             f"FROM {self.db}.command_status AS c "
-            f"LEFT JOIN (SELECT serial, argMax(node_id, updated_at) AS node_id "
-            f"FROM {self.db}.meters GROUP BY serial) AS m ON m.serial = c.serial "
+            f"LEFT JOIN {latest_meters(self.db)} AS m ON m.serial = c.serial "
             f"WHERE c.state NOT IN ('done', 'failed', 'expired', 'cancelled') "
             f"ORDER BY c.requested_at"
         )
@@ -214,28 +220,28 @@ class CommandQueue:
         self.totals[c.state] = self.totals.get(c.state, 0) + 1
         self._wake.set()
 
-    def flush(self) -> None:
-        """Writes the recorded transitions (called from an executor)."""
+    def take_rows(self) -> list[list[Any]]:
+        """The transitions recorded since the last call (on the event loop)."""
         rows, self._rows = self._rows, []
+        return rows
+
+    def write(self, rows: list[list[Any]]) -> None:
+        """Inserts transitions (in an executor: the queue itself stays on the loop)."""
         if rows:
-            try:
-                self.store.insert_rows("commands", COLUMNS, rows)
-            except Exception:
-                self._rows[:0] = rows
-                raise
+            self.store.insert_rows("commands", COLUMNS, rows)
 
     # -- submitting -----------------------------------------------------------------------
 
-    def meter_rows(self, serials: list[str]) -> dict[str, tuple[str, str]]:
-        """serial -> (node_id, kind) for the meters the store knows."""
-        if not serials:
-            return {}
+    def node_of(self, serial: str) -> str:
+        """The meter's grid node; unknown meters are refused (a query: run it in an
+        executor)."""
         _, rows = self.store.query(
-            f"SELECT serial, argMax(node_id, updated_at), argMax(kind, updated_at) "
-            f"FROM {self.db}.meters WHERE serial IN {{s:Array(String)}} GROUP BY serial",
-            {"s": serials},
+            f"SELECT node_id FROM {latest_meters(self.db)} WHERE serial = {{s:String}}",
+            {"s": serial},
         )
-        return {r[0]: (r[1], r[2]) for r in rows}
+        if not rows:
+            raise CommandError(f"unknown meter {serial!r}")
+        return str(rows[0][0])
 
     def submit(
         self,
@@ -245,17 +251,13 @@ class CommandQueue:
         *,
         requested_by: str,
         reason: str = "",
+        node_id: str,
         priority: int = COMMAND,
         expires_in: float | None = None,
-        node_id: str | None = None,
     ) -> Command:
+        """Queues a command (on the event loop; `node_id` from :meth:`node_of`)."""
         args = args or {}
         validate(kind, args)
-        if node_id is None:
-            known = self.meter_rows([serial])
-            if serial not in known:
-                raise CommandError(f"unknown meter {serial!r}")
-            node_id = known[serial][0]
         now = time.time()
         c = Command(
             command_id=uuid.uuid4().hex[:16],
@@ -448,9 +450,11 @@ class CommandQueue:
                 await asyncio.wait_for(self._wake.wait(), self.cfg.dispatch_interval)
             self._wake.clear()
             self.dispatch()
+            rows = self.take_rows()
             try:
-                await loop.run_in_executor(None, self.flush)
+                await loop.run_in_executor(None, self.write, rows)
             except Exception as e:
+                self._rows[:0] = rows
                 log.error("writing command records failed (will retry): %s", e)
                 await asyncio.sleep(1.0)
 
@@ -471,41 +475,21 @@ class Scheduler:
         self.cfg = cfg
         self.db = queue.db
 
-    def backfill(self, now: float) -> int:
+    def candidates(self, now: float) -> dict[str, list[tuple[Any, ...]]]:
+        """What is due, by kind: (serial, node, args) rows (queries: an executor)."""
         since = int(now - self.cfg.backfill_days * 86_400)
-        _, rows = self.queue.store.query(
-            f"SELECT c.meter, toInt64(min(c.interval_start)), toInt64(max(c.interval_start)), "
-            f"any(m.node_id) "
+        _, gaps = self.queue.store.query(
+            f"SELECT c.meter, any(m.node_id), toInt64(min(c.interval_start)), "
+            f"toInt64(max(c.interval_start)) "
             f"FROM {self.db}.consumption AS c FINAL "
-            f"INNER JOIN (SELECT serial, argMax(node_id, updated_at) AS node_id "
-            f"FROM {self.db}.meters GROUP BY serial) AS m ON m.serial = c.meter "
+            f"INNER JOIN {latest_meters(self.db)} AS m ON m.serial = c.meter "
             f"WHERE c.interval_start >= toDateTime({{since:Int64}}) AND c.quality = 'estimated' "
             f"GROUP BY c.meter ORDER BY c.meter LIMIT {{n:UInt32}}",
             {"since": since, "n": self.cfg.schedule_batch},
         )
-        n = 0
-        for serial, first, last, node in rows:
-            if self.queue.pending(serial, "profile"):
-                continue
-            # The profile entries that close the first and last estimated hour.
-            self.queue.submit(
-                serial,
-                "profile",
-                {"from": int(first) - 3600, "to": int(last) + 3600},
-                requested_by="scheduler",
-                reason="backfill estimated consumption",
-                priority=SCHEDULED,
-                node_id=node,
-            )
-            n += 1
-        return n
-
-    def clocks(self, now: float) -> int:
         due = int(now - self.cfg.clock_check_days * 86_400)
-        _, rows = self.queue.store.query(
-            f"SELECT m.serial, m.node_id FROM "
-            f"(SELECT serial, argMax(node_id, updated_at) AS node_id "
-            f"FROM {self.db}.meters GROUP BY serial) AS m "
+        _, clocks = self.queue.store.query(
+            f"SELECT m.serial, m.node_id FROM {latest_meters(self.db)} AS m "
             f"LEFT JOIN (SELECT serial, max(ts) AS checked FROM {self.db}.commands "
             f"WHERE kind = 'clock' AND state IN ('done', 'failed') GROUP BY serial) AS k "
             f"ON k.serial = m.serial "
@@ -513,23 +497,37 @@ class Scheduler:
             f"ORDER BY k.checked, m.serial LIMIT {{n:UInt32}}",
             {"due": due, "n": self.cfg.schedule_batch},
         )
-        n = 0
-        for serial, node in rows:
-            if self.queue.pending(serial, "clock"):
-                continue
-            self.queue.submit(
-                serial,
-                "clock",
-                {"threshold": self.cfg.clock_threshold},
-                requested_by="scheduler",
-                reason="daily clock check",
-                priority=SCHEDULED,
-                node_id=node,
-                expires_in=self.cfg.clock_check_days * 86_400,
-            )
-            n += 1
-        return n
+        threshold = {"threshold": self.cfg.clock_threshold}
+        return {
+            # The profile entries that close the first and last estimated hour.
+            "profile": [
+                (serial, node, {"from": int(first) - 3600, "to": int(last) + 3600})
+                for serial, node, first, last in gaps
+            ],
+            "clock": [(serial, node, threshold) for serial, node in clocks],
+        }
 
-    def run_once(self, now: float | None = None) -> dict[str, int]:
-        now = time.time() if now is None else now
-        return {"backfill": self.backfill(now), "clock": self.clocks(now)}
+    def queue_due(self, due: dict[str, list[tuple[Any, ...]]]) -> dict[str, int]:
+        """Queues what :meth:`candidates` found, skipping meters that already have such
+        a command waiting (on the event loop)."""
+        reasons = {"profile": "backfill estimated consumption", "clock": "daily clock check"}
+        expires = {"clock": self.cfg.clock_check_days * 86_400}
+        out = {}
+        for kind, rows in due.items():
+            n = 0
+            for serial, node, args in rows:
+                if self.queue.pending(serial, kind):
+                    continue
+                self.queue.submit(
+                    serial,
+                    kind,
+                    args,
+                    requested_by="scheduler",
+                    reason=reasons[kind],
+                    priority=SCHEDULED,
+                    node_id=node,
+                    expires_in=expires.get(kind),
+                )
+                n += 1
+            out[kind] = n
+        return out

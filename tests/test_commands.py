@@ -17,6 +17,7 @@ import pytest
 from loadtest import sim
 from loadtest.grid import generate
 from tests.server_harness import Server, running
+from tests.test_sim import consumer
 
 SETTINGS = {
     "commands": {
@@ -34,18 +35,6 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("fleet")
     generate(300, 0.3, out, seed=11)
     return out
-
-
-def consumers(fleet: Path, model: str) -> list[dict[str, str]]:
-    thieves = {
-        t["serial"] for t in json.loads((fleet / "ground_truth.json").read_text())["thieves"]
-    }
-    with open(fleet / "meters.csv", encoding="utf-8") as f:
-        return [
-            m
-            for m in csv.DictReader(f)
-            if m["role"] == "consumer" and m["model"] == model and m["serial"] not in thieves
-        ]
 
 
 def start_fleet(
@@ -111,8 +100,8 @@ def state_of(srv: Server, command_id: str) -> list[Any]:
 
 
 def test_reads_switching_clock_and_profile_on_live_meters(fleet: Path, tmp_path: Path) -> None:
-    a, b, drifted = (m["serial"] for m in consumers(fleet, "e1ph")[1:4])
-    gas = consumers(fleet, "gas-g4")[0]["serial"]
+    a, b, drifted = (consumer(fleet, skip=i)["serial"] for i in (1, 2, 3))
+    gas = consumer(fleet, "gas-g4")["serial"]
     with running(
         tmp_path / "srv",
         [],
@@ -248,7 +237,7 @@ def test_reads_switching_clock_and_profile_on_live_meters(fleet: Path, tmp_path:
 
 
 def test_debtors_are_disconnected_and_reconnected_after_paying(fleet: Path, tmp_path: Path) -> None:
-    debtor, protected, small = consumers(fleet, "e1ph")[4:7]
+    debtor, protected, small = (consumer(fleet, skip=i) for i in (4, 5, 6))
     policy = {
         "interval": 0.5,
         "warning_hours": 0.0,

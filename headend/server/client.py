@@ -18,6 +18,7 @@ import contextlib
 import datetime as dt
 import os
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from headend import codec
@@ -26,8 +27,6 @@ from headend.errors import HeadendError
 
 # The management logical device and current association (Green Book 4.4.4).
 ASSOCIATION_LN = "0.0.40.0.0.255"
-CLOCK_LN = "0.0.1.0.0.255"
-TASHKENT = dt.timezone(dt.timedelta(hours=5))
 CONTROL_STATES = {0: "disconnected", 1: "connected", 2: "ready-for-reconnection"}
 
 
@@ -100,13 +99,15 @@ class MeterClient:
         finally:
             self._waiter = None
 
-    def _protect(self, apdu: bytes) -> bytes:
-        if not self.ciphered:
-            return apdu
+    def _seal(self, apdu: bytes) -> bytes:
+        """Ciphers with the meter's keys; the counter that moved is persisted."""
         out = self.directory.encipher(self.meter, self.own_title, apdu)
         if self.title is not None:
             self._touched(self.title)
         return out
+
+    def _protect(self, apdu: bytes) -> bytes:
+        return self._seal(apdu) if self.ciphered else apdu
 
     async def request(self, apdu: bytes) -> dict[str, Any]:
         """Sends a request (ciphered inside a ciphered association) and decodes the
@@ -132,9 +133,7 @@ class MeterClient:
         hls = self.keyed and self.title is not None
         ctos = os.urandom(16)
         if hls:
-            init = self.directory.encipher(self.meter, self.own_title, init)
-            assert self.title is not None
-            self._touched(self.title)
+            init = self._seal(init)
         aarq = codec.aarq(
             user_information=init,
             ciphered=hls,
@@ -246,6 +245,29 @@ class MeterClient:
 # -- jobs ---------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class MeterClock:
+    """How a model's clock states local time (its profile): the deviation in its own
+    sign convention, and whether that convention is reversed."""
+
+    deviation: int = -300
+    reversed_sign: bool = False
+
+    @classmethod
+    def of(cls, model: dict[str, Any]) -> MeterClock:
+        return cls(
+            int(model.get("default_deviation", -300)), model.get("deviation_sign") == "reversed"
+        )
+
+    @property
+    def zone(self) -> dt.timezone:
+        minutes = self.deviation if self.reversed_sign else -self.deviation
+        return dt.timezone(dt.timedelta(minutes=minutes))
+
+    def parse(self, value: Any) -> dt.datetime:
+        return clock_value(value, self.reversed_sign)
+
+
 def clock_value(value: Any, reversed_sign: bool = False) -> dt.datetime:
     """A COSEM date-time (octet-string or date-time JSON) as an aware datetime."""
     if value.get("type") == "octet-string":
@@ -283,19 +305,15 @@ async def _switch(c: MeterClient, obj: str, on: bool) -> dict[str, Any]:
     return out
 
 
-async def _clock(
-    c: MeterClient, obj: str, threshold: float, reversed_sign: bool, deviation: int
-) -> dict[str, Any]:
-    before = clock_value(await c.get(8, obj, 2), reversed_sign)
+async def _clock(c: MeterClient, obj: str, threshold: float, clock: MeterClock) -> dict[str, Any]:
+    before = clock.parse(await c.get(8, obj, 2))
     now = dt.datetime.now(dt.UTC)
     drift = (before - now).total_seconds()
     out: dict[str, Any] = {"drift_s": round(drift, 1), "corrected": False}
     if abs(drift) > threshold:
-        # `deviation` is in the meter's own sign convention, as its profile says.
-        offset = dt.timedelta(minutes=deviation if reversed_sign else -deviation)
-        local = dt.datetime.now(dt.UTC).astimezone(dt.timezone(offset)).replace(microsecond=0)
-        await c.set(8, obj, 2, codec.date_time(local, deviation=deviation))
-        after = clock_value(await c.get(8, obj, 2), reversed_sign)
+        local = dt.datetime.now(clock.zone).replace(microsecond=0)
+        await c.set(8, obj, 2, codec.date_time(local, deviation=clock.deviation))
+        after = clock.parse(await c.get(8, obj, 2))
         out["corrected"] = True
         out["drift_after_s"] = round((after - dt.datetime.now(dt.UTC)).total_seconds(), 1)
         if abs(out["drift_after_s"]) > threshold:
@@ -303,7 +321,9 @@ async def _clock(
     return out
 
 
-async def _profile(c: MeterClient, obj: str, start: int, end: int) -> dict[str, Any]:
+async def _profile(
+    c: MeterClient, obj: str, start: int, end: int, clock: MeterClock
+) -> dict[str, Any]:
     """Load-profile entries with clock in [start, end] as readings rows
     [obis, ts, value, unit, status], scaled by the registers' own scaler_unit."""
     captured = (await c.get(7, obj, 3))["value"]
@@ -317,9 +337,8 @@ async def _profile(c: MeterClient, obj: str, start: int, end: int) -> dict[str, 
             su = (await c.get(cls, obis, 3))["value"]
             info = codec.unit_info(int(su[1]["value"]))
             scalers[i] = (int(su[0]["value"]), info[0] if info else "")
-    to_local = TASHKENT
     access = codec.range_descriptor(
-        dt.datetime.fromtimestamp(start, to_local), dt.datetime.fromtimestamp(end, to_local)
+        dt.datetime.fromtimestamp(start, clock.zone), dt.datetime.fromtimestamp(end, clock.zone)
     )
     entries = (await c.get(7, obj, 2, access=access))["value"]
     clock_i = next((i for i, (cls, _) in enumerate(columns) if cls == 8), None)
@@ -331,7 +350,7 @@ async def _profile(c: MeterClient, obj: str, start: int, end: int) -> dict[str, 
     rows: list[list[Any]] = []
     for e in entries:
         values = e["value"]
-        ts = int(clock_value(values[clock_i]).timestamp())
+        ts = int(clock.parse(values[clock_i]).timestamp())
         status = int(values[status_i]["value"]) if status_i is not None else 0
         for i, (scaler, unit) in scalers.items():
             v = values[i].get("value")
@@ -363,19 +382,15 @@ async def execute(
                 raise ClientError(f"model {c.model} has no disconnect control or valve")
             return await _switch(c, obj, kind == "reconnect")
         if kind == "clock":
-            reversed_sign = model.get("deviation_sign") == "reversed"
+            threshold = float(args.get("threshold", 0.0))
             return await _clock(
-                c,
-                objects.get("clock", CLOCK_LN),
-                float(args.get("threshold", 0.0)),
-                reversed_sign,
-                int(model.get("default_deviation", -300)),
+                c, objects.get("clock", codec.CLOCK), threshold, MeterClock.of(model)
             )
         if kind == "profile":
             obj = objects.get("load_profile")
             if not obj:
                 raise ClientError(f"model {c.model} has no load profile")
-            return await _profile(c, obj, int(args["from"]), int(args["to"]))
+            return await _profile(c, obj, int(args["from"]), int(args["to"]), MeterClock.of(model))
         raise ClientError(f"unknown job kind {kind!r}")
     finally:
         await c.release()

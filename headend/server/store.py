@@ -424,37 +424,48 @@ class StoreService:
             except Exception as e:
                 log.error("recomputing balances failed (will retry): %s", e)
 
+    async def _schedule_once(self) -> dict[str, int]:
+        due = await asyncio.get_running_loop().run_in_executor(
+            None, self.scheduler.candidates, time.time()
+        )
+        n = self.scheduler.queue_due(due)
+        return {"backfill": n["profile"], "clock": n["clock"]}
+
     async def _schedule(self) -> None:
         """Scheduled reads: gap backfill and clock checks, every `schedule_interval`."""
         interval = self.cfg.commands.schedule_interval
         if interval <= 0:
             return
-        loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(interval)
             try:
-                queued = await loop.run_in_executor(None, self.scheduler.run_once)
+                queued = await self._schedule_once()
                 if any(queued.values()):
                     log.info("scheduled: %s", queued)
             except Exception as e:
                 log.error("scheduling reads failed (will retry): %s", e)
 
-    def _policy_pass(self, act: bool) -> dict[str, Any]:
-        """Evaluates the billing policy; with `act`, carries it out (an executor)."""
+    async def _policy_pass(self, act: bool) -> dict[str, Any]:
+        """Evaluates the billing policy (queries in an executor); with `act`, queues its
+        commands (here, on the loop that owns the queue) and records what it did."""
         from headend import billing
 
         cfg = self.cfg
+        loop = asyncio.get_running_loop()
         now = time.time()
-        decisions = billing.evaluate(
-            self.store, cfg.billing, self.db, now, lambda s: bool(self.commands.pending(s))
+        queued = set(self.commands.by_meter)
+        decisions = await loop.run_in_executor(
+            None, billing.evaluate, self.store, cfg.billing, self.db, now, queued.__contains__
         )
         out: dict[str, Any] = {
             "columns": billing.DECISION_COLUMNS,
             "rows": [d.row() for d in decisions],
         }
-        if act:
-
-            def submit(d: billing.Decision) -> str:
+        if not act:
+            return out
+        ids: dict[str, str] = {}
+        for d in decisions:
+            if d.action in ("disconnect", "reconnect"):
                 c = self.commands.submit(
                     d.serial,
                     d.action,
@@ -462,29 +473,26 @@ class StoreService:
                     reason=f"account {d.account_id}: {d.reason}",
                     node_id=d.node_id,
                 )
-                return c.command_id
-
-            out["done"] = billing.act(self.store, decisions, submit, now)
-            # A disconnection still waiting for its meter is called off once the
-            # account no longer warrants it (paid, or marked protected).
-            for d in decisions:
-                if d.action in ("none", "reconnect") and (
-                    d.debt <= cfg.billing.debt_threshold or d.protected
-                ):
-                    for c in self.commands.pending(d.serial, "disconnect"):
-                        if c.requested_by == "policy" and c.state != "running":
-                            self.commands.cancel(c.command_id, f"account {d.account_id} settled")
+                ids[d.serial] = c.command_id
+            elif d.action == "none" and (d.debt <= cfg.billing.debt_threshold or d.protected):
+                # A disconnection still waiting for its meter is called off once the
+                # account no longer warrants it (paid, or marked protected).
+                for c in self.commands.pending(d.serial, "disconnect"):
+                    if c.requested_by == "policy" and c.state != "running":
+                        self.commands.cancel(c.command_id, f"account {d.account_id} settled")
+        out["done"] = await loop.run_in_executor(
+            None, billing.record, self.store, decisions, ids, now
+        )
         return out
 
     async def _policy(self) -> None:
         """The disconnection policy, every [billing] interval."""
         if not self.cfg.billing.policy or self.cfg.billing.interval <= 0:
             return
-        loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(self.cfg.billing.interval)
             try:
-                r = await loop.run_in_executor(None, self._policy_pass, True)
+                r = await self._policy_pass(True)
                 if r.get("done"):
                     log.info("billing policy: %s", r["done"])
             except Exception as e:
@@ -582,16 +590,16 @@ class StoreService:
                         ch.send({"t": "invalidate", "serials": serials})
             return {"ok": True, "rows": len(new_rows)}
         if cmd == "command":
-            c = await loop.run_in_executor(
-                None,
-                lambda: self.commands.submit(
-                    str(req["serial"]),
-                    str(req["kind"]),
-                    req.get("args") or {},
-                    requested_by=str(req.get("requested_by") or "operator"),
-                    reason=str(req.get("reason") or ""),
-                    expires_in=None if req.get("expires_in") is None else float(req["expires_in"]),
-                ),
+            serial = str(req["serial"])
+            node = await loop.run_in_executor(None, self.commands.node_of, serial)
+            c = self.commands.submit(
+                serial,
+                str(req["kind"]),
+                req.get("args") or {},
+                requested_by=str(req.get("requested_by") or "operator"),
+                reason=str(req.get("reason") or ""),
+                node_id=node,
+                expires_in=None if req.get("expires_in") is None else float(req["expires_in"]),
             )
             self.commands.dispatch()
             wait = float(req.get("wait", self.cfg.commands.wait))
@@ -599,20 +607,20 @@ class StoreService:
                 c = await self.commands.wait(c.command_id, wait)
             return c.public()
         if cmd == "commands":
-            serial = req.get("serial")
+            only = req.get("serial")
             return {
                 "pending": [
                     c.public()
                     for c in self.commands.commands.values()
-                    if not serial or c.serial == serial
+                    if not only or c.serial == only
                 ],
                 "stats": self.commands.stats(),
             }
         if cmd == "policy":
             act = bool(req.get("act", False)) and self.cfg.billing.policy
-            return await loop.run_in_executor(None, self._policy_pass, act)
+            return await self._policy_pass(act)
         if cmd == "schedule":
-            return await loop.run_in_executor(None, self.scheduler.run_once)
+            return await self._schedule_once()
         if cmd == "cancel":
             return self.commands.cancel(str(req["id"])).public()
         if cmd == "recompute":
@@ -734,7 +742,7 @@ class StoreService:
         for t in tasks:
             t.cancel()
         with contextlib.suppress(Exception):
-            await loop.run_in_executor(None, self.commands.flush)
+            await loop.run_in_executor(None, self.commands.write, self.commands.take_rows())
         control.close()
         final.set()
         self.wake.set()
