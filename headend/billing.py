@@ -24,7 +24,7 @@ from __future__ import annotations
 import datetime as dt
 import math
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -45,18 +45,53 @@ FALSE = {"0", "false", "no", "n", ""}
 
 
 def import_accounts(path: Path, store: SqlAccess, db: str = "ami") -> ImportReport:
-    """Loads the billing system's accounts; bad rows are reported and skipped."""
+    """Loads the billing system's accounts from CSV; bad rows are reported and skipped."""
     report = ImportReport(str(path))
+    return load_accounts(_read(path, ACCOUNT_COLUMNS, report), store, report)
+
+
+def import_records(records: list[Any], store: SqlAccess, source: str = "request") -> ImportReport:
+    """Loads accounts sent as JSON objects (the HTTP API): the CSV's columns as keys,
+    numbers and booleans allowed; bad records are reported by position and skipped."""
+    report = ImportReport(source)
+
+    def text(v: Any) -> str:
+        if v is None:
+            return ""
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        return str(v)
+
+    rows: list[tuple[int, dict[str, str]]] = []
+    for i, rec in enumerate(records, 1):
+        if not isinstance(rec, dict):
+            report.bad.append((i, "not an object"))
+            continue
+        unknown = sorted(set(rec) - set(ACCOUNT_COLUMNS))
+        if unknown:
+            report.bad.append((i, f"unknown field(s) {', '.join(map(str, unknown))}"))
+            continue
+        if "account_id" not in rec or "debt" not in rec:
+            report.bad.append((i, "account_id and debt are required"))
+            continue
+        rows.append((i, {c: text(rec.get(c)) for c in ACCOUNT_COLUMNS}))
+    return load_accounts(rows, store, report)
+
+
+def load_accounts(
+    rows: Iterable[tuple[int, dict[str, str]]], store: SqlAccess, report: ImportReport
+) -> ImportReport:
+    """Checks each (line, record) and inserts the good ones into `billing_accounts`."""
     good: list[list[Any]] = []
     seen: set[str] = set()
     now = dt.datetime.now(dt.UTC)
-    for line, r in _read(path, ACCOUNT_COLUMNS, report):
+    for line, r in rows:
         try:
             acc = r["account_id"]
             if not ID.match(acc):
                 raise ValueError(f"account_id {acc!r} must be 1-64 letters, digits or _.:/-")
             if acc in seen:
-                raise ValueError(f"account_id {acc} appears twice in the file")
+                raise ValueError(f"account_id {acc} appears twice")
             try:
                 debt = float(r["debt"])
             except ValueError:

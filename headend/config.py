@@ -99,6 +99,12 @@ class StoreConfig:
     balance_window: int = 21_600
     """Seconds back from now that each recomputation covers; older late data is taken
     in by recomputing its period (`headend balance --recompute --from ... --to ...`)."""
+    anomaly_interval: float = 3600.0
+    """Seconds between runs of the theft and anomaly detection over the last
+    `anomaly_window` (after a balance recomputation); 0: never (then `headend anomalies
+    --detect`)."""
+    anomaly_window: int = 86_400
+    """Seconds back from now that each detection run covers."""
 
 
 @dataclass(frozen=True)
@@ -181,6 +187,40 @@ class BillingConfig:
 
 
 @dataclass(frozen=True)
+class HttpConfig:
+    """The store process's HTTP API, metrics and situation-room page."""
+
+    host: str = "127.0.0.1"
+    """Address to listen on ("0.0.0.0": every interface)."""
+    port: int = 8080
+    """TCP port (0: no HTTP at all)."""
+    token: str = ""
+    """Bearer token that writes (billing, commands) require; empty: writes are refused."""
+    open_reads: str = "127.0.0.0/8,::1/128"
+    """Networks (comma-separated CIDR) that may read without the token; empty: reads
+    need the token too."""
+    refresh: float = 10.0
+    """Seconds between refreshes of the situation room's figures (grid, today's
+    balances, meters online)."""
+    js_dir: str = "/usr/share/javascript"
+    """Where Debian's libjs-leaflet and libjs-chart.js put the page's libraries."""
+
+
+@dataclass(frozen=True)
+class ClockConfig:
+    """The store's clock: real time, or the simulated fleet's faster time in the demo
+    (balances, the scheduler, the billing policy and the situation room follow it).
+    Simulated time is `start + (real time - anchor) * speed`."""
+
+    speed: float = 1.0
+    """Simulated seconds per real second (1: real time)."""
+    start: float = 0.0
+    """Simulated Unix time at the real Unix time `anchor` (0 with speed 1: real time)."""
+    anchor: float = 0.0
+    """Real Unix time at which simulated time was `start`."""
+
+
+@dataclass(frozen=True)
 class LogConfig:
     """Logging."""
 
@@ -200,6 +240,8 @@ class Config:
     security: SecurityConfig = field(default_factory=SecurityConfig)
     commands: CommandsConfig = field(default_factory=CommandsConfig)
     billing: BillingConfig = field(default_factory=BillingConfig)
+    http: HttpConfig = field(default_factory=HttpConfig)
+    clock: ClockConfig = field(default_factory=ClockConfig)
     log: LogConfig = field(default_factory=LogConfig)
     profiles_dir: Path = REPO_ROOT / "protocols" / "profiles"
     source: Path | None = None
@@ -262,6 +304,8 @@ SECTIONS: dict[str, type[Any]] = {
     "security": SecurityConfig,
     "commands": CommandsConfig,
     "billing": BillingConfig,
+    "http": HttpConfig,
+    "clock": ClockConfig,
     "log": LogConfig,
 }
 

@@ -86,6 +86,7 @@ class Headend:
         port: int,
         server: dict[str, Any] | None = None,
         store: dict[str, Any] | None = None,
+        http: dict[str, Any] | None = None,
         data: Path | None = None,
     ) -> None:
         self.root = root
@@ -101,6 +102,8 @@ class Headend:
             + "\n".join(f"{k} = {toml_value(v)}" for k, v in srv.items())
             + "\n[store]\n"
             + "\n".join(f"{k} = {toml_value(v)}" for k, v in sto.items())
+            + "\n[http]\n"
+            + "\n".join(f"{k} = {toml_value(v)}" for k, v in (http or {"port": 0}).items())
             + "\n"
         )
         self.env = {**os.environ, "HEADEND_DATA": str(self.data)}

@@ -225,7 +225,9 @@ class Server:
             **self.server_settings,
         }
         store = {"ingest_interval": 0.05, "fsync": "always", **self.store_settings}
-        extra = "".join(f"[{k}]\n{_toml(v)}\n" for k, v in self.sections.items())
+        # No HTTP unless a test asks for it (many servers run side by side).
+        sections = {"http": {"port": 0}, **self.sections}
+        extra = "".join(f"[{k}]\n{_toml(v)}\n" for k, v in sections.items())
         self.config.write_text(f"[server]\n{_toml(server)}\n[store]\n{_toml(store)}\n{extra}")
         if self.fleet is not None:
             self.cli("grid", "import", str(self.fleet / "grid.csv"))

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import decimal
+import functools
 import json
 import logging
 import math
@@ -27,6 +28,7 @@ from typing import Any
 import msgpack
 
 from headend import codec, logs
+from headend.clock import Clock
 from headend.commands import CommandQueue, Scheduler
 from headend.config import Config, from_dict
 from headend.errors import HeadendError
@@ -135,6 +137,7 @@ class StoreService:
         )
         self.scheduler = Scheduler(self.commands, cfg.commands)
         self.polled = 0
+        self.clock = Clock.from_config(cfg.clock)
 
     # -- ingest thread ---------------------------------------------------------------
 
@@ -344,7 +347,8 @@ class StoreService:
         if not wanted:
             return [], recent
         _, rows = self.store.query(
-            f"SELECT serial, model, system_title FROM {db}.meters FINAL WHERE serial IN %(s)s",
+            f"SELECT serial, model, system_title, node_id FROM {db}.meters FINAL "
+            "WHERE serial IN %(s)s",
             {"s": wanted},
         )
         asked = set(serials)
@@ -369,13 +373,14 @@ class StoreService:
             )
             counters = {c[0]: (int(c[1]), int(c[2])) for c in crows}
         out = []
-        for serial, model, title in rows:
+        for serial, model, title, node in rows:
             ek, ak = key_of.get(serial, ("", ""))
             last, nxt = counters.get(title, (-1, 0))
             out.append(
                 {
                     "serial": serial,
                     "model": model,
+                    "node_id": node,
                     "system_title": bytes.fromhex(title) if title else None,
                     "system_title_hex": title,
                     "ek": bytes.fromhex(ek) if ek else None,
@@ -408,25 +413,40 @@ class StoreService:
 
     async def _keep_balances(self) -> None:
         """Recomputes the recent window's consumption and balances now and then, so
-        they follow the data as it arrives (late data inside the window included)."""
-        interval = self.cfg.store.balance_interval
-        if interval <= 0:
+        they follow the data as it arrives (late data inside the window included); and,
+        every `anomaly_interval`, looks for suspects under lossy transformers."""
+        st = self.cfg.store
+        if st.balance_interval <= 0:
             return
-        from headend import balance
+        from headend import anomalies, balance
 
         loop = asyncio.get_running_loop()
+        detected = time.monotonic()
         while True:
-            await asyncio.sleep(interval)
-            end = balance.hour_floor(time.time()) + 3600
-            start = end - max(3600, self.cfg.store.balance_window)
+            await asyncio.sleep(st.balance_interval)
+            now = self.clock.now()
+            end = balance.hour_floor(now) + 3600
+            start = end - max(3600, st.balance_window)
             try:
-                await loop.run_in_executor(None, balance.recompute, self.store, start, end)
+                await loop.run_in_executor(
+                    None, functools.partial(balance.recompute, self.store, start, end, now=now)
+                )
             except Exception as e:
                 log.error("recomputing balances failed (will retry): %s", e)
+                continue
+            if st.anomaly_interval > 0 and time.monotonic() - detected >= st.anomaly_interval:
+                detected = time.monotonic()
+                try:
+                    det = await loop.run_in_executor(
+                        None, anomalies.detect, self.store, int(now) - st.anomaly_window, int(now)
+                    )
+                    log.info("anomaly detection: %s", det.summary())
+                except Exception as e:
+                    log.error("anomaly detection failed (will retry): %s", e)
 
     async def _schedule_once(self) -> dict[str, int]:
         due = await asyncio.get_running_loop().run_in_executor(
-            None, self.scheduler.candidates, time.time()
+            None, self.scheduler.candidates, self.clock.now()
         )
         n = self.scheduler.queue_due(due)
         return {"backfill": n["profile"], "clock": n["clock"]}
@@ -445,14 +465,14 @@ class StoreService:
             except Exception as e:
                 log.error("scheduling reads failed (will retry): %s", e)
 
-    async def _policy_pass(self, act: bool) -> dict[str, Any]:
+    async def policy_pass(self, act: bool) -> dict[str, Any]:
         """Evaluates the billing policy (queries in an executor); with `act`, queues its
         commands (here, on the loop that owns the queue) and records what it did."""
         from headend import billing
 
         cfg = self.cfg
         loop = asyncio.get_running_loop()
-        now = time.time()
+        now = self.clock.now()
         queued = set(self.commands.by_meter)
         decisions = await loop.run_in_executor(
             None, billing.evaluate, self.store, cfg.billing, self.db, now, queued.__contains__
@@ -492,7 +512,7 @@ class StoreService:
         while True:
             await asyncio.sleep(self.cfg.billing.interval)
             try:
-                r = await self._policy_pass(True)
+                r = await self.policy_pass(True)
                 if r.get("done"):
                     log.info("billing policy: %s", r["done"])
             except Exception as e:
@@ -545,6 +565,36 @@ class StoreService:
             "commands": {**self.commands.stats(), "polled_readings": self.polled},
         }
 
+    async def submit_command(self, req: dict[str, Any]) -> dict[str, Any]:
+        """Queues a command for a meter (admin socket and HTTP API alike) and waits up to
+        `wait` seconds for its outcome."""
+        serial = str(req["serial"])
+        loop = asyncio.get_running_loop()
+        node = await loop.run_in_executor(None, self.commands.node_of, serial)
+        c = self.commands.submit(
+            serial,
+            str(req["kind"]),
+            req.get("args") or {},
+            requested_by=str(req.get("requested_by") or "operator"),
+            reason=str(req.get("reason") or ""),
+            node_id=node,
+            expires_in=None if req.get("expires_in") is None else float(req["expires_in"]),
+        )
+        self.commands.dispatch()
+        wait = float(req.get("wait", self.cfg.commands.wait))
+        if wait > 0:
+            c = await self.commands.wait(c.command_id, wait)
+        return c.public()
+
+    def online_by_node(self) -> dict[str, int]:
+        """Meters identified on the connected workers' connections, per grid node."""
+        out: dict[str, int] = {}
+        for wid, st in self.worker_stats.items():
+            if wid in self.workers:
+                for node, n in st.get("online", {}).items():
+                    out[node] = out.get(node, 0) + n
+        return out
+
     async def _admin(self, req: dict[str, Any]) -> Any:
         cmd = req.get("cmd")
         loop = asyncio.get_running_loop()
@@ -590,22 +640,7 @@ class StoreService:
                         ch.send({"t": "invalidate", "serials": serials})
             return {"ok": True, "rows": len(new_rows)}
         if cmd == "command":
-            serial = str(req["serial"])
-            node = await loop.run_in_executor(None, self.commands.node_of, serial)
-            c = self.commands.submit(
-                serial,
-                str(req["kind"]),
-                req.get("args") or {},
-                requested_by=str(req.get("requested_by") or "operator"),
-                reason=str(req.get("reason") or ""),
-                node_id=node,
-                expires_in=None if req.get("expires_in") is None else float(req["expires_in"]),
-            )
-            self.commands.dispatch()
-            wait = float(req.get("wait", self.cfg.commands.wait))
-            if wait > 0:
-                c = await self.commands.wait(c.command_id, wait)
-            return c.public()
+            return await self.submit_command(req)
         if cmd == "commands":
             only = req.get("serial")
             return {
@@ -618,7 +653,7 @@ class StoreService:
             }
         if cmd == "policy":
             act = bool(req.get("act", False)) and self.cfg.billing.policy
-            return await self._policy_pass(act)
+            return await self.policy_pass(act)
         if cmd == "schedule":
             return await self._schedule_once()
         if cmd == "cancel":
@@ -627,7 +662,10 @@ class StoreService:
             from headend import balance
 
             rep = await loop.run_in_executor(
-                None, lambda: balance.recompute(self.store, int(req["start"]), int(req["end"]))
+                None,
+                lambda: balance.recompute(
+                    self.store, int(req["start"]), int(req["end"]), now=self.clock.now()
+                ),
             )
             return rep.as_dict()
         if cmd == "detect":
@@ -735,12 +773,25 @@ class StoreService:
                 self._policy(),
             )
         ]
+        http = None
+        try:
+            from headend.web import app as web_app
+
+            http = await web_app.serve(self)
+        except HeadendError as e:
+            # Meters and ingest matter more than the page: go on without HTTP, loudly.
+            log.error("%s; running without the HTTP API", e)
+        if http is not None:
+            tasks.append(loop.create_task(http[1].keep_fresh()))
         log.info("store ready (%s)", cfg.dsn if self.store.embedded else "ClickHouse server")
         await self.stop.wait()
         # Shutdown: the supervisor stopped the workers first; ingest what they left.
         log.info("store stopping: ingesting the remaining spool")
         for t in tasks:
             t.cancel()
+        if http is not None:
+            with contextlib.suppress(Exception):
+                await http[0].cleanup()
         with contextlib.suppress(Exception):
             await loop.run_in_executor(None, self.commands.write, self.commands.take_rows())
         control.close()

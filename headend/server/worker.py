@@ -222,6 +222,8 @@ class Worker:
         # Commands: where each identified meter is, the jobs the store offered, and
         # the associations running.
         self.online: dict[str, tuple[MeterProtocol, int, int]] = {}
+        # Each loaded meter's grid node, so the store can count meters online per node.
+        self.node_of: dict[str, str] = {}
         self.jobs: dict[str, dict[str, Any]] = {}
         self.wanted: dict[str, list[str]] = {}
         self.busy: set[str] = set()
@@ -373,6 +375,7 @@ class Worker:
         """Puts looked-up meters (and the store's "unknown" answers) into the directory."""
         until = int(time.time() + self.cfg.server.unknown_meter_ttl)
         for m in reply.get("meters", []):
+            self.node_of[m["serial"]] = m.get("node_id") or ""
             try:
                 self.directory.add_meter(
                     m["serial"],
@@ -665,8 +668,18 @@ class Worker:
                             "jobs": self.job_totals,
                             "jobs_waiting": len(self.jobs),
                             "started": self.started,
+                            "online": self.online_by_node(),
                         }
                     )
+
+    def online_by_node(self) -> dict[str, int]:
+        """Meters identified on this worker's connections now, counted per grid node."""
+        counts: dict[str, int] = {}
+        node_of = self.node_of
+        for serial in self.online:
+            node = node_of.get(serial, "")
+            counts[node] = counts.get(node, 0) + 1
+        return counts
 
     async def _sweep(self) -> None:
         """Closes connections that never spoke or went quiet."""

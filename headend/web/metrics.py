@@ -1,0 +1,145 @@
+"""`/metrics` in the Prometheus text exposition format (version 0.0.4), from the store's
+status: sessions, pushes and readings (counters per worker), ingest, spool backlog,
+rejects by reason, command transitions and latency, meters online, HTTP requests."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def _escape(v: str) -> str:
+    return v.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+class _Out:
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def metric(
+        self, name: str, kind: str, help_: str, samples: list[tuple[dict[str, str], float]]
+    ) -> None:
+        self.lines.append(f"# HELP {name} {help_}")
+        self.lines.append(f"# TYPE {name} {kind}")
+        for labels, value in samples:
+            lab = ",".join(f'{k}="{_escape(str(v))}"' for k, v in labels.items())
+            self.lines.append(f"{name}{{{lab}}} {value}" if lab else f"{name} {value}")
+
+    def text(self) -> str:
+        return "\n".join(self.lines) + "\n"
+
+
+def render(
+    status: dict[str, Any], online: dict[str, int], requests: dict[tuple[str, int], int]
+) -> str:
+    o = _Out()
+    workers = status["workers"]
+    o.metric("headend_up", "gauge", "1 while the store process answers.", [({}, 1)])
+    o.metric(
+        "headend_uptime_seconds",
+        "gauge",
+        "Seconds since the store started.",
+        [({}, status["uptime_s"])],
+    )
+    o.metric(
+        "headend_workers_connected",
+        "gauge",
+        "Workers connected to the store.",
+        [({}, sum(1 for w in workers if w["connected"]))],
+    )
+    o.metric(
+        "headend_sessions",
+        "gauge",
+        "Open meter connections per worker.",
+        [({"worker": str(w["worker"])}, w["sessions"]) for w in workers],
+    )
+    o.metric(
+        "headend_meters_online",
+        "gauge",
+        "Meters identified on an open connection.",
+        [({}, sum(online.values()))],
+    )
+    for key, name, help_ in (
+        ("pushes", "headend_pushes_total", "Pushes decoded (data and event notifications)."),
+        ("readings", "headend_readings_total", "Readings decoded."),
+        ("events", "headend_events_total", "Meter events decoded."),
+        ("connections", "headend_connections_total", "Meter connections accepted."),
+    ):
+        o.metric(
+            name,
+            "counter",
+            help_ + " Per worker, since the worker started.",
+            [({"worker": str(w["worker"])}, w["totals"].get(key, 0)) for w in workers],
+        )
+    o.metric(
+        "headend_pushes_per_second",
+        "gauge",
+        "Pushes per second over the last report.",
+        [({}, status["pushes_per_s"])],
+    )
+    ingest = status["ingest"]
+    o.metric(
+        "headend_ingest_rows_total",
+        "counter",
+        "Rows written to ClickHouse, per table.",
+        [({"table": t}, n) for t, n in sorted(ingest["rows_total"].items())],
+    )
+    o.metric(
+        "headend_ingest_rows_per_second",
+        "gauge",
+        "Rows per second in the last ingest rounds.",
+        [({}, ingest["rows_per_s"])],
+    )
+    o.metric(
+        "headend_ingest_failing",
+        "gauge",
+        "1 while inserts into ClickHouse fail.",
+        [({}, 1 if ingest.get("error") else 0)],
+    )
+    o.metric(
+        "headend_spool_backlog_bytes",
+        "gauge",
+        "Spooled bytes not yet in ClickHouse.",
+        [({}, status["spool_backlog_bytes"])],
+    )
+    o.metric(
+        "headend_rejects_total",
+        "counter",
+        "Input refused, by reason.",
+        [({"reason": r}, n) for r, n in sorted(status["rejects"].items())],
+    )
+    cmd = status["commands"]
+    o.metric(
+        "headend_commands_pending",
+        "gauge",
+        "Commands queued or running.",
+        [({}, cmd["pending"])],
+    )
+    o.metric(
+        "headend_command_transitions_total",
+        "counter",
+        "Command state changes since the store started, by new state (done, failed, ...).",
+        [({"state": s}, n) for s, n in sorted(cmd["transitions"].items())],
+    )
+    o.metric(
+        "headend_command_round_trip_seconds",
+        "gauge",
+        "Command round trip (queued to outcome), recent quantiles.",
+        [
+            ({"quantile": q}, v)
+            for q, v in (("0.5", cmd["p50_s"]), ("0.99", cmd["p99_s"]))
+            if v is not None
+        ],
+    )
+    o.metric(
+        "headend_polled_readings_total",
+        "counter",
+        "Readings stored from polled profiles.",
+        [({}, cmd.get("polled_readings", 0))],
+    )
+    o.metric(
+        "headend_http_requests_total",
+        "counter",
+        "HTTP requests by route and status.",
+        [({"route": r, "status": str(s)}, n) for (r, s), n in sorted(requests.items())],
+    )
+    return o.text()

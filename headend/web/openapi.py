@@ -1,0 +1,299 @@
+"""The OpenAPI 3.1 description of the HTTP API, served at /api/openapi.json. A test
+checks that every route is described and every described path is routed."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def _q(name: str, desc: str, type_: str = "string", **extra: Any) -> dict[str, Any]:
+    return {
+        "name": name,
+        "in": "query",
+        "required": False,
+        "description": desc,
+        "schema": {"type": type_, **extra},
+    }
+
+
+def _p(name: str, desc: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "in": "path",
+        "required": True,
+        "description": desc,
+        "schema": {"type": "string"},
+    }
+
+
+def _get(
+    summary: str,
+    params: list[dict[str, Any]] | None = None,
+    *,
+    schema: str = "Object",
+    content: str = "application/json",
+) -> dict[str, Any]:
+    responses: dict[str, Any] = {
+        "200": {
+            "description": "OK",
+            "content": {
+                content: {
+                    "schema": (
+                        {"$ref": f"#/components/schemas/{schema}"}
+                        if content == "application/json"
+                        else {"type": "string"}
+                    )
+                }
+            },
+        },
+        "400": {"$ref": "#/components/responses/BadRequest"},
+        "401": {"$ref": "#/components/responses/Unauthorized"},
+    }
+    return {"get": {"summary": summary, "parameters": params or [], "responses": responses}}
+
+
+FROM = _q("from", "start: ISO date or date-time (Tashkent time unless given) or Unix seconds")
+TO = _q("to", "end (exclusive), same forms as from; default now")
+LIMIT = _q("limit", "most rows to return", "integer", minimum=1, maximum=10_000)
+LEVEL = _q(
+    "level",
+    "backbone_substation, distribution_substation, feeder, transformer, "
+    "gas_station, gas_segment; for balances also republic, region, district",
+)
+SERIAL = _p("serial", "the meter's serial number")
+WRITE: list[dict[str, list[str]]] = [{"bearer": []}]
+
+SPEC: dict[str, Any] = {
+    "openapi": "3.1.0",
+    "info": {
+        "title": "headend API",
+        "version": "1",
+        "description": (
+            "The smart-meter head-end's grid, balances, meters, alarms, commands and "
+            "billing. Times are Unix seconds or ISO text; energy in kWh, gas in m³. Reads "
+            "are open to the networks in [http] open_reads, otherwise they need the bearer "
+            "token; writes always need it."
+        ),
+    },
+    "components": {
+        "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        "schemas": {
+            "Object": {"type": "object"},
+            "Error": {
+                "type": "object",
+                "properties": {"error": {"type": "string"}},
+                "required": ["error"],
+            },
+            "Figures": {
+                "type": "object",
+                "properties": {
+                    "input": {"type": "number"},
+                    "output": {"type": "number"},
+                    "loss": {"type": "number"},
+                    "loss_pct": {"type": ["number", "null"]},
+                    "completeness": {"type": ["number", "null"]},
+                },
+            },
+            "Node": {
+                "type": "object",
+                "properties": {
+                    "node_id": {"type": "string"},
+                    "parent_id": {"type": ["string", "null"]},
+                    "level": {"type": "string"},
+                    "commodity": {"type": "string"},
+                    "name": {"type": "string"},
+                    "admin_unit": {"type": "string"},
+                    "lat": {"type": "number"},
+                    "lon": {"type": "number"},
+                    "children": {"type": "integer"},
+                    "consumers": {"type": "integer"},
+                    "meters": {"type": "integer"},
+                    "online": {"type": "integer"},
+                    "today": {
+                        "type": "object",
+                        "additionalProperties": {"$ref": "#/components/schemas/Figures"},
+                    },
+                    "load": {
+                        "type": "object",
+                        "description": "energy (kWh) or volume (m³) through the node in "
+                        "the last whole hour, i.e. average kW or m³/h",
+                        "additionalProperties": {"type": "number"},
+                    },
+                },
+            },
+            "Nodes": {
+                "type": "object",
+                "properties": {
+                    "day": {"type": "string"},
+                    "now": {"type": "number"},
+                    "nodes": {"type": "array", "items": {"$ref": "#/components/schemas/Node"}},
+                },
+            },
+            "Account": {
+                "type": "object",
+                "required": ["account_id", "debt"],
+                "properties": {
+                    "account_id": {"type": "string"},
+                    "debt": {"type": "number"},
+                    "overdue_since": {"type": ["string", "null"], "format": "date"},
+                    "protected": {"type": "boolean"},
+                    "note": {"type": "string"},
+                },
+            },
+            "CommandRequest": {
+                "type": "object",
+                "required": ["serial", "kind"],
+                "properties": {
+                    "serial": {"type": "string"},
+                    "kind": {
+                        "type": "string",
+                        "enum": ["read", "disconnect", "reconnect", "clock", "profile"],
+                    },
+                    "args": {
+                        "type": "object",
+                        "description": "read: {objects: [[class, obis, attribute], ...]}; "
+                        "profile: {from, to} (Unix seconds); clock: {threshold}",
+                    },
+                    "reason": {"type": "string"},
+                    "wait": {"type": "number", "description": "seconds to wait for the outcome"},
+                    "expires_in": {"type": "number"},
+                },
+            },
+        },
+        "responses": {
+            "BadRequest": {
+                "description": "what was wrong with the request",
+                "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+            },
+            "Unauthorized": {
+                "description": "the bearer token is missing or wrong",
+                "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+            },
+        },
+    },
+    "paths": {
+        "/healthz": _get("200 when ingest works and every worker is connected, else 503"),
+        "/metrics": _get("Prometheus metrics", content="text/plain"),
+        "/api/openapi.json": _get("this description"),
+        "/api/summary": _get(
+            "the republic today: meters online, consumers, energy in, "
+            "out and lost, load, ingest rates, command statistics"
+        ),
+        "/api/nodes": _get(
+            "grid nodes with coordinates, today's balance, load, consumers and meters online",
+            [_q("level", "only this level"), _q("parent", "only children of this node")],
+            schema="Nodes",
+        ),
+        "/api/nodes/{node_id}": _get(
+            "one node, the path to it and its children", [_p("node_id", "grid node id")]
+        ),
+        "/api/nodes/{node_id}/meters": _get(
+            "the meters attached to a node, with today's consumption and suspicion score",
+            [_p("node_id", "grid node id")],
+        ),
+        "/api/balances": _get(
+            "balances per node (network level) or per administrative unit "
+            "and link, summed over periods in Tashkent time",
+            [
+                LEVEL,
+                _q("period", "hour, day, month or year"),
+                FROM,
+                TO,
+                _q("node", "one node (or administrative unit prefix)"),
+            ],
+        ),
+        "/api/losses": _get(
+            "nodes ranked by loss, where completeness is high enough, with "
+            "the loss % of the period before; default today so far",
+            [
+                LEVEL,
+                _q("period", "the last whole hour, day, month or year"),
+                FROM,
+                TO,
+                _q("top", "how many", "integer"),
+                _q("min_completeness", "0..1, default 0.9", "number"),
+            ],
+        ),
+        "/api/anomalies": _get(
+            "suspect consumers under lossy transformers with the evidence", [LIMIT]
+        ),
+        "/api/alarms": _get("recent tamper and power events, newest first", [FROM, TO, LIMIT]),
+        "/api/health": _get(
+            "fleet health: offline meters per region, clock checks, alarms by kind, rejected input"
+        ),
+        "/api/meters/{serial}": _get("a meter and its queued commands", [SERIAL]),
+        "/api/meters/{serial}/readings": _get(
+            "a meter's readings, newest first", [SERIAL, FROM, TO, LIMIT]
+        ),
+        "/api/meters/{serial}/events": _get(
+            "a meter's events, newest first", [SERIAL, FROM, TO, LIMIT]
+        ),
+        "/api/meters/{serial}/commands": _get("a meter's commands and outcomes", [SERIAL, LIMIT]),
+        "/api/commands": {
+            **_get(
+                "the command queue (disconnect/reconnect and reads) and recent outcomes",
+                [_q("serial", "one meter"), _q("kind", "comma-separated kinds"), LIMIT],
+            ),
+            "post": {
+                "summary": "queue a command for a meter (needs the token)",
+                "security": WRITE,
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/json": {
+                            "schema": {"$ref": "#/components/schemas/CommandRequest"}
+                        }
+                    },
+                },
+                "responses": {
+                    "200": {"description": "finished within `wait`: done, failed, ..."},
+                    "202": {"description": "queued (or running) for the meter"},
+                    "400": {"$ref": "#/components/responses/BadRequest"},
+                    "401": {"$ref": "#/components/responses/Unauthorized"},
+                    "404": {"description": "unknown meter"},
+                },
+            },
+        },
+        "/api/billing/status": _get(
+            "what the disconnection policy will do per meter and why",
+            [_q("account", "one account"), _q("all", "true: also meters it leaves alone")],
+        ),
+        "/api/billing/accounts": {
+            "post": {
+                "summary": "debts and payments from the billing system (needs the token); "
+                "a policy pass follows at once",
+                "security": WRITE,
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/json": {
+                            "schema": {
+                                "oneOf": [
+                                    {
+                                        "type": "array",
+                                        "items": {"$ref": "#/components/schemas/Account"},
+                                    },
+                                    {
+                                        "type": "object",
+                                        "properties": {
+                                            "accounts": {
+                                                "type": "array",
+                                                "items": {"$ref": "#/components/schemas/Account"},
+                                            }
+                                        },
+                                    },
+                                ]
+                            }
+                        }
+                    },
+                },
+                "responses": {
+                    "200": {"description": "every account loaded"},
+                    "207": {"description": "some loaded, the others rejected with reasons"},
+                    "400": {"$ref": "#/components/responses/BadRequest"},
+                    "401": {"$ref": "#/components/responses/Unauthorized"},
+                },
+            },
+        },
+    },
+}

@@ -1,0 +1,320 @@
+// The situation room: the grid on a map without tiles (the network may be closed), the
+// day's balances, losses, alarms and the disconnect queue. Everything comes from /api/
+// and refreshes every REFRESH_MS. Leaflet and Chart.js are Debian's packages.
+"use strict";
+
+const REFRESH_MS = 10000;
+const LEVEL_NAMES = {
+  republic: "Regions", region: "Districts", district: "Substations and gas stations",
+  generation: "Backbone substations", backbone_substation: "Distribution substations",
+  distribution_substation: "Feeders", feeder: "Transformers", gas_station: "Gas segments",
+  transformer: "Consumers", gas_segment: "Consumers",
+};
+const state = { path: [], node: null, timer: null, lastOk: null };
+
+const $ = (id) => document.getElementById(id);
+const fmt = (x, digits = 1) => (x === null || x === undefined ? "–" : Number(x).toFixed(digits));
+const pct = (x) => (x === null || x === undefined ? "–" : Number(x).toFixed(1) + " %");
+const share = (x) => (x === null || x === undefined ? "–" : (Number(x) * 100).toFixed(0) + " %");
+
+function esc(s) {
+  return String(s ?? "").replace(/[&<>"']/g, (c) => ({
+    "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" }[c]));
+}
+
+async function api(path) {
+  const r = await fetch(path, { headers: { Accept: "application/json" } });
+  const body = await r.json();
+  if (!r.ok) throw new Error(`${path}: ${body.error || r.status}`);
+  return body;
+}
+
+// -- figures ---------------------------------------------------------------------------
+
+function mainCommodity(node) {
+  if (node.commodity && node.commodity !== "any") return node.commodity;
+  return node.today && node.today.electricity ? "electricity" : "gas";
+}
+
+function figures(node) {
+  const t = node.today || {};
+  return t[mainCommodity(node)] || {};
+}
+
+function lossClass(f) {
+  if (f.loss_pct === null || f.loss_pct === undefined) return "cn";
+  if (f.completeness !== null && f.completeness < 0.5) return "cn";
+  if (f.loss_pct < 4) return "c0";
+  if (f.loss_pct < 8) return "c1";
+  if (f.loss_pct < 15) return "c2";
+  return "c3";
+}
+const COLOURS = { c0: "#2ea043", c1: "#d29922", c2: "#f0883e", c3: "#f85149", cn: "#6e7681" };
+
+// -- the map ---------------------------------------------------------------------------
+
+const map = L.map("map", { zoomSnap: 0.25, attributionControl: false, preferCanvas: true });
+map.setView([41.3, 64.5], 5.5);
+const graticule = L.layerGroup().addTo(map);
+for (let lat = 36; lat <= 46; lat += 2) {
+  L.polyline([[lat, 55], [lat, 74]], { color: "#1c3a52", weight: 1, interactive: false }).addTo(graticule);
+}
+for (let lon = 56; lon <= 74; lon += 2) {
+  L.polyline([[36, lon], [46, lon]], { color: "#1c3a52", weight: 1, interactive: false }).addTo(graticule);
+}
+const links = L.layerGroup().addTo(map);
+const marks = L.layerGroup().addTo(map);
+
+function radius(node, maxLoad) {
+  const load = (node.load || {})[mainCommodity(node)] || 0;
+  if (!maxLoad || !load) return 5;
+  return 5 + 20 * Math.sqrt(load / maxLoad);
+}
+
+function drawMap(parent, children) {
+  links.clearLayers();
+  marks.clearLayers();
+  const placed = children.filter((c) => c.lat || c.lon);
+  const maxLoad = Math.max(0, ...placed.map((c) => (c.load || {})[mainCommodity(c)] || 0));
+  const bounds = [];
+  for (const c of placed) {
+    if (parent && (parent.lat || parent.lon) && parent.level !== "republic") {
+      L.polyline([[parent.lat, parent.lon], [c.lat, c.lon]],
+        { color: "#3b5b78", weight: 1.5, interactive: false }).addTo(links);
+    }
+    const f = figures(c);
+    const m = L.circleMarker([c.lat, c.lon], {
+      radius: radius(c, maxLoad), color: "#0b2233", weight: 1,
+      fillColor: COLOURS[lossClass(f)], fillOpacity: 0.85,
+    }).addTo(marks);
+    m.bindTooltip(
+      `<b>${esc(c.name)}</b> (${esc(c.level)})<br>in ${fmt(f.input)} · out ${fmt(f.output)}` +
+      ` · loss ${pct(f.loss_pct)}<br>completeness ${share(f.completeness)}` +
+      ` · consumers ${c.consumers} · online ${c.online}/${c.meters}`);
+    if (["region", "republic"].includes(c.level)) {
+      m.bindTooltip(esc(c.name), { permanent: true, direction: "right", className: "label",
+        offset: [8, 0] });
+    }
+    if (c.children || c.meters) m.on("click", () => openNode(c.node_id));
+    bounds.push([c.lat, c.lon]);
+  }
+  document.body.dataset.marks = String(marks.getLayers().length);
+  if (bounds.length > 1) map.fitBounds(bounds, { padding: [30, 30], maxZoom: 12 });
+  else if (bounds.length === 1) map.setView(bounds[0], 11);
+}
+
+function drawMeters(parent, meters) {
+  links.clearLayers();
+  marks.clearLayers();
+  const bounds = [];
+  for (const m of meters) {
+    if (!m.lat && !m.lon) continue;
+    const colour = m.suspicion ? "#f85149" : m.role === "balance" ? "#79c0ff" : "#2ea043";
+    L.polyline([[parent.lat, parent.lon], [m.lat, m.lon]],
+      { color: "#3b5b78", weight: 1, interactive: false }).addTo(links);
+    L.circleMarker([m.lat, m.lon], { radius: m.role === "balance" ? 7 : 4, color: "#0b2233",
+      weight: 1, fillColor: colour, fillOpacity: 0.9 }).addTo(marks)
+      .bindTooltip(`<b>${esc(m.serial)}</b> ${esc(m.role)} · today ${fmt(m.today, 2)}` +
+        (m.suspicion ? `<br>suspect: ${esc(m.rules)}` : ""));
+    bounds.push([m.lat, m.lon]);
+  }
+  document.body.dataset.marks = String(marks.getLayers().length);
+  if (bounds.length) map.fitBounds(bounds, { padding: [30, 30], maxZoom: 15 });
+}
+
+// -- the hourly chart ------------------------------------------------------------------
+
+const chart = new Chart($("chart"), {
+  type: "bar",
+  data: { labels: [], datasets: [
+    { type: "line", label: "input", data: [], borderColor: "#79c0ff", pointRadius: 0 },
+    { type: "line", label: "output", data: [], borderColor: "#3fb950", pointRadius: 0 },
+    { label: "loss", data: [], backgroundColor: "#f85149" },
+  ] },
+  options: {
+    animation: false, responsive: true,
+    scales: { x: { ticks: { color: "#9fb3c8", maxTicksLimit: 12 } },
+              y: { ticks: { color: "#9fb3c8" } } },
+    plugins: { legend: { labels: { color: "#dde5ee" } } },
+  },
+});
+
+async function drawChart(node, day) {
+  $("chart-title").textContent = node.name;
+  const admin = ["republic", "region", "district"].includes(node.level);
+  const q = new URLSearchParams({ period: "hour", from: day });
+  if (admin) {
+    q.set("level", node.level);
+    if (node.level !== "republic") q.set("node", node.admin_unit);
+  } else {
+    q.set("level", node.level);
+    q.set("node", node.node_id);
+  }
+  const r = await api("/api/balances?" + q);
+  // Administrative units come link by link: input of the highest link, loss of all.
+  const chain = ["generation", "backbone_substation", "distribution_substation", "feeder",
+    "transformer", "gas_station", "gas_segment"];
+  const rows = r.rows.filter((x) => !admin || chain.indexOf(x.link) < 5);
+  const by = new Map();
+  for (const x of rows) {
+    const k = x.period;
+    const cur = by.get(k) || { input: null, output: null, loss: 0, top: 99 };
+    const rank = admin ? chain.indexOf(x.link) : 0;
+    if (rank < cur.top) { cur.top = rank; cur.input = x.input; }
+    cur.loss += x.loss || 0;
+    by.set(k, cur);
+  }
+  const labels = [...by.keys()].sort();
+  chart.data.labels = labels.map((l) => l.slice(11, 16));
+  chart.data.datasets[0].data = labels.map((l) => by.get(l).input);
+  chart.data.datasets[1].data = labels.map((l) => by.get(l).input - by.get(l).loss);
+  chart.data.datasets[2].data = labels.map((l) => by.get(l).loss);
+  chart.update();
+}
+
+// -- tables ----------------------------------------------------------------------------
+
+function fill(id, rows, empty) {
+  const body = $(id).querySelector("tbody");
+  const cols = $(id).querySelectorAll("thead th").length || 1;
+  body.innerHTML = rows.length ? rows.join("") :
+    `<tr><td class="empty" colspan="${cols}">${esc(empty)}</td></tr>`;
+}
+
+function regionRows(regions) {
+  return regions.sort((a, b) => a.name.localeCompare(b.name)).map((r) => {
+    const f = (r.today || {}).electricity || {};
+    return `<tr class="click" data-node="${esc(r.node_id)}" data-input="${f.input ?? ""}"` +
+      ` data-loss-pct="${f.loss_pct ?? ""}"><td>${esc(r.name)}</td>` +
+      `<td class="num in">${fmt(f.input)}</td><td class="num out">${fmt(f.output)}</td>` +
+      `<td class="num loss"><i class="${lossClass(f)}"></i>${pct(f.loss_pct)}</td>` +
+      `<td class="num">${share(f.completeness)}</td>` +
+      `<td class="num online">${r.online}/${r.meters}</td></tr>`;
+  });
+}
+
+function childRows(children) {
+  $("children").querySelector("thead").innerHTML =
+    "<tr><th>name</th><th>level</th><th>in</th><th>loss %</th><th>complete</th>" +
+    "<th>consumers</th><th>online</th></tr>";
+  return children.map((c) => {
+    const f = figures(c);
+    return `<tr class="click" data-node="${esc(c.node_id)}"><td>${esc(c.name)}</td>` +
+      `<td>${esc(c.level)}</td><td class="num">${fmt(f.input)}</td>` +
+      `<td class="num">${pct(f.loss_pct)}</td><td class="num">${share(f.completeness)}</td>` +
+      `<td class="num">${c.consumers}</td><td class="num">${c.online}/${c.meters}</td></tr>`;
+  });
+}
+
+function meterRows(meters) {
+  $("children").querySelector("thead").innerHTML =
+    "<tr><th>meter</th><th>role</th><th>account</th><th>today</th><th>measured h</th>" +
+    "<th>suspect</th></tr>";
+  return meters.map((m) =>
+    `<tr data-meter="${esc(m.serial)}"><td>${esc(m.serial)}</td><td>${esc(m.role)}</td>` +
+    `<td>${esc(m.account_id)}</td><td class="num">${fmt(m.today, 2)}</td>` +
+    `<td class="num">${m.measured_hours ?? "–"}/${m.hours ?? "–"}</td>` +
+    `<td>${m.suspicion ? esc(m.rules) : ""}</td></tr>`);
+}
+
+function clickable(id) {
+  $(id).querySelectorAll("tbody tr.click").forEach((tr) => {
+    tr.addEventListener("click", () => openNode(tr.dataset.node));
+  });
+}
+
+function timeOf(ts) {
+  // The API gives UTC; the room speaks Tashkent time (UTC+5, no DST).
+  const d = new Date(new Date(String(ts).replace(" ", "T") + (String(ts).endsWith("Z") ? "" : "Z")).getTime() + 5 * 3600e3);
+  return isNaN(d) ? String(ts) : d.toISOString().slice(5, 16).replace("T", " ");
+}
+
+// -- refresh ---------------------------------------------------------------------------
+
+async function openNode(nodeId) {
+  state.node = nodeId;
+  await refreshNode();
+}
+
+async function refreshNode() {
+  const d = await api("/api/nodes/" + encodeURIComponent(state.node));
+  const crumbs = [...d.path, d.node];
+  $("crumbs").innerHTML = crumbs.map((c) =>
+    `<a data-node="${esc(c.node_id)}">${esc(c.name)}</a>`).join("");
+  $("crumbs").querySelectorAll("a").forEach((a) =>
+    a.addEventListener("click", () => openNode(a.dataset.node)));
+  $("children-title").textContent = LEVEL_NAMES[d.node.level] || "Below";
+  if (d.children.length) {
+    drawMap(d.node, d.children);
+    fill("children", childRows(d.children), "nothing below");
+    clickable("children");
+  } else {
+    const m = await api("/api/nodes/" + encodeURIComponent(state.node) + "/meters");
+    drawMeters(d.node, m.meters);
+    fill("children", meterRows(m.meters), "no meters here");
+  }
+  await drawChart(d.node, d.day);
+}
+
+async function refresh() {
+  try {
+    const s = await api("/api/summary");
+    const t = new Date((s.now + 5 * 3600) * 1000).toISOString();
+    $("clock").textContent = `${t.slice(0, 10)} ${t.slice(11, 16)} Tashkent` +
+      (s.clock_speed !== 1 ? ` (×${s.clock_speed})` : "");
+    const e = (s.today || {}).electricity || {};
+    $("kpi-online").textContent = s.online;
+    $("kpi-meters").textContent = s.meters;
+    $("kpi-completeness").textContent = share(e.completeness);
+    $("kpi-in").textContent = fmt(e.input);
+    $("kpi-loss").textContent = pct(e.loss_pct);
+    $("kpi-pushes").textContent = fmt(s.pushes_per_s, 0);
+    if (!state.node) {
+      const roots = await api("/api/nodes?level=republic");
+      state.node = roots.nodes.length ? roots.nodes[0].node_id : null;
+    }
+    const [regions, losses, suspects, alarms, queue] = await Promise.all([
+      api("/api/nodes?level=region"),
+      api("/api/losses?level=transformer&top=10&min_completeness=0.5"),
+      api("/api/anomalies?limit=10"),
+      api("/api/alarms?limit=12"),
+      api("/api/commands?kind=disconnect,reconnect&limit=12"),
+    ]);
+    const table = $("regions");
+    table.dataset.day = regions.day;
+    fill("regions", regionRows(regions.nodes), "no regions imported");
+    clickable("regions");
+    fill("losses", losses.rows.map((r) =>
+      `<tr class="click" data-node="${esc(r.node_id)}"><td>${esc(r.node_id)}</td>` +
+      `<td class="num">${fmt(r.loss)}</td><td class="num">${pct(r.loss_pct)}</td>` +
+      `<td class="num">${pct(r.loss_pct_before)}</td><td class="num">${share(r.completeness)}</td></tr>`),
+      "no balances with enough completeness yet");
+    clickable("losses");
+    fill("suspects", suspects.rows.map((r) =>
+      `<tr class="click" data-node="${esc(r.node_id)}"><td>${esc(r.meter)}</td>` +
+      `<td>${esc(r.node_id)}</td><td class="num">${fmt(r.score)}</td><td>${esc(r.rules)}</td></tr>`),
+      "none found yet");
+    clickable("suspects");
+    fill("alarms", alarms.rows.map((r) =>
+      `<tr><td>${timeOf(r.ts)}</td><td>${esc(r.meter)}</td><td>${esc(r.name)}</td>` +
+      `<td>${esc(r.node_id)}</td></tr>`), "no alarms in the last day");
+    const cmds = [...queue.pending, ...queue.recent.filter(
+      (h) => !queue.pending.some((p) => p.command_id === h.command_id))].slice(0, 12);
+    fill("queue", cmds.map((c) =>
+      `<tr><td>${esc(c.serial)}</td><td>${esc(c.kind)}</td>` +
+      `<td class="state-${esc(c.state)}">${esc(c.state)}</td><td>${esc(c.requested_by)}</td>` +
+      `<td>${esc(c.reason)}</td></tr>`), "no disconnections or reconnections");
+    if (state.node) await refreshNode();
+    state.lastOk = new Date();
+    $("status").textContent = "live · updated " + state.lastOk.toLocaleTimeString();
+    $("status").className = "status";
+    document.body.dataset.ready = "1";
+  } catch (err) {
+    // Shown on the page (the API may be warming up); not a script error.
+    $("status").textContent = "not updated: " + err.message;
+    $("status").className = "status bad";
+  }
+}
+
+refresh();
+state.timer = setInterval(refresh, REFRESH_MS);
