@@ -20,6 +20,8 @@ RUST_SOURCES := $(shell find rust_core/src -name '*.rs') rust_core/Cargo.toml Ca
 SIM_SOURCES := $(shell find loadtest/sim/src -name '*.rs') loadtest/sim/Cargo.toml
 SIM := target/release/headend-sim
 FUZZ_SECONDS ?= 60
+# e.g. make run DEMO_ARGS="--meters 5000 --speed 120 --http-port 8081"
+DEMO_ARGS ?=
 
 .PHONY: help
 help: ## list the targets
@@ -28,6 +30,20 @@ help: ## list the targets
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
+
+# Debian packages: the situation room's JavaScript libraries (served from
+# /usr/share/javascript, nothing from the web) and the browser its tests drive.
+SYSTEM_PACKAGES := chromium libjs-leaflet libjs-chart.js
+$(VENV)/.system: | $(BIN)/python
+	@missing=""; for p in $(SYSTEM_PACKAGES); do \
+		dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing Debian packages:$$missing"; \
+		if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+		$$SUDO apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+	touch $@
 
 $(VENV)/.deps: requirements.txt requirements-dev.txt | $(BIN)/python
 	$(BIN)/python -m pip install --quiet --upgrade pip
@@ -46,10 +62,14 @@ $(SIM): $(RUST_SOURCES) $(SIM_SOURCES)
 venv: $(VENV)/.deps ## create .venv with the pinned tools
 
 .PHONY: build
-build: $(VENV)/.built $(SIM) ## build the Rust extension (release) and the fleet simulator
+build: $(VENV)/.built $(SIM) $(VENV)/.system ## build the Rust extension (release) and the fleet simulator
 
 .PHONY: run
-run: build ## build, then decode the sample captures (the full demo comes later)
+run: build ## build, then the full demo: 20,000 simulated meters, the head-end, the situation room
+	$(BIN)/headend demo $(DEMO_ARGS)
+
+.PHONY: samples
+samples: build ## decode the sample captures (Green Book examples, a real meter's push)
 	@echo "== Green Book examples (keys 000102..0F / D0D1..DF) =="
 	$(BIN)/headend decode --ek 000102030405060708090A0B0C0D0E0F --ak D0D1D2D3D4D5D6D7D8D9DADBDCDDDEDF \
 		--system-title 4D4D4D0000BC614E --pretty - < protocols/samples/green-book.hex

@@ -533,6 +533,23 @@ def cmd_anomalies(args: argparse.Namespace) -> int:
     return _table_command(args, _window, work)
 
 
+def cmd_demo(args: argparse.Namespace) -> int:
+    try:
+        from loadtest import demo
+    except ImportError:
+        print(
+            "headend demo: the simulated fleet (loadtest/) is part of the source checkout; "
+            "run it from there (make run)",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        return demo.run(args)
+    except (FileNotFoundError, RuntimeError) as e:
+        print(f"headend demo: {e}", file=sys.stderr)
+        return 2
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="headend",
@@ -540,6 +557,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"headend {codec.__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser(
+        "demo",
+        help="the full demo: a generated grid, the head-end and a fast simulated fleet",
+        description="Generates a grid (about 20,000 meters), starts the head-end on the "
+        "embedded store and the simulated fleet in fast time with theft and debtors, and "
+        "prints the situation room's address. Needs the source checkout (loadtest/) and "
+        "the built simulator (make build).",
+    )
+    p.set_defaults(func=cmd_demo)
+    try:
+        from loadtest import demo
+
+        demo.add_arguments(p)
+    except ImportError:
+        p.add_argument("rest", nargs=argparse.REMAINDER)
 
     p = sub.add_parser(
         "decode",

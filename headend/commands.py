@@ -476,7 +476,9 @@ class Scheduler:
         self.db = queue.db
 
     def candidates(self, now: float) -> dict[str, list[tuple[Any, ...]]]:
-        """What is due, by kind: (serial, node, args) rows (queries: an executor)."""
+        """What is due, by kind: (serial, node, args) rows (queries: an executor).
+        `now` is the data's time (the store's clock) for the backfill window; clock
+        checks are spaced in real time, like the `commands` rows they are read from."""
         since = int(now - self.cfg.backfill_days * 86_400)
         _, gaps = self.queue.store.query(
             f"SELECT c.meter, any(m.node_id), toInt64(min(c.interval_start)), "
@@ -487,16 +489,18 @@ class Scheduler:
             f"GROUP BY c.meter ORDER BY c.meter LIMIT {{n:UInt32}}",
             {"since": since, "n": self.cfg.schedule_batch},
         )
-        due = int(now - self.cfg.clock_check_days * 86_400)
-        _, clocks = self.queue.store.query(
-            f"SELECT m.serial, m.node_id FROM {latest_meters(self.db)} AS m "
-            f"LEFT JOIN (SELECT serial, max(ts) AS checked FROM {self.db}.commands "
-            f"WHERE kind = 'clock' AND state IN ('done', 'failed') GROUP BY serial) AS k "
-            f"ON k.serial = m.serial "
-            f"WHERE k.checked < toDateTime64({{due:Int64}}, 3) "
-            f"ORDER BY k.checked, m.serial LIMIT {{n:UInt32}}",
-            {"due": due, "n": self.cfg.schedule_batch},
-        )
+        clocks: list[tuple[Any, ...]] = []
+        due = int(time.time() - self.cfg.clock_check_days * 86_400)
+        if self.cfg.clock_check_days > 0:
+            _, clocks = self.queue.store.query(
+                f"SELECT m.serial, m.node_id FROM {latest_meters(self.db)} AS m "
+                f"LEFT JOIN (SELECT serial, max(ts) AS checked FROM {self.db}.commands "
+                f"WHERE kind = 'clock' AND state IN ('done', 'failed') GROUP BY serial) AS k "
+                f"ON k.serial = m.serial "
+                f"WHERE k.checked < toDateTime64({{due:Int64}}, 3) "
+                f"ORDER BY k.checked, m.serial LIMIT {{n:UInt32}}",
+                {"due": due, "n": self.cfg.schedule_batch},
+            )
         threshold = {"threshold": self.cfg.clock_threshold}
         return {
             # The profile entries that close the first and last estimated hour.

@@ -155,7 +155,7 @@ class CommandsConfig:
     """Days back the scheduler looks for estimated (missing) consumption to backfill
     from the meters' load profiles."""
     clock_check_days: float = 1.0
-    """Each meter's clock is checked this often (days)."""
+    """Each meter's clock is checked this often (days); 0: never."""
     clock_threshold: float = 10.0
     """Seconds of drift beyond which the clock is set."""
 

@@ -76,7 +76,8 @@ def toml_value(v: Any) -> str:
 
 
 class Headend:
-    """`headend serve` with a config written from `server` and `store` settings; or,
+    """`headend serve` with a config written from `server` and `store` settings (and
+    further `sections`; no HTTP unless they ask for it); or,
     with `start=False`, a running one whose data directory is `root/data`."""
 
     def __init__(
@@ -86,7 +87,7 @@ class Headend:
         port: int,
         server: dict[str, Any] | None = None,
         store: dict[str, Any] | None = None,
-        http: dict[str, Any] | None = None,
+        sections: dict[str, dict[str, Any]] | None = None,
         data: Path | None = None,
     ) -> None:
         self.root = root
@@ -102,9 +103,11 @@ class Headend:
             + "\n".join(f"{k} = {toml_value(v)}" for k, v in srv.items())
             + "\n[store]\n"
             + "\n".join(f"{k} = {toml_value(v)}" for k, v in sto.items())
-            + "\n[http]\n"
-            + "\n".join(f"{k} = {toml_value(v)}" for k, v in (http or {"port": 0}).items())
             + "\n"
+            + "".join(
+                f"[{name}]\n" + "".join(f"{k} = {toml_value(v)}\n" for k, v in values.items())
+                for name, values in {"http": {"port": 0}, **(sections or {})}.items()
+            )
         )
         self.env = {**os.environ, "HEADEND_DATA": str(self.data)}
         self.proc: subprocess.Popen[bytes] | None = None

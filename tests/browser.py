@@ -32,7 +32,7 @@ def executable() -> str:
 class Browser:
     """One headless chromium with one page; use `async with Browser() as b`."""
 
-    def __init__(self, width: int = 1600, height: int = 1100) -> None:
+    def __init__(self, width: int = 1600, height: int = 1400) -> None:
         self.size = (width, height)
         self.proc: subprocess.Popen[str] | None = None
         self.profile = tempfile.TemporaryDirectory(prefix="headend-chromium-")
@@ -149,7 +149,7 @@ class Browser:
         raise TimeoutError(f"the page never satisfied {expression}")
 
     async def screenshot(self, path: Path) -> None:
-        r = await self.send("Page.captureScreenshot", format="png", captureBeyondViewport=True)
+        r = await self.send("Page.captureScreenshot", format="png")
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(base64.b64decode(r["data"]))
 

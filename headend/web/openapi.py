@@ -116,7 +116,7 @@ SPEC: dict[str, Any] = {
                     "load": {
                         "type": "object",
                         "description": "energy (kWh) or volume (m³) through the node in "
-                        "the last whole hour, i.e. average kW or m³/h",
+                        "the latest measured hour of the last three, i.e. average kW or m³/h",
                         "additionalProperties": {"type": "number"},
                     },
                 },

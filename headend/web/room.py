@@ -25,6 +25,7 @@ from headend.balance import obis_int as _obis
 from headend.commands import latest_meters
 
 DAY = 86_400
+LOAD_LOOKBACK = 3  # hours
 COMMODITIES = ("electricity", "gas")
 ALARM_CATEGORIES = ("tamper", "power")
 CHAIN = ("generation", *NETWORK_LEVELS)
@@ -85,7 +86,7 @@ class Node:
     consumers: int = 0
     meters: int = 0
     online: int = 0
-    # Own balance (network nodes): today, and the last complete hour.
+    # Own balance (network nodes): today, and the latest measured hour.
     today: Figures | None = None
     hour_input: float | None = None
     # Roll-ups (administrative units), per commodity.
@@ -234,18 +235,21 @@ def snapshot(store: Any, db: str, now: float, online: dict[str, int]) -> Snapsho
         if node_id in nodes:
             nodes[node_id].online += count
     day0 = local_day_start(now)
-    last_hour = int(now // HOUR * HOUR) - HOUR
+    # Load: the input of the latest hour that has one. The newest hour reads 0 until the
+    # readings that close it arrive, so look back a few hours.
+    recent = int(now // HOUR * HOUR) - LOAD_LOOKBACK * HOUR
     _, rows = store.query(
         "SELECT node_id, sumIf(input, period_start >= toDateTime(%(d)s)), "
         "sumIf(output, period_start >= toDateTime(%(d)s)), "
         "sumIf(loss, period_start >= toDateTime(%(d)s)), "
         "sumIf(measured, period_start >= toDateTime(%(d)s)), "
         "sumIf(expected, period_start >= toDateTime(%(d)s)), "
-        "sumIf(input, period_start = toDateTime(%(h)s)), max(has_input) "
+        "argMaxIf(input, period_start, input > 0 AND period_start >= toDateTime(%(h)s)), "
+        "max(has_input) "
         f"FROM {db}.balances FINAL "
         "WHERE period_start >= toDateTime(%(from)s) AND period_start < toDateTime(%(to)s) "
         "GROUP BY node_id",
-        {"d": day0, "h": last_hour, "from": min(day0, last_hour), "to": int(now) + HOUR},
+        {"d": day0, "h": recent, "from": min(day0, recent), "to": int(now) + HOUR},
     )
     for node_id, i, o, loss, m, e, hour, has_input in rows:
         found = nodes.get(node_id)

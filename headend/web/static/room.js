@@ -165,6 +165,8 @@ async function drawChart(node, day) {
     by.set(k, cur);
   }
   const labels = [...by.keys()].sort();
+  // The newest hours read 0 until the readings that close them arrive: not a collapse.
+  while (labels.length && !by.get(labels[labels.length - 1]).input) labels.pop();
   chart.data.labels = labels.map((l) => l.slice(11, 16));
   chart.data.datasets[0].data = labels.map((l) => by.get(l).input);
   chart.data.datasets[1].data = labels.map((l) => by.get(l).input - by.get(l).loss);

@@ -1,0 +1,266 @@
+"""The full demo (`make run`, `headend demo`): a generated grid of about 20,000 meters,
+the head-end on the embedded store, and the simulated fleet in fast time (a simulated
+day in a few minutes) with theft and debtors; the situation room shows it live.
+
+    headend demo [--meters 20000] [--speed 240] [--data demo-data] [--http-port 8080]
+                 [--duration S]
+
+Runs until Ctrl-C (or `--duration` real seconds), then stops the fleet and drains the
+head-end. The data directory is kept: a second run starts from a fresh one unless
+`--keep` is given.
+
+Simulated time starts at this morning's midnight in Tashkent. It and the head-end's
+clock run together: the store's `[clock]` follows
+the fleet's time, so "today", the balance window and the billing policy's hours are the
+fleet's. Clock synchronisation is off (the meters' clocks are in simulated time on
+purpose); everything else is the production code path.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import datetime as dt
+import json
+import random
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from headend.balance import LOCAL
+from loadtest import sim
+from loadtest.grid import generate
+from loadtest.headend import Headend, free_port
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--meters", type=int, default=20_000, help="consumer meters (default 20000)")
+    p.add_argument(
+        "--speed",
+        type=float,
+        default=240.0,
+        help="simulated seconds per real second (default 240: a day in 6 minutes)",
+    )
+    p.add_argument("--data", type=Path, default=Path("demo-data"), help="demo directory")
+    p.add_argument("--http-port", type=int, default=8080, help="situation room port (8080)")
+    p.add_argument("--meter-port", type=int, default=0, help="meter port (default: a free one)")
+    p.add_argument("--duration", type=float, default=0.0, help="stop after S real seconds")
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--debtors", type=float, default=0.01, help="share of accounts in debt")
+    p.add_argument("--keep", action="store_true", help="reuse the demo directory's data")
+
+
+def port_free(port: int) -> bool:
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def billing_csv(meters_csv: Path, out: Path, share: float, seed: int, today: dt.date) -> int:
+    """Accounts of the fleet's consumers: a share in debt long overdue, a few of those
+    protected (a hospital, medical need), the rest owing nothing."""
+    rnd = random.Random(seed)  # noqa: S311 (simulated accounts, not secrets)
+    with open(meters_csv, encoding="utf-8") as f:
+        accounts = sorted({r["account_id"] for r in csv.DictReader(f) if r["role"] == "consumer"})
+    debtors = 0
+    with open(out, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["account_id", "debt", "overdue_since", "protected", "note"])
+        for acc in accounts:
+            if rnd.random() < share:
+                protected = rnd.random() < 0.1
+                since = today - dt.timedelta(days=rnd.randint(40, 200))
+                debt = round(rnd.uniform(150_000, 2_000_000), 2)
+                note = "hospital" if protected else "overdue"
+                w.writerow([acc, debt, since.isoformat(), "true" if protected else "false", note])
+                debtors += 0 if protected else 1
+            else:
+                w.writerow([acc, 0, "", "false", ""])
+    return debtors
+
+
+def configure(
+    root: Path,
+    *,
+    meter_port: int,
+    http_port: int,
+    token: str,
+    speed: float,
+    sim_start: float,
+    anchor: float,
+) -> Headend:
+    """The head-end's settings for fast simulated time."""
+    interval = max(1.0, 900 / speed)  # one simulated quarter hour, in real seconds
+    return Headend(
+        root,
+        port=meter_port,
+        server={"workers": 2, "handshake_timeout": 30.0},
+        store={
+            "ingest_interval": 0.2,
+            # Recompute the last 6 simulated hours every simulated hour or so.
+            "balance_interval": max(5.0, 4 * interval),
+            "balance_window": 6 * 3600,
+            "anomaly_interval": max(20.0, 3600 / speed * 2),
+            "anomaly_window": 86_400,
+        },
+        sections={
+            "http": {"port": http_port, "token": token, "refresh": 5.0},
+            "clock": {"speed": speed, "start": sim_start, "anchor": anchor},
+            # Meters' clocks are in simulated time: leave them alone.
+            "commands": {"clock_check_days": 0.0, "schedule_interval": 60.0},
+            "billing": {
+                "interval": max(5.0, 2 * interval),
+                "allowed_hours": "8-18",
+                "allowed_weekdays": "mon-sun",
+                "warning_hours": 2.0,
+            },
+        },
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    root: Path = args.data.resolve()
+    if root.exists() and not args.keep:
+        shutil.rmtree(root)
+    root.mkdir(parents=True, exist_ok=True)
+    fleet = root / "fleet"
+    if not (fleet / "meters.csv").exists():
+        print(f"generating a grid of {args.meters} meters ...", flush=True)
+        f = generate(args.meters, 0.3, fleet, seed=args.seed)
+        s = f.truth["summary"]
+        print(
+            f"  {s['nodes']} grid nodes, {s['meters']} meters, {s['thieves']} thieves, "
+            f"{s['illegal_connections']} illegal connections"
+        )
+    if not port_free(args.http_port):
+        print(f"port {args.http_port} is taken: pass --http-port", file=sys.stderr)
+        return 2
+    meter_port = args.meter_port or free_port()
+    speed = float(args.speed)
+    # Simulated time starts at midnight (Tashkent), so each day's figures are whole.
+    morning = dt.datetime.now(LOCAL).replace(hour=0, minute=0, second=0, microsecond=0)
+    sim_start = morning.timestamp()
+    anchor = time.time()
+    token = secrets.token_urlsafe(18)
+    he = configure(
+        root,
+        meter_port=meter_port,
+        http_port=args.http_port,
+        token=token,
+        speed=speed,
+        sim_start=sim_start,
+        anchor=anchor,
+    )
+    he.import_fleet(fleet / "grid.csv", fleet / "meters.csv")
+    debtors = billing_csv(
+        fleet / "meters.csv", root / "billing.csv", args.debtors, args.seed, morning.date()
+    )
+    he.cli("billing", "import", str(root / "billing.csv"))
+    print(f"head-end starting (meters on port {meter_port}) ...", flush=True)
+    he.start()
+    # The fleet's time must match the store's clock: start it where the clock is now.
+    now_sim = sim_start + (time.time() - anchor) * speed
+    log = open(root / "sim.log", "ab")  # noqa: SIM115 - closed at the end
+    fleet_proc = sim.start(
+        fleet,
+        meter_port,
+        "--start",
+        str(int(now_sim)),
+        "--speed",
+        str(speed),
+        "--source",
+        "127.0.0.1,127.0.0.2",
+        "--status-every",
+        "30",
+        stdout=log,
+        stderr=log,
+    )
+    url = f"http://127.0.0.1:{args.http_port}/"
+    print(
+        "\n"
+        f"  Situation room: {url}\n"
+        f"  API:            {url}api/openapi.json   (writes: Authorization: Bearer {token})\n"
+        f"  Data:           {root}   (serve.log, sim.log; HEADEND_DATA={root / 'data'})\n"
+        f"  Fleet:          {args.meters} consumers, {debtors} debtors, a simulated day every "
+        f"{86400 / speed / 60:.0f} min\n"
+        "  Ctrl-C stops the demo.\n",
+        flush=True,
+    )
+    try:
+        watch(args, he, fleet_proc, lambda: sim_start + (time.time() - anchor) * speed)
+    finally:
+        print("stopping the fleet and the head-end ...", flush=True)
+        fleet_proc.terminate()
+        try:
+            fleet_proc.wait(30)
+        except subprocess.TimeoutExpired:
+            fleet_proc.kill()
+        he.stop()
+        log.close()
+    return 0
+
+
+def watch(
+    args: argparse.Namespace,
+    he: Headend,
+    fleet_proc: subprocess.Popen[str],
+    sim_now: Callable[[], float],
+) -> None:
+    """Prints a status line every 30 s until Ctrl-C, --duration, or a process ends."""
+    stop = False
+
+    def on_signal(signum: int, frame: Any) -> None:
+        nonlocal stop
+        stop = True
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    t0 = time.monotonic()
+    last = 0.0
+    while not stop:
+        if args.duration and time.monotonic() - t0 >= args.duration:
+            return
+        if fleet_proc.poll() is not None:
+            print("the simulated fleet stopped; see sim.log", file=sys.stderr)
+            return
+        if he.proc is not None and he.proc.poll() is not None:
+            print("the head-end stopped; see serve.log", file=sys.stderr)
+            return
+        if time.monotonic() - last >= 30:
+            last = time.monotonic()
+            with contextlib.suppress(Exception):
+                st = he.admin("status")
+                t = dt.datetime.fromtimestamp(sim_now(), LOCAL)
+                print(
+                    f"{t:%Y-%m-%d %H:%M} Tashkent: {st['sessions']} sessions, "
+                    f"{st['pushes_per_s']:.0f} pushes/s, "
+                    f"{json.dumps(st['ingest']['rows_total'])} rows",
+                    flush=True,
+                )
+        time.sleep(0.5)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(
+        prog="headend demo",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_arguments(ap)
+    return run(ap.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
