@@ -322,7 +322,9 @@ class Session:
     ) -> list[tuple[Any, ...]]:
         """Feeds bytes (b"": the peer closed); returns the events Python must act on:
         ("lookup", title | None, serial | None), ("identified", meter, serial, source),
-        ("apdu", source, meter | None, apdu), ("link", source, destination, control, info),
+        ("apdu", source, meter | None, apdu),
+        ("link", source, destination, control, info, control_byte, segmented) for every HDLC
+        frame but UI (an I-frame's comes before its APDU; info only where no APDU),
         ("reject", reason, message, meter | None)."""
     def retry(self, now: int, directory: Directory, sink: RowSink) -> list[tuple[Any, ...]]:
         """Runs the APDUs that waited for a meter lookup again."""

@@ -17,7 +17,7 @@ import pytest
 from loadtest import sim
 from loadtest.grid import generate
 from tests.server_harness import Server, running
-from tests.test_sim import consumer
+from tests.test_sim import consumer, meters
 
 SETTINGS = {
     "commands": {
@@ -38,7 +38,13 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def start_fleet(
-    fleet: Path, port: int, serials: list[str], drifting: str = "0"
+    fleet: Path,
+    port: int,
+    serials: list[str],
+    *,
+    drifting: str = "0",
+    hdlc: str = "0",
+    concentrators: str = "0",
 ) -> subprocess.Popen[str]:
     return sim.start(
         fleet,
@@ -52,9 +58,9 @@ def start_fleet(
         "--drifting",
         drifting,
         "--hdlc",
-        "0",
+        hdlc,
         "--concentrators",
-        "0",
+        concentrators,
         "--interval",
         "5",
         "--gas-interval",
@@ -369,3 +375,57 @@ def test_debtors_are_disconnected_and_reconnected_after_paying(fleet: Path, tmp_
         finally:
             final = stop_fleet(p)
         assert (final["disconnects"], final["reconnects"]) == (1, 1)
+
+
+def test_commands_over_hdlc_links(fleet: Path, tmp_path: Path) -> None:
+    """HDLC meters: the head-end sets up the link (SNRM/UA), numbers its I-frames,
+    asks for each segment of a long response with RR, and disconnects (DISC); alone on
+    a connection and behind a concentrator that multiplexes meters by HDLC address."""
+    alone = consumer(fleet, skip=4)["serial"]
+    node = next(m for m in meters(fleet) if m["serial"] == alone)["node_id"]
+    neighbours = [
+        m["serial"]
+        for m in meters(fleet)
+        if m["node_id"] == node and m["role"] == "consumer" and m["serial"] != alone
+    ][:2]
+    with running(
+        tmp_path / "srv",
+        [],
+        fleet=fleet,
+        server_settings={"handshake_timeout": 30.0},
+        sections=SETTINGS,
+    ) as srv:
+        p = start_fleet(fleet, srv.port, [alone], hdlc="1")
+        p2 = start_fleet(fleet, srv.port, neighbours, hdlc="1", concentrators="1")
+        try:
+            for serial in (alone, *neighbours):
+                online(srv, serial)
+            sessions = srv.admin("sessions")["sessions"]
+            assert {s["framing"] for s in sessions} == {"hdlc"}
+            assert any(sorted(s["meters"]) == sorted(neighbours) for s in sessions)
+
+            r = ctl(srv, "read", alone, "0.0.96.1.0.255:2", "--class", "1")
+            assert r["state"] == "done", r
+            assert r["result"]["values"][0]["value"]["value"] == alone
+            r = ctl(srv, "disconnect", alone)
+            assert r["state"] == "done", r
+            assert r["verified_state"] == "disconnected"
+            r = ctl(srv, "reconnect", alone)
+            assert r["verified_state"] == "connected"
+
+            # A day of load profile: block transfer, each block in many HDLC segments.
+            now = int(time.time()) // 900 * 900
+            start = dt.datetime.fromtimestamp(now - 25 * 3600, dt.UTC).isoformat()
+            end = dt.datetime.fromtimestamp(now - 3600, dt.UTC).isoformat()
+            r = ctl(srv, "profile", alone, "--from", start, "--to", end)
+            assert r["state"] == "done", r
+            assert r["result"]["entries"] == 97
+
+            # Behind the concentrator: each meter at its own HDLC address, in turn.
+            for serial in neighbours:
+                r = ctl(srv, "read", serial, "0.0.96.1.0.255:2", "--class", "1")
+                assert r["state"] == "done", r
+                assert r["result"]["values"][0]["value"]["value"] == serial
+        finally:
+            stop_fleet(p)
+            stop_fleet(p2)

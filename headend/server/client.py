@@ -1,7 +1,8 @@
 """The head-end as DLMS/COSEM client on a meter's own connection.
 
 Meters connect in and push; to read, set or switch them the head-end speaks first on
-that same socket: AARQ (no security for meters without keys, HLS-GMAC with ciphered
+that same socket, in its framing (wrapper, or HDLC with the link set up by SNRM/UA):
+AARQ (no security for meters without keys, HLS-GMAC with ciphered
 APDUs for keyed ones), GET/SET/ACTION (block transfer followed), RLRQ. Responses come
 back through the connection's Rust :class:`Session`, which deciphers them with the
 meter's keys and checks their invocation counter like any push; they reach a
@@ -34,6 +35,139 @@ class ClientError(HeadendError):
     """A request to a meter failed; the message says how (refused, timed out, ...)."""
 
 
+class WrapperLink:
+    """IEC 62056-47: each APDU in one wrapper frame from our wPort to the meter's."""
+
+    framing = "wrapper"
+
+    def __init__(self, send: Callable[[bytes], None], client_address: int, server: int) -> None:
+        self._send = send
+        self.client = client_address
+        self.server = server
+
+    async def open(self) -> None:
+        return
+
+    async def send_apdu(self, apdu: bytes) -> None:
+        self._send(codec.wrap(apdu, self.client, self.server))
+
+    def on_frame(self, control: str, byte: int, segmented: bool, info: bytes) -> None:
+        return
+
+    def fail(self, reason: str) -> None:
+        return
+
+    async def close(self) -> None:
+        return
+
+
+class HdlcLink:
+    """IEC 62056-46 as the primary station towards one meter's server address: SNRM/UA
+    (with the information-field sizes negotiated), numbered I-frames with window 1,
+    our APDUs segmented at the meter's receive size (each segment acknowledged by the
+    meter's RR), an RR for each segment of the meter's response, DISC at the end.
+
+    The connection's Rust session reassembles the meter's segments and reports every
+    frame's control byte (`on_frame`) before the APDU it completes."""
+
+    framing = "hdlc"
+    OWN_MAX_INFO = 2030  # the largest information field with 1- to 2-byte addresses
+
+    def __init__(
+        self, send: Callable[[bytes], None], client_address: int, server: int, timeout: float
+    ) -> None:
+        self._send = send
+        self.src = (client_address, None)
+        lower = server & 0xFFFF
+        self.dst = (server >> 16, lower or None)
+        self.timeout = timeout
+        self.vs = 0
+        self.vr = 0
+        self.max_tx = 128  # the meter's receive size until its UA says otherwise
+        self.connected = False
+        self._waiter: asyncio.Future[tuple[str, int, bytes]] | None = None
+
+    def _frame(self, control: str, info: bytes | None = None, **kw: Any) -> bytes:
+        return codec.hdlc_frame(self.dst, self.src, control, info, **kw)
+
+    async def _await(
+        self, frame: bytes, want: tuple[str, ...], what: str
+    ) -> tuple[str, int, bytes]:
+        loop = asyncio.get_running_loop()
+        self._waiter = loop.create_future()
+        self._send(frame)
+        try:
+            got = await asyncio.wait_for(self._waiter, self.timeout)
+        except TimeoutError:
+            raise ClientError(f"no HDLC answer to {what} within {self.timeout:g} s") from None
+        finally:
+            self._waiter = None
+        if got[0] not in want:
+            raise ClientError(f"the meter answered {what} with {got[0]}")
+        return got
+
+    async def open(self) -> None:
+        params = codec.hdlc_parameters(
+            max_info_transmit=self.OWN_MAX_INFO,
+            max_info_receive=self.OWN_MAX_INFO,
+            window_transmit=1,
+            window_receive=1,
+        )
+        control, _, info = await self._await(
+            self._frame("SNRM", params), ("UA", "DM"), "SNRM (link set-up)"
+        )
+        if control == "DM":
+            raise ClientError("the meter refused the HDLC link (DM)")
+        p = codec.decode_hdlc_parameters(info) if info else {}
+        # The UA gives the meter's own view: what it receives is what we may send.
+        self.max_tx = max(32, min(self.OWN_MAX_INFO, int(p.get("max_info_receive", 128))))
+        self.vs = self.vr = 0
+        self.connected = True
+
+    async def send_apdu(self, apdu: bytes) -> None:
+        frames = codec.hdlc_segments(
+            self.dst,
+            self.src,
+            apdu,
+            command=True,
+            max_info=self.max_tx,
+            send_seq=self.vs,
+            recv_seq=self.vr,
+        )
+        for i, frame in enumerate(frames):
+            self.vs = (self.vs + 1) & 7
+            if i + 1 < len(frames):
+                # Window 1: the meter acknowledges each segment with RR before the next.
+                await self._await(frame, ("RR",), "a request segment")
+            else:
+                self._send(frame)
+
+    def on_frame(self, control: str, byte: int, segmented: bool, info: bytes) -> None:
+        if control == "I":
+            self.vr = ((byte >> 1) + 1) & 7
+            if segmented:  # ask for the next segment
+                self._send(self._frame("RR", recv_seq=self.vr))
+            return
+        w = self._waiter
+        if w is not None and not w.done():
+            w.set_result((control, byte, info))
+
+    def fail(self, reason: str) -> None:
+        w = self._waiter
+        if w is not None and not w.done():
+            w.set_exception(ClientError(reason))
+
+    async def close(self) -> None:
+        if not self.connected:
+            return
+        self.connected = False
+        with contextlib.suppress(ClientError):
+            await self._await(self._frame("DISC"), ("UA", "DM"), "DISC")
+
+
+Link = WrapperLink | HdlcLink
+
+
 class MeterClient:
     """Requests to one meter (at link address `source`) on one connection.
 
@@ -46,7 +180,7 @@ class MeterClient:
         directory: Directory,
         meter: int,
         source: int,
-        send: Callable[[bytes], None],
+        link: Link,
         own_title: bytes,
         client_address: int,
         timeout: float,
@@ -55,7 +189,7 @@ class MeterClient:
         self.directory = directory
         self.meter = meter
         self.source = source
-        self._send = send
+        self.link = link
         self.own_title = own_title
         self.client_address = client_address
         self.timeout = timeout
@@ -81,6 +215,7 @@ class MeterClient:
         return True
 
     def fail(self, reason: str) -> None:
+        self.link.fail(reason)
         w = self._waiter
         if w is not None and not w.done():
             w.set_exception(ClientError(reason))
@@ -89,8 +224,8 @@ class MeterClient:
         loop = asyncio.get_running_loop()
         self._waiter = loop.create_future()
         self.requests += 1
-        self._send(codec.wrap(apdu, self.client_address, self.source))
         try:
+            await self.link.send_apdu(apdu)
             return await asyncio.wait_for(self._waiter, self.timeout)
         except TimeoutError:
             raise ClientError(
@@ -127,8 +262,10 @@ class MeterClient:
     # -- association --------------------------------------------------------------------
 
     async def associate(self, max_pdu: int = 0xFFFF) -> dict[str, Any]:
-        """AARQ: HLS-GMAC with ciphering for keyed meters, lowest level otherwise."""
+        """The link (HDLC: SNRM/UA), then AARQ: HLS-GMAC with ciphering for keyed
+        meters, lowest level otherwise."""
         self.ciphered = False
+        await self.link.open()
         init = codec.initiate_request(max_pdu=max_pdu)
         hls = self.keyed and self.title is not None
         ctos = os.urandom(16)
@@ -193,6 +330,7 @@ class MeterClient:
         self.ciphered = False
         with contextlib.suppress(ClientError):
             await self._exchange(codec.rlrq())
+        await self.link.close()
 
     # -- services -------------------------------------------------------------------------
 
@@ -366,7 +504,11 @@ async def execute(
     """Runs `job` in one association; returns its result or raises ClientError."""
     kind = job["kind"]
     args = job.get("args") or {}
-    await c.associate()
+    try:
+        await c.associate()
+    except ClientError:
+        await c.link.close()
+        raise
     try:
         if kind == "read":
             values = []

@@ -35,7 +35,7 @@ from headend.config import Config, from_dict
 from headend.errors import HeadendError
 from headend.keys import load_master_key
 from headend.server import ipc
-from headend.server.client import ClientError, MeterClient, execute
+from headend.server.client import ClientError, HdlcLink, Link, MeterClient, WrapperLink, execute
 from headend.store import spool
 
 log = logging.getLogger("headend.worker")
@@ -342,7 +342,12 @@ class Worker:
                     "unsolicited %d-byte APDU (tag 0x%02X) ignored", len(ev[3]), ev[3][0]
                 )
             elif kind == "link":
-                proto.peer_logger().debug("HDLC %s frame from %s", ev[3], ev[1])
+                _, source, _dest, control, info, byte, segmented = ev
+                client = proto.clients.get(source) if proto.clients else None
+                if client is not None:
+                    client.link.on_frame(control, byte, segmented, info)
+                else:
+                    proto.peer_logger().debug("HDLC %s frame from %s", control, source)
 
     def queue_lookup(self, key: LookupKey) -> None:
         self.lookup_keys.add(key)
@@ -524,18 +529,22 @@ class Worker:
     def _client(self, proto: MeterProtocol, meter: int, source: int) -> MeterClient:
         if proto.session is None or proto.transport is None or proto.closed:
             raise ClientError("the meter's connection closed")
-        if proto.session.framing == "hdlc":
-            raise ClientError("requests over HDLC connections are not supported yet (wrapper only)")
         if proto.clients is None:
             proto.clients = {}
         client = proto.clients.get(source)
         if client is None or client.meter != meter:
             transport = proto.transport
+            cmd = self.cfg.commands
+            link: Link = (
+                HdlcLink(transport.write, cmd.client_address, source, cmd.request_timeout)
+                if proto.session.framing == "hdlc"
+                else WrapperLink(transport.write, cmd.client_address, source)
+            )
             client = MeterClient(
                 directory=self.directory,
                 meter=meter,
                 source=source,
-                send=transport.write,
+                link=link,
                 own_title=self.own_title,
                 client_address=self.cfg.commands.client_address,
                 timeout=self.cfg.commands.request_timeout,

@@ -1072,8 +1072,10 @@ fn session_events<'py>(py: Python<'py>, dir: &RsDirectory, events: Vec<SessionEv
             SessionEvent::Apdu { source, meter, apdu } => {
                 ("apdu", source, meter, PyBytes::new(py, &apdu)).into_pyobject(py)?.into_any()
             }
-            SessionEvent::Link { source, destination, control, info } => {
-                ("link", source, destination, control, PyBytes::new(py, &info)).into_pyobject(py)?.into_any()
+            SessionEvent::Link { source, destination, control, byte, segmented, info } => {
+                ("link", source, destination, control, PyBytes::new(py, &info), byte, segmented)
+                    .into_pyobject(py)?
+                    .into_any()
             }
             SessionEvent::Reject { kind, message, meter } => {
                 ("reject", kind, message, meter).into_pyobject(py)?.into_any()

@@ -207,8 +207,10 @@ pub enum SessionEvent {
     /// A (deciphered) APDU that is not a push: a response to the head-end's request,
     /// an AARE, an exception.
     Apdu { source: u32, meter: Option<u32>, apdu: Vec<u8> },
-    /// An HDLC frame without an APDU (SNRM, DISC, RR, ...).
-    Link { source: u32, destination: u32, control: &'static str, info: Vec<u8> },
+    /// An HDLC frame other than UI: its control field's name and byte (sequence numbers
+    /// for I and RR), whether more segments follow, and the information field of frames
+    /// that carry no APDU (the UA's parameters). An I-frame's APDU follows as `Apdu`.
+    Link { source: u32, destination: u32, control: &'static str, byte: u8, segmented: bool, info: Vec<u8> },
     /// Input refused; already counted and written as an events row.
     Reject { kind: &'static str, message: String, meter: Option<u32> },
 }
@@ -301,21 +303,28 @@ impl Session {
                         Transport::Wrapper(h) => (h.source_wport as u32, h.destination_wport as u32),
                         Transport::Hdlc { source, destination, .. } => (address_u32(source), address_u32(destination)),
                     };
-                    match f.apdu {
-                        Some(apdu) => self.apdu(&mut cx, source, apdu),
-                        None => {
-                            if let Transport::Hdlc { control, segmented: false, .. } = f.transport {
-                                if !matches!(control, crate::hdlc::Control::I { .. } | crate::hdlc::Control::UI { .. })
-                                {
-                                    cx.out.push(SessionEvent::Link {
-                                        source,
-                                        destination,
-                                        control: control.name(),
-                                        info: f.info,
-                                    });
-                                }
-                            }
+                    // The HDLC link layer is the client's business (SNRM/UA, sequence
+                    // numbers, RR for the next segment): every frame but UI is reported,
+                    // I-frames too (before their APDU), with their control byte.
+                    if let Transport::Hdlc { control, segmented, .. } = f.transport {
+                        if !matches!(control, crate::hdlc::Control::UI { .. }) {
+                            let info = if f.apdu.is_none() && !matches!(control, crate::hdlc::Control::I { .. }) {
+                                f.info
+                            } else {
+                                Vec::new()
+                            };
+                            cx.out.push(SessionEvent::Link {
+                                source,
+                                destination,
+                                control: control.name(),
+                                byte: control.to_byte(),
+                                segmented,
+                                info,
+                            });
                         }
+                    }
+                    if let Some(apdu) = f.apdu {
+                        self.apdu(&mut cx, source, apdu);
                     }
                 }
             }
@@ -762,6 +771,56 @@ mod tests {
             s.feed(&wrapper::encode(1, 1, f).unwrap(), 1_800_000_000, d, sink, &mut out);
         }
         out
+    }
+
+    #[test]
+    fn hdlc_link_frames_reach_the_client_with_their_control_byte() {
+        use crate::hdlc::{encode_frame, Address, Control, LLC_RESPONSE};
+        let mut d = dir();
+        let mut sink = RowSink::new();
+        let mut s = new_session();
+        let (client, meter) = (Address::one(1), Address::server(1, 0x11));
+        let mut out = Vec::new();
+        let mut feed = |s: &mut Session, bytes: Vec<u8>, out: &mut Vec<SessionEvent>| {
+            s.feed(&bytes, 1_800_000_000, &mut d, &mut sink, out);
+        };
+        // The UA answering our SNRM, with its parameters.
+        let ua = encode_frame(client, meter, Control::UA { poll_final: true }, &[0x81, 0x80, 0x00], false).unwrap();
+        feed(&mut s, ua, &mut out);
+        let src = 1 << 16 | 0x11;
+        assert_eq!(
+            out,
+            vec![SessionEvent::Link {
+                source: src,
+                destination: 1 << 16,
+                control: "UA",
+                byte: 0x73,
+                segmented: false,
+                info: vec![0x81, 0x80, 0x00]
+            }]
+        );
+        // A response in two segments: the first is reported (so the client sends RR),
+        // the last comes before the reassembled APDU.
+        out.clear();
+        let apdu = [0xC4, 0x01, 0xC1, 0x00, 0x09, 0x02, 0x41, 0x42];
+        let info = [&LLC_RESPONSE[..], &apdu].concat();
+        let (a, b) = info.split_at(6);
+        let i0 = Control::I { send_seq: 0, recv_seq: 1, poll_final: true };
+        let i1 = Control::I { send_seq: 1, recv_seq: 1, poll_final: true };
+        feed(&mut s, encode_frame(client, meter, i0, a, true).unwrap(), &mut out);
+        feed(&mut s, encode_frame(client, meter, i1, b, false).unwrap(), &mut out);
+        let link = |byte: u8, segmented: bool| SessionEvent::Link {
+            source: src,
+            destination: 1 << 16,
+            control: "I",
+            byte,
+            segmented,
+            info: vec![],
+        };
+        assert_eq!(out[0], link(i0.to_byte(), true));
+        assert_eq!(out[1], link(i1.to_byte(), false));
+        assert!(matches!(&out[2], SessionEvent::Apdu { source, apdu: got, .. } if *source == src && got[..] == apdu));
+        assert_eq!(out.len(), 3);
     }
 
     fn new_session() -> Session {

@@ -22,8 +22,13 @@ function esc(s) {
     "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" }[c]));
 }
 
+// Reads from outside [http] open_reads need the token: open the page as /#token=...
+const TOKEN = new URLSearchParams(location.hash.slice(1)).get("token");
+
 async function api(path) {
-  const r = await fetch(path, { headers: { Accept: "application/json" } });
+  const headers = { Accept: "application/json" };
+  if (TOKEN) headers.Authorization = "Bearer " + TOKEN;
+  const r = await fetch(path, { headers });
   const body = await r.json();
   if (!r.ok) throw new Error(`${path}: ${body.error || r.status}`);
   return body;
