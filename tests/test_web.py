@@ -347,6 +347,12 @@ def test_billing_and_commands_over_http(live: Live) -> None:
     status, bad = get(url + "/api/commands", token=TOKEN, data={**cmd, "serial": "NOPE"})
     assert status == 404
     assert "unknown meter" in bad["error"]
+    _, q = get(url + "/api/commands?kind=read&limit=5")
+    assert q["recent"]
+    assert {h["kind"] for h in q["recent"]} == {"read"}
+    assert c["command_id"] in {h["command_id"] for h in q["recent"]}
+    _, q = get(url + "/api/commands?kind=disconnect")
+    assert all(h["kind"] == "disconnect" for h in q["recent"] + q["pending"])
     _, hist = get(url + f"/api/meters/{serial}/commands")
     assert any(h["command_id"] == c["command_id"] and h["state"] == "done" for h in hist["rows"])
 

@@ -445,9 +445,8 @@ class Api:
             self.b.db,
             serial=serial,
             limit=self._int(request, "limit", 100),
+            kinds=tuple(sorted(kinds)),
         )
-        if kinds:
-            history = [h for h in history if h["kind"] in kinds]
         return ok({"pending": pending, "recent": history, "stats": self.b.commands.stats()})
 
     async def submit_command(self, request: web.Request) -> web.Response:

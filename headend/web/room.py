@@ -366,13 +366,20 @@ def events(
     return table(cols, rows)
 
 
-def command_history(store: Any, db: str, *, serial: str | None, limit: int) -> list[dict[str, Any]]:
-    where = "WHERE serial = %(s)s" if serial else ""
+def command_history(
+    store: Any, db: str, *, serial: str | None, limit: int, kinds: tuple[str, ...] = ()
+) -> list[dict[str, Any]]:
+    where = []
+    if serial:
+        where.append("serial = %(s)s")
+    if kinds:
+        where.append("kind IN %(k)s")
+    cond = f"WHERE {' AND '.join(where)}" if where else ""
     cols, rows = store.query(
         "SELECT command_id, serial, kind, requested_by, reason, requested_at, state, attempts, "
-        f"result, error, verified_state, updated_at FROM {db}.command_status {where} "
+        f"result, error, verified_state, updated_at FROM {db}.command_status {cond} "
         "ORDER BY updated_at DESC LIMIT %(n)s",
-        {"s": serial or "", "n": limit},
+        {"s": serial or "", "k": list(kinds), "n": limit},
     )
     return table(cols, rows)
 

@@ -80,7 +80,12 @@ function drawMap(parent, children) {
   links.clearLayers();
   marks.clearLayers();
   const placed = children.filter((c) => c.lat || c.lon);
-  const maxLoad = Math.max(0, ...placed.map((c) => (c.load || {})[mainCommodity(c)] || 0));
+  // Sizes compare nodes of one level (the generation link would dwarf the regions).
+  const maxLoad = {};
+  for (const c of placed) {
+    const load = (c.load || {})[mainCommodity(c)] || 0;
+    maxLoad[c.level] = Math.max(maxLoad[c.level] || 0, load);
+  }
   const bounds = [];
   for (const c of placed) {
     if (parent && (parent.lat || parent.lon) && parent.level !== "republic") {
@@ -89,7 +94,7 @@ function drawMap(parent, children) {
     }
     const f = figures(c);
     const m = L.circleMarker([c.lat, c.lon], {
-      radius: radius(c, maxLoad), color: "#0b2233", weight: 1,
+      radius: radius(c, maxLoad[c.level]), color: "#0b2233", weight: 1,
       fillColor: COLOURS[lossClass(f)], fillOpacity: 0.85,
     }).addTo(marks);
     m.bindTooltip(
