@@ -304,7 +304,7 @@ def cmd_ctl(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMAND_ACTIONS = ("read", "disconnect", "reconnect", "clock", "profile")
+COMMAND_ACTIONS = ("read", "disconnect", "reconnect", "clock", "profile", "daily")
 
 
 def _command_args(args: argparse.Namespace) -> dict[str, Any]:
@@ -322,11 +322,14 @@ def _command_args(args: argparse.Namespace) -> dict[str, Any]:
     if args.action == "profile":
         start, end = _window(args)
         return {"from": start, "to": end}
+    if args.action == "daily":
+        start, end = _window(args)
+        return {"profile_from": start, "events_from": start, "to": end if args.to else None}
     return {}
 
 
 def cmd_command(args: argparse.Namespace) -> int:
-    """ctl read/disconnect/reconnect/clock/profile: queue a command, wait for it."""
+    """ctl read/disconnect/reconnect/clock/profile/daily: queue a command, wait for it."""
     from headend.server.admin import AdminClient
 
     try:
@@ -739,6 +742,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("reconnect", "switch a meter's supply on, verified by reading it back"),
         ("clock", "check a meter's clock and set it when it drifted"),
         ("profile", "read a meter's load profile for a period into readings"),
+        ("daily", "the daily read now: billing registers, load profile and event log"),
     ):
         cp = csub.add_parser(action, help=text)
         cp.add_argument("serial", metavar="SERIAL")
@@ -752,7 +756,7 @@ def build_parser() -> argparse.ArgumentParser:
             )
         if action == "clock":
             cp.add_argument("--threshold", type=float, default=10.0, help="seconds of drift")
-        if action == "profile":
+        if action in ("profile", "daily"):
             cp.add_argument("--from", dest="from_", metavar="T", help="default: a day ago")
             cp.add_argument("--to", metavar="T", help="default: this hour")
         cp.add_argument("--wait", type=float, default=30.0, help="seconds to wait for the outcome")

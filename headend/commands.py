@@ -31,7 +31,7 @@ from headend.store.db import Store
 
 log = logging.getLogger("headend.commands")
 
-KINDS = ("read", "disconnect", "reconnect", "clock", "profile")
+KINDS = ("read", "disconnect", "reconnect", "clock", "profile", "daily")
 FINAL = frozenset({"done", "failed", "expired", "cancelled"})
 COMMAND = 0  # priority lane for commands and on-demand reads
 SCHEDULED = 1
@@ -149,6 +149,10 @@ def validate(kind: str, args: dict[str, Any]) -> None:
         for o in objs:
             if not (isinstance(o, list | tuple) and len(o) == 3):
                 raise CommandError(f"read object {o!r} is not [class, obis, attribute]")
+    if kind == "daily":
+        for k in ("profile_from", "events_from", "to"):
+            if args.get(k) is not None and not isinstance(args[k], int):
+                raise CommandError(f"daily needs {k} as integer Unix seconds (or none)")
     if kind == "profile" and not (
         isinstance(args.get("from"), int) and isinstance(args.get("to"), int)
     ):
@@ -489,33 +493,82 @@ class Scheduler:
             f"GROUP BY c.meter ORDER BY c.meter LIMIT {{n:UInt32}}",
             {"since": since, "n": self.cfg.schedule_batch},
         )
-        clocks: list[tuple[Any, ...]] = []
-        due = int(time.time() - self.cfg.clock_check_days * 86_400)
-        if self.cfg.clock_check_days > 0:
-            _, clocks = self.queue.store.query(
-                f"SELECT m.serial, m.node_id FROM {latest_meters(self.db)} AS m "
-                f"LEFT JOIN (SELECT serial, max(ts) AS checked FROM {self.db}.commands "
-                f"WHERE kind = 'clock' AND state IN ('done', 'failed') GROUP BY serial) AS k "
-                f"ON k.serial = m.serial "
-                f"WHERE k.checked < toDateTime64({{due:Int64}}, 3) "
-                f"ORDER BY k.checked, m.serial LIMIT {{n:UInt32}}",
-                {"due": due, "n": self.cfg.schedule_batch},
-            )
         threshold = {"threshold": self.cfg.clock_threshold}
+        daily = self._due("daily", self.cfg.daily_read_days)
+        starts = self._daily_starts([serial for serial, _ in daily], since, int(now))
         return {
             # The profile entries that close the first and last estimated hour.
             "profile": [
                 (serial, node, {"from": int(first) - 3600, "to": int(last) + 3600})
                 for serial, node, first, last in gaps
             ],
-            "clock": [(serial, node, threshold) for serial, node in clocks],
+            "clock": [
+                (serial, node, threshold)
+                for serial, node in self._due("clock", self.cfg.clock_check_days)
+            ],
+            "daily": [(serial, node, starts[serial]) for serial, node in daily],
+        }
+
+    def _due(self, kind: str, every_days: float) -> list[tuple[Any, ...]]:
+        """Meters whose last `kind` command ended (done or failed) more than
+        `every_days` ago in real time, or never; none when `every_days` is 0."""
+        if every_days <= 0:
+            return []
+        _, rows = self.queue.store.query(
+            f"SELECT m.serial, m.node_id FROM {latest_meters(self.db)} AS m "
+            f"LEFT JOIN (SELECT serial, max(ts) AS last FROM {self.db}.commands "
+            f"WHERE kind = {{kind:String}} AND state IN ('done', 'failed') GROUP BY serial) AS k "
+            f"ON k.serial = m.serial "
+            f"WHERE k.last < toDateTime64({{due:Int64}}, 3) "
+            f"ORDER BY k.last, m.serial LIMIT {{n:UInt32}}",
+            {
+                "kind": kind,
+                "due": int(time.time() - every_days * 86_400),
+                "n": self.cfg.schedule_batch,
+            },
+        )
+        return rows
+
+    def _daily_starts(self, serials: list[str], since: int, now: int) -> dict[str, dict[str, int]]:
+        """Where each meter's daily read starts: after its last stored interval of
+        energy or gas volume, and after its last stored meter event (at most
+        `backfill_days` back)."""
+        if not serials:
+            return {}
+        _, last_reading = self.queue.store.query(
+            f"SELECT meter, toInt64(max(ts)) FROM {self.db}.readings "
+            "WHERE meter IN {m:Array(String)} AND obis IN {o:Array(UInt64)} GROUP BY meter",
+            {"m": serials, "o": [0x0100010800FF, 0x0700030000FF]},
+        )
+        _, last_event = self.queue.store.query(
+            f"SELECT meter, toInt64(max(ts)) FROM {self.db}.events "
+            "WHERE meter IN {m:Array(String)} "
+            "AND source IN ('push', 'event-notification', 'poll') GROUP BY meter",
+            {"m": serials},
+        )
+        readings = dict(last_reading)
+        events = dict(last_event)
+        return {
+            s: {
+                "profile_from": max(since, int(readings.get(s, since)) + 1),
+                "events_from": max(since, int(events.get(s, since)) + 1),
+                "to": now,
+            }
+            for s in serials
         }
 
     def queue_due(self, due: dict[str, list[tuple[Any, ...]]]) -> dict[str, int]:
         """Queues what :meth:`candidates` found, skipping meters that already have such
         a command waiting (on the event loop)."""
-        reasons = {"profile": "backfill estimated consumption", "clock": "daily clock check"}
-        expires = {"clock": self.cfg.clock_check_days * 86_400}
+        reasons = {
+            "profile": "backfill estimated consumption",
+            "clock": "clock check",
+            "daily": "daily read: billing registers, load profile and event log since the last",
+        }
+        expires = {
+            "clock": self.cfg.clock_check_days * 86_400,
+            "daily": self.cfg.daily_read_days * 86_400,
+        }
         out = {}
         for kind, rows in due.items():
             n = 0

@@ -154,6 +154,10 @@ class CommandsConfig:
     backfill_days: int = 7
     """Days back the scheduler looks for estimated (missing) consumption to backfill
     from the meters' load profiles."""
+    daily_read_days: float = 1.0
+    """Each meter's daily read (billing registers, the load profile since its last
+    stored interval, the event log since its last stored event) this often (days); 0:
+    never."""
     clock_check_days: float = 1.0
     """Each meter's clock is checked this often (days); 0: never."""
     clock_threshold: float = 10.0

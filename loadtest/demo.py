@@ -119,7 +119,12 @@ def configure(
             "http": {"port": http_port, "token": token, "refresh": 5.0},
             "clock": {"speed": speed, "start": sim_start, "anchor": anchor},
             # Meters' clocks are in simulated time: leave them alone.
-            "commands": {"clock_check_days": 0.0, "schedule_interval": 60.0},
+            # The pushes are complete here; daily reads would only repeat them.
+            "commands": {
+                "clock_check_days": 0.0,
+                "daily_read_days": 0.0,
+                "schedule_interval": 60.0,
+            },
             "billing": {
                 "interval": max(5.0, 2 * interval),
                 "allowed_hours": "8-18",

@@ -429,3 +429,105 @@ def test_commands_over_hdlc_links(fleet: Path, tmp_path: Path) -> None:
         finally:
             stop_fleet(p)
             stop_fleet(p2)
+
+
+def test_daily_read_brings_registers_profile_and_missed_events(fleet: Path, tmp_path: Path) -> None:
+    """The scheduler's daily read: billing registers (stamped with the meter's clock),
+    the load profile since the last stored interval, and the event log since the last
+    stored event; events already stored are not added twice, missed ones are."""
+    truth = json.loads((fleet / "ground_truth.json").read_text())
+    a = next(t["serial"] for t in truth["thieves"] if t.get("alarm"))
+    model = next(m["model"] for m in meters(fleet) if m["serial"] == a)
+    with running(
+        tmp_path / "srv",
+        [],
+        fleet=fleet,
+        server_settings={"handshake_timeout": 30.0},
+        sections=SETTINGS,
+    ) as srv:
+        # Meter time two hours back, a minute per second: the thief's alarms and the
+        # transformer's supply interruptions come within seconds.
+        p = sim.start(
+            fleet,
+            srv.port,
+            "--only",
+            a,
+            "--start",
+            str(int(time.time()) - 7200),
+            "--speed",
+            "60",
+            "--event-rate",
+            "1440",
+            "--interval",
+            "300",
+            "--spread",
+            "0",
+            "--gaps",
+            "0",
+            "--drifting",
+            "0",
+            "--hdlc",
+            "0",
+            "--concentrators",
+            "0",
+            "--status-every",
+            "60",
+            "--drain",
+            "2",
+        )
+        try:
+            online(srv, a)
+            pushed = srv.wait_for(
+                f"SELECT count() >= 3 FROM ami.events WHERE meter = '{a}' "
+                "AND source IN ('push', 'event-notification')",
+                1,
+                timeout=60,
+            )
+            assert pushed == 1
+            # The scheduled daily read: registers, the profile and the log since what is
+            # stored (nothing there is new: it was all pushed).
+            queued = srv.admin("schedule")
+            assert queued["daily"] >= 1
+            srv.wait_for(
+                f"SELECT state FROM ami.command_status WHERE serial = '{a}' AND kind = 'daily'",
+                "done",
+                timeout=60,
+            )
+            result = json.loads(
+                srv.sql(
+                    f"SELECT result FROM ami.command_status WHERE serial = '{a}' AND kind = 'daily'"
+                )[0][0]
+            )
+            assert result["registers"] == {"e1ph": 2, "e3ph": 4}[model]  # A+, A- (R+, R-)
+            assert 0 <= result["events_new"] <= result["events_read"]
+            regs = srv.sql(
+                f"SELECT obis_code, value > 0 FROM ami.readings WHERE meter = '{a}' "
+                "AND source = 'poll' AND obis_code IN ('1.0.1.8.0.255', '1.0.2.8.0.255')"
+            )
+            assert {r[0] for r in regs} == {"1.0.1.8.0.255", "1.0.2.8.0.255"}
+            assert any(r[1] for r in regs)
+
+            # Lose the events on the way (as if a spool disk had died) ...
+            srv.sql(
+                f"ALTER TABLE ami.events DELETE WHERE meter = '{a}' SETTINGS mutations_sync = 2"
+            )
+            # ... a daily read over the log brings them back, named from the model
+            # profile, and what was pushed meanwhile is not stored twice.
+            start = dt.datetime.fromtimestamp(time.time() - 3 * 3600, dt.UTC).isoformat()
+            r = ctl(srv, "daily", a, "--from", start)
+            assert r["state"] == "done", r
+            assert r["result"]["events_new"] >= 3
+            n, distinct, named = srv.sql(
+                f"SELECT count(), uniqExact(ts, code), min(name != '' AND category != '') "
+                f"FROM ami.events WHERE meter = '{a}'"
+            )[0]
+            assert n == distinct
+            assert named == 1
+            assert (
+                srv.scalar(
+                    f"SELECT count() FROM ami.events WHERE meter = '{a}' AND source = 'poll'"
+                )
+                == r["result"]["events_new"]
+            )
+        finally:
+            stop_fleet(p)

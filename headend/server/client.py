@@ -8,7 +8,7 @@ back through the connection's Rust :class:`Session`, which deciphers them with t
 meter's keys and checks their invocation counter like any push; they reach a
 :class:`MeterClient` as ``("apdu", source, meter, plaintext)`` events.
 
-:func:`execute` runs one job (read, disconnect, reconnect, clock, profile) inside one
+:func:`execute` runs one job (read, disconnect, reconnect, clock, profile, daily) inside one
 association and returns its outcome; the store owns the queue and the audit trail.
 """
 
@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -498,6 +499,73 @@ async def _profile(
     return {"entries": len(entries), "rows": rows}
 
 
+async def _registers(
+    c: MeterClient, obises: list[str], clock_obj: str, clock: MeterClock
+) -> list[list[Any]]:
+    """Billing registers now, as readings rows stamped with the meter's own clock."""
+    ts = int(clock.parse(await c.get(8, clock_obj, 2)).timestamp())
+    rows: list[list[Any]] = []
+    for obis in obises:
+        su = (await c.get(3, obis, 3))["value"]
+        info = codec.unit_info(int(su[1]["value"]))
+        v = (await c.get(3, obis, 2))["value"]
+        if isinstance(v, int | float):
+            rows.append(
+                [obis, ts, float(v) * 10.0 ** int(su[0]["value"]), info[0] if info else "", 0]
+            )
+    return rows
+
+
+async def _event_log(
+    c: MeterClient, obj: str, start: int, end: int, clock: MeterClock
+) -> list[list[int]]:
+    """The event log's entries with clock in [start, end] as [ts, code]."""
+    captured = (await c.get(7, obj, 3))["value"]
+    columns = [(int(col["value"][0]["value"]), _obis_text(col["value"][1])) for col in captured]
+    clock_i = next((i for i, (cls, _) in enumerate(columns) if cls == 8), None)
+    code_i = next((i for i, (cls, _) in enumerate(columns) if cls != 8), None)
+    if clock_i is None or code_i is None:
+        raise ClientError(f"event log {obj} of meter {c.serial} lacks a clock or a code column")
+    access = codec.range_descriptor(
+        dt.datetime.fromtimestamp(start, clock.zone), dt.datetime.fromtimestamp(end, clock.zone)
+    )
+    out = []
+    for e in (await c.get(7, obj, 2, access=access))["value"]:
+        values = e["value"]
+        out.append([int(clock.parse(values[clock_i]).timestamp()), int(values[code_i]["value"])])
+    return out
+
+
+async def _daily(
+    c: MeterClient, objects: dict[str, str], model: dict[str, Any], args: dict[str, Any]
+) -> dict[str, Any]:
+    """The daily read in one association: the billing registers, the load profile since
+    `profile_from`, the event log since `events_from` (each where the model has it)."""
+    clock = MeterClock.of(model)
+    until = int(args.get("to") or time.time())
+    registers = [o for o in objects.get("billing_registers", "").split(",") if o.strip()]
+    rows = await _registers(
+        c, [o.strip() for o in registers], objects.get("clock", codec.CLOCK), clock
+    )
+    out: dict[str, Any] = {"registers": len(rows), "entries": 0, "events": []}
+    if objects.get("load_profile") and args.get("profile_from") is not None:
+        p = await _profile(c, objects["load_profile"], int(args["profile_from"]), until, clock)
+        rows.extend(p["rows"])
+        out["entries"] = p["entries"]
+    if objects.get("event_log") and args.get("events_from") is not None:
+        names = {
+            int(e["code"]): (e["name"], e.get("category", "")) for e in model.get("events", [])
+        }
+        out["events"] = [
+            [ts, code, *names.get(code, (f"event-{code}", ""))]
+            for ts, code in await _event_log(
+                c, objects["event_log"], int(args["events_from"]), until, clock
+            )
+        ]
+    out["rows"] = rows
+    return out
+
+
 async def execute(
     c: MeterClient, job: dict[str, Any], objects: dict[str, str], model: dict[str, Any]
 ) -> dict[str, Any]:
@@ -528,6 +596,8 @@ async def execute(
             return await _clock(
                 c, objects.get("clock", codec.CLOCK), threshold, MeterClock.of(model)
             )
+        if kind == "daily":
+            return await _daily(c, objects, model, args)
         if kind == "profile":
             obj = objects.get("load_profile")
             if not obj:

@@ -241,14 +241,20 @@ class StoreService:
         result = msg.get("result")
         if c is not None and msg.get("status") == "done" and isinstance(result, dict):
             rows = result.pop("rows", None)
-            if rows:
-                try:
-                    n = await asyncio.get_running_loop().run_in_executor(
+            events = result.pop("events", None)
+            loop = asyncio.get_running_loop()
+            try:
+                if rows:
+                    result["readings"] = await loop.run_in_executor(
                         None, self._insert_polled, c.serial, rows
                     )
-                    result["readings"] = n
-                except Exception as e:
-                    msg = {**msg, "status": "failed", "error": f"storing the readings failed: {e}"}
+                if events is not None:
+                    result["events_read"] = len(events)
+                    result["events_new"] = await loop.run_in_executor(
+                        None, self._insert_polled_events, c.serial, events
+                    )
+            except Exception as e:
+                msg = {**msg, "status": "failed", "error": f"storing what was read failed: {e}"}
         self.commands.outcome(cid, msg)
 
     def _insert_polled(self, serial: str, rows: list[list[Any]]) -> int:
@@ -270,6 +276,31 @@ class StoreService:
             )
         self.store.insert_rows("readings", COLUMNS[spool.READINGS], out)
         self.polled += len(out)
+        return len(out)
+
+    def _insert_polled_events(self, serial: str, events: list[list[Any]]) -> int:
+        """Events read from a meter's log ([ts, code, name, category]); those already
+        stored (pushed, or read before) are skipped, so only what was missed is added."""
+        if not events:
+            return 0
+        lo = min(int(e[0]) for e in events)
+        hi = max(int(e[0]) for e in events)
+        _, have = self.store.query(
+            f"SELECT toInt64(ts), code FROM {self.db}.events WHERE meter = {{m:String}} "
+            "AND ts >= toDateTime({a:Int64}) AND ts <= toDateTime({b:Int64})",
+            {"m": serial, "a": lo, "b": hi},
+        )
+        seen = {(int(t), int(c)) for t, c in have}
+        now = dt.datetime.now(dt.UTC).replace(microsecond=0)
+        out = []
+        for ts, code, name, category in events:
+            if (int(ts), int(code)) in seen:
+                continue
+            seen.add((int(ts), int(code)))
+            when = dt.datetime.fromtimestamp(int(ts), dt.UTC)
+            out.append([serial, when, int(code), name, category, "poll", "", "event log", now])
+        if out:
+            self.store.insert_rows("events", COLUMNS[spool.EVENTS], out)
         return len(out)
 
     async def _lookup(self, msg: dict[str, Any]) -> dict[str, Any]:
@@ -449,7 +480,7 @@ class StoreService:
             None, self.scheduler.candidates, self.clock.now()
         )
         n = self.scheduler.queue_due(due)
-        return {"backfill": n["profile"], "clock": n["clock"]}
+        return {"backfill": n["profile"], "clock": n["clock"], "daily": n["daily"]}
 
     async def _schedule(self) -> None:
         """Scheduled reads: gap backfill and clock checks, every `schedule_interval`."""
