@@ -8,7 +8,8 @@ connected, wrapper, HLS-GMAC with ciphered APDUs), then:
 1. round trip: `--serial` reads of the clock, one at a time, each waited for through
    the admin socket (submit -> offer -> claim -> AARQ/HLS -> GET -> RLRQ -> outcome);
 2. throughput: `--burst` reads queued at once over all meters, timed until the last
-   is done;
+   is done; once one admin request per command, once in batches of `--batch` (one
+   meter lookup per batch);
 3. profile reads: one day of the load profile (97 entries, block transfer) for
    `--profiles` meters at once, timed until done, as profile reads per hour.
 
@@ -95,6 +96,32 @@ def burst(h: Headend, meters: list[str], n: int) -> dict[str, float]:
     }
 
 
+def batched(h: Headend, meters: list[str], n: int, size: int) -> dict[str, float]:
+    """The same burst submitted in batches (`submit`: one meter lookup per batch)."""
+    c = AdminClient(h.data / "admin.sock", timeout=300)
+    t0 = time.monotonic()
+    try:
+        for start in range(0, n, size):
+            items = [
+                {"serial": meters[i % len(meters)], "kind": "read", "args": READ_CLOCK}
+                for i in range(start, min(n, start + size))
+            ]
+            r = c.call("submit", commands=items)
+            if r["rejected"]:
+                raise RuntimeError(f"rejected: {r['rejected'][:3]}")
+    finally:
+        c.close()
+    queued = time.monotonic() - t0
+    total = queued + wait_done(h, 600)
+    return {
+        "commands": n,
+        "batch": size,
+        "queue_s": round(queued, 2),
+        "total_s": round(total, 2),
+        "commands_per_s": round(n / total, 1),
+    }
+
+
 def profile_reads(h: Headend, electric: list[str], n: int) -> dict[str, float]:
     now = int(time.time()) // 900 * 900
     n = min(n, len(electric))
@@ -116,6 +143,7 @@ def main() -> int:
     ap.add_argument("--meters", type=int, default=2000)
     ap.add_argument("--burst", type=int, default=4000)
     ap.add_argument("--serial", type=int, default=200)
+    ap.add_argument("--batch", type=int, default=1000, help="batch size of the batched burst")
     ap.add_argument("--profiles", type=int, default=1000)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--keep", type=Path)
@@ -166,6 +194,7 @@ def main() -> int:
             time.sleep(2)
         out["round_trip_s"] = round_trip(h, electric, args.serial)
         out["burst"] = burst(h, meters, args.burst)
+        out["batched"] = batched(h, meters, args.burst, args.batch)
         out["profiles"] = profile_reads(h, electric, args.profiles)
         failed = h.scalar("SELECT countIf(state = 'failed') FROM ami.command_status")
         out["failed"] = failed

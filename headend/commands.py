@@ -239,13 +239,22 @@ class CommandQueue:
     def node_of(self, serial: str) -> str:
         """The meter's grid node; unknown meters are refused (a query: run it in an
         executor)."""
-        _, rows = self.store.query(
-            f"SELECT node_id FROM {latest_meters(self.db)} WHERE serial = {{s:String}}",
-            {"s": serial},
-        )
-        if not rows:
+        nodes = self.nodes_of([serial])
+        if serial not in nodes:
             raise CommandError(f"unknown meter {serial!r}")
-        return str(rows[0][0])
+        return nodes[serial]
+
+    def nodes_of(self, serials: list[str]) -> dict[str, str]:
+        """The grid node of each known meter among `serials`, in one primary-key query
+        (run it in an executor)."""
+        if not serials:
+            return {}
+        _, rows = self.store.query(
+            f"SELECT serial, argMax(node_id, updated_at) FROM {self.db}.meters "
+            "WHERE serial IN {s:Array(String)} GROUP BY serial",
+            {"s": serials},
+        )
+        return {str(r[0]): str(r[1]) for r in rows}
 
     def submit(
         self,

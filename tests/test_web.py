@@ -353,6 +353,24 @@ def test_billing_and_commands_over_http(live: Live) -> None:
     assert c["command_id"] in {h["command_id"] for h in q["recent"]}
     _, q = get(url + "/api/commands?kind=disconnect")
     assert all(h["kind"] == "disconnect" for h in q["recent"] + q["pending"])
+    # A batch: one lookup for all, bad items rejected by index, the rest queued.
+    batch = [
+        {"serial": serial, "kind": "read", "args": {"objects": [[1, "0.0.96.1.0.255", 2]]}},
+        {"serial": "NOPE", "kind": "read", "args": {"objects": [[1, "0.0.96.1.0.255", 2]]}},
+        {"serial": serial, "kind": "explode"},
+    ]
+    status, b = get(url + "/api/commands", token=TOKEN, data=batch)
+    assert status == 207
+    assert [x["serial"] for x in b["queued"]] == [serial]
+    assert [(x["index"], "unknown meter" in x["reason"]) for x in b["rejected"]] == [
+        (1, True),
+        (2, False),
+    ]
+    assert "explode" in b["rejected"][1]["reason"]
+    live.srv.wait_for(
+        f"SELECT state FROM ami.command_status WHERE command_id = '{b['queued'][0]['command_id']}'",
+        "done",
+    )
     _, hist = get(url + f"/api/meters/{serial}/commands")
     assert any(h["command_id"] == c["command_id"] and h["state"] == "done" for h in hist["rows"])
 

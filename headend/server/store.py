@@ -617,6 +617,38 @@ class StoreService:
             c = await self.commands.wait(c.command_id, wait)
         return c.public()
 
+    async def submit_commands(
+        self, items: list[Any], requested_by: str, reason: str = ""
+    ) -> dict[str, Any]:
+        """Queues many commands with one meter lookup; each bad item is rejected with
+        its index and reason, the good ones are queued (no waiting)."""
+        serials = sorted({str(i.get("serial")) for i in items if isinstance(i, dict)})
+        loop = asyncio.get_running_loop()
+        nodes = await loop.run_in_executor(None, self.commands.nodes_of, serials)
+        queued: list[dict[str, Any]] = []
+        rejected: list[dict[str, Any]] = []
+        for index, it in enumerate(items):
+            try:
+                if not isinstance(it, dict) or "serial" not in it or "kind" not in it:
+                    raise HeadendError("expected an object with serial and kind")
+                serial = str(it["serial"])
+                if serial not in nodes:
+                    raise HeadendError(f"unknown meter {serial!r}")
+                c = self.commands.submit(
+                    serial,
+                    str(it["kind"]),
+                    it.get("args") or {},
+                    requested_by=requested_by,
+                    reason=str(it.get("reason") or reason),
+                    node_id=nodes[serial],
+                    expires_in=None if it.get("expires_in") is None else float(it["expires_in"]),
+                )
+                queued.append(c.public())
+            except (HeadendError, TypeError, ValueError) as e:
+                rejected.append({"index": index, "reason": str(e)})
+        self.commands.dispatch()
+        return {"queued": queued, "rejected": rejected}
+
     def online_by_node(self) -> dict[str, int]:
         """Meters identified on the connected workers' connections, per grid node."""
         out: dict[str, int] = {}
@@ -672,6 +704,12 @@ class StoreService:
             return {"ok": True, "rows": len(new_rows)}
         if cmd == "command":
             return await self.submit_command(req)
+        if cmd == "submit":  # a batch
+            return await self.submit_commands(
+                list(req.get("commands") or []),
+                requested_by=str(req.get("requested_by") or "operator"),
+                reason=str(req.get("reason") or ""),
+            )
         if cmd == "commands":
             only = req.get("serial")
             return {

@@ -53,6 +53,9 @@ class Backend(Protocol):
     def status(self) -> dict[str, Any]: ...
     def online_by_node(self) -> dict[str, int]: ...
     async def submit_command(self, req: dict[str, Any]) -> dict[str, Any]: ...
+    async def submit_commands(
+        self, items: list[Any], requested_by: str, reason: str = ""
+    ) -> dict[str, Any]: ...
     async def policy_pass(self, act: bool) -> dict[str, Any]: ...
 
 
@@ -451,6 +454,11 @@ class Api:
 
     async def submit_command(self, request: web.Request) -> web.Response:
         body = await self._json_body(request)
+        if isinstance(body, list):  # a batch: queued, not waited for
+            if len(body) > MAX_LIMIT:
+                raise HttpError(400, f"at most {MAX_LIMIT} commands per request")
+            r = await self.b.submit_commands(body, requested_by=f"http:{request.remote}")
+            return ok(r, 202 if not r["rejected"] else 207)
         if not isinstance(body, dict) or "serial" not in body or "kind" not in body:
             raise HttpError(400, "expected an object with serial and kind")
         unknown = set(body) - {"serial", "kind", "args", "reason", "wait", "expires_in"}

@@ -235,19 +235,33 @@ SPEC: dict[str, Any] = {
                 [_q("serial", "one meter"), _q("kind", "comma-separated kinds"), LIMIT],
             ),
             "post": {
-                "summary": "queue a command for a meter (needs the token)",
+                "summary": "queue a command for a meter, or a list of commands (a batch, "
+                "queued without waiting); needs the token",
                 "security": WRITE,
                 "requestBody": {
                     "required": True,
                     "content": {
                         "application/json": {
-                            "schema": {"$ref": "#/components/schemas/CommandRequest"}
+                            "schema": {
+                                "oneOf": [
+                                    {"$ref": "#/components/schemas/CommandRequest"},
+                                    {
+                                        "type": "array",
+                                        "maxItems": 10_000,
+                                        "items": {"$ref": "#/components/schemas/CommandRequest"},
+                                    },
+                                ]
+                            }
                         }
                     },
                 },
                 "responses": {
                     "200": {"description": "finished within `wait`: done, failed, ..."},
-                    "202": {"description": "queued (or running) for the meter"},
+                    "202": {"description": "queued (a batch: {queued, rejected: []})"},
+                    "207": {
+                        "description": "a batch with some commands rejected, each with "
+                        "its index and reason"
+                    },
                     "400": {"$ref": "#/components/responses/BadRequest"},
                     "401": {"$ref": "#/components/responses/Unauthorized"},
                     "404": {"description": "unknown meter"},
