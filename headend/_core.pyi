@@ -264,8 +264,16 @@ class Directory:
         master: MasterKey | None = None,
         last_received: int | None = None,
         next_sent: int | None = None,
+        *,
+        wrapped_password: bytes | None = None,
     ) -> int:
-        """Adds or updates a meter; wrapped keys are unwrapped into the key table."""
+        """Adds or updates a meter; wrapped keys (and the LLS password) are unwrapped
+        with `master` in Rust and never come out."""
+    def has_password(self, meter: int) -> bool:
+        """Whether meter `meter` has an LLS password."""
+    def lls_aarq(self, meter: int, aarq: bytes) -> bytes:
+        """Completes an AARQ built for the low-level mechanism (without a value) with the
+        meter's password."""
     def mark_unknown(
         self, *, until: int, system_title: bytes | None = None, serial: bytes | None = None
     ) -> None:

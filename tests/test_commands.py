@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import json
+import re
 import subprocess
 import time
 from pathlib import Path
@@ -26,6 +27,8 @@ SETTINGS = {
         "schedule_interval": 0.0,
         "dispatch_interval": 0.2,
         "request_timeout": 5.0,
+        # Only the daily-read test schedules daily reads.
+        "daily_read_days": 0.0,
     },
 }
 
@@ -443,7 +446,7 @@ def test_daily_read_brings_registers_profile_and_missed_events(fleet: Path, tmp_
         [],
         fleet=fleet,
         server_settings={"handshake_timeout": 30.0},
-        sections=SETTINGS,
+        sections={"commands": {**SETTINGS["commands"], "daily_read_days": 1.0}},
     ) as srv:
         # Meter time two hours back, a minute per second: the thief's alarms and the
         # transformer's supply interruptions come within seconds.
@@ -531,3 +534,60 @@ def test_daily_read_brings_registers_profile_and_missed_events(fleet: Path, tmp_
             )
         finally:
             stop_fleet(p)
+
+
+def test_lls_for_meters_with_a_password_and_no_keys(tmp_path: Path) -> None:
+    """Meters without keys: the head-end associates with LLS when the meter has a
+    password (put into the AARQ by Rust) and at the lowest level otherwise; the meter
+    lets LLS set its clock, and refuses a wrong password."""
+    fleet = tmp_path / "fleet"
+    generate(120, 0.0, fleet, seed=3, plain=True)
+    rows = [m for m in meters(fleet) if m["role"] == "consumer"]
+    drifted, plain = rows[0]["serial"], rows[1]["serial"]
+    with running(
+        tmp_path / "srv",
+        [],
+        fleet=fleet,
+        server_settings={"handshake_timeout": 30.0},
+        sections=SETTINGS,
+    ) as srv:
+        # The second meter loses its password: lowest level for it.
+        no_pw = tmp_path / "no-password.csv"
+        with open(no_pw, "w", newline="", encoding="utf-8") as f:
+            w = csv.DictWriter(f, fieldnames=list(rows[1]))
+            w.writeheader()
+            w.writerow({**rows[1], "password": ""})
+        srv.cli("meters", "import", str(no_pw))
+        p = start_fleet(fleet, srv.port, [drifted], drifting="1")
+        p2 = start_fleet(fleet, srv.port, [plain])
+        try:
+            online(srv, drifted)
+            online(srv, plain)
+            # Setting the clock needs at least LLS on these meters.
+            r = ctl(srv, "clock", drifted, "--threshold", "10")
+            assert r["state"] == "done", r
+            assert r["result"]["corrected"] is True
+            assert abs(r["result"]["drift_after_s"]) <= 10
+            # The lowest level reads but may not set.
+            r = ctl(srv, "read", plain, "0.0.96.1.0.255:2", "--class", "1")
+            assert r["state"] == "done", r
+            assert r["result"]["values"][0]["value"]["value"] == plain
+            log = srv.log.read_text()
+            assert re.search(rf"clock for meter {drifted} \(lls\): done", log)
+            assert re.search(rf"read for meter {plain} \(lowest\): done", log)
+            assert rows[0]["password"] not in log  # never logged
+
+            # A wrong password: the meter refuses the association, the record says so.
+            bad = tmp_path / "bad-password.csv"
+            with open(bad, "w", newline="", encoding="utf-8") as f:
+                w = csv.DictWriter(f, fieldnames=list(rows[0]))
+                w.writeheader()
+                w.writerow({**rows[0], "password": "00000000"})
+            srv.cli("meters", "import", str(bad))
+            time.sleep(1.0)  # the workers reload the meter
+            r = ctl(srv, "clock", drifted, "--threshold", "10", "--wait", "20", check=False)
+            assert r["state"] == "failed", r
+            assert "refused the association" in r["error"]
+        finally:
+            stop_fleet(p)
+            stop_fleet(p2)

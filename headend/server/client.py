@@ -2,14 +2,15 @@
 
 Meters connect in and push; to read, set or switch them the head-end speaks first on
 that same socket, in its framing (wrapper, or HDLC with the link set up by SNRM/UA):
-AARQ (no security for meters without keys, HLS-GMAC with ciphered
-APDUs for keyed ones), GET/SET/ACTION (block transfer followed), RLRQ. Responses come
+AARQ (HLS-GMAC with ciphered APDUs for keyed meters; LLS with the meter's password,
+which only Rust sees, for meters with a password and no keys; else no security),
+GET/SET/ACTION (block transfer followed), RLRQ. Responses come
 back through the connection's Rust :class:`Session`, which deciphers them with the
 meter's keys and checks their invocation counter like any push; they reach a
 :class:`MeterClient` as ``("apdu", source, meter, plaintext)`` events.
 
-:func:`execute` runs one job (read, disconnect, reconnect, clock, profile, daily) inside one
-association and returns its outcome; the store owns the queue and the audit trail.
+:func:`execute` runs one job (read, disconnect, reconnect, clock, profile, daily) inside
+one association and returns its outcome; the store owns the queue and the audit trail.
 """
 
 from __future__ import annotations
@@ -201,6 +202,7 @@ class MeterClient:
         self.title = title
         self.keyed = keyed
         self.ciphered = False
+        self.mechanism = "lowest"
         self._invoke = 0
         self._waiter: asyncio.Future[bytes] | None = None
         self.requests = 0
@@ -264,21 +266,25 @@ class MeterClient:
 
     async def associate(self, max_pdu: int = 0xFFFF) -> dict[str, Any]:
         """The link (HDLC: SNRM/UA), then AARQ: HLS-GMAC with ciphering for keyed
-        meters, lowest level otherwise."""
+        meters, LLS for meters with only a password, lowest level otherwise."""
         self.ciphered = False
         await self.link.open()
         init = codec.initiate_request(max_pdu=max_pdu)
         hls = self.keyed and self.title is not None
+        lls = not hls and self.directory.has_password(self.meter)
+        self.mechanism = "hls-gmac" if hls else "lls" if lls else "lowest"
         ctos = os.urandom(16)
         if hls:
             init = self._seal(init)
         aarq = codec.aarq(
             user_information=init,
             ciphered=hls,
-            mechanism="high-gmac" if hls else None,
-            authentication_value=ctos if hls else None,
+            mechanism="high-gmac" if hls else "low" if lls else None,
+            authentication_value=ctos if hls else b"" if lls else None,
             calling_title=self.own_title if hls else None,
         )
+        if lls:  # the password is put in by Rust
+            aarq = self.directory.lls_aarq(self.meter, aarq)
         aare = codec.decode_apdu(await self._exchange(aarq))
         if aare.get("apdu") != "aare":
             raise ClientError(f"meter {self.serial} answered the AARQ with {aare.get('apdu')}")

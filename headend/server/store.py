@@ -389,10 +389,11 @@ class StoreService:
             return [], recent
         found = {r[0]: r for r in rows}
         _, keys = self.store.query(
-            f"SELECT serial, ek, ak FROM {db}.meter_keys FINAL WHERE serial IN %(s)s",
+            f"SELECT serial, ek, ak, password FROM {db}.meter_keys FINAL WHERE serial IN %(s)s",
             {"s": list(found)},
         )
         key_of = {k[0]: (k[1], k[2]) for k in keys}
+        password_of = {k[0]: k[3] for k in keys}
         meter_titles = [r[2] for r in rows if r[2]]
         counters: dict[str, tuple[int, int]] = {}
         if meter_titles:
@@ -416,6 +417,9 @@ class StoreService:
                     "system_title_hex": title,
                     "ek": bytes.fromhex(ek) if ek else None,
                     "ak": bytes.fromhex(ak) if ak else None,
+                    "password": bytes.fromhex(password_of[serial])
+                    if password_of.get(serial)
+                    else None,
                     "last_received": last,
                     "next_sent": nxt,
                 }

@@ -388,9 +388,10 @@ class Worker:
                     m["system_title"],
                     m["ek"],
                     m["ak"],
-                    self.master if m["ek"] else None,
+                    self.master if m["ek"] or m.get("password") else None,
                     m["last_received"],
                     m["next_sent"],
+                    wrapped_password=m.get("password"),
                 )
             except HeadendError as e:
                 # A wrapped key that does not unwrap (another master key) or a model
@@ -498,6 +499,7 @@ class Worker:
     async def _run_job(self, serial: str, job: dict[str, Any]) -> dict[str, Any]:
         started = time.monotonic()
         out: dict[str, Any] = {"t": "job-result", "command": job["id"]}
+        client: MeterClient | None = None
         await self.gate.acquire(int(job.get("priority", 0)))
         try:
             where = self.online.get(serial)
@@ -514,13 +516,16 @@ class Worker:
             out.update(status="failed", error=f"{type(e).__name__}: {e}")
         finally:
             self.gate.release()
+            if client is not None:
+                out["association"] = client.mechanism
         out["elapsed"] = time.monotonic() - started
         self.job_totals[out["status"]] += 1
         log.info(
-            "job %s %s for meter %s: %s %s",
+            "job %s %s for meter %s (%s): %s %s",
             job["id"],
             job["kind"],
             serial,
+            out.get("association", "-"),
             out["status"],
             out.get("error", ""),
         )

@@ -836,6 +836,8 @@ impl MasterKey {
 #[pyclass(module = "headend._core")]
 pub struct Directory {
     inner: RsDirectory,
+    /// LLS passwords, unwrapped here and used only inside `lls_aarq`.
+    passwords: std::collections::HashMap<u32, Vec<u8>>,
 }
 
 #[pymethods]
@@ -846,7 +848,7 @@ impl Directory {
         let mut inner = RsDirectory::new();
         inner.policy = policy(require_authentication, require_encryption);
         inner.device_leaf = device_leaf;
-        Directory { inner }
+        Directory { inner, passwords: std::collections::HashMap::new() }
     }
 
     fn __len__(&self) -> usize {
@@ -868,7 +870,7 @@ impl Directory {
 
     /// Adds or updates a meter; wrapped keys are unwrapped with `master` into the key
     /// table (never into Python). Counters from the store raise the meter's floors.
-    #[pyo3(signature = (serial, model, system_title = None, wrapped_ek = None, wrapped_ak = None, master = None, last_received = None, next_sent = None))]
+    #[pyo3(signature = (serial, model, system_title = None, wrapped_ek = None, wrapped_ak = None, master = None, last_received = None, next_sent = None, *, wrapped_password = None))]
     #[allow(clippy::too_many_arguments)]
     fn add_meter(
         &mut self,
@@ -881,7 +883,13 @@ impl Directory {
         master: Option<&MasterKey>,
         last_received: Option<u32>,
         next_sent: Option<u32>,
+        wrapped_password: Option<&[u8]>,
     ) -> PyResult<u32> {
+        let password = match (wrapped_password, master) {
+            (Some(w), Some(m)) => Some(codec(py, m.inner.unwrap(w, "password", serial))?),
+            (Some(_), None) => return Err(local_error(py, "meter password", "give the master key too")),
+            (None, _) => None,
+        };
         let st = system_title.map(|t| title(py, t)).transpose()?;
         let keys = match (wrapped_ek, wrapped_ak, master) {
             (Some(ek), Some(ak), Some(m)) => {
@@ -892,7 +900,32 @@ impl Directory {
             (None, None, _) => None,
             _ => return Err(local_error(py, "meter keys", "give both wrapped keys and the master key")),
         };
-        codec(py, self.inner.add_meter(serial, model, st, keys, last_received, next_sent))
+        let id = codec(py, self.inner.add_meter(serial, model, st, keys, last_received, next_sent))?;
+        match password {
+            Some(pw) => self.passwords.insert(id, pw),
+            None => self.passwords.remove(&id),
+        };
+        Ok(id)
+    }
+
+    /// Whether meter `meter` has an LLS password.
+    fn has_password(&self, meter: u32) -> bool {
+        self.passwords.contains_key(&meter)
+    }
+
+    /// Completes an AARQ for LLS (mechanism "low", built without a value) with meter
+    /// `meter`'s password; the password never reaches Python.
+    fn lls_aarq<'py>(&self, py: Python<'py>, meter: u32, aarq: &[u8]) -> PyResult<Bound<'py, PyBytes>> {
+        let pw = self
+            .passwords
+            .get(&meter)
+            .ok_or_else(|| local_error(py, "LLS", format!("meter {meter} has no password")))?;
+        let mut a = match codec(py, Apdu::decode(aarq))? {
+            Apdu::Aarq(a) if a.mechanism_name.map(|m| m.0) == Some(1) => a,
+            _ => return Err(local_error(py, "LLS", "expected an AARQ with the low-level mechanism")),
+        };
+        a.calling_authentication_value = Some(pw.clone());
+        Ok(PyBytes::new(py, &codec(py, Apdu::Aarq(a).to_bytes())?))
     }
 
     /// Remembers, until `until` (Unix seconds), that the store does not know a meter.
