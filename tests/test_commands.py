@@ -4,6 +4,7 @@ meters' own connections (HLS-GMAC, ciphered), through `headend ctl`, with the
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import datetime as dt
 import json
@@ -85,6 +86,20 @@ def stop_fleet(p: subprocess.Popen[str]) -> dict[str, Any]:
     return final
 
 
+def serve(
+    fleet: Path, tmp_path: Path, **commands: Any
+) -> contextlib.AbstractContextManager[Server]:
+    """A head-end for the simulated `fleet` (sims need longer handshakes), with the
+    module's command settings and `commands` on top."""
+    return running(
+        tmp_path / "srv",
+        [],
+        fleet=fleet,
+        server_settings={"handshake_timeout": 30.0},
+        sections={"commands": {**SETTINGS["commands"], **commands}},
+    )
+
+
 def ctl(srv: Server, *args: str, check: bool = True) -> dict[str, Any]:
     r = srv.cli("ctl", *args, "--json", check=check)
     out: dict[str, Any] = json.loads(r.stdout) if r.stdout else {"stderr": r.stderr}
@@ -111,13 +126,7 @@ def state_of(srv: Server, command_id: str) -> list[Any]:
 def test_reads_switching_clock_and_profile_on_live_meters(fleet: Path, tmp_path: Path) -> None:
     a, b, drifted = (consumer(fleet, skip=i)["serial"] for i in (1, 2, 3))
     gas = consumer(fleet, "gas-g4")["serial"]
-    with running(
-        tmp_path / "srv",
-        [],
-        fleet=fleet,
-        server_settings={"handshake_timeout": 30.0},
-        sections=SETTINGS,
-    ) as srv:
+    with serve(fleet, tmp_path) as srv:
         # A command to a meter that is offline waits in the queue...
         queued = ctl(srv, "read", b, "0.0.96.1.0.255:2", "--class", "1", "--wait", "0")
         assert queued["state"] == "queued"
@@ -391,13 +400,7 @@ def test_commands_over_hdlc_links(fleet: Path, tmp_path: Path) -> None:
         for m in meters(fleet)
         if m["node_id"] == node and m["role"] == "consumer" and m["serial"] != alone
     ][:2]
-    with running(
-        tmp_path / "srv",
-        [],
-        fleet=fleet,
-        server_settings={"handshake_timeout": 30.0},
-        sections=SETTINGS,
-    ) as srv:
+    with serve(fleet, tmp_path) as srv:
         p = start_fleet(fleet, srv.port, [alone], hdlc="1")
         p2 = start_fleet(fleet, srv.port, neighbours, hdlc="1", concentrators="1")
         try:
@@ -441,13 +444,7 @@ def test_daily_read_brings_registers_profile_and_missed_events(fleet: Path, tmp_
     truth = json.loads((fleet / "ground_truth.json").read_text())
     a = next(t["serial"] for t in truth["thieves"] if t.get("alarm"))
     model = next(m["model"] for m in meters(fleet) if m["serial"] == a)
-    with running(
-        tmp_path / "srv",
-        [],
-        fleet=fleet,
-        server_settings={"handshake_timeout": 30.0},
-        sections={"commands": {**SETTINGS["commands"], "daily_read_days": 1.0}},
-    ) as srv:
+    with serve(fleet, tmp_path, daily_read_days=1.0) as srv:
         # Meter time two hours back, a minute per second: the thief's alarms and the
         # transformer's supply interruptions come within seconds.
         p = sim.start(
@@ -544,13 +541,7 @@ def test_lls_for_meters_with_a_password_and_no_keys(tmp_path: Path) -> None:
     generate(120, 0.0, fleet, seed=3, plain=True)
     rows = [m for m in meters(fleet) if m["role"] == "consumer"]
     drifted, plain = rows[0]["serial"], rows[1]["serial"]
-    with running(
-        tmp_path / "srv",
-        [],
-        fleet=fleet,
-        server_settings={"handshake_timeout": 30.0},
-        sections=SETTINGS,
-    ) as srv:
+    with serve(fleet, tmp_path) as srv:
         # The second meter loses its password: lowest level for it.
         no_pw = tmp_path / "no-password.csv"
         with open(no_pw, "w", newline="", encoding="utf-8") as f:
