@@ -25,6 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from headend import balance
 from headend.config import CommandsConfig
 from headend.errors import HeadendError
 from headend.store.db import Store
@@ -547,7 +548,7 @@ class Scheduler:
         _, last_reading = self.queue.store.query(
             f"SELECT meter, toInt64(max(ts)) FROM {self.db}.readings "
             "WHERE meter IN {m:Array(String)} AND obis IN {o:Array(UInt64)} GROUP BY meter",
-            {"m": serials, "o": [0x0100010800FF, 0x0700030000FF]},
+            {"m": serials, "o": [balance.obis_int(o) for o in balance.FLOW.values()]},
         )
         _, last_event = self.queue.store.query(
             f"SELECT meter, toInt64(max(ts)) FROM {self.db}.events "

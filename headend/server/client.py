@@ -184,7 +184,6 @@ class MeterClient:
         source: int,
         link: Link,
         own_title: bytes,
-        client_address: int,
         timeout: float,
         touched: Callable[[bytes], None],
     ) -> None:
@@ -193,7 +192,6 @@ class MeterClient:
         self.source = source
         self.link = link
         self.own_title = own_title
-        self.client_address = client_address
         self.timeout = timeout
         self._touched = touched
         serial, model, title, keyed = directory.meter_info(meter)
@@ -466,26 +464,37 @@ async def _clock(c: MeterClient, obj: str, threshold: float, clock: MeterClock) 
     return out
 
 
+async def _columns(c: MeterClient, obj: str) -> list[tuple[int, str]]:
+    """A profile generic's capture objects as (class, OBIS)."""
+    captured = (await c.get(7, obj, 3))["value"]
+    return [(int(col["value"][0]["value"]), _obis_text(col["value"][1])) for col in captured]
+
+
+async def _scaler_unit(c: MeterClient, cls: int, obis: str) -> tuple[int, str]:
+    su = (await c.get(cls, obis, 3))["value"]
+    info = codec.unit_info(int(su[1]["value"]))
+    return int(su[0]["value"]), info[0] if info else ""
+
+
+async def _entries(c: MeterClient, obj: str, start: int, end: int, clock: MeterClock) -> list[Any]:
+    """A profile generic's buffer entries with clock in [start, end]."""
+    access = codec.range_descriptor(
+        dt.datetime.fromtimestamp(start, clock.zone), dt.datetime.fromtimestamp(end, clock.zone)
+    )
+    return list((await c.get(7, obj, 2, access=access))["value"])
+
+
 async def _profile(
     c: MeterClient, obj: str, start: int, end: int, clock: MeterClock
 ) -> dict[str, Any]:
     """Load-profile entries with clock in [start, end] as readings rows
     [obis, ts, value, unit, status], scaled by the registers' own scaler_unit."""
-    captured = (await c.get(7, obj, 3))["value"]
-    columns: list[tuple[int, str]] = []
-    for col in captured:
-        f = col["value"]
-        columns.append((int(f[0]["value"]), _obis_text(f[1])))
+    columns = await _columns(c, obj)
     scalers: dict[int, tuple[int, str]] = {}
     for i, (cls, obis) in enumerate(columns):
         if cls in (3, 4):
-            su = (await c.get(cls, obis, 3))["value"]
-            info = codec.unit_info(int(su[1]["value"]))
-            scalers[i] = (int(su[0]["value"]), info[0] if info else "")
-    access = codec.range_descriptor(
-        dt.datetime.fromtimestamp(start, clock.zone), dt.datetime.fromtimestamp(end, clock.zone)
-    )
-    entries = (await c.get(7, obj, 2, access=access))["value"]
+            scalers[i] = await _scaler_unit(c, cls, obis)
+    entries = await _entries(c, obj, start, end, clock)
     clock_i = next((i for i, (cls, _) in enumerate(columns) if cls == 8), None)
     status_i = next(
         (i for i, (cls, o) in enumerate(columns) if cls == 1 and o.startswith("0.0.96.10.")), None
@@ -512,13 +521,10 @@ async def _registers(
     ts = int(clock.parse(await c.get(8, clock_obj, 2)).timestamp())
     rows: list[list[Any]] = []
     for obis in obises:
-        su = (await c.get(3, obis, 3))["value"]
-        info = codec.unit_info(int(su[1]["value"]))
+        scaler, unit = await _scaler_unit(c, 3, obis)
         v = (await c.get(3, obis, 2))["value"]
         if isinstance(v, int | float):
-            rows.append(
-                [obis, ts, float(v) * 10.0 ** int(su[0]["value"]), info[0] if info else "", 0]
-            )
+            rows.append([obis, ts, float(v) * 10.0**scaler, unit, 0])
     return rows
 
 
@@ -526,20 +532,15 @@ async def _event_log(
     c: MeterClient, obj: str, start: int, end: int, clock: MeterClock
 ) -> list[list[int]]:
     """The event log's entries with clock in [start, end] as [ts, code]."""
-    captured = (await c.get(7, obj, 3))["value"]
-    columns = [(int(col["value"][0]["value"]), _obis_text(col["value"][1])) for col in captured]
+    columns = await _columns(c, obj)
     clock_i = next((i for i, (cls, _) in enumerate(columns) if cls == 8), None)
     code_i = next((i for i, (cls, _) in enumerate(columns) if cls != 8), None)
     if clock_i is None or code_i is None:
         raise ClientError(f"event log {obj} of meter {c.serial} lacks a clock or a code column")
-    access = codec.range_descriptor(
-        dt.datetime.fromtimestamp(start, clock.zone), dt.datetime.fromtimestamp(end, clock.zone)
-    )
-    out = []
-    for e in (await c.get(7, obj, 2, access=access))["value"]:
-        values = e["value"]
-        out.append([int(clock.parse(values[clock_i]).timestamp()), int(values[code_i]["value"])])
-    return out
+    return [
+        [int(clock.parse(e["value"][clock_i]).timestamp()), int(e["value"][code_i]["value"])]
+        for e in await _entries(c, obj, start, end, clock)
+    ]
 
 
 async def _daily(
@@ -549,9 +550,9 @@ async def _daily(
     `profile_from`, the event log since `events_from` (each where the model has it)."""
     clock = MeterClock.of(model)
     until = int(args.get("to") or time.time())
-    registers = [o for o in objects.get("billing_registers", "").split(",") if o.strip()]
+    registers = [o.strip() for o in objects.get("billing_registers", "").split(",")]
     rows = await _registers(
-        c, [o.strip() for o in registers], objects.get("clock", codec.CLOCK), clock
+        c, [o for o in registers if o], objects.get("clock", codec.CLOCK), clock
     )
     out: dict[str, Any] = {"registers": len(rows), "entries": 0, "events": []}
     if objects.get("load_profile") and args.get("profile_from") is not None:

@@ -29,7 +29,7 @@ import msgpack
 
 from headend import codec, logs
 from headend.clock import Clock
-from headend.commands import CommandQueue, Scheduler
+from headend.commands import Command, CommandQueue, Scheduler
 from headend.config import Config, from_dict
 from headend.errors import HeadendError
 from headend.server import ipc
@@ -392,8 +392,7 @@ class StoreService:
             f"SELECT serial, ek, ak, password FROM {db}.meter_keys FINAL WHERE serial IN %(s)s",
             {"s": list(found)},
         )
-        key_of = {k[0]: (k[1], k[2]) for k in keys}
-        password_of = {k[0]: k[3] for k in keys}
+        key_of = {k[0]: k[1:] for k in keys}
         meter_titles = [r[2] for r in rows if r[2]]
         counters: dict[str, tuple[int, int]] = {}
         if meter_titles:
@@ -406,7 +405,7 @@ class StoreService:
             counters = {c[0]: (int(c[1]), int(c[2])) for c in crows}
         out = []
         for serial, model, title, node in rows:
-            ek, ak = key_of.get(serial, ("", ""))
+            ek, ak, password = key_of.get(serial, ("", "", ""))
             last, nxt = counters.get(title, (-1, 0))
             out.append(
                 {
@@ -417,9 +416,7 @@ class StoreService:
                     "system_title_hex": title,
                     "ek": bytes.fromhex(ek) if ek else None,
                     "ak": bytes.fromhex(ak) if ak else None,
-                    "password": bytes.fromhex(password_of[serial])
-                    if password_of.get(serial)
-                    else None,
+                    "password": bytes.fromhex(password) if password else None,
                     "last_received": last,
                     "next_sent": nxt,
                 }
@@ -600,21 +597,26 @@ class StoreService:
             "commands": {**self.commands.stats(), "polled_readings": self.polled},
         }
 
+    def _queue(
+        self, item: dict[str, Any], node: str, requested_by: str, reason: str = ""
+    ) -> Command:
+        """Queues one command item ({serial, kind, args, reason, expires_in})."""
+        return self.commands.submit(
+            str(item["serial"]),
+            str(item["kind"]),
+            item.get("args") or {},
+            requested_by=requested_by,
+            reason=str(item.get("reason") or reason),
+            node_id=node,
+            expires_in=None if item.get("expires_in") is None else float(item["expires_in"]),
+        )
+
     async def submit_command(self, req: dict[str, Any]) -> dict[str, Any]:
         """Queues a command for a meter (admin socket and HTTP API alike) and waits up to
         `wait` seconds for its outcome."""
-        serial = str(req["serial"])
         loop = asyncio.get_running_loop()
-        node = await loop.run_in_executor(None, self.commands.node_of, serial)
-        c = self.commands.submit(
-            serial,
-            str(req["kind"]),
-            req.get("args") or {},
-            requested_by=str(req.get("requested_by") or "operator"),
-            reason=str(req.get("reason") or ""),
-            node_id=node,
-            expires_in=None if req.get("expires_in") is None else float(req["expires_in"]),
-        )
+        node = await loop.run_in_executor(None, self.commands.node_of, str(req["serial"]))
+        c = self._queue(req, node, str(req.get("requested_by") or "operator"))
         self.commands.dispatch()
         wait = float(req.get("wait", self.cfg.commands.wait))
         if wait > 0:
@@ -635,19 +637,10 @@ class StoreService:
             try:
                 if not isinstance(it, dict) or "serial" not in it or "kind" not in it:
                     raise HeadendError("expected an object with serial and kind")
-                serial = str(it["serial"])
-                if serial not in nodes:
-                    raise HeadendError(f"unknown meter {serial!r}")
-                c = self.commands.submit(
-                    serial,
-                    str(it["kind"]),
-                    it.get("args") or {},
-                    requested_by=requested_by,
-                    reason=str(it.get("reason") or reason),
-                    node_id=nodes[serial],
-                    expires_in=None if it.get("expires_in") is None else float(it["expires_in"]),
-                )
-                queued.append(c.public())
+                node = nodes.get(str(it["serial"]))
+                if node is None:
+                    raise HeadendError(f"unknown meter {str(it['serial'])!r}")
+                queued.append(self._queue(it, node, requested_by, reason).public())
             except (HeadendError, TypeError, ValueError) as e:
                 rejected.append({"index": index, "reason": str(e)})
         self.commands.dispatch()

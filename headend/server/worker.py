@@ -224,6 +224,8 @@ class Worker:
         self.online: dict[str, tuple[MeterProtocol, int, int]] = {}
         # Each loaded meter's grid node, so the store can count meters online per node.
         self.node_of: dict[str, str] = {}
+        # online_by_node() recounts only after `online` changed.
+        self._online_counts: dict[str, int] | None = None
         self.jobs: dict[str, dict[str, Any]] = {}
         self.wanted: dict[str, list[str]] = {}
         self.busy: set[str] = set()
@@ -323,6 +325,7 @@ class Worker:
                 _, meter, serial, source = ev
                 proto.peer_logger().meter = serial
                 self.online[serial] = (proto, meter, source)
+                self._online_counts = None
                 if serial in self.wanted:
                     self._start_jobs(serial)
             elif kind == "reject":
@@ -380,7 +383,10 @@ class Worker:
         """Puts looked-up meters (and the store's "unknown" answers) into the directory."""
         until = int(time.time() + self.cfg.server.unknown_meter_ttl)
         for m in reply.get("meters", []):
-            self.node_of[m["serial"]] = m.get("node_id") or ""
+            node = m.get("node_id") or ""
+            if self.node_of.get(m["serial"]) != node:  # new, or moved by a re-import
+                self.node_of[m["serial"]] = node
+                self._online_counts = None
             try:
                 self.directory.add_meter(
                     m["serial"],
@@ -551,7 +557,6 @@ class Worker:
                 source=source,
                 link=link,
                 own_title=self.own_title,
-                client_address=self.cfg.commands.client_address,
                 timeout=self.cfg.commands.request_timeout,
                 touched=self._touch,
             )
@@ -577,6 +582,7 @@ class Worker:
                 c.fail("the meter's connection closed")
         for serial in [s for s, w in self.online.items() if w[0] is proto]:
             del self.online[serial]
+            self._online_counts = None
 
     async def _refresh(self, serials: list[str]) -> None:
         """Re-reads meters this worker knows after they were re-imported."""
@@ -688,12 +694,14 @@ class Worker:
 
     def online_by_node(self) -> dict[str, int]:
         """Meters identified on this worker's connections now, counted per grid node."""
-        counts: dict[str, int] = {}
-        node_of = self.node_of
-        for serial in self.online:
-            node = node_of.get(serial, "")
-            counts[node] = counts.get(node, 0) + 1
-        return counts
+        if self._online_counts is None:
+            counts: dict[str, int] = {}
+            node_of = self.node_of
+            for serial in self.online:
+                node = node_of.get(serial, "")
+                counts[node] = counts.get(node, 0) + 1
+            self._online_counts = counts
+        return self._online_counts
 
     async def _sweep(self) -> None:
         """Closes connections that never spoke or went quiet."""

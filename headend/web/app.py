@@ -34,7 +34,7 @@ log = logging.getLogger("headend.web")
 
 STATIC = Path(__file__).parent / "static"
 # Debian's libjs-leaflet and libjs-chart.js, served under /vendor/.
-VENDOR = {"leaflet": "leaflet", "chart.js": "chart.js"}
+VENDOR = ("leaflet", "chart.js")
 MAX_BODY = 32 << 20
 MAX_LIMIT = 10_000
 
@@ -525,9 +525,9 @@ class Api:
         r.add_post("/api/billing/accounts", self.billing_accounts)
         r.add_static("/static/", STATIC)
         js = Path(self.cfg.js_dir)
-        for prefix, sub in VENDOR.items():
+        for sub in VENDOR:
             if (js / sub).is_dir():
-                r.add_static(f"/vendor/{prefix}/", js / sub)
+                r.add_static(f"/vendor/{sub}/", js / sub)
             else:
                 log.warning("%s not found: the page needs Debian's libjs-%s", js / sub, sub)
         return app

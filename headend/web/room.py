@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from headend.balance import ADMIN_LEVELS, FLOW, HOUR, LOCAL, NETWORK_LEVELS
+from headend.balance import ADMIN_LEVELS, FLOW, HOUR, LOCAL, NETWORK_LEVELS, last_period
 from headend.balance import obis_int as _obis
 from headend.commands import latest_meters
 
@@ -32,9 +32,9 @@ CHAIN = ("generation", *NETWORK_LEVELS)
 
 
 def local_day_start(t: float) -> int:
-    """The Unix time at which the Tashkent day holding `t` began."""
-    d = dt.datetime.fromtimestamp(t, LOCAL)
-    return int(d.replace(hour=0, minute=0, second=0, microsecond=0).timestamp())
+    """The Unix time at which the Tashkent day holding `t` began (the end of the last
+    whole day)."""
+    return last_period("day", int(t))[1]
 
 
 def local_date(t: float) -> str:
@@ -184,7 +184,7 @@ class Snapshot:
 
     def summary(self) -> dict[str, Any]:
         republic = [self.nodes[r] for r in self.roots if self.nodes[r].level == "republic"]
-        top = republic[0] if republic else None
+        top = republic[0].public() if republic else {}
         meters = sum(self.nodes[r].meters for r in self.roots)
         online = sum(self.nodes[r].online for r in self.roots)
         return {
@@ -194,8 +194,8 @@ class Snapshot:
             "meters": meters,
             "online": online,
             "consumers": sum(self.nodes[r].consumers for r in self.roots),
-            "today": top.public()["today"] if top else {},
-            "load": top.public()["load"] if top else {},
+            "today": top.get("today", {}),
+            "load": top.get("load", {}),
             "nodes": len(self.nodes),
             "seconds": round(self.seconds, 3),
         }
@@ -222,10 +222,9 @@ def snapshot(store: Any, db: str, now: float, online: dict[str, int]) -> Snapsho
         else:
             parent.children.append(n)
     _, rows = store.query(
-        "SELECT m.node_id, countIf(r.role = 'consumer'), count() "
-        f"FROM {latest_meters(db)} AS m "
-        f"INNER JOIN (SELECT serial, argMax(role, updated_at) AS role FROM {db}.meters "
-        "GROUP BY serial) AS r USING serial GROUP BY m.node_id"
+        "SELECT node, countIf(role = 'consumer'), count() FROM ("
+        "SELECT serial, argMax(node_id, updated_at) AS node, argMax(role, updated_at) AS role "
+        f"FROM {db}.meters GROUP BY serial) GROUP BY node"
     )
     for node_id, consumers, meters in rows:
         if node_id in nodes:
@@ -425,8 +424,8 @@ def health(
                     "offline": r["meters"] - r["online"],
                 }
             )
-    meters = snap.summary()["meters"] if snap else 0
-    online = snap.summary()["online"] if snap else 0
+    summary = snap.summary() if snap else {"meters": 0, "online": 0}
+    meters, online = summary["meters"], summary["online"]
     return {
         "meters": meters,
         "online": online,
