@@ -336,6 +336,9 @@ class Session:
         ("reject", reason, message, meter | None)."""
     def retry(self, now: int, directory: Directory, sink: RowSink) -> list[tuple[Any, ...]]:
         """Runs the APDUs that waited for a meter lookup again."""
+    def bind(self, source: int, meter: int) -> None:
+        """Binds a directory meter to link address `source` on this connection (one the
+        head-end opened to a listening meter)."""
     @property
     def peer(self) -> str: ...
     @property

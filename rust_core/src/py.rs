@@ -1187,6 +1187,12 @@ impl Session {
         self.inner.pending()
     }
 
+    /// Binds meter `meter` (a directory id) to link address `source` on this
+    /// connection: the head-end dialled it, so it is known before it speaks.
+    fn bind(&mut self, source: u32, meter: u32) {
+        self.inner.bind(source, meter)
+    }
+
     /// Bytes of a partial frame held back.
     #[getter]
     fn buffered(&self) -> usize {

@@ -282,6 +282,20 @@ impl Session {
         self.stream.framing()
     }
 
+    /// Says which meter answers at link address `source` on this connection, before it
+    /// has sent anything: a connection the head-end opened to a listening meter. The
+    /// meter's responses are then deciphered with its keys like those of a meter that
+    /// identified itself.
+    pub fn bind(&mut self, source: u32, meter: u32) {
+        match self.learned.iter_mut().find(|(s, _)| *s == source) {
+            Some(e) => e.1 = meter,
+            None => self.learned.push((source, meter)),
+        }
+        if !self.stats.meters.contains(&meter) {
+            self.stats.meters.push(meter);
+        }
+    }
+
     /// Bytes from the peer (empty: the peer closed).
     pub fn feed(
         &mut self,
@@ -998,6 +1012,45 @@ mod tests {
             &mut out,
         );
         assert!(matches!(out.last(), Some(SessionEvent::Reject { kind: "malformed", .. })), "{out:?}");
+    }
+
+    #[test]
+    fn a_bound_address_deciphers_before_the_meter_speaks() {
+        // A connection the head-end dialled: no push has named the meter, so a
+        // service-specific glo APDU (no title) has no sender until the address is bound.
+        let (mut d, mut sink) = (dir(), RowSink::new());
+        let event = Apdu::EventNotification(EventNotification {
+            time: None,
+            attribute: AttributeDescriptor {
+                class_id: 1,
+                instance_id: ObisCode::new(0, 0, 96, 11, 0, 255),
+                attribute_id: 2,
+            },
+            value: Data::Unsigned(40),
+        })
+        .to_bytes()
+        .unwrap();
+        let keys = Keys::new(&[1; 16], &[2; 16]);
+        let frame = |ic: u32| {
+            let c = encipher_with(&keys, CipheredKind(0xCA), SecurityControl(0x30), &ST, ic, &event).unwrap();
+            wrapper::encode(1, 1, &Apdu::Ciphered(c).to_bytes().unwrap()).unwrap()
+        };
+        let mut out = Vec::new();
+        let mut unbound = new_session();
+        unbound.feed(&frame(5), 1_800_000_000, &mut d, &mut sink, &mut out);
+        assert!(matches!(out.last(), Some(SessionEvent::Reject { kind: "malformed", .. })), "{out:?}");
+        let meter = d.by_serial(b"E1").unwrap();
+        let mut bound = new_session();
+        bound.bind(1, meter);
+        out.clear();
+        let before = sink.events_rows(); // the refusal above is an events row too
+        bound.feed(&frame(6), 1_800_000_000, &mut d, &mut sink, &mut out);
+        assert!(out.is_empty(), "{out:?}");
+        assert_eq!(sink.events_rows(), before + 1);
+        assert_eq!(bound.stats.meters, vec![meter]);
+        // Another address on the same connection is still nobody.
+        bound.feed(&wrapper::encode(2, 1, &[0xCA]).unwrap(), 1_800_000_000, &mut d, &mut sink, &mut out);
+        assert!(matches!(out.last(), Some(SessionEvent::Reject { .. })), "{out:?}");
     }
 
     #[test]
