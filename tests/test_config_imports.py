@@ -186,6 +186,46 @@ def test_a_system_title_moves_with_its_meter(tmp_path: Path, store: Store) -> No
     assert title_owners(store, "ami", [t1, t2]) == {t1: "B", t2: "A"}
 
 
+def test_listening_meters_get_an_address(tmp_path: Path, store: Store) -> None:
+    """The optional address column: stored in canonical form, a bad one rejects its
+    row with the reason, and files without the column still load (no address)."""
+    (tmp_path / "grid.csv").write_text(GRID)
+    import_grid(tmp_path / "grid.csv", store)
+    header = "serial,kind,role,node_id,account_id,model,system_title,ek,ak,password,lat,lon"
+    models = profiles.kinds(profiles.load_all(REPO_ROOT / "protocols" / "profiles"))
+    master = codec.MasterKey(bytes(range(32)))
+    rows = [
+        "L1,electricity,consumer,T1,A1,e1ph,,,,,41,69,10.2.0.7:4059",
+        "L2,electricity,consumer,T1,A2,e1ph,,,,,41,69,hdlc://meter-2.example:5000",
+        "L3,gas,consumer,G1,A3,gas-g4,,,,,41,69,wrapper://[fd00::7]:4059/3",
+        "L4,electricity,consumer,T1,A4,e1ph,,,,,41,69,",
+        "L5,electricity,consumer,T1,A5,e1ph,,,,,41,69,10.2.0.7",
+        "L6,electricity,consumer,T1,A6,e1ph,,,,,41,69,ftp://10.2.0.7:21",
+        "L7,electricity,consumer,T1,A7,e1ph,,,,,41,69,10.2.0.7:70000",
+    ]
+    (tmp_path / "m.csv").write_text(f"{header},address\n" + "\n".join(rows) + "\n")
+    r = import_meters(tmp_path / "m.csv", store, master, models)
+    assert r.loaded == 4
+    assert [(line, reason) for line, reason in r.bad] == [
+        (6, "address '10.2.0.7': expected HOST:PORT, got '10.2.0.7'"),
+        (7, "address 'ftp://10.2.0.7:21': scheme 'ftp' is not wrapper:// or hdlc://"),
+        (8, "port 70000 is outside 1..65535"),
+    ]
+    _, got = store.query("SELECT serial, address FROM ami.meters FINAL ORDER BY serial")
+    assert got == [
+        ("L1", "wrapper://10.2.0.7:4059/1"),
+        ("L2", "hdlc://meter-2.example:5000/1/17"),
+        ("L3", "wrapper://[fd00::7]:4059/3"),
+        ("L4", ""),
+    ]
+    # Without the column: loaded, and the address is cleared.
+    (tmp_path / "m.csv").write_text(f"{header}\n{rows[0].rsplit(',', 1)[0]}\n")
+    r = import_meters(tmp_path / "m.csv", store, master, models)
+    assert (r.loaded, r.bad) == (1, [])
+    _, got = store.query("SELECT address FROM ami.meters FINAL WHERE serial = 'L1'")
+    assert got == [("",)]
+
+
 def test_empty_and_headerless_files(tmp_path: Path, store: Store) -> None:
     (tmp_path / "empty.csv").write_text("")
     assert import_grid(tmp_path / "empty.csv", store).lines() == [

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from headend import meter_address
 from headend.codec import MasterKey
 from headend.keys import wrap
 
@@ -35,6 +36,8 @@ METER_COLUMNS = [
     "lat",
     "lon",
 ]
+# Columns a meters file may leave out (then empty): where a listening meter is reached.
+OPTIONAL_METER_COLUMNS = ["address"]
 LEVELS = (
     "republic",
     "region",
@@ -83,7 +86,7 @@ class ImportReport:
 
 
 def _read(
-    path: Path, columns: list[str], report: ImportReport
+    path: Path, columns: list[str], report: ImportReport, optional: Sequence[str] = ()
 ) -> Iterable[tuple[int, dict[str, str]]]:
     try:
         f = open(path, newline="", encoding="utf-8-sig")  # noqa: SIM115 - closed below
@@ -107,7 +110,8 @@ def _read(
                 (1, f"header lacks column(s) {', '.join(missing)}; expected {','.join(columns)}")
             )
             return
-        extra = [h for h in header if h not in columns]
+        extra = [h for h in header if h not in columns and h not in optional]
+        absent = {c: "" for c in optional if c not in header}
         if extra:
             report.bad.append((1, f"unknown column(s) {', '.join(extra)} ignored"))
         while True:
@@ -125,7 +129,10 @@ def _read(
                     (reader.line_num, f"{len(row)} fields where the header has {len(header)}")
                 )
                 continue
-            yield reader.line_num, {h: v.strip() for h, v in zip(header, row, strict=True)}
+            yield (
+                reader.line_num,
+                {**absent, **{h: v.strip() for h, v in zip(header, row, strict=True)}},
+            )
 
 
 def _coord(text: str, name: str, lo: float, hi: float) -> float:
@@ -209,7 +216,7 @@ def import_meters(
     serials: dict[str, int] = {}
     titles: dict[str, str] = {}
     now = _now()
-    for line, r in _read(path, METER_COLUMNS, report):
+    for line, r in _read(path, METER_COLUMNS, report, OPTIONAL_METER_COLUMNS):
         try:
             serial = r["serial"]
             if not ID.match(serial):
@@ -252,6 +259,7 @@ def import_meters(
                 raise ValueError("password longer than 64 characters")
             lat = _coord(r["lat"], "lat", -90, 90)
             lon = _coord(r["lon"], "lon", -180, 180)
+            address = meter_address.parse(r["address"])
         except ValueError as e:
             report.bad.append((line, str(e)))
             continue
@@ -259,7 +267,19 @@ def import_meters(
         if title:
             titles[title] = serial
         meters.append(
-            [serial, r["kind"], r["role"], node, r["account_id"], model, title, lat, lon, now]
+            [
+                serial,
+                r["kind"],
+                r["role"],
+                node,
+                r["account_id"],
+                model,
+                title,
+                lat,
+                lon,
+                str(address) if address else "",
+                now,
+            ]
         )
         # Every meter gets a keys row, empty when it has none: re-importing a meter
         # without keys removes the old ones.
@@ -289,13 +309,17 @@ def import_meters(
             )
         meters = [m for m in meters if m[0] not in bad_serials]
         keys = [k for k in keys if k[0] not in bad_serials]
-    cols = [*[c for c in METER_COLUMNS if c not in ("ek", "ak", "password")], "updated_at"]
+    cols = [
+        *[c for c in METER_COLUMNS if c not in ("ek", "ak", "password")],
+        *OPTIONAL_METER_COLUMNS,
+        "updated_at",
+    ]
     key_cols = ["serial", "system_title", "ek", "ak", "password", "master_key", "updated_at"]
     for i in range(0, len(meters), CHUNK):
         store.insert_rows("meters", cols, meters[i : i + CHUNK])
     for i in range(0, len(keys), CHUNK):
         store.insert_rows("meter_keys", key_cols, keys[i : i + CHUNK])
-    indexed = [[m[6], m[0], m[9]] for m in meters if m[6]]
+    indexed = [[m[6], m[0], m[-1]] for m in meters if m[6]]
     for i in range(0, len(indexed), CHUNK):
         store.insert_rows(
             "meter_titles", ["system_title", "serial", "updated_at"], indexed[i : i + CHUNK]
