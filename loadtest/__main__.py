@@ -1,6 +1,7 @@
 """The simulated fleet's command line.
 
     python -m loadtest grid --meters N [--gas-share 0.3] --out DIR [--seed S] [--plain]
+                            [--listening F]
     python -m loadtest run  --meters N --interval S --duration S [--encrypt] ...
     python -m loadtest score --run DIR --from T --to T
 
@@ -36,6 +37,13 @@ def main(argv: list[str] | None = None) -> int:
         default=0.03,
         help="about this share of consumers steal (default 0.03)",
     )
+    g.add_argument(
+        "--listening",
+        type=float,
+        default=0.0,
+        help="share of consumer meters that listen on 127.1.x.y for the head-end to dial "
+        "(an address column; default 0)",
+    )
     from loadtest import driver
 
     driver.add_arguments(
@@ -58,6 +66,7 @@ def main(argv: list[str] | None = None) -> int:
                 seed=args.seed,
                 plain=args.plain,
                 theft_share=args.theft_share,
+                listening=args.listening,
             )
         except ValueError as e:
             print(f"loadtest grid: {e}", file=sys.stderr)

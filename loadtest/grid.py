@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from headend.store.imports import GRID_COLUMNS, METER_COLUMNS
+from headend.store.imports import GRID_COLUMNS, METER_COLUMNS, OPTIONAL_METER_COLUMNS
 
 # The 14 first-level divisions: (code, name, latitude, longitude, population in
 # millions, about 2023). Centres are the capitals (Tashkent region: Nurafshon).
@@ -56,7 +56,10 @@ REGIONS = [
 
 # The import formats (DESIGN.md section 7), as `headend grid|meters import` reads them.
 GRID_HEADER = GRID_COLUMNS
-METER_HEADER = METER_COLUMNS
+METER_HEADER = [*METER_COLUMNS, *OPTIONAL_METER_COLUMNS]
+# Listening meters (the head-end dials them) get loopback addresses the simulator can
+# bind: 127.1.x.y, ports 10000-29999 (below Linux's ephemeral range).
+LISTEN_PORTS = 20_000
 
 
 @dataclass
@@ -174,6 +177,7 @@ class Generator:
                 password,
                 f"{lat:.5f}",
                 f"{lon:.5f}",
+                "",
             ]
         )
         return serial
@@ -461,7 +465,26 @@ def generate(
     seed: int = 1,
     plain: bool = False,
     theft_share: float = 0.03,
+    listening: float = 0.0,
 ) -> Fleet:
+    """`listening`: the share of consumer meters that listen for the head-end instead of
+    connecting to it (every fourth of them speaks HDLC); they get an `address`."""
     fleet = Generator(meters, gas_share, seed, plain, theft_share).build()
+    if listening > 0:
+        listen(fleet, listening, seed)
     write(fleet, out)
     return fleet
+
+
+def listen(fleet: Fleet, share: float, seed: int) -> None:
+    """Gives a share of the consumer meters loopback addresses to listen on."""
+    rnd = random.Random(seed ^ 0x11573)  # noqa: S311 - a simulation's choice
+    k = 0
+    for m in fleet.meters:
+        if m[2] != "consumer" or rnd.random() >= share:
+            continue
+        host = k // LISTEN_PORTS
+        ip = f"127.1.{host // 250}.{host % 250 + 1}"
+        port = 10_000 + k % LISTEN_PORTS
+        m[-1] = f"hdlc://{ip}:{port}/1/17" if k % 4 == 3 else f"{ip}:{port}"
+        k += 1

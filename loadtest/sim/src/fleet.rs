@@ -9,6 +9,7 @@
 
 use std::collections::HashMap;
 use std::fs::File;
+use std::net::SocketAddr;
 use std::path::Path;
 
 use headend_core::security::{Keys, SystemTitle};
@@ -81,6 +82,8 @@ pub struct MeterSpec {
     pub drift: i64,
     /// Stable identity for per-meter random streams.
     pub key: u64,
+    /// Where it listens for the head-end (HDLC or wrapper), if it does not connect.
+    pub address: Option<(bool, SocketAddr)>,
 }
 
 /// A grid node as the simulator needs it.
@@ -100,6 +103,25 @@ pub struct Endpoint {
     pub meters: Vec<u32>,
     pub hdlc: bool,
     pub concentrator: bool,
+    /// A meter that listens here for the head-end instead of connecting to it.
+    pub listen: Option<SocketAddr>,
+}
+
+/// A meters.csv `address`: (framing is HDLC, where to listen). The simulated meter
+/// answers on wrapper port 1 and HDLC server address 1/17 whatever the path says.
+pub fn parse_address(text: &str) -> Result<Option<(bool, SocketAddr)>, String> {
+    if text.is_empty() {
+        return Ok(None);
+    }
+    let (hdlc, rest) = match text.split_once("://") {
+        Some(("hdlc", r)) => (true, r),
+        Some(("wrapper", r)) => (false, r),
+        Some((scheme, _)) => return Err(format!("address {text:?}: unknown scheme {scheme:?}")),
+        None => (false, text),
+    };
+    let hostport = rest.split('/').next().unwrap_or("");
+    let addr: SocketAddr = hostport.parse().map_err(|e| format!("address {text:?}: {e} (an IP address and port)"))?;
+    Ok(Some((hdlc, addr)))
 }
 
 /// Options that shape the fleet (not the run).
@@ -155,6 +177,7 @@ struct Row {
     ek: String,
     ak: String,
     password: String,
+    address: Option<(bool, SocketAddr)>,
     line: usize,
 }
 
@@ -222,6 +245,7 @@ impl Fleet {
                 ek: f(7),
                 ak: f(8),
                 password: f(9),
+                address: parse_address(&f(12)).map_err(|e| format!("meters.csv line {line}: {e}"))?,
                 line,
             });
         }
@@ -383,6 +407,7 @@ impl Fleet {
                 alarm,
                 drift,
                 key,
+                address: r.address,
             });
         }
 
@@ -408,6 +433,10 @@ fn group_endpoints(seed: u64, nodes: &[Node], meters: &[MeterSpec], opts: &Fleet
     let mut out = Vec::new();
     let mut by_node: HashMap<u32, usize> = HashMap::new();
     for (i, m) in meters.iter().enumerate() {
+        if let Some((hdlc, at)) = m.address {
+            out.push(Endpoint { meters: vec![i as u32], hdlc, concentrator: false, listen: Some(at) });
+            continue;
+        }
         let n = &nodes[m.node as usize];
         let behind = !m.balance
             && !m.model.is_gas()
@@ -422,12 +451,12 @@ fn group_endpoints(seed: u64, nodes: &[Node], meters: &[MeterSpec], opts: &Fleet
                 }
             }
             by_node.insert(m.node, out.len());
-            out.push(Endpoint { meters: vec![i as u32], hdlc: false, concentrator: true });
+            out.push(Endpoint { meters: vec![i as u32], hdlc: false, concentrator: true, listen: None });
         } else {
-            out.push(Endpoint { meters: vec![i as u32], hdlc: false, concentrator: false });
+            out.push(Endpoint { meters: vec![i as u32], hdlc: false, concentrator: false, listen: None });
         }
     }
-    for ep in &mut out {
+    for ep in out.iter_mut().filter(|e| e.listen.is_none()) {
         let first = &meters[ep.meters[0] as usize];
         ep.hdlc = unit(first.key ^ 0x4D1C) < opts.hdlc;
     }

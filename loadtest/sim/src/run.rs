@@ -14,7 +14,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use headend_core::datetime::{DateTime, DeviationSign};
 use tokio::io::AsyncWriteExt;
-use tokio::net::{TcpSocket, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::watch;
 use tokio::time::{sleep, sleep_until, Instant};
 
@@ -34,6 +34,8 @@ Connection
   --source A[,B...]      local addresses to connect from, round robin (default 127.0.0.1);
                          each address has about 28,000 ports to a given head-end port
   --connect-rate N       new connections per second at start (default 5000)
+                         Meters with an address in meters.csv listen there instead and
+                         push nothing of their own: the head-end dials and reads them
 Fleet
   --partition K/P        run partition K of P (default 0/1); run P processes for P parts
   --limit N              at most N meters of the partition
@@ -271,6 +273,9 @@ pub struct Stats {
     aborted_pushes: Cell<u64>,
     unconfirmed_closes: Cell<u64>,
     storms: Cell<u64>,
+    /// Meters listening for the head-end, and those that could not bind their address.
+    listening: Cell<u64>,
+    listen_failures: Cell<u64>,
     max_lag: Cell<f64>,
 }
 
@@ -417,7 +422,11 @@ pub fn run(opt: Options) -> Result<(), String> {
         }
         let mut tasks = Vec::new();
         for e in 0..sh.fleet.endpoints.len() {
-            tasks.push(tokio::task::spawn_local(endpoint(sh.clone(), e)));
+            if sh.fleet.endpoints[e].listen.is_some() {
+                tasks.push(tokio::task::spawn_local(listener(sh.clone(), e)));
+            } else {
+                tasks.push(tokio::task::spawn_local(endpoint(sh.clone(), e)));
+            }
         }
         let status = tokio::task::spawn_local(status_lines(sh.clone()));
         for &at in &sh.opt.storm_at {
@@ -482,7 +491,8 @@ fn print_status(sh: &Shared, last: bool) {
             "\"alarms\":{},\"events\":{},\"skipped\":{},\"dropped_offline\":{},\"requests\":{},\"responses\":{},",
             "\"disconnects\":{},\"reconnects\":{},\"bytes_out\":{},\"bytes_in\":{},\"link_errors\":{},",
             "\"faults\":{{\"drop\":{},\"garbage\":{},\"stall\":{},\"storms\":{}}},\"aborted_pushes\":{},",
-            "\"unconfirmed_closes\":{},\"max_lag_s\":{:.3},\"meters_left\":{}}}"
+            "\"unconfirmed_closes\":{},\"listening\":{},\"listen_failures\":{},\"max_lag_s\":{:.3},",
+            "\"meters_left\":{}}}"
         ),
         last,
         sh.opt.fleet.partition,
@@ -513,6 +523,8 @@ fn print_status(sh: &Shared, last: bool) {
         s.storms.get(),
         s.aborted_pushes.get(),
         s.unconfirmed_closes.get(),
+        s.listening.get(),
+        s.listen_failures.get(),
         s.max_lag.get(),
         sh.meters_left.get(),
     );
@@ -758,6 +770,67 @@ async fn endpoint(sh: Rc<Shared>, ep: usize) {
             End::Storm => Some(Instant::now()),
             End::Closed | End::Fault => Some(Instant::now() + Duration::from_secs_f64(rng.uniform(1.0, 5.0))),
         };
+    }
+}
+
+fn bind_listener(at: SocketAddr) -> std::io::Result<TcpListener> {
+    let sock = if at.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+    sock.set_reuseaddr(true)?;
+    sock.bind(at)?;
+    sock.listen(16)
+}
+
+/// A meter that listens for the head-end instead of connecting: it pushes nothing on
+/// its own (the head-end reads it), answers one connection at a time, and pushes its
+/// disconnector and clock events on the connection that caused them.
+async fn listener(sh: Rc<Shared>, ep: usize) {
+    let e = &sh.fleet.endpoints[ep];
+    let at = e.listen.expect("a listening endpoint");
+    if sh.opt.pushes.is_some() {
+        // No pushes of its own: the run's end does not wait for it.
+        sh.meters_left.set(sh.meters_left.get().saturating_sub(e.meters.len()));
+    }
+    let listen = match bind_listener(at) {
+        Ok(l) => l,
+        Err(err) => {
+            eprintln!("headend-sim: cannot listen on {at}: {err}");
+            inc(&sh.stats.listen_failures, 1);
+            return;
+        }
+    };
+    inc(&sh.stats.listening, 1);
+    let mut slots: Vec<Slot> = e.meters.iter().map(|&m| first_slot(&sh, m)).collect();
+    for s in &mut slots {
+        s.left = Some(0);
+    }
+    let mut queue: VecDeque<Outgoing> = VecDeque::new();
+    let mut rng = Rng::new(sh.fleet.meters[e.meters[0] as usize].key ^ 0x115E);
+    let mut epoch_rx = sh.epoch.subscribe();
+    loop {
+        let sock = tokio::select! {
+            r = listen.accept() => match r {
+                Ok((s, _)) => s,
+                Err(_) => {
+                    sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            _ = epoch_rx.changed() => {
+                if sh.stopping() {
+                    return;
+                }
+                continue;
+            }
+        };
+        let _ = sock.set_nodelay(true);
+        inc(&sh.stats.connects, 1);
+        inc(&sh.stats.connected, 1);
+        let epoch = *epoch_rx.borrow_and_update();
+        let end = connection(&sh, ep, &mut slots, &mut queue, sock, &mut rng, &mut epoch_rx, epoch).await;
+        sh.stats.connected.set(sh.stats.connected.get() - 1);
+        if matches!(end, End::Stop) {
+            return;
+        }
     }
 }
 
