@@ -3,7 +3,9 @@ reads for meters, ordered per meter, retried with backoff, surviving restarts.
 
 The store process owns it. A command is offered to every worker; the worker holding
 the meter's connection (now, or when the meter next connects) claims it, runs it in
-one association (``headend/server/client.py``) and reports the outcome. Every state a
+one association (``headend/server/client.py``) and reports the outcome. A meter with
+an ``address`` (one that listens instead of connecting) is offered to one worker,
+chosen by its serial, which dials it. Every state a
 command passes through is a row in ``commands`` (view ``command_status``): that table
 is the audit trail and, on restart, the queue itself.
 
@@ -21,6 +23,7 @@ import json
 import logging
 import time
 import uuid
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -93,6 +96,8 @@ class Command:
     verified_state: str = ""
     offered: set[int] = field(default_factory=set)
     last_ts: float = 0.0
+    # Where a listening meter is dialled ("": it connects in); None until looked up.
+    address: str | None = None
 
     def job(self) -> dict[str, Any]:
         return {
@@ -101,6 +106,7 @@ class Command:
             "kind": self.kind,
             "args": self.args,
             "priority": self.priority,
+            "address": self.address or "",
         }
 
     def public(self) -> dict[str, Any]:
@@ -184,6 +190,7 @@ class CommandQueue:
         self.latency: list[float] = []
         self._rows: list[list[Any]] = []
         self._wake = asyncio.Event()
+        self._unresolved: set[str] = set()
 
     # -- persistence ------------------------------------------------------------------
 
@@ -237,25 +244,25 @@ class CommandQueue:
 
     # -- submitting -----------------------------------------------------------------------
 
-    def node_of(self, serial: str) -> str:
-        """The meter's grid node; unknown meters are refused (a query: run it in an
-        executor)."""
-        nodes = self.nodes_of([serial])
-        if serial not in nodes:
+    def node_of(self, serial: str) -> tuple[str, str]:
+        """The meter's grid node and address; unknown meters are refused (a query: run
+        it in an executor)."""
+        found = self.nodes_of([serial])
+        if serial not in found:
             raise CommandError(f"unknown meter {serial!r}")
-        return nodes[serial]
+        return found[serial]
 
-    def nodes_of(self, serials: list[str]) -> dict[str, str]:
-        """The grid node of each known meter among `serials`, in one primary-key query
-        (run it in an executor)."""
+    def nodes_of(self, serials: list[str]) -> dict[str, tuple[str, str]]:
+        """The grid node and address of each known meter among `serials`, in one
+        primary-key query (run it in an executor)."""
         if not serials:
             return {}
         _, rows = self.store.query(
-            f"SELECT serial, argMax(node_id, updated_at) FROM {self.db}.meters "
-            "WHERE serial IN {s:Array(String)} GROUP BY serial",
+            f"SELECT serial, argMax(node_id, updated_at), argMax(address, updated_at) "
+            f"FROM {self.db}.meters WHERE serial IN {{s:Array(String)}} GROUP BY serial",
             {"s": serials},
         )
-        return {str(r[0]): str(r[1]) for r in rows}
+        return {str(r[0]): (str(r[1]), str(r[2])) for r in rows}
 
     def submit(
         self,
@@ -268,8 +275,11 @@ class CommandQueue:
         node_id: str,
         priority: int = COMMAND,
         expires_in: float | None = None,
+        address: str | None = None,
     ) -> Command:
-        """Queues a command (on the event loop; `node_id` from :meth:`node_of`)."""
+        """Queues a command (on the event loop; `node_id` and `address` from
+        :meth:`node_of`; an address not given is looked up before the command is
+        offered)."""
         args = args or {}
         validate(kind, args)
         now = time.time()
@@ -284,6 +294,7 @@ class CommandQueue:
             requested_at=now,
             expires_at=now + (self.cfg.expire if expires_in is None else expires_in),
             node_id=node_id,
+            address=address,
         )
         self._add(c)
         self._record(c)
@@ -291,6 +302,8 @@ class CommandQueue:
 
     def _add(self, c: Command) -> None:
         self.commands[c.command_id] = c
+        if c.address is None:
+            self._unresolved.add(c.command_id)
         q = self.by_meter.setdefault(c.serial, [])
         q.append(c.command_id)
         # Commands before scheduled reads; otherwise in the order asked.
@@ -325,22 +338,44 @@ class CommandQueue:
 
     # -- dispatch ---------------------------------------------------------------------------
 
+    async def resolve(self) -> None:
+        """Looks up where the new commands' meters are reached, in batches (a meter
+        re-imported with another address is dialled there from its next command)."""
+        loop = asyncio.get_running_loop()
+        while self._unresolved:
+            ids = list(self._unresolved)[:10_000]
+            cs = [self.commands[i] for i in ids if i in self.commands]
+            found = await loop.run_in_executor(None, self.nodes_of, sorted({c.serial for c in cs}))
+            for c in cs:
+                c.address = found.get(c.serial, ("", ""))[1]
+            self._unresolved.difference_update(ids)
+
     def dispatch(self, now: float | None = None) -> None:
-        """Offers each meter's first command to the workers that have not seen it;
-        expires commands whose time is up."""
+        """Offers each meter's first command to the workers that have not seen it (a
+        listening meter's to the one worker that dials it); expires commands whose time
+        is up."""
         now = time.time() if now is None else now
-        workers = self._workers()
+        workers = sorted(self._workers())
         for ids in list(self.by_meter.values()):
             for cid in list(ids):
                 c = self.commands[cid]
                 if c.state != "running" and now >= c.expires_at:
-                    self._finish(c, "expired", error="the meter did not connect in time")
+                    self._finish(
+                        c,
+                        "expired",
+                        error="the meter could not be reached in time"
+                        if c.address
+                        else "the meter did not connect in time",
+                    )
             if not ids:
                 continue
             head = self.commands[ids[0]]
-            if head.state == "running" or now < head.not_before:
+            if head.state == "running" or now < head.not_before or head.address is None:
                 continue
-            for w in workers:
+            targets = workers
+            if head.address and workers:
+                targets = [workers[zlib.crc32(head.serial.encode()) % len(workers)]]
+            for w in targets:
                 if w not in head.offered and self._send(w, {"t": "job", "job": head.job()}):
                     head.offered.add(w)
 
@@ -463,6 +498,10 @@ class CommandQueue:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.cfg.dispatch_interval)
             self._wake.clear()
+            try:
+                await self.resolve()
+            except Exception as e:
+                log.error("looking up meter addresses failed (will retry): %s", e)
             self.dispatch()
             rows = self.take_rows()
             try:

@@ -132,6 +132,9 @@ class CommandsConfig:
     """Client wrapper port (1: the management client, which may switch supply)."""
     request_timeout: float = 20.0
     """Seconds to wait for a meter's response to one request."""
+    connect_timeout: float = 10.0
+    """Seconds to wait for a listening meter (one with an `address`) to accept the
+    head-end's connection."""
     max_associations_per_worker: int = 64
     """Associations one worker runs at the same time (commands go first)."""
     max_per_node: int = 8

@@ -598,7 +598,7 @@ class StoreService:
         }
 
     def _queue(
-        self, item: dict[str, Any], node: str, requested_by: str, reason: str = ""
+        self, item: dict[str, Any], meter: tuple[str, str], requested_by: str, reason: str = ""
     ) -> Command:
         """Queues one command item ({serial, kind, args, reason, expires_in})."""
         return self.commands.submit(
@@ -607,7 +607,8 @@ class StoreService:
             item.get("args") or {},
             requested_by=requested_by,
             reason=str(item.get("reason") or reason),
-            node_id=node,
+            node_id=meter[0],
+            address=meter[1],
             expires_in=None if item.get("expires_in") is None else float(item["expires_in"]),
         )
 
@@ -615,8 +616,8 @@ class StoreService:
         """Queues a command for a meter (admin socket and HTTP API alike) and waits up to
         `wait` seconds for its outcome."""
         loop = asyncio.get_running_loop()
-        node = await loop.run_in_executor(None, self.commands.node_of, str(req["serial"]))
-        c = self._queue(req, node, str(req.get("requested_by") or "operator"))
+        meter = await loop.run_in_executor(None, self.commands.node_of, str(req["serial"]))
+        c = self._queue(req, meter, str(req.get("requested_by") or "operator"))
         self.commands.dispatch()
         wait = float(req.get("wait", self.cfg.commands.wait))
         if wait > 0:
@@ -637,10 +638,10 @@ class StoreService:
             try:
                 if not isinstance(it, dict) or "serial" not in it or "kind" not in it:
                     raise HeadendError("expected an object with serial and kind")
-                node = nodes.get(str(it["serial"]))
-                if node is None:
+                meter = nodes.get(str(it["serial"]))
+                if meter is None:
                     raise HeadendError(f"unknown meter {str(it['serial'])!r}")
-                queued.append(self._queue(it, node, requested_by, reason).public())
+                queued.append(self._queue(it, meter, requested_by, reason).public())
             except (HeadendError, TypeError, ValueError) as e:
                 rejected.append({"index": index, "reason": str(e)})
         self.commands.dispatch()

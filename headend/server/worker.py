@@ -29,7 +29,7 @@ from typing import Any, Literal, cast
 
 import msgpack
 
-from headend import logs, profiles
+from headend import logs, meter_address, profiles
 from headend.codec import Directory, RowSink, Session
 from headend.config import Config, from_dict
 from headend.errors import HeadendError
@@ -50,6 +50,7 @@ class MeterProtocol(asyncio.Protocol):
         "clients",
         "closed",
         "connected_at",
+        "dialled",
         "framing",
         "last_rx",
         "logged",
@@ -62,9 +63,13 @@ class MeterProtocol(asyncio.Protocol):
         "worker",
     )
 
-    def __init__(self, worker: Worker, framing: Literal["auto", "wrapper", "hdlc"]) -> None:
+    def __init__(
+        self, worker: Worker, framing: Literal["auto", "wrapper", "hdlc"], dialled: bool = False
+    ) -> None:
         self.worker = worker
         self.framing = framing
+        # The head-end opened this connection to a listening meter.
+        self.dialled = dialled
         self.transport: asyncio.Transport | None = None
         self.session: Session | None = None
         self.sid = 0
@@ -99,7 +104,7 @@ class MeterProtocol(asyncio.Protocol):
         self.sid = w.next_session_id()
         self.connected_at = self.last_rx = time.time()
         w.connections[self.sid] = self
-        w.session_row(self, "connect", "")
+        w.session_row(self, "connect", "dialled" if self.dialled else "")
         if w.paused:
             transport.pause_reading()
 
@@ -458,7 +463,7 @@ class Worker:
             return
         self.jobs[jid] = job
         self.wanted.setdefault(str(job["serial"]), []).append(jid)
-        if job["serial"] in self.online:
+        if job["serial"] in self.online or job.get("address"):
             self._start_jobs(str(job["serial"]))
 
     def _drop_job(self, jid: str) -> None:
@@ -480,11 +485,14 @@ class Worker:
         task.add_done_callback(self._tasks.discard)
 
     async def _jobs_for(self, serial: str) -> None:
-        """Runs the jobs offered for `serial` while its meter is connected here."""
+        """Runs the jobs offered for `serial` while its meter is connected here, or,
+        for a listening meter, over a connection to it that the jobs share."""
         try:
-            while self.wanted.get(serial) and serial in self.online and self.store is not None:
+            while self.wanted.get(serial) and self.store is not None:
                 jid = self.wanted[serial][0]
                 job = self.jobs[jid]
+                if serial not in self.online and not job.get("address"):
+                    break
                 try:
                     answer = await self.store.request(
                         {"t": "claim", "command": jid, "worker": self.id}
@@ -501,6 +509,9 @@ class Worker:
                 self._send_outcome(await self._run_job(serial, job))
         finally:
             self.busy.discard(serial)
+            where = self.online.get(serial)
+            if where is not None and where[0].dialled:
+                where[0].close("jobs-done")
 
     async def _run_job(self, serial: str, job: dict[str, Any]) -> dict[str, Any]:
         started = time.monotonic()
@@ -509,6 +520,8 @@ class Worker:
         await self.gate.acquire(int(job.get("priority", 0)))
         try:
             where = self.online.get(serial)
+            if where is None and job.get("address"):
+                where = await self._dial(serial, str(job["address"]))
             if where is None:
                 return {**out, "status": "failed", "error": "meter disconnected before the job ran"}
             proto, meter, source = where
@@ -536,6 +549,50 @@ class Worker:
             out.get("error", ""),
         )
         return out
+
+    async def _dial(self, serial: str, address: str) -> tuple[MeterProtocol, int, int]:
+        """Opens a connection to a listening meter and binds the meter to it."""
+        try:
+            where = meter_address.parse(address)
+        except ValueError as e:
+            raise ClientError(str(e)) from None
+        if where is None:
+            raise ClientError(f"meter {serial} has no address to dial")
+        meter = self.directory.find(serial=serial)
+        if meter is None:
+            try:
+                await self._lookup({("s", serial.encode())})
+            except (ipc.ChannelClosed, ConnectionError, TimeoutError) as e:
+                raise ClientError(f"meter {serial} could not be looked up: {e}") from None
+            meter = self.directory.find(serial=serial)
+            if meter is None:
+                raise ClientError(f"meter {serial} is not known to the store or cannot be loaded")
+        loop = asyncio.get_running_loop()
+        try:
+            _, proto = await asyncio.wait_for(
+                loop.create_connection(
+                    lambda: MeterProtocol(self, where.framing, dialled=True),
+                    where.host,
+                    where.port,
+                ),
+                self.cfg.commands.connect_timeout,
+            )
+        except TimeoutError:
+            raise ClientError(
+                f"meter {serial} at {where}: no connection within "
+                f"{self.cfg.commands.connect_timeout:g} s"
+            ) from None
+        except OSError as e:
+            raise ClientError(
+                f"meter {serial} at {where}: cannot connect: {e.strerror or e}"
+            ) from None
+        if proto.closed or proto.session is None:
+            raise ClientError(f"meter {serial}: this worker is draining or full")
+        proto.session.bind(where.server, meter)
+        proto.peer_logger().meter = serial
+        self.online[serial] = (proto, meter, where.server)
+        self._online_counts = None
+        return proto, meter, where.server
 
     def _client(self, proto: MeterProtocol, meter: int, source: int) -> MeterClient:
         if proto.session is None or proto.transport is None or proto.closed:
