@@ -9,6 +9,7 @@ import csv
 import datetime as dt
 import json
 import re
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -16,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from headend.meter_address import parse as parse_address
 from loadtest import sim
 from loadtest.grid import generate
 from tests.server_harness import Server, running
@@ -582,3 +584,85 @@ def test_lls_for_meters_with_a_password_and_no_keys(tmp_path: Path) -> None:
         finally:
             stop_fleet(p)
             stop_fleet(p2)
+
+
+def accepting(address: str, timeout: float = 20.0) -> None:
+    """Waits until something listens at a meters-file address."""
+    where = parse_address(address)
+    assert where is not None
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            socket.create_connection((where.host, where.port), timeout=1.0).close()
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
+def test_listening_meters_are_dialled(tmp_path: Path) -> None:
+    """Meters that listen instead of connecting (an `address` in the meters file): the
+    head-end opens the connection (wrapper or HDLC over TCP), binds the meter to it,
+    associates with HLS-GMAC, runs the command, releases and hangs up; a meter that
+    cannot be reached fails with a record that names its address."""
+    fleet = tmp_path / "fleet"
+    generate(200, 0.3, fleet, seed=7, listening=0.25)
+    rows = [m for m in meters(fleet) if m["address"]]
+    wrapper = next(m for m in rows if m["model"] != "gas-g4" and "://" not in m["address"])
+    hdlc = next(m for m in rows if m["address"].startswith("hdlc://"))
+    gas = next(m for m in rows if m["model"] == "gas-g4" and m is not hdlc)
+    absent = next(m for m in rows if m not in (wrapper, hdlc, gas))
+    with serve(fleet, tmp_path) as srv:
+        p = start_fleet(fleet, srv.port, [wrapper["serial"], hdlc["serial"], gas["serial"]])
+        try:
+            # Nothing connects in: the meters only listen.
+            for m in (wrapper, hdlc, gas):
+                accepting(m["address"])
+            assert srv.admin("sessions")["sessions"] == []
+
+            r = ctl(srv, "read", wrapper["serial"], "0.0.96.1.0.255:2", "--class", "1")
+            assert r["state"] == "done", r
+            assert r["result"]["values"][0]["value"]["value"] == wrapper["serial"]
+            r = ctl(srv, "disconnect", wrapper["serial"])
+            assert (r["state"], r["verified_state"]) == ("done", "disconnected"), r
+            r = ctl(srv, "reconnect", wrapper["serial"])
+            assert (r["state"], r["verified_state"]) == ("done", "connected"), r
+            r = ctl(srv, "disconnect", gas["serial"])  # the valve
+            assert (r["state"], r["verified_state"]) == ("done", "disconnected"), r
+
+            # HDLC over TCP: a day of load profile in segmented blocks.
+            now = int(time.time()) // 900 * 900
+            start = dt.datetime.fromtimestamp(now - 25 * 3600, dt.UTC).isoformat()
+            end = dt.datetime.fromtimestamp(now - 3600, dt.UTC).isoformat()
+            r = ctl(srv, "profile", hdlc["serial"], "--from", start, "--to", end)
+            assert r["state"] == "done", r
+            assert r["result"]["entries"] == 97
+
+            # Every job on its own connection, opened by the head-end and closed after
+            # (the harness's readiness probe, which never framed, left aside).
+            dialled = "FROM ami.sessions WHERE framing != 'auto'"
+            srv.wait_for(f"SELECT count() {dialled} AND event = 'disconnect'", 5)
+            rows_ = srv.sql(f"SELECT event, reason, framing, meters {dialled} ORDER BY ts")
+            connects = [s for s in rows_ if s[0] == "connect"]
+            assert len(connects) == 5, rows_
+            assert {s[1] for s in connects} == {"dialled"}, rows_
+            ends = [s for s in rows_ if s[0] == "disconnect"]
+            assert {s[1] for s in ends} == {"jobs-done"}, ends
+            assert sorted({s[3][0] for s in ends}) == sorted(
+                [wrapper["serial"], hdlc["serial"], gas["serial"]]
+            )
+            assert {s[2] for s in ends if s[3] == [hdlc["serial"]]} == {"hdlc"}
+
+            # A listening meter nobody answers for: retried, then failed, with why.
+            r = ctl(srv, "read", absent["serial"], "0.0.96.1.0.255:2", "--class", "1", check=False)
+            assert (r["state"], r["code"]) == ("failed", 1), r
+            where = parse_address(absent["address"])
+            assert where is not None
+            assert "cannot connect" in r["error"], r
+            assert f"{where.host}:{where.port}" in r["error"], r
+        finally:
+            final = stop_fleet(p)
+        counts = ("listening", "listen_failures", "pushes", "disconnects", "reconnects")
+        # Read, never pushing; two disconnects (the relay, the valve), one reconnect.
+        assert [final[k] for k in counts] == [3, 0, 0, 2, 1], final
