@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import heapq
 import json
 import logging
 import time
@@ -191,6 +192,16 @@ class CommandQueue:
         self._rows: list[list[Any]] = []
         self._wake = asyncio.Event()
         self._unresolved: set[str] = set()
+        # Dispatch visits only what changed, so its cost follows the traffic, not the
+        # queue's length (a day of scheduled reads for millions of meters):
+        # meters whose first command may need offering,
+        self._dirty: set[str] = set()
+        # (not_before, serial) of meters whose first command waits for a retry,
+        self._later: list[tuple[float, str]] = []
+        # (expires_at, command_id) of every queued command (stale entries skipped),
+        self._expiry: list[tuple[float, str]] = []
+        # and the workers offered to last time (a change re-offers everything).
+        self._offered_to: list[int] = []
 
     # -- persistence ------------------------------------------------------------------
 
@@ -304,6 +315,8 @@ class CommandQueue:
         self.commands[c.command_id] = c
         if c.address is None:
             self._unresolved.add(c.command_id)
+        heapq.heappush(self._expiry, (c.expires_at, c.command_id))
+        self._dirty.add(c.serial)
         q = self.by_meter.setdefault(c.serial, [])
         q.append(c.command_id)
         # Commands before scheduled reads; otherwise in the order asked.
@@ -348,6 +361,7 @@ class CommandQueue:
             found = await loop.run_in_executor(None, self.nodes_of, sorted({c.serial for c in cs}))
             for c in cs:
                 c.address = found.get(c.serial, ("", ""))[1]
+                self._dirty.add(c.serial)
             self._unresolved.difference_update(ids)
 
     def dispatch(self, now: float | None = None) -> None:
@@ -356,28 +370,57 @@ class CommandQueue:
         is up."""
         now = time.time() if now is None else now
         workers = sorted(self._workers())
-        for ids in list(self.by_meter.values()):
-            for cid in list(ids):
-                c = self.commands[cid]
-                if c.state != "running" and now >= c.expires_at:
-                    self._finish(
-                        c,
-                        "expired",
-                        error="the meter could not be reached in time"
-                        if c.address
-                        else "the meter did not connect in time",
-                    )
+        if workers != self._offered_to:
+            self._offered_to = workers
+            self._dirty.update(self.by_meter)
+        self._timers(now)
+        dirty, self._dirty = self._dirty, set()
+        for serial in dirty:
+            ids = self.by_meter.get(serial)
             if not ids:
                 continue
             head = self.commands[ids[0]]
-            if head.state == "running" or now < head.not_before or head.address is None:
+            if head.state == "running" or head.address is None:
                 continue
-            targets = workers
-            if head.address and workers:
-                targets = [workers[zlib.crc32(head.serial.encode()) % len(workers)]]
-            for w in targets:
-                if w not in head.offered and self._send(w, {"t": "job", "job": head.job()}):
-                    head.offered.add(w)
+            if now < head.not_before:
+                heapq.heappush(self._later, (head.not_before, serial))
+            elif not self._offer(head, workers):
+                self._dirty.add(serial)  # a worker's channel is full: next pass
+
+    def _timers(self, now: float) -> None:
+        """Expires the commands whose time is up; wakes the retries that are due."""
+        while self._expiry and self._expiry[0][0] <= now:
+            _, cid = heapq.heappop(self._expiry)
+            c = self.commands.get(cid)
+            # A running command ends by its outcome (which expires it instead of a retry).
+            if c is not None and c.state != "running":
+                self._expire(c)
+        if len(self._expiry) > 2 * len(self.commands) + 1024:
+            self._expiry = [(c.expires_at, c.command_id) for c in self.commands.values()]
+            heapq.heapify(self._expiry)
+        while self._later and self._later[0][0] <= now:
+            self._dirty.add(heapq.heappop(self._later)[1])
+
+    def _offer(self, head: Command, workers: list[int]) -> bool:
+        """Offers `head` to the workers that may run it; False if one could not take it."""
+        targets = workers
+        if head.address and workers:
+            targets = [workers[zlib.crc32(head.serial.encode()) % len(workers)]]
+        sent = True
+        for w in targets:
+            if w in head.offered:
+                continue
+            if self._send(w, {"t": "job", "job": head.job()}):
+                head.offered.add(w)
+            else:
+                sent = False
+        return sent
+
+    def _expire(self, c: Command) -> None:
+        why = "the meter did not connect in time"
+        if c.address:
+            why = "the meter could not be reached in time"
+        self._finish(c, "expired", error=f"{why} (last attempt: {c.error})" if c.error else why)
 
     def claim(self, command_id: str, worker: int) -> str:
         """A worker has the meter and wants to run the command: ok, later or gone."""
@@ -415,6 +458,10 @@ class CommandQueue:
             return
         error = str(msg.get("error") or "failed")
         retryable = bool(msg.get("retry", True))
+        if retryable and time.time() >= c.expires_at:
+            c.error = error
+            self._expire(c)
+            return
         if retryable and c.attempts < self.cfg.attempts:
             delay = min(self.cfg.retry_delay * 2 ** (c.attempts - 1), 3600.0)
             c.state = "retry"
@@ -424,6 +471,7 @@ class CommandQueue:
             c.offered = set()
             self._record(c)
             c.state = "queued"
+            self._dirty.add(c.serial)
             log.info(
                 "command %s to %s failed (%s); retry in %.0f s",
                 c.command_id,
@@ -444,6 +492,9 @@ class CommandQueue:
                 c.worker = -1
                 c.error = f"worker {worker} stopped while running it"
                 self._record(c)
+                heapq.heappush(self._expiry, (c.expires_at, c.command_id))
+        # Offers to a worker that comes back under the same id are made again.
+        self._dirty.update(self.by_meter)
 
     def _release_node(self, c: Command) -> None:
         n = self.running_per_node.get(c.node_id, 0)
@@ -470,6 +521,8 @@ class CommandQueue:
             ids.remove(c.command_id)
         if not ids:
             self.by_meter.pop(c.serial, None)
+        else:
+            self._dirty.add(c.serial)
         for w in c.offered:
             self._send(w, {"t": "job-cancel", "command": c.command_id})
         for fut in self.waiters.pop(c.command_id, []):

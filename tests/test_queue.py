@@ -1,0 +1,166 @@
+"""The command queue's dispatch on its own (no store, no workers): what is offered to
+whom, retries after their delay, expiry, and re-offers when workers change. The
+end-to-end behaviour against simulated meters is in test_commands.py."""
+
+from __future__ import annotations
+
+from typing import Any, cast
+
+from headend.commands import COLUMNS, COMMAND, SCHEDULED, CommandQueue
+from headend.config import CommandsConfig
+from headend.store.db import Store
+
+
+class Workers:
+    """Workers as the queue sees them: ids, and the messages each was sent."""
+
+    def __init__(self, *ids: int) -> None:
+        self.ids = list(ids)
+        self.sent: dict[int, list[dict[str, Any]]] = {i: [] for i in ids}
+        self.full: set[int] = set()
+
+    def send(self, worker: int, msg: dict[str, Any]) -> bool:
+        if worker in self.full:
+            return False
+        self.sent.setdefault(worker, []).append(msg)
+        return True
+
+    def jobs(self, worker: int) -> list[str]:
+        return [m["job"]["serial"] for m in self.sent[worker] if m["t"] == "job"]
+
+    def clear(self) -> None:
+        for msgs in self.sent.values():
+            msgs.clear()
+
+
+class NoStore:
+    """Dispatch never touches the store (lookups and writes run beside it)."""
+
+    db = "ami"
+
+
+def queue(w: Workers, **cfg: Any) -> CommandQueue:
+    settings = CommandsConfig(**{"retry_delay": 30.0, "attempts": 3, "expire": 3600.0, **cfg})
+    return CommandQueue(cast(Store, NoStore()), settings, w.send, lambda: w.ids)
+
+
+def submit(q: CommandQueue, serial: str, address: str = "", **kw: Any) -> str:
+    kw.setdefault("priority", COMMAND)
+    c = q.submit(
+        serial,
+        "read",
+        {"objects": [[1, "0.0.96.1.0.255", 2]]},
+        requested_by="test",
+        reason="",
+        node_id="T1",
+        address=address,
+        **kw,
+    )
+    return c.command_id
+
+
+def test_offers_go_once_to_every_worker_and_listening_meters_to_one() -> None:
+    w = Workers(0, 1, 2)
+    q = queue(w)
+    submit(q, "A")
+    listening = [f"L{i}" for i in range(30)]
+    for s in listening:
+        submit(q, s, address=f"wrapper://127.1.0.1:{10_000 + len(s)}/1")
+    q.dispatch()
+    assert all("A" in w.jobs(i) for i in (0, 1, 2))
+    # Each listening meter to exactly one worker, the same one on every pass, and the
+    # three workers share them.
+    owner = {s: [i for i in (0, 1, 2) if s in w.jobs(i)] for s in listening}
+    assert all(len(o) == 1 for o in owner.values())
+    assert len({o[0] for o in owner.values()}) == 3
+    w.clear()
+    q.dispatch()
+    assert all(w.jobs(i) == [] for i in (0, 1, 2))  # nothing changed, nothing sent
+
+
+def test_commands_are_offered_before_scheduled_reads_and_in_turn() -> None:
+    w = Workers(0)
+    q = queue(w)
+    daily = submit(q, "A", priority=SCHEDULED)
+    read = submit(q, "A")
+    q.dispatch()
+    assert [m["job"]["id"] for m in w.sent[0]] == [read]
+    assert q.claim(daily, 0) == "later"
+    assert q.claim(read, 0) == "ok"
+    q.outcome(read, {"status": "done", "result": {}})
+    q.dispatch()
+    assert [m["job"]["id"] for m in w.sent[0] if m["t"] == "job"] == [read, daily]
+
+
+def test_a_failed_attempt_is_offered_again_after_its_delay() -> None:
+    w = Workers(0, 1)
+    q = queue(w)
+    cid = submit(q, "A")
+    q.dispatch()
+    assert q.claim(cid, 1) == "ok"
+    assert w.sent[0][-1] == {"t": "job-cancel", "command": cid}
+    w.clear()
+    q.outcome(cid, {"status": "failed", "error": "no response"})
+    c = q.commands[cid]
+    assert (c.state, c.attempts) == ("queued", 1)
+    q.dispatch(now=c.not_before - 1)
+    assert w.jobs(0) == w.jobs(1) == []
+    q.dispatch(now=c.not_before)
+    assert w.jobs(0) == w.jobs(1) == ["A"]
+
+
+def test_commands_expire_but_a_running_one_ends_by_its_outcome() -> None:
+    w = Workers(0)
+    q = queue(w)
+    waiting = submit(q, "A", expires_in=60)
+    running = submit(q, "B", expires_in=60)
+    q.dispatch()
+    assert q.claim(running, 0) == "ok"
+    later = q.commands[waiting].expires_at + 1
+    q.dispatch(now=later)
+    assert waiting not in q.commands
+    assert q.commands[running].state == "running"
+    assert {"t": "job-cancel", "command": waiting} in w.sent[0]
+    # Its time is up when it fails: expired, not retried, and why it failed is kept.
+    q.commands[running].expires_at = 0.0
+    q.outcome(running, {"status": "failed", "error": "no response"})
+    assert running not in q.commands
+    last = dict(zip(COLUMNS, [r for r in q.take_rows() if r[0] == running][-1], strict=True))
+    assert (last["state"], last["error"]) == (
+        "expired",
+        "the meter did not connect in time (last attempt: no response)",
+    )
+
+
+def test_new_workers_full_channels_and_lost_workers_get_offers_again() -> None:
+    w = Workers(0)
+    q = queue(w)
+    cid = submit(q, "A")
+    w.full.add(0)
+    q.dispatch()
+    assert w.jobs(0) == []
+    w.full.clear()
+    q.dispatch()  # the offer that did not go is made on the next pass
+    assert w.jobs(0) == ["A"]
+    w.ids.append(1)
+    q.dispatch()
+    assert w.jobs(1) == ["A"]
+    assert q.claim(cid, 1) == "ok"
+    w.clear()
+    q.worker_lost(1)  # restarted under the same id: the command runs again
+    assert q.commands[cid].state == "queued"
+    q.dispatch()
+    assert w.jobs(0) == w.jobs(1) == ["A"]
+
+
+def test_expired_entries_do_not_pile_up() -> None:
+    w = Workers(0)
+    q = queue(w)
+    for i in range(5000):
+        cid = submit(q, f"M{i}")
+        q.dispatch()
+        assert q.claim(cid, 0) == "ok"
+        q.outcome(cid, {"status": "done", "result": {}})
+    q.dispatch()
+    assert q.commands == {}
+    assert len(q._expiry) <= 1024
