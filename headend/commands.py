@@ -192,6 +192,7 @@ class CommandQueue:
         self._rows: list[list[Any]] = []
         self._wake = asyncio.Event()
         self._unresolved: set[str] = set()
+        self.scheduled_waiting = 0  # scheduled commands not yet final
         # Dispatch visits only what changed, so its cost follows the traffic, not the
         # queue's length (a day of scheduled reads for millions of meters):
         # meters whose first command may need offering,
@@ -313,6 +314,7 @@ class CommandQueue:
 
     def _add(self, c: Command) -> None:
         self.commands[c.command_id] = c
+        self.scheduled_waiting += c.priority == SCHEDULED
         if c.address is None:
             self._unresolved.add(c.command_id)
         heapq.heappush(self._expiry, (c.expires_at, c.command_id))
@@ -515,7 +517,8 @@ class CommandQueue:
         c.error = error
         c.verified_state = verified
         self._record(c)
-        self.commands.pop(c.command_id, None)
+        if self.commands.pop(c.command_id, None) is not None:
+            self.scheduled_waiting -= c.priority == SCHEDULED
         ids = self.by_meter.get(c.serial, [])
         if c.command_id in ids:
             ids.remove(c.command_id)
@@ -580,6 +583,16 @@ class Scheduler:
         self.queue = queue
         self.cfg = cfg
         self.db = queue.db
+        self.full = False  # the last pass found a full batch of some kind
+
+    def pass_due(self, elapsed: float) -> bool:
+        """Whether the next pass is due, `elapsed` seconds after the last: after
+        `schedule_interval`, or, when the last pass left more due, as soon as half a
+        batch of scheduled commands or fewer wait (a fleet of millions is read in many
+        batches a day, as fast as its meters answer)."""
+        if elapsed >= self.cfg.schedule_interval:
+            return True
+        return self.full and self.queue.scheduled_waiting <= self.cfg.schedule_batch // 2
 
     def candidates(self, now: float) -> dict[str, list[tuple[Any, ...]]]:
         """What is due, by kind: (serial, node, args) rows (queries: an executor).
@@ -598,34 +611,42 @@ class Scheduler:
         threshold = {"threshold": self.cfg.clock_threshold}
         daily = self._due("daily", self.cfg.daily_read_days)
         starts = self._daily_starts([serial for serial, _ in daily], since, int(now))
+        clock = self._due("clock", self.cfg.clock_check_days)
+        self.full = max(len(gaps), len(daily), len(clock)) >= self.cfg.schedule_batch
         return {
             # The profile entries that close the first and last estimated hour.
             "profile": [
                 (serial, node, {"from": int(first) - 3600, "to": int(last) + 3600})
                 for serial, node, first, last in gaps
             ],
-            "clock": [
-                (serial, node, threshold)
-                for serial, node in self._due("clock", self.cfg.clock_check_days)
-            ],
+            "clock": [(serial, node, threshold) for serial, node in clock],
             "daily": [(serial, node, starts[serial]) for serial, node in daily],
         }
 
     def _due(self, kind: str, every_days: float) -> list[tuple[Any, ...]]:
-        """Meters whose last `kind` command ended (done or failed) more than
-        `every_days` ago in real time, or never; none when `every_days` is 0."""
+        """Meters with no `kind` command queued, done or failed within `every_days`
+        (real time), longest waiting first; none when `every_days` is 0.
+
+        A meter whose command is still waiting is not due, so meters that never answer
+        (their commands expire) cannot fill every pass's batch and starve the rest:
+        they are asked again once per period, behind the meters never asked."""
         if every_days <= 0:
             return []
+        now = time.time()
         _, rows = self.queue.store.query(
             f"SELECT m.serial, m.node_id FROM {latest_meters(self.db)} AS m "
             f"LEFT JOIN (SELECT serial, max(ts) AS last FROM {self.db}.commands "
-            f"WHERE kind = {{kind:String}} AND state IN ('done', 'failed') GROUP BY serial) AS k "
-            f"ON k.serial = m.serial "
+            f"WHERE kind = {{kind:String}} AND state IN ('queued', 'done', 'failed') "
+            # Older activity does not matter (such meters are due); the bound keeps the
+            # scan to the recent partitions.
+            f"AND requested_at >= toDateTime64({{window:Int64}}, 3) "
+            f"GROUP BY serial) AS k ON k.serial = m.serial "
             f"WHERE k.last < toDateTime64({{due:Int64}}, 3) "
             f"ORDER BY k.last, m.serial LIMIT {{n:UInt32}}",
             {
                 "kind": kind,
-                "due": int(time.time() - every_days * 86_400),
+                "due": int(now - every_days * 86_400),
+                "window": int(now - 4 * every_days * 86_400),
                 "n": self.cfg.schedule_batch,
             },
         )

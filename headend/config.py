@@ -151,7 +151,10 @@ class CommandsConfig:
     dispatch_interval: float = 1.0
     """Seconds between passes over the queue (offers, expiries)."""
     schedule_interval: float = 3600.0
-    """Seconds between scheduler passes (gap backfill, clock checks); 0: off."""
+    """Seconds between scheduler passes (gap backfill, clock checks, daily reads); 0:
+    off. A pass that fills its batch is followed by the next as soon as half a batch
+    of scheduled commands or fewer wait, so large fleets are read as fast as the meters
+    answer."""
     schedule_batch: int = 10_000
     """Meters one scheduler pass queues work for, at most, per kind."""
     backfill_days: int = 7

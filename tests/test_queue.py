@@ -1,14 +1,19 @@
 """The command queue's dispatch on its own (no store, no workers): what is offered to
-whom, retries after their delay, expiry, and re-offers when workers change. The
-end-to-end behaviour against simulated meters is in test_commands.py."""
+whom, retries after their delay, expiry, and re-offers when workers change; and which
+meters the scheduler finds due. The end-to-end behaviour against simulated meters is
+in test_commands.py."""
 
 from __future__ import annotations
 
+import asyncio
+import datetime as dt
+import time
+from pathlib import Path
 from typing import Any, cast
 
-from headend.commands import COLUMNS, COMMAND, SCHEDULED, CommandQueue
+from headend.commands import COLUMNS, COMMAND, SCHEDULED, Command, CommandQueue, Scheduler
 from headend.config import CommandsConfig
-from headend.store.db import Store
+from headend.store.db import Store, migrate
 
 
 class Workers:
@@ -164,3 +169,96 @@ def test_expired_entries_do_not_pile_up() -> None:
     q.dispatch()
     assert q.commands == {}
     assert len(q._expiry) <= 1024
+
+
+def test_the_scheduler_asks_the_longest_waiting_and_skips_waiting_commands(
+    tmp_path: Path,
+) -> None:
+    """Due for a daily read: never asked, or last queued/done/failed over a day ago.
+    Meters whose command still waits, or that never answer (their commands expire),
+    do not take the batch from the others."""
+    store = Store(f"chdb://{tmp_path / 'ch'}").connect()
+    migrate(store)
+    now = time.time()
+    serials = ["NEW", "PEND", "OLDDONE", "RECENT", "EXPIRED", "SILENT"]
+    store.insert_rows(
+        "meters",
+        ["serial", "kind", "role", "node_id", "updated_at"],
+        [[s, "electricity", "consumer", "T1", dt.datetime.now(dt.UTC)] for s in serials],
+    )
+    history = {  # serial: [(state, hours ago), ...]
+        "PEND": [("queued", 2)],
+        "OLDDONE": [("queued", 30), ("running", 29.5), ("done", 29)],
+        "RECENT": [("queued", 2), ("done", 1)],
+        "EXPIRED": [("queued", 25), ("expired", 1)],
+        "SILENT": [("queued", 3)],
+    }
+    rows = []
+    for serial, states in history.items():
+        c = Command(
+            command_id=serial,
+            serial=serial,
+            kind="daily",
+            args={},
+            requested_by="scheduler",
+            reason="",
+            priority=SCHEDULED,
+            requested_at=now - states[0][1] * 3600,
+            expires_at=now,
+        )
+        for state, hours in states:
+            c.state = state
+            rows.append(c.row(now - hours * 3600))
+    store.insert_rows("commands", COLUMNS, rows)
+    q = CommandQueue(store, CommandsConfig(), Workers(0).send, lambda: [0])
+    assert [r[0] for r in Scheduler(q, CommandsConfig())._due("daily", 1.0)] == [
+        "NEW",
+        "OLDDONE",
+        "EXPIRED",
+    ]
+    small = CommandsConfig(schedule_batch=2)
+    assert [r[0] for r in Scheduler(q, small)._due("daily", 1.0)] == ["NEW", "OLDDONE"]
+    assert Scheduler(q, small)._due("clock", 0.0) == []
+
+
+def test_a_full_pass_is_followed_by_the_next_once_the_queue_drains(tmp_path: Path) -> None:
+    """Batches of a fleet too large for one pass follow each other as the meters
+    answer, not once an hour; the queue holds at most about a batch and a half."""
+    store = Store(f"chdb://{tmp_path / 'ch'}").connect()
+    migrate(store)
+    store.insert_rows(
+        "meters",
+        ["serial", "kind", "role", "node_id", "updated_at"],
+        [[f"M{i}", "electricity", "consumer", "T1", dt.datetime.now(dt.UTC)] for i in range(10)],
+    )
+    cfg = CommandsConfig(schedule_batch=4, clock_check_days=0.0, backfill_days=0)
+    w = Workers(0)
+    q = CommandQueue(store, cfg, w.send, lambda: [0])
+    sched = Scheduler(q, cfg)
+
+    async def scenario() -> None:
+        assert not sched.pass_due(60.0)
+        assert sched.pass_due(cfg.schedule_interval)
+        due = sched.candidates(time.time())
+        assert sched.full
+        assert sched.queue_due(due)["daily"] == 4
+        assert q.scheduled_waiting == 4
+        assert not sched.pass_due(10.0)  # the batch is still waiting
+        await q.resolve()  # where the meters are reached (they connect in)
+        q.dispatch()
+        assert len(w.jobs(0)) == 4
+        for m in w.sent[0][:2]:
+            assert q.claim(m["job"]["id"], 0) == "ok"
+            q.outcome(m["job"]["id"], {"status": "done", "result": {}})
+        assert q.scheduled_waiting == 2
+        assert sched.pass_due(10.0)  # half a batch left: the next one now
+        # The waiting meters are not due again; four new ones are, and the last two
+        # make a pass that is not full, after which passes keep the interval.
+        store.insert_rows("commands", COLUMNS, q.take_rows())
+        assert sched.queue_due(sched.candidates(time.time()))["daily"] == 4
+        store.insert_rows("commands", COLUMNS, q.take_rows())
+        assert len(sched.candidates(time.time())["daily"]) == 2
+        assert not sched.full
+        assert not sched.pass_due(10.0)
+
+    asyncio.run(scenario())

@@ -484,12 +484,19 @@ class StoreService:
         return {"backfill": n["profile"], "clock": n["clock"], "daily": n["daily"]}
 
     async def _schedule(self) -> None:
-        """Scheduled reads: gap backfill and clock checks, every `schedule_interval`."""
-        interval = self.cfg.commands.schedule_interval
-        if interval <= 0:
+        """Scheduled reads: gap backfill, clock checks and daily reads, every
+        `schedule_interval`; after a pass that filled its batch, again as soon as the
+        scheduled commands waiting fall to half a batch (a fleet of millions is read in
+        many batches a day, as fast as the meters answer)."""
+        cfg = self.cfg.commands
+        if cfg.schedule_interval <= 0:
             return
         while True:
-            await asyncio.sleep(interval)
+            started = time.monotonic()
+            while True:
+                await asyncio.sleep(min(cfg.schedule_interval, 10.0))
+                if self.scheduler.pass_due(time.monotonic() - started):
+                    break
             try:
                 queued = await self._schedule_once()
                 if any(queued.values()):
