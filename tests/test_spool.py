@@ -151,6 +151,28 @@ def test_sealed_segments_are_removed_and_torn_tails_dropped(tmp_path: Path, stor
     assert w2.path.exists()
 
 
+def test_a_round_says_whether_it_took_everything(tmp_path: Path, store: Store) -> None:
+    """`complete`: everything spooled when the round began is now queryable (the store
+    waits for such a round before comparing a meter's polled event log with the
+    table). A round that used up its byte budget is not complete (more may wait); one
+    that stopped where the data ends is."""
+    root = tmp_path / "spool"
+    w = spool.SpoolWriter(root, 3, fsync="always")
+    rec = spool.encode_record(spool.READINGS, spool.ROWBINARY, 4, reading_rows("FULL", 4))
+    w.append([rec])
+    w.append([spool.encode_record(spool.READINGS, spool.ROWBINARY, 4, reading_rows("FULL", 4, 1))])
+    ing = Ingestor(store, root, max_bytes=len(rec))
+    first = ing.run_once()
+    assert (first.bytes, first.complete) == (len(rec), False)
+    assert not ing.run_once().complete  # the second record, the budget used up again
+    assert count(store, "FULL") == 8
+    assert ing.run_once().complete  # nothing more: everything spooled is in
+    w.append([spool.encode_record(spool.READINGS, spool.ROWBINARY, 1, reading_rows("FULL", 1, 2))])
+    last = Ingestor(store, root).run_once()  # the default budget
+    assert (last.rows["readings"], last.complete) == (1, True)
+    assert count(store, "FULL") == 9
+
+
 def test_msgpack_tables_and_counters_callback(tmp_path: Path, store: Store) -> None:
     root = tmp_path / "spool"
     w = spool.SpoolWriter(root, 3, fsync="always")

@@ -125,6 +125,9 @@ class StoreService:
         self.started = time.time()
         self.stopping = threading.Event()
         self.wake = threading.Event()
+        # Monotonic time before which everything spooled is queryable (ingest thread).
+        self.ingested_through = 0.0
+        self.flush = threading.Event()  # someone waits for the spool: a round now
         self.ingest_state: dict[str, Any] = {"error": None, "failing_since": None, "last_ok": None}
         self.ingest_rate: dict[str, float] = {}
         self.backlog = 0
@@ -147,7 +150,10 @@ class StoreService:
         window_start, window_rows = time.monotonic(), 0
         while True:
             try:
+                began = time.monotonic()
                 stats = self.ingestor.run_once()
+                if stats.complete:
+                    self.ingested_through = began
                 backoff.ok()
                 if last_error is not None:
                     log.info("ClickHouse accepts inserts again")
@@ -189,6 +195,9 @@ class StoreService:
         deadline = time.monotonic() + self.cfg.store.ingest_interval
         while time.monotonic() < deadline and not final.is_set() and not self.stopping.is_set():
             if spool.backlog(self.cfg.spool_dir) >= self.cfg.store.ingest_batch_bytes:
+                return
+            if self.flush.is_set():
+                self.flush.clear()
                 return
             self.wake.wait(0.05)
             self.wake.clear()
@@ -250,12 +259,28 @@ class StoreService:
                     )
                 if events is not None:
                     result["events_read"] = len(events)
+                    # Events the meter pushed before the read may still be in a spool:
+                    # compare with the table once they are in it.
+                    await self._spool_ingested(time.monotonic())
                     result["events_new"] = await loop.run_in_executor(
                         None, self._insert_polled_events, c.serial, events
                     )
             except Exception as e:
                 msg = {**msg, "status": "failed", "error": f"storing what was read failed: {e}"}
         self.commands.outcome(cid, msg)
+
+    async def _spool_ingested(self, since: float) -> bool:
+        """Waits until what was spooled before `since` (monotonic) is queryable, at most
+        a few ingest intervals; False if the ingest is behind (ClickHouse refusing)."""
+        deadline = time.monotonic() + 4 * self.cfg.store.ingest_interval + 5.0
+        self.flush.set()
+        self.wake.set()
+        while self.ingested_through < since:
+            if time.monotonic() >= deadline:
+                log.warning("the spool is not ingested yet; polled events are checked anyway")
+                return False
+            await asyncio.sleep(0.02)
+        return True
 
     def _insert_polled(self, serial: str, rows: list[list[Any]]) -> int:
         now = dt.datetime.now(dt.UTC).replace(microsecond=0)

@@ -87,6 +87,9 @@ class IngestStats:
     bytes: int = 0
     inserts: int = 0
     segments_done: int = 0
+    # The round took everything spooled when it began (not a replayed intent, not cut
+    # by the byte budget): what was spooled before then is now queryable.
+    complete: bool = False
 
 
 @dataclass(frozen=True)
@@ -171,6 +174,9 @@ class Ingestor:
                     ranges.append(Range(seg, ack.done, recs[-1].end))
                     records.extend(recs)
                     budget -= recs[-1].end - ack.done
+        # The reader stops at the budget or where the data ends (or is torn): with
+        # budget left, it found the end of every segment.
+        stats.complete = budget > 0
         return ranges, records
 
     def _records(self, ranges: list[Range], *, exact: bool) -> list[spool.Record] | None:
