@@ -11,7 +11,10 @@ connected, wrapper, HLS-GMAC with ciphered APDUs), then:
    is done; once one admin request per command, once in batches of `--batch` (one
    meter lookup per batch);
 3. profile reads: one day of the load profile (97 entries, block transfer) for
-   `--profiles` meters at once, timed until done, as profile reads per hour.
+   `--profiles` meters at once, timed until done, as profile reads per hour;
+4. with `--listening F`, that share of the consumers listen instead of connecting
+   (`loadtest grid --listening`): the round trip and the batched burst again for
+   them, each command over a connection the head-end dials and hangs up.
 
 Results go to bench/results/commands-<time>.json with the command line and machine.
 """
@@ -138,6 +141,20 @@ def profile_reads(h: Headend, electric: list[str], n: int) -> dict[str, float]:
     }
 
 
+def wait_connected(h: Headend, n: int, timeout: float = 300) -> None:
+    """Until the connecting meters are connected and have identified themselves (by a
+    push): commands run on meters the head-end knows on a connection."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if h.admin("status")["sessions"] >= n * 0.99:
+            break
+        time.sleep(1)
+    while time.monotonic() < deadline:
+        if h.scalar("SELECT uniqExact(meter) FROM ami.readings") >= n * 0.99:
+            break
+        time.sleep(2)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--meters", type=int, default=2000)
@@ -146,13 +163,16 @@ def main() -> int:
     ap.add_argument("--batch", type=int, default=1000, help="batch size of the batched burst")
     ap.add_argument("--profiles", type=int, default=1000)
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--listening", type=float, default=0.0, help="share of consumers dialled")
     ap.add_argument("--keep", type=Path)
     args = ap.parse_args()
     root = args.keep or Path(tempfile.mkdtemp(prefix="bench-commands-"))
     fleet = root / "fleet"
-    generate(args.meters, 0.3, fleet, seed=5)
+    generate(args.meters, 0.3, fleet, seed=5, listening=args.listening)
     with open(fleet / "meters.csv", encoding="utf-8") as f:
-        meters = [m["serial"] for m in csv.DictReader(f) if m["role"] == "consumer"]
+        consumers = [m for m in csv.DictReader(f) if m["role"] == "consumer"]
+    meters = [m["serial"] for m in consumers if not m["address"]]
+    listening = [m["serial"] for m in consumers if m["address"]]
     electric = [s for s in meters if s.startswith("E")]
     h = Headend(root / "he", port=free_port(), server={"workers": args.workers})
     with open(h.config, "a") as f:
@@ -179,23 +199,20 @@ def main() -> int:
             "60",
         ),
     )
-    out: dict[str, object] = {"meters": len(meters), "workers": args.workers}
+    out: dict[str, object] = {
+        "meters": len(meters),
+        "listening": len(listening),
+        "workers": args.workers,
+    }
     try:
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline:
-            if h.admin("status")["sessions"] >= len(meters) * 0.99:
-                break
-            time.sleep(1)
-        # Commands run on meters that identified themselves (pushed) on a connection.
-        while time.monotonic() < deadline:
-            pushed = h.scalar("SELECT uniqExact(meter) FROM ami.readings")
-            if pushed >= len(meters) * 0.99:
-                break
-            time.sleep(2)
+        wait_connected(h, len(meters))
         out["round_trip_s"] = round_trip(h, electric, args.serial)
         out["burst"] = burst(h, meters, args.burst)
         out["batched"] = batched(h, meters, args.burst, args.batch)
         out["profiles"] = profile_reads(h, electric, args.profiles)
+        if listening:
+            out["dialled_round_trip_s"] = round_trip(h, listening, args.serial)
+            out["dialled_batched"] = batched(h, listening, args.burst, args.batch)
         failed = h.scalar("SELECT countIf(state = 'failed') FROM ami.command_status")
         out["failed"] = failed
     finally:
