@@ -191,8 +191,11 @@ def recompute(
     now: float | None = None,
     margin: int = 2 * 86_400,
     meters_per_slice: int = 20_000,
+    meters: Sequence[str] | None = None,
 ) -> RecomputeReport:
-    """Rebuilds consumption and balances for the hours in [start, end) (Unix seconds)."""
+    """Rebuilds consumption and balances for the hours in [start, end) (Unix seconds);
+    the consumption of `meters` only when given (late data for a few meters), the
+    balances of every node."""
     start, end = hour_floor(start), hour_floor(end + HOUR - 1)
     if end <= start:
         raise BalanceError("the window is empty: --to must be after --from")
@@ -201,7 +204,7 @@ def recompute(
     now = time.time() if now is None else now
     rep = RecomputeReport(start, end)
     t0 = time.monotonic()
-    _consumption(store, rep, int(now), margin, meters_per_slice)
+    _consumption(store, rep, int(now), margin, meters_per_slice, meters=meters)
     rep.seconds["consumption"] = round(time.monotonic() - t0, 3)
     t1 = time.monotonic()
     rep.balance_rows = _balances(store, start, end)
@@ -217,22 +220,105 @@ def recompute(
     return rep
 
 
+# Late data: at most this many meters are named per hour; beyond, every meter's
+# consumption is recomputed (the store was away, a whole fleet's data is late).
+LATE_METERS = 100_000
+# Seconds between a late reading's arrival (its insert block's now()) and the fetch
+# that may count it: every block of an insert is visible well within this.
+LATE_SETTLE = 10
+
+
+class LateData:
+    """Hours with readings that arrived after the recent window's recomputations had
+    passed them (`late_readings`), with the meters concerned; the store takes them in
+    a bounded number of hours per pass, oldest first, and keeps the rest for the next.
+
+    ``None`` for an hour's meters means every meter."""
+
+    def __init__(self, since: int) -> None:
+        self.since = since  # arrivals from here on (Unix seconds, real time) not yet seen
+        self.pending: dict[int, set[str] | None] = {}
+
+    def fetch(self, store: RawStore, before: int, oldest: int, until: int | None = None) -> int:
+        """Adds the hours in [oldest, before) with readings that arrived since the last
+        fetch and before `until` (default: `LATE_SETTLE` seconds ago by ClickHouse's
+        clock, so a block still being written is not missed); returns how many hours
+        are pending."""
+        db = store.db
+        if until is None:
+            _, rows = store.query(f"SELECT toInt64(now()) - {LATE_SETTLE}")
+            until = int(rows[0][0])
+        if until <= self.since:
+            return len(self.pending)
+        _, rows = store.query(
+            f"SELECT toInt64(hour), groupUniqArray({LATE_METERS + 1})(meter) "
+            f"FROM {db}.late_readings WHERE arrived >= toDateTime({int(self.since)}) "
+            f"AND arrived < toDateTime({int(until)}) "
+            f"AND hour >= toDateTime({int(oldest)}) AND hour < toDateTime({int(before)}) "
+            "GROUP BY hour"
+        )
+        for hour, meters in rows:
+            have = self.pending.get(int(hour), set())
+            if have is None or len(meters) > LATE_METERS:
+                self.pending[int(hour)] = None
+            else:
+                have.update(meters)
+                self.pending[int(hour)] = None if len(have) > LATE_METERS else have
+        self.since = until
+        return len(self.pending)
+
+    def take(self, max_hours: int) -> list[tuple[int, int, list[str] | None]]:
+        """Ranges to recompute, [start, end) with their meters, covering at most
+        `max_hours` pending hours, oldest first. A late reading changes the intervals on
+        either side of it, so each run of hours is widened by an hour before and two
+        after."""
+        hours = sorted(self.pending)[:max_hours]
+        out: list[tuple[int, int, list[str] | None]] = []
+        run: list[int] = []
+        for h in [*hours, None]:
+            if run and (h is None or h - run[-1] > 2 * HOUR):
+                meters: set[str] | None = set()
+                for x in run:
+                    got = self.pending.pop(x)
+                    meters = None if got is None or meters is None else meters | got
+                out.append(
+                    (run[0] - HOUR, run[-1] + 3 * HOUR, None if meters is None else sorted(meters))
+                )
+                run = []
+            if h is not None:
+                run.append(h)
+        return out
+
+
 def _obis_ints() -> dict[str, int]:
     return {c[0]: obis_int(c[0]) for c in CHANNELS}
 
 
-def _consumption(store: RawStore, rep: RecomputeReport, now: int, margin: int, per: int) -> None:
-    """Consumption of every meter, a slice of `per` meters at a time; the next slice is
-    read from ClickHouse while Rust works on this one (it runs without the GIL)."""
+def _consumption(
+    store: RawStore,
+    rep: RecomputeReport,
+    now: int,
+    margin: int,
+    per: int,
+    *,
+    meters: Sequence[str] | None = None,
+) -> None:
+    """Consumption of every meter (or of `meters`), a slice of `per` meters at a time;
+    the next slice is read from ClickHouse while Rust works on this one (it runs
+    without the GIL)."""
     db = store.db
-    # The first serial of every slice (not every serial: 20 million would not fit well
-    # in this process).
-    _, rows = store.query(
-        "SELECT serial FROM (SELECT serial, row_number() OVER (ORDER BY serial) AS n "
-        f"FROM (SELECT DISTINCT serial FROM {db}.meters)) WHERE (n - 1) % {int(per)} = 0 "
-        "ORDER BY serial"
-    )
-    firsts = [r[0] for r in rows]
+    if meters is not None:
+        chosen = sorted(set(meters))
+        firsts = chosen[::per]
+    else:
+        # The first serial of every slice (not every serial: 20 million would not fit
+        # well in this process).
+        _, rows = store.query(
+            "SELECT serial FROM (SELECT serial, row_number() OVER (ORDER BY serial) AS n "
+            f"FROM (SELECT DISTINCT serial FROM {db}.meters)) WHERE (n - 1) % {int(per)} = 0 "
+            "ORDER BY serial"
+        )
+        firsts = [r[0] for r in rows]
     _, rows = store.query(f"SELECT serial FROM {db}.meters FINAL WHERE role = 'balance'")
     unlimited = [r[0].encode() for r in rows]
     obis = sorted(_obis_ints().values())
@@ -245,6 +331,9 @@ def _consumption(store: RawStore, rep: RecomputeReport, now: int, margin: int, p
         if not last:
             params["hi"] = firsts[i + 1]
         bounds = "meter >= %(lo)s" + ("" if last else " AND meter < %(hi)s")
+        if meters is not None:
+            params["only"] = chosen[i * per : (i + 1) * per]
+            bounds = "meter IN %(only)s"
         raw = store.raw_query(
             "SELECT meter, obis, toInt64(ts), value "
             f"FROM {db}.readings WHERE {bounds} AND obis IN %(with_states)s "

@@ -97,8 +97,12 @@ class StoreConfig:
     """Seconds between recomputations of the recent consumption and balances; 0: never
     (then `headend balance --recompute` keeps them)."""
     balance_window: int = 21_600
-    """Seconds back from now that each recomputation covers; older late data is taken
-    in by recomputing its period (`headend balance --recompute --from ... --to ...`)."""
+    """Seconds back from now that each recomputation covers."""
+    late_days: int = 35
+    """Readings older than the window that arrive late (profile reads, backfill, a
+    meter's buffer) are taken in by the next recomputation, for the meters and hours
+    they concern, up to this many days back; older ones by recomputing their period
+    (`headend balance --recompute --from ... --to ...`). 0: never."""
     anomaly_interval: float = 3600.0
     """Seconds between runs of the theft and anomaly detection over the last
     `anomaly_window` (after a balance recomputation); 0: never (then `headend anomalies

@@ -187,6 +187,53 @@ def test_late_data_replaces_the_estimate_and_reruns_change_nothing(store: Store)
     assert hourly(store, "T1")[1:3] == [(6.0, 4.0, 2.0, 3, 3, 1), (6.0, 6.0, 0.0, 3, 3, 1)]
 
 
+def test_late_data_is_found_and_taken_in_for_its_meters(store: Store) -> None:
+    """Readings that arrive after their hours left the recent window are found in
+    `late_readings` by arrival, and recomputed for their meters only."""
+    balance.recompute(store, T0, END, now=END + 60)
+    before = {m: consumption(store, m) for m in ("C1", "C3", "G1")}
+    since = int(time.time()) + 1  # the fixture's own arrivals are older
+    late = balance.LateData(since)
+    time.sleep(1.1)
+    _readings(store, [("C2", T0 + 2 * H, 5_000)])  # the missing push, weeks late
+    until = int(time.time()) + 2
+    assert late.fetch(store, before=END + H, oldest=T0 - 30 * 86_400, until=until) == 1
+    assert late.pending == {T0 + 2 * H: {"C2"}}
+    # Outside [oldest, before), and a second fetch over the same arrivals, add nothing.
+    again = balance.LateData(since)
+    assert again.fetch(store, before=T0 + 2 * H, oldest=T0 - 86_400, until=until) == 0
+    assert late.fetch(store, before=END + H, oldest=T0 - 30 * 86_400, until=until) == 1
+    ranges = late.take(24)
+    assert ranges == [(T0 + H, T0 + 5 * H, ["C2"])]
+    assert late.pending == {}
+    for start, end, meters in ranges:
+        rep = balance.recompute(store, start, end, now=END + 60, meters=meters)
+        assert rep.readings == 5  # C2's, nobody else's
+    assert consumption(store, "C2")[1:3] == [(2.0, "measured", 0), (4.0, "measured", 0)]
+    assert hourly(store, "T1")[1:3] == [(6.0, 4.0, 2.0, 3, 3, 1), (6.0, 6.0, 0.0, 3, 3, 1)]
+    assert {m: consumption(store, m) for m in before} == before
+
+
+def test_late_hours_are_taken_oldest_first_in_runs() -> None:
+    late = balance.LateData(0)
+    day = T0
+    late.pending = {
+        day: {"A"},
+        day + H: {"B"},
+        day + 3 * H: {"A"},  # two hours on: the same run (its widening overlaps)
+        day + 10 * H: None,  # every meter
+        day + 11 * H: {"C"},
+        day + 30 * H: {"D"},
+    }
+    assert late.take(5) == [
+        (day - H, day + 6 * H, ["A", "B"]),
+        (day + 9 * H, day + 14 * H, None),
+    ]
+    assert late.pending == {day + 30 * H: {"D"}}
+    assert late.take(5) == [(day + 29 * H, day + 33 * H, ["D"])]
+    assert late.take(5) == []
+
+
 def test_losses_rank_complete_nodes_only(store: Store) -> None:
     balance.recompute(store, T0, END, now=END + 60)
     cols, rows = balance.losses(store, "ami", level="transformer", start=T0, end=END, top=5)
@@ -305,6 +352,10 @@ def test_suspects_under_a_lossy_transformer_with_their_evidence(store: Store) ->
     assert rows == [(0,)]
 
 
+def _now() -> str:
+    return dt.datetime.now(dt.UTC).isoformat()
+
+
 def test_the_server_keeps_recent_balances_up_to_date(tmp_path: Path) -> None:
     from tests.server_harness import Meter, running
 
@@ -348,6 +399,26 @@ def test_the_server_keeps_recent_balances_up_to_date(tmp_path: Path) -> None:
         )
         got = [(x["node_id"], x["output"]) for x in json.loads(r.stdout)]
         assert got == [("TR-1", 0.5), ("TR-1", 1.0), ("TR-1", 0.0)]
+
+        # Two days late, far outside the window: taken in by the server on its own.
+        day = hour - 48 * H
+        rows = [
+            ["P1", obis, when, v, "Wh", 0, "poll", "measured", now]
+            for t, v in ((day, 100.0), (day + H, 400.0))
+            for when, now in [(dt.datetime.fromtimestamp(t, dt.UTC).isoformat(), _now())]
+        ]
+        srv.admin("insert", table="readings", columns=[*cols, "received_at"], rows=rows)
+        srv.wait_for(
+            "SELECT round(sum(value), 3) FROM ami.consumption FINAL "
+            f"WHERE interval_start = toDateTime({day})",
+            0.3,
+            timeout=60,
+        )
+        srv.wait_for(
+            "SELECT round(sum(output), 3) FROM ami.balances FINAL "
+            f"WHERE node_id = 'TR-1' AND period_start = toDateTime({day})",
+            0.3,
+        )
 
 
 def test_a_gap_is_spread_by_the_meters_own_typical_day(store: Store) -> None:

@@ -23,7 +23,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgpack
 
@@ -37,9 +37,14 @@ from headend.store import spool
 from headend.store.db import Store, StoreError, migrate
 from headend.store.ingest import COLUMNS, Backoff, Ingestor
 
+if TYPE_CHECKING:
+    from headend.balance import LateData
+
 log = logging.getLogger("headend.store")
 
 FORBIDDEN_TABLES = ("meter_keys",)
+# Hours of late data one balance pass recomputes at most (the rest waits a pass).
+LATE_HOURS_PER_PASS = 7 * 24
 
 
 LOOKUP_GATHER = 0.05
@@ -479,6 +484,8 @@ class StoreService:
 
         loop = asyncio.get_running_loop()
         detected = time.monotonic()
+        # Arrivals since shortly before the last pass of the previous run.
+        late = balance.LateData(int(time.time() - 2 * st.balance_interval - 60))
         while True:
             await asyncio.sleep(st.balance_interval)
             now = self.clock.now()
@@ -488,6 +495,10 @@ class StoreService:
                 await loop.run_in_executor(
                     None, functools.partial(balance.recompute, self.store, start, end, now=now)
                 )
+                if st.late_days > 0:
+                    await loop.run_in_executor(
+                        None, self._take_late, late, start, start - st.late_days * 86_400, now
+                    )
             except Exception as e:
                 log.error("recomputing balances failed (will retry): %s", e)
                 continue
@@ -500,6 +511,23 @@ class StoreService:
                     log.info("anomaly detection: %s", det.summary())
                 except Exception as e:
                     log.error("anomaly detection failed (will retry): %s", e)
+
+    def _take_late(self, late: LateData, before: int, oldest: int, now: float) -> None:
+        """Recomputes the hours before the recent window that late readings changed, for
+        the meters they came from (a bounded number of hours per pass)."""
+        from headend import balance
+
+        if late.fetch(self.store, before, oldest) == 0:
+            return
+        for start, end, meters in late.take(LATE_HOURS_PER_PASS):
+            rep = balance.recompute(self.store, start, end, now=now, meters=meters)
+            log.info(
+                "late data taken in: %s .. %s, %s: %d readings",
+                rep.as_dict()["from"],
+                rep.as_dict()["to"],
+                "every meter" if meters is None else f"{len(meters)} meter(s)",
+                rep.readings,
+            )
 
     async def _schedule_once(self) -> dict[str, int]:
         due = await asyncio.get_running_loop().run_in_executor(
