@@ -86,6 +86,7 @@ def main() -> int:
         "SELECT meter, obis, toInt64(ts), value FROM ami.readings "
         "WHERE meter >= %(a)s AND meter < %(b)s ORDER BY meter, obis, ts",
         {"a": first[0][0], "b": (last or first)[0][0]},
+        fmt="Native",
     )
     best = float("inf")
     for _ in range(3):
@@ -98,6 +99,7 @@ def main() -> int:
             keep_to=DAY0 + 86_400,
             now=DAY0 + 2 * 86_400,
             computed_at_ms=1,
+            native_input=True,
         )
         best = min(best, time.perf_counter() - t)
     vee_rate = st["readings"] / best

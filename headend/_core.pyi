@@ -439,6 +439,7 @@ def consumption_rows(
     profiles: Sequence[tuple[bytes, int, Sequence[float]]] | None = None,
     states: Sequence[str] | None = None,
     native: bool = False,
+    native_input: bool = False,
     interval: int = 3600,
     measured_gap: int = 3600,
     max_estimate_span: int = 5356800,
@@ -453,5 +454,6 @@ def consumption_rows(
     with no such limit; `profiles`: (serial, packed OBIS, 24 typical values by local
     hour) by which gaps are spread; `states`: OBIS codes of supply-switch registers (0
     off) whose off periods flag the intervals; `native`: the rows as one block of
-    ClickHouse's Native format instead of RowBinary (faster to insert). Runs without
-    the GIL."""
+    ClickHouse's Native format instead of RowBinary (faster to insert);
+    `native_input`: the readings are Native blocks (ClickHouse writes them faster than
+    RowBinary). Runs without the GIL."""

@@ -101,7 +101,9 @@ class RawStore(SqlAccess, Protocol):
 
     db: str
 
-    def raw_query(self, sql: str, params: dict[str, Any] | None = None) -> bytes: ...
+    def raw_query(
+        self, sql: str, params: dict[str, Any] | None = None, fmt: str = ...
+    ) -> bytes: ...
 
     def insert_rowbinary(
         self, table: str, columns: Sequence[str], data: bytes, token: str, fmt: str = ...
@@ -340,6 +342,7 @@ def _consumption(
             f"AND ts >= toDateTime({rep.start - margin}) AND ts < toDateTime({rep.end + margin}) "
             "ORDER BY meter, obis, ts",
             params,
+            fmt="Native",
         )
         return raw, _profiles(store, bounds, params, rep.start)
 
@@ -357,6 +360,7 @@ def _consumption(
                 profiles=profiles,
                 states=STATES,
                 native=True,
+                native_input=True,
                 keep_from=rep.start,
                 keep_to=rep.end,
                 now=now,

@@ -107,11 +107,14 @@ class Store:
                 raise StoreError(_clean(e)) from None
             return list(r.column_names), [tuple(row) for row in r.result_rows]
 
-    def raw_query(self, sql: str, params: dict[str, Any] | None = None) -> bytes:
-        """The result as RowBinary bytes (for Rust to read in one piece)."""
+    def raw_query(
+        self, sql: str, params: dict[str, Any] | None = None, fmt: str = "RowBinary"
+    ) -> bytes:
+        """The result as RowBinary bytes, or `fmt` (Native: blocks of columns, which
+        ClickHouse writes faster), for Rust to read in one piece."""
         with self._lock:
             try:
-                return bytes(self.client.raw_query(sql, parameters=params, fmt="RowBinary"))
+                return bytes(self.client.raw_query(sql, parameters=params, fmt=fmt))
             except HeadendError:
                 raise
             except Exception as e:

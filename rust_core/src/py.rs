@@ -1527,15 +1527,15 @@ fn scale(value: f64, scaler: i8) -> f64 {
 /// (serial, packed OBIS, 24 typical values by local hour).
 type ProfileRow = (Vec<u8>, u64, Vec<f64>);
 
-/// Interval consumption (VEE) from RowBinary readings (`meter, obis, ts Int64, value`,
-/// ordered by meter, obis, ts) to `consumption` rows, RowBinary or (`native`) one
-/// Native block; without the GIL.
+/// Interval consumption (VEE) from RowBinary readings, or (`native_input`) Native
+/// blocks (`meter, obis, ts Int64, value`, ordered by meter, obis, ts) to
+/// `consumption` rows, RowBinary or (`native`) one Native block; without the GIL.
 /// `channels`: (obis, scale, unit, max_rate per hour in register units).
 /// Returns (rows, stats).
 #[pyfunction]
 #[pyo3(signature = (
     readings, *, channels, unlimited, keep_from, keep_to, now, computed_at_ms, profiles = None, states = None, native = false,
-    interval = 3600, measured_gap = 3600, max_estimate_span = 5_356_800,
+    native_input = false, interval = 3600, measured_gap = 3600, max_estimate_span = 5_356_800,
     local_offset = 18_000, future_tolerance = 600
 ))]
 #[allow(clippy::too_many_arguments)]
@@ -1551,6 +1551,7 @@ fn consumption_rows<'py>(
     profiles: Option<Vec<ProfileRow>>,
     states: Option<Vec<String>>,
     native: bool,
+    native_input: bool,
     interval: i64,
     measured_gap: i64,
     max_estimate_span: i64,
@@ -1582,6 +1583,7 @@ fn consumption_rows<'py>(
         profiles: by_series,
         states: state_codes,
         native,
+        native_input,
         keep_from,
         keep_to,
         computed_at_ms,

@@ -123,6 +123,14 @@ pub struct Intervals {
 }
 
 impl Intervals {
+    fn reserve(&mut self, n: usize) {
+        self.series.reserve(n);
+        self.start.reserve(n);
+        self.value.reserve(n);
+        self.quality.reserve(n);
+        self.flags.reserve(n);
+    }
+
     pub fn len(&self) -> usize {
         self.series.len()
     }
@@ -175,22 +183,30 @@ pub fn derive(
     if let Some(&s) = series.iter().find(|&&s| s as usize >= params.len()) {
         return Err(Error::invalid("VEE batch", 0, format!("series {s} has no parameters ({} given)", params.len())));
     }
+    // The batch's order: usually as given (the query sorts), then without an index.
     let order = sorted_order(series, ts);
+    let at = |k: usize| order.as_ref().map_or(k, |o| o[k]);
     let mut off_sorted: Vec<OffPeriod> = off.iter().copied().filter(|p| p.2 > p.1).collect();
     off_sorted.sort_unstable();
 
     let mut out = Intervals::default();
+    // About one interval per sample at most (hourly intervals of quarter-hour samples,
+    // plus the estimated ones): room up front spares regrowing the columns.
+    out.reserve(series.len() / 2);
     let mut stats = VeeStats { samples: series.len() as u64, ..VeeStats::default() };
     let mut work = Work::default();
     let mut i = 0;
-    while i < order.len() {
-        let s = series[order[i]];
+    while i < series.len() {
+        let s = series[at(i)];
         let mut j = i;
-        while j < order.len() && series[order[j]] == s {
+        while j < series.len() && series[at(j)] == s {
             j += 1;
         }
         work.samples.clear();
-        clean_samples(cfg, &order[i..j], ts, value, &mut work.samples, &mut stats);
+        match &order {
+            Some(o) => clean_samples(cfg, o[i..j].iter().copied(), ts, value, &mut work.samples, &mut stats),
+            None => clean_samples(cfg, i..j, ts, value, &mut work.samples, &mut stats),
+        }
         let lo = off_sorted.partition_point(|p| p.0 < s);
         let hi = off_sorted.partition_point(|p| p.0 <= s);
         one_series(cfg, &params[s as usize], s, &mut work, &off_sorted[lo..hi], &mut out);
@@ -213,14 +229,14 @@ fn check_config(cfg: &VeeConfig) -> Result<()> {
     Ok(())
 }
 
-/// Indices of the batch in (series, ts) order, without sorting when already sorted.
-fn sorted_order(series: &[u32], ts: &[i64]) -> Vec<usize> {
-    let mut order: Vec<usize> = (0..series.len()).collect();
-    let sorted = (1..series.len()).all(|k| (series[k - 1], ts[k - 1]) <= (series[k], ts[k]));
-    if !sorted {
-        order.sort_by_key(|&k| (series[k], ts[k]));
+/// Indices of the batch in (series, ts) order; None when it is in that order already.
+fn sorted_order(series: &[u32], ts: &[i64]) -> Option<Vec<usize>> {
+    if (1..series.len()).all(|k| (series[k - 1], ts[k - 1]) <= (series[k], ts[k])) {
+        return None;
     }
-    order
+    let mut order: Vec<usize> = (0..series.len()).collect();
+    order.sort_by_key(|&k| (series[k], ts[k]));
+    Some(order)
 }
 
 /// One sample kept for the pairs; `conflict` marks a time with disagreeing values.
@@ -241,14 +257,14 @@ struct Work {
 
 fn clean_samples(
     cfg: &VeeConfig,
-    idx: &[usize],
+    idx: impl Iterator<Item = usize>,
     ts: &[i64],
     value: &[f64],
     out: &mut Vec<Sample>,
     stats: &mut VeeStats,
 ) {
     let limit = cfg.now.saturating_add(cfg.future_tolerance);
-    for &k in idx {
+    for k in idx {
         let (t, v) = (ts[k], value[k]);
         if !v.is_finite() {
             stats.not_finite += 1;
