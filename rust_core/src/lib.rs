@@ -38,3 +38,10 @@ pub mod wrapper;
 mod py;
 
 pub use error::{Error, Result};
+
+/// The extension's own allocator: the balance job allocates and frees columns of
+/// millions of values per slice; the system allocator hands such blocks back to the
+/// kernel each time (fresh pages, faults, zeroing), mimalloc keeps and reuses them.
+#[cfg(feature = "python")]
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
