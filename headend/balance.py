@@ -467,14 +467,19 @@ def _balances(store: RawStore, start: int, end: int) -> int:
     hours = (end - start) // HOUR
     ints = _obis_ints()
     flow_obis = sorted({ints[o] for o in FLOW.values()})
+    # Per node and role, the hours' sums and measured counts as arrays (one row per
+    # node, not per node and hour).
     _, sums = store.query(
-        "SELECT m.node_id, m.role, toInt64(c.interval_start), sum(c.value), "
-        "countIf(c.quality = 'measured') "
+        f"SELECT node_id, role, groupArrayInsertAt(0., {hours})(v, k), "
+        f"groupArrayInsertAt(toUInt64(0), {hours})(n, k) FROM ("
+        "SELECT m.node_id AS node_id, m.role AS role, "
+        "toUInt32(intDiv(toInt64(c.interval_start) - %(a)s, 3600)) AS k, "
+        "sum(c.value) AS v, countIf(c.quality = 'measured') AS n "
         f"FROM (SELECT meter, interval_start, value, quality FROM {db}.consumption FINAL "
         "      WHERE obis IN %(obis)s AND interval_start >= toDateTime(%(a)s) "
         "      AND interval_start < toDateTime(%(b)s)) AS c "
         f"INNER JOIN (SELECT serial, node_id, role FROM {db}.meters FINAL) AS m "
-        "ON c.meter = m.serial GROUP BY 1, 2, 3",
+        "ON c.meter = m.serial GROUP BY node_id, role, k) GROUP BY node_id, role",
         {"obis": flow_obis, "a": start, "b": end},
     )
     zeros = np.zeros(hours)
@@ -482,13 +487,12 @@ def _balances(store: RawStore, start: int, end: int) -> int:
     cons_m: dict[str, np.ndarray] = {}
     inp: dict[str, np.ndarray] = {}
     inp_m: dict[str, np.ndarray] = {}
-    for node_id, role, t, value, measured in sums:
+    for node_id, role, values, measured in sums:
         if node_id not in nodes:
             continue
-        k = (int(t) - start) // HOUR
         v, m = (inp, inp_m) if role == "balance" else (cons, cons_m)
-        v.setdefault(node_id, np.zeros(hours))[k] += float(value)
-        m.setdefault(node_id, np.zeros(hours))[k] += int(measured)
+        v[node_id] = v.get(node_id, zeros) + np.asarray(values, dtype=np.float64)
+        m[node_id] = m.get(node_id, zeros) + np.asarray(measured, dtype=np.float64)
 
     # Bottom-up: what each node passes to its parent (flow), measured and expected
     # meter-hours behind that flow.
@@ -512,33 +516,78 @@ def _balances(store: RawStore, start: int, end: int) -> int:
         else:
             flow[n.node_id], flow_m[n.node_id], flow_e[n.node_id] = o, om, oe
 
-    computed_at = dt.datetime.now(dt.UTC)
-    rows: list[list[Any]] = []
-    for n in nodes.values():
-        o, om, oe = out[n.node_id]
-        i = inp.get(n.node_id, zeros)
-        im = inp_m.get(n.node_id, zeros)
-        has = 1 if n.balance_meters else 0
-        for k in range(hours):
-            rows.append(
-                [
-                    n.node_id,
-                    n.level,
-                    n.commodity,
-                    n.admin_unit,
-                    dt.datetime.fromtimestamp(start + k * HOUR, dt.UTC),
-                    float(i[k]),
-                    float(o[k]),
-                    float(i[k] - o[k]) if has else 0.0,
-                    int(im[k] + om[k]),
-                    n.balance_meters + oe,
-                    has,
-                    computed_at,
-                ]
-            )
-    for at in range(0, len(rows), 200_000):
-        store.insert_rows("balances", BALANCE_COLUMNS, rows[at : at + 200_000])
-    return len(rows)
+    order = list(nodes.values())
+    if not order or hours <= 0:
+        return 0
+    i = np.stack([inp.get(n.node_id, zeros) for n in order])
+    o = np.stack([out[n.node_id][0] for n in order])
+    has = np.array([1 if n.balance_meters else 0 for n in order], dtype=np.uint8)
+    measured = np.stack([inp_m.get(n.node_id, zeros) + out[n.node_id][1] for n in order])
+    expected = np.array([n.balance_meters + out[n.node_id][2] for n in order], dtype=np.uint32)
+    block = _native(
+        len(order) * hours,
+        [
+            ("node_id", "String", _strings([n.node_id for n in order], hours)),
+            ("level", "String", _strings([n.level for n in order], hours)),
+            ("commodity", "String", _strings([n.commodity for n in order], hours)),
+            ("admin_unit", "String", _strings([n.admin_unit for n in order], hours)),
+            (
+                "period_start",
+                "DateTime('UTC')",
+                np.tile(start + HOUR * np.arange(hours, dtype=np.uint32), len(order)).tobytes(),
+            ),
+            ("input", "Float64", i.astype("<f8").tobytes()),
+            ("output", "Float64", o.astype("<f8").tobytes()),
+            ("loss", "Float64", np.where(has[:, None] == 1, i - o, 0.0).astype("<f8").tobytes()),
+            ("measured", "UInt32", measured.astype("<u4").tobytes()),
+            ("expected", "UInt32", np.repeat(expected, hours).astype("<u4").tobytes()),
+            ("has_input", "UInt8", np.repeat(has, hours).tobytes()),
+            (
+                "computed_at",
+                "DateTime64(3, 'UTC')",
+                np.full(len(order) * hours, int(time.time() * 1000), dtype="<i8").tobytes(),
+            ),
+        ],
+    )
+    store.insert_rowbinary(
+        "balances",
+        BALANCE_COLUMNS,
+        block,
+        token=f"balances:{start}:{end}:{time.time_ns()}",
+        fmt="Native",
+    )
+    return len(order) * hours
+
+
+def _varuint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        b = n & 0x7F
+        n >>= 7
+        if n:
+            out.append(b | 0x80)
+        else:
+            out.append(b)
+            return bytes(out)
+
+
+def _strings(values: list[str], repeat: int) -> bytes:
+    """A String column of `values`, each repeated `repeat` times in a row."""
+    parts = []
+    for v in values:
+        raw = v.encode()
+        parts.append((_varuint(len(raw)) + raw) * repeat)
+    return b"".join(parts)
+
+
+def _native(rows: int, columns: list[tuple[str, str, bytes]]) -> bytes:
+    """One block of ClickHouse's Native format: the columns one after another."""
+    out = [_varuint(len(columns)), _varuint(rows)]
+    for name, ty, data in columns:
+        for text in (name, ty):
+            out.append(_varuint(len(text)) + text.encode())
+        out.append(data)
+    return b"".join(out)
 
 
 def _post_order(nodes: dict[str, _Node]) -> list[_Node]:
