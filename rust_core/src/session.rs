@@ -946,17 +946,7 @@ mod tests {
         })
         .to_bytes()
         .unwrap();
-        let event = Apdu::EventNotification(EventNotification {
-            time: None,
-            attribute: AttributeDescriptor {
-                class_id: 1,
-                instance_id: ObisCode::new(0, 0, 96, 11, 0, 255),
-                attribute_id: 2,
-            },
-            value: Data::Unsigned(40),
-        })
-        .to_bytes()
-        .unwrap();
+        let event = cover_opened_event();
         let out = run(&mut s, &mut d, &mut sink, &[enc(&alarm, 1), enc(&event, 2)]);
         assert_eq!(out, vec![SessionEvent::Identified { meter: 0, source: 1 }]);
         assert_eq!(sink.events_rows(), 2);
@@ -978,17 +968,7 @@ mod tests {
             &mut out,
         );
         // ... then sends a service-specific glo-event-notification (no title) on the same port.
-        let event = Apdu::EventNotification(EventNotification {
-            time: None,
-            attribute: AttributeDescriptor {
-                class_id: 1,
-                instance_id: ObisCode::new(0, 0, 96, 11, 0, 255),
-                attribute_id: 2,
-            },
-            value: Data::Unsigned(40),
-        })
-        .to_bytes()
-        .unwrap();
+        let event = cover_opened_event();
         let c =
             encipher_with(&Keys::new(&[1; 16], &[2; 16]), CipheredKind(0xCA), SecurityControl(0x30), &ST, 2, &event)
                 .unwrap();
@@ -1014,12 +994,9 @@ mod tests {
         assert!(matches!(out.last(), Some(SessionEvent::Reject { kind: "malformed", .. })), "{out:?}");
     }
 
-    #[test]
-    fn a_bound_address_deciphers_before_the_meter_speaks() {
-        // A connection the head-end dialled: no push has named the meter, so a
-        // service-specific glo APDU (no title) has no sender until the address is bound.
-        let (mut d, mut sink) = (dir(), RowSink::new());
-        let event = Apdu::EventNotification(EventNotification {
+    /// An EventNotification of event 40 (terminal cover opened) in the standard event log.
+    fn cover_opened_event() -> Vec<u8> {
+        Apdu::EventNotification(EventNotification {
             time: None,
             attribute: AttributeDescriptor {
                 class_id: 1,
@@ -1029,7 +1006,15 @@ mod tests {
             value: Data::Unsigned(40),
         })
         .to_bytes()
-        .unwrap();
+        .unwrap()
+    }
+
+    #[test]
+    fn a_bound_address_deciphers_before_the_meter_speaks() {
+        // A connection the head-end dialled: no push has named the meter, so a
+        // service-specific glo APDU (no title) has no sender until the address is bound.
+        let (mut d, mut sink) = (dir(), RowSink::new());
+        let event = cover_opened_event();
         let keys = Keys::new(&[1; 16], &[2; 16]);
         let frame = |ic: u32| {
             let c = encipher_with(&keys, CipheredKind(0xCA), SecurityControl(0x30), &ST, ic, &event).unwrap();
