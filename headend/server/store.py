@@ -144,6 +144,7 @@ class StoreService:
             self.store, cfg.commands, self._send_worker, lambda: sorted(self.workers)
         )
         self.scheduler = Scheduler(self.commands, cfg.commands)
+        self._policy_lock = asyncio.Lock()
         self.polled = 0
         self.clock = Clock.from_config(cfg.clock)
 
@@ -559,7 +560,13 @@ class StoreService:
 
     async def policy_pass(self, act: bool) -> dict[str, Any]:
         """Evaluates the billing policy (queries in an executor); with `act`, queues its
-        commands (here, on the loop that owns the queue) and records what it did."""
+        commands (here, on the loop that owns the queue) and records what it did.
+        Passes run one at a time: two that overlap (the periodic one and one a billing
+        import asks for) would both see no warning yet and warn twice."""
+        async with self._policy_lock:
+            return await self._policy_pass(act)
+
+    async def _policy_pass(self, act: bool) -> dict[str, Any]:
         from headend import billing
 
         cfg = self.cfg
