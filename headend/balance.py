@@ -30,6 +30,7 @@ import numpy as np
 
 from headend import codec
 from headend.errors import HeadendError
+from headend.store import native
 from headend.store.imports import LEVELS, SqlAccess
 
 log = logging.getLogger("headend.balance")
@@ -517,20 +518,20 @@ def _balances(store: RawStore, start: int, end: int) -> int:
             flow[n.node_id], flow_m[n.node_id], flow_e[n.node_id] = o, om, oe
 
     order = list(nodes.values())
-    if not order or hours <= 0:
+    if not order:
         return 0
     i = np.stack([inp.get(n.node_id, zeros) for n in order])
     o = np.stack([out[n.node_id][0] for n in order])
     has = np.array([1 if n.balance_meters else 0 for n in order], dtype=np.uint8)
     measured = np.stack([inp_m.get(n.node_id, zeros) + out[n.node_id][1] for n in order])
     expected = np.array([n.balance_meters + out[n.node_id][2] for n in order], dtype=np.uint32)
-    block = _native(
+    block = native.block(
         len(order) * hours,
         [
-            ("node_id", "String", _strings([n.node_id for n in order], hours)),
-            ("level", "String", _strings([n.level for n in order], hours)),
-            ("commodity", "String", _strings([n.commodity for n in order], hours)),
-            ("admin_unit", "String", _strings([n.admin_unit for n in order], hours)),
+            ("node_id", "String", native.strings([n.node_id for n in order], hours)),
+            ("level", "String", native.strings([n.level for n in order], hours)),
+            ("commodity", "String", native.strings([n.commodity for n in order], hours)),
+            ("admin_unit", "String", native.strings([n.admin_unit for n in order], hours)),
             (
                 "period_start",
                 "DateTime('UTC')",
@@ -557,37 +558,6 @@ def _balances(store: RawStore, start: int, end: int) -> int:
         fmt="Native",
     )
     return len(order) * hours
-
-
-def _varuint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        b = n & 0x7F
-        n >>= 7
-        if n:
-            out.append(b | 0x80)
-        else:
-            out.append(b)
-            return bytes(out)
-
-
-def _strings(values: list[str], repeat: int) -> bytes:
-    """A String column of `values`, each repeated `repeat` times in a row."""
-    parts = []
-    for v in values:
-        raw = v.encode()
-        parts.append((_varuint(len(raw)) + raw) * repeat)
-    return b"".join(parts)
-
-
-def _native(rows: int, columns: list[tuple[str, str, bytes]]) -> bytes:
-    """One block of ClickHouse's Native format: the columns one after another."""
-    out = [_varuint(len(columns)), _varuint(rows)]
-    for name, ty, data in columns:
-        for text in (name, ty):
-            out.append(_varuint(len(text)) + text.encode())
-        out.append(data)
-    return b"".join(out)
 
 
 def _post_order(nodes: dict[str, _Node]) -> list[_Node]:

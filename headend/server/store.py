@@ -275,18 +275,17 @@ class StoreService:
                 msg = {**msg, "status": "failed", "error": f"storing what was read failed: {e}"}
         self.commands.outcome(cid, msg)
 
-    async def _spool_ingested(self, since: float) -> bool:
+    async def _spool_ingested(self, since: float) -> None:
         """Waits until what was spooled before `since` (monotonic) is queryable, at most
-        a few ingest intervals; False if the ingest is behind (ClickHouse refusing)."""
+        a few ingest intervals (the ingest may be behind: ClickHouse refusing)."""
         deadline = time.monotonic() + 4 * self.cfg.store.ingest_interval + 5.0
         self.flush.set()
         self.wake.set()
         while self.ingested_through < since:
             if time.monotonic() >= deadline:
                 log.warning("the spool is not ingested yet; polled events are checked anyway")
-                return False
+                return
             await asyncio.sleep(0.02)
-        return True
 
     def _insert_polled(self, serial: str, rows: list[list[Any]]) -> int:
         now = dt.datetime.now(dt.UTC).replace(microsecond=0)
@@ -521,13 +520,14 @@ class StoreService:
         if late.fetch(self.store, before, oldest) == 0:
             return
         for start, end, meters in late.take(LATE_HOURS_PER_PASS):
-            rep = balance.recompute(self.store, start, end, now=now, meters=meters)
+            rep = balance.recompute(self.store, start, end, now=now, meters=meters).as_dict()
+            who = "every meter" if meters is None else f"{len(meters)} meter(s)"
             log.info(
                 "late data taken in: %s .. %s, %s: %d readings",
-                rep.as_dict()["from"],
-                rep.as_dict()["to"],
-                "every meter" if meters is None else f"{len(meters)} meter(s)",
-                rep.readings,
+                rep["from"],
+                rep["to"],
+                who,
+                rep["readings"],
             )
 
     async def _schedule_once(self) -> dict[str, int]:

@@ -1190,7 +1190,7 @@ impl Session {
     /// Binds meter `meter` (a directory id) to link address `source` on this
     /// connection: the head-end dialled it, so it is known before it speaks.
     fn bind(&mut self, source: u32, meter: u32) {
-        self.inner.bind(source, meter)
+        self.inner.bind(source, meter);
     }
 
     /// Bytes of a partial frame held back.

@@ -286,14 +286,17 @@ impl Session {
     /// has sent anything: a connection the head-end opened to a listening meter. The
     /// meter's responses are then deciphered with its keys like those of a meter that
     /// identified itself.
-    pub fn bind(&mut self, source: u32, meter: u32) {
+    /// Returns whether the meter is new on this connection.
+    pub fn bind(&mut self, source: u32, meter: u32) -> bool {
         match self.learned.iter_mut().find(|(s, _)| *s == source) {
             Some(e) => e.1 = meter,
             None => self.learned.push((source, meter)),
         }
-        if !self.stats.meters.contains(&meter) {
+        let new = !self.stats.meters.contains(&meter);
+        if new {
             self.stats.meters.push(meter);
         }
+        new
     }
 
     /// Bytes from the peer (empty: the peer closed).
@@ -385,12 +388,7 @@ impl Session {
     }
 
     fn learn(&mut self, cx: &mut Ctx<'_>, source: u32, meter: u32) {
-        match self.learned.iter_mut().find(|(s, _)| *s == source) {
-            Some(e) => e.1 = meter,
-            None => self.learned.push((source, meter)),
-        }
-        if !self.stats.meters.contains(&meter) {
-            self.stats.meters.push(meter);
+        if self.bind(source, meter) {
             cx.out.push(SessionEvent::Identified { meter, source });
         }
     }
