@@ -293,6 +293,19 @@ class LateData:
         return out
 
 
+# The registers of a slice of meters for the VEE: a series (meter and register) a row,
+# its times and values as arrays. A third of the bytes of a reading a row, which is what
+# ClickHouse spends its time writing; the series are read in key order, so grouping
+# them costs little.
+READINGS_SQL = (
+    "SELECT meter, obis, groupArray(toUInt32(ts)), groupArray(value) "
+    "FROM {db}.readings WHERE {bounds} AND obis IN %(with_states)s "
+    "AND ts >= toDateTime({a}) AND ts < toDateTime({b}) "
+    "GROUP BY meter, obis ORDER BY meter, obis "
+    "SETTINGS optimize_aggregation_in_order = 1"
+)
+
+
 def _obis_ints() -> dict[str, int]:
     return {c[0]: obis_int(c[0]) for c in CHANNELS}
 
@@ -338,10 +351,7 @@ def _consumption(
             params["only"] = chosen[i * per : (i + 1) * per]
             bounds = "meter IN %(only)s"
         raw = store.raw_query(
-            "SELECT meter, obis, toInt64(ts), value "
-            f"FROM {db}.readings WHERE {bounds} AND obis IN %(with_states)s "
-            f"AND ts >= toDateTime({rep.start - margin}) AND ts < toDateTime({rep.end + margin}) "
-            "ORDER BY meter, obis, ts",
+            READINGS_SQL.format(db=db, bounds=bounds, a=rep.start - margin, b=rep.end + margin),
             params,
             fmt="Native",
         )

@@ -2,7 +2,9 @@
 //!
 //! Input: RowBinary or Native blocks of `meter String, obis UInt64, ts Int64, value
 //! Float64`, ordered by meter, obis, ts (as `ORDER BY meter, obis, ts` returns it;
-//! ClickHouse writes Native about half again as fast). Output: RowBinary for the
+//! ClickHouse writes Native about half again as fast); or Native blocks of a series a
+//! row, `meter, obis, ts Array(UInt32), value Array(Float64)`, ordered by meter, obis
+//! (`groupArray` ... `GROUP BY meter, obis ORDER BY meter, obis`: a third of the bytes). Output: RowBinary for the
 //! `consumption` table (`meter, obis, interval_start, value, unit, quality, flags,
 //! computed_at`). In between, [`crate::vee::derive`] over the whole batch; only the
 //! intervals in `[keep_from, keep_to)` are written (the samples around the window are
@@ -63,13 +65,10 @@ const MAX_SERIAL: usize = 256;
 /// Runs `job` over RowBinary readings; returns RowBinary consumption rows.
 pub fn run(job: &Job, data: &[u8]) -> Result<(Vec<u8>, JobStats)> {
     let mut rows = Rows::new(data, job.native_input);
-    // Room for every reading up front (a row takes at least 26 bytes of the input;
-    // serials are about 10): regrowing three columns of millions costs more.
-    let cap = data.len() / 34;
     // Series: a run of rows with the same meter and obis.
     let mut keys: Vec<(usize, usize, usize)> = Vec::new(); // meter start, meter end, channel
     let mut params: Vec<SeriesParams> = Vec::new();
-    let (mut series, mut ts, mut value) = (Vec::with_capacity(cap), Vec::with_capacity(cap), Vec::with_capacity(cap));
+    let (mut series, mut ts, mut value) = (Vec::new(), Vec::new(), Vec::new());
     let mut readings = 0u64;
     let mut last: Option<(&[u8], u64)> = None;
     // Supply-off periods per meter, from its state register: from a 0 to the next
@@ -79,6 +78,15 @@ pub fn run(job: &Job, data: &[u8]) -> Result<(Vec<u8>, JobStats)> {
     let gap = job.vee.measured_gap;
     while let Some(Reading { at, start, meter, obis, t, v }) = rows.next()? {
         let len = meter.len();
+        if readings == 0 {
+            // Room for every reading up front (a row of one reading takes at least 26
+            // bytes of the input, serials are about 10; in arrays a reading takes 12):
+            // regrowing three columns of millions costs more.
+            let cap = data.len() / if rows.block.arrays { 12 } else { 34 };
+            series.reserve(cap);
+            ts.reserve(cap);
+            value.reserve(cap);
+        }
         readings += 1;
         if job.states.contains(&obis) {
             if open.is_some_and(|o| o.0 != meter) {
@@ -156,6 +164,9 @@ struct Rows<'a> {
 }
 
 /// The current Native block: its meters (position, length) and fixed-width columns.
+/// A block has one reading a row (`ts Int64, value Float64`), or a series' readings a
+/// row (`ts Array(UInt32), value Array(Float64)`, as `groupArray` gives them: a third
+/// as many bytes for ClickHouse to write, since the serial is not repeated).
 #[derive(Default)]
 struct Block<'a> {
     at: usize,
@@ -163,11 +174,62 @@ struct Block<'a> {
     obis: &'a [u8],
     ts: &'a [u8],
     value: &'a [u8],
+    /// Array rows: where each row's readings end (ClickHouse's offsets, UInt64).
+    ends: &'a [u8],
+    arrays: bool,
+    /// The next row, the current row, and its readings [next, end).
+    row: usize,
+    current: usize,
     next: usize,
+    end: usize,
+    /// The current row's readings by time, when the array is not in time order
+    /// (`groupArray` keeps the order it reads in, which several threads may mix).
+    order: Vec<usize>,
+    first: usize,
 }
 
-/// The columns a Native input block must have, in order, with their types.
+impl Block<'_> {
+    fn end_of(&self, row: usize) -> usize {
+        if !self.arrays {
+            return row + 1;
+        }
+        u64::from_le_bytes(self.ends[8 * row..8 * row + 8].try_into().expect("8 bytes")) as usize
+    }
+
+    fn ts(&self, k: usize) -> i64 {
+        if self.arrays {
+            i64::from(u32::from_le_bytes(self.ts[4 * k..4 * k + 4].try_into().expect("4 bytes")))
+        } else {
+            i64::from_le_bytes(self.ts[8 * k..8 * k + 8].try_into().expect("8 bytes"))
+        }
+    }
+
+    /// Moves to the next row; false when the block has no more.
+    fn enter_row(&mut self) -> bool {
+        if self.row >= self.meters.len() {
+            return false;
+        }
+        let row = self.row;
+        self.row += 1;
+        self.current = row;
+        self.first = if row == 0 { 0 } else { self.end_of(row - 1) };
+        self.next = self.first;
+        self.end = self.end_of(row);
+        self.order.clear();
+        if self.arrays && (self.first + 1..self.end).any(|k| self.ts(k - 1) > self.ts(k)) {
+            self.order.extend(self.first..self.end);
+            let mut order = std::mem::take(&mut self.order);
+            order.sort_by_key(|&k| self.ts(k));
+            self.order = order;
+        }
+        true
+    }
+}
+
+/// The columns a Native input block must have, in order, with their types (one
+/// reading a row, or arrays of a series' readings).
 const INPUT: [(&str, &str); 4] = [("meter", "String"), ("obis", "UInt64"), ("ts", "Int64"), ("value", "Float64")];
+const ARRAYS: [&str; 2] = ["Array(UInt32)", "Array(Float64)"];
 
 impl<'a> Rows<'a> {
     fn new(data: &'a [u8], native: bool) -> Self {
@@ -178,24 +240,27 @@ impl<'a> Rows<'a> {
         if !self.native {
             return self.next_row();
         }
-        while self.block.next >= self.block.meters.len() {
-            if self.r.is_empty() {
-                return Ok(None);
+        while self.block.next >= self.block.end {
+            if !self.block.enter_row() {
+                if self.r.is_empty() {
+                    return Ok(None);
+                }
+                self.read_block()?;
             }
-            self.read_block()?;
         }
         let b = &mut self.block;
-        let i = b.next;
+        let j = b.next;
         b.next += 1;
-        let (start, len) = b.meters[i];
-        let field = |col: &[u8]| -> [u8; 8] { col[8 * i..8 * i + 8].try_into().expect("8 bytes") };
+        let k = if b.order.is_empty() { j } else { b.order[j - b.first] };
+        let (start, len) = b.meters[b.current];
+        let row = b.current;
         Ok(Some(Reading {
             at: b.at,
             start,
             meter: &self.data[start..start + len],
-            obis: u64::from_le_bytes(field(b.obis)),
-            t: i64::from_le_bytes(field(b.ts)),
-            v: f64::from_le_bytes(field(b.value)),
+            obis: u64::from_le_bytes(b.obis[8 * row..8 * row + 8].try_into().expect("8 bytes")),
+            t: b.ts(k),
+            v: f64::from_le_bytes(b.value[8 * k..8 * k + 8].try_into().expect("8 bytes")),
         }))
     }
 
@@ -217,7 +282,8 @@ impl<'a> Rows<'a> {
         Ok(Some(Reading { at, start, meter, obis, t, v }))
     }
 
-    /// A Native block: column count, row count, then each column's name, type and data.
+    /// A Native block: column count, row count, then each column's name, type and data
+    /// (an array column: each row's end offset, then the values of all rows).
     fn read_block(&mut self) -> Result<()> {
         let r = &mut self.r;
         let at = r.position();
@@ -226,38 +292,72 @@ impl<'a> Rows<'a> {
         if columns != INPUT.len() {
             return Err(Error::invalid("readings", at, format!("a Native block of {columns} columns, not 4")));
         }
-        let mut block = Block { at, next: 0, ..Block::default() };
-        for (name, ty) in INPUT {
+        let Some(size) = n.checked_mul(8) else {
+            return Err(Error::invalid("readings", at, format!("a Native block of {n} rows")));
+        };
+        let mut block = Block { at, order: std::mem::take(&mut self.block.order), ..Block::default() };
+        let mut values = 0usize; // readings in an array block
+        for (c, (name, ty)) in INPUT.into_iter().enumerate() {
             let col_at = r.position();
             let len = leb128(r)?;
             r.bytes(len, "column name")?;
             let len = leb128(r)?;
             let got = r.bytes(len, "column type")?;
-            if got != ty.as_bytes() {
+            if c == 2 {
+                block.arrays = got == ARRAYS[0].as_bytes();
+            }
+            let want = if c >= 2 && block.arrays { ARRAYS[c - 2] } else { ty };
+            if got != want.as_bytes() {
                 let got = String::from_utf8_lossy(got);
-                return Err(Error::invalid("readings", col_at, format!("column {name} is {got}, not {ty}")));
+                let also = if c == 2 { format!(" or {}", ARRAYS[0]) } else { String::new() };
+                return Err(Error::invalid("readings", col_at, format!("column {name} is {got}, not {want}{also}")));
             }
-            if name == "meter" {
-                block.meters.reserve(n);
-                for _ in 0..n {
-                    let m_at = r.position();
-                    let len = leb128(r)?;
-                    if len > MAX_SERIAL {
-                        return Err(Error::invalid("readings", m_at, format!("meter serial of {len} bytes")));
-                    }
-                    block.meters.push((r.position(), len));
-                    r.bytes(len, "meter")?;
-                }
-                continue;
-            }
-            let Some(size) = n.checked_mul(8) else {
-                return Err(Error::invalid("readings", at, format!("a Native block of {n} rows")));
-            };
-            let col = r.bytes(size, name)?;
             match name {
-                "obis" => block.obis = col,
-                "ts" => block.ts = col,
-                _ => block.value = col,
+                "meter" => {
+                    block.meters.reserve(n);
+                    for _ in 0..n {
+                        let m_at = r.position();
+                        let len = leb128(r)?;
+                        if len > MAX_SERIAL {
+                            return Err(Error::invalid("readings", m_at, format!("meter serial of {len} bytes")));
+                        }
+                        block.meters.push((r.position(), len));
+                        r.bytes(len, "meter")?;
+                    }
+                }
+                "obis" => block.obis = r.bytes(size, name)?,
+                _ if !block.arrays => {
+                    let col = r.bytes(size, name)?;
+                    if name == "ts" {
+                        block.ts = col;
+                    } else {
+                        block.value = col;
+                    }
+                }
+                "ts" => {
+                    let ends_at = r.position();
+                    block.ends = r.bytes(size, "array offsets")?;
+                    let mut last = 0u64;
+                    for e in block.ends.chunks_exact(8) {
+                        let e = u64::from_le_bytes(e.try_into().expect("8 bytes"));
+                        if e < last {
+                            return Err(Error::invalid("readings", ends_at, "array offsets go down"));
+                        }
+                        last = e;
+                    }
+                    let Some(bytes) = usize::try_from(last).ok().and_then(|v| v.checked_mul(8)) else {
+                        return Err(Error::invalid("readings", ends_at, format!("arrays of {last} readings")));
+                    };
+                    values = bytes / 8;
+                    block.ts = r.bytes(values * 4, name)?;
+                }
+                _ => {
+                    let ends_at = r.position();
+                    if r.bytes(size, "array offsets")? != block.ends {
+                        return Err(Error::invalid("readings", ends_at, "ts and value arrays differ in length"));
+                    }
+                    block.value = r.bytes(values * 8, name)?;
+                }
             }
         }
         self.block = block;
@@ -465,6 +565,135 @@ mod tests {
         let mut with_empty = empty.clone();
         with_empty.extend_from_slice(&native_input(&rows, 4));
         assert_eq!(run(&j, &with_empty).unwrap(), want);
+    }
+
+    /// `rows` as Native blocks of a series a row (at most `per` rows a block), each
+    /// series' readings in reverse time order when `reverse`.
+    fn array_input(rows: &[Sample<'_>], per: usize, reverse: bool) -> Vec<u8> {
+        let mut series: Vec<Vec<Sample<'_>>> = Vec::new();
+        for r in rows {
+            match series.last_mut() {
+                Some(s) if (s[0].0, s[0].1) == (r.0, r.1) => s.push(*r),
+                _ => series.push(vec![*r]),
+            }
+        }
+        if reverse {
+            series.iter_mut().for_each(|s| s.reverse());
+        }
+        let mut out = Vec::new();
+        for chunk in series.chunks(per) {
+            put_varuint(&mut out, 4);
+            put_varuint(&mut out, chunk.len() as u64);
+            let offsets = |out: &mut Vec<u8>| {
+                let mut end = 0u64;
+                for s in chunk {
+                    end += s.len() as u64;
+                    out.extend_from_slice(&end.to_le_bytes());
+                }
+            };
+            put_string(&mut out, b"meter");
+            put_string(&mut out, b"String");
+            chunk.iter().for_each(|s| put_string(&mut out, s[0].0.as_bytes()));
+            put_string(&mut out, b"obis");
+            put_string(&mut out, b"UInt64");
+            chunk.iter().for_each(|s| out.extend_from_slice(&s[0].1.to_le_bytes()));
+            put_string(&mut out, b"groupArray(toUInt32(ts))");
+            put_string(&mut out, b"Array(UInt32)");
+            offsets(&mut out);
+            chunk.iter().flatten().for_each(|r| out.extend_from_slice(&(r.2 as u32).to_le_bytes()));
+            put_string(&mut out, b"groupArray(value)");
+            put_string(&mut out, b"Array(Float64)");
+            offsets(&mut out);
+            chunk.iter().flatten().for_each(|r| out.extend_from_slice(&r.3.to_le_bytes()));
+        }
+        out
+    }
+
+    fn sample_rows() -> Vec<Sample<'static>> {
+        let mut rows = Vec::new();
+        for (m, base) in [("A", 0.0), ("B", 100.0), ("CC", 7.0)] {
+            rows.push((m, 3, 0, 1.0)); // the supply state: on
+            if m == "B" {
+                rows.push((m, 3, 7200, 0.0)); // off from 2 h
+                rows.push((m, 3, 10800, 1.0)); // on again at 3 h
+            }
+            for h in 0..5 {
+                if (m, h) != ("B", 2) {
+                    rows.push((m, 7, 3600 * h, base + 1000.0 * h as f64));
+                }
+            }
+            rows.push((m, 9, 0, 5.0));
+        }
+        rows
+    }
+
+    #[test]
+    fn series_arrays_in_give_what_rows_in_give() {
+        let rows = sample_rows();
+        let mut data = Vec::new();
+        rows.iter().for_each(|r| row(&mut data, r.0, r.1, r.2, r.3));
+        let want = run(&job(), &data).unwrap();
+        assert!(want.1.rows > 0);
+        let j = Job { native_input: true, ..job() };
+        for per in [1, 2, 5, rows.len()] {
+            for reverse in [false, true] {
+                let got = run(&j, &array_input(&rows, per, reverse)).unwrap();
+                assert_eq!(got, want, "{per} series a block, reversed {reverse}");
+            }
+        }
+        // Blocks of one reading a row and blocks of arrays may follow one another.
+        let mut mixed = native_input(&rows[..7], 3);
+        mixed.extend_from_slice(&array_input(&rows[7..], 2, false));
+        assert_eq!(run(&j, &mixed).unwrap(), want);
+        // A row with empty arrays is no reading.
+        let mut empty = Vec::new();
+        put_varuint(&mut empty, 4);
+        put_varuint(&mut empty, 1);
+        for (name, ty, data) in [
+            ("meter", "String", &b"\x01Z"[..]),
+            ("obis", "UInt64", &7u64.to_le_bytes()[..]),
+            ("ts", ARRAYS[0], &[0; 8][..]),
+            ("value", ARRAYS[1], &[0; 8][..]),
+        ] {
+            put_string(&mut empty, name.as_bytes());
+            put_string(&mut empty, ty.as_bytes());
+            empty.extend_from_slice(data);
+        }
+        assert_eq!(run(&j, &empty).unwrap().1, JobStats::default());
+        empty.extend_from_slice(&array_input(&rows, 3, true));
+        assert_eq!(run(&j, &empty).unwrap(), want);
+    }
+
+    #[test]
+    fn bad_series_arrays_are_named() {
+        let j = Job { native_input: true, ..job() };
+        let good = array_input(&[("A", 7, 0, 1.0), ("A", 7, 3600, 2.0), ("B", 7, 0, 1.0)], 2, false);
+        assert_eq!(run(&j, &good).unwrap().1.readings, 3);
+        for cut in 1..good.len() {
+            let e = run(&j, &good[..cut]).unwrap_err();
+            assert!(matches!(e, Error::Incomplete { .. } | Error::Invalid { .. }), "{cut}: {e}");
+        }
+        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+        // The value offsets (second offsets column) not the ts offsets.
+        let at =
+            |needle: &[u8], from: usize| from + good[from..].windows(needle.len()).position(|w| w == needle).unwrap();
+        let value_offsets = at(b"Array(Float64)", 0) + b"Array(Float64)".len();
+        let mut differ = good.clone();
+        differ[value_offsets] = 1;
+        assert!(run(&j, &differ).unwrap_err().to_string().contains("differ in length"), "{}", text(&differ));
+        let ts_offsets = at(b"Array(UInt32)", 0) + b"Array(UInt32)".len();
+        let mut down = good.clone();
+        down[ts_offsets + 8] = 0; // second row ends before the first
+        let e = run(&j, &down).unwrap_err().to_string();
+        assert!(e.contains("offsets go down"), "{e}");
+        let renamed = text(&good).replace("Array(Float64)", "Array(Float32)").into_bytes();
+        let e = run(&j, &renamed).unwrap_err().to_string();
+        assert!(e.contains("column value is Array(Float32), not Array(Float64)"), "{e}");
+        let renamed = text(&good).replace("Array(UInt32)", "Array(UInt16)").into_bytes();
+        let e = run(&j, &renamed).unwrap_err().to_string();
+        assert!(e.contains("column ts is Array(UInt16), not Int64 or Array(UInt32)"), "{e}");
+        let backwards = array_input(&[("B", 7, 0, 1.0), ("A", 7, 0, 1.0)], 1, false);
+        assert!(run(&j, &backwards).unwrap_err().to_string().contains("not ordered"));
     }
 
     #[test]
