@@ -15,6 +15,7 @@ __all__ = [
     "FrameError",
     "KeyTable",
     "MasterKey",
+    "NodeSums",
     "PushBatch",
     "PushDecoder",
     "RowSink",
@@ -440,6 +441,8 @@ def consumption_rows(
     states: Sequence[str] | None = None,
     native: bool = False,
     native_input: bool = False,
+    sums: NodeSums | None = None,
+    meter_nodes: bytes | None = None,
     interval: int = 3600,
     measured_gap: int = 3600,
     max_estimate_span: int = 5356800,
@@ -456,4 +459,21 @@ def consumption_rows(
     off) whose off periods flag the intervals; `native`: the rows as one block of
     ClickHouse's Native format instead of RowBinary (faster to insert);
     `native_input`: the readings are Native blocks (ClickHouse writes them faster than
-    RowBinary). Runs without the GIL."""
+    RowBinary), one reading a row or a series a row (`ts Array(UInt32), value
+    Array(Float64)`, ordered by meter, obis); `sums` with `meter_nodes` (a Native block
+    of `serial String, node_id String, balance UInt8`): the kept intervals of its
+    registers are added to their meters' nodes. Runs without the GIL."""
+
+@final
+class NodeSums:
+    """Balance sums gathered by `consumption_rows`: per network node (in the order
+    given), side (0 the consumers below it, 1 its balance meters) and hour of the window
+    from `start`, the consumption of the `obis` registers and how many of its intervals
+    were measured."""
+
+    def __init__(self, nodes: Sequence[str], start: int, hours: int, obis: Sequence[str]) -> None: ...
+    def arrays(self) -> tuple[bytes, bytes]:
+        """(values, measured): little-endian float64 and uint32, `[node][side][hour]`."""
+    @property
+    def unplaced(self) -> int:
+        """Series of the registers whose meter has no network node among `nodes`."""

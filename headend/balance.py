@@ -207,10 +207,18 @@ def recompute(
     now = time.time() if now is None else now
     rep = RecomputeReport(start, end)
     t0 = time.monotonic()
-    _consumption(store, rep, int(now), margin, meters_per_slice, meters=meters)
+    nodes = _network(store)
+    hours = (end - start) // HOUR
+    # Every meter's consumption is derived here: the balances are summed on the way
+    # (in Rust), not read back from `consumption`. A few meters' (late data) leave the
+    # others' where they are, so their balances are summed from the table.
+    sums = None
+    if meters is None and len(nodes) * 2 * hours <= SUMS_CELLS:
+        sums = codec.NodeSums(list(nodes), start, hours, sorted(set(FLOW.values())))
+    _consumption(store, rep, int(now), margin, meters_per_slice, meters=meters, sums=sums)
     rep.seconds["consumption"] = round(time.monotonic() - t0, 3)
     t1 = time.monotonic()
-    rep.balance_rows = _balances(store, start, end)
+    rep.balance_rows = _balances(store, start, end, nodes, sums)
     rep.seconds["balances"] = round(time.monotonic() - t1, 3)
     log.info(
         "recomputed %s .. %s: %d readings, %d consumption rows, %d balance rows",
@@ -223,6 +231,9 @@ def recompute(
     return rep
 
 
+# Most cells (nodes x 2 x hours) of balance sums gathered in Rust (12 bytes each);
+# beyond, the balances are summed from the `consumption` table.
+SUMS_CELLS = 50_000_000
 # Late data: at most this many meters are named per hour; beyond, every meter's
 # consumption is recomputed (the store was away, a whole fleet's data is late).
 LATE_METERS = 100_000
@@ -318,10 +329,12 @@ def _consumption(
     per: int,
     *,
     meters: Sequence[str] | None = None,
+    sums: codec.NodeSums | None = None,
 ) -> None:
     """Consumption of every meter (or of `meters`), a slice of `per` meters at a time;
     the next slice is read from ClickHouse while Rust works on this one (it runs
-    without the GIL)."""
+    without the GIL). With `sums`, each slice's flow registers are added to their
+    meters' network nodes as well."""
     db = store.db
     if meters is not None:
         chosen = sorted(set(meters))
@@ -341,7 +354,7 @@ def _consumption(
     states = [obis_int(o) for o in STATES]
     computed_at = int(time.time() * 1000)
 
-    def fetch(i: int) -> tuple[bytes, list[tuple[bytes, int, list[float]]]]:
+    def fetch(i: int) -> tuple[bytes, list[tuple[bytes, int, list[float]]], bytes | None]:
         last = i + 1 >= len(firsts)
         params: dict[str, Any] = {"lo": firsts[i], "obis": obis, "with_states": obis + states}
         if not last:
@@ -355,14 +368,22 @@ def _consumption(
             params,
             fmt="Native",
         )
-        return raw, _profiles(store, bounds, params, rep.start)
+        placed = None
+        if sums is not None:
+            placed = store.raw_query(
+                "SELECT serial, node_id, CAST(role = 'balance', 'UInt8') "
+                f"FROM {db}.meters FINAL WHERE {bounds.replace('meter', 'serial')}",
+                params,
+                fmt="Native",
+            )
+        return raw, _profiles(store, bounds, params, rep.start), placed
 
     starts = list(range(len(firsts)))
     with ThreadPoolExecutor(1, thread_name_prefix="balance-fetch") as pool:
         pending = pool.submit(fetch, starts[0]) if starts else None
         for n, i in enumerate(starts):
             assert pending is not None
-            raw, profiles = pending.result()
+            raw, profiles, placed = pending.result()
             pending = pool.submit(fetch, starts[n + 1]) if n + 1 < len(starts) else None
             out, stats = codec.consumption_rows(
                 raw,
@@ -372,6 +393,8 @@ def _consumption(
                 states=STATES,
                 native=True,
                 native_input=True,
+                sums=sums,
+                meter_nodes=placed,
                 keep_from=rep.start,
                 keep_to=rep.end,
                 now=now,
@@ -472,9 +495,39 @@ def _network(store: RawStore) -> dict[str, _Node]:
     return nodes
 
 
-def _balances(store: RawStore, start: int, end: int) -> int:
+@dataclass
+class _NodeHours:
+    """Per network node, the hours' consumption below it (`cons`, and how many of its
+    meter-hours were measured) and through its balance meters (`inp`)."""
+
+    cons: dict[str, np.ndarray] = field(default_factory=dict)
+    cons_m: dict[str, np.ndarray] = field(default_factory=dict)
+    inp: dict[str, np.ndarray] = field(default_factory=dict)
+    inp_m: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+def _balances(
+    store: RawStore, start: int, end: int, nodes: dict[str, _Node], sums: codec.NodeSums | None
+) -> int:
+    hours = (end - start) // HOUR
+    if sums is None:
+        got = _sum_from_table(store, start, end, nodes)
+    else:
+        got = _NodeHours()
+        values, measured = sums.arrays()
+        v = np.frombuffer(values, dtype="<f8").reshape(len(nodes), 2, hours)
+        m = np.frombuffer(measured, dtype="<u4").reshape(len(nodes), 2, hours).astype(np.float64)
+        for k, node_id in enumerate(nodes):
+            got.cons[node_id], got.inp[node_id] = v[k, 0], v[k, 1]
+            got.cons_m[node_id], got.inp_m[node_id] = m[k, 0], m[k, 1]
+        if sums.unplaced:
+            log.info("%d meter register(s) with readings belong to no network node", sums.unplaced)
+    return _write_balances(store, start, end, nodes, got)
+
+
+def _sum_from_table(store: RawStore, start: int, end: int, nodes: dict[str, _Node]) -> _NodeHours:
+    """The balance sums of [start, end) from the `consumption` table."""
     db = store.db
-    nodes = _network(store)
     hours = (end - start) // HOUR
     ints = _obis_ints()
     flow_obis = sorted({ints[o] for o in FLOW.values()})
@@ -494,16 +547,24 @@ def _balances(store: RawStore, start: int, end: int) -> int:
         {"obis": flow_obis, "a": start, "b": end},
     )
     zeros = np.zeros(hours)
-    cons: dict[str, np.ndarray] = {}
-    cons_m: dict[str, np.ndarray] = {}
-    inp: dict[str, np.ndarray] = {}
-    inp_m: dict[str, np.ndarray] = {}
+    got = _NodeHours()
     for node_id, role, values, measured in sums:
         if node_id not in nodes:
             continue
-        v, m = (inp, inp_m) if role == "balance" else (cons, cons_m)
+        v, m = (got.inp, got.inp_m) if role == "balance" else (got.cons, got.cons_m)
         v[node_id] = v.get(node_id, zeros) + np.asarray(values, dtype=np.float64)
         m[node_id] = m.get(node_id, zeros) + np.asarray(measured, dtype=np.float64)
+    return got
+
+
+def _write_balances(
+    store: RawStore, start: int, end: int, nodes: dict[str, _Node], got: _NodeHours
+) -> int:
+    """Balances of every node from its sums: bottom-up through the grid, one Native
+    block into `balances`."""
+    hours = (end - start) // HOUR
+    zeros = np.zeros(hours)
+    cons, cons_m, inp, inp_m = got.cons, got.cons_m, got.inp, got.inp_m
 
     # Bottom-up: what each node passes to its parent (flow), measured and expected
     # meter-hours behind that flow.

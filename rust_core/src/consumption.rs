@@ -64,7 +64,133 @@ const MAX_SERIAL: usize = 256;
 
 /// Runs `job` over RowBinary readings; returns RowBinary consumption rows.
 pub fn run(job: &Job, data: &[u8]) -> Result<(Vec<u8>, JobStats)> {
+    run_summing(job, data, None)
+}
+
+/// Balance sums: per network node, side (0 the consumers below it, 1 its balance
+/// meters) and hour of a window, the consumption of the flow registers and how many of
+/// its intervals were measured. They are what `balances` needs, gathered while the
+/// consumption is derived, so the rows just written need not be read back.
+#[derive(Clone, Debug, Default)]
+pub struct NodeSums {
+    pub start: i64,
+    pub hours: usize,
+    /// Registers that count (electricity import, gas volume).
+    pub obis: Vec<u64>,
+    nodes: HashMap<Vec<u8>, u32>,
+    /// `[(node * 2 + side) * hours + hour]`.
+    pub value: Vec<f64>,
+    pub measured: Vec<u32>,
+    /// Series of flow registers whose meter has no network node here.
+    pub unplaced: u64,
+}
+
+/// Most cells (nodes x 2 x hours) one `NodeSums` holds: 2 GiB of sums.
+const MAX_CELLS: usize = 1 << 28;
+
+impl NodeSums {
+    pub fn new(nodes: Vec<Vec<u8>>, start: i64, hours: usize, obis: Vec<u64>) -> Result<Self> {
+        let cells = nodes.len().checked_mul(2 * hours).filter(|&c| c <= MAX_CELLS);
+        let Some(cells) = cells else {
+            return Err(Error::invalid(
+                "node sums",
+                0,
+                format!("{} nodes x {hours} hours is too many: sum a shorter window", nodes.len()),
+            ));
+        };
+        let n = nodes.len();
+        let index: HashMap<Vec<u8>, u32> = nodes.into_iter().zip(0..).collect();
+        if index.len() != n {
+            return Err(Error::invalid("node sums", 0, "a node is named twice"));
+        }
+        Ok(NodeSums {
+            start,
+            hours,
+            obis,
+            nodes: index,
+            value: vec![0.0; cells],
+            measured: vec![0; cells],
+            unplaced: 0,
+        })
+    }
+
+    /// The cell group (node * 2 + side) of a meter's flow series, if it has one.
+    fn group(&mut self, placed: &MeterNodes<'_>, meter: &[u8], obis: u64) -> Option<u32> {
+        if !self.obis.contains(&obis) {
+            return None;
+        }
+        let g =
+            placed.0.get(meter).and_then(|&(node, balance)| self.nodes.get(node).map(|&i| i * 2 + u32::from(balance)));
+        if g.is_none() {
+            self.unplaced += 1;
+        }
+        g
+    }
+
+    fn add(&mut self, group: u32, start: i64, value: f64, measured: bool) {
+        let h = (start - self.start).div_euclid(3600);
+        if (0..self.hours as i64).contains(&h) {
+            let cell = group as usize * self.hours + h as usize;
+            self.value[cell] += value;
+            self.measured[cell] += u32::from(measured);
+        }
+    }
+}
+
+/// Where meters are: serial -> (node id, is a balance meter), from a Native block of
+/// `serial String, node_id String, balance UInt8`.
+pub struct MeterNodes<'a>(HashMap<&'a [u8], (&'a [u8], bool)>);
+
+impl<'a> MeterNodes<'a> {
+    pub fn read(data: &'a [u8]) -> Result<Self> {
+        const COLS: [(&str, &str); 3] = [("serial", "String"), ("node_id", "String"), ("balance", "UInt8")];
+        let mut r = Reader::new(data);
+        let mut map = HashMap::new();
+        while !r.is_empty() {
+            let at = r.position();
+            let columns = leb128(&mut r)?;
+            let n = leb128(&mut r)?;
+            if columns != COLS.len() {
+                return Err(Error::invalid("meter nodes", at, format!("a Native block of {columns} columns, not 3")));
+            }
+            let mut cols: [Vec<&[u8]>; 2] = [Vec::with_capacity(n), Vec::with_capacity(n)];
+            for (c, (name, ty)) in COLS.into_iter().enumerate() {
+                let col_at = r.position();
+                let len = leb128(&mut r)?;
+                r.bytes(len, "column name")?;
+                let len = leb128(&mut r)?;
+                let got = r.bytes(len, "column type")?;
+                if got != ty.as_bytes() {
+                    let got = String::from_utf8_lossy(got);
+                    return Err(Error::invalid("meter nodes", col_at, format!("column {name} is {got}, not {ty}")));
+                }
+                if c < 2 {
+                    for _ in 0..n {
+                        let len = leb128(&mut r)?;
+                        cols[c].push(r.bytes(len, name)?);
+                    }
+                } else {
+                    let flags = r.bytes(n, name)?;
+                    for k in 0..n {
+                        map.insert(cols[0][k], (cols[1][k], flags[k] != 0));
+                    }
+                }
+            }
+        }
+        Ok(MeterNodes(map))
+    }
+}
+
+/// Runs `job` over the readings, adding the flow registers' intervals in
+/// `[keep_from, keep_to)` to `sums` by the meters' nodes when given.
+pub fn run_summing(
+    job: &Job,
+    data: &[u8],
+    mut sums: Option<(&mut NodeSums, &MeterNodes<'_>)>,
+) -> Result<(Vec<u8>, JobStats)> {
     let mut rows = Rows::new(data, job.native_input);
+    let mut groups: Vec<u32> = Vec::new(); // per series: its cell group, or NONE
+    const NONE: u32 = u32::MAX;
     // Series: a run of rows with the same meter and obis.
     let mut keys: Vec<(usize, usize, usize)> = Vec::new(); // meter start, meter end, channel
     let mut params: Vec<SeriesParams> = Vec::new();
@@ -117,6 +243,9 @@ pub fn run(job: &Job, data: &[u8]) -> Result<(Vec<u8>, JobStats)> {
             let profile =
                 if job.profiles.is_empty() { None } else { job.profiles.get(&(meter.to_vec(), obis)).copied() };
             keys.push((start, start + len, ch));
+            if let Some((sums, placed)) = sums.as_mut() {
+                groups.push(sums.group(placed, meter, obis).unwrap_or(NONE));
+            }
             // A switched-off meter may still show a trickle (its own electronics, rounding).
             let idle_rate = c.max_rate * 0.0005;
             params.push(SeriesParams { max_rate: limit, profile, idle_rate, ..SeriesParams::default() });
@@ -137,6 +266,15 @@ pub fn run(job: &Job, data: &[u8]) -> Result<(Vec<u8>, JobStats)> {
     }
     let (iv, vee) = derive(&job.vee, &params, &series, &ts, &value, &off)?;
     let keep: Vec<usize> = (0..iv.len()).filter(|&k| (job.keep_from..job.keep_to).contains(&iv.start[k])).collect();
+    if let Some((sums, _)) = sums {
+        for &k in &keep {
+            let s = iv.series[k] as usize;
+            if groups[s] != NONE {
+                let scale = job.channels[keys[s].2].scale;
+                sums.add(groups[s], iv.start[k], iv.value[k] * scale, iv.quality[k] == crate::vee::MEASURED);
+            }
+        }
+    }
     let rows = keep.len() as u64;
     let out =
         if job.native { native_block(job, data, &keys, &iv, &keep) } else { row_binary(job, data, &keys, &iv, &keep) };
@@ -694,6 +832,63 @@ mod tests {
         assert!(e.contains("column ts is Array(UInt16), not Int64 or Array(UInt32)"), "{e}");
         let backwards = array_input(&[("B", 7, 0, 1.0), ("A", 7, 0, 1.0)], 1, false);
         assert!(run(&j, &backwards).unwrap_err().to_string().contains("not ordered"));
+    }
+
+    fn meter_nodes_block(rows: &[(&str, &str, u8)]) -> Vec<u8> {
+        let mut out = Vec::new();
+        put_varuint(&mut out, 3);
+        put_varuint(&mut out, rows.len() as u64);
+        put_string(&mut out, b"serial");
+        put_string(&mut out, b"String");
+        rows.iter().for_each(|r| put_string(&mut out, r.0.as_bytes()));
+        put_string(&mut out, b"node_id");
+        put_string(&mut out, b"String");
+        rows.iter().for_each(|r| put_string(&mut out, r.1.as_bytes()));
+        put_string(&mut out, b"balance");
+        put_string(&mut out, b"UInt8");
+        rows.iter().for_each(|r| out.push(r.2));
+        out
+    }
+
+    #[test]
+    fn node_sums_add_each_meters_hours_to_its_node() {
+        let mut data = Vec::new();
+        // A consumer (1 kWh an hour, hour 2 missing: hours 1 and 2 estimated), its
+        // transformer's balance meter (3 kWh an hour), a meter of no known node, and
+        // export (obis 8), which is not a flow register.
+        for h in (0..5).filter(|&h| h != 2) {
+            row(&mut data, "A", 7, 3600 * h, 1000.0 * h as f64);
+        }
+        for h in 0..5 {
+            row(&mut data, "A", 8, 3600 * h, 10.0 * h as f64);
+        }
+        for (m, per) in [("B", 3000.0), ("Z", 5000.0)] {
+            for h in 0..5 {
+                row(&mut data, m, 7, 3600 * h, per * h as f64);
+            }
+        }
+        let mut j = job();
+        j.channels.push(Channel { obis: 8, scale: 0.001, unit: "kWh".into(), max_rate: 1e6 });
+        j.keep_from = 3600; // hours 1.. of the sums' window [0, 3 h)
+        let block = meter_nodes_block(&[("A", "T1", 0), ("B", "T1", 1), ("Z", "elsewhere", 0)]);
+        let placed = MeterNodes::read(&block).unwrap();
+        let mut sums = NodeSums::new(vec![b"F1".to_vec(), b"T1".to_vec()], 0, 3, vec![7]).unwrap();
+        let (out, st) = run_summing(&j, &data, Some((&mut sums, &placed))).unwrap();
+        assert_eq!((out, st), run(&j, &data).unwrap(), "the rows do not change");
+        // T1 is node 1: consumers at cells 6.., balance meters at 9..
+        assert_eq!(sums.value, vec![0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0, 1.0, 0.0, 3.0, 3.0]);
+        assert_eq!(sums.measured, vec![0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1]);
+        assert_eq!(sums.unplaced, 1, "Z's import");
+
+        assert!(NodeSums::new(vec![b"T".to_vec(), b"T".to_vec()], 0, 3, vec![7]).is_err());
+        let e = NodeSums::new(vec![b"T".to_vec(); 1 << 20], 0, 400 * 24, vec![7]).unwrap_err().to_string();
+        assert!(e.contains("too many"), "{e}");
+        for cut in 1..block.len() {
+            assert!(MeterNodes::read(&block[..cut]).is_err(), "{cut}");
+        }
+        let bad = String::from_utf8_lossy(&block).replace("UInt8", "Int16").into_bytes();
+        let e = MeterNodes::read(&bad).err().unwrap().to_string();
+        assert!(e.contains("column balance is Int16, not UInt8"), "{e}");
     }
 
     #[test]

@@ -1535,7 +1535,7 @@ type ProfileRow = (Vec<u8>, u64, Vec<f64>);
 #[pyfunction]
 #[pyo3(signature = (
     readings, *, channels, unlimited, keep_from, keep_to, now, computed_at_ms, profiles = None, states = None, native = false,
-    native_input = false, interval = 3600, measured_gap = 3600, max_estimate_span = 5_356_800,
+    native_input = false, sums = None, meter_nodes = None, interval = 3600, measured_gap = 3600, max_estimate_span = 5_356_800,
     local_offset = 18_000, future_tolerance = 600
 ))]
 #[allow(clippy::too_many_arguments)]
@@ -1552,6 +1552,8 @@ fn consumption_rows<'py>(
     states: Option<Vec<String>>,
     native: bool,
     native_input: bool,
+    sums: Option<PyRefMut<'py, NodeSums>>,
+    meter_nodes: Option<&[u8]>,
     interval: i64,
     measured_gap: i64,
     max_estimate_span: i64,
@@ -1588,7 +1590,20 @@ fn consumption_rows<'py>(
         keep_to,
         computed_at_ms,
     };
-    let (rows, st) = codec(py, guarded(py, true, || consumption::run(&job, readings))?)?;
+    let (rows, st) = match (sums, meter_nodes) {
+        (None, None) => codec(py, guarded(py, true, || consumption::run(&job, readings))?)?,
+        (Some(mut sums), Some(placed)) => {
+            let sums = &mut sums.inner;
+            codec(
+                py,
+                guarded(py, true, || {
+                    let placed = consumption::MeterNodes::read(placed)?;
+                    consumption::run_summing(&job, readings, Some((sums, &placed)))
+                })?,
+            )?
+        }
+        _ => return Err(local_error(py, "node sums", "sums and meter_nodes go together")),
+    };
     let d = PyDict::new(py);
     d.set_item("readings", st.readings)?;
     d.set_item("series", st.series)?;
@@ -1600,6 +1615,41 @@ fn consumption_rows<'py>(
     Ok((PyBytes::new(py, &rows), d))
 }
 
+/// Balance sums gathered by `consumption_rows`: per network node (in the order given),
+/// side (0 the consumers below it, 1 its balance meters) and hour of the window from
+/// `start`, the consumption of the `obis` registers and how many of its intervals
+/// were measured.
+#[pyclass(module = "headend._core")]
+pub struct NodeSums {
+    inner: consumption::NodeSums,
+}
+
+#[pymethods]
+impl NodeSums {
+    #[new]
+    fn new(py: Python<'_>, nodes: Vec<String>, start: i64, hours: usize, obis: Vec<String>) -> PyResult<Self> {
+        let mut codes = Vec::with_capacity(obis.len());
+        for code in obis {
+            codes.push(obis_code(py, &code)?.to_u64());
+        }
+        let nodes = nodes.into_iter().map(String::into_bytes).collect();
+        Ok(NodeSums { inner: codec(py, consumption::NodeSums::new(nodes, start, hours, codes))? })
+    }
+
+    /// (values, measured): little-endian float64 and uint32, `[node][side][hour]`.
+    fn arrays<'py>(&self, py: Python<'py>) -> (Bound<'py, PyBytes>, Bound<'py, PyBytes>) {
+        let v: Vec<u8> = self.inner.value.iter().flat_map(|x| x.to_le_bytes()).collect();
+        let m: Vec<u8> = self.inner.measured.iter().flat_map(|x| x.to_le_bytes()).collect();
+        (PyBytes::new(py, &v), PyBytes::new(py, &m))
+    }
+
+    /// Series of the registers whose meter has no network node among `nodes`.
+    #[getter]
+    fn unplaced(&self) -> u64 {
+        self.inner.unplaced
+    }
+}
+
 #[pymodule]
 #[pyo3(name = "_core")]
 mod core_module {
@@ -1607,8 +1657,8 @@ mod core_module {
     use super::{
         consumption_rows, decode_apdu, decode_data, decode_frame, decode_hdlc_parameters, decrypt, encode_apdu,
         encode_data, encrypt, format_obis, hdlc_frame, hdlc_parameters, hdlc_segments, hls_gmac, obis_to_int,
-        parse_obis, scale, unit_info, wrap, Directory, Frame, FrameError, KeyTable, MasterKey, PushBatch, PushDecoder,
-        RowSink, Session, StreamDecoder,
+        parse_obis, scale, unit_info, wrap, Directory, Frame, FrameError, KeyTable, MasterKey, NodeSums, PushBatch,
+        PushDecoder, RowSink, Session, StreamDecoder,
     };
 
     #[pymodule_init]
