@@ -32,6 +32,7 @@ __all__ = [
     "encode_data",
     "encrypt",
     "format_obis",
+    "gappy_meters",
     "hdlc_frame",
     "hdlc_parameters",
     "hdlc_segments",
@@ -464,6 +465,18 @@ def consumption_rows(
     of `serial String, node_id String, balance UInt8`): the kept intervals of its
     registers are added to their meters' nodes. Runs without the GIL."""
 
+def gappy_meters(
+    readings: bytes,
+    *,
+    channels: Sequence[str],
+    native_input: bool = False,
+    measured_gap: int = 3600,
+    max_estimate_span: int = 5356800,
+) -> list[bytes]:
+    """Meters of the readings (as `consumption_rows` takes them) with a gap in one of
+    the `channels` registers that an estimate spreads: the ones whose typical day is
+    worth fetching. Runs without the GIL."""
+
 @final
 class NodeSums:
     """Balance sums gathered by `consumption_rows`: per network node (in the order
@@ -471,7 +484,9 @@ class NodeSums:
     from `start`, the consumption of the `obis` registers and how many of its intervals
     were measured."""
 
-    def __init__(self, nodes: Sequence[str], start: int, hours: int, obis: Sequence[str]) -> None: ...
+    def __init__(
+        self, nodes: Sequence[str], start: int, hours: int, obis: Sequence[str]
+    ) -> None: ...
     def arrays(self) -> tuple[bytes, bytes]:
         """(values, measured): little-endian float64 and uint32, `[node][side][hour]`."""
     @property

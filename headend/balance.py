@@ -122,6 +122,14 @@ class RecomputeReport:
     dropped: dict[str, int] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
 
+    def add(self, stats: dict[str, int]) -> None:
+        """Counts a slice's VEE statistics."""
+        self.readings += stats["readings"]
+        self.series += stats["series"]
+        self.consumption_rows += stats["rows"]
+        for k in ("future", "not_finite", "duplicates", "conflicts"):
+            self.dropped[k] = self.dropped.get(k, 0) + stats[k]
+
     def as_dict(self) -> dict[str, Any]:
         return {
             "from": _iso(self.start),
@@ -376,7 +384,13 @@ def _consumption(
                 params,
                 fmt="Native",
             )
-        return raw, _profiles(store, bounds, params, rep.start), placed
+        # Typical days spread estimates over gaps: only meters with a gap need theirs.
+        profiles = []
+        gappy = codec.gappy_meters(raw, channels=[c[0] for c in CHANNELS], native_input=True)
+        if gappy:
+            only = {"obis": obis, "gappy": [m.decode() for m in gappy]}
+            profiles = _profiles(store, "meter IN %(gappy)s", only, rep.start)
+        return raw, profiles, placed
 
     starts = list(range(len(firsts)))
     with ThreadPoolExecutor(1, thread_name_prefix="balance-fetch") as pool:
@@ -401,11 +415,7 @@ def _consumption(
                 computed_at_ms=computed_at,
             )
             del raw
-            rep.readings += stats["readings"]
-            rep.series += stats["series"]
-            rep.consumption_rows += stats["rows"]
-            for k in ("future", "not_finite", "duplicates", "conflicts"):
-                rep.dropped[k] = rep.dropped.get(k, 0) + stats[k]
+            rep.add(stats)
             if out:
                 store.insert_rowbinary(
                     "consumption",

@@ -181,6 +181,67 @@ impl<'a> MeterNodes<'a> {
     }
 }
 
+/// Meters with a series of `channels` that has a gap (two samples further apart than
+/// `measured_gap` and at most `max_span`): the ones whose typical day may spread an
+/// estimate, so the caller fetches typical days for these alone. Each meter once.
+pub fn gappy_meters(
+    data: &[u8],
+    native_input: bool,
+    channels: &[u64],
+    measured_gap: i64,
+    max_span: i64,
+) -> Result<Vec<Vec<u8>>> {
+    let mut rows = Rows::new(data, native_input);
+    let mut out: Vec<Vec<u8>> = Vec::new();
+    let gap = |span: i64| span > measured_gap && span <= max_span;
+    if native_input {
+        // A series a row: its times are at hand, no need to go reading by reading.
+        let mut ts: Vec<i64> = Vec::new();
+        let mut scalar = false;
+        while !rows.r.is_empty() {
+            rows.read_block()?;
+            let b = &mut rows.block;
+            if !b.arrays {
+                scalar = true; // blocks of one reading a row: reading by reading, below
+                break;
+            }
+            while b.enter_row() {
+                let obis = u64::from_le_bytes(b.obis[8 * b.current..8 * b.current + 8].try_into().expect("8 bytes"));
+                if !channels.contains(&obis) {
+                    continue;
+                }
+                ts.clear();
+                ts.extend((b.first..b.end).map(|k| b.ts(k)));
+                if !b.order.is_empty() {
+                    ts.sort_unstable();
+                }
+                let (m0, len) = b.meters[b.current];
+                let meter = &data[m0..m0 + len];
+                if ts.windows(2).any(|w| gap(w[1] - w[0])) && out.last().map(Vec::as_slice) != Some(meter) {
+                    out.push(meter.to_vec());
+                }
+            }
+        }
+        if !scalar {
+            return Ok(out);
+        }
+    }
+    let mut last: Option<(&[u8], u64, i64)> = None;
+    while let Some(r) = rows.next()? {
+        if !channels.contains(&r.obis) {
+            continue;
+        }
+        if let Some((m, o, t)) = last {
+            let span = r.t - t;
+            if (m, o) == (r.meter, r.obis) && gap(span) && out.last().map(Vec::as_slice) != Some(r.meter) {
+                out.push(r.meter.to_vec());
+            }
+        }
+        last = Some((r.meter, r.obis, r.t));
+    }
+    Ok(out)
+}
+
 /// Runs `job` over the readings, adding the flow registers' intervals in
 /// `[keep_from, keep_to)` to `sums` by the meters' nodes when given.
 pub fn run_summing(
@@ -889,6 +950,31 @@ mod tests {
         let bad = String::from_utf8_lossy(&block).replace("UInt8", "Int16").into_bytes();
         let e = MeterNodes::read(&bad).err().unwrap().to_string();
         assert!(e.contains("column balance is Int16, not UInt8"), "{e}");
+    }
+
+    #[test]
+    fn gappy_meters_are_the_ones_with_a_gap() {
+        let rows = sample_rows(); // B's import misses the sample at 2 h
+        let mut data = Vec::new();
+        rows.iter().for_each(|r| row(&mut data, r.0, r.1, r.2, r.3));
+        assert_eq!(gappy_meters(&data, false, &[7], 3600, 86_400).unwrap(), vec![b"B".to_vec()]);
+        // In arrays, reversed (sorted by the reader), the same.
+        let arrays = array_input(&rows, 2, true);
+        assert_eq!(gappy_meters(&arrays, true, &[7], 3600, 86_400).unwrap(), vec![b"B".to_vec()]);
+        // Only the registers asked for count (obis 9 has one sample a meter); a gap
+        // longer than the longest estimate is no estimate.
+        assert!(gappy_meters(&data, false, &[9], 3600, 86_400).unwrap().is_empty());
+        assert!(gappy_meters(&data, false, &[7], 3600, 7199).unwrap().is_empty());
+        assert!(gappy_meters(&arrays[..arrays.len() - 1], true, &[7], 3600, 86_400).is_err());
+        // Blocks of a reading a row, and such blocks after array blocks.
+        let scalar = native_input(&rows, 4);
+        assert_eq!(gappy_meters(&scalar, true, &[7], 3600, 86_400).unwrap(), vec![b"B".to_vec()]);
+        let mut mixed = array_input(&rows[..1], 1, false);
+        mixed.extend_from_slice(&scalar);
+        assert_eq!(gappy_meters(&mixed, true, &[7], 3600, 86_400).unwrap(), vec![b"B".to_vec()]);
+        let mut after = array_input(&rows[..rows.len() / 2], 1, false);
+        after.extend_from_slice(&native_input(&rows[rows.len() / 2..], 3));
+        assert_eq!(gappy_meters(&after, true, &[7], 3600, 86_400).unwrap(), vec![b"B".to_vec()]);
     }
 
     #[test]

@@ -1615,6 +1615,29 @@ fn consumption_rows<'py>(
     Ok((PyBytes::new(py, &rows), d))
 }
 
+/// Meters of the readings (as `consumption_rows` takes them) with a gap in one of the
+/// `channels` registers (OBIS codes) that an estimate spreads: the ones whose typical
+/// day is worth fetching. Without the GIL.
+#[pyfunction]
+#[pyo3(signature = (readings, *, channels, native_input = false, measured_gap = 3600, max_estimate_span = 5_356_800))]
+fn gappy_meters<'py>(
+    py: Python<'py>,
+    readings: &[u8],
+    channels: Vec<String>,
+    native_input: bool,
+    measured_gap: i64,
+    max_estimate_span: i64,
+) -> PyResult<Vec<Bound<'py, PyBytes>>> {
+    let mut codes = Vec::with_capacity(channels.len());
+    for code in channels {
+        codes.push(obis_code(py, &code)?.to_u64());
+    }
+    let found = guarded(py, true, || {
+        consumption::gappy_meters(readings, native_input, &codes, measured_gap, max_estimate_span)
+    })?;
+    Ok(codec(py, found)?.iter().map(|m| PyBytes::new(py, m)).collect())
+}
+
 /// Balance sums gathered by `consumption_rows`: per network node (in the order given),
 /// side (0 the consumers below it, 1 its balance meters) and hour of the window from
 /// `start`, the consumption of the `obis` registers and how many of its intervals
@@ -1656,9 +1679,9 @@ mod core_module {
     #[pymodule_export]
     use super::{
         consumption_rows, decode_apdu, decode_data, decode_frame, decode_hdlc_parameters, decrypt, encode_apdu,
-        encode_data, encrypt, format_obis, hdlc_frame, hdlc_parameters, hdlc_segments, hls_gmac, obis_to_int,
-        parse_obis, scale, unit_info, wrap, Directory, Frame, FrameError, KeyTable, MasterKey, NodeSums, PushBatch,
-        PushDecoder, RowSink, Session, StreamDecoder,
+        encode_data, encrypt, format_obis, gappy_meters, hdlc_frame, hdlc_parameters, hdlc_segments, hls_gmac,
+        obis_to_int, parse_obis, scale, unit_info, wrap, Directory, Frame, FrameError, KeyTable, MasterKey, NodeSums,
+        PushBatch, PushDecoder, RowSink, Session, StreamDecoder,
     };
 
     #[pymodule_init]
