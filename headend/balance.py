@@ -23,6 +23,7 @@ import logging
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import closing
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -109,6 +110,10 @@ class RawStore(SqlAccess, Protocol):
     def insert_rowbinary(
         self, table: str, columns: Sequence[str], data: bytes, token: str, fmt: str = ...
     ) -> None: ...
+
+    def companion(self) -> RawStore: ...
+
+    def close(self) -> None: ...
 
 
 @dataclass
@@ -321,7 +326,7 @@ READINGS_SQL = (
     "FROM {db}.readings WHERE {bounds} AND obis IN %(with_states)s "
     "AND ts >= toDateTime({a}) AND ts < toDateTime({b}) "
     "GROUP BY meter, obis ORDER BY meter, obis "
-    "SETTINGS optimize_aggregation_in_order = 1"
+    "SETTINGS optimize_aggregation_in_order = 1, max_threads = 1"
 )
 
 
@@ -371,14 +376,14 @@ def _consumption(
         if meters is not None:
             params["only"] = chosen[i * per : (i + 1) * per]
             bounds = "meter IN %(only)s"
-        raw = store.raw_query(
+        raw = reader.raw_query(
             READINGS_SQL.format(db=db, bounds=bounds, a=rep.start - margin, b=rep.end + margin),
             params,
             fmt="Native",
         )
         placed = None
         if sums is not None:
-            placed = store.raw_query(
+            placed = reader.raw_query(
                 "SELECT serial, node_id, CAST(role = 'balance', 'UInt8') "
                 f"FROM {db}.meters FINAL WHERE {bounds.replace('meter', 'serial')}",
                 params,
@@ -389,11 +394,18 @@ def _consumption(
         gappy = codec.gappy_meters(raw, channels=[c[0] for c in CHANNELS], native_input=True)
         if gappy:
             only = {"obis": obis, "gappy": [m.decode() for m in gappy]}
-            profiles = _profiles(store, "meter IN %(gappy)s", only, rep.start)
+            profiles = _profiles(reader, "meter IN %(gappy)s", only, rep.start)
         return raw, profiles, placed
 
     starts = list(range(len(firsts)))
-    with ThreadPoolExecutor(1, thread_name_prefix="balance-fetch") as pool:
+    batch: list[bytes] = []
+    batch_rows = 0
+    # The slices are read through a client of their own, so a read goes on while the
+    # previous slice is written.
+    with (
+        closing(store.companion()) as reader,
+        ThreadPoolExecutor(1, thread_name_prefix="balance-fetch") as pool,
+    ):
         pending = pool.submit(fetch, starts[0]) if starts else None
         for n, i in enumerate(starts):
             assert pending is not None
@@ -417,15 +429,23 @@ def _consumption(
             del raw
             rep.add(stats)
             if out:
+                batch.append(out)
+                batch_rows += stats["rows"]
+            if batch and (batch_rows >= INSERT_ROWS or n + 1 == len(starts)):
+                # Several slices a part: fewer parts for ClickHouse to merge behind us.
                 store.insert_rowbinary(
                     "consumption",
                     CONSUMPTION_COLUMNS,
-                    out,
+                    b"".join(batch),
                     token=f"consumption:{rep.start}:{rep.end}:{computed_at}:{i}",
                     fmt="Native",
                 )
+                batch, batch_rows = [], 0
 
 
+# Consumption rows written at once (Native blocks of several slices, about 45 bytes a
+# row).
+INSERT_ROWS = 2_000_000
 PROFILE_DAYS = 28
 PROFILE_MIN_HOURS = 12
 

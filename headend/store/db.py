@@ -72,6 +72,25 @@ class Store:
                     raise StoreError(f"cannot reach ClickHouse at {self.dsn}: {e}") from None
         return self
 
+    def _engine_handle(self) -> Any:
+        """The embedded engine's connection behind the client, when it streams inserts
+        (chdb's `send_insert`): the bytes go straight in. Otherwise None, and the client
+        writes them to a temporary file for ClickHouse to read back (INSERT ... FROM
+        INFILE), a copy through the page cache of every insert."""
+        if not self.embedded:
+            return None
+        handle = getattr(getattr(self.client, "_backend", None), "_handle", None)
+        conn = getattr(handle, "conn", None)
+        if conn is None or not hasattr(conn, "send_insert") or not hasattr(handle, "lock"):
+            return None
+        return handle
+
+    def companion(self) -> Store:
+        """Another client of the same store, for a thread whose queries should run
+        while this client's do (one client per thread, as chdb asks; each client
+        serialises its own queries). The caller closes it."""
+        return Store(self.dsn, self.db).connect()
+
     def close(self) -> None:
         with self._lock:
             if self._client is not None:
@@ -130,16 +149,27 @@ class Store:
     ) -> None:
         """Inserts RowBinary rows (or `fmt`, e.g. Native blocks); `token` makes a repeated
         insert a no-op."""
+        # Re-sent readings collapse in merges (ReplacingMergeTree); collapsing each
+        # block on insert as well costs ~10% more CPU for nothing.
+        settings = {"insert_deduplication_token": token, "optimize_on_insert": 0}
         with self._lock:
             try:
+                handle = self._engine_handle()
+                if handle is not None:
+                    sql = (
+                        f"INSERT INTO {self.db}.{table} ({', '.join(columns)}) SETTINGS "
+                        + ", ".join(f"{k} = {_sql_literal(v)}" for k, v in settings.items())
+                    )
+                    with handle.lock, handle.conn.send_insert(sql, fmt) as ins:
+                        ins.append(data)
+                        ins.finish()
+                    return
                 self.client.raw_insert(
                     f"{self.db}.{table}",
                     list(columns),
                     insert_block=data,
                     fmt=fmt,
-                    # Re-sent readings collapse in merges (ReplacingMergeTree); collapsing
-                    # each block on insert as well costs ~10% more CPU for nothing.
-                    settings={"insert_deduplication_token": token, "optimize_on_insert": 0},
+                    settings=settings,
                 )
             except Exception as e:
                 raise StoreError(_clean(e)) from None
@@ -162,6 +192,14 @@ class Store:
                 )
             except Exception as e:
                 raise StoreError(_clean(e)) from None
+
+
+def _sql_literal(v: object) -> str:
+    """A setting's value in SQL: numbers as they are, anything else a quoted string."""
+    if isinstance(v, int):
+        return str(v)
+    text = str(v).replace("\\", "\\\\").replace("'", "\\'")
+    return f"'{text}'"
 
 
 def _clean(e: BaseException) -> str:
