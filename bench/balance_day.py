@@ -7,7 +7,8 @@ fresh embedded store, writes one day of quarter-hour register readings for every
 meter inside ClickHouse (INSERT ... SELECT, 97 samples a meter: midnight to midnight),
 then times `headend.balance.recompute` for that day: reading the registers, the Rust
 VEE, writing `consumption`, and the balances of every network node. Also times the
-VEE alone on the same bytes (readings per second on one core).
+VEE alone on the bytes of one slice as the recompute reads them (a series a row;
+readings per second on one core).
 
 Results go to bench/results/balance-day-<time>.json with the command line and machine.
 """
@@ -83,9 +84,17 @@ def main() -> int:
         "SELECT serial FROM ami.meters FINAL ORDER BY serial LIMIT 1 OFFSET 100000"
     )
     raw = store.raw_query(
-        "SELECT meter, obis, toInt64(ts), value FROM ami.readings "
-        "WHERE meter >= %(a)s AND meter < %(b)s ORDER BY meter, obis, ts",
-        {"a": first[0][0], "b": (last or first)[0][0]},
+        balance.READINGS_SQL.format(
+            db="ami",
+            bounds="meter >= %(a)s AND meter < %(b)s",
+            a=DAY0 - 86_400,
+            b=DAY0 + 2 * 86_400,
+        ),
+        {
+            "a": first[0][0],
+            "b": (last or first)[0][0],
+            "with_states": sorted(balance.obis_int(c[0]) for c in balance.CHANNELS),
+        },
         fmt="Native",
     )
     best = float("inf")

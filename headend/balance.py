@@ -21,9 +21,9 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import closing
+from contextlib import AbstractContextManager, closing
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -112,6 +112,10 @@ class RawStore(SqlAccess, Protocol):
     ) -> None: ...
 
     def companion(self) -> RawStore: ...
+
+    def insert_stream(
+        self, table: str, columns: Sequence[str], token: str, fmt: str = ..., block_rows: int = ...
+    ) -> AbstractContextManager[Callable[[bytes], None]]: ...
 
     def close(self) -> None: ...
 
@@ -397,20 +401,25 @@ def _consumption(
             profiles = _profiles(reader, "meter IN %(gappy)s", only, rep.start)
         return raw, profiles, placed
 
-    starts = list(range(len(firsts)))
-    batch: list[bytes] = []
-    batch_rows = 0
     # The slices are read through a client of their own, so a read goes on while the
     # previous slice is written.
+    # and the consumption goes into one streamed insert through another.
     with (
         closing(store.companion()) as reader,
+        closing(store.companion()) as writer,
+        writer.insert_stream(
+            "consumption",
+            CONSUMPTION_COLUMNS,
+            token=f"consumption:{rep.start}:{rep.end}:{computed_at}",
+            block_rows=INSERT_ROWS,
+        ) as insert,
         ThreadPoolExecutor(1, thread_name_prefix="balance-fetch") as pool,
     ):
-        pending = pool.submit(fetch, starts[0]) if starts else None
-        for n, i in enumerate(starts):
+        pending = pool.submit(fetch, 0) if firsts else None
+        for n in range(len(firsts)):
             assert pending is not None
             raw, profiles, placed = pending.result()
-            pending = pool.submit(fetch, starts[n + 1]) if n + 1 < len(starts) else None
+            pending = pool.submit(fetch, n + 1) if n + 1 < len(firsts) else None
             out, stats = codec.consumption_rows(
                 raw,
                 channels=CHANNELS,
@@ -429,23 +438,12 @@ def _consumption(
             del raw
             rep.add(stats)
             if out:
-                batch.append(out)
-                batch_rows += stats["rows"]
-            if batch and (batch_rows >= INSERT_ROWS or n + 1 == len(starts)):
-                # Several slices a part: fewer parts for ClickHouse to merge behind us.
-                store.insert_rowbinary(
-                    "consumption",
-                    CONSUMPTION_COLUMNS,
-                    b"".join(batch),
-                    token=f"consumption:{rep.start}:{rep.end}:{computed_at}:{i}",
-                    fmt="Native",
-                )
-                batch, batch_rows = [], 0
+                insert(out)
 
 
-# Consumption rows written at once (Native blocks of several slices, about 45 bytes a
-# row).
-INSERT_ROWS = 2_000_000
+# Consumption rows a part of the streamed insert (fewer, larger parts: less for
+# ClickHouse to merge behind us).
+INSERT_ROWS = 5_000_000
 PROFILE_DAYS = 28
 PROFILE_MIN_HOURS = 12
 

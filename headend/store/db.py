@@ -12,7 +12,8 @@ from __future__ import annotations
 import logging
 import re
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -173,6 +174,57 @@ class Store:
                 )
             except Exception as e:
                 raise StoreError(_clean(e)) from None
+
+    @contextmanager
+    def insert_stream(
+        self,
+        table: str,
+        columns: Sequence[str],
+        token: str,
+        fmt: str = "Native",
+        block_rows: int = 0,
+    ) -> Iterator[Callable[[bytes], None]]:
+        """One INSERT of the pieces given to the yielded function, streamed into the
+        embedded engine as they come, nothing gathered here; ClickHouse makes parts of
+        about `block_rows` rows (fewer, larger parts: less to merge). It holds this
+        client throughout, so use a companion. Against a server each piece is an insert
+        of its own. When the body fails, the insert is cancelled; parts ClickHouse has
+        already written may stand (a recompute is idempotent: run it again)."""
+        handle = self._engine_handle()
+        if handle is None:
+            pieces = 0
+
+            def insert(data: bytes) -> None:
+                nonlocal pieces
+                self.insert_rowbinary(table, columns, data, f"{token}:{pieces}", fmt)
+                pieces += 1
+
+            yield insert
+            return
+        settings: dict[str, object] = {"insert_deduplication_token": token, "optimize_on_insert": 0}
+        if block_rows:
+            settings |= {"min_insert_block_size_rows": block_rows, "min_insert_block_size_bytes": 0}
+        sql = f"INSERT INTO {self.db}.{table} ({', '.join(columns)}) SETTINGS " + ", ".join(
+            f"{k} = {_sql_literal(v)}" for k, v in settings.items()
+        )
+        with self._lock, handle.lock:
+            try:
+                ins = handle.conn.send_insert(sql, fmt)
+            except Exception as e:
+                raise StoreError(_clean(e)) from None
+            with ins:
+
+                def append(data: bytes) -> None:
+                    try:
+                        ins.append(data)
+                    except Exception as e:
+                        raise StoreError(_clean(e)) from None
+
+                yield append
+                try:
+                    ins.finish()
+                except Exception as e:
+                    raise StoreError(_clean(e)) from None
 
     def insert_rows(
         self,

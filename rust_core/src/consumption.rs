@@ -388,6 +388,7 @@ struct Block<'a> {
 }
 
 impl Block<'_> {
+    #[inline]
     fn end_of(&self, row: usize) -> usize {
         if !self.arrays {
             return row + 1;
@@ -395,6 +396,7 @@ impl Block<'_> {
         u64::from_le_bytes(self.ends[8 * row..8 * row + 8].try_into().expect("8 bytes")) as usize
     }
 
+    #[inline]
     fn ts(&self, k: usize) -> i64 {
         if self.arrays {
             i64::from(u32::from_le_bytes(self.ts[4 * k..4 * k + 4].try_into().expect("4 bytes")))
@@ -435,6 +437,7 @@ impl<'a> Rows<'a> {
         Rows { data, r: Reader::new(data), native, block: Block::default() }
     }
 
+    #[inline]
     fn next(&mut self) -> Result<Option<Reading<'a>>> {
         if !self.native {
             return self.next_row();
