@@ -227,11 +227,42 @@ def test_inserts_stream_into_the_embedded_engine_once_per_token(store: Store) ->
     assert store._engine_handle() is not None
     data, cols = reading_rows("STREAM1", 3), COLUMNS[spool.READINGS]
     for _ in range(2):
-        store.insert_rowbinary("readings", cols, data, token="stream:it's-1")
+        store.insert_rowbinary("readings", cols, data, "stream:it's-1")
     assert count(store, "STREAM1") == 3
-    store.insert_rowbinary("readings", cols, reading_rows("STREAM3", 4), token="stream:2")
+    store.insert_rowbinary("readings", cols, reading_rows("STREAM3", 4), "stream:2")
     assert count(store, "STREAM3") == 4
     # A torn block is refused whole, with ClickHouse's reason.
     with pytest.raises(StoreError, match="Cannot read all data"):
-        store.insert_rowbinary("readings", cols, reading_rows("STREAM2", 3)[:-2], token="s3")
+        store.insert_rowbinary("readings", cols, reading_rows("STREAM2", 3)[:-2], "s3")
     assert count(store, "STREAM2") == 0
+
+
+def test_a_streamed_insert_takes_its_pieces_as_one(store: Store) -> None:
+    cols = COLUMNS[spool.READINGS]
+    writer = store.companion()
+    try:
+        for _ in range(2):  # the same token again: nothing more
+            with writer.insert_stream("readings", cols, "piece:1", fmt="RowBinary") as put:
+                for k in range(3):
+                    put(reading_rows(f"PIECE{k}", 2))
+        assert [count(store, f"PIECE{k}") for k in range(3)] == [2, 2, 2]
+        # A torn piece is ClickHouse's error; the body's own errors come through as
+        # they are, and the insert is cancelled.
+        with (
+            pytest.raises(StoreError, match="Cannot read all data"),
+            writer.insert_stream("readings", cols, "piece:2", fmt="RowBinary") as put,
+        ):
+            put(reading_rows("PIECE3", 2)[:-1])
+
+        def fails_midway() -> None:
+            with writer.insert_stream("readings", cols, "piece:3", fmt="RowBinary") as put:
+                put(reading_rows("PIECE4", 2))
+                raise KeyError("the caller's own")
+
+        with pytest.raises(KeyError):
+            fails_midway()
+        assert count(store, "PIECE4") == 0
+    finally:
+        writer.close()
+    # The companion's close leaves the store's own client working.
+    assert count(store, "PIECE0") == 2
