@@ -484,9 +484,9 @@ class NodeSums:
     from `start`, the consumption of the `obis` registers and how many of its intervals
     were measured."""
 
-    def __init__(
-        self, nodes: Sequence[str], start: int, hours: int, obis: Sequence[str]
-    ) -> None: ...
+    def __new__(
+        cls, nodes: Sequence[str], start: int, hours: int, obis: Sequence[str]
+    ) -> NodeSums: ...
     def arrays(self) -> tuple[bytes, bytes]:
         """(values, measured): little-endian float64 and uint32, `[node][side][hour]`."""
     @property

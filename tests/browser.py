@@ -9,7 +9,9 @@ import base64
 import contextlib
 import itertools
 import json
+import os
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -35,7 +37,7 @@ class Browser:
     def __init__(self, width: int = 1600, height: int = 1400) -> None:
         self.size = (width, height)
         self.proc: subprocess.Popen[str] | None = None
-        self.profile = tempfile.TemporaryDirectory(prefix="headend-chromium-")
+        self.profile = tempfile.mkdtemp(prefix="headend-chromium-")
         self.session: aiohttp.ClientSession | None = None
         self.ws: aiohttp.ClientWebSocketResponse | None = None
         self.ids = itertools.count(1)
@@ -55,13 +57,14 @@ class Browser:
                 "--no-default-browser-check",
                 "--remote-debugging-port=0",
                 "--remote-debugging-address=127.0.0.1",
-                f"--user-data-dir={self.profile.name}",
+                f"--user-data-dir={self.profile}",
                 f"--window-size={self.size[0]},{self.size[1]}",
                 "about:blank",
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             text=True,
+            start_new_session=True,  # its helper processes go with it at the end
         )
         port = await asyncio.to_thread(self._devtools_port)
         self.session = aiohttp.ClientSession()
@@ -77,7 +80,7 @@ class Browser:
     def _devtools_port(self) -> int:
         """Chromium writes the port it chose to DevToolsActivePort in its profile."""
         assert self.proc is not None
-        marker = Path(self.profile.name) / "DevToolsActivePort"
+        marker = Path(self.profile) / "DevToolsActivePort"
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -161,9 +164,23 @@ class Browser:
         if self.session is not None:
             await self.session.close()
         if self.proc is not None:
-            self.proc.terminate()
+            # The whole group: a renderer or crash handler outliving the browser
+            # still writes into the profile while it is being removed.
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGTERM)
             try:
                 self.proc.wait(10)
             except subprocess.TimeoutExpired:
-                self.proc.kill()
-        self.profile.cleanup()
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(10)
+        for attempt in range(5):
+            try:
+                shutil.rmtree(self.profile)
+                break
+            except FileNotFoundError:
+                break
+            except OSError:
+                if attempt == 4:
+                    raise
+                await asyncio.sleep(0.5)
