@@ -401,9 +401,8 @@ def _consumption(
             profiles = _profiles(reader, "meter IN %(gappy)s", only, rep.start)
         return raw, profiles, placed
 
-    # The slices are read through a client of their own, so a read goes on while the
-    # previous slice is written.
-    # and the consumption goes into one streamed insert through another.
+    # The slices are read through a client of their own while the previous one is
+    # derived, and the consumption goes into one streamed insert through another.
     with (
         closing(store.companion()) as reader,
         closing(store.companion()) as writer,

@@ -150,27 +150,18 @@ class Store:
     ) -> None:
         """Inserts RowBinary rows (or `fmt`, e.g. Native blocks); `token` makes a repeated
         insert a no-op."""
-        # Re-sent readings collapse in merges (ReplacingMergeTree); collapsing each
-        # block on insert as well costs ~10% more CPU for nothing.
-        settings = {"insert_deduplication_token": token, "optimize_on_insert": 0}
         with self._lock:
+            if self._engine_handle() is not None:
+                with self.insert_stream(table, columns, token, fmt) as insert:
+                    insert(data)
+                return
             try:
-                handle = self._engine_handle()
-                if handle is not None:
-                    sql = (
-                        f"INSERT INTO {self.db}.{table} ({', '.join(columns)}) SETTINGS "
-                        + ", ".join(f"{k} = {_sql_literal(v)}" for k, v in settings.items())
-                    )
-                    with handle.lock, handle.conn.send_insert(sql, fmt) as ins:
-                        ins.append(data)
-                        ins.finish()
-                    return
                 self.client.raw_insert(
                     f"{self.db}.{table}",
                     list(columns),
                     insert_block=data,
                     fmt=fmt,
-                    settings=settings,
+                    settings=_insert_settings(token),
                 )
             except Exception as e:
                 raise StoreError(_clean(e)) from None
@@ -201,7 +192,7 @@ class Store:
 
             yield insert
             return
-        settings: dict[str, object] = {"insert_deduplication_token": token, "optimize_on_insert": 0}
+        settings = _insert_settings(token)
         if block_rows:
             settings |= {"min_insert_block_size_rows": block_rows, "min_insert_block_size_bytes": 0}
         sql = f"INSERT INTO {self.db}.{table} ({', '.join(columns)}) SETTINGS " + ", ".join(
@@ -244,6 +235,13 @@ class Store:
                 )
             except Exception as e:
                 raise StoreError(_clean(e)) from None
+
+
+def _insert_settings(token: str) -> dict[str, object]:
+    """Settings of every insert: `token` makes a repeated insert a no-op. Re-sent
+    readings collapse in merges (ReplacingMergeTree); collapsing each block on insert
+    as well costs ~10% more CPU for nothing."""
+    return {"insert_deduplication_token": token, "optimize_on_insert": 0}
 
 
 def _sql_literal(v: object) -> str:
