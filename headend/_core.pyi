@@ -37,10 +37,12 @@ __all__ = [
     "hdlc_parameters",
     "hdlc_segments",
     "hls_gmac",
+    "late_starters",
     "obis_to_int",
     "parse_obis",
     "scale",
     "unit_info",
+    "with_earlier",
     "wrap",
 ]
 
@@ -476,6 +478,16 @@ def gappy_meters(
     """Meters of the readings (as `consumption_rows` takes them) with a gap in one of
     the `channels` registers that an estimate spreads: the ones whose typical day is
     worth fetching. Runs without the GIL."""
+
+def late_starters(
+    readings: bytes, *, channels: Sequence[str], start: int, native_input: bool = False
+) -> list[bytes]:
+    """Meters of the readings with a series of the `channels` registers whose first
+    sample comes after `start`. Runs without the GIL."""
+
+def with_earlier(readings: bytes, earlier: bytes) -> bytes:
+    """The Native readings with the `earlier` ones put in front of their series, as one
+    Native block of a series a row. Runs without the GIL."""
 
 @final
 class NodeSums:

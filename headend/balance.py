@@ -370,6 +370,11 @@ def _consumption(
     obis = sorted(_obis_ints().values())
     states = [obis_int(o) for o in STATES]
     computed_at = int(time.time() * 1000)
+    # A window that reaches the present (the periodic pass) is read with a margin of a
+    # few hours; series that start inside it get their last sample from before. Nothing
+    # after it exists yet, and two days of every meter's readings for each 6-hour pass
+    # was most of the pass's work. Older windows are read with the whole margin.
+    near = min(margin, NEAR) if rep.end + NEAR > now else margin
 
     def fetch(i: int) -> tuple[bytes, list[tuple[bytes, int, list[float]]], bytes | None]:
         last = i + 1 >= len(firsts)
@@ -381,10 +386,19 @@ def _consumption(
             params["only"] = chosen[i * per : (i + 1) * per]
             bounds = "meter IN %(only)s"
         raw = reader.raw_query(
-            READINGS_SQL.format(db=db, bounds=bounds, a=rep.start - margin, b=rep.end + margin),
+            READINGS_SQL.format(db=db, bounds=bounds, a=rep.start - near, b=rep.end + near),
             params,
             fmt="Native",
         )
+        if near < margin:
+            raw = _with_earlier(
+                reader,
+                raw,
+                params,
+                start=rep.start,
+                since=rep.start - margin,
+                read_from=rep.start - near,
+            )
         placed = None
         if sums is not None:
             placed = reader.raw_query(
@@ -438,6 +452,37 @@ def _consumption(
             rep.add(stats)
             if out:
                 insert(out)
+
+
+NEAR = 3 * HOUR
+# The last sample before [a, b) of each series of the meters named (a series a row, as
+# READINGS_SQL gives them).
+EARLIER_SQL = (
+    "SELECT meter, obis, [toUInt32(max(ts))], [argMax(value, ts)] "
+    "FROM {db}.readings WHERE meter IN %(late)s AND obis IN %(with_states)s "
+    "AND ts >= toDateTime({a}) AND ts < toDateTime({b}) "
+    "GROUP BY meter, obis ORDER BY meter, obis"
+)
+
+
+def _with_earlier(
+    reader: RawStore, raw: bytes, params: dict[str, Any], *, start: int, since: int, read_from: int
+) -> bytes:
+    """`raw` (read from `read_from` on) with, for the meters whose registers' first
+    sample in it comes after the window's `start`, the last sample before it of each
+    series (back to `since`). Supply states need no such look: meters report them with
+    every interval push, so the few hours before the window hold them."""
+    late = codec.late_starters(
+        raw, channels=[c[0] for c in CHANNELS], start=start, native_input=True
+    )
+    if not late:
+        return raw
+    earlier = reader.raw_query(
+        EARLIER_SQL.format(db=reader.db, a=since, b=read_from),
+        {"with_states": params["with_states"], "late": [m.decode() for m in late]},
+        fmt="Native",
+    )
+    return codec.with_earlier(raw, earlier) if earlier else raw
 
 
 # Consumption rows a part of the streamed insert (fewer, larger parts: less for

@@ -40,10 +40,12 @@ from headend._core import (
     hdlc_parameters,
     hdlc_segments,
     hls_gmac,
+    late_starters,
     obis_to_int,
     parse_obis,
     scale,
     unit_info,
+    with_earlier,
     wrap,
 )
 
@@ -86,6 +88,7 @@ __all__ = [
     "hls_gmac",
     "initiate_request",
     "invoke_id",
+    "late_starters",
     "obis_to_int",
     "parse_obis",
     "range_descriptor",
@@ -93,6 +96,7 @@ __all__ = [
     "scale",
     "set_request",
     "unit_info",
+    "with_earlier",
     "wrap",
 ]
 

@@ -453,3 +453,23 @@ def test_a_gap_is_spread_by_the_meters_own_typical_day(store: Store) -> None:
         (3.0, "estimated", 65),
         (1.0, "measured", 0),
     ]
+
+
+def test_a_window_at_the_present_reads_a_narrow_margin_and_the_samples_before(
+    store: Store,
+) -> None:
+    # C3 goes quiet after T0+4h and is back at T0+10h (18 kWh later); the window
+    # [T0+8h, T0+12h) is the present, so it is read from three hours before its start
+    # and C3's last sample before that (T0+4h) is looked up.
+    _readings(store, [("C3", T0 + 10 * H, 30_000)])
+    start, end = T0 + 8 * H, T0 + 12 * H
+    rep = balance.recompute(store, start, end, now=end + 60)
+    assert rep.readings == 1 + 1  # C3's sample in the window and the one looked up
+    gap = [(3.0, "estimated", 1), (3.0, "estimated", 1)]
+    assert consumption(store, "C3")[-2:] == gap
+    assert hourly(store, "T2")[-4:-2] == [(0.0, 3.0, 0.0, 0, 1, 0)] * 2
+    # A window in the past is read with the whole margin: the same rows.
+    narrow = consumption(store, "C3")
+    rep = balance.recompute(store, start, end, now=end + 30 * 86_400)
+    assert rep.readings > 2
+    assert consumption(store, "C3") == narrow

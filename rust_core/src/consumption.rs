@@ -242,7 +242,86 @@ pub fn gappy_meters(
     Ok(out)
 }
 
-/// Runs `job` over the readings, adding the flow registers' intervals in
+/// Meters with a series of `channels` whose first sample comes after `start`: the
+/// interval before it needs the sample before the window that was read. Each meter once.
+pub fn late_starters(data: &[u8], native_input: bool, channels: &[u64], start: i64) -> Result<Vec<Vec<u8>>> {
+    let mut rows = Rows::new(data, native_input);
+    let mut out: Vec<Vec<u8>> = Vec::new();
+    let mut last: Option<(&[u8], u64)> = None;
+    while let Some(r) = rows.next()? {
+        if last == Some((r.meter, r.obis)) || !channels.contains(&r.obis) {
+            continue;
+        }
+        last = Some((r.meter, r.obis));
+        if r.t > start && out.last().map(Vec::as_slice) != Some(r.meter) {
+            out.push(r.meter.to_vec());
+        }
+    }
+    Ok(out)
+}
+
+/// The readings of `data` with those of `earlier` (both ordered by meter, obis; either
+/// block shape) put in front of their series, as one Native block of a series a row:
+/// the samples before a narrow window that bound its first intervals.
+pub fn with_earlier(data: &[u8], earlier: &[u8]) -> Result<Vec<u8>> {
+    type Series<'a> = Vec<(&'a [u8], u64, Vec<(i64, f64)>)>;
+    fn series(data: &[u8]) -> Result<Series<'_>> {
+        let mut rows = Rows::new(data, true);
+        let mut out: Series<'_> = Vec::new();
+        while let Some(r) = rows.next()? {
+            match out.last_mut() {
+                Some((m, o, v)) if (*m, *o) == (r.meter, r.obis) => v.push((r.t, r.v)),
+                _ => out.push((r.meter, r.obis, vec![(r.t, r.v)])),
+            }
+        }
+        Ok(out)
+    }
+    let (a, b) = (series(data)?, series(earlier)?);
+    let mut merged: Series<'_> = Vec::with_capacity(a.len() + b.len());
+    let (mut a, mut b) = (a.into_iter().peekable(), b.into_iter().peekable());
+    loop {
+        let take_b = match (a.peek(), b.peek()) {
+            (None, None) => break,
+            (Some(_), None) => false,
+            (None, Some(_)) => true,
+            (Some(x), Some(y)) => (y.0, y.1) <= (x.0, x.1),
+        };
+        let next = if take_b { b.next() } else { a.next() };
+        let Some(next) = next else { break };
+        match merged.last_mut() {
+            Some((m, o, v)) if (*m, *o) == (next.0, next.1) => v.extend(next.2),
+            _ => merged.push(next),
+        }
+    }
+    let readings: usize = merged.iter().map(|s| s.2.len()).sum();
+    let mut out = Vec::with_capacity(readings * 12 + merged.len() * 40 + 128);
+    put_varuint(&mut out, 4);
+    put_varuint(&mut out, merged.len() as u64);
+    let offsets = |out: &mut Vec<u8>| {
+        let mut end = 0u64;
+        for s in &merged {
+            end += s.2.len() as u64;
+            out.extend_from_slice(&end.to_le_bytes());
+        }
+    };
+    put_string(&mut out, b"meter");
+    put_string(&mut out, b"String");
+    merged.iter().for_each(|s| put_string(&mut out, s.0));
+    put_string(&mut out, b"obis");
+    put_string(&mut out, b"UInt64");
+    merged.iter().for_each(|s| out.extend_from_slice(&s.1.to_le_bytes()));
+    put_string(&mut out, b"ts");
+    put_string(&mut out, ARRAYS[0].as_bytes());
+    offsets(&mut out);
+    merged.iter().flat_map(|s| &s.2).for_each(|&(t, _)| out.extend_from_slice(&datetime(t).to_le_bytes()));
+    put_string(&mut out, b"value");
+    put_string(&mut out, ARRAYS[1].as_bytes());
+    offsets(&mut out);
+    merged.iter().flat_map(|s| &s.2).for_each(|&(_, v)| out.extend_from_slice(&v.to_le_bytes()));
+    Ok(out)
+}
+
+/// Runs `job` over the readings, adding the flow registers' intervals in/// Runs `job` over the readings, adding the flow registers' intervals in
 /// `[keep_from, keep_to)` to `sums` by the meters' nodes when given.
 pub fn run_summing(
     job: &Job,
@@ -978,6 +1057,33 @@ mod tests {
         let mut after = array_input(&rows[..rows.len() / 2], 1, false);
         after.extend_from_slice(&native_input(&rows[rows.len() / 2..], 3));
         assert_eq!(gappy_meters(&after, true, &[7], 3600, 86_400).unwrap(), vec![b"B".to_vec()]);
+    }
+
+    #[test]
+    fn earlier_samples_bound_a_narrow_window() {
+        let rows = sample_rows();
+        let mut whole = Vec::new();
+        rows.iter().for_each(|r| row(&mut whole, r.0, r.1, r.2, r.3));
+        let want = run(&job(), &whole).unwrap();
+        // A window read from 1 h: every meter's import starts after 0 h; the samples
+        // at 0 h (import, states, obis 9) come as the earlier ones.
+        let narrow: Vec<Sample<'_>> = rows.iter().copied().filter(|r| r.2 >= 3600).collect();
+        let before: Vec<Sample<'_>> = rows.iter().copied().filter(|r| r.2 < 3600).collect();
+        let data = array_input(&narrow, 2, false);
+        let late = late_starters(&data, true, &[7], 0).unwrap();
+        assert_eq!(late, vec![b"A".to_vec(), b"B".to_vec(), b"CC".to_vec()]);
+        assert!(late_starters(&data, true, &[7], 3600).unwrap().is_empty());
+        let j = Job { native_input: true, ..job() };
+        for earlier in [array_input(&before, 3, true), native_input(&before, 2)] {
+            let merged = with_earlier(&data, &earlier).unwrap();
+            assert_eq!(run(&j, &merged).unwrap(), want, "the whole day again");
+        }
+        // Series only in one of them, and nothing earlier at all.
+        let only_a: Vec<Sample<'_>> = before.iter().copied().filter(|r| r.0 == "A").collect();
+        let merged = with_earlier(&data, &array_input(&only_a, 1, false)).unwrap();
+        assert_eq!(run(&j, &merged).unwrap().1.readings, (narrow.len() + only_a.len()) as u64);
+        assert_eq!(run(&j, &with_earlier(&data, &[]).unwrap()).unwrap(), run(&j, &data).unwrap());
+        assert!(with_earlier(&data, &data[..data.len() - 1]).is_err());
     }
 
     #[test]

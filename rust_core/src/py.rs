@@ -1638,6 +1638,33 @@ fn gappy_meters<'py>(
     Ok(codec(py, found)?.iter().map(|m| PyBytes::new(py, m)).collect())
 }
 
+/// Meters of the readings with a series of the `channels` registers whose first
+/// sample comes after `start`. Without the GIL.
+#[pyfunction]
+#[pyo3(signature = (readings, *, channels, start, native_input = false))]
+fn late_starters<'py>(
+    py: Python<'py>,
+    readings: &[u8],
+    channels: Vec<String>,
+    start: i64,
+    native_input: bool,
+) -> PyResult<Vec<Bound<'py, PyBytes>>> {
+    let mut codes = Vec::with_capacity(channels.len());
+    for code in channels {
+        codes.push(obis_code(py, &code)?.to_u64());
+    }
+    let found = guarded(py, true, || consumption::late_starters(readings, native_input, &codes, start))?;
+    Ok(codec(py, found)?.iter().map(|m| PyBytes::new(py, m)).collect())
+}
+
+/// The Native readings with the `earlier` ones put in front of their series, as one
+/// Native block of a series a row. Without the GIL.
+#[pyfunction]
+fn with_earlier<'py>(py: Python<'py>, readings: &[u8], earlier: &[u8]) -> PyResult<Bound<'py, PyBytes>> {
+    let out = guarded(py, true, || consumption::with_earlier(readings, earlier))?;
+    Ok(PyBytes::new(py, &codec(py, out)?))
+}
+
 /// Balance sums gathered by `consumption_rows`: per network node (in the order given),
 /// side (0 the consumers below it, 1 its balance meters) and hour of the window from
 /// `start`, the consumption of the `obis` registers and how many of its intervals
@@ -1680,8 +1707,8 @@ mod core_module {
     use super::{
         consumption_rows, decode_apdu, decode_data, decode_frame, decode_hdlc_parameters, decrypt, encode_apdu,
         encode_data, encrypt, format_obis, gappy_meters, hdlc_frame, hdlc_parameters, hdlc_segments, hls_gmac,
-        obis_to_int, parse_obis, scale, unit_info, wrap, Directory, Frame, FrameError, KeyTable, MasterKey, NodeSums,
-        PushBatch, PushDecoder, RowSink, Session, StreamDecoder,
+        late_starters, obis_to_int, parse_obis, scale, unit_info, with_earlier, wrap, Directory, Frame, FrameError,
+        KeyTable, MasterKey, NodeSums, PushBatch, PushDecoder, RowSink, Session, StreamDecoder,
     };
 
     #[pymodule_init]
