@@ -4,11 +4,14 @@
 
 1. `consumption`: per meter and register, the energy or volume of each hour, by the
    Rust VEE (`rust_core/src/vee.rs`) over the raw `readings` (plus a margin on both
-   sides, so the window's edge hours and gaps across its edges are bounded); meters are
-   taken in slices of the primary key, so memory stays bounded at any fleet size;
+   sides, so the window's edge hours and gaps across its edges are bounded: two days,
+   or for a window at the present a few hours and the last earlier sample of the
+   series that start inside it); meters are taken in slices of the primary key, so
+   memory stays bounded at any fleet size;
 2. `balances`: per network node and hour, input (its balance meters), output (children
    with balance meters by their input, everything below without one by its meters'
-   consumption), loss and completeness.
+   consumption), loss and completeness; summed in Rust on the way through 1 when every
+   meter is recomputed, else from `consumption`.
 
 Both tables keep the newest computation (ReplacingMergeTree on `computed_at`), so a
 recompute is idempotent and late data corrects the hours it belongs to once the window
