@@ -52,6 +52,7 @@ CHANNELS: list[tuple[str, float, str, float]] = [
     (ELECTRICITY_EXPORT, 0.001, "kWh", 100_000.0),
     (GAS_VOLUME, 1.0, "m³", 25.0),
 ]
+CHANNEL_CODES = [c[0] for c in CHANNELS]
 FLOW = {"electricity": ELECTRICITY_IMPORT, "gas": GAS_VOLUME}
 # Supply switches (0 off): the disconnector's output state and the gas valve.
 STATES = ["0.0.96.3.10.255", "0.0.24.4.0.255"]
@@ -412,7 +413,7 @@ def _consumption(
             )
         # Typical days spread estimates over gaps: only meters with a gap need theirs.
         profiles = []
-        gappy = codec.gappy_meters(raw, channels=[c[0] for c in CHANNELS], native_input=True)
+        gappy = codec.gappy_meters(raw, channels=CHANNEL_CODES, native_input=True)
         if gappy:
             only = {"obis": obis, "gappy": [m.decode() for m in gappy]}
             profiles = _profiles(reader, "meter IN %(gappy)s", only, rep.start)
@@ -475,9 +476,7 @@ def _with_earlier(
     sample in it comes after the window's `start`, the last sample before it of each
     series (back to `since`). Supply states need no such look: meters report them with
     every interval push, so the few hours before the window hold them."""
-    late = codec.late_starters(
-        raw, channels=[c[0] for c in CHANNELS], start=start, native_input=True
-    )
+    late = codec.late_starters(raw, channels=CHANNEL_CODES, start=start, native_input=True)
     if not late:
         return raw
     earlier = reader.raw_query(

@@ -756,6 +756,13 @@ mod tests {
         out.extend_from_slice(&v.to_le_bytes());
     }
 
+    /// `rows` as RowBinary.
+    fn row_binary_of(rows: &[Sample<'_>]) -> Vec<u8> {
+        let mut data = Vec::new();
+        rows.iter().for_each(|r| row(&mut data, r.0, r.1, r.2, r.3));
+        data
+    }
+
     fn job() -> Job {
         Job {
             vee: VeeConfig::default(),
@@ -827,8 +834,7 @@ mod tests {
             }
             rows.push((m, 9, 0, 5.0));
         }
-        let mut data = Vec::new();
-        rows.iter().for_each(|r| row(&mut data, r.0, r.1, r.2, r.3));
+        let data = row_binary_of(&rows);
         let want = run(&job(), &data).unwrap();
         let j = Job { native_input: true, ..job() };
         for per in [1, 2, 5, rows.len()] {
@@ -911,8 +917,7 @@ mod tests {
     #[test]
     fn series_arrays_in_give_what_rows_in_give() {
         let rows = sample_rows();
-        let mut data = Vec::new();
-        rows.iter().for_each(|r| row(&mut data, r.0, r.1, r.2, r.3));
+        let data = row_binary_of(&rows);
         let want = run(&job(), &data).unwrap();
         assert!(want.1.rows > 0);
         let j = Job { native_input: true, ..job() };
@@ -1037,8 +1042,7 @@ mod tests {
     #[test]
     fn gappy_meters_are_the_ones_with_a_gap() {
         let rows = sample_rows(); // B's import misses the sample at 2 h
-        let mut data = Vec::new();
-        rows.iter().for_each(|r| row(&mut data, r.0, r.1, r.2, r.3));
+        let data = row_binary_of(&rows);
         assert_eq!(gappy_meters(&data, false, &[7], 3600, 86_400).unwrap(), vec![b"B".to_vec()]);
         // In arrays, reversed (sorted by the reader), the same.
         let arrays = array_input(&rows, 2, true);
@@ -1062,8 +1066,7 @@ mod tests {
     #[test]
     fn earlier_samples_bound_a_narrow_window() {
         let rows = sample_rows();
-        let mut whole = Vec::new();
-        rows.iter().for_each(|r| row(&mut whole, r.0, r.1, r.2, r.3));
+        let whole = row_binary_of(&rows);
         let want = run(&job(), &whole).unwrap();
         // A window read from 1 h: every meter's import starts after 0 h; the samples
         // at 0 h (import, states, obis 9) come as the earlier ones.

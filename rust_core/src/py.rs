@@ -125,6 +125,16 @@ fn obis_code(py: Python<'_>, text: &str) -> PyResult<ObisCode> {
     text.parse().map_err(|e: crate::obis::ObisParseError| local_error(py, "OBIS code", e.to_string()))
 }
 
+/// OBIS codes from their texts, packed as the tables store them.
+fn obis_codes(py: Python<'_>, texts: &[String]) -> PyResult<Vec<u64>> {
+    texts.iter().map(|t| Ok(obis_code(py, t)?.to_u64())).collect()
+}
+
+/// Meter serials as Python bytes.
+fn serials<'py>(py: Python<'py>, found: &[Vec<u8>]) -> Vec<Bound<'py, PyBytes>> {
+    found.iter().map(|m| PyBytes::new(py, m)).collect()
+}
+
 fn codec<T>(py: Python<'_>, r: crate::error::Result<T>) -> PyResult<T> {
     r.map_err(|e| to_pyerr(py, &e))
 }
@@ -1565,11 +1575,7 @@ fn consumption_rows<'py>(
         let obis = obis_code(py, &code)?;
         chans.push(Channel { obis: obis.to_u64(), scale, unit, max_rate });
     }
-    let mut state_codes = Vec::new();
-    for code in states.unwrap_or_default() {
-        let obis = obis_code(py, &code)?;
-        state_codes.push(obis.to_u64());
-    }
+    let state_codes = obis_codes(py, &states.unwrap_or_default())?;
     let profiles = profiles.unwrap_or_default();
     let mut by_series = std::collections::HashMap::with_capacity(profiles.len());
     for (meter, obis, hours) in profiles {
@@ -1628,14 +1634,11 @@ fn gappy_meters<'py>(
     measured_gap: i64,
     max_estimate_span: i64,
 ) -> PyResult<Vec<Bound<'py, PyBytes>>> {
-    let mut codes = Vec::with_capacity(channels.len());
-    for code in channels {
-        codes.push(obis_code(py, &code)?.to_u64());
-    }
+    let codes = obis_codes(py, &channels)?;
     let found = guarded(py, true, || {
         consumption::gappy_meters(readings, native_input, &codes, measured_gap, max_estimate_span)
     })?;
-    Ok(codec(py, found)?.iter().map(|m| PyBytes::new(py, m)).collect())
+    Ok(serials(py, &codec(py, found)?))
 }
 
 /// Meters of the readings with a series of the `channels` registers whose first
@@ -1649,12 +1652,9 @@ fn late_starters<'py>(
     start: i64,
     native_input: bool,
 ) -> PyResult<Vec<Bound<'py, PyBytes>>> {
-    let mut codes = Vec::with_capacity(channels.len());
-    for code in channels {
-        codes.push(obis_code(py, &code)?.to_u64());
-    }
+    let codes = obis_codes(py, &channels)?;
     let found = guarded(py, true, || consumption::late_starters(readings, native_input, &codes, start))?;
-    Ok(codec(py, found)?.iter().map(|m| PyBytes::new(py, m)).collect())
+    Ok(serials(py, &codec(py, found)?))
 }
 
 /// The Native readings with the `earlier` ones put in front of their series, as one
@@ -1678,10 +1678,7 @@ pub struct NodeSums {
 impl NodeSums {
     #[new]
     fn new(py: Python<'_>, nodes: Vec<String>, start: i64, hours: usize, obis: Vec<String>) -> PyResult<Self> {
-        let mut codes = Vec::with_capacity(obis.len());
-        for code in obis {
-            codes.push(obis_code(py, &code)?.to_u64());
-        }
+        let codes = obis_codes(py, &obis)?;
         let nodes = nodes.into_iter().map(String::into_bytes).collect();
         Ok(NodeSums { inner: codec(py, consumption::NodeSums::new(nodes, start, hours, codes))? })
     }
