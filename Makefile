@@ -32,8 +32,9 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
 # Debian packages: the situation room's JavaScript libraries (served from
-# /usr/share/javascript, nothing from the web) and the browser its tests drive.
-SYSTEM_PACKAGES := chromium libjs-leaflet libjs-chart.js
+# /usr/share/javascript, nothing from the web), the browser its tests drive, and the
+# NATS server (JetStream) that links region nodes to the centre.
+SYSTEM_PACKAGES := chromium libjs-leaflet libjs-chart.js nats-server
 $(VENV)/.system: | $(BIN)/python
 	@missing=""; for p in $(SYSTEM_PACKAGES); do \
 		dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \

@@ -241,6 +241,11 @@ class MasterKey:
         """A non-secret identifier of this key (hex)."""
     def wrap(self, secret: bytes, purpose: str, owner: str, nonce: bytes) -> bytes:
         """Wraps `secret` for `purpose` ("ek", "ak", "password") of meter `owner`."""
+    def rewrap(
+        self, to: MasterKey, items: Sequence[tuple[bytes, str, str]], nonces: bytes
+    ) -> list[bytes]:
+        """Moves `(wrapped, purpose, owner)` values from this key to `to` (12 fresh
+        random bytes of `nonces` per item); the plaintext never reaches Python."""
 
 @final
 class Directory:

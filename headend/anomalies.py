@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from headend import balance
+from headend.ownership import Ownership
 
 TAMPER_EVENTS = (
     "terminal-cover-opened",
@@ -104,13 +105,16 @@ def detect(
     peer_ratio: float = 0.4,
     history_ratio: float = 0.5,
     write: bool = True,
+    owner: Ownership | None = None,
 ) -> Detection:
-    """Finds suspects for [start, end) (Unix seconds); balances must be computed."""
+    """Finds suspects for [start, end) (Unix seconds) under the transformers `owner`
+    owns (all without it); balances must be computed."""
     db = store.db
+    mine = "1" if owner is None else owner.nodes_sql(db)
     _, nodes = store.query(
         "SELECT node_id, sum(loss) / sum(input) * 100 AS pct, "
         "sum(measured) / greatest(sum(expected), 1) AS completeness "
-        f"FROM {db}.balances FINAL WHERE level = 'transformer' AND has_input = 1 "
+        f"FROM {db}.balances FINAL WHERE level = 'transformer' AND has_input = 1 AND {mine} "
         "AND period_start >= toDateTime(%(a)s) AND period_start < toDateTime(%(b)s) "
         "GROUP BY node_id HAVING sum(input) > 0",
         {"a": start, "b": end},
@@ -199,12 +203,14 @@ def _findings(
 
 
 def _write(store: Any, det: Detection) -> None:
-    db, start, end, findings = store.db, det.start, det.end, det.findings
+    start, end, findings = det.start, det.end, det.findings
     # A rerun replaces the window's findings, including those that no longer hold.
-    store.command(
-        f"DELETE FROM {db}.anomaly_findings "
-        "WHERE window_start = toDateTime(%(a)s) AND window_end = toDateTime(%(b)s)",
-        {"a": start, "b": end},
+    store.delete(
+        "anomaly_findings",
+        {
+            "window_start": dt.datetime.fromtimestamp(start, dt.UTC),
+            "window_end": dt.datetime.fromtimestamp(end, dt.UTC),
+        },
     )
     if findings:
         now = dt.datetime.now(dt.UTC)

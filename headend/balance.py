@@ -34,6 +34,7 @@ import numpy as np
 
 from headend import codec
 from headend.errors import HeadendError
+from headend.ownership import Ownership
 from headend.store import native
 from headend.store.imports import LEVELS, SqlAccess
 
@@ -115,7 +116,7 @@ class RawStore(SqlAccess, Protocol):
         self, table: str, columns: Sequence[str], data: bytes, token: str, fmt: str = ...
     ) -> None: ...
 
-    def companion(self) -> RawStore: ...
+    def companion(self, *, tapped: bool = ...) -> RawStore: ...
 
     def insert_stream(
         self, table: str, columns: Sequence[str], token: str, fmt: str = ..., block_rows: int = ...
@@ -216,10 +217,13 @@ def recompute(
     margin: int = 2 * 86_400,
     meters_per_slice: int = 20_000,
     meters: Sequence[str] | None = None,
+    owner: Ownership | None = None,
 ) -> RecomputeReport:
     """Rebuilds consumption and balances for the hours in [start, end) (Unix seconds);
     the consumption of `meters` only when given (late data for a few meters), the
-    balances of every node."""
+    balances of every node. With `owner`, only what the node owns: its meters'
+    consumption and its grid nodes' balances (a node of another's below one of its
+    own counts with the balance its owner computed)."""
     start, end = hour_floor(start), hour_floor(end + HOUR - 1)
     if end <= start:
         raise BalanceError("the window is empty: --to must be after --from")
@@ -228,7 +232,7 @@ def recompute(
     now = time.time() if now is None else now
     rep = RecomputeReport(start, end)
     t0 = time.monotonic()
-    nodes = _network(store)
+    nodes = _network(store, owner)
     hours = (end - start) // HOUR
     # Every meter's consumption is derived here: the balances are summed on the way
     # (in Rust), not read back from `consumption`. A few meters' (late data) leave the
@@ -236,10 +240,12 @@ def recompute(
     sums = None
     if meters is None and len(nodes) * 2 * hours <= SUMS_CELLS:
         sums = codec.NodeSums(list(nodes), start, hours, sorted(set(FLOW.values())))
-    _consumption(store, rep, int(now), margin, meters_per_slice, meters=meters, sums=sums)
+    _consumption(
+        store, rep, int(now), margin, meters_per_slice, meters=meters, sums=sums, owner=owner
+    )
     rep.seconds["consumption"] = round(time.monotonic() - t0, 3)
     t1 = time.monotonic()
-    rep.balance_rows = _balances(store, start, end, nodes, sums)
+    rep.balance_rows = _balances(store, start, end, nodes, sums, owner=owner)
     rep.seconds["balances"] = round(time.monotonic() - t1, 3)
     log.info(
         "recomputed %s .. %s: %d readings, %d consumption rows, %d balance rows",
@@ -342,6 +348,30 @@ def _obis_ints() -> dict[str, int]:
     return {c[0]: obis_int(c[0]) for c in CHANNELS}
 
 
+def _slices(
+    store: RawStore, per: int, meters: Sequence[str] | None, mine: str
+) -> tuple[list[str], list[str]]:
+    """The meters named (of those `mine` keeps) and the first serial of every slice
+    of `per` meters (not every serial: 20 million would not fit well in this
+    process)."""
+    db = store.db
+    if meters is not None:
+        chosen = sorted(set(meters))
+        if mine != "1" and chosen:
+            _, rows = store.query(
+                f"SELECT serial FROM {db}.meters FINAL WHERE serial IN %(s)s AND {mine}",
+                {"s": chosen},
+            )
+            chosen = sorted(r[0] for r in rows)
+        return chosen, chosen[::per]
+    _, rows = store.query(
+        "SELECT serial FROM (SELECT serial, row_number() OVER (ORDER BY serial) AS n "
+        f"FROM (SELECT DISTINCT serial FROM {db}.meters WHERE {mine})) "
+        f"WHERE (n - 1) % {int(per)} = 0 ORDER BY serial"
+    )
+    return [], [r[0] for r in rows]
+
+
 def _consumption(
     store: RawStore,
     rep: RecomputeReport,
@@ -351,24 +381,17 @@ def _consumption(
     *,
     meters: Sequence[str] | None = None,
     sums: codec.NodeSums | None = None,
+    owner: Ownership | None = None,
 ) -> None:
     """Consumption of every meter (or of `meters`), a slice of `per` meters at a time;
     the next slice is read from ClickHouse while Rust works on this one (it runs
     without the GIL). With `sums`, each slice's flow registers are added to their
-    meters' network nodes as well."""
+    meters' network nodes as well. With `owner`, of the meters it owns only."""
     db = store.db
-    if meters is not None:
-        chosen = sorted(set(meters))
-        firsts = chosen[::per]
-    else:
-        # The first serial of every slice (not every serial: 20 million would not fit
-        # well in this process).
-        _, rows = store.query(
-            "SELECT serial FROM (SELECT serial, row_number() OVER (ORDER BY serial) AS n "
-            f"FROM (SELECT DISTINCT serial FROM {db}.meters)) WHERE (n - 1) % {int(per)} = 0 "
-            "ORDER BY serial"
-        )
-        firsts = [r[0] for r in rows]
+    mine = "1" if owner is None else owner.sql("region")
+    chosen, firsts = _slices(store, per, meters, mine)
+    if not firsts:
+        return
     _, rows = store.query(f"SELECT serial FROM {db}.meters FINAL WHERE role = 'balance'")
     unlimited = [r[0].encode() for r in rows]
     obis = sorted(_obis_ints().values())
@@ -386,6 +409,13 @@ def _consumption(
         if not last:
             params["hi"] = firsts[i + 1]
         bounds = "meter >= %(lo)s" + ("" if last else " AND meter < %(hi)s")
+        if mine != "1":
+            # Another node's meters may sit between these serials (a standby's): their
+            # consumption is their owner's to derive.
+            bounds += (
+                f" AND meter IN (SELECT serial FROM {db}.meters FINAL WHERE "
+                f"{bounds.replace('meter', 'serial')} AND {mine})"
+            )
         if meters is not None:
             params["only"] = chosen[i * per : (i + 1) * per]
             bounds = "meter IN %(only)s"
@@ -532,18 +562,25 @@ class _Node:
     children: list[str] = field(default_factory=list)
     balance_meters: int = 0
     consumers: int = 0
+    owned: bool = True  # this node computes its balance (else its owner does)
 
 
-def _network(store: RawStore) -> dict[str, _Node]:
+def _network(store: RawStore, owner: Ownership | None = None) -> dict[str, _Node]:
     """Network nodes, each with its nearest network ancestor as parent ('' for none).
     The top network nodes of a commodity hang under its generation node when there is
-    exactly one (the producer feeds the backbone)."""
+    exactly one (the producer feeds the backbone). With `owner`, the nodes of regions
+    it does not own are marked (their balances are their owner's)."""
     db = store.db
     _, rows = store.query(
-        f"SELECT node_id, parent_id, level, commodity, admin_unit FROM {db}.grid_nodes FINAL"
+        f"SELECT node_id, parent_id, level, commodity, admin_unit, region "
+        f"FROM {db}.grid_nodes FINAL"
     )
     parent_of = {r[0]: r[1] for r in rows}
-    nodes = {r[0]: _Node(r[0], "", r[2], r[3], r[4]) for r in rows if r[2] in NETWORK_LEVELS}
+    nodes = {
+        r[0]: _Node(r[0], "", r[2], r[3], r[4], owned=owner is None or owner.owns(r[5]))
+        for r in rows
+        if r[2] in NETWORK_LEVELS
+    }
     for n in nodes.values():
         p, seen = parent_of.get(n.node_id, ""), 0
         while p and p not in nodes and seen < 64:
@@ -578,14 +615,22 @@ class _NodeHours:
     cons_m: dict[str, np.ndarray] = field(default_factory=dict)
     inp: dict[str, np.ndarray] = field(default_factory=dict)
     inp_m: dict[str, np.ndarray] = field(default_factory=dict)
+    # Nodes of other owners under this node's: (flow, measured, expected) per hour.
+    foreign: dict[str, tuple[np.ndarray, np.ndarray, int]] = field(default_factory=dict)
 
 
 def _balances(
-    store: RawStore, start: int, end: int, nodes: dict[str, _Node], sums: codec.NodeSums | None
+    store: RawStore,
+    start: int,
+    end: int,
+    nodes: dict[str, _Node],
+    sums: codec.NodeSums | None,
+    *,
+    owner: Ownership | None = None,
 ) -> int:
     hours = (end - start) // HOUR
     if sums is None:
-        got = _sum_from_table(store, start, end, nodes)
+        got = _sum_from_table(store, start, end, nodes, owner)
     else:
         got = _NodeHours()
         values, measured = sums.arrays()
@@ -596,12 +641,49 @@ def _balances(
             got.cons_m[node_id], got.inp_m[node_id] = m[k, 0], m[k, 1]
         if sums.unplaced:
             log.info("%d meter register(s) with readings belong to no network node", sums.unplaced)
+    if any(not n.owned for n in nodes.values()):
+        got.foreign = _foreign_flows(store, start, end, nodes)
     return _write_balances(store, start, end, nodes, got)
 
 
-def _sum_from_table(store: RawStore, start: int, end: int, nodes: dict[str, _Node]) -> _NodeHours:
-    """The balance sums of [start, end) from the `consumption` table."""
+def _foreign_flows(
+    store: RawStore, start: int, end: int, nodes: dict[str, _Node]
+) -> dict[str, tuple[np.ndarray, np.ndarray, int]]:
+    """What the nodes of other owners pass up to a node of this one's, hour by hour,
+    from the balances their owners computed (and sent here): their input where they
+    have balance meters, else their output; with the measured meter-hours behind it
+    and the expected count."""
+    wanted = sorted(c for n in nodes.values() if n.owned for c in n.children if not nodes[c].owned)
+    if not wanted:
+        return {}
+    hours = (end - start) // HOUR
+    _, rows = store.query(
+        f"SELECT node_id, groupArrayInsertAt(0., {hours})(if(has_input = 1, input, output), k), "
+        f"groupArrayInsertAt(toUInt64(0), {hours})(toUInt64(measured), k), max(expected) "
+        "FROM (SELECT node_id, has_input, input, output, measured, expected, "
+        "toUInt32(intDiv(toInt64(period_start) - %(a)s, 3600)) AS k "
+        f"FROM {store.db}.balances FINAL WHERE node_id IN %(n)s "
+        "AND period_start >= toDateTime(%(a)s) AND period_start < toDateTime(%(b)s)) "
+        "GROUP BY node_id",
+        {"n": wanted, "a": start, "b": end},
+    )
+    return {
+        str(n): (np.asarray(v, dtype=np.float64), np.asarray(m, dtype=np.float64), int(e))
+        for n, v, m, e in rows
+    }
+
+
+def _sum_from_table(
+    store: RawStore,
+    start: int,
+    end: int,
+    nodes: dict[str, _Node],
+    owner: Ownership | None = None,
+) -> _NodeHours:
+    """The balance sums of [start, end) from the `consumption` table (of the meters
+    `owner` owns)."""
     db = store.db
+    mine = "1" if owner is None else owner.sql("region")
     hours = (end - start) // HOUR
     ints = _obis_ints()
     flow_obis = sorted({ints[o] for o in FLOW.values()})
@@ -616,7 +698,7 @@ def _sum_from_table(store: RawStore, start: int, end: int, nodes: dict[str, _Nod
         f"FROM (SELECT meter, interval_start, value, quality FROM {db}.consumption FINAL "
         "      WHERE obis IN %(obis)s AND interval_start >= toDateTime(%(a)s) "
         "      AND interval_start < toDateTime(%(b)s)) AS c "
-        f"INNER JOIN (SELECT serial, node_id, role FROM {db}.meters FINAL) AS m "
+        f"INNER JOIN (SELECT serial, node_id, role FROM {db}.meters FINAL WHERE {mine}) AS m "
         "ON c.meter = m.serial GROUP BY node_id, role, k) GROUP BY node_id, role",
         {"obis": flow_obis, "a": start, "b": end},
     )
@@ -647,6 +729,10 @@ def _write_balances(
     flow_e: dict[str, int] = {}
     out: dict[str, tuple[np.ndarray, np.ndarray, int]] = {}
     for n in _post_order(nodes):
+        if not n.owned:
+            f, fm, fe = got.foreign.get(n.node_id, (zeros, zeros, 0))
+            flow[n.node_id], flow_m[n.node_id], flow_e[n.node_id] = f, fm, fe
+            continue
         o = cons.get(n.node_id, zeros).copy()
         om = cons_m.get(n.node_id, zeros).copy()
         oe = n.consumers
@@ -662,7 +748,7 @@ def _write_balances(
         else:
             flow[n.node_id], flow_m[n.node_id], flow_e[n.node_id] = o, om, oe
 
-    order = list(nodes.values())
+    order = [n for n in nodes.values() if n.owned]
     if not order:
         return 0
     i = np.stack([inp.get(n.node_id, zeros) for n in order])
@@ -696,13 +782,23 @@ def _write_balances(
         ],
     )
     store.insert_rowbinary(
-        "balances",
-        BALANCE_COLUMNS,
-        block,
-        token=f"balances:{start}:{end}:{time.time_ns()}",
-        fmt="Native",
+        "balances", BALANCE_COLUMNS, block, token=balances_token(start, end), fmt="Native"
     )
     return len(order) * hours
+
+
+def balances_token(start: int, end: int) -> str:
+    """The deduplication token of a recompute's balances; it names the hours, so a node
+    that receives them from a peer knows which hours changed (`token_hours`)."""
+    return f"balances:{start}:{end}:{time.time_ns()}"
+
+
+def token_hours(token: str) -> tuple[int, int] | None:
+    """The hours [start, end) a balances token (as it travelled: prefixed) names."""
+    parts = token.rsplit("balances:", 1)[-1].split(":")
+    if len(parts) >= 2 and parts[0].isdigit() and parts[1].isdigit():
+        return int(parts[0]), int(parts[1])
+    return None
 
 
 def _post_order(nodes: dict[str, _Node]) -> list[_Node]:

@@ -32,6 +32,7 @@ from typing import Any
 from headend.balance import LOCAL as TASHKENT
 from headend.commands import latest_meters
 from headend.config import BillingConfig, ConfigError
+from headend.ownership import Ownership
 from headend.store import ingest, spool
 from headend.store.imports import CHUNK, ID, ImportReport, SqlAccess, _read
 
@@ -44,13 +45,22 @@ FALSE = {"0", "false", "no", "n", ""}
 # -- import -----------------------------------------------------------------------------
 
 
-def import_accounts(path: Path, store: SqlAccess, db: str = "ami") -> ImportReport:
-    """Loads the billing system's accounts from CSV; bad rows are reported and skipped."""
+def import_accounts(
+    path: Path, store: SqlAccess, db: str = "ami", owner: Ownership | None = None
+) -> ImportReport:
+    """Loads the billing system's accounts from CSV; bad rows are reported and skipped
+    (as are accounts whose meters are in regions `owner` does not own)."""
     report = ImportReport(str(path))
-    return load_accounts(_read(path, ACCOUNT_COLUMNS, report), store, report)
+    return load_accounts(_read(path, ACCOUNT_COLUMNS, report), store, report, db=db, owner=owner)
 
 
-def import_records(records: list[Any], store: SqlAccess, source: str = "request") -> ImportReport:
+def import_records(
+    records: list[Any],
+    store: SqlAccess,
+    source: str = "request",
+    db: str = "ami",
+    owner: Ownership | None = None,
+) -> ImportReport:
     """Loads accounts sent as JSON objects (the HTTP API): the CSV's columns as keys,
     numbers and booleans allowed; bad records are reported by position and skipped."""
     report = ImportReport(source)
@@ -75,14 +85,22 @@ def import_records(records: list[Any], store: SqlAccess, source: str = "request"
             report.bad.append((i, "account_id and debt are required"))
             continue
         rows.append((i, {c: text(rec.get(c)) for c in ACCOUNT_COLUMNS}))
-    return load_accounts(rows, store, report)
+    return load_accounts(rows, store, report, db=db, owner=owner)
 
 
 def load_accounts(
-    rows: Iterable[tuple[int, dict[str, str]]], store: SqlAccess, report: ImportReport
+    rows: Iterable[tuple[int, dict[str, str]]],
+    store: SqlAccess,
+    report: ImportReport,
+    *,
+    db: str = "ami",
+    owner: Ownership | None = None,
 ) -> ImportReport:
-    """Checks each (line, record) and inserts the good ones into `billing_accounts`."""
+    """Checks each (line, record) and inserts the good ones into `billing_accounts`;
+    an account whose meters lie in a region `owner` does not own is refused naming the
+    owner (an account with no meters here yet is taken)."""
     good: list[list[Any]] = []
+    lines: list[int] = []
     seen: set[str] = set()
     now = dt.datetime.now(dt.UTC)
     for line, r in rows:
@@ -114,11 +132,49 @@ def load_accounts(
             continue
         seen.add(acc)
         good.append([acc, debt, since, flag in TRUE, r["note"], now])
+        lines.append(line)
+    if owner is not None and not owner.everything and good:
+        good = _owned_accounts(store, db, owner, zip(lines, good, strict=True), report)
     for i in range(0, len(good), CHUNK):
         store.insert_rows("billing_accounts", [*ACCOUNT_COLUMNS, "updated_at"], good[i : i + CHUNK])
     report.loaded = len(good)
     report.bad.sort()
     return report
+
+
+def _owned_accounts(
+    store: SqlAccess,
+    db: str,
+    owner: Ownership,
+    rows: Iterable[tuple[int, list[Any]]],
+    report: ImportReport,
+) -> list[list[Any]]:
+    """The accounts (with their lines) whose meters this node may take; the others
+    are refused by line."""
+    numbered = list(rows)
+    regions = account_regions(store, db, [g[0] for _, g in numbered])
+    kept = []
+    for line, g in numbered:
+        foreign = sorted(r for r in regions.get(g[0], ()) if not owner.accepts(r))
+        if foreign:
+            report.bad.append((line, owner.why_not(f"account {g[0]}", foreign[0])))
+        else:
+            kept.append(g)
+    return kept
+
+
+def account_regions(store: SqlAccess, db: str, accounts: list[str]) -> dict[str, set[str]]:
+    """The regions of each account's meters (accounts with no meters are absent)."""
+    out: dict[str, set[str]] = {}
+    for i in range(0, len(accounts), 10_000):
+        _, rows = store.query(
+            f"SELECT account_id, groupUniqArray(region) FROM (SELECT serial, "
+            f"argMax(account_id, updated_at) AS account_id, argMax(region, updated_at) AS region "
+            f"FROM {db}.meters GROUP BY serial) WHERE account_id IN %(a)s GROUP BY account_id",
+            {"a": accounts[i : i + 10_000]},
+        )
+        out.update({str(a): {str(r) for r in regions} for a, regions in rows})
+    return out
 
 
 # -- policy -----------------------------------------------------------------------------
@@ -282,8 +338,10 @@ class Policy:
         return "disconnect", f"debt {debt:.2f} overdue {overdue} days, warned"
 
 
-def policy_rows(store: SqlAccess, db: str) -> list[tuple[Any, ...]]:
-    """The accounts' meters with their supply state and policy history."""
+def policy_rows(store: SqlAccess, db: str, owner: Ownership | None = None) -> list[tuple[Any, ...]]:
+    """The accounts' meters with their supply state and policy history (the meters
+    `owner` owns: the policy acts only there)."""
+    mine = "1" if owner is None else owner.sql("region")
     _, rows = store.query(
         f"""
         SELECT a.account_id, a.debt, a.overdue_since, a.protected, m.serial, m.node_id,
@@ -296,8 +354,9 @@ def policy_rows(store: SqlAccess, db: str) -> list[tuple[Any, ...]]:
               FROM {db}.billing_accounts GROUP BY account_id) AS a
         INNER JOIN (SELECT serial, argMax(node_id, updated_at) AS node_id,
                            argMax(account_id, updated_at) AS account_id,
-                           argMax(role, updated_at) AS role
-                    FROM {db}.meters GROUP BY serial) AS m
+                           argMax(role, updated_at) AS role,
+                           argMax(region, updated_at) AS region
+                    FROM {db}.meters GROUP BY serial HAVING {mine}) AS m
             ON m.account_id = a.account_id AND m.role = 'consumer'
         LEFT JOIN (SELECT serial, argMax(verified_state, updated_at) AS supply_state,
                           argMax(requested_by, updated_at) = 'policy' AS by_policy
@@ -327,10 +386,16 @@ def node_disconnects(store: SqlAccess, db: str, now: float) -> dict[str, int]:
 
 
 def evaluate(
-    store: SqlAccess, cfg: BillingConfig, db: str, now: float, pending: Callable[[str], bool]
+    store: SqlAccess,
+    cfg: BillingConfig,
+    db: str,
+    now: float,
+    pending: Callable[[str], bool],
+    *,
+    owner: Ownership | None = None,
 ) -> list[Decision]:
     return Policy(cfg).decide(
-        policy_rows(store, db), now, pending, node_disconnects(store, db, now)
+        policy_rows(store, db, owner), now, pending, node_disconnects(store, db, now)
     )
 
 

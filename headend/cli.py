@@ -89,19 +89,30 @@ class _Access:
     embedded store belongs to one process), else opened here."""
 
     def __init__(self, cfg: config_mod.Config) -> None:
+        from headend.ownership import Ownership
         from headend.server.admin import AdminClient, ServerNotRunning
 
         self.cfg = cfg
+        self.owner = Ownership.from_config(cfg)
         self.admin: Any = None
         self.store: Any = None
+        self.outbox: Any = None
         client = AdminClient(cfg.admin_socket)
         try:
             client.call("ping")
             self.admin = client
         except ServerNotRunning:
+            from headend.link import taps
+            from headend.link.down import DownRouter
             from headend.store.db import Store, migrate
 
-            self.store = Store(cfg.dsn, cfg.store.database).connect()
+            # What this command writes reaches the node's peers like the server's
+            # writes: through the outbox, which the server publishes when it runs.
+            t = taps(cfg, self.owner, "cli")
+            self.outbox = t.outbox
+            self.store = Store(cfg.dsn, cfg.store.database, tap=t.tap).connect()
+            if isinstance(t.tap, DownRouter):
+                t.tap.store = self.store
             migrate(self.store)
 
     def sql(self, query: str) -> tuple[list[str], list[list[Any]]]:
@@ -121,6 +132,8 @@ class _Access:
     def close(self) -> None:
         if self.store is not None:
             self.store.close()
+        if self.outbox is not None:
+            self.outbox.close()
         if self.admin is not None:
             self.admin.close()
 
@@ -175,7 +188,7 @@ def cmd_grid_import(args: argparse.Namespace) -> int:
         cfg = _config(args)
         acc = _Access(cfg)
         try:
-            report = import_grid(Path(args.file), acc.access, cfg.store.database)
+            report = import_grid(Path(args.file), acc.access, cfg.store.database, acc.owner)
         finally:
             acc.close()
     except HeadendError as e:
@@ -194,7 +207,9 @@ def cmd_meters_import(args: argparse.Namespace) -> int:
         models = profiles.kinds(profiles.load_all(cfg.profiles_dir))
         acc = _Access(cfg)
         try:
-            report = import_meters(Path(args.file), acc.access, master, models, cfg.store.database)
+            report = import_meters(
+                Path(args.file), acc.access, master, models, cfg.store.database, owner=acc.owner
+            )
         finally:
             acc.close()
     except HeadendError as e:
@@ -209,7 +224,7 @@ def cmd_billing_import(args: argparse.Namespace) -> int:
         cfg = _config(args)
         acc = _Access(cfg)
         try:
-            report = import_accounts(Path(args.file), acc.access, cfg.store.database)
+            report = import_accounts(Path(args.file), acc.access, cfg.store.database, acc.owner)
             if acc.admin is not None and report.loaded and cfg.billing.policy:
                 # Payments take effect now, not at the next policy pass.
                 acc.admin.call("policy", act=True)
@@ -235,7 +250,7 @@ def cmd_billing_status(args: argparse.Namespace) -> int:
                 db = cfg.store.database
                 queued = billing.pending_from_table(acc.store, db)
                 decisions = billing.evaluate(
-                    acc.store, cfg.billing, db, time.time(), queued.__contains__
+                    acc.store, cfg.billing, db, time.time(), queued.__contains__, owner=acc.owner
                 )
                 cols, rows = billing.DECISION_COLUMNS, [d.row() for d in decisions]
         finally:
@@ -465,7 +480,7 @@ def cmd_balance(args: argparse.Namespace) -> int:
             if acc.admin is not None:
                 rep = acc.admin.call("recompute", start=start, end=end)
             else:
-                rep = balance.recompute(acc.store, start, end).as_dict()
+                rep = balance.recompute(acc.store, start, end, owner=acc.owner).as_dict()
             print(json.dumps(rep), file=sys.stderr)
         cols, rows = balance.report(
             acc.access,
@@ -522,7 +537,7 @@ def cmd_anomalies(args: argparse.Namespace) -> int:
             if acc.admin is not None:
                 found = acc.admin.call("detect", start=start, end=end)
             else:
-                found = anomalies.detect(acc.store, start, end).summary()
+                found = anomalies.detect(acc.store, start, end, owner=acc.owner).summary()
             print(json.dumps(found), file=sys.stderr)
         cols, rows = run_query(
             acc.access,
@@ -551,6 +566,60 @@ def cmd_demo(args: argparse.Namespace) -> int:
     except (FileNotFoundError, RuntimeError) as e:
         print(f"headend demo: {e}", file=sys.stderr)
         return 2
+
+
+def cmd_node(args: argparse.Namespace) -> int:
+    """`headend node key|status`."""
+    from headend.link.keys import load_node_key, public_hex
+    from headend.ownership import Ownership
+
+    try:
+        cfg = _config(args)
+        if args.action == "key":
+            print(public_hex(load_node_key(cfg, create=True)))
+            return 0
+        from headend.server.admin import AdminClient, ServerNotRunning
+
+        try:
+            client = AdminClient(cfg.admin_socket)
+            st = client.call("status")
+            client.close()
+        except ServerNotRunning:
+            st = {"node": Ownership.from_config(cfg).as_dict(), "link": None}
+    except HeadendError as e:
+        return _fail(e)
+    if args.json:
+        print(json.dumps({"node": st["node"], "link": st["link"]}, indent=2))
+        return 0
+    _print_node(st)
+    return 0
+
+
+def _print_node(st: dict[str, Any]) -> None:
+    node, link = st["node"], st.get("link")
+    print(
+        f"node          {node['node']} ({node['role']}), owns {', '.join(node['regions']) or '-'}"
+    )
+    if not link:
+        print("link          none" if node["role"] == "standalone" else "link          not running")
+        return
+    nats = "up" if link["nats"] else "DOWN"
+    alarm = f", ALARM: {link['alarm']}" if link["alarm"] else ""
+    print(f"link          NATS {nats}, outbox {link['outbox_bytes']} bytes{alarm}")
+    for e in link["errors"].values():
+        print(f"  error       {e}")
+    for p in link["peers"]:
+        contact = (
+            dt.datetime.fromtimestamp(p["last_contact"], dt.UTC).strftime("%H:%M:%SZ")
+            if p["last_contact"]
+            else "never"
+        )
+        print(
+            f"  {p['peer']:<12}{'connected' if p['connected'] else 'CUT':<10} last contact "
+            f"{contact}, lag {p['lag_s']} s / {p['lag_rows']} rows, in {p['applied_records']} "
+            f"records, out unconfirmed {p['unconfirmed_messages']} msgs / "
+            f"{p['unconfirmed_bytes']} bytes"
+        )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -779,6 +848,19 @@ def build_parser() -> argparse.ArgumentParser:
     cp.add_argument("id", metavar="COMMAND_ID")
     _add_common(cp)
     cp.set_defaults(func=cmd_commands)
+
+    p = sub.add_parser("node", help="this node among the regional nodes and the centre")
+    nsub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    np_ = nsub.add_parser(
+        "key",
+        help="print this node's public key (created on first use) for its peers' [[peers]]",
+    )
+    _add_common(np_)
+    np_.set_defaults(func=cmd_node)
+    np_ = nsub.add_parser("status", help="ownership and the link: peers, lag, backlog")
+    np_.add_argument("--json", action="store_true")
+    _add_common(np_)
+    np_.set_defaults(func=cmd_node)
     return parser
 
 

@@ -27,11 +27,12 @@ import uuid
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from headend import balance
 from headend.config import CommandsConfig
 from headend.errors import HeadendError
+from headend.ownership import Ownership
 from headend.store.db import Store
 
 log = logging.getLogger("headend.commands")
@@ -61,11 +62,23 @@ COLUMNS = [
 ]
 
 
-def latest_meters(db: str) -> str:
-    """Each meter's current grid node (meters keeps every import's row)."""
+def latest_meters(db: str, owner: Ownership | None = None) -> str:
+    """Each meter's current grid node and region (meters keeps every import's row);
+    with `owner`, only the meters it owns."""
+    mine = "" if owner is None or owner.everything else f" HAVING {owner.sql('region')}"
     return (
-        f"(SELECT serial, argMax(node_id, updated_at) AS node_id FROM {db}.meters GROUP BY serial)"
+        f"(SELECT serial, argMax(node_id, updated_at) AS node_id, "
+        f"argMax(region, updated_at) AS region FROM {db}.meters GROUP BY serial{mine})"
     )
+
+
+class Place(NamedTuple):
+    """Where a meter is: its grid node, the address it is dialled at ("" when it
+    connects in) and its region."""
+
+    node_id: str
+    address: str
+    region: str
 
 
 class CommandError(HeadendError):
@@ -177,10 +190,12 @@ class CommandQueue:
         cfg: CommandsConfig,
         send: Callable[[int, dict[str, Any]], bool],
         workers: Callable[[], list[int]],
+        owner: Ownership | None = None,
     ) -> None:
         self.store = store
         self.db = store.db
         self.cfg = cfg
+        self.owner = owner
         self._send = send
         self._workers = workers
         self.commands: dict[str, Command] = {}
@@ -207,14 +222,16 @@ class CommandQueue:
     # -- persistence ------------------------------------------------------------------
 
     def load(self) -> int:
-        """Re-queues the commands that were not final when the store stopped."""
+        """Re-queues the commands that were not final when the store stopped (of the
+        meters this node owns: the centre keeps the regions' commands only as a record)."""
+        join = "INNER" if self.owner is not None and not self.owner.everything else "LEFT"
         _, rows = self.store.query(
             f"SELECT c.command_id, c.serial, c.kind, c.args, c.requested_by, c.reason, "
             f"c.priority, toFloat64(c.requested_at), toFloat64(c.expires_at), c.state, "
             f"c.attempts, m.node_id "
             f"FROM {self.db}.command_status AS c "
-            f"LEFT JOIN {latest_meters(self.db)} AS m ON m.serial = c.serial "
-            f"WHERE c.state NOT IN ('done', 'failed', 'expired', 'cancelled') "
+            f"{join} JOIN {latest_meters(self.db, self.owner)} AS m ON m.serial = c.serial "
+            f"WHERE c.state NOT IN ({', '.join(repr(s) for s in sorted(FINAL))}) "
             f"ORDER BY c.requested_at"
         )
         for r in rows:
@@ -256,25 +273,26 @@ class CommandQueue:
 
     # -- submitting -----------------------------------------------------------------------
 
-    def node_of(self, serial: str) -> tuple[str, str]:
-        """The meter's grid node and address; unknown meters are refused (a query: run
-        it in an executor)."""
+    def node_of(self, serial: str) -> Place:
+        """Where the meter is; unknown meters are refused (a query: run it in an
+        executor)."""
         found = self.nodes_of([serial])
         if serial not in found:
             raise CommandError(f"unknown meter {serial!r}")
         return found[serial]
 
-    def nodes_of(self, serials: list[str]) -> dict[str, tuple[str, str]]:
-        """The grid node and address of each known meter among `serials`, in one
-        primary-key query (run it in an executor)."""
+    def nodes_of(self, serials: list[str]) -> dict[str, Place]:
+        """Where each known meter among `serials` is, in one primary-key query (run it
+        in an executor)."""
         if not serials:
             return {}
         _, rows = self.store.query(
-            f"SELECT serial, argMax(node_id, updated_at), argMax(address, updated_at) "
+            f"SELECT serial, argMax(node_id, updated_at), argMax(address, updated_at), "
+            f"argMax(region, updated_at) "
             f"FROM {self.db}.meters WHERE serial IN {{s:Array(String)}} GROUP BY serial",
             {"s": serials},
         )
-        return {str(r[0]): (str(r[1]), str(r[2])) for r in rows}
+        return {str(r[0]): Place(str(r[1]), str(r[2]), str(r[3])) for r in rows}
 
     def submit(
         self,
@@ -288,15 +306,16 @@ class CommandQueue:
         priority: int = COMMAND,
         expires_in: float | None = None,
         address: str | None = None,
+        command_id: str | None = None,
     ) -> Command:
         """Queues a command (on the event loop; `node_id` and `address` from
         :meth:`node_of`; an address not given is looked up before the command is
-        offered)."""
+        offered). `command_id`: the id the centre gave a command it sent down."""
         args = args or {}
         validate(kind, args)
         now = time.time()
         c = Command(
-            command_id=uuid.uuid4().hex[:16],
+            command_id=command_id or uuid.uuid4().hex[:16],
             serial=serial,
             kind=kind,
             args=args,
@@ -309,6 +328,50 @@ class CommandQueue:
             address=address,
         )
         self._add(c)
+        self._record(c)
+        return c
+
+    def refuse(
+        self, command_id: str, serial: str, kind: str, data: dict[str, Any], why: str
+    ) -> Command:
+        """Records a command that was asked for but cannot run here (sent to a node
+        that does not own its meter): failed at once, with why."""
+        return self.record_only(
+            command_id, serial, kind, data, state="failed", error=why, expires_in=0.0
+        )
+
+    def record_only(
+        self,
+        command_id: str,
+        serial: str,
+        kind: str,
+        data: dict[str, Any],
+        *,
+        state: str,
+        error: str = "",
+        expires_in: float | None = None,
+        node_id: str = "",
+    ) -> Command:
+        """A command's row without queuing it here: one that failed at once, or one the
+        centre sent to the node that owns its meter (state ``sent``; that node's
+        transitions follow under the same id)."""
+        args = data.get("args") or {}
+        validate(kind, args)
+        now = time.time()
+        c = Command(
+            command_id=command_id,
+            serial=serial,
+            kind=kind,
+            args=args,
+            requested_by=str(data.get("requested_by") or ""),
+            reason=str(data.get("reason") or ""),
+            priority=COMMAND,
+            requested_at=now,
+            expires_at=now + (self.cfg.expire if expires_in is None else expires_in),
+            node_id=node_id,
+            state=state,
+            error=error,
+        )
         self._record(c)
         return c
 
@@ -603,7 +666,7 @@ class Scheduler:
             f"SELECT c.meter, any(m.node_id), toInt64(min(c.interval_start)), "
             f"toInt64(max(c.interval_start)) "
             f"FROM {self.db}.consumption AS c FINAL "
-            f"INNER JOIN {latest_meters(self.db)} AS m ON m.serial = c.meter "
+            f"INNER JOIN {latest_meters(self.db, self.queue.owner)} AS m ON m.serial = c.meter "
             f"WHERE c.interval_start >= toDateTime({{since:Int64}}) AND c.quality = 'estimated' "
             f"GROUP BY c.meter ORDER BY c.meter LIMIT {{n:UInt32}}",
             {"since": since, "n": self.cfg.schedule_batch},
@@ -634,7 +697,7 @@ class Scheduler:
             return []
         now = time.time()
         _, rows = self.queue.store.query(
-            f"SELECT m.serial, m.node_id FROM {latest_meters(self.db)} AS m "
+            f"SELECT m.serial, m.node_id FROM {latest_meters(self.db, self.queue.owner)} AS m "
             f"LEFT JOIN (SELECT serial, max(ts) AS last FROM {self.db}.commands "
             f"WHERE kind = {{kind:String}} AND state IN ('queued', 'done', 'failed') "
             # Older activity does not matter (such meters are due); the bound keeps the

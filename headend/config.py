@@ -10,6 +10,7 @@ back to a default.
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -234,6 +235,91 @@ class ClockConfig:
     """Real Unix time at which simulated time was `start`."""
 
 
+ROLES = ("standalone", "region", "centre")
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    """This node's place among the regional nodes and the national centre (DESIGN.md
+    section 9). A standalone node owns every meter; a region node owns the meters,
+    accounts and grid nodes of its `regions`; the centre owns what lies above the
+    regions (generation, the republic, substations feeding several regions) and any
+    region listed here, and receives every region's data."""
+
+    name: str = "headend"
+    """This node's name among its peers (letters, digits, - and _)."""
+    role: str = "standalone"
+    """standalone (one node, no link), region or centre."""
+    regions: tuple[str, ...] = ()
+    """Region-level grid nodes (their node_id, e.g. "UZ-SA") whose meters, accounts and
+    grid this node owns and acts on: commands, scheduled reads, billing policy,
+    consumption and balances. Ignored when standalone (it owns everything)."""
+    upstream: str = ""
+    """For a region: the centre's leaf-node address, host:port."""
+
+
+@dataclass(frozen=True)
+class LinkConfig:
+    """The link between region nodes and the centre: NATS with JetStream. Each node
+    runs its own NATS server (started by `headend serve`, data in <data>/nats); a
+    region's is a leaf node of the centre's, so a cut link buffers in the region and
+    drains into the centre when it returns."""
+
+    nats_server: str = "nats-server"
+    """The NATS server program `headend serve` starts for this node."""
+    host: str = "127.0.0.1"
+    """Address of this node's NATS server for its own processes."""
+    client_port: int = 4222
+    """Port of this node's NATS server for its own processes."""
+    leaf_host: str = "0.0.0.0"  # noqa: S104 - region nodes connect from their sites
+    """Centre: address on which region nodes' NATS servers connect."""
+    leaf_port: int = 7422
+    """Centre: port on which region nodes' NATS servers connect (NATS leaf nodes)."""
+    leaf_advertise: str = ""
+    """Centre: the host:port its NATS server tells connected regions to reconnect to
+    ("": its own listening address). Regions reconnect to that and to their own
+    `upstream`; set it to the address the regions reach the centre at."""
+    monitor_port: int = 0
+    """Port of the NATS server's monitoring endpoint on `host`; 0: none."""
+    tls_cert: str = ""
+    """Certificate (PEM) for the leaf-node connection; with `tls_key`, the link uses
+    TLS (the centre presents it, a region verifies it against `tls_ca`)."""
+    tls_key: str = ""
+    """Private key (PEM) of `tls_cert`."""
+    tls_ca: str = ""
+    """CA certificate (PEM) that the peer's certificate must chain to."""
+    max_backlog_bytes: int = 20 << 30
+    """Bytes the up-link holds on disk at most while the centre does not confirm
+    (a region's stream); beyond, new data waits in the outbox, nothing is dropped."""
+    alarm_backlog_bytes: int = 1 << 30
+    """Backlog (bytes not yet confirmed by the centre) that raises the link alarm."""
+    alarm_backlog_age: float = 3600.0
+    """Seconds since the oldest unconfirmed record that raise the link alarm."""
+    message_bytes: int = 1 << 20
+    """Largest message on the link; larger records travel in parts."""
+    heartbeat: float = 5.0
+    """Seconds between a node's heartbeats to its peers (link state, lag)."""
+
+
+@dataclass(frozen=True)
+class PeerConfig:
+    """Another node this one accepts on the link (`[[peers]]`): at the centre every
+    region node, at a region the centre."""
+
+    name: str = ""
+    """The peer's node name."""
+    role: str = "region"
+    """region or centre."""
+    regions: tuple[str, ...] = ()
+    """A region peer's regions (as in its own [node] regions)."""
+    public_key: str = ""
+    """The peer's node key (64 hex digits, `headend node key` prints it): the link's
+    credentials and the wrapping of meter keys sent to it derive from it."""
+    standby: str = ""
+    """At the centre, for a region peer: the node that holds this region's meters and
+    keys in advance and takes its meters' pushes if the region's data centre is lost."""
+
+
 @dataclass(frozen=True)
 class LogConfig:
     """Logging."""
@@ -256,7 +342,11 @@ class Config:
     billing: BillingConfig = field(default_factory=BillingConfig)
     http: HttpConfig = field(default_factory=HttpConfig)
     clock: ClockConfig = field(default_factory=ClockConfig)
+    node: NodeConfig = field(default_factory=NodeConfig)
+    link: LinkConfig = field(default_factory=LinkConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    peers: tuple[PeerConfig, ...] = ()
+    """The nodes this one accepts on the link (`[[peers]]`)."""
     profiles_dir: Path = REPO_ROOT / "protocols" / "profiles"
     source: Path | None = None
     """The file this was read from, if any."""
@@ -299,6 +389,11 @@ class Config:
         return self.store.dsn or f"chdb://{self.clickhouse_dir}"
 
     @property
+    def link_dir(self) -> Path:
+        """The link's outbox and the node's NATS server data."""
+        return self.data_dir / "link"
+
+    @property
     def workers(self) -> int:
         return self.server.workers or (os.cpu_count() or 1)
 
@@ -309,6 +404,7 @@ class Config:
             "profiles_dir": str(self.profiles_dir),
             "source": str(self.source) if self.source else None,
             **{s: _section_dict(getattr(self, s)) for s in SECTIONS},
+            "peers": [_section_dict(p) for p in self.peers],
         }
 
 
@@ -320,6 +416,8 @@ SECTIONS: dict[str, type[Any]] = {
     "billing": BillingConfig,
     "http": HttpConfig,
     "clock": ClockConfig,
+    "node": NodeConfig,
+    "link": LinkConfig,
     "log": LogConfig,
 }
 
@@ -328,7 +426,10 @@ CHOICES = {
     ("store", "fsync"): {"always", "interval", "never"},
     ("log", "level"): {"debug", "info", "warning", "error"},
     ("log", "format"): {"text", "json"},
+    ("node", "role"): set(ROLES),
+    ("peers", "role"): {"region", "centre"},
 }
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,31}$")
 
 
 def _section_dict(obj: Any) -> dict[str, Any]:
@@ -351,6 +452,11 @@ def _build(section: str, cls: type[Any], values: dict[str, Any], where: str) -> 
             expected = (int, float)
         elif default is None:
             expected = (int,)
+        elif isinstance(default, tuple):
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise ConfigError(f"{where}: [{section}] {key} must be a list of strings")
+            out[key] = tuple(value)
+            continue
         else:
             expected = (str,)
         if not isinstance(value, expected) or (expected == (int,) and isinstance(value, bool)):
@@ -385,6 +491,10 @@ def load(path: Path | None = None, data_dir: Path | None = None) -> Config:
     sections: dict[str, Any] = {}
     file_data_dir = raw.pop("data_dir", None)
     profiles_dir = raw.pop("profiles_dir", None)
+    peers = raw.pop("peers", [])
+    if not isinstance(peers, list) or not all(isinstance(p, dict) for p in peers):
+        raise ConfigError(f"{where}: peers must be an array of tables ([[peers]])")
+    sections["peers"] = tuple(_build("peers", PeerConfig, p, where) for p in peers)
     for key, value in raw.items():
         if key not in SECTIONS:
             raise ConfigError(f"{where}: unknown section [{key}]")
@@ -403,7 +513,52 @@ def load(path: Path | None = None, data_dir: Path | None = None) -> Config:
         cfg = replace(cfg, profiles_dir=(p if p.is_absolute() else base / p).resolve())
     if cfg.server.resume_backlog_bytes > cfg.server.pause_backlog_bytes:
         raise ConfigError(f"{where}: [server] resume_backlog_bytes exceeds pause_backlog_bytes")
+    _check_node(cfg, where)
     return cfg
+
+
+def _check_node(cfg: Config, where: str) -> None:
+    """The federation settings make sense together: names, keys, who upstream is."""
+    node = cfg.node
+    if not NAME.match(node.name):
+        raise ConfigError(
+            f"{where}: [node] name {node.name!r} must be 1-32 letters, digits, - or _"
+        )
+    _check_peers(cfg, where)
+    if node.role == "region":
+        if not node.regions:
+            raise ConfigError(f"{where}: a region node needs [node] regions")
+        if not node.upstream:
+            raise ConfigError(f"{where}: a region node needs [node] upstream (the centre)")
+        centres = [p for p in cfg.peers if p.role == "centre"]
+        if len(centres) != 1:
+            raise ConfigError(
+                f"{where}: a region node needs exactly one [[peers]] with role centre"
+            )
+    elif node.role == "centre":
+        owners: dict[str, str] = {r: node.name for r in node.regions}
+        for p in cfg.peers:
+            if p.role != "region":
+                raise ConfigError(f"{where}: the centre's [[peers]] are region nodes ({p.name})")
+            for r in p.regions:
+                if r in owners:
+                    raise ConfigError(
+                        f"{where}: region {r} is owned by both {owners[r]} and {p.name}"
+                    )
+                owners[r] = p.name
+
+
+def _check_peers(cfg: Config, where: str) -> None:
+    names = [p.name for p in cfg.peers]
+    for p in cfg.peers:
+        if not NAME.match(p.name):
+            raise ConfigError(f"{where}: [[peers]] name {p.name!r} is not a node name")
+        if names.count(p.name) > 1 or p.name == cfg.node.name:
+            raise ConfigError(f"{where}: [[peers]] {p.name} appears twice (or is this node)")
+        if len(p.public_key) != 64 or not all(c in "0123456789abcdefABCDEF" for c in p.public_key):
+            raise ConfigError(f"{where}: [[peers]] {p.name}: public_key must be 64 hex digits")
+        if p.standby and p.standby not in names:
+            raise ConfigError(f"{where}: [[peers]] {p.name}: standby {p.standby} is not a peer")
 
 
 def from_dict(d: dict[str, Any]) -> Config:
@@ -412,5 +567,11 @@ def from_dict(d: dict[str, Any]) -> Config:
         data_dir=Path(d["data_dir"]),
         profiles_dir=Path(d["profiles_dir"]),
         source=Path(d["source"]) if d.get("source") else None,
-        **{s: SECTIONS[s](**d[s]) for s in SECTIONS},
+        **{s: _revive(SECTIONS[s], d[s]) for s in SECTIONS},
+        peers=tuple(_revive(PeerConfig, p) for p in d.get("peers", [])),
     )
+
+
+def _revive(cls: type[Any], values: dict[str, Any]) -> Any:
+    """A section from JSON (lists come back as lists; the fields hold tuples)."""
+    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})

@@ -72,6 +72,8 @@ def toml_value(v: Any) -> str:
         return "true" if v else "false"
     if isinstance(v, str):
         return f'"{v}"'
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(toml_value(x) for x in v) + "]"
     return str(v)
 
 
@@ -89,6 +91,7 @@ class Headend:
         store: dict[str, Any] | None = None,
         sections: dict[str, dict[str, Any]] | None = None,
         data: Path | None = None,
+        peers: list[dict[str, Any]] | None = None,
     ) -> None:
         self.root = root
         self.port = port
@@ -107,6 +110,10 @@ class Headend:
             + "".join(
                 f"[{name}]\n" + "".join(f"{k} = {toml_value(v)}\n" for k, v in values.items())
                 for name, values in {"http": {"port": 0}, **(sections or {})}.items()
+            )
+            + "".join(
+                "[[peers]]\n" + "".join(f"{k} = {toml_value(v)}\n" for k, v in peer.items())
+                for peer in peers or []
             )
         )
         self.env = {**os.environ, "HEADEND_DATA": str(self.data)}

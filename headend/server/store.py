@@ -22,6 +22,8 @@ import signal
 import sys
 import threading
 import time
+import uuid
+from collections.abc import Coroutine
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -29,16 +31,20 @@ import msgpack
 
 from headend import codec, logs
 from headend.clock import Clock
-from headend.commands import Command, CommandQueue, Scheduler
+from headend.commands import Command, CommandQueue, Place, Scheduler
 from headend.config import Config, from_dict
 from headend.errors import HeadendError
+from headend.ownership import NotOwned, Ownership
 from headend.server import ipc
 from headend.store import spool
-from headend.store.db import Store, StoreError, migrate
+from headend.store.db import Store, StoreError, Tap, migrate
 from headend.store.ingest import COLUMNS, Backoff, Ingestor
 
 if TYPE_CHECKING:
     from headend.balance import LateData
+    from headend.link.down import DownRouter
+    from headend.link.outbox import Envelope
+    from headend.link.service import LinkService
 
 log = logging.getLogger("headend.store")
 
@@ -120,7 +126,15 @@ def check_sql(query: str) -> None:
 class StoreService:
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
-        self.store = Store(cfg.dsn, cfg.store.database)
+        self.owner = Ownership.from_config(cfg)
+        self.link: LinkService | None = None
+        self.router: DownRouter | None = None
+        self.store = Store(cfg.dsn, cfg.store.database, tap=self._link_setup())
+        if self.router is not None:
+            self.router.store = self.store
+        # Peers' records go in through a client of their own without the tap: what
+        # came from a peer is not sent back to it.
+        self.peer_store = Store(cfg.dsn, cfg.store.database)
         self.db = cfg.store.database
         self.ingestor = Ingestor(self.store, cfg.spool_dir, max_bytes=cfg.store.max_insert_bytes)
         self.scanner = CounterScanner(cfg.spool_dir)
@@ -141,12 +155,164 @@ class StoreService:
         self.lookup_task: asyncio.Task[None] | None = None
         self.lookup_stats = {"rounds": 0, "requests": 0, "keys": 0}
         self.commands = CommandQueue(
-            self.store, cfg.commands, self._send_worker, lambda: sorted(self.workers)
+            self.store,
+            cfg.commands,
+            self._send_worker,
+            lambda: sorted(self.workers),
+            owner=self.owner,
         )
+        # Commands sent down to a region, waiting for their outcome to come back up.
+        self.forwarded: dict[str, list[asyncio.Future[dict[str, Any]]]] = {}
+        # Hours of balances of other owners that arrived late (the centre recomputes
+        # its own nodes above them).
+        self.late_balance_hours: set[int] = set()
         self.scheduler = Scheduler(self.commands, cfg.commands)
         self._policy_lock = asyncio.Lock()
         self.polled = 0
         self.clock = Clock.from_config(cfg.clock)
+
+    # -- the link (region and centre nodes) -----------------------------------------------
+
+    def _link_setup(self) -> Tap | None:
+        """A region's store sends everything up, the centre's sends master data down
+        (`headend.link`); a standalone node has no link."""
+        cfg = self.cfg
+        if cfg.node.role == "standalone":
+            return None
+        from headend.link import taps
+        from headend.link.down import DownRouter
+        from headend.link.keys import NodeSecrets
+        from headend.link.service import LinkService
+
+        self.secrets = NodeSecrets.load(cfg, create=True)
+        t = taps(cfg, self.owner, "store")
+        self.link = LinkService(cfg, self.secrets, self._apply_link, self.owner)
+        if isinstance(t.tap, DownRouter):
+            self.router = t.tap
+        return t.tap
+
+    async def _apply_link(self, origin: str, env: Envelope) -> None:
+        """A peer's record: at the centre, what a region stored; at a region, master
+        data, commands and cancellations from the centre."""
+        from headend.link.down import apply_insert
+        from headend.link.outbox import DOWN_TABLES, UP_TABLES
+        from headend.link.service import BadRecord
+
+        loop = asyncio.get_running_loop()
+        if self.cfg.node.role == "centre":
+            if env.kind not in ("binary", "rows", "delete"):
+                raise BadRecord(f"a region sends no {env.kind} records")
+            await loop.run_in_executor(None, apply_insert, self.peer_store, origin, env, UP_TABLES)
+            if env.table == "commands" and env.kind == "rows":
+                self._forwarded_outcomes(env)
+            if env.table == "balances" and isinstance(env.data, bytes):
+                self._late_balances(env)
+            return
+        if env.kind == "rows" and env.table in DOWN_TABLES:
+            await loop.run_in_executor(None, self._apply_master, origin, env)
+            if env.table == "billing_accounts" and self.cfg.billing.policy:
+                await self._policy_soon()
+            return
+        if env.kind == "command":
+            await self._command_from_centre(origin, env.data)
+            return
+        if env.kind == "cancel":
+            with contextlib.suppress(HeadendError, KeyError):
+                self.commands.cancel(str(env.data["command_id"]), str(env.data.get("why", "")))
+            return
+        raise BadRecord(f"a centre sends no {env.kind} records for {env.table or 'nothing'}")
+
+    def _apply_master(self, origin: str, env: Envelope) -> None:
+        from headend.keys import load_master_key
+        from headend.link.down import apply_insert, rewrap_keys
+        from headend.link.outbox import DOWN_TABLES
+
+        if env.table == "meter_keys":
+            env.data = rewrap_keys(
+                env.columns, env.data, self.secrets.link_key(origin), load_master_key(self.cfg)
+            )
+        apply_insert(self.peer_store, origin, env, DOWN_TABLES)
+        self._invalidate(env.table, env.columns, env.data)
+
+    def _invalidate(self, table: str, columns: list[str], rows: list[list[Any]]) -> None:
+        """Workers forget what they know of meters whose rows or keys changed."""
+        if table not in ("meters", "meter_keys") or not rows:
+            return
+        i = columns.index("serial")
+        serials = sorted({str(r[i]) for r in rows})
+        for ch in list(self.workers.values()):
+            with contextlib.suppress(ipc.ChannelClosed, ConnectionError):
+                ch.send({"t": "invalidate", "serials": serials})
+
+    async def _policy_soon(self) -> None:
+        """A policy pass after accounts arrived (payments take effect now)."""
+        try:
+            await self.policy_pass(True)
+        except Exception as e:
+            log.error("billing policy pass after the centre's accounts failed: %s", e)
+
+    async def _command_from_centre(self, origin: str, data: Any) -> None:
+        """Queues a command the centre sent down, under the centre's id (once: a
+        record applied again finds it known); a meter this node does not own fails the
+        command with the owner named, which reaches the centre like any outcome."""
+        from headend.link.service import BadRecord
+
+        if not isinstance(data, dict) or "command_id" not in data or "serial" not in data:
+            raise BadRecord("a command without command_id and serial")
+        cid, serial = str(data["command_id"]), str(data["serial"])
+        loop = asyncio.get_running_loop()
+        if cid in self.commands.commands or await loop.run_in_executor(
+            None, self._command_known, serial, cid
+        ):
+            return
+        try:
+            place = await loop.run_in_executor(None, self.commands.node_of, serial)
+            self.owner.check(f"meter {serial}", place.region)
+            c = self.commands.submit(
+                serial,
+                str(data.get("kind")),
+                data.get("args") or {},
+                requested_by=str(data.get("requested_by") or origin),
+                reason=str(data.get("reason") or ""),
+                node_id=place.node_id,
+                address=place.address,
+                expires_in=float(data.get("expires_in") or self.cfg.commands.expire),
+                command_id=cid,
+            )
+            self.commands.dispatch()
+            log.info("command %s from %s queued: %s %s", cid, origin, c.kind, serial)
+        except HeadendError as e:
+            self.commands.refuse(cid, serial, str(data.get("kind")), data, str(e))
+
+    def _command_known(self, serial: str, cid: str) -> bool:
+        _, rows = self.store.query(
+            f"SELECT count() FROM {self.db}.commands WHERE serial = %(s)s AND command_id = %(c)s",
+            {"s": serial, "c": cid},
+        )
+        return bool(rows and rows[0][0])
+
+    def _forwarded_outcomes(self, env: Envelope) -> None:
+        """Command transitions that came up: wake whoever waits for a forwarded one."""
+        if not self.forwarded:
+            return
+        cols = env.columns
+        i, st = cols.index("command_id"), cols.index("state")
+        for row in env.data:
+            cid = str(row[i])
+            if cid in self.forwarded and str(row[st]) in ("done", "failed", "expired", "cancelled"):
+                public = dict(zip(cols, row, strict=True))
+                for fut in self.forwarded.pop(cid):
+                    if not fut.done():
+                        fut.set_result(public)
+
+    def _late_balances(self, env: Envelope) -> None:
+        """A region's balances for hours before the centre's recent window: its own
+        nodes above them are recomputed by the next late-data pass."""
+        from headend.balance import token_hours
+
+        span = token_hours(env.token)
+        if span is not None and span[1] - span[0] <= 400 * 86_400:
+            self.late_balance_hours.update(range(span[0], span[1], 3600))
 
     # -- ingest thread ---------------------------------------------------------------
 
@@ -493,7 +659,10 @@ class StoreService:
             start = end - max(3600, st.balance_window)
             try:
                 await loop.run_in_executor(
-                    None, functools.partial(balance.recompute, self.store, start, end, now=now)
+                    None,
+                    functools.partial(
+                        balance.recompute, self.store, start, end, now=now, owner=self.owner
+                    ),
                 )
                 if st.late_days > 0:
                     await loop.run_in_executor(
@@ -506,7 +675,14 @@ class StoreService:
                 detected = time.monotonic()
                 try:
                     det = await loop.run_in_executor(
-                        None, anomalies.detect, self.store, int(now) - st.anomaly_window, int(now)
+                        None,
+                        functools.partial(
+                            anomalies.detect,
+                            self.store,
+                            int(now) - st.anomaly_window,
+                            int(now),
+                            owner=self.owner,
+                        ),
                     )
                     log.info("anomaly detection: %s", det.summary())
                 except Exception as e:
@@ -517,10 +693,13 @@ class StoreService:
         the meters they came from (a bounded number of hours per pass)."""
         from headend import balance
 
+        self._take_late_balances(before, oldest, now)
         if late.fetch(self.store, before, oldest) == 0:
             return
         for start, end, meters in late.take(LATE_HOURS_PER_PASS):
-            rep = balance.recompute(self.store, start, end, now=now, meters=meters).as_dict()
+            rep = balance.recompute(
+                self.store, start, end, now=now, meters=meters, owner=self.owner
+            ).as_dict()
             who = "every meter" if meters is None else f"{len(meters)} meter(s)"
             log.info(
                 "late data taken in: %s .. %s, %s: %d readings",
@@ -529,6 +708,25 @@ class StoreService:
                 who,
                 rep["readings"],
             )
+
+    def _take_late_balances(self, before: int, oldest: int, now: float) -> None:
+        """The centre's nodes above hours whose regional balances arrived late (after a
+        cut link): their balances again, from the regions' (no consumption of theirs
+        is derived here)."""
+        from headend import balance
+
+        hours = sorted(h for h in self.late_balance_hours if oldest <= h < before)
+        self.late_balance_hours.difference_update(hours)
+        self.late_balance_hours = {h for h in self.late_balance_hours if h >= oldest}
+        run: list[int] = []
+        for h in [*hours, None]:
+            if run and (h is None or h != run[-1] + 3600):
+                balance.recompute(
+                    self.store, run[0], run[-1] + 3600, now=now, meters=[], owner=self.owner
+                )
+                run = []
+            if h is not None:
+                run.append(h)
 
     async def _schedule_once(self) -> dict[str, int]:
         due = await asyncio.get_running_loop().run_in_executor(
@@ -574,7 +772,16 @@ class StoreService:
         now = self.clock.now()
         queued = set(self.commands.by_meter)
         decisions = await loop.run_in_executor(
-            None, billing.evaluate, self.store, cfg.billing, self.db, now, queued.__contains__
+            None,
+            functools.partial(
+                billing.evaluate,
+                self.store,
+                cfg.billing,
+                self.db,
+                now,
+                queued.__contains__,
+                owner=self.owner,
+            ),
         )
         out: dict[str, Any] = {
             "columns": billing.DECISION_COLUMNS,
@@ -662,34 +869,105 @@ class StoreService:
             "rejects": rejects,
             "lookups": dict(self.lookup_stats),
             "commands": {**self.commands.stats(), "polled_readings": self.polled},
+            "node": self.owner.as_dict(),
+            "link": self.link.status() if self.link is not None else None,
         }
 
     def _queue(
-        self, item: dict[str, Any], meter: tuple[str, str], requested_by: str, reason: str = ""
-    ) -> Command:
-        """Queues one command item ({serial, kind, args, reason, expires_in})."""
-        return self.commands.submit(
-            str(item["serial"]),
-            str(item["kind"]),
-            item.get("args") or {},
-            requested_by=requested_by,
-            reason=str(item.get("reason") or reason),
-            node_id=meter[0],
-            address=meter[1],
-            expires_in=None if item.get("expires_in") is None else float(item["expires_in"]),
+        self, item: dict[str, Any], meter: Place, requested_by: str, reason: str = ""
+    ) -> tuple[Command, Envelope | None]:
+        """Queues one command item ({serial, kind, args, reason, expires_in}) for a
+        meter this node owns; at the centre, a meter a region owns gets its command
+        sent down to that region (the envelope to send, with its ``sent`` record);
+        anything else is refused naming the owner."""
+        serial = str(item["serial"])
+        expires_in = None if item.get("expires_in") is None else float(item["expires_in"])
+        if self.owner.owns(meter.region):
+            c = self.commands.submit(
+                serial,
+                str(item["kind"]),
+                item.get("args") or {},
+                requested_by=requested_by,
+                reason=str(item.get("reason") or reason),
+                node_id=meter.node_id,
+                address=meter.address,
+                expires_in=expires_in,
+            )
+            return c, None
+        dest = self.owner.owner_of(meter.region)
+        if self.router is None or dest is None or dest == self.owner.node:
+            raise NotOwned(self.owner.why_not(f"meter {serial}", meter.region))
+        from headend.link.outbox import Envelope
+
+        data: dict[str, Any] = {
+            "command_id": uuid.uuid4().hex[:16],
+            "serial": serial,
+            "kind": str(item["kind"]),
+            "args": item.get("args") or {},
+            "requested_by": requested_by,
+            "reason": str(item.get("reason") or reason),
+            "expires_in": expires_in if expires_in is not None else self.cfg.commands.expire,
+        }
+        c = self.commands.record_only(
+            data["command_id"],
+            serial,
+            data["kind"],
+            data,
+            state="sent",
+            error=f"sent to {dest}",
+            expires_in=expires_in,
+            node_id=meter.node_id,
         )
+        return c, Envelope("command", dest, data=data)
 
     async def submit_command(self, req: dict[str, Any]) -> dict[str, Any]:
         """Queues a command for a meter (admin socket and HTTP API alike) and waits up to
         `wait` seconds for its outcome."""
         loop = asyncio.get_running_loop()
         meter = await loop.run_in_executor(None, self.commands.node_of, str(req["serial"]))
-        c = self._queue(req, meter, str(req.get("requested_by") or "operator"))
-        self.commands.dispatch()
+        c, env = self._queue(req, meter, str(req.get("requested_by") or "operator"))
         wait = float(req.get("wait", self.cfg.commands.wait))
+        if env is not None:
+            return await self._forward([(c, env)], wait)
+        self.commands.dispatch()
         if wait > 0:
             c = await self.commands.wait(c.command_id, wait)
         return c.public()
+
+    async def _forward(self, sent: list[tuple[Command, Envelope]], wait: float) -> dict[str, Any]:
+        """Sends commands down (one outbox append for all); waits up to `wait` seconds
+        for the outcome of the first when asked to."""
+        assert self.router is not None
+        router = self.router
+        first = sent[0][0]
+        fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        if wait > 0:
+            self.forwarded.setdefault(first.command_id, []).append(fut)
+        await asyncio.get_running_loop().run_in_executor(
+            None, router.outbox.append, [env for _, env in sent]
+        )
+        if wait > 0:
+            try:
+                outcome = await asyncio.wait_for(fut, wait)
+            except TimeoutError:
+                pass
+            else:
+                public = first.public()
+                public.update(
+                    state=outcome.get("state", first.state),
+                    result=json.loads(outcome.get("result") or "null"),
+                    error=outcome.get("error", ""),
+                    verified_state=outcome.get("verified_state", ""),
+                    attempts=outcome.get("attempts", 0),
+                )
+                return public
+            finally:
+                waiters = self.forwarded.get(first.command_id, [])
+                if fut in waiters:
+                    waiters.remove(fut)
+                if not waiters:
+                    self.forwarded.pop(first.command_id, None)
+        return first.public()
 
     async def submit_commands(
         self, items: list[Any], requested_by: str, reason: str = ""
@@ -701,6 +979,7 @@ class StoreService:
         nodes = await loop.run_in_executor(None, self.commands.nodes_of, serials)
         queued: list[dict[str, Any]] = []
         rejected: list[dict[str, Any]] = []
+        sent: list[tuple[Command, Envelope]] = []
         for index, it in enumerate(items):
             try:
                 if not isinstance(it, dict) or "serial" not in it or "kind" not in it:
@@ -708,9 +987,14 @@ class StoreService:
                 meter = nodes.get(str(it["serial"]))
                 if meter is None:
                     raise HeadendError(f"unknown meter {str(it['serial'])!r}")
-                queued.append(self._queue(it, meter, requested_by, reason).public())
+                c, env = self._queue(it, meter, requested_by, reason)
+                if env is not None:
+                    sent.append((c, env))
+                queued.append(c.public())
             except (HeadendError, TypeError, ValueError) as e:
                 rejected.append({"index": index, "reason": str(e)})
+        if sent:
+            await self._forward(sent, 0.0)
         self.commands.dispatch()
         return {"queued": queued, "rejected": rejected}
 
@@ -761,11 +1045,7 @@ class StoreService:
             await loop.run_in_executor(
                 None, self.store.insert_rows, table, req["columns"], new_rows, None
             )
-            if table in ("meters", "meter_keys"):
-                serials = sorted({r[0] for r in new_rows})
-                for ch in list(self.workers.values()):
-                    with contextlib.suppress(ipc.ChannelClosed, ConnectionError):
-                        ch.send({"t": "invalidate", "serials": serials})
+            self._invalidate(table, list(req["columns"]), new_rows)
             return {"ok": True, "rows": len(new_rows)}
         if cmd == "command":
             return await self.submit_command(req)
@@ -798,7 +1078,11 @@ class StoreService:
             rep = await loop.run_in_executor(
                 None,
                 lambda: balance.recompute(
-                    self.store, int(req["start"]), int(req["end"]), now=self.clock.now()
+                    self.store,
+                    int(req["start"]),
+                    int(req["end"]),
+                    now=self.clock.now(),
+                    owner=self.owner,
                 ),
             )
             return rep.as_dict()
@@ -806,7 +1090,10 @@ class StoreService:
             from headend import anomalies
 
             det = await loop.run_in_executor(
-                None, lambda: anomalies.detect(self.store, int(req["start"]), int(req["end"]))
+                None,
+                lambda: anomalies.detect(
+                    self.store, int(req["start"]), int(req["end"]), owner=self.owner
+                ),
             )
             return det.summary()
         raise HeadendError(f"unknown admin command {cmd!r}")
@@ -871,12 +1158,38 @@ class StoreService:
             os.umask(old)
         return control, admin
 
+    def _services(self) -> list[Coroutine[Any, Any, None]]:
+        """The store's background services. Every node runs the same ones; ownership
+        (`headend.ownership`) keeps each to what the node owns; region and centre
+        nodes add the link."""
+        services = [
+            self._monitor_backlog(),
+            self._keep_balances(),
+            self.commands.run(),
+            self._schedule(),
+            self._policy(),
+        ]
+        if self.link is not None:
+            services.append(self.link.run())
+        return services
+
+    async def _http(self) -> tuple[Any, Any] | None:
+        try:
+            from headend.web import app as web_app
+
+            return await web_app.serve(self)
+        except HeadendError as e:
+            # Meters and ingest matter more than the page: go on without HTTP, loudly.
+            log.error("%s; running without the HTTP API", e)
+            return None
+
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGTERM, self.stop.set)
         loop.add_signal_handler(signal.SIGINT, self.stop.set)
         cfg = self.cfg
         await loop.run_in_executor(None, self.store.connect)
+        await loop.run_in_executor(None, self.peer_store.connect)
         applied = await loop.run_in_executor(
             None,
             lambda: migrate(
@@ -897,24 +1210,8 @@ class StoreService:
         queued = await loop.run_in_executor(None, self.commands.load)
         if queued:
             log.info("%d commands still queued from before", queued)
-        tasks = [
-            loop.create_task(c)
-            for c in (
-                self._monitor_backlog(),
-                self._keep_balances(),
-                self.commands.run(),
-                self._schedule(),
-                self._policy(),
-            )
-        ]
-        http = None
-        try:
-            from headend.web import app as web_app
-
-            http = await web_app.serve(self)
-        except HeadendError as e:
-            # Meters and ingest matter more than the page: go on without HTTP, loudly.
-            log.error("%s; running without the HTTP API", e)
+        tasks = [loop.create_task(c) for c in self._services()]
+        http = await self._http()
         if http is not None:
             tasks.append(loop.create_task(http[1].keep_fresh()))
         log.info("store ready (%s)", cfg.dsn if self.store.embedded else "ClickHouse server")
@@ -944,6 +1241,7 @@ class StoreService:
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
         self.store.close()
+        self.peer_store.close()
         log.info("store stopped")
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -68,6 +69,31 @@ class Supervisor:
         path.write_text(json.dumps(cfg.to_dict(), indent=2))
         return path
 
+    def _link_child(self) -> Child | None:
+        """A region or centre node's NATS server (JetStream, the link's engine),
+        configured from the node's settings; standalone nodes have none."""
+        cfg = self.cfg
+        if cfg.node.role == "standalone":
+            return None
+        from headend.link.keys import NodeSecrets, load_node_key, public_hex
+        from headend.link.natsconf import write_server_config
+
+        program = shutil.which(cfg.link.nats_server)
+        if program is None:
+            raise HeadendError(
+                f"[link] nats_server {cfg.link.nats_server!r} is not installed "
+                "(Debian: apt install nats-server)"
+            )
+        secrets = NodeSecrets.load(cfg, create=True)
+        conf = write_server_config(cfg, secrets)
+        log.info(
+            "node %s (%s), node key %s",
+            cfg.node.name,
+            cfg.node.role,
+            public_hex(load_node_key(cfg)),
+        )
+        return Child("nats", [program, "-c", str(conf)])
+
     def _signal(self, signum: int, frame: FrameType | None) -> None:
         if not self.stopping:
             log.info("received %s: draining", signal.Signals(signum).name)
@@ -76,6 +102,7 @@ class Supervisor:
     def run(self) -> int:
         cfg = self.cfg
         config_path = self._prepare()
+        nats = self._link_child()
         py = sys.executable
         store = Child("store", [py, "-m", "headend.server.store", str(config_path)])
         workers = [
@@ -84,6 +111,8 @@ class Supervisor:
         ]
         signal.signal(signal.SIGTERM, self._signal)
         signal.signal(signal.SIGINT, self._signal)
+        if nats is not None:
+            nats.start()  # the store's link connects when it is up (and retries)
         store.start()
         # Workers start once the store listens (they would only retry until then).
         deadline = time.monotonic() + 120
@@ -106,8 +135,9 @@ class Supervisor:
             len(workers),
             cfg.data_dir,
         )
+        children = [store, *workers, *([nats] if nats is not None else [])]
         while not self.stopping:
-            for child in [store, *workers]:
+            for child in children:
                 if child.alive() or child.proc is None:
                     continue
                 now = time.monotonic()
@@ -127,9 +157,9 @@ class Supervisor:
                     child.next_start = 0.0
                     child.start()
             time.sleep(0.1)
-        return self._shutdown(store, workers)
+        return self._shutdown(store, workers, nats)
 
-    def _shutdown(self, store: Child, workers: list[Child]) -> int:
+    def _shutdown(self, store: Child, workers: list[Child], nats: Child | None = None) -> int:
         for w in workers:
             if w.alive() and w.proc is not None:
                 w.proc.send_signal(signal.SIGTERM)
@@ -137,6 +167,10 @@ class Supervisor:
         if store.alive() and store.proc is not None:
             store.proc.send_signal(signal.SIGTERM)
         self._wait([store], 150)
+        # The link's engine last: the store publishes to it until it stops.
+        if nats is not None and nats.alive() and nats.proc is not None:
+            nats.proc.send_signal(signal.SIGTERM)
+            self._wait([nats], 30)
         log.info("headend stopped")
         return 0
 

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from headend.errors import HeadendError
 
@@ -33,14 +33,33 @@ class StoreBusy(StoreError):
     """The embedded store is held by another process (the running server)."""
 
 
-class Store:
-    """One ClickHouse client, serialised (chdb's client is not thread-safe)."""
+class Tap(Protocol):
+    """Sees every write into the tables it wants before ClickHouse does: the link's
+    outbox (`headend.link`), so what a node stores reaches its peers exactly once."""
 
-    def __init__(self, dsn: str, database: str = "ami") -> None:
+    def wants(self, table: str) -> bool: ...
+
+    def binary(
+        self, table: str, columns: Sequence[str], data: bytes, fmt: str, token: str | None
+    ) -> None: ...
+
+    def rows(
+        self, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]], token: str | None
+    ) -> None: ...
+
+    def delete(self, table: str, where: dict[str, Any]) -> None: ...
+
+
+class Store:
+    """One ClickHouse client, serialised (chdb's client is not thread-safe). With a
+    `tap`, writes into the tables it wants go to it first (then to ClickHouse)."""
+
+    def __init__(self, dsn: str, database: str = "ami", tap: Tap | None = None) -> None:
         if not IDENT.match(database):
             raise StoreError(f"database name {database!r} is not an identifier")
         self.dsn = dsn
         self.db = database
+        self.tap = tap
         self._lock = threading.RLock()
         self._client: Any = None
 
@@ -86,11 +105,15 @@ class Store:
             return None
         return handle
 
-    def companion(self) -> Store:
+    def companion(self, *, tapped: bool = True) -> Store:
         """Another client of the same store, for a thread whose queries should run
         while this client's do (one client per thread, as chdb asks; each client
-        serialises its own queries). The caller closes it."""
-        return Store(self.dsn, self.db).connect()
+        serialises its own queries), with this one's tap unless `tapped` is false. The
+        caller closes it."""
+        return Store(self.dsn, self.db, self.tap if tapped else None).connect()
+
+    def _tapped(self, table: str) -> Tap | None:
+        return self.tap if self.tap is not None and self.tap.wants(table) else None
 
     def close(self) -> None:
         with self._lock:
@@ -140,6 +163,20 @@ class Store:
             except Exception as e:
                 raise StoreError(_clean(e)) from None
 
+    def delete(self, table: str, where: dict[str, Any]) -> None:
+        """Deletes the rows whose columns equal `where`'s values (a lightweight DELETE;
+        the tap sees it first, so the centre's copy goes too)."""
+        if not IDENT.match(table) or not where or not all(IDENT.match(c) for c in where):
+            raise StoreError(f"cannot delete from {table!r} where {sorted(where)!r}")
+        tap = self._tapped(table)
+        if tap is not None:
+            tap.delete(table, where)
+        cond = " AND ".join(f"{c} = %(w{i})s" for i, c in enumerate(where))
+        self.command(
+            f"DELETE FROM {self.db}.{table} WHERE {cond}",
+            {f"w{i}": v for i, v in enumerate(where.values())},
+        )
+
     def insert_rowbinary(
         self,
         table: str,
@@ -150,21 +187,15 @@ class Store:
     ) -> None:
         """Inserts RowBinary rows (or `fmt`, e.g. Native blocks); `token` makes a repeated
         insert a no-op."""
+        tap = self._tapped(table)
+        if tap is not None:
+            tap.binary(table, columns, data, fmt, token)
         with self._lock:
             if self._engine_handle() is not None:
-                with self.insert_stream(table, columns, token, fmt) as insert:
+                with self._stream(table, columns, token, fmt) as insert:
                     insert(data)
                 return
-            try:
-                self.client.raw_insert(
-                    f"{self.db}.{table}",
-                    list(columns),
-                    insert_block=data,
-                    fmt=fmt,
-                    settings=_insert_settings(token),
-                )
-            except Exception as e:
-                raise StoreError(_clean(e)) from None
+            self._raw_insert(table, columns, data, token, fmt)
 
     @contextmanager
     def insert_stream(
@@ -181,13 +212,39 @@ class Store:
         client throughout, so use a companion. Against a server each piece is an insert
         of its own. When the body fails, the insert is cancelled; parts ClickHouse has
         already written may stand (a recompute is idempotent: run it again)."""
+        tap = self._tapped(table)
+        if tap is None:
+            with self._stream(table, columns, token, fmt, block_rows) as insert:
+                yield insert
+            return
+        with self._stream(table, columns, token, fmt, block_rows) as raw:
+            pieces = 0
+
+            def tapped(data: bytes) -> None:
+                nonlocal pieces
+                tap.binary(table, columns, data, fmt, f"{token}:{pieces}")
+                pieces += 1
+                raw(data)
+
+            yield tapped
+
+    @contextmanager
+    def _stream(
+        self,
+        table: str,
+        columns: Sequence[str],
+        token: str,
+        fmt: str = "Native",
+        block_rows: int = 0,
+    ) -> Iterator[Callable[[bytes], None]]:
+        """`insert_stream` without the tap."""
         handle = self._engine_handle()
         if handle is None:
             pieces = 0
 
             def insert(data: bytes) -> None:
                 nonlocal pieces
-                self.insert_rowbinary(table, columns, data, f"{token}:{pieces}", fmt)
+                self._raw_insert(table, columns, data, f"{token}:{pieces}", fmt)
                 pieces += 1
 
             yield insert
@@ -217,6 +274,21 @@ class Store:
                 except Exception as e:
                     raise StoreError(_clean(e)) from None
 
+    def _raw_insert(
+        self, table: str, columns: Sequence[str], data: bytes, token: str, fmt: str
+    ) -> None:
+        with self._lock:
+            try:
+                self.client.raw_insert(
+                    f"{self.db}.{table}",
+                    list(columns),
+                    insert_block=data,
+                    fmt=fmt,
+                    settings=_insert_settings(token),
+                )
+            except Exception as e:
+                raise StoreError(_clean(e)) from None
+
     def insert_rows(
         self,
         table: str,
@@ -224,6 +296,9 @@ class Store:
         rows: Sequence[Sequence[Any]],
         token: str | None = None,
     ) -> None:
+        tap = self._tapped(table)
+        if tap is not None and rows:
+            tap.rows(table, columns, rows, token)
         settings = {"insert_deduplication_token": token} if token else None
         with self._lock:
             try:

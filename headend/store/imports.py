@@ -20,6 +20,7 @@ from typing import Any, Protocol
 from headend import meter_address
 from headend.codec import MasterKey
 from headend.keys import wrap
+from headend.ownership import NATIONAL, Ownership, regions_of
 
 GRID_COLUMNS = ["node_id", "parent_id", "level", "commodity", "name", "admin_unit", "lat", "lon"]
 METER_COLUMNS = [
@@ -151,10 +152,15 @@ def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
-def import_grid(path: Path, store: SqlAccess, db: str = "ami") -> ImportReport:
+def import_grid(
+    path: Path, store: SqlAccess, db: str = "ami", owner: Ownership | None = None
+) -> ImportReport:
+    """`owner`: what this node owns; rows of other regions are refused naming their
+    owner (nodes above the regions are kept everywhere as the tree's root)."""
     report = ImportReport(str(path))
-    _, existing = store.query(f"SELECT node_id FROM {db}.grid_nodes FINAL")
+    _, existing = store.query(f"SELECT node_id, parent_id, level FROM {db}.grid_nodes FINAL")
     known = {r[0] for r in existing}
+    tree: dict[str, tuple[str, str]] = {r[0]: (r[1], r[2]) for r in existing}
     rows: list[tuple[int, list[Any]]] = []
     seen: set[str] = set()
     for line, r in _read(path, GRID_COLUMNS, report):
@@ -189,15 +195,23 @@ def import_grid(path: Path, store: SqlAccess, db: str = "ami") -> ImportReport:
     # Parents may come later in the file or already be stored.
     good = []
     names = known | seen
+    tree.update({row[0]: (row[1], row[2]) for _, row in rows})
+    region = regions_of(tree)
     for line, row in rows:
         if row[1] and row[1] not in names:
             report.bad.append((line, f"parent_id {row[1]} is neither in the file nor in the store"))
             continue
-        good.append(row)
+        where = region.get(row[0], NATIONAL)
+        if owner is not None and where != NATIONAL and not owner.accepts(where):
+            report.bad.append((line, owner.why_not(f"grid node {row[0]}", where)))
+            continue
+        good.append([*row, where])
     now = _now()
     for i in range(0, len(good), CHUNK):
         store.insert_rows(
-            "grid_nodes", [*GRID_COLUMNS, "updated_at"], [[*g, now] for g in good[i : i + CHUNK]]
+            "grid_nodes",
+            [*GRID_COLUMNS, "region", "updated_at"],
+            [[*g, now] for g in good[i : i + CHUNK]],
         )
     report.loaded = len(good)
     report.bad.sort()
@@ -205,12 +219,20 @@ def import_grid(path: Path, store: SqlAccess, db: str = "ami") -> ImportReport:
 
 
 def import_meters(
-    path: Path, store: SqlAccess, master: MasterKey, models: dict[str, str], db: str = "ami"
+    path: Path,
+    store: SqlAccess,
+    master: MasterKey,
+    models: dict[str, str],
+    db: str = "ami",
+    *,
+    owner: Ownership | None = None,
 ) -> ImportReport:
-    """`models` maps each known model name to its kind (electricity or gas)."""
+    """`models` maps each known model name to its kind (electricity or gas); `owner`:
+    what this node owns (meters of other regions are refused naming their owner)."""
     report = ImportReport(str(path))
-    _, nodes = store.query(f"SELECT node_id, commodity FROM {db}.grid_nodes FINAL")
-    node_kind = {n: c for n, c in nodes}
+    _, nodes = store.query(f"SELECT node_id, commodity, region FROM {db}.grid_nodes FINAL")
+    node_kind = {n: c for n, c, _ in nodes}
+    node_region = {n: r for n, _, r in nodes}
     meters: list[list[Any]] = []
     keys: list[list[Any]] = []
     serials: dict[str, int] = {}
@@ -232,6 +254,8 @@ def import_meters(
                 raise ValueError(f"node_id {node!r} is not in grid_nodes (import the grid first)")
             if node_kind[node] not in ("any", r["kind"]):
                 raise ValueError(f"a {r['kind']} meter on {node_kind[node]} node {node}")
+            if owner is not None and not owner.accepts(node_region[node]):
+                raise ValueError(owner.why_not(f"meter {serial} (on {node})", node_region[node]))
             model = r["model"]
             if model not in models:
                 raise ValueError(
@@ -278,6 +302,7 @@ def import_meters(
                 lat,
                 lon,
                 str(address) if address else "",
+                node_region[node],
                 now,
             ]
         )
@@ -297,8 +322,8 @@ def import_meters(
     # A system title already belonging to another stored meter is a conflict.
     clash = _title_owners(store, db, list(titles))
     bad_serials = set()
-    for title, owner in clash.items():
-        if owner != titles[title]:
+    for title, holder in clash.items():
+        if holder != titles[title]:
             bad_serials.add(titles[title])
     if bad_serials:
         by_serial = {m[0]: m for m in meters}
@@ -312,6 +337,7 @@ def import_meters(
     cols = [
         *[c for c in METER_COLUMNS if c not in ("ek", "ak", "password")],
         *OPTIONAL_METER_COLUMNS,
+        "region",
         "updated_at",
     ]
     key_cols = ["serial", "system_title", "ek", "ak", "password", "master_key", "updated_at"]

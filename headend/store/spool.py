@@ -86,8 +86,9 @@ class SpoolWriter:
         segment_bytes: int = 64 << 20,
         fsync: str = "interval",
         fsync_interval: float = 1.0,
+        name: str | None = None,
     ) -> None:
-        self.dir = root / f"w{worker_id}"
+        self.dir = root / (name or f"w{worker_id}")
         self.dir.mkdir(parents=True, exist_ok=True)
         self.segment_bytes = segment_bytes
         self.fsync_policy = fsync
@@ -175,6 +176,22 @@ def read_records(path: Path, start: int, limit: int | None = None) -> Iterator[R
             offset = end
 
 
+def record_headers(path: Path, start: int) -> Iterator[tuple[int, int, int]]:
+    """(offset, end, rows) of the records from `start`, reading headers only (no
+    payload, no CRC check: for counting what a segment holds, not for using it)."""
+    with open(path, "rb") as f:
+        offset = start
+        size = os.fstat(f.fileno()).st_size
+        while offset + HEADER_SIZE <= size:
+            f.seek(offset)
+            magic, _, _, rows, length, _ = HEADER.unpack(f.read(HEADER_SIZE))
+            end = offset + HEADER_SIZE + length
+            if magic != MAGIC or length > MAX_RECORD or end > size:
+                return
+            yield offset, end, rows
+            offset = end
+
+
 @dataclass
 class Ack:
     done: int = 0
@@ -211,22 +228,25 @@ def write_ack(segment: Path, ack: Ack) -> None:
     durable_write(ack_path(segment), json.dumps({"done": ack.done}))
 
 
-def segments(root: Path) -> dict[str, list[Path]]:
-    """Each worker directory's segments, oldest first."""
+def segments(root: Path, *, named: bool = False) -> dict[str, list[Path]]:
+    """Each worker directory's segments, oldest first (`named`: every writer's
+    directory, whatever its name, as in the link's outbox)."""
     out: dict[str, list[Path]] = {}
     if not root.exists():
         return out
     for d in sorted(root.iterdir()):
         # Worker directories are w<id>; others (quarantine) hold no live segments.
-        if d.is_dir() and d.name[:1] == "w" and d.name[1:].isdigit():
+        if not d.is_dir() or d.name == "quarantine":
+            continue
+        if named or (d.name[:1] == "w" and d.name[1:].isdigit()):
             out[d.name] = sorted(d.glob("*.seg"))
     return out
 
 
-def backlog(root: Path) -> int:
+def backlog(root: Path, *, named: bool = False) -> int:
     """Bytes appended but not yet acknowledged by the store."""
     total = 0
-    for segs in segments(root).values():
+    for segs in segments(root, named=named).values():
         for s in segs:
             try:
                 total += max(0, s.stat().st_size - read_ack(s).done)

@@ -28,6 +28,7 @@ from headend.billing import import_records
 from headend.clock import Clock
 from headend.config import Config
 from headend.errors import HeadendError
+from headend.ownership import Ownership
 from headend.web import metrics, openapi, room
 
 log = logging.getLogger("headend.web")
@@ -45,6 +46,7 @@ class Backend(Protocol):
     cfg: Config
     db: str
     clock: Clock
+    owner: Ownership
 
     @property
     def store(self) -> Any: ...
@@ -254,6 +256,11 @@ class Api:
                 "commands": st["commands"],
             }
         )
+
+    async def link(self, request: web.Request) -> web.Response:
+        """This node's place (role, what it owns) and its link to its peers."""
+        st = self.b.status()
+        return ok({"node": st["node"], "link": st["link"]})
 
     async def nodes(self, request: web.Request) -> web.Response:
         snap = await self.snapshot()
@@ -484,7 +491,9 @@ class Api:
         records = body.get("accounts") if isinstance(body, dict) else body
         if not isinstance(records, list):
             raise HttpError(400, 'expected a list of accounts (or {"accounts": [...]})')
-        report = await self.run_db(import_records, records, self.b.store)
+        report = await self.run_db(
+            import_records, records, self.b.store, "request", self.b.db, self.b.owner
+        )
         out: dict[str, Any] = {
             "loaded": report.loaded,
             "rejected": [{"index": i, "reason": why} for i, why in report.bad],
@@ -507,6 +516,7 @@ class Api:
         r.add_get("/metrics", self.metrics)
         r.add_get("/api/openapi.json", self.spec)
         r.add_get("/api/summary", self.summary)
+        r.add_get("/api/link", self.link)
         r.add_get("/api/nodes", self.nodes)
         r.add_get("/api/nodes/{node_id}", self.node)
         r.add_get("/api/nodes/{node_id}/meters", self.node_meters)

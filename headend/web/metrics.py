@@ -28,6 +28,65 @@ class _Out:
         return "\n".join(self.lines) + "\n"
 
 
+def _link(o: _Out, link: dict[str, Any]) -> None:
+    """The link to the peers (region nodes and the centre): state, lag, backlog."""
+    peers = link["peers"]
+    o.metric(
+        "headend_link_connected",
+        "gauge",
+        "1 while the peer's heartbeats arrive.",
+        [({"peer": p["peer"]}, 1 if p["connected"] else 0) for p in peers],
+    )
+    o.metric(
+        "headend_link_last_contact_seconds",
+        "gauge",
+        "Unix time of the peer's last heartbeat.",
+        [({"peer": p["peer"]}, p["last_contact"] or 0) for p in peers],
+    )
+    o.metric(
+        "headend_link_lag_seconds",
+        "gauge",
+        "How far behind the peer's records this node's copy is.",
+        [({"peer": p["peer"]}, p["lag_s"]) for p in peers],
+    )
+    o.metric(
+        "headend_link_lag_rows",
+        "gauge",
+        "Rows the peer sent that this node has not applied yet.",
+        [({"peer": p["peer"]}, p["lag_rows"]) for p in peers],
+    )
+    o.metric(
+        "headend_link_applied_rows_total",
+        "counter",
+        "Rows of the peer's records applied here.",
+        [({"peer": p["peer"]}, p["applied_rows_total"]) for p in peers],
+    )
+    o.metric(
+        "headend_link_rejected_records_total",
+        "counter",
+        "The peer's records refused here since the store started.",
+        [({"peer": p["peer"]}, p["rejected_records"]) for p in peers],
+    )
+    o.metric(
+        "headend_link_unconfirmed_bytes",
+        "gauge",
+        "Bytes sent to the peer that it has not confirmed (held on disk).",
+        [({"peer": p["peer"]}, p["unconfirmed_bytes"]) for p in peers],
+    )
+    o.metric(
+        "headend_link_outbox_bytes",
+        "gauge",
+        "Bytes in the outbox not yet in this node's stream.",
+        [({}, link["outbox_bytes"])],
+    )
+    o.metric(
+        "headend_link_alarm",
+        "gauge",
+        "1 while the link's backlog is over its configured size or age.",
+        [({}, 1 if link["alarm"] else 0)],
+    )
+
+
 def render(
     status: dict[str, Any], online: dict[str, int], requests: dict[tuple[str, int], int]
 ) -> str:
@@ -136,6 +195,9 @@ def render(
         "Readings stored from polled profiles.",
         [({}, cmd.get("polled_readings", 0))],
     )
+    link = status.get("link")
+    if link:
+        _link(o, link)
     o.metric(
         "headend_http_requests_total",
         "counter",

@@ -179,6 +179,11 @@ SPEC: dict[str, Any] = {
             "the republic today: meters online, consumers, energy in, "
             "out and lost, load, ingest rates, command statistics"
         ),
+        "/api/link": _get(
+            "this node's role and regions, and its link to its peers (region nodes and the "
+            "centre): connected, last contact, lag in seconds and rows, unconfirmed backlog, "
+            "alarm; link is null on a standalone node"
+        ),
         "/api/nodes": _get(
             "grid nodes with coordinates, today's balance, load, consumers and meters online",
             [_q("level", "only this level"), _q("parent", "only children of this node")],

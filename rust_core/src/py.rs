@@ -837,6 +837,29 @@ impl MasterKey {
         Ok(PyBytes::new(py, &codec(py, self.inner.wrap(secret, purpose, owner, &n))?))
     }
 
+    /// Moves wrapped values from this key to `to`: each `(wrapped, purpose, owner)`
+    /// item is unwrapped here and wrapped under `to`, with the next 12 bytes of
+    /// `nonces` (fresh random, 12 per item). The plaintext never reaches Python; a
+    /// value that does not unwrap fails the whole batch with AuthenticationFailed.
+    fn rewrap<'py>(
+        &self,
+        py: Python<'py>,
+        to: &MasterKey,
+        items: Vec<(Vec<u8>, String, String)>,
+        nonces: &[u8],
+    ) -> PyResult<Vec<Bound<'py, PyBytes>>> {
+        if nonces.len() != 12 * items.len() {
+            return Err(local_error(py, "nonces", "12 bytes per item needed"));
+        }
+        let mut out = Vec::with_capacity(items.len());
+        for ((wrapped, purpose, owner), nonce) in items.iter().zip(nonces.chunks_exact(12)) {
+            let n: [u8; 12] = nonce.try_into().expect("chunks of 12");
+            let moved = codec(py, self.inner.rewrap(&to.inner, wrapped, purpose, owner, &n))?;
+            out.push(PyBytes::new(py, &moved));
+        }
+        Ok(out)
+    }
+
     fn __repr__(&self) -> String {
         format!("<MasterKey {}>", self.fingerprint())
     }

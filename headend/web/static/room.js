@@ -268,6 +268,21 @@ async function refreshNode() {
   await drawChart(d.node, d.day);
 }
 
+function drawLink(d) {
+  // A region's link to the centre, or the centre's to every region (none standalone).
+  $("link-panel").hidden = !d.link;
+  if (!d.link) return;
+  const regions = d.node.regions.join(", ");
+  $("link-title").textContent = `${d.node.node} (${d.node.role}, ${regions})` +
+    (d.link.alarm ? ` · ALARM: ${d.link.alarm}` : "");
+  fill("link", d.link.peers.map((p) =>
+    `<tr><td>${esc(p.peer)}</td>` +
+    `<td class="${p.connected ? "" : "state-failed"}">${p.connected ? "connected" : "cut"}</td>` +
+    `<td>${p.last_contact ? timeOf(new Date(p.last_contact * 1000).toISOString()) : "never"}</td>` +
+    `<td class="num">${fmt(p.lag_s, 1)}</td><td class="num">${fmt(p.lag_rows, 0)}</td>` +
+    `<td class="num">${fmt(p.unconfirmed_bytes / 1e6, 1)} MB</td></tr>`), "no peers");
+}
+
 async function refresh() {
   try {
     const s = await api("/api/summary");
@@ -285,13 +300,15 @@ async function refresh() {
       const roots = await api("/api/nodes?level=republic");
       state.node = roots.nodes.length ? roots.nodes[0].node_id : null;
     }
-    const [regions, losses, suspects, alarms, queue] = await Promise.all([
+    const [link, regions, losses, suspects, alarms, queue] = await Promise.all([
+      api("/api/link"),
       api("/api/nodes?level=region"),
       api("/api/losses?level=transformer&top=10&min_completeness=0.5"),
       api("/api/anomalies?limit=10"),
       api("/api/alarms?limit=12"),
       api("/api/commands?kind=disconnect,reconnect&limit=12"),
     ]);
+    drawLink(link);
     const table = $("regions");
     table.dataset.day = regions.day;
     fill("regions", regionRows(regions.nodes), "no regions imported");
