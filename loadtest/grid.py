@@ -98,10 +98,21 @@ def _split(total: int, parts: int, rnd: random.Random) -> list[int]:
 
 class Generator:
     def __init__(
-        self, meters: int, gas_share: float, seed: int, plain: bool, theft_share: float
+        self,
+        meters: int,
+        gas_share: float,
+        seed: int,
+        plain: bool,
+        theft_share: float,
+        regions: list[str] | None = None,
     ) -> None:
-        if meters < len(REGIONS):
-            raise ValueError(f"--meters must be at least {len(REGIONS)} (one per region)")
+        known = [r[0] for r in REGIONS]
+        wrong = sorted(set(regions or []) - set(known))
+        if wrong:
+            raise ValueError(f"unknown region(s) {', '.join(wrong)}: one of {', '.join(known)}")
+        self.regions = [r for r in REGIONS if not regions or r[0] in regions]
+        if meters < len(self.regions):
+            raise ValueError(f"--meters must be at least {len(self.regions)} (one per region)")
         if not 0.0 <= gas_share < 1.0:
             raise ValueError("--gas-share must be in [0, 1)")
         self.n = meters
@@ -212,10 +223,10 @@ class Generator:
         self.truth["technical_loss"][gen.node_id] = round(rnd.uniform(0.02, 0.03), 4)
         n_gas = round(self.n * self.gas_share)
         n_el = self.n - n_gas
-        weights = [r[4] for r in REGIONS]
+        weights = [r[4] for r in self.regions]
         el = self._by_weight(n_el, weights)
-        gas = self._by_weight(n_gas, weights) if n_gas else [0] * len(REGIONS)
-        for (code, name, lat, lon, _), ne, ng in zip(REGIONS, el, gas, strict=True):
+        gas = self._by_weight(n_gas, weights) if n_gas else [0] * len(self.regions)
+        for (code, name, lat, lon, _), ne, ng in zip(self.regions, el, gas, strict=True):
             region = self.node(
                 f"UZ-{code}", rep.node_id, "region", "any", name=name, admin=code, lat=lat, lon=lon
             )
@@ -466,10 +477,12 @@ def generate(
     plain: bool = False,
     theft_share: float = 0.03,
     listening: float = 0.0,
+    regions: list[str] | None = None,
 ) -> Fleet:
     """`listening`: the share of consumer meters that listen for the head-end instead of
-    connecting to it (every fourth of them speaks HDLC); they get an `address`."""
-    fleet = Generator(meters, gas_share, seed, plain, theft_share).build()
+    connecting to it (every fourth of them speaks HDLC); they get an `address`.
+    `regions`: only these (codes, "SA"); the others have no grid and no meters."""
+    fleet = Generator(meters, gas_share, seed, plain, theft_share, regions).build()
     if listening > 0:
         listen(fleet, listening, seed)
     write(fleet, out)

@@ -139,6 +139,9 @@ pub struct FleetOptions {
     pub limit: usize,
     /// Run only these meters (empty: all of the partition).
     pub only: Vec<String>,
+    /// Run only the meters on grid nodes whose id starts with one of these (a region's
+    /// subtree, "UZ-SA"; empty: all).
+    pub under: Vec<String>,
 }
 
 pub struct Fleet {
@@ -342,7 +345,9 @@ impl Fleet {
             };
             let local = part_of(r.node) == opts.partition
                 && (opts.limit == 0 || meters.len() < opts.limit)
-                && (opts.only.is_empty() || opts.only.contains(&r.serial));
+                && (opts.only.is_empty() || opts.only.contains(&r.serial))
+                && (opts.under.is_empty()
+                    || opts.under.iter().any(|p| nodes[r.node as usize].id.starts_with(p.as_str())));
             let shape = if r.role_balance {
                 None
             } else {

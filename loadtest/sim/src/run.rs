@@ -40,6 +40,7 @@ Fleet
   --partition K/P        run partition K of P (default 0/1); run P processes for P parts
   --limit N              at most N meters of the partition
   --only S[,S...]        only these serials
+  --under P[,P...]       only meters on grid nodes whose id starts with P (a region: UZ-SA)
   --concentrators F      share of transformers whose meters sit behind a concentrator (0.1)
   --hdlc F               share of connections speaking HDLC (0.05)
   --drifting F           share of meters whose clock is minutes off (0.02)
@@ -127,6 +128,7 @@ impl Options {
                 drifting: 0.02,
                 limit: 0,
                 only: Vec::new(),
+                under: Vec::new(),
             },
             start: None,
             speed: 1.0,
@@ -196,6 +198,7 @@ impl Options {
                 }
                 "--limit" => o.fleet.limit = num(value()?)? as usize,
                 "--only" => o.fleet.only = value()?.split(',').map(|s| s.trim().to_string()).collect(),
+                "--under" => o.fleet.under = value()?.split(',').map(|s| s.trim().to_string()).collect(),
                 "--concentrators" => o.fleet.concentrators = share(num(value()?)?)?,
                 "--hdlc" => o.fleet.hdlc = share(num(value()?)?)?,
                 "--drifting" => o.fleet.drifting = share(num(value()?)?)?,

@@ -65,7 +65,16 @@ fn write_fleet() -> PathBuf {
 }
 
 fn options(partition: u32, partitions: u32) -> FleetOptions {
-    FleetOptions { partition, partitions, concentrators: 0.0, hdlc: 0.0, drifting: 0.0, limit: 0, only: Vec::new() }
+    FleetOptions {
+        partition,
+        partitions,
+        concentrators: 0.0,
+        hdlc: 0.0,
+        drifting: 0.0,
+        limit: 0,
+        only: Vec::new(),
+        under: Vec::new(),
+    }
 }
 
 struct World {
