@@ -104,6 +104,7 @@ class Generator:
         seed: int,
         plain: bool,
         theft_share: float,
+        *,
         regions: list[str] | None = None,
     ) -> None:
         known = [r[0] for r in REGIONS]
@@ -482,7 +483,7 @@ def generate(
     """`listening`: the share of consumer meters that listen for the head-end instead of
     connecting to it (every fourth of them speaks HDLC); they get an `address`.
     `regions`: only these (codes, "SA"); the others have no grid and no meters."""
-    fleet = Generator(meters, gas_share, seed, plain, theft_share, regions).build()
+    fleet = Generator(meters, gas_share, seed, plain, theft_share, regions=regions).build()
     if listening > 0:
         listen(fleet, listening, seed)
     write(fleet, out)
