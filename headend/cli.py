@@ -578,6 +578,17 @@ def cmd_node(args: argparse.Namespace) -> int:
         if args.action == "key":
             print(public_hex(load_node_key(cfg, create=True)))
             return 0
+        if args.action == "handover":
+            from headend.server.admin import AdminClient
+
+            client = AdminClient(cfg.admin_socket)
+            r = client.call("handover", region=args.region, to=args.to)
+            client.close()
+            print(
+                f"{r['region']}: from {r['from']} to {r['to']}; "
+                f"{r['last_samples']} last samples sent to {r['to']}"
+            )
+            return 0
         from headend.server.admin import AdminClient, ServerNotRunning
 
         try:
@@ -855,6 +866,15 @@ def build_parser() -> argparse.ArgumentParser:
         "key",
         help="print this node's public key (created on first use) for its peers' [[peers]]",
     )
+    _add_common(np_)
+    np_.set_defaults(func=cmd_node)
+    np_ = nsub.add_parser(
+        "handover",
+        help="at the centre: give a region to another node (its standby when its data "
+        "centre is lost; back to its owner when it returns)",
+    )
+    np_.add_argument("region", help="the region's grid node, e.g. UZ-SA")
+    np_.add_argument("--to", required=True, metavar="NODE", help="the node that takes it")
     _add_common(np_)
     np_.set_defaults(func=cmd_node)
     np_ = nsub.add_parser("status", help="ownership and the link: peers, lag, backlog")

@@ -38,29 +38,28 @@ class NotOwned(HeadendError):
     """A row or command for a region this node does not own."""
 
 
-@dataclass(frozen=True)
+@dataclass
 class Ownership:
     """What one node owns. `owners` maps every region the node knows of to the node
-    that owns it (the centre knows them all from its peers; a region knows itself)."""
+    that owns it (the centre knows them all from its peers; a region knows itself and
+    what the centre told it). The centre is the authority: a region handed over to
+    another node (`headend node handover`) changes hands everywhere through its
+    heartbeats, and `regions` follows (`assign`)."""
 
     node: str
     role: str
-    regions: frozenset[str]
+    regions: set[str]
     owners: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def from_config(cls, cfg: Config) -> Ownership:
         node = cfg.node
-        regions = set(node.regions)
-        for r in regions:
+        for r in node.regions:
             if not _NAME.match(r):
                 raise HeadendError(f"[node] regions: {r!r} is not a grid node id")
+        owners = {r: node.name for r in node.regions}
         if node.role == "centre":
-            regions.add(NATIONAL)
-        owners = {r: node.name for r in regions}
-        # Who owns the other regions, as the centre last told this region node.
-        for r, name in _learnt(cfg).items():
-            owners.setdefault(r, name)
+            owners[NATIONAL] = node.name
         for p in cfg.peers:
             for r in p.regions:
                 if not _NAME.match(r):
@@ -68,7 +67,11 @@ class Ownership:
                 owners.setdefault(r, p.name)
             if p.role == "centre":
                 owners.setdefault(NATIONAL, p.name)
-        return cls(node.name, node.role, frozenset(regions), owners)
+        # The centre's map as last recorded here (its handovers, or what a region
+        # heard from it) wins over the configuration.
+        owners.update(_learnt(cfg))
+        mine = {r for r, n in owners.items() if n == node.name}
+        return cls(node.name, node.role, mine, owners)
 
     @property
     def everything(self) -> bool:
@@ -97,12 +100,17 @@ class Ownership:
             return f"{what} is in {where}, which no node owns: add it to a region node's regions"
         return f"{what} is in {where}, not owned by this node ({self.node} owns {mine})"
 
-    def learn(self, owners: Mapping[str, str]) -> None:
-        """Takes in the centre's map of who owns which region (what this node owns
-        stays its own)."""
-        for region, node in owners.items():
-            if region not in self.regions:
-                self.owners[region] = node
+    def assign(self, owners: Mapping[str, str]) -> tuple[set[str], set[str]]:
+        """Takes in the centre's map of who owns which region; returns the regions
+        this node took and gave up."""
+        self.owners.update(owners)
+        if self.everything:
+            return set(), set()
+        mine = {r for r, n in self.owners.items() if n == self.node}
+        taken, given = mine - self.regions, self.regions - mine
+        self.regions.clear()
+        self.regions.update(mine)
+        return taken, given
 
     def accepts(self, region: str) -> bool:
         """Whether master data (grid, meters, accounts) of `region` may be imported

@@ -369,3 +369,69 @@ def test_what_regions_store_reaches_the_centre_once_through_cuts_and_kills(
     link = fed.link("centre")
     assert all(p["connected"] for p in link["peers"]), link
     assert all(p["rejected_records"] == 0 for p in link["peers"]), link
+
+
+def test_a_lost_regions_meters_go_to_its_standby_which_takes_over(
+    fed: Federation, fleet: Path
+) -> None:
+    """Runs last: fa's node is lost for good."""
+    sa, centre = fed.nodes["sa"], fed.centre
+    meter = meters_of(fleet, "UZ-FA")[1]["serial"]
+    read = {"serial": meter, "kind": "read", "args": {"objects": [[3, "1.0.1.8.0.255", 2]]}}
+    lost_at = int(time.time())
+    fed.kill("fa")
+    # Its meters are pointed at the standby, which holds their keys in advance.
+    p = run_fleet(fleet, sa.port, [meter], "--interval", "5", "--gas-interval", "5")
+    try:
+        fed.wait(
+            "fa's meter online at its standby",
+            lambda: any(
+                m == meter for s in sa.h.admin("sessions")["sessions"] for m in s["meters"]
+            ),
+        )
+        # Its pushes are stored there and reach the centre...
+        fed.wait(
+            "fa's meter's pushes at the centre, through sa",
+            lambda: (
+                count(
+                    centre,
+                    f"SELECT count() FROM ami.readings WHERE meter = '{meter}' "
+                    f"AND received_at >= toDateTime({lost_at})",
+                )
+                > 0
+            ),
+        )
+        # ...but sa does not act on a region it does not own.
+        with pytest.raises(Exception, match="which node fa owns"):
+            sa.h.admin("command", **read)
+        out = centre.h.cli("node", "handover", "UZ-FA", "--to", "sa")
+        assert "UZ-FA: from fa to sa" in out
+        fed.wait("sa owns UZ-FA", lambda: "UZ-FA" in sa.h.admin("status")["node"]["regions"])
+        # A command at the centre for fa's meter now goes to sa and runs there.
+        c = centre.h.admin("command", **read, wait=60, requested_by="operator:handover")
+        assert c["state"] == "done", c
+        assert (
+            sa.h.scalar(
+                f"SELECT count() FROM ami.command_status WHERE command_id = '{c['command_id']}'"
+            )
+            == 1
+        )
+        # The last samples the centre held of fa's meters came down with the region.
+        fed.wait(
+            "the last samples at sa",
+            lambda: (
+                count(
+                    sa,
+                    "SELECT count() FROM ami.readings WHERE meter IN (SELECT serial FROM "
+                    f"ami.meters FINAL WHERE region = 'UZ-FA') AND received_at < toDateTime({lost_at})",
+                )
+                > 0
+            ),
+        )
+        # The centre's map says so everywhere, and the centre routes fa's rows to sa.
+        assert (
+            json.loads((sa.h.data / "link" / "federation.json").read_text())["owners"]["UZ-FA"]
+            == "sa"
+        )
+    finally:
+        stop(p)

@@ -136,18 +136,23 @@ def test_regions_are_found_up_the_tree_and_ownership_filters() -> None:
         "LOOP2": NATIONAL,
         "LOST": NATIONAL,
     }
-    standalone = Ownership("h", "standalone", frozenset())
+    standalone = Ownership("h", "standalone", set())
     assert standalone.owns("UZ-XX")
     assert standalone.sql() == "1"
-    region = Ownership("sa", "region", frozenset({"UZ-SA"}), {"UZ-SA": "sa"})
+    region = Ownership("sa", "region", {"UZ-SA"}, {"UZ-SA": "sa"})
     assert region.sql("m.region") == "m.region IN ('UZ-SA')"
     assert not region.owns(NATIONAL)
     assert not region.accepts("UZ-FA")
     assert "not owned by this node (sa owns UZ-SA)" in region.why_not("meter M", "UZ-FA")
-    region.learn({"UZ-FA": "fa", "UZ-SA": "someone-else"})
-    assert region.owner_of("UZ-SA") == "sa"  # what it owns stays its own
+    assert region.assign({"UZ-FA": "fa"}) == (set(), set())
     assert "which node fa owns" in region.why_not("meter M", "UZ-FA")
-    centre = Ownership("c", "centre", frozenset({NATIONAL}), {NATIONAL: "c", "UZ-SA": "sa"})
+    # The centre hands UZ-FA to sa (its standby) and later back: sa acts on it, then not.
+    assert region.assign({"UZ-FA": "sa"}) == ({"UZ-FA"}, set())
+    assert region.owns("UZ-FA")
+    assert region.sql() == "region IN ('UZ-FA', 'UZ-SA')"
+    assert region.assign({"UZ-FA": "fa"}) == (set(), {"UZ-FA"})
+    assert not region.owns("UZ-FA")
+    centre = Ownership("c", "centre", {NATIONAL}, {NATIONAL: "c", "UZ-SA": "sa"})
     assert centre.owns(NATIONAL)
     assert not centre.owns("UZ-SA")
     assert centre.accepts("UZ-SA")
@@ -302,7 +307,7 @@ def test_the_centre_sends_master_data_to_its_owner_and_standby(
 def test_imports_refuse_rows_of_regions_the_node_does_not_own(tmp_path: Path) -> None:
     cfg = federation(tmp_path)["sa"]
     owner = Ownership.from_config(cfg)
-    owner.learn({"UZ-FA": "fa"})
+    owner.assign({"UZ-FA": "fa"})
     store = Store(f"chdb://{tmp_path / 'ch'}").connect()
     migrate(store)
     (tmp_path / "grid.csv").write_text(GRID)

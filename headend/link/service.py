@@ -57,7 +57,7 @@ from headend.link.outbox import (
     unframe,
     write_marks,
 )
-from headend.ownership import NATIONAL, Ownership, federation_path
+from headend.ownership import Ownership, federation_path
 from headend.store import spool
 
 log = logging.getLogger("headend.link")
@@ -165,14 +165,9 @@ class LinkService:
         self.errors: dict[str, str] = {}
         self._logged: dict[str, float] = {}
         self.backlog = Backlog()
-        # The centre's map of region -> owning node (sent in its heartbeats).
-        self.owners: dict[str, str] = {}
-        if self.role == "centre":
-            self.owners = {r: cfg.node.name for r in cfg.node.regions}
-            self.owners[NATIONAL] = cfg.node.name
-            for p in cfg.peers:
-                self.owners.update({r: p.name for r in p.regions})
-        self.learnt: dict[str, str] = {}
+        # The ownership map this node last recorded (the centre's, which it sends in
+        # its heartbeats; a region's, as it heard it).
+        self.learnt: dict[str, str] = dict(ownership.owners) if ownership else {}
         # Records published and not yet confirmed, in publishing order.
         self.inflight: deque[Sent] = deque()
         self.rewind_needed = True  # at start: publish again what was never confirmed
@@ -593,8 +588,8 @@ class LinkService:
         body: dict[str, Any] = {"node": self.node, "role": self.role, "time": time.time()}
         body["applied"] = {p.name: {"marks": p.marks} for p in self.peers.values()}
         body["unconfirmed"] = {p.name: self._unconfirmed(p.name) for p in self.peers.values()}
-        if self.role == "centre":
-            body["owners"] = self.owners
+        if self.role == "centre" and self.ownership is not None:
+            body["owners"] = self.ownership.owners
         return body
 
     def _unconfirmed(self, peer: str) -> dict[str, Any]:
@@ -622,22 +617,35 @@ class LinkService:
         peer.hb = hb
         owners = hb.get("owners")
         if self.role == "region" and isinstance(owners, dict) and owners != self.learnt:
-            # Who owns the other regions: refusals here can name the owner.
-            self.learnt = {str(k): str(v) for k, v in owners.items()}
-            if self.ownership is not None:
-                self.ownership.learn(self.learnt)
-            await asyncio.get_running_loop().run_in_executor(
-                None,
-                spool.durable_write,
-                federation_path(self.cfg),
-                json.dumps({"owners": self.learnt}),
-            )
+            await self.adopt({str(k): str(v) for k, v in owners.items()})
         raw = hb.get("applied", {}).get(self.node, {}).get("marks", {})
         marks = {str(w): (str(m[0]), int(m[1])) for w, m in raw.items()}
         peer.confirmed_marks = marks
         moved = self._confirm(peer, marks)
         if moved:
             await asyncio.get_running_loop().run_in_executor(None, self._confirm_files, moved)
+
+    async def adopt(self, owners: dict[str, str]) -> None:
+        """The centre's map of who owns which region, taken in and recorded: at a
+        region as the centre sends it, at the centre after a handover. What this node
+        acts on follows it at once."""
+        self.learnt = dict(owners)
+        await asyncio.get_running_loop().run_in_executor(
+            None,
+            spool.durable_write,
+            federation_path(self.cfg),
+            json.dumps({"owners": self.learnt}),
+        )
+        if self.ownership is not None:
+            taken, given = self.ownership.assign(self.learnt)
+            if taken or given:
+                log.warning(
+                    "ownership changed: this node (%s) now acts on %s; took %s, gave up %s",
+                    self.node,
+                    ", ".join(sorted(r or "national" for r in self.ownership.regions)) or "nothing",
+                    ", ".join(sorted(taken)) or "nothing",
+                    ", ".join(sorted(given)) or "nothing",
+                )
 
     async def _refresh(self) -> None:
         """Stream figures for the status; purges of what peers confirmed (my stream to

@@ -34,7 +34,7 @@ from headend.clock import Clock
 from headend.commands import Command, CommandQueue, Place, Scheduler
 from headend.config import Config, from_dict
 from headend.errors import HeadendError
-from headend.ownership import NotOwned, Ownership
+from headend.ownership import NATIONAL, NotOwned, Ownership
 from headend.server import ipc
 from headend.store import spool
 from headend.store.db import Store, StoreError, Tap, migrate
@@ -208,6 +208,12 @@ class StoreService:
             if env.table == "balances" and isinstance(env.data, bytes):
                 self._late_balances(env)
             return
+        if env.kind == "binary" and env.table == "readings":
+            # The last samples of a region handed to this node (see `handover`).
+            await loop.run_in_executor(
+                None, apply_insert, self.peer_store, origin, env, frozenset({"readings"})
+            )
+            return
         if env.kind == "rows" and env.table in DOWN_TABLES:
             await loop.run_in_executor(None, self._apply_master, origin, env)
             if env.table == "billing_accounts" and self.cfg.billing.policy:
@@ -243,6 +249,87 @@ class StoreService:
         for ch in list(self.workers.values()):
             with contextlib.suppress(ipc.ChannelClosed, ConnectionError):
                 ch.send({"t": "invalidate", "serials": serials})
+
+    async def handover(self, region: str, to: str) -> dict[str, Any]:
+        """The centre gives `region` to node `to` (its standby when its own data centre
+        is lost, back to its owner when it returns). Every node learns it from the
+        centre's heartbeats and acts accordingly; the new owner first gets the last
+        sample of each of the region's series the centre holds, so what the lost node
+        took with it shows as a gap its VEE estimates and its scheduler reads back
+        from the meters' load profiles."""
+        if self.cfg.node.role != "centre" or self.link is None:
+            raise HeadendError("regions are handed over at the centre")
+        owners = dict(self.owner.owners)
+        if region not in owners or region == NATIONAL:
+            known = ", ".join(sorted(r for r in owners if r != NATIONAL))
+            raise HeadendError(f"unknown region {region!r}: one of {known}")
+        nodes = {self.cfg.node.name, *(p.name for p in self.cfg.peers)}
+        if to not in nodes:
+            raise HeadendError(f"{to!r} is neither this node nor one of its peers")
+        before = owners[region]
+        owners[region] = to
+        await self.link.adopt(owners)
+        samples = 0
+        if to not in (before, self.cfg.node.name):
+            samples = await asyncio.get_running_loop().run_in_executor(
+                None, self._last_samples, region, to
+            )
+        log.warning(
+            "region %s handed over from %s to %s (%d last samples sent)",
+            region,
+            before,
+            to,
+            samples,
+        )
+        return {"region": region, "from": before, "to": to, "last_samples": samples}
+
+    def _last_samples(self, region: str, to: str) -> int:
+        """Sends `to` the last reading of each series of `region`'s meters (within
+        `late_days`), in slices of meters."""
+        from headend.link.outbox import Envelope
+
+        assert self.router is not None
+        _, rows = self.store.query(
+            f"SELECT serial FROM {self.db}.meters FINAL WHERE region = %(r)s ORDER BY serial",
+            {"r": region},
+        )
+        serials = [r[0] for r in rows]
+        since = int(self.clock.now()) - max(1, self.cfg.store.late_days) * 86_400
+        cols = COLUMNS[spool.READINGS]
+        sent = 0
+        for i in range(0, len(serials), 20_000):
+            chunk = serials[i : i + 20_000]
+            data = self.store.raw_query(
+                "SELECT meter, obis, t, v, u, st, src, q, ra FROM (SELECT meter, obis, "
+                "max(ts) AS t, argMax(value, ts) AS v, argMax(unit, ts) AS u, "
+                "argMax(status, ts) AS st, argMax(source, ts) AS src, "
+                "argMax(quality, ts) AS q, argMax(received_at, ts) AS ra "
+                f"FROM {self.db}.readings WHERE meter IN %(m)s "
+                "AND ts >= toDateTime(%(since)s) GROUP BY meter, obis)",
+                {"m": chunk, "since": since},
+                fmt="RowBinary",
+            )
+            if data:
+                self.router.outbox.append(
+                    [
+                        Envelope(
+                            "binary",
+                            to,
+                            "readings",
+                            cols,
+                            f"{self.cfg.node.name}/handover:{region}:{to}:{i}:{uuid.uuid4().hex}",
+                            fmt="RowBinary",
+                            data=data,
+                        )
+                    ]
+                )
+                _, n = self.store.query(
+                    f"SELECT count() FROM (SELECT 1 FROM {self.db}.readings WHERE meter IN %(m)s "
+                    "AND ts >= toDateTime(%(since)s) GROUP BY meter, obis)",
+                    {"m": chunk, "since": since},
+                )
+                sent += int(n[0][0])
+        return sent
 
     async def _policy_soon(self) -> None:
         """A policy pass after accounts arrived (payments take effect now)."""
@@ -1072,6 +1159,8 @@ class StoreService:
             return await self._schedule_once()
         if cmd == "cancel":
             return self.commands.cancel(str(req["id"])).public()
+        if cmd == "handover":
+            return await self.handover(str(req.get("region", "")), str(req.get("to", "")))
         if cmd == "recompute":
             from headend import balance
 
