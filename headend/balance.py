@@ -113,14 +113,21 @@ class RawStore(SqlAccess, Protocol):
     ) -> bytes: ...
 
     def insert_rowbinary(
-        self, table: str, columns: Sequence[str], data: bytes, token: str, fmt: str = ...
+        self,
+        table: str,
+        columns: Sequence[str],
+        data: bytes,
+        token: str,
+        fmt: str = ...,
+        *,
+        rows: int = ...,
     ) -> None: ...
 
     def companion(self, *, tapped: bool = ...) -> RawStore: ...
 
     def insert_stream(
         self, table: str, columns: Sequence[str], token: str, fmt: str = ..., block_rows: int = ...
-    ) -> AbstractContextManager[Callable[[bytes], None]]: ...
+    ) -> AbstractContextManager[Callable[..., None]]: ...
 
     def close(self) -> None: ...
 
@@ -408,17 +415,16 @@ def _consumption(
         params: dict[str, Any] = {"lo": firsts[i], "obis": obis, "with_states": obis + states}
         if not last:
             params["hi"] = firsts[i + 1]
-        bounds = "meter >= %(lo)s" + ("" if last else " AND meter < %(hi)s")
-        if mine != "1":
-            # Another node's meters may sit between these serials (a standby's): their
-            # consumption is their owner's to derive.
-            bounds += (
-                f" AND meter IN (SELECT serial FROM {db}.meters FINAL WHERE "
-                f"{bounds.replace('meter', 'serial')} AND {mine})"
-            )
+        serials = "serial >= %(lo)s" + ("" if last else " AND serial < %(hi)s")
         if meters is not None:
             params["only"] = chosen[i * per : (i + 1) * per]
-            bounds = "meter IN %(only)s"
+            serials = "serial IN %(only)s"  # of those this node owns (see _slices)
+        bounds = serials.replace("serial", "meter")
+        if mine != "1" and meters is None:
+            # Another node's meters may sit between these serials (a standby's): their
+            # consumption is their owner's to derive.
+            serials += f" AND {mine}"
+            bounds += f" AND meter IN (SELECT serial FROM {db}.meters FINAL WHERE {serials})"
         raw = reader.raw_query(
             READINGS_SQL.format(db=db, bounds=bounds, a=rep.start - near, b=rep.end + near),
             params,
@@ -437,7 +443,7 @@ def _consumption(
         if sums is not None:
             placed = reader.raw_query(
                 "SELECT serial, node_id, CAST(role = 'balance', 'UInt8') "
-                f"FROM {db}.meters FINAL WHERE {bounds.replace('meter', 'serial')}",
+                f"FROM {db}.meters FINAL WHERE {serials}",
                 params,
                 fmt="Native",
             )
@@ -485,7 +491,7 @@ def _consumption(
             del raw
             rep.add(stats)
             if out:
-                insert(out)
+                insert(out, stats["rows"])
 
 
 NEAR = 3 * HOUR
@@ -650,27 +656,61 @@ def _foreign_flows(
     store: RawStore, start: int, end: int, nodes: dict[str, _Node]
 ) -> dict[str, tuple[np.ndarray, np.ndarray, int]]:
     """What the nodes of other owners pass up to a node of this one's, hour by hour,
-    from the balances their owners computed (and sent here): their input where they
-    have balance meters, else their output; with the measured meter-hours behind it
-    and the expected count."""
+    with the measured meter-hours behind it and the expected count, as a standalone
+    computation would: through their balance meters (their consumption, which their
+    owners derived and sent here) where they have them, else from the balance their
+    owners computed (its output, measured and expected are the node's own flow)."""
     wanted = sorted(c for n in nodes.values() if n.owned for c in n.children if not nodes[c].owned)
     if not wanted:
         return {}
+    db = store.db
     hours = (end - start) // HOUR
-    _, rows = store.query(
-        f"SELECT node_id, groupArrayInsertAt(0., {hours})(if(has_input = 1, input, output), k), "
-        f"groupArrayInsertAt(toUInt64(0), {hours})(toUInt64(measured), k), max(expected) "
-        "FROM (SELECT node_id, has_input, input, output, measured, expected, "
-        "toUInt32(intDiv(toInt64(period_start) - %(a)s, 3600)) AS k "
-        f"FROM {store.db}.balances FINAL WHERE node_id IN %(n)s "
-        "AND period_start >= toDateTime(%(a)s) AND period_start < toDateTime(%(b)s)) "
-        "GROUP BY node_id",
-        {"n": wanted, "a": start, "b": end},
-    )
-    return {
-        str(n): (np.asarray(v, dtype=np.float64), np.asarray(m, dtype=np.float64), int(e))
-        for n, v, m, e in rows
-    }
+    metered = [c for c in wanted if nodes[c].balance_meters]
+    rest = [c for c in wanted if not nodes[c].balance_meters]
+    out: dict[str, tuple[np.ndarray, np.ndarray, int]] = {}
+    if metered:
+        ints = _obis_ints()
+        _, rows = store.query(
+            f"SELECT node_id, groupArrayInsertAt(0., {hours})(v, k), "
+            f"groupArrayInsertAt(toUInt64(0), {hours})(n, k) FROM ("
+            "SELECT m.node_id AS node_id, "
+            "toUInt32(intDiv(toInt64(c.interval_start) - %(a)s, 3600)) AS k, "
+            "sum(c.value) AS v, countIf(c.quality = 'measured') AS n "
+            f"FROM (SELECT meter, interval_start, value, quality FROM {db}.consumption FINAL "
+            "      WHERE obis IN %(obis)s AND interval_start >= toDateTime(%(a)s) "
+            "      AND interval_start < toDateTime(%(b)s) AND meter IN (SELECT serial FROM "
+            f"      {db}.meters FINAL WHERE role = 'balance' AND node_id IN %(n)s)) AS c "
+            f"INNER JOIN (SELECT serial, node_id FROM {db}.meters FINAL) AS m "
+            "ON c.meter = m.serial GROUP BY node_id, k) GROUP BY node_id",
+            {
+                "obis": sorted({ints[o] for o in FLOW.values()}),
+                "a": start,
+                "b": end,
+                "n": metered,
+            },
+        )
+        for n, v, m in rows:
+            out[str(n)] = (
+                np.asarray(v, dtype=np.float64),
+                np.asarray(m, dtype=np.float64),
+                nodes[str(n)].balance_meters,
+            )
+        for c in metered:
+            out.setdefault(c, (np.zeros(hours), np.zeros(hours), nodes[c].balance_meters))
+    if rest:
+        _, rows = store.query(
+            f"SELECT node_id, groupArrayInsertAt(0., {hours})(output, k), "
+            f"groupArrayInsertAt(toUInt64(0), {hours})(toUInt64(measured), k), max(expected) "
+            "FROM (SELECT node_id, output, measured, expected, "
+            "toUInt32(intDiv(toInt64(period_start) - %(a)s, 3600)) AS k "
+            f"FROM {db}.balances FINAL WHERE node_id IN %(n)s "
+            "AND period_start >= toDateTime(%(a)s) AND period_start < toDateTime(%(b)s)) "
+            "GROUP BY node_id",
+            {"n": rest, "a": start, "b": end},
+        )
+        for n, v, m, e in rows:
+            out[str(n)] = (np.asarray(v, dtype=np.float64), np.asarray(m, dtype=np.float64), int(e))
+    return out
 
 
 def _sum_from_table(
@@ -782,7 +822,12 @@ def _write_balances(
         ],
     )
     store.insert_rowbinary(
-        "balances", BALANCE_COLUMNS, block, token=balances_token(start, end), fmt="Native"
+        "balances",
+        BALANCE_COLUMNS,
+        block,
+        token=balances_token(start, end),
+        fmt="Native",
+        rows=len(order) * hours,
     )
     return len(order) * hours
 

@@ -586,7 +586,7 @@ def cmd_node(args: argparse.Namespace) -> int:
             client.close()
             print(
                 f"{r['region']}: from {r['from']} to {r['to']}; "
-                f"{r['last_samples']} last samples sent to {r['to']}"
+                f"{r['readings']} readings sent to {r['to']}"
             )
             return 0
         from headend.server.admin import AdminClient, ServerNotRunning

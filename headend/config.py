@@ -291,6 +291,8 @@ class LinkConfig:
     max_backlog_bytes: int = 20 << 30
     """Bytes the up-link holds on disk at most while the centre does not confirm
     (a region's stream); beyond, new data waits in the outbox, nothing is dropped."""
+    down_backlog_bytes: int = 1 << 30
+    """The same for each of the centre's streams to a region (master data, commands)."""
     alarm_backlog_bytes: int = 1 << 30
     """Backlog (bytes not yet confirmed by the centre) that raises the link alarm."""
     alarm_backlog_age: float = 3600.0

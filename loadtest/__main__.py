@@ -4,6 +4,7 @@
                             [--listening F]
     python -m loadtest run  --meters N --interval S --duration S [--encrypt] ...
     python -m loadtest score --run DIR --from T --to T
+    python -m loadtest cluster --regions 3 --meters-per-region N --duration S
 
 `grid` writes a grid and a fleet (grid.csv, meters.csv, ground_truth.json); `run`
 measures a head-end under the simulated fleet (see loadtest/driver.py).
@@ -38,6 +39,10 @@ def main(argv: list[str] | None = None) -> int:
         help="about this share of consumers steal (default 0.03)",
     )
     g.add_argument(
+        "--regions",
+        help="only these regions, comma-separated codes (SA,FA,...; default: all 14)",
+    )
+    g.add_argument(
         "--listening",
         type=float,
         default=0.0,
@@ -54,6 +59,13 @@ def main(argv: list[str] | None = None) -> int:
     score.add_arguments(
         sub.add_parser("score", help="score theft detection on a kept run's ground truth")
     )
+    from loadtest import cluster
+
+    cluster.add_arguments(
+        sub.add_parser(
+            "cluster", help="a centre and region nodes on loopback, a fleet per region, faults"
+        )
+    )
     args = ap.parse_args(argv)
     if args.command == "grid":
         from loadtest.grid import generate
@@ -67,6 +79,7 @@ def main(argv: list[str] | None = None) -> int:
                 plain=args.plain,
                 theft_share=args.theft_share,
                 listening=args.listening,
+                regions=args.regions.split(",") if args.regions else None,
             )
         except ValueError as e:
             print(f"loadtest grid: {e}", file=sys.stderr)
@@ -81,6 +94,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "score":
         return score.main(args)
+    if args.command == "cluster":
+        return cluster.run(args)
     return driver.run(args)
 
 

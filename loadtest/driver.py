@@ -37,6 +37,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -137,10 +138,21 @@ class Probe(threading.Thread):
     connection, each timed until its reading can be queried."""
 
     def __init__(
-        self, h: Headend, port: int, meter: dict[str, Any], rate: float, encrypt: bool
+        self,
+        h: Headend,
+        port: int,
+        meter: dict[str, Any],
+        rate: float,
+        encrypt: bool,
+        *,
+        check: Headend | None = None,
     ) -> None:
         super().__init__(daemon=True)
         self.h, self.port, self.meter, self.rate, self.encrypt = h, port, meter, rate, encrypt
+        # Where the reading must show (another node: the centre), and whether a push
+        # counts for the latency (not while a fault keeps it from getting there).
+        self.check = check or h
+        self.unaffected: Callable[[], bool] = lambda: True
         self.latencies: list[float] = []
         self.sent = 0
         self.stop = threading.Event()
@@ -154,12 +166,12 @@ class Probe(threading.Thread):
 
     def _run(self) -> None:
         from headend import codec
-        from headend.server.admin import AdminClient
+        from headend.server.admin import AdminClient, AdminError, ServerNotRunning
 
         m = self.meter
         try:
             sock = socket.create_connection(("127.0.0.1", self.port))
-            admin = AdminClient(self.h.data / "admin.sock", timeout=120)
+            admin = AdminClient(self.check.data / "admin.sock", timeout=120)
         except OSError as e:
             self.error = str(e)
             return
@@ -198,6 +210,7 @@ class Probe(threading.Thread):
                     invocation_counter=int((time.time() - 1_735_689_600) * 8) + i,
                 )
             t0 = time.perf_counter()
+            clear = self.unaffected()
             sock.sendall(codec.wrap(apdu))
             self.sent += 1
             ts = int(when.timestamp())
@@ -207,8 +220,17 @@ class Probe(threading.Thread):
             )
             deadline = time.monotonic() + 120
             while time.monotonic() < deadline and not self.stop.is_set():
-                if admin.call("sql", query=q)["rows"][0][0] >= 6:
-                    self.latencies.append(time.perf_counter() - t0)
+                try:
+                    seen = admin.call("sql", query=q)["rows"][0][0] >= 6
+                except (AdminError, ServerNotRunning, OSError):
+                    # The node checked restarts: ask again once it is back.
+                    admin.close()
+                    time.sleep(0.5)
+                    admin = AdminClient(self.check.data / "admin.sock", timeout=120)
+                    continue
+                if seen:
+                    if clear and self.unaffected():
+                        self.latencies.append(time.perf_counter() - t0)
                     break
                 # Every query costs the store a few milliseconds of CPU: poll at 20/s.
                 time.sleep(0.05)

@@ -473,3 +473,51 @@ def test_a_window_at_the_present_reads_a_narrow_margin_and_the_samples_before(
     rep = balance.recompute(store, start, end, now=end + 30 * 86_400)
     assert rep.readings > 2
     assert consumption(store, "C3") == narrow
+
+
+def test_each_node_balances_what_it_owns(tmp_path: Path) -> None:
+    """A region node derives its meters' consumption and its grid's balances; the
+    centre derives the generation above it, counting the region's feeder with the
+    balance the region computed; neither writes the other's."""
+    from headend.ownership import NATIONAL, Ownership
+
+    st = Store(f"chdb://{tmp_path / 'db'}", "ami").connect()
+    migrate(st)
+    (tmp_path / "grid.csv").write_text(GRID + "GEN,UZ,generation,electricity,Generation,UZ,41,64\n")
+    assert not import_grid(tmp_path / "grid.csv", st).bad
+    header = "serial,kind,role,node_id,account_id,model,system_title,ek,ak,password,lat,lon\n"
+    meters = [*METERS, ("BGEN", "electricity", "balance", "GEN", "e3ph")]
+    body = "".join(f"{s},{k},{r},{n},A-{s},{m},,,,,41.3,69.3\n" for s, k, r, n, m in meters)
+    (tmp_path / "meters.csv").write_text(header + body)
+    models = profiles.kinds(profiles.load_all(REPO_ROOT / "protocols" / "profiles"))
+    assert not import_meters(tmp_path / "meters.csv", st, codec.MasterKey(bytes(32)), models).bad
+    samples = [
+        (m, T0 + k * H, v) for m, vs in REGISTERS.items() for k, v in enumerate(vs) if v is not None
+    ]
+    _readings(st, [*samples, *((("BGEN", T0 + k * H, 11_000.0 * k)) for k in range(5))])
+    try:
+        region = Ownership("tk", "region", {"TK"}, {"TK": "tk", NATIONAL: "c"})
+        centre = Ownership("c", "centre", {NATIONAL}, {"TK": "tk", NATIONAL: "c"})
+        rep = balance.recompute(st, T0, END, now=END + 60, owner=region)
+        assert rep.consumption_rows == 7 * 4  # not BGEN's: the centre's meter
+        assert consumption(st, "BGEN") == []
+        assert hourly(st, "GEN") == []
+        assert hourly(st, "F1") == [(10.0, 9.0, 1.0, 3, 3, 1)] * 4
+        assert hourly(st, "T1")[0] == (6.0, 5.0, 1.0, 3, 3, 1)
+        _, stamp = st.query("SELECT max(computed_at) FROM ami.balances FINAL WHERE node_id = 'F1'")
+        rep = balance.recompute(st, T0, END, now=END + 60, owner=centre)
+        assert rep.consumption_rows == 4  # BGEN's four hours only
+        # GEN: 11 kWh in, 10 out through F1's balance meter (its consumption as the
+        # region derived it); completeness over BGEN and BF, as standalone.
+        assert hourly(st, "GEN") == [(11.0, 10.0, 1.0, 2, 2, 1)] * 4
+        # The region's rows are left as they were.
+        assert (
+            st.query("SELECT max(computed_at) FROM ami.balances FINAL WHERE node_id = 'F1'")[1]
+            == stamp
+        )
+        # Standalone, everything at once, the same figures.
+        balance.recompute(st, T0, END, now=END + 60)
+        assert hourly(st, "GEN") == [(11.0, 10.0, 1.0, 2, 2, 1)] * 4
+        assert hourly(st, "F1") == [(10.0, 9.0, 1.0, 3, 3, 1)] * 4
+    finally:
+        st.close()

@@ -81,7 +81,7 @@ def apply_insert(store: Store, origin: str, env: Envelope, tables: frozenset[str
     if env.kind == "binary":
         if env.fmt not in ("RowBinary", "Native") or not isinstance(env.data, bytes):
             raise BadRecord(f"binary record in format {env.fmt!r}")
-        store.insert_rowbinary(env.table, env.columns, env.data, token, env.fmt)
+        store.insert_rowbinary(env.table, env.columns, env.data, token, env.fmt, rows=env.rows)
         return env.rows
     if env.kind == "rows":
         rows = env.data
@@ -199,7 +199,14 @@ class DownRouter:
         self.outbox.append(envelopes)
 
     def binary(
-        self, table: str, columns: Sequence[str], data: bytes, fmt: str, token: str | None
+        self,
+        table: str,
+        columns: Sequence[str],
+        data: bytes,
+        fmt: str,
+        token: str | None,
+        *,
+        rows: int = 0,
     ) -> None:
         raise BadRecord(f"master data ({table}) is sent down as rows, not {fmt} blocks")
 

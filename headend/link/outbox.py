@@ -263,7 +263,14 @@ class UpTap:
         return f"{self.origin}/{token or uuid.uuid4().hex}"
 
     def binary(
-        self, table: str, columns: Sequence[str], data: bytes, fmt: str, token: str | None
+        self,
+        table: str,
+        columns: Sequence[str],
+        data: bytes,
+        fmt: str,
+        token: str | None,
+        *,
+        rows: int = 0,
     ) -> None:
         self.outbox.append(
             [
@@ -273,7 +280,7 @@ class UpTap:
                     table,
                     list(columns),
                     self._token(token),
-                    rows=0,
+                    rows=rows,
                     fmt=fmt,
                     data=bytes(data),
                 )

@@ -320,7 +320,9 @@ class LinkService:
                     subjects=[p.out_subject],
                     storage=StorageType.FILE,
                     discard=DiscardPolicy.NEW,
-                    max_bytes=link.max_backlog_bytes,
+                    max_bytes=(
+                        link.max_backlog_bytes if self.role == "region" else link.down_backlog_bytes
+                    ),
                     duplicate_window=7200.0,
                     max_msg_size=link.message_bytes + PART_ROOM * 16,
                 )

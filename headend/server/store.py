@@ -269,23 +269,28 @@ class StoreService:
         before = owners[region]
         owners[region] = to
         await self.link.adopt(owners)
-        samples = 0
+        sent = 0
         if to not in (before, self.cfg.node.name):
-            samples = await asyncio.get_running_loop().run_in_executor(
-                None, self._last_samples, region, to
+            # What the region's new owner sent up since its predecessor fell silent
+            # is its own already: nothing received after that goes back to it.
+            peer = self.link.peers.get(before)
+            until = peer.last_hb + 5 if peer is not None and peer.last_hb else time.time()
+            sent = await asyncio.get_running_loop().run_in_executor(
+                None, self._handover_readings, region, to, int(until)
             )
         log.warning(
-            "region %s handed over from %s to %s (%d last samples sent)",
-            region,
-            before,
-            to,
-            samples,
+            "region %s handed over from %s to %s (%d readings sent)", region, before, to, sent
         )
-        return {"region": region, "from": before, "to": to, "last_samples": samples}
+        return {"region": region, "from": before, "to": to, "readings": sent}
 
-    def _last_samples(self, region: str, to: str) -> int:
-        """Sends `to` the last reading of each series of `region`'s meters (within
-        `late_days`), in slices of meters."""
+    def _handover_readings(self, region: str, to: str, until: int) -> int:
+        """Sends `to` what it needs to take over `region`'s consumption and balances
+        without writing worse figures over its owner's: the region's readings of the
+        hours its recent window recomputes (and the margin before them), and the last
+        sample of each series before that (within `late_days`); of those received before
+        `until` (when the old owner was last heard from). In slices of meters; returns
+        the readings sent."""
+        from headend.balance import NEAR
         from headend.link.outbox import Envelope
 
         assert self.router is not None
@@ -294,40 +299,40 @@ class StoreService:
             {"r": region},
         )
         serials = [r[0] for r in rows]
-        since = int(self.clock.now()) - max(1, self.cfg.store.late_days) * 86_400
+        now = int(self.clock.now())
+        recent = now - self.cfg.store.balance_window - NEAR - 3600
+        since = now - max(1, self.cfg.store.late_days) * 86_400
         cols = COLUMNS[spool.READINGS]
+        picked = ", ".join(cols)
         sent = 0
         for i in range(0, len(serials), 20_000):
-            chunk = serials[i : i + 20_000]
-            data = self.store.raw_query(
+            params = {
+                "m": serials[i : i + 20_000],
+                "since": since,
+                "recent": recent,
+                "until": until,
+            }
+            for sql in (
+                f"SELECT {picked} FROM {self.db}.readings WHERE meter IN %(m)s "
+                "AND ts >= toDateTime(%(recent)s) AND received_at < toDateTime(%(until)s)",
                 "SELECT meter, obis, t, v, u, st, src, q, ra FROM (SELECT meter, obis, "
                 "max(ts) AS t, argMax(value, ts) AS v, argMax(unit, ts) AS u, "
                 "argMax(status, ts) AS st, argMax(source, ts) AS src, "
                 "argMax(quality, ts) AS q, argMax(received_at, ts) AS ra "
-                f"FROM {self.db}.readings WHERE meter IN %(m)s "
-                "AND ts >= toDateTime(%(since)s) GROUP BY meter, obis)",
-                {"m": chunk, "since": since},
-                fmt="RowBinary",
-            )
-            if data:
-                self.router.outbox.append(
-                    [
-                        Envelope(
-                            "binary",
-                            to,
-                            "readings",
-                            cols,
-                            f"{self.cfg.node.name}/handover:{region}:{to}:{i}:{uuid.uuid4().hex}",
-                            fmt="RowBinary",
-                            data=data,
-                        )
-                    ]
+                f"FROM {self.db}.readings WHERE meter IN %(m)s AND ts >= toDateTime(%(since)s) "
+                "AND ts < toDateTime(%(recent)s) AND received_at < toDateTime(%(until)s) "
+                "GROUP BY meter, obis)",
+            ):
+                _, n = self.store.query(f"SELECT count() FROM ({sql})", params)
+                if not n[0][0]:
+                    continue
+                data = self.store.raw_query(sql, params, fmt="RowBinary")
+                token = f"{self.cfg.node.name}/handover:{region}:{to}:{uuid.uuid4().hex}"
+                env = Envelope(
+                    "binary", to, "readings", cols, token, rows=int(n[0][0]), fmt="RowBinary"
                 )
-                _, n = self.store.query(
-                    f"SELECT count() FROM (SELECT 1 FROM {self.db}.readings WHERE meter IN %(m)s "
-                    "AND ts >= toDateTime(%(since)s) GROUP BY meter, obis)",
-                    {"m": chunk, "since": since},
-                )
+                env.data = data
+                self.router.outbox.append([env])
                 sent += int(n[0][0])
         return sent
 

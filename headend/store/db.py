@@ -40,7 +40,14 @@ class Tap(Protocol):
     def wants(self, table: str) -> bool: ...
 
     def binary(
-        self, table: str, columns: Sequence[str], data: bytes, fmt: str, token: str | None
+        self,
+        table: str,
+        columns: Sequence[str],
+        data: bytes,
+        fmt: str,
+        token: str | None,
+        *,
+        rows: int = 0,
     ) -> None: ...
 
     def rows(
@@ -184,12 +191,14 @@ class Store:
         data: bytes,
         token: str,
         fmt: str = "RowBinary",
+        *,
+        rows: int = 0,
     ) -> None:
         """Inserts RowBinary rows (or `fmt`, e.g. Native blocks); `token` makes a repeated
-        insert a no-op."""
+        insert a no-op; `rows`, when the caller knows it, is told to the tap."""
         tap = self._tapped(table)
         if tap is not None:
-            tap.binary(table, columns, data, fmt, token)
+            tap.binary(table, columns, data, fmt, token, rows=rows)
         with self._lock:
             if self._engine_handle() is not None:
                 with self._stream(table, columns, token, fmt) as insert:
@@ -205,10 +214,11 @@ class Store:
         token: str,
         fmt: str = "Native",
         block_rows: int = 0,
-    ) -> Iterator[Callable[[bytes], None]]:
+    ) -> Iterator[Callable[..., None]]:
         """One INSERT of the pieces given to the yielded function, streamed into the
         embedded engine as they come, nothing gathered here; ClickHouse makes parts of
-        about `block_rows` rows (fewer, larger parts: less to merge). It holds this
+        about `block_rows` rows (fewer, larger parts: less to merge). The function takes
+        a piece and, when known, its rows (for the tap). It holds this
         client throughout, so use a companion. Against a server each piece is an insert
         of its own. When the body fails, the insert is cancelled; parts ClickHouse has
         already written may stand (a recompute is idempotent: run it again)."""
@@ -220,9 +230,9 @@ class Store:
         with self._stream(table, columns, token, fmt, block_rows) as raw:
             pieces = 0
 
-            def tapped(data: bytes) -> None:
+            def tapped(data: bytes, rows: int = 0) -> None:
                 nonlocal pieces
-                tap.binary(table, columns, data, fmt, f"{token}:{pieces}")
+                tap.binary(table, columns, data, fmt, f"{token}:{pieces}", rows=rows)
                 pieces += 1
                 raw(data)
 
@@ -236,13 +246,13 @@ class Store:
         token: str,
         fmt: str = "Native",
         block_rows: int = 0,
-    ) -> Iterator[Callable[[bytes], None]]:
+    ) -> Iterator[Callable[..., None]]:
         """`insert_stream` without the tap."""
         handle = self._engine_handle()
         if handle is None:
             pieces = 0
 
-            def insert(data: bytes) -> None:
+            def insert(data: bytes, rows: int = 0) -> None:
                 nonlocal pieces
                 self._raw_insert(table, columns, data, f"{token}:{pieces}", fmt)
                 pieces += 1
@@ -262,7 +272,7 @@ class Store:
                 raise StoreError(_clean(e)) from None
             with ins:
 
-                def append(data: bytes) -> None:
+                def append(data: bytes, rows: int = 0) -> None:
                     try:
                         ins.append(data)
                     except Exception as e:

@@ -212,7 +212,9 @@ class Ingestor:
             rows = sum(r.rows for r in recs)
             token = f"{round_id}:{name}:{fmt}"
             if fmt == spool.ROWBINARY:
-                self.store.insert_rowbinary(name, columns, b"".join(r.payload for r in recs), token)
+                self.store.insert_rowbinary(
+                    name, columns, b"".join(r.payload for r in recs), token, rows=rows
+                )
             elif fmt == spool.MSGPACK:
                 data: list[list[Any]] = []
                 for r in recs:
