@@ -110,7 +110,9 @@ class _Access:
             # writes: through the outbox, which the server publishes when it runs.
             t = taps(cfg, self.owner, "cli")
             self.outbox = t.outbox
-            self.store = Store(cfg.dsn, cfg.store.database, tap=t.tap).connect()
+            self.store = Store(
+                cfg.dsn, cfg.store.database, tap=t.tap, cluster=cfg.store.cluster
+            ).connect()
             if isinstance(t.tap, DownRouter):
                 t.tap.store = self.store
             migrate(self.store)

@@ -72,6 +72,10 @@ class StoreConfig:
     "http://host:8123" for a server."""
     database: str = "ami"
     """Database holding the documented tables."""
+    cluster: str = ""
+    """A ClickHouse cluster (its name in the servers' remote_servers) to create the
+    schema on: replicated tables sharded across it, Distributed tables over them
+    (headend/store/cluster.py). "": one server, or the embedded store."""
     ingest_interval: float = 0.5
     """Longest wait, seconds, before spooled rows are inserted (the latency bound)."""
     ingest_batch_bytes: int = 16 << 20

@@ -37,6 +37,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import threading
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -168,6 +169,8 @@ class LinkService:
         # The ownership map this node last recorded (the centre's, which it sends in
         # its heartbeats; a region's, as it heard it).
         self.learnt: dict[str, str] = dict(ownership.owners) if ownership else {}
+        # The state file and the outbox's marks are written from executor threads.
+        self._files = threading.Lock()
         # Records published and not yet confirmed, in publishing order.
         self.inflight: deque[Sent] = deque()
         self.rewind_needed = True  # at start: publish again what was never confirmed
@@ -189,6 +192,10 @@ class LinkService:
             p.applied_created = float(s.get("applied_created", 0.0))
 
     def _save_state(self) -> None:
+        with self._files:
+            self._write_state()
+
+    def _write_state(self) -> None:
         body = {
             "peers": {
                 p.name: {
@@ -375,6 +382,10 @@ class LinkService:
     def _rewind(self) -> None:
         """Everything not confirmed is published again (at start, and when my stream
         lost records it had acknowledged)."""
+        with self._files:
+            self._rewind_marks()
+
+    def _rewind_marks(self) -> None:
         again = 0
         for segs in spool.segments(self.outbox_root, named=True).values():
             for seg in segs:
@@ -422,8 +433,7 @@ class LinkService:
                             confirmed=peer is None,
                         )
                     )
-                    marks.published = rec.end
-                    await loop.run_in_executor(None, write_marks, seg, marks)
+                    await loop.run_in_executor(None, self._published, seg, rec.end)
         return sent
 
     async def _publish(
@@ -464,12 +474,18 @@ class LinkService:
             moved[s.segment] = max(moved.get(s.segment, 0), s.end)
         return moved
 
+    def _published(self, seg: Path, end: int) -> None:
+        with self._files:
+            m = read_marks(seg)
+            write_marks(seg, Marks(max(m.published, end), m.confirmed))
+
     def _confirm_files(self, moved: dict[Path, int]) -> None:
         """Records the confirmed marks; sealed segments wholly confirmed go."""
-        for seg, end in moved.items():
-            with contextlib.suppress(FileNotFoundError):
-                m = read_marks(seg)
-                write_marks(seg, Marks(max(m.published, end), max(m.confirmed, end)))
+        with self._files:
+            for seg, end in moved.items():
+                with contextlib.suppress(FileNotFoundError):
+                    m = read_marks(seg)
+                    write_marks(seg, Marks(max(m.published, end), max(m.confirmed, end)))
         for segs in spool.segments(self.outbox_root, named=True).values():
             for seg in segs[:-1]:  # a writer's last segment may still grow
                 try:
@@ -527,7 +543,12 @@ class LinkService:
                 peer.applied_records += 1
                 peer.applied_rows += int(h.get("Headend-Rows", 0))
                 peer.applied_created = float(h.get("Headend-Created", 0.0))
-                await asyncio.get_running_loop().run_in_executor(None, self._save_state)
+                try:
+                    await asyncio.get_running_loop().run_in_executor(None, self._save_state)
+                except OSError as e:
+                    # The marks stay in memory and are written with the next record; a
+                    # record applied again after a crash meanwhile keeps its token.
+                    self._error("state", f"cannot record what was applied: {e}")
             peer.copy_applied = int(m.seq)
 
     async def _next(self, peer: PeerLink, seq: int) -> Any:
@@ -633,10 +654,7 @@ class LinkService:
         acts on follows it at once."""
         self.learnt = dict(owners)
         await asyncio.get_running_loop().run_in_executor(
-            None,
-            spool.durable_write,
-            federation_path(self.cfg),
-            json.dumps({"owners": self.learnt}),
+            None, self._write_owners, json.dumps({"owners": self.learnt})
         )
         if self.ownership is not None:
             taken, given = self.ownership.assign(self.learnt)
@@ -648,6 +666,10 @@ class LinkService:
                     ", ".join(sorted(taken)) or "nothing",
                     ", ".join(sorted(given)) or "nothing",
                 )
+
+    def _write_owners(self, text: str) -> None:
+        with self._files:
+            spool.durable_write(federation_path(self.cfg), text)
 
     async def _refresh(self) -> None:
         """Stream figures for the status; purges of what peers confirmed (my stream to

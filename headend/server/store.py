@@ -129,12 +129,14 @@ class StoreService:
         self.owner = Ownership.from_config(cfg)
         self.link: LinkService | None = None
         self.router: DownRouter | None = None
-        self.store = Store(cfg.dsn, cfg.store.database, tap=self._link_setup())
+        self.store = Store(
+            cfg.dsn, cfg.store.database, tap=self._link_setup(), cluster=cfg.store.cluster
+        )
         if self.router is not None:
             self.router.store = self.store
         # Peers' records go in through a client of their own without the tap: what
         # came from a peer is not sent back to it.
-        self.peer_store = Store(cfg.dsn, cfg.store.database)
+        self.peer_store = Store(cfg.dsn, cfg.store.database, cluster=cfg.store.cluster)
         self.db = cfg.store.database
         self.ingestor = Ingestor(self.store, cfg.spool_dir, max_bytes=cfg.store.max_insert_bytes)
         self.scanner = CounterScanner(cfg.spool_dir)

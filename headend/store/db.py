@@ -61,12 +61,17 @@ class Store:
     """One ClickHouse client, serialised (chdb's client is not thread-safe). With a
     `tap`, writes into the tables it wants go to it first (then to ClickHouse)."""
 
-    def __init__(self, dsn: str, database: str = "ami", tap: Tap | None = None) -> None:
+    def __init__(
+        self, dsn: str, database: str = "ami", tap: Tap | None = None, cluster: str = ""
+    ) -> None:
         if not IDENT.match(database):
             raise StoreError(f"database name {database!r} is not an identifier")
+        if cluster and not IDENT.match(cluster):
+            raise StoreError(f"cluster name {cluster!r} is not an identifier")
         self.dsn = dsn
         self.db = database
         self.tap = tap
+        self.cluster = cluster
         self._lock = threading.RLock()
         self._client: Any = None
 
@@ -94,7 +99,9 @@ class Store:
                     raise StoreError(f"cannot open the embedded store in {path}: {text}") from None
             else:
                 try:
-                    self._client = clickhouse_connect.get_client(dsn=self.dsn)
+                    self._client = clickhouse_connect.get_client(
+                        dsn=self.dsn, settings=cluster_settings() if self.cluster else None
+                    )
                 except Exception as e:
                     raise StoreError(f"cannot reach ClickHouse at {self.dsn}: {e}") from None
         return self
@@ -117,7 +124,7 @@ class Store:
         while this client's do (one client per thread, as chdb asks; each client
         serialises its own queries), with this one's tap unless `tapped` is false. The
         caller closes it."""
-        return Store(self.dsn, self.db, self.tap if tapped else None).connect()
+        return Store(self.dsn, self.db, self.tap if tapped else None, self.cluster).connect()
 
     def _tapped(self, table: str) -> Tap | None:
         return self.tap if self.tap is not None and self.tap.wants(table) else None
@@ -179,10 +186,22 @@ class Store:
         if tap is not None:
             tap.delete(table, where)
         cond = " AND ".join(f"{c} = %(w{i})s" for i, c in enumerate(where))
+        # On a cluster the rows are in each shard's local table.
+        target = f"{table}_local ON CLUSTER {self.cluster}" if self.cluster else table
         self.command(
-            f"DELETE FROM {self.db}.{table} WHERE {cond}",
+            f"DELETE FROM {self.db}.{target} WHERE {cond}",
             {f"w{i}": v for i, v in enumerate(where.values())},
         )
+
+    def ddl(self, stmt: str) -> None:
+        """A schema statement; on a cluster, its cluster form (headend/store/cluster.py)."""
+        if not self.cluster:
+            self.command(stmt)
+            return
+        from headend.store import cluster
+
+        for s in cluster.statements(stmt, self.cluster, self.db):
+            self.command(s)
 
     def insert_rowbinary(
         self,
@@ -322,6 +341,12 @@ class Store:
                 raise StoreError(_clean(e)) from None
 
 
+def cluster_settings() -> dict[str, str]:
+    from headend.store import cluster
+
+    return dict(cluster.SETTINGS)
+
+
 def _insert_settings(token: str) -> dict[str, object]:
     """Settings of every insert: `token` makes a repeated insert a no-op. Re-sent
     readings collapse in merges (ReplacingMergeTree); collapsing each block on insert
@@ -375,8 +400,8 @@ def statements(sql: str) -> list[str]:
 def migrate(store: Store, *, readings_ttl_days: int = 0, sessions_ttl_days: int = 0) -> list[int]:
     """Applies the migrations not yet applied; returns their versions. Idempotent."""
     db = store.db
-    store.command(f"CREATE DATABASE IF NOT EXISTS {db}")
-    store.command(
+    store.ddl(f"CREATE DATABASE IF NOT EXISTS {db}")
+    store.ddl(
         f"CREATE TABLE IF NOT EXISTS {db}.schema_migrations "
         "(version UInt32, name String, applied_at DateTime('UTC') DEFAULT now()) "
         "ENGINE = MergeTree ORDER BY version"
@@ -388,7 +413,7 @@ def migrate(store: Store, *, readings_ttl_days: int = 0, sessions_ttl_days: int 
         if version in done:
             continue
         for stmt in statements(sql):
-            store.command(stmt.replace("{db}", db))
+            store.ddl(stmt.replace("{db}", db))
         store.insert_rows("schema_migrations", ["version", "name"], [(version, name)])
         log.info("applied migration %04d %s", version, name)
         applied.append(version)
@@ -400,14 +425,14 @@ def migrate(store: Store, *, readings_ttl_days: int = 0, sessions_ttl_days: int 
 def _apply_ttl(store: Store, table: str, column: str, days: int) -> None:
     """TTL follows the configuration on every start (it is not part of a migration)."""
     if days > 0:
-        store.command(
+        store.ddl(
             f"ALTER TABLE {store.db}.{table} "
             f"MODIFY TTL toDateTime({column}) + INTERVAL {int(days)} DAY"
         )
     else:
         _, rows = store.query(
             "SELECT create_table_query FROM system.tables WHERE database = %(db)s AND name = %(t)s",
-            {"db": store.db, "t": table},
+            {"db": store.db, "t": f"{table}_local" if store.cluster else table},
         )
         if rows and " TTL " in rows[0][0]:
-            store.command(f"ALTER TABLE {store.db}.{table} REMOVE TTL")
+            store.ddl(f"ALTER TABLE {store.db}.{table} REMOVE TTL")

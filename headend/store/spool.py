@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import os
 import struct
+import threading
 import time
 import zlib
 from collections.abc import Iterator
@@ -211,8 +212,10 @@ def read_ack(segment: Path) -> Ack:
 
 def durable_write(path: Path, text: str) -> None:
     """Replaces `path` atomically (temporary file, fsync, rename, fsync of the
-    directory): after a crash it holds the old text or the new, never a mixture."""
-    tmp = path.with_name(path.name + ".tmp")
+    directory): after a crash it holds the old text or the new, never a mixture. The
+    temporary file is the writer's own (two threads replacing one file must not
+    rename each other's)."""
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
         os.write(fd, text.encode())
