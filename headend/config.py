@@ -286,12 +286,13 @@ class LinkConfig:
     monitor_port: int = 0
     """Port of the NATS server's monitoring endpoint on `host`; 0: none."""
     tls_cert: str = ""
-    """Certificate (PEM) for the leaf-node connection; with `tls_key`, the link uses
-    TLS (the centre presents it, a region verifies it against `tls_ca`)."""
+    """Centre: the certificate (PEM) its leaf-node port presents; with `tls_key`, the
+    link uses TLS. Region: a certificate of its own, for a centre that asks for one."""
     tls_key: str = ""
     """Private key (PEM) of `tls_cert`."""
     tls_ca: str = ""
-    """CA certificate (PEM) that the peer's certificate must chain to."""
+    """CA certificate (PEM) the peer's certificate must chain to. A region with it
+    speaks TLS to the centre; a centre with it requires regions' certificates."""
     max_backlog_bytes: int = 20 << 30
     """Bytes the up-link holds on disk at most while the centre does not confirm
     (a region's stream); beyond, new data waits in the outbox, nothing is dropped."""

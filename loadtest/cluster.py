@@ -488,19 +488,9 @@ def _drain(r: Run, timeout: float = 300.0) -> None:
 
 
 def _sql(node: Node, query: str, running: bool) -> Any:
-    """A scalar from a node: through its server, or from its store on disk when its
-    node is gone (a command opens the embedded store then)."""
-    if running:
-        return node.h.scalar(query)
-    out = subprocess.run(
-        [sys.executable, "-m", "headend", "sql", query, "--format", "json"],
-        env={**os.environ, "HEADEND_DATA": str(node.h.data)},
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    rows = json.loads(out)
-    return next(iter(rows[0].values())) if rows else None
+    """A scalar from a node (see `_rows`)."""
+    rows = _rows(node, query, running)
+    return rows[0][0] if rows else None
 
 
 def _report(r: Run, faults: list[str]) -> dict[str, Any]:
@@ -527,6 +517,8 @@ def _report(r: Run, faults: list[str]) -> dict[str, Any]:
             "duplicated": at_centre - distinct,
             "longest_lag_s": round(r.lag_max.get(name, 0.0), 1),
         }
+        if name != r.lost_node:
+            row["bytes_per_meter_day"] = _storage(r, fed.nodes[name], row["meters"])
         if name == r.lost_node:
             standby = fed.nodes[r.standby[name]]
             # At the standby: what it took in after the loss (what it got at the
@@ -553,6 +545,21 @@ def _report(r: Run, faults: list[str]) -> dict[str, Any]:
         "link": {n: fed.link(n)["peers"] for n in fed.nodes if n != r.lost_node},
         **_balances(r),
     }
+
+
+def _storage(r: Run, node: Node, meters: int) -> dict[str, float]:
+    """Compressed bytes per meter and simulated day in the region's tables."""
+    days = r.args.duration * r.args.speed / 86_400
+    out = {}
+    for table in ("readings", "consumption", "events", "balances"):
+        size = int(
+            node.h.scalar(
+                "SELECT sum(data_compressed_bytes) FROM system.parts "
+                f"WHERE database = 'ami' AND table = '{table}' AND active"
+            )
+        )
+        out[table] = round(size / max(1, meters) / days, 1)
+    return out
 
 
 def _recovered(r: Run, meters: str) -> dict[str, Any]:
@@ -627,6 +634,8 @@ def _compare_balances(r: Run) -> tuple[int, list[dict[str, Any]]]:
 
 
 def _rows(node: Node, query: str, running: bool) -> list[list[Any]]:
+    """Rows from a node: through its server, or from its store on disk when its node
+    is gone (a command opens the embedded store then)."""
     if running:
         return node.h.admin("sql", query=query)["rows"]  # type: ignore[no-any-return]
     out = subprocess.run(

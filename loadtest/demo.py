@@ -3,7 +3,7 @@ the head-end on the embedded store, and the simulated fleet in fast time (a simu
 day in a few minutes) with theft and debtors; the situation room shows it live.
 
     headend demo [--meters 20000] [--speed 240] [--data demo-data] [--http-port 8080]
-                 [--duration S]
+                 [--duration S] [--regions K]
 
 Runs until Ctrl-C (or `--duration` real seconds), then stops the fleet and drains the
 head-end. The data directory is kept: a second run starts from a fresh one unless
@@ -56,6 +56,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--debtors", type=float, default=0.01, help="share of accounts in debt")
     p.add_argument("--keep", action="store_true", help="reuse the demo directory's data")
+    p.add_argument(
+        "--regions",
+        type=int,
+        default=0,
+        help="a centre and a node per region for the K most populous regions, each with "
+        "its own page (default 0: one standalone head-end)",
+    )
 
 
 def port_free(port: int) -> bool:
@@ -91,6 +98,36 @@ def billing_csv(meters_csv: Path, out: Path, share: float, seed: int, today: dt.
     return debtors
 
 
+def fast_time(speed: float, sim_start: float, anchor: float) -> dict[str, dict[str, Any]]:
+    """The store's and the other sections' settings for fast simulated time (the same
+    for a standalone head-end and every node of `--regions`)."""
+    interval = max(1.0, 900 / speed)  # one simulated quarter hour, in real seconds
+    return {
+        "store": {
+            "ingest_interval": 0.2,
+            # Recompute the last 6 simulated hours every simulated hour or so.
+            "balance_interval": max(5.0, 4 * interval),
+            "balance_window": 6 * 3600,
+            "anomaly_interval": max(20.0, 3600 / speed * 2),
+            "anomaly_window": 86_400,
+        },
+        "clock": {"speed": speed, "start": sim_start, "anchor": anchor},
+        # Meters' clocks are in simulated time: leave them alone.
+        # The pushes are complete here; daily reads would only repeat them.
+        "commands": {
+            "clock_check_days": 0.0,
+            "daily_read_days": 0.0,
+            "schedule_interval": 60.0,
+        },
+        "billing": {
+            "interval": max(5.0, 2 * interval),
+            "allowed_hours": "8-18",
+            "allowed_weekdays": "mon-sun",
+            "warning_hours": 2.0,
+        },
+    }
+
+
 def configure(
     root: Path,
     *,
@@ -102,40 +139,22 @@ def configure(
     anchor: float,
 ) -> Headend:
     """The head-end's settings for fast simulated time."""
-    interval = max(1.0, 900 / speed)  # one simulated quarter hour, in real seconds
+    settings = fast_time(speed, sim_start, anchor)
+    store = settings.pop("store")
     return Headend(
         root,
         port=meter_port,
         server={"workers": 2, "handshake_timeout": 30.0},
-        store={
-            "ingest_interval": 0.2,
-            # Recompute the last 6 simulated hours every simulated hour or so.
-            "balance_interval": max(5.0, 4 * interval),
-            "balance_window": 6 * 3600,
-            "anomaly_interval": max(20.0, 3600 / speed * 2),
-            "anomaly_window": 86_400,
-        },
-        sections={
-            "http": {"port": http_port, "token": token, "refresh": 5.0},
-            "clock": {"speed": speed, "start": sim_start, "anchor": anchor},
-            # Meters' clocks are in simulated time: leave them alone.
-            # The pushes are complete here; daily reads would only repeat them.
-            "commands": {
-                "clock_check_days": 0.0,
-                "daily_read_days": 0.0,
-                "schedule_interval": 60.0,
-            },
-            "billing": {
-                "interval": max(5.0, 2 * interval),
-                "allowed_hours": "8-18",
-                "allowed_weekdays": "mon-sun",
-                "warning_hours": 2.0,
-            },
-        },
+        store=store,
+        sections={"http": {"port": http_port, "token": token, "refresh": 5.0}, **settings},
     )
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.regions:
+        from loadtest import demo_regions
+
+        return demo_regions.run(args)
     root: Path = args.data.resolve()
     if root.exists() and not args.keep:
         shutil.rmtree(root)

@@ -68,6 +68,8 @@ class Federation:
     store: dict[str, Any] = field(default_factory=dict)
     sections: dict[str, dict[str, Any]] = field(default_factory=dict)
     heartbeat: float = 1.0
+    #: Further sections for one node only ({"centre": {"http": {"port": 8080}}}).
+    node_sections: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
     nodes: dict[str, Node] = field(default_factory=dict)
     leaf_port: int = 0
     dead_port: int = 0
@@ -87,12 +89,19 @@ class Federation:
         return r.stdout.strip()
 
     def setup(self) -> None:
-        self.leaf_port = free_port()
-        self.dead_port = free_port()
-        specs = [Node(CENTRE, "centre", list(self.centre_regions), free_port(), free_port())]
-        specs += [
-            Node(n, "region", list(r), free_port(), free_port()) for n, r in self.regions.items()
-        ]
+        # Distinct ports (free_port does not reserve one; two draws may meet).
+        taken: set[int] = set()
+
+        def port() -> int:
+            while (p := free_port()) in taken:
+                pass
+            taken.add(p)
+            return p
+
+        self.leaf_port = port()
+        self.dead_port = port()
+        specs = [Node(CENTRE, "centre", list(self.centre_regions), port(), port())]
+        specs += [Node(n, "region", list(r), port(), port()) for n, r in self.regions.items()]
         keys = {}
         for n in specs:
             (self.root / n.name).mkdir(parents=True, exist_ok=True)
@@ -134,6 +143,11 @@ class Federation:
                 **self.sections.get("link", {}),
             }
             sections = {k: v for k, v in self.sections.items() if k != "link"}
+            for k, v in self.node_sections.get(n.name, {}).items():
+                if k == "link":
+                    link.update(v)
+                else:
+                    sections[k] = {**sections.get(k, {}), **v}
             n.headend = Headend(
                 self.root / n.name,
                 port=n.port,
@@ -198,18 +212,22 @@ class Federation:
         raise RuntimeError(f"{what}: not within {timeout:.0f} s (last: {last!r})")
 
     def wait_equal(self, what: str, get: Any, expected: Any, timeout: float = 60.0) -> None:
-        """Polls `get()` until it equals `expected`; the error names the last value."""
-        deadline = time.monotonic() + timeout
-        last: Any = None
-        while time.monotonic() < deadline:
-            try:
-                last = get()
-                if last == expected:
-                    return
-            except Exception as e:  # the node may be restarting
-                last = e
-            time.sleep(0.2)
-        raise RuntimeError(f"{what}: {last!r}, expected {expected!r} (waited {timeout:.0f} s)")
+        wait_equal(what, get, expected, timeout)
+
+
+def wait_equal(what: str, get: Any, expected: Any, timeout: float = 60.0) -> None:
+    """Polls `get()` until it equals `expected`; the error names the last value."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        try:
+            last = get()
+            if last == expected:
+                return
+        except Exception as e:  # the node may be restarting
+            last = e
+        time.sleep(0.2)
+    raise RuntimeError(f"{what}: {last!r}, expected {expected!r} (waited {timeout:.0f} s)")
 
 
 def _children(pid: int) -> list[int]:

@@ -73,8 +73,8 @@ def fed(fleet: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Feder
         sections={"commands": COMMANDS, "billing": POLICY},
     )
     f.setup()
-    f.start()
     try:
+        f.start()
         # Imported at the centre while it runs: the rows go down from its store.
         f.centre.h.import_fleet(fleet / "grid.csv", fleet / "meters.csv")
         yield f

@@ -28,17 +28,26 @@ def _q(text: str) -> str:
     return json.dumps(text)
 
 
+def uses_tls(cfg: Config) -> bool:
+    """The centre serves TLS with a certificate and key; a region speaks it when it
+    has the CA to verify the centre with (and may show a certificate of its own)."""
+    link = cfg.link
+    if cfg.node.role == "centre":
+        return bool(link.tls_cert and link.tls_key)
+    return bool(link.tls_ca or (link.tls_cert and link.tls_key))
+
+
 def _tls(cfg: Config, *, server: bool) -> list[str]:
     link = cfg.link
-    if not (link.tls_cert and link.tls_key):
+    if not uses_tls(cfg):
         return []
-    out = [
-        "  tls {",
-        f"    cert_file: {_q(link.tls_cert)}",
-        f"    key_file: {_q(link.tls_key)}",
-    ]
+    out = ["  tls {"]
+    if link.tls_cert and link.tls_key:
+        out += [f"    cert_file: {_q(link.tls_cert)}", f"    key_file: {_q(link.tls_key)}"]
     if link.tls_ca:
         out.append(f"    ca_file: {_q(link.tls_ca)}")
+        if server:
+            out.append("    verify: true")  # regions show certificates from this CA
     if server:
         out.append("    timeout: 5")
     out.append("  }")
@@ -79,7 +88,7 @@ def server_config(cfg: Config, secrets: NodeSecrets) -> str:
         ]
     elif node.role == "region":
         centre = next(p for p in cfg.peers if p.role == "centre")
-        scheme = "tls" if link.tls_cert and link.tls_key else "nats-leaf"
+        scheme = "tls" if uses_tls(cfg) else "nats-leaf"
         url = f"{scheme}://{node.name}:{secrets.leaf_password(centre.name)}@{node.upstream}"
         remote = [f"    url: {_q(url)}", *("  " + t for t in _tls(cfg, server=False))]
         lines += ["leafnodes {", "  reconnect: 1", "  remotes = [ {", *remote, "  } ]", "}"]

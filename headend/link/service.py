@@ -125,10 +125,17 @@ class PeerLink:
 
 class LinkService:
     def __init__(
-        self, cfg: Config, secrets: NodeSecrets, apply: Apply, ownership: Ownership | None = None
+        self,
+        cfg: Config,
+        secrets: NodeSecrets,
+        apply: Apply,
+        ownership: Ownership | None = None,
+        *,
+        online: Callable[[], dict[str, int]] | None = None,
     ) -> None:
         self.cfg = cfg
         self.ownership = ownership
+        self.online = online
         self.node = cfg.node.name
         self.role = cfg.node.role
         self.secrets = secrets
@@ -613,7 +620,19 @@ class LinkService:
         body["unconfirmed"] = {p.name: self._unconfirmed(p.name) for p in self.peers.values()}
         if self.role == "centre" and self.ownership is not None:
             body["owners"] = self.ownership.owners
+        if self.role == "region" and self.online is not None:
+            body["online"] = self.online()  # meters online per grid node, for the centre
         return body
+
+    def peers_online(self) -> dict[str, int]:
+        """Meters online per grid node as the connected peers last reported."""
+        now, timeout = time.time(), 3 * self.cfg.link.heartbeat
+        out: dict[str, int] = {}
+        for p in self.peers.values():
+            if p.last_hb and now - p.last_hb <= timeout:
+                for node, n in (p.hb.get("online") or {}).items():
+                    out[str(node)] = out.get(str(node), 0) + int(n)
+        return out
 
     def _unconfirmed(self, peer: str) -> dict[str, Any]:
         """Rows and age of what `peer` has not confirmed: in flight, and (for a region,

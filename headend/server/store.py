@@ -188,7 +188,9 @@ class StoreService:
 
         self.secrets = NodeSecrets.load(cfg, create=True)
         t = taps(cfg, self.owner, "store")
-        self.link = LinkService(cfg, self.secrets, self._apply_link, self.owner)
+        self.link = LinkService(
+            cfg, self.secrets, self._apply_link, self.owner, online=self.own_online
+        )
         if isinstance(t.tap, DownRouter):
             self.router = t.tap
         return t.tap
@@ -1093,7 +1095,16 @@ class StoreService:
         return {"queued": queued, "rejected": rejected}
 
     def online_by_node(self) -> dict[str, int]:
-        """Meters identified on the connected workers' connections, per grid node."""
+        """Meters identified on the connected workers' connections, per grid node; at
+        the centre, with those the connected regions last reported."""
+        out = self.own_online()
+        if self.link is not None and self.cfg.node.role == "centre":
+            for node, n in self.link.peers_online().items():
+                out[node] = out.get(node, 0) + n
+        return out
+
+    def own_online(self) -> dict[str, int]:
+        """Meters identified on this node's own workers' connections, per grid node."""
         out: dict[str, int] = {}
         for wid, st in self.worker_stats.items():
             if wid in self.workers:

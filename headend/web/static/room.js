@@ -272,7 +272,7 @@ function drawLink(d) {
   // A region's link to the centre, or the centre's to every region (none standalone).
   $("link-panel").hidden = !d.link;
   if (!d.link) return;
-  const regions = d.node.regions.join(", ");
+  const regions = d.node.regions.map((r) => r || "national").join(", ");
   $("link-title").textContent = `${d.node.node} (${d.node.role}, ${regions})` +
     (d.link.alarm ? ` · ALARM: ${d.link.alarm}` : "");
   fill("link", d.link.peers.map((p) =>
