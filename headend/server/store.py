@@ -34,17 +34,16 @@ from headend.clock import Clock
 from headend.commands import Command, CommandQueue, Place, Scheduler
 from headend.config import Config, from_dict
 from headend.errors import HeadendError
-from headend.ownership import NATIONAL, NotOwned, Ownership
+from headend.ownership import NotOwned, Ownership
 from headend.server import ipc
 from headend.store import spool
-from headend.store.db import Store, StoreError, Tap, migrate
+from headend.store.db import Store, StoreError, migrate
 from headend.store.ingest import COLUMNS, Backoff, Ingestor
 
 if TYPE_CHECKING:
     from headend.balance import LateData
-    from headend.link.down import DownRouter
     from headend.link.outbox import Envelope
-    from headend.link.service import LinkService
+    from headend.server.nodelink import NodeLink
 
 log = logging.getLogger("headend.store")
 
@@ -127,21 +126,30 @@ class StoreService:
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
         self.owner = Ownership.from_config(cfg)
-        self.link: LinkService | None = None
-        self.router: DownRouter | None = None
+        self.workers: dict[int, ipc.Channel] = {}
+        self.worker_stats: dict[int, dict[str, Any]] = {}
+        # A region's store sends everything up, the centre's sends master data down
+        # (headend.link); a standalone node has no link.
+        self.nodelink: NodeLink | None = None
+        if cfg.node.role != "standalone":
+            from headend.server.nodelink import NodeLink
+
+            self.nodelink = NodeLink(self)
+        self.link = self.nodelink.link if self.nodelink else None
         self.store = Store(
-            cfg.dsn, cfg.store.database, tap=self._link_setup(), cluster=cfg.store.cluster
+            cfg.dsn,
+            cfg.store.database,
+            tap=self.nodelink.tap if self.nodelink else None,
+            cluster=cfg.store.cluster,
         )
-        if self.router is not None:
-            self.router.store = self.store
+        if self.nodelink is not None and self.nodelink.router is not None:
+            self.nodelink.router.store = self.store
         # Peers' records go in through a client of their own without the tap: what
         # came from a peer is not sent back to it.
         self.peer_store = Store(cfg.dsn, cfg.store.database, cluster=cfg.store.cluster)
         self.db = cfg.store.database
         self.ingestor = Ingestor(self.store, cfg.spool_dir, max_bytes=cfg.store.max_insert_bytes)
         self.scanner = CounterScanner(cfg.spool_dir)
-        self.workers: dict[int, ipc.Channel] = {}
-        self.worker_stats: dict[int, dict[str, Any]] = {}
         self.rates: dict[int, tuple[float, dict[str, int]]] = {}
         self.started = time.time()
         self.stopping = threading.Event()
@@ -163,88 +171,12 @@ class StoreService:
             lambda: sorted(self.workers),
             owner=self.owner,
         )
-        # Commands sent down to a region, waiting for their outcome to come back up.
-        self.forwarded: dict[str, list[asyncio.Future[dict[str, Any]]]] = {}
-        # Hours of balances of other owners that arrived late (the centre recomputes
-        # its own nodes above them).
-        self.late_balance_hours: set[int] = set()
         self.scheduler = Scheduler(self.commands, cfg.commands)
         self._policy_lock = asyncio.Lock()
         self.polled = 0
         self.clock = Clock.from_config(cfg.clock)
 
-    # -- the link (region and centre nodes) -----------------------------------------------
-
-    def _link_setup(self) -> Tap | None:
-        """A region's store sends everything up, the centre's sends master data down
-        (`headend.link`); a standalone node has no link."""
-        cfg = self.cfg
-        if cfg.node.role == "standalone":
-            return None
-        from headend.link import taps
-        from headend.link.down import DownRouter
-        from headend.link.keys import NodeSecrets
-        from headend.link.service import LinkService
-
-        self.secrets = NodeSecrets.load(cfg, create=True)
-        t = taps(cfg, self.owner, "store")
-        self.link = LinkService(
-            cfg, self.secrets, self._apply_link, self.owner, online=self.own_online
-        )
-        if isinstance(t.tap, DownRouter):
-            self.router = t.tap
-        return t.tap
-
-    async def _apply_link(self, origin: str, env: Envelope) -> None:
-        """A peer's record: at the centre, what a region stored; at a region, master
-        data, commands and cancellations from the centre."""
-        from headend.link.down import apply_insert
-        from headend.link.outbox import DOWN_TABLES, UP_TABLES
-        from headend.link.service import BadRecord
-
-        loop = asyncio.get_running_loop()
-        if self.cfg.node.role == "centre":
-            if env.kind not in ("binary", "rows", "delete"):
-                raise BadRecord(f"a region sends no {env.kind} records")
-            await loop.run_in_executor(None, apply_insert, self.peer_store, origin, env, UP_TABLES)
-            if env.table == "commands" and env.kind == "rows":
-                self._forwarded_outcomes(env)
-            if env.table == "balances" and isinstance(env.data, bytes):
-                self._late_balances(env)
-            return
-        if env.kind == "binary" and env.table == "readings":
-            # The last samples of a region handed to this node (see `handover`).
-            await loop.run_in_executor(
-                None, apply_insert, self.peer_store, origin, env, frozenset({"readings"})
-            )
-            return
-        if env.kind == "rows" and env.table in DOWN_TABLES:
-            await loop.run_in_executor(None, self._apply_master, origin, env)
-            if env.table == "billing_accounts" and self.cfg.billing.policy:
-                await self._policy_soon()
-            return
-        if env.kind == "command":
-            await self._command_from_centre(origin, env.data)
-            return
-        if env.kind == "cancel":
-            with contextlib.suppress(HeadendError, KeyError):
-                self.commands.cancel(str(env.data["command_id"]), str(env.data.get("why", "")))
-            return
-        raise BadRecord(f"a centre sends no {env.kind} records for {env.table or 'nothing'}")
-
-    def _apply_master(self, origin: str, env: Envelope) -> None:
-        from headend.keys import load_master_key
-        from headend.link.down import apply_insert, rewrap_keys
-        from headend.link.outbox import DOWN_TABLES
-
-        if env.table == "meter_keys":
-            env.data = rewrap_keys(
-                env.columns, env.data, self.secrets.link_key(origin), load_master_key(self.cfg)
-            )
-        apply_insert(self.peer_store, origin, env, DOWN_TABLES)
-        self._invalidate(env.table, env.columns, env.data)
-
-    def _invalidate(self, table: str, columns: list[str], rows: list[list[Any]]) -> None:
+    def invalidate(self, table: str, columns: list[str], rows: list[list[Any]]) -> None:
         """Workers forget what they know of meters whose rows or keys changed."""
         if table not in ("meters", "meter_keys") or not rows:
             return
@@ -253,162 +185,6 @@ class StoreService:
         for ch in list(self.workers.values()):
             with contextlib.suppress(ipc.ChannelClosed, ConnectionError):
                 ch.send({"t": "invalidate", "serials": serials})
-
-    async def handover(self, region: str, to: str) -> dict[str, Any]:
-        """The centre gives `region` to node `to` (its standby when its own data centre
-        is lost, back to its owner when it returns). Every node learns it from the
-        centre's heartbeats and acts accordingly; the new owner first gets the last
-        sample of each of the region's series the centre holds, so what the lost node
-        took with it shows as a gap its VEE estimates and its scheduler reads back
-        from the meters' load profiles."""
-        if self.cfg.node.role != "centre" or self.link is None:
-            raise HeadendError("regions are handed over at the centre")
-        owners = dict(self.owner.owners)
-        if region not in owners or region == NATIONAL:
-            known = ", ".join(sorted(r for r in owners if r != NATIONAL))
-            raise HeadendError(f"unknown region {region!r}: one of {known}")
-        nodes = {self.cfg.node.name, *(p.name for p in self.cfg.peers)}
-        if to not in nodes:
-            raise HeadendError(f"{to!r} is neither this node nor one of its peers")
-        before = owners[region]
-        owners[region] = to
-        await self.link.adopt(owners)
-        sent = 0
-        if to not in (before, self.cfg.node.name):
-            # What the region's new owner sent up since its predecessor fell silent
-            # is its own already: nothing received after that goes back to it.
-            peer = self.link.peers.get(before)
-            until = peer.last_hb + 5 if peer is not None and peer.last_hb else time.time()
-            sent = await asyncio.get_running_loop().run_in_executor(
-                None, self._handover_readings, region, to, int(until)
-            )
-        log.warning(
-            "region %s handed over from %s to %s (%d readings sent)", region, before, to, sent
-        )
-        return {"region": region, "from": before, "to": to, "readings": sent}
-
-    def _handover_readings(self, region: str, to: str, until: int) -> int:
-        """Sends `to` what it needs to take over `region`'s consumption and balances
-        without writing worse figures over its owner's: the region's readings of the
-        hours its recent window recomputes (and the margin before them), and the last
-        sample of each series before that (within `late_days`); of those received before
-        `until` (when the old owner was last heard from). In slices of meters; returns
-        the readings sent."""
-        from headend.balance import NEAR
-        from headend.link.outbox import Envelope
-
-        assert self.router is not None
-        _, rows = self.store.query(
-            f"SELECT serial FROM {self.db}.meters FINAL WHERE region = %(r)s ORDER BY serial",
-            {"r": region},
-        )
-        serials = [r[0] for r in rows]
-        now = int(self.clock.now())
-        recent = now - self.cfg.store.balance_window - NEAR - 3600
-        since = now - max(1, self.cfg.store.late_days) * 86_400
-        cols = COLUMNS[spool.READINGS]
-        picked = ", ".join(cols)
-        sent = 0
-        for i in range(0, len(serials), 20_000):
-            params = {
-                "m": serials[i : i + 20_000],
-                "since": since,
-                "recent": recent,
-                "until": until,
-            }
-            for sql in (
-                f"SELECT {picked} FROM {self.db}.readings WHERE meter IN %(m)s "
-                "AND ts >= toDateTime(%(recent)s) AND received_at < toDateTime(%(until)s)",
-                "SELECT meter, obis, t, v, u, st, src, q, ra FROM (SELECT meter, obis, "
-                "max(ts) AS t, argMax(value, ts) AS v, argMax(unit, ts) AS u, "
-                "argMax(status, ts) AS st, argMax(source, ts) AS src, "
-                "argMax(quality, ts) AS q, argMax(received_at, ts) AS ra "
-                f"FROM {self.db}.readings WHERE meter IN %(m)s AND ts >= toDateTime(%(since)s) "
-                "AND ts < toDateTime(%(recent)s) AND received_at < toDateTime(%(until)s) "
-                "GROUP BY meter, obis)",
-            ):
-                _, n = self.store.query(f"SELECT count() FROM ({sql})", params)
-                if not n[0][0]:
-                    continue
-                data = self.store.raw_query(sql, params, fmt="RowBinary")
-                token = f"{self.cfg.node.name}/handover:{region}:{to}:{uuid.uuid4().hex}"
-                env = Envelope(
-                    "binary", to, "readings", cols, token, rows=int(n[0][0]), fmt="RowBinary"
-                )
-                env.data = data
-                self.router.outbox.append([env])
-                sent += int(n[0][0])
-        return sent
-
-    async def _policy_soon(self) -> None:
-        """A policy pass after accounts arrived (payments take effect now)."""
-        try:
-            await self.policy_pass(True)
-        except Exception as e:
-            log.error("billing policy pass after the centre's accounts failed: %s", e)
-
-    async def _command_from_centre(self, origin: str, data: Any) -> None:
-        """Queues a command the centre sent down, under the centre's id (once: a
-        record applied again finds it known); a meter this node does not own fails the
-        command with the owner named, which reaches the centre like any outcome."""
-        from headend.link.service import BadRecord
-
-        if not isinstance(data, dict) or "command_id" not in data or "serial" not in data:
-            raise BadRecord("a command without command_id and serial")
-        cid, serial = str(data["command_id"]), str(data["serial"])
-        loop = asyncio.get_running_loop()
-        if cid in self.commands.commands or await loop.run_in_executor(
-            None, self._command_known, serial, cid
-        ):
-            return
-        try:
-            place = await loop.run_in_executor(None, self.commands.node_of, serial)
-            self.owner.check(f"meter {serial}", place.region)
-            c = self.commands.submit(
-                serial,
-                str(data.get("kind")),
-                data.get("args") or {},
-                requested_by=str(data.get("requested_by") or origin),
-                reason=str(data.get("reason") or ""),
-                node_id=place.node_id,
-                address=place.address,
-                expires_in=float(data.get("expires_in") or self.cfg.commands.expire),
-                command_id=cid,
-            )
-            self.commands.dispatch()
-            log.info("command %s from %s queued: %s %s", cid, origin, c.kind, serial)
-        except HeadendError as e:
-            self.commands.refuse(cid, serial, str(data.get("kind")), data, str(e))
-
-    def _command_known(self, serial: str, cid: str) -> bool:
-        _, rows = self.store.query(
-            f"SELECT count() FROM {self.db}.commands WHERE serial = %(s)s AND command_id = %(c)s",
-            {"s": serial, "c": cid},
-        )
-        return bool(rows and rows[0][0])
-
-    def _forwarded_outcomes(self, env: Envelope) -> None:
-        """Command transitions that came up: wake whoever waits for a forwarded one."""
-        if not self.forwarded:
-            return
-        cols = env.columns
-        i, st = cols.index("command_id"), cols.index("state")
-        for row in env.data:
-            cid = str(row[i])
-            if cid in self.forwarded and str(row[st]) in ("done", "failed", "expired", "cancelled"):
-                public = dict(zip(cols, row, strict=True))
-                for fut in self.forwarded.pop(cid):
-                    if not fut.done():
-                        fut.set_result(public)
-
-    def _late_balances(self, env: Envelope) -> None:
-        """A region's balances for hours before the centre's recent window: its own
-        nodes above them are recomputed by the next late-data pass."""
-        from headend.balance import token_hours
-
-        span = token_hours(env.token)
-        if span is not None and span[1] - span[0] <= 400 * 86_400:
-            self.late_balance_hours.update(range(span[0], span[1], 3600))
 
     # -- ingest thread ---------------------------------------------------------------
 
@@ -789,7 +565,8 @@ class StoreService:
         the meters they came from (a bounded number of hours per pass)."""
         from headend import balance
 
-        self._take_late_balances(before, oldest, now)
+        if self.nodelink is not None:
+            self.nodelink.take_late_balances(before, oldest, now)
         if late.fetch(self.store, before, oldest) == 0:
             return
         for start, end, meters in late.take(LATE_HOURS_PER_PASS):
@@ -804,25 +581,6 @@ class StoreService:
                 who,
                 rep["readings"],
             )
-
-    def _take_late_balances(self, before: int, oldest: int, now: float) -> None:
-        """The centre's nodes above hours whose regional balances arrived late (after a
-        cut link): their balances again, from the regions' (no consumption of theirs
-        is derived here)."""
-        from headend import balance
-
-        hours = sorted(h for h in self.late_balance_hours if oldest <= h < before)
-        self.late_balance_hours.difference_update(hours)
-        self.late_balance_hours = {h for h in self.late_balance_hours if h >= oldest}
-        run: list[int] = []
-        for h in [*hours, None]:
-            if run and (h is None or h != run[-1] + 3600):
-                balance.recompute(
-                    self.store, run[0], run[-1] + 3600, now=now, meters=[], owner=self.owner
-                )
-                run = []
-            if h is not None:
-                run.append(h)
 
     async def _schedule_once(self) -> dict[str, int]:
         due = await asyncio.get_running_loop().run_in_executor(
@@ -991,7 +749,7 @@ class StoreService:
             )
             return c, None
         dest = self.owner.owner_of(meter.region)
-        if self.router is None or dest is None or dest == self.owner.node:
+        if self.nodelink is None or self.nodelink.router is None or dest in (None, self.owner.node):
             raise NotOwned(self.owner.why_not(f"meter {serial}", meter.region))
         from headend.link.outbox import Envelope
 
@@ -1024,46 +782,12 @@ class StoreService:
         c, env = self._queue(req, meter, str(req.get("requested_by") or "operator"))
         wait = float(req.get("wait", self.cfg.commands.wait))
         if env is not None:
-            return await self._forward([(c, env)], wait)
+            assert self.nodelink is not None
+            return await self.nodelink.send_commands([(c, env)], wait)
         self.commands.dispatch()
         if wait > 0:
             c = await self.commands.wait(c.command_id, wait)
         return c.public()
-
-    async def _forward(self, sent: list[tuple[Command, Envelope]], wait: float) -> dict[str, Any]:
-        """Sends commands down (one outbox append for all); waits up to `wait` seconds
-        for the outcome of the first when asked to."""
-        assert self.router is not None
-        router = self.router
-        first = sent[0][0]
-        fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-        if wait > 0:
-            self.forwarded.setdefault(first.command_id, []).append(fut)
-        await asyncio.get_running_loop().run_in_executor(
-            None, router.outbox.append, [env for _, env in sent]
-        )
-        if wait > 0:
-            try:
-                outcome = await asyncio.wait_for(fut, wait)
-            except TimeoutError:
-                pass
-            else:
-                public = first.public()
-                public.update(
-                    state=outcome.get("state", first.state),
-                    result=json.loads(outcome.get("result") or "null"),
-                    error=outcome.get("error", ""),
-                    verified_state=outcome.get("verified_state", ""),
-                    attempts=outcome.get("attempts", 0),
-                )
-                return public
-            finally:
-                waiters = self.forwarded.get(first.command_id, [])
-                if fut in waiters:
-                    waiters.remove(fut)
-                if not waiters:
-                    self.forwarded.pop(first.command_id, None)
-        return first.public()
 
     async def submit_commands(
         self, items: list[Any], requested_by: str, reason: str = ""
@@ -1090,7 +814,8 @@ class StoreService:
             except (HeadendError, TypeError, ValueError) as e:
                 rejected.append({"index": index, "reason": str(e)})
         if sent:
-            await self._forward(sent, 0.0)
+            assert self.nodelink is not None
+            await self.nodelink.send_commands(sent, 0.0)
         self.commands.dispatch()
         return {"queued": queued, "rejected": rejected}
 
@@ -1150,7 +875,7 @@ class StoreService:
             await loop.run_in_executor(
                 None, self.store.insert_rows, table, req["columns"], new_rows, None
             )
-            self._invalidate(table, list(req["columns"]), new_rows)
+            self.invalidate(table, list(req["columns"]), new_rows)
             return {"ok": True, "rows": len(new_rows)}
         if cmd == "command":
             return await self.submit_command(req)
@@ -1178,7 +903,9 @@ class StoreService:
         if cmd == "cancel":
             return self.commands.cancel(str(req["id"])).public()
         if cmd == "handover":
-            return await self.handover(str(req.get("region", "")), str(req.get("to", "")))
+            if self.nodelink is None:
+                raise HeadendError("regions are handed over at the centre")
+            return await self.nodelink.handover(str(req.get("region", "")), str(req.get("to", "")))
         if cmd == "recompute":
             from headend import balance
 
