@@ -108,10 +108,13 @@ class NodeLink:
     async def handover(self, region: str, to: str) -> dict[str, Any]:
         """The centre gives `region` to node `to` (its standby when its own data centre
         is lost, back to its owner when it returns). Every node learns it from the
-        centre's heartbeats and acts accordingly; the new owner first gets the last
-        sample of each of the region's series the centre holds, so what the lost node
-        took with it shows as a gap its VEE estimates and its scheduler reads back
-        from the meters' load profiles."""
+        centre's heartbeats and acts accordingly. The new owner first gets the region's
+        readings the centre holds for the hours it will recompute, and the last sample
+        of each series before them: so it writes no worse consumption or balances over
+        its predecessor's, and what the lost node took with it shows as a gap that its
+        VEE estimates and its scheduler reads back from the meters' load profiles. An
+        owner that returns also gets everything received for the region since it fell
+        silent (what its standby stored meanwhile)."""
         if self.cfg.node.role != "centre" or self.link is None:
             raise HeadendError("regions are handed over at the centre")
         owners = dict(self.svc.owner.owners)
@@ -124,27 +127,49 @@ class NodeLink:
         before = owners[region]
         owners[region] = to
         await self.link.adopt(owners)
+        # When the node giving the region up fell silent (now, if it is alive): what
+        # was received after that is the new owner's own already, and what a
+        # returning owner missed since it fell silent.
+        peer = self.link.peers.get(before)
+        silent = peer.last_hb + 5 if peer is not None and peer.last_hb else time.time()
+        handovers = self._handovers()
+        back = handovers.get(region, {})
+        missed = float(back["silent"]) if back.get("from") == to else None
+        handovers[region] = {"from": before, "to": to, "silent": silent, "at": time.time()}
+        await asyncio.get_running_loop().run_in_executor(
+            None, spool.durable_write, self._handovers_path(), json.dumps(handovers)
+        )
         sent = 0
         if to not in (before, self.cfg.node.name):
-            # What the region's new owner sent up since its predecessor fell silent
-            # is its own already: nothing received after that goes back to it.
-            peer = self.link.peers.get(before)
-            until = peer.last_hb + 5 if peer is not None and peer.last_hb else time.time()
             sent = await asyncio.get_running_loop().run_in_executor(
-                None, self._handover_readings, region, to, int(until)
+                None, self._handover_readings, region, to, int(silent), missed
             )
         log.warning(
             "region %s handed over from %s to %s (%d readings sent)", region, before, to, sent
         )
         return {"region": region, "from": before, "to": to, "readings": sent}
 
-    def _handover_readings(self, region: str, to: str, until: int) -> int:
+    def _handovers_path(self) -> Any:
+        return self.cfg.link_dir / "handovers.json"
+
+    def _handovers(self) -> dict[str, dict[str, Any]]:
+        """Each region's last handover: from whom, to whom, when the giver fell silent."""
+        try:
+            d = json.loads(self._handovers_path().read_text())
+        except (FileNotFoundError, ValueError):
+            return {}
+        return d if isinstance(d, dict) else {}
+
+    def _handover_readings(
+        self, region: str, to: str, until: int, missed: float | None = None
+    ) -> int:
         """Sends `to` what it needs to take over `region`'s consumption and balances
         without writing worse figures over its owner's: the region's readings of the
         hours its recent window recomputes (and the margin before them), and the last
         sample of each series before that (within `late_days`); of those received before
-        `until` (when the old owner was last heard from). In slices of meters; returns
-        the readings sent."""
+        `until` (when the old owner was last heard from). An owner that returns
+        (`missed`: when it fell silent) also gets every reading received since. In
+        slices of meters; returns the readings sent."""
         from headend.balance import NEAR
         from headend.link.outbox import Envelope
 
@@ -166,10 +191,12 @@ class NodeLink:
                 "since": since,
                 "recent": recent,
                 "until": until,
+                "missed": int(missed if missed is not None else until),
             }
             for sql in (
                 f"SELECT {picked} FROM {self.svc.db}.readings WHERE meter IN %(m)s "
-                "AND ts >= toDateTime(%(recent)s) AND received_at < toDateTime(%(until)s)",
+                "AND ((ts >= toDateTime(%(recent)s) AND received_at < toDateTime(%(until)s)) "
+                "OR received_at >= toDateTime(%(missed)s))",
                 "SELECT meter, obis, t, v, u, st, src, q, ra FROM (SELECT meter, obis, "
                 "max(ts) AS t, argMax(value, ts) AS v, argMax(unit, ts) AS u, "
                 "argMax(status, ts) AS st, argMax(source, ts) AS src, "
