@@ -184,7 +184,7 @@ def probe(
             f"SELECT count() FROM ami.readings WHERE meter = '{serial}' "
             f"AND ts = toDateTime({ts}, 'UTC')"
         )
-        while c.call("sql", query=q)["rows"][0][0] < REGISTERS:
+        while c.call("query", query=q)["rows"][0][0] < REGISTERS:
             time.sleep(0.02)
         lat.append(time.perf_counter() - t0)
         time.sleep(max(0.0, 0.2 - lat[-1]))

@@ -60,9 +60,12 @@ def import_records(
     source: str = "request",
     db: str = "ami",
     owner: Ownership | None = None,
+    *,
+    sees: Callable[[str], bool] | None = None,
 ) -> ImportReport:
     """Loads accounts sent as JSON objects (the HTTP API): the CSV's columns as keys,
-    numbers and booleans allowed; bad records are reported by position and skipped."""
+    numbers and booleans allowed; bad records are reported by position and skipped.
+    `sees` (the person's regions) refuses accounts with meters outside them."""
     report = ImportReport(source)
 
     def text(v: Any) -> str:
@@ -85,7 +88,7 @@ def import_records(
             report.bad.append((i, "account_id and debt are required"))
             continue
         rows.append((i, {c: text(rec.get(c)) for c in ACCOUNT_COLUMNS}))
-    return load_accounts(rows, store, report, db=db, owner=owner)
+    return load_accounts(rows, store, report, db=db, owner=owner, sees=sees)
 
 
 def load_accounts(
@@ -95,10 +98,12 @@ def load_accounts(
     *,
     db: str = "ami",
     owner: Ownership | None = None,
+    sees: Callable[[str], bool] | None = None,
 ) -> ImportReport:
     """Checks each (line, record) and inserts the good ones into `billing_accounts`;
     an account whose meters lie in a region `owner` does not own is refused naming the
-    owner (an account with no meters here yet is taken)."""
+    owner (an account with no meters here yet is taken), and so is one with meters in
+    a region the importing person may not reach (`sees`)."""
     good: list[list[Any]] = []
     lines: list[int] = []
     seen: set[str] = set()
@@ -133,6 +138,8 @@ def load_accounts(
         seen.add(acc)
         good.append([acc, debt, since, flag in TRUE, r["note"], now])
         lines.append(line)
+    if sees is not None and good:
+        lines, good = _within(store, db, sees, lines=lines, good=good, report=report)
     if owner is not None and not owner.everything and good:
         good = _owned_accounts(store, db, owner, zip(lines, good, strict=True), report)
     for i in range(0, len(good), CHUNK):
@@ -140,6 +147,29 @@ def load_accounts(
     report.loaded = len(good)
     report.bad.sort()
     return report
+
+
+def _within(
+    store: SqlAccess,
+    db: str,
+    sees: Callable[[str], bool],
+    *,
+    lines: list[int],
+    good: list[list[Any]],
+    report: ImportReport,
+) -> tuple[list[int], list[list[Any]]]:
+    """The accounts (and their lines) whose meters all lie in regions the importing
+    person reaches; the others are refused by line."""
+    regions = account_regions(store, db, [g[0] for g in good])
+    kept: list[tuple[int, list[Any]]] = []
+    for line, g in zip(lines, good, strict=True):
+        outside = sorted(r for r in regions.get(g[0], ()) if not sees(r))
+        if outside:
+            where = outside[0] or "above the regions"
+            report.bad.append((line, f"account {g[0]} has meters in {where}, outside yours"))
+        else:
+            kept.append((line, g))
+    return [n for n, _ in kept], [g for _, g in kept]
 
 
 def _owned_accounts(

@@ -8,7 +8,6 @@ import datetime as dt
 import io
 import json
 import logging
-import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -118,14 +117,30 @@ class _Access:
             migrate(self.store)
 
     def sql(self, query: str) -> tuple[list[str], list[list[Any]]]:
-        from headend.server.store import check_sql, jsonable
+        from headend.server.store import jsonable
 
         if self.admin is not None:
             r = self.admin.call("sql", query=query)
             return r["columns"], r["rows"]
-        check_sql(query)
-        cols, rows = self.store.query(query)
+        cols, rows = self.call("sql", query=query)
         return cols, jsonable(rows)
+
+    def call(self, cmd: str, **args: Any) -> Any:
+        """A people command (``users.*``, ``audit``, ``sql``): through the server, or
+        here on the store with the same code, as the local user."""
+        if self.admin is not None:
+            return self.admin.call(cmd, **args)
+        import asyncio
+
+        from headend.server import access
+        from headend.sqlguard import Guard
+
+        people = access.people_for(self.cfg, self.store).load()
+        guard = Guard(self.store, self.cfg.store.database)
+        who = access.local_principal()
+        return asyncio.run(
+            access.admin_command(people, guard, self.store, who, {"cmd": cmd, **args})
+        )
 
     @property
     def access(self) -> Any:
@@ -360,7 +375,6 @@ def cmd_command(args: argparse.Namespace) -> int:
             wait=args.wait,
             expires_in=args.expire,
             reason=args.reason or "",
-            requested_by=f"operator:{os.environ.get('USER', 'unknown')}",
         )
         client.close()
     except HeadendError as e:
@@ -698,14 +712,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "sql",
-        help="run SQL on the store",
-        description="Run SQL on the store (through the "
-        "running server if there is one, else directly).",
+        help="run read-only SQL on the documented tables",
+        description="Run one SELECT on the documented tables (through the running server "
+        "if there is one, else directly): read-only, no table functions that reach "
+        "files or the network, never the key or account tables, limits on time, memory "
+        "and result size (headend/sqlguard.py). Each query is an audit row.",
     )
     p.add_argument("query")
     p.add_argument("--format", choices=("table", "csv", "json"), default="table")
     _add_common(p)
     p.set_defaults(func=cmd_sql)
+
+    from headend import cli_people
+
+    cli_people.add_parsers(sub, _add_common)
 
     for noun, func, cols in (
         ("grid", cmd_grid_import, "node_id,parent_id,level,commodity,name,admin_unit,lat,lon"),

@@ -403,15 +403,26 @@ class CommandQueue:
         self._finish(c, "cancelled", error=why)
         return c
 
-    async def wait(self, command_id: str, timeout: float) -> Command:
-        c = self.commands.get(command_id)
-        if c is None:
+    def watch(self, command_id: str) -> asyncio.Future[Command]:
+        """A future for a pending command's outcome, registered now (so an outcome
+        that arrives before anyone awaits it is not missed)."""
+        if command_id not in self.commands:
             raise CommandError(f"no pending command {command_id!r}")
         fut: asyncio.Future[Command] = asyncio.get_running_loop().create_future()
         self.waiters.setdefault(command_id, []).append(fut)
+        return fut
+
+    async def wait(
+        self, command_id: str, timeout: float, fut: asyncio.Future[Command] | None = None
+    ) -> Command:
+        """The command once finished, or as it stands after `timeout` seconds."""
+        c = self.commands.get(command_id)
+        if fut is None:
+            fut = self.watch(command_id)
         try:
             return await asyncio.wait_for(asyncio.shield(fut), timeout)
         except TimeoutError:
+            assert c is not None
             return c
 
     # -- dispatch ---------------------------------------------------------------------------

@@ -213,11 +213,33 @@ class HttpConfig:
     """Address to listen on ("0.0.0.0": every interface)."""
     port: int = 8080
     """TCP port (0: no HTTP at all)."""
+    tls_cert: str = ""
+    """PEM certificate (chain) for HTTPS on `port`; with `tls_key`. `headend certs`
+    makes a self-signed pair for tests and small sites."""
+    tls_key: str = ""
+    """PEM private key of `tls_cert` (mode 0600)."""
+    plain_port: int = 0
+    """With TLS: a port that also speaks plain HTTP, answering only `open_reads`
+    networks (local scrapers and tools); 0: none."""
     token: str = ""
-    """Bearer token that writes (billing, commands) require; empty: writes are refused."""
+    """Retired: people log in with their own accounts (`headend users`). A token set
+    here is kept as the personal API token of an admin named `token-admin`, created at
+    start, so existing scripts keep working until it is revoked."""
     open_reads: str = "127.0.0.0/8,::1/128"
-    """Networks (comma-separated CIDR) that may read without the token; empty: reads
-    need the token too."""
+    """Networks (comma-separated CIDR) that may scrape /metrics without logging in,
+    and, when TLS is configured, may still use plain HTTP."""
+    server_names: tuple[str, ...] = ()
+    """Host names the page and API answer to (besides IP addresses and localhost);
+    a request naming any other host is refused (DNS rebinding)."""
+    header_timeout: float = 10.0
+    """Seconds a connection may take to send a request's headers (slow clients are
+    cut off; idle keep-alive connections too)."""
+    body_timeout: float = 60.0
+    """Seconds a request may take to send its body."""
+    session_idle: float = 1800.0
+    """Seconds of inactivity after which a page login ends."""
+    session_max: float = 12 * 3600.0
+    """Seconds after which a page login ends however active."""
     refresh: float = 10.0
     """Seconds between refreshes of the situation room's figures (grid, today's
     balances, meters online)."""

@@ -623,7 +623,7 @@ def _compare_balances(r: Run) -> tuple[int, list[dict[str, Any]]]:
             continue
         q = per_hour.format(f"UZ-{code}")
         mine = _rows(fed.nodes[name], q, running=True)
-        theirs = {x[0]: x[1:] for x in fed.centre.h.admin("sql", query=q)["rows"]}
+        theirs = {x[0]: x[1:] for x in fed.centre.h.admin("query", query=q)["rows"]}
         for h, *figures in mine:
             hours += 1
             if theirs.get(h) != figures:
@@ -637,7 +637,7 @@ def _rows(node: Node, query: str, running: bool) -> list[list[Any]]:
     """Rows from a node: through its server, or from its store on disk when its node
     is gone (a command opens the embedded store then)."""
     if running:
-        return node.h.admin("sql", query=query)["rows"]  # type: ignore[no-any-return]
+        return node.h.admin("query", query=query)["rows"]  # type: ignore[no-any-return]
     out = subprocess.run(
         [sys.executable, "-m", "headend", "sql", query, "--format", "json"],
         env={**os.environ, "HEADEND_DATA": str(node.h.data)},

@@ -221,7 +221,7 @@ class Probe(threading.Thread):
             deadline = time.monotonic() + 120
             while time.monotonic() < deadline and not self.stop.is_set():
                 try:
-                    seen = admin.call("sql", query=q)["rows"][0][0] >= 6
+                    seen = admin.call("query", query=q)["rows"][0][0] >= 6
                 except (AdminError, ServerNotRunning, OSError):
                     # The node checked restarts: ask again once it is back.
                     admin.close()

@@ -167,7 +167,7 @@ class Headend:
             c.close()
 
     def scalar(self, sql: str) -> Any:
-        return self.admin("sql", query=sql)["rows"][0][0]
+        return self.admin("query", query=sql)["rows"][0][0]
 
     def pids(self) -> tuple[list[int], int]:
         """(worker pids, store pid)."""

@@ -276,7 +276,7 @@ class Server:
             c.close()
 
     def sql(self, query: str) -> list[list[Any]]:
-        return self.admin("sql", query=query)["rows"]  # type: ignore[no-any-return]
+        return self.admin("query", query=query)["rows"]  # type: ignore[no-any-return]
 
     def scalar(self, query: str) -> Any:
         return self.sql(query)[0][0]

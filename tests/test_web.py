@@ -9,6 +9,8 @@ import datetime as dt
 import json
 import os
 import re
+import socket
+import ssl
 import subprocess
 import time
 import urllib.error
@@ -19,14 +21,17 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from headend.balance import LOCAL
+from headend.certs import write_pair
 from headend.clock import Clock
 from headend.config import CommandsConfig, HttpConfig
+from headend.people import People, Principal
 from headend.web import openapi
-from headend.web.app import Api
+from headend.web.app import Api, serve
 from loadtest import sim
 from loadtest.grid import generate
 from loadtest.headend import free_port
@@ -34,7 +39,7 @@ from tests.browser import Browser
 from tests.server_harness import Server, running
 from tests.test_sim import consumer, meters
 
-TOKEN = "test-token-0123456789"  # noqa: S105 (a test server's token)
+TOKEN = "test-token-0123456789"
 ARTIFACTS = Path(
     os.environ.get("HEADEND_ARTIFACTS", Path(__file__).parent.parent / "test-artifacts")
 )
@@ -44,16 +49,47 @@ ARTIFACTS = Path(
 
 
 class FakeStore:
+    """Answers queries with nothing and keeps what is inserted (the audit rows)."""
+
+    def __init__(self) -> None:
+        self.rows: dict[str, list[list[Any]]] = {}
+
     def query(
         self, sql: str, params: Any = None, settings: Any = None
     ) -> tuple[list[str], list[Any]]:
         return [], []
 
+    def insert_rows(self, table: str, columns: Any, rows: Any, token: Any = None) -> None:
+        self.rows.setdefault(table, []).extend([list(r) for r in rows])
+
 
 def fake_backend(**http: Any) -> Any:
     cfg = SimpleNamespace(http=HttpConfig(**http), commands=CommandsConfig(), workers=2)
     queue = SimpleNamespace(commands={}, stats=lambda: {"pending": 0})
-    return SimpleNamespace(cfg=cfg, db="ami", clock=Clock(), store=FakeStore(), commands=queue)
+    store = FakeStore()
+    people = People(store, "ami", "n1")
+    admin = Principal.system("test-admin", "test", "test")
+    people.add(admin, "vera", ["viewer"], ["UZ-SA"], password="viewer-password-1")
+    people.add(admin, "otto", ["operator"], ["UZ-SA"], password="operator-password-1")
+
+    async def submit_command(req: dict[str, Any], who: Principal) -> dict[str, Any]:
+        who.require("command")
+        return {"state": "queued", "requested_by": who.name}
+
+    async def audit(who: Principal, action: str, *args: Any, **kw: Any) -> None:
+        people.audit(who, action, *args, **kw)
+
+    return SimpleNamespace(
+        cfg=cfg,
+        db="ami",
+        clock=Clock(),
+        store=store,
+        commands=queue,
+        people=people,
+        owner=SimpleNamespace(node="n1"),
+        submit_command=submit_command,
+        audit=audit,
+    )
 
 
 def test_openapi_describes_every_route() -> None:
@@ -70,38 +106,129 @@ def test_openapi_describes_every_route() -> None:
     # Every operation answers errors in the documented shape.
     for path, ops in openapi.SPEC["paths"].items():
         for op in ops.values():
-            assert "200" in op["responses"] or "202" in op["responses"], path
+            assert {"200", "201", "202"} & set(op["responses"]), path
 
 
-def test_reads_and_writes_need_the_token() -> None:
+def test_people_log_in_and_act_within_their_roles() -> None:
     async def go() -> None:
-        # Loopback is not in open_reads here: reads need the token too.
-        api = Api(fake_backend(token=TOKEN, open_reads="10.0.0.0/8"))
+        backend = fake_backend()
+        people: People = backend.people
+        vera_token, _ = people.issue_token(Principal.system("t", "t", "t"), "vera")
+        api = Api(backend)
         async with TestClient(TestServer(api.app())) as c:
+            # Nobody: grid data needs a person; the page, its description and the login
+            # do not.
             r = await c.get("/api/commands")
             assert r.status == 401
-            assert "bearer token" in (await r.json())["error"]
-            r = await c.get("/api/commands", headers={"Authorization": "Bearer wrong"})
+            assert "log in first" in (await r.json())["error"]
+            assert (await c.get("/api/openapi.json")).status == 200
+            assert (await (await c.get("/api/me")).json())["user"] is None
+            r = await c.get("/api/commands", headers={"Authorization": "Bearer hk_nope_nope"})
             assert r.status == 401
-            r = await c.get("/api/commands", headers={"Authorization": f"Bearer {TOKEN}"})
+            # A viewer reads and may not command; the 403 names the role needed.
+            bearer = {"Authorization": f"Bearer {vera_token}"}
+            r = await c.get("/api/commands", headers=bearer)
             assert r.status == 200
             assert (await r.json())["pending"] == []
-            r = await c.post("/api/billing/accounts", json=[])
-            assert r.status == 401
-            # The API description is public; bad parameters say what is wrong.
-            assert (await c.get("/api/openapi.json")).status == 200
-            r = await c.get("/api/commands?limit=x", headers={"Authorization": f"Bearer {TOKEN}"})
+            r = await c.post("/api/commands", json={"serial": "X", "kind": "read"}, headers=bearer)
+            assert r.status == 403
+            assert "needs the role admin or operator" in (await r.json())["error"]
+            r = await c.get("/api/users", headers=bearer)
+            assert r.status == 403
+            # Bad parameters say what is wrong, with a 400 and no traceback.
+            r = await c.get("/api/commands?limit=x", headers=bearer)
             assert r.status == 400
             assert "limit='x' is not a whole number" in (await r.json())["error"]
-        # Without a configured token, writes are refused whoever asks.
-        api = Api(fake_backend(token=""))
-        async with TestClient(TestServer(api.app())) as c:
-            r = await c.post("/api/commands", json={"serial": "X", "kind": "read"})
+            r = await c.get("/api/alarms?to=99999999999999999999", headers=bearer)
+            assert r.status == 400
+            assert "out of range" in (await r.json())["error"]
+            r = await c.get("/api/alarms?from=yesterday", headers=bearer)
+            assert r.status == 400
+            # Another site's name for this address (DNS rebinding) is refused.
+            r = await c.get("/api/summary", headers={**bearer, "Host": "evil.example"})
+            assert r.status == 421
+            r = await c.get("/", headers={"Host": "evil.example:80"})
+            assert r.status == 421
+
+            # A page login: wrong password, then right; the cookie alone cannot write.
+            r = await c.post("/api/login", json={"name": "otto", "password": "wrong-password"})
+            assert r.status == 401
+            r = await c.post("/api/login", json={"name": "otto", "password": "operator-password-1"})
+            assert r.status == 200
+            body = await r.json()
+            csrf = body["csrf"]
+            assert body["user"]["roles"] == ["operator"]
+            cookie = r.cookies["headend_session"]
+            assert cookie["httponly"]
+            assert cookie["samesite"] == "Strict"
+            me = await (await c.get("/api/me")).json()
+            assert me["user"]["name"] == "otto"
+            assert me["csrf"] == csrf
+            cmd = {"serial": "X", "kind": "read"}
+            r = await c.post("/api/commands", json=cmd)  # a stolen cookie, no CSRF token
             assert r.status == 403
-            assert "set [http] token" in (await r.json())["error"]
-            assert (await c.get("/api/commands")).status == 200  # loopback reads are open
+            assert "X-CSRF-Token" in (await r.json())["error"]
+            r = await c.post("/api/commands", json=cmd, headers={"X-CSRF-Token": "guess"})
+            assert r.status == 403
+            r = await c.post("/api/commands", json=cmd, headers={"X-CSRF-Token": csrf})
+            assert r.status == 202
+            assert (await r.json())["requested_by"] == "otto"
+            r = await c.post("/api/logout", json={}, headers={"X-CSRF-Token": csrf})
+            assert r.status == 200
+            assert (await c.get("/api/commands")).status == 401
+        # Every login, good or bad, and the logout are audit rows.
+        audit = [(r[2], r[5], r[7]) for r in backend.store.rows["audit"]]
+        assert ("otto", "login", "refused") in audit
+        assert ("otto", "login", "ok") in audit
+        assert ("otto", "logout", "ok") in audit
 
     asyncio.run(go())
+
+
+def test_https_and_plain_http_for_local_tools(tmp_path: Path) -> None:
+    cert, key = write_pair(tmp_path / "pki", ["127.0.0.1"])
+    assert (key.stat().st_mode & 0o077) == 0
+
+    async def go(open_reads: str) -> dict[str, Any]:
+        port, plain = free_port(), free_port()
+        backend = fake_backend(
+            port=port,
+            plain_port=plain,
+            tls_cert=str(cert),
+            tls_key=str(key),
+            open_reads=open_reads,
+        )
+        served = await serve(backend)
+        assert served is not None
+        out: dict[str, Any] = {}
+        try:
+            trust = ssl.create_default_context(cafile=str(cert))
+            async with aiohttp.ClientSession() as s:
+                login = {"name": "vera", "password": "viewer-password-1"}
+                r = await s.post(f"https://127.0.0.1:{port}/api/login", json=login, ssl=trust)
+                out["login"] = r.status
+                out["secure"] = r.cookies["headend_session"]["secure"]
+                r = await s.get(f"http://127.0.0.1:{plain}/healthz")
+                out["plain"] = r.status
+                out["plain_error"] = (await r.json()).get("error", "")
+                try:
+                    await s.get(f"https://127.0.0.1:{port}/api/me")  # not trusting it
+                    out["untrusted"] = "answered"
+                except aiohttp.ClientConnectorCertificateError:
+                    out["untrusted"] = "refused"
+        finally:
+            await served[0].cleanup()
+        return out
+
+    # Plain HTTP from an address outside open_reads is turned away, towards HTTPS.
+    out = asyncio.run(go("10.0.0.0/8"))
+    assert out["login"] == 200
+    assert out["secure"]  # the session cookie never travels in clear
+    assert out["plain"] == 403
+    assert "https" in out["plain_error"]
+    assert out["untrusted"] == "refused"
+    # Local tools (open_reads) may use the plain port.
+    assert asyncio.run(go("127.0.0.0/8"))["plain"] != 403
 
 
 # -- a live head-end ---------------------------------------------------------------------------
@@ -126,15 +253,24 @@ def local_noon() -> int:
     return int(noon.timestamp())
 
 
-def get(url: str, token: str | None = None, data: Any = None) -> tuple[int, Any]:
-    headers = {"Accept": "application/json"}
+def get(
+    url: str,
+    token: str | None = TOKEN,
+    data: Any = None,
+    headers: dict[str, str] | None = None,
+    method: str | None = None,
+) -> tuple[int, Any]:
+    """A request as `token`'s person (the retired [http] token: token-admin)."""
+    headers = {"Accept": "application/json", **(headers or {})}
     body = None
     if token:
         headers["Authorization"] = f"Bearer {token}"
     if data is not None:
         body = json.dumps(data).encode()
         headers["Content-Type"] = "application/json"
-    req = urllib.request.Request(url, data=body, headers=headers)  # noqa: S310 (http only)
+    req = urllib.request.Request(  # noqa: S310 (http only)
+        url, data=body, headers=headers, method=method
+    )
     try:
         with urllib.request.urlopen(req, timeout=60) as r:  # noqa: S310
             raw = r.read()
@@ -159,7 +295,7 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
         server_settings={"handshake_timeout": 30.0},
         store_settings={"balance_interval": 0.0},
         sections={
-            "http": {"port": port, "token": TOKEN, "refresh": 1.0},
+            "http": {"port": port, "token": TOKEN, "refresh": 1.0, "header_timeout": 2.0},
             # The store's clock stands at Tashkent noon, running at real speed.
             "clock": {"speed": 1.0, "start": float(noon), "anchor": time.time()},
             "commands": {"schedule_interval": 0.0, "request_timeout": 5.0},
@@ -322,7 +458,7 @@ def test_billing_and_commands_over_http(live: Live) -> None:
         {"account_id": account, "debt": 250000, "overdue_since": "2020-01-01", "protected": False},
         {"account_id": "BAD ID!", "debt": "lots"},
     ]
-    assert get(url + "/api/billing/accounts", data=accounts)[0] == 401
+    assert get(url + "/api/billing/accounts", token=None, data=accounts)[0] == 401
     status, r = get(url + "/api/billing/accounts", token=TOKEN, data={"accounts": accounts})
     assert status == 207
     assert r["loaded"] == 1
@@ -339,11 +475,11 @@ def test_billing_and_commands_over_http(live: Live) -> None:
         "args": {"objects": [[1, "0.0.96.1.0.255", 2]]},
         "wait": 30,
     }
-    assert get(url + "/api/commands", data=cmd)[0] == 401
+    assert get(url + "/api/commands", token=None, data=cmd)[0] == 401
     status, c = get(url + "/api/commands", token=TOKEN, data=cmd)
     assert status == 200, c
     assert c["state"] == "done", c
-    assert c["requested_by"].startswith("http:")
+    assert c["requested_by"] == "token-admin"  # the retired token's account
     status, bad = get(url + "/api/commands", token=TOKEN, data={**cmd, "serial": "NOPE"})
     assert status == 404
     assert "unknown meter" in bad["error"]
@@ -375,15 +511,49 @@ def test_billing_and_commands_over_http(live: Live) -> None:
     assert any(h["command_id"] == c["command_id"] and h["state"] == "done" for h in hist["rows"])
 
 
+def add_user(url: str, name: str, roles: list[str], regions: list[str]) -> str:
+    """An account made by the admin over the API; returns its password."""
+    password = f"{name}-password-0"
+    status, r = get(
+        url + "/api/users",
+        data={"name": name, "roles": roles, "regions": regions, "password": password},
+    )
+    assert status == 201, r
+    return password
+
+
+async def log_in(b: Browser, name: str, password: str) -> None:
+    await b.wait_for("!document.getElementById('login').hidden")
+    await b.js(
+        f"document.getElementById('login-name').value = {json.dumps(name)};"
+        f"document.getElementById('login-password').value = {json.dumps(password)};"
+        "document.getElementById('login-submit').click(); true"
+    )
+    await b.wait_for("document.body.dataset.ready === '1'")
+
+
+async def log_out(b: Browser) -> bool:
+    await b.js("document.getElementById('logout').click(); true")
+    await b.wait_for("!document.getElementById('login').hidden")
+    return bool(await b.js("fetch('/api/me').then(r => r.json()).then(j => j.user === null)"))
+
+
 def test_situation_room_in_a_real_browser(live: Live) -> None:
     url = live.url
     shot = ARTIFACTS / "situation-room.png"
+    ria = add_user(url, "ria", ["viewer"], ["*"])
+    tash = add_user(url, "tash", ["viewer"], ["UZ-TK"])
 
-    async def go() -> tuple[list[dict[str, Any]], list[str], list[str], str]:
+    async def go() -> dict[str, Any]:
+        out: dict[str, Any] = {}
         async with Browser() as b:
             await b.goto(url + "/")
-            await b.wait_for("document.body.dataset.ready === '1'")
-            rows = await b.js(
+            # Nobody is logged in: the page asks, and shows nothing of the grid.
+            await b.wait_for("!document.getElementById('login').hidden")
+            out["before"] = await b.js("document.querySelectorAll('#regions tbody tr').length")
+            await log_in(b, "ria", ria)
+            out["who"] = await b.js("document.getElementById('who').textContent")
+            out["rows"] = await b.js(
                 "[...document.querySelectorAll('#regions tbody tr')].map(tr => ({"
                 "node: tr.dataset.node, name: tr.cells[0].textContent,"
                 "input: tr.querySelector('.in').textContent}))"
@@ -395,18 +565,33 @@ def test_situation_room_in_a_real_browser(live: Live) -> None:
             await b.wait_for(
                 "document.querySelector('#crumbs').textContent.includes('Tashkent city')"
             )
-            crumbs = await b.js(
+            out["crumbs"] = await b.js(
                 "[...document.querySelectorAll('#crumbs a')].map(a => a.textContent)"
             )
             await b.wait_for("document.querySelectorAll('#children tbody tr.click').length > 0")
-            title = await b.js("document.querySelector('#children-title').textContent")
-            return rows, crumbs, list(b.errors), title
+            out["title"] = await b.js("document.querySelector('#children-title').textContent")
+            out["errors"] = list(b.errors)
+            out["ria_out"] = await log_out(b)
+            # A viewer of one region sees that region only.
+            await log_in(b, "tash", tash)
+            out["tash_rows"] = await b.js(
+                "[...document.querySelectorAll('#regions tbody tr')].map(tr => tr.dataset.node)"
+            )
+            out["errors"] += list(b.errors[len(out["errors"]) :])
+            out["tash_out"] = await log_out(b)
+            # After logging out, a refresh in flight may meet a 401; nothing else.
+            out["late"] = [e for e in b.errors[len(out["errors"]) :] if "401" not in e]
+        return out
 
-    rows, crumbs, errors, title = asyncio.run(go())
-    assert errors == [], errors
+    out = asyncio.run(go())
+    assert out["errors"] == [], out["errors"]
+    assert out["late"] == [], out["late"]
+    assert out["before"] == 0
+    assert out["who"].startswith("ria · viewer · republic")
     assert shot.stat().st_size > 20_000
     _, regions = get(url + "/api/nodes?level=region")
     api = {r["node_id"]: r for r in regions["nodes"]}
+    rows = out["rows"]
     assert {r["node"] for r in rows} == set(api)
     for r in rows:
         want = api[r["node"]]
@@ -416,5 +601,107 @@ def test_situation_room_in_a_real_browser(live: Live) -> None:
             assert r["input"] == "\u2013"  # an en dash: no figure
         else:
             assert float(r["input"]) == pytest.approx(e["input"], abs=0.051)
-    assert crumbs == ["Republic of Uzbekistan", "Tashkent city"]
-    assert title == "Districts"
+    assert out["crumbs"] == ["Republic of Uzbekistan", "Tashkent city"]
+    assert out["title"] == "Districts"
+    assert out["tash_rows"] == ["UZ-TK"]
+    assert out["ria_out"]
+    assert out["tash_out"]
+
+
+def test_people_act_within_their_roles_and_regions(live: Live) -> None:
+    url, srv = live.url, live.srv
+    mine = consumer(live.fleet, skip=3)["serial"]  # online, answers reads
+    regions = dict(
+        (s, r) for s, r in srv.sql("SELECT serial, region FROM ami.meters FINAL WHERE region != ''")
+    )
+    a = regions[mine]
+    other = next(s for s, r in sorted(regions.items()) if r != a)
+    b = regions[other]
+    add_user(url, "vi", ["viewer"], [a])
+    add_user(url, "op", ["operator"], [a])
+    tokens = {}
+    for name in ("vi", "op"):
+        status, t = get(url + f"/api/users/{name}/tokens", data={"label": "test"})
+        assert status == 201, t
+        tokens[name] = t["token"]
+    vi, op = tokens["vi"], tokens["op"]
+
+    # A viewer sees its region and nothing of another's; it may not command.
+    _, nodes = get(url + "/api/nodes?level=region", token=vi)
+    assert [n["node_id"] for n in nodes["nodes"]] == [a]
+    assert get(url + f"/api/meters/{mine}", token=vi)[0] == 200
+    assert get(url + f"/api/meters/{other}", token=vi)[0] == 404
+    assert get(url + f"/api/meters/{other}/readings", token=vi)[0] == 404
+    _, alarms = get(url + "/api/alarms?limit=500", token=vi)
+    assert all(regions.get(x["meter"]) == a for x in alarms["rows"])
+    read = {"kind": "read", "args": {"objects": [[1, "0.0.96.1.0.255", 2]]}}
+    status, r = get(url + "/api/commands", token=vi, data={"serial": mine, **read})
+    assert status == 403
+    assert "operator" in r["error"]
+    assert get(url + "/api/audit", token=vi)[0] == 403
+    # An operator of region a cannot command a meter of region b, alone or in a batch.
+    status, r = get(url + "/api/commands", token=op, data={"serial": other, **read})
+    assert status == 403, r
+    assert f"region {b}" in r["error"]
+    status, c = get(url + "/api/commands", token=op, data={"serial": mine, **read, "wait": 30})
+    assert status == 200, c
+    assert c["state"] == "done", c
+    assert c["requested_by"] == "op"
+    status, batch = get(
+        url + "/api/commands", token=op, data=[{"serial": mine, **read}, {"serial": other, **read}]
+    )
+    assert status == 207
+    assert [x["index"] for x in batch["rejected"]] == [1]
+    assert "outside op's regions" in batch["rejected"][0]["reason"]
+    # Each of these is an audit row: who, what, on what, how it ended.
+    status, audit = get(url + "/api/audit?limit=200")
+    assert status == 200
+    rows = [(x["user"], x["action"], x["target"], x["outcome"]) for x in audit["rows"]]
+    assert ("op", "command", other, "refused") in rows
+    assert ("op", "command", mine, "ok") in rows
+    assert ("vi", "http", "POST /api/commands", "refused") in rows
+    assert ("token-admin", "user.add", "op", "ok") in rows
+    assert any(x[:2] == ("op", "batch") for x in rows)
+    src = next(x for x in audit["rows"] if x["user"] == "op" and x["action"] == "command")
+    assert src["source"].startswith("http:127.0.0.1")
+    assert src["roles"] == "operator"
+    # The same rows in ClickHouse, where nothing in the API can change them.
+    assert srv.scalar("SELECT count() FROM ami.audit WHERE user = 'op'") >= 3
+
+
+def test_the_http_server_holds_off_hostile_requests(live: Live) -> None:
+    url, srv = live.url, live.srv
+    port = int(url.rsplit(":", 1)[1])
+    # Another site's name for this address (DNS rebinding): refused.
+    status, r = get(url + "/api/summary", headers={"Host": "attacker.example"})
+    assert status == 421
+    assert "attacker.example" in r["error"]
+    # A time out of range: a 400 naming it, and no traceback in the log.
+    status, r = get(url + "/api/alarms?to=99999999999999999999")
+    assert status == 400, r
+    assert "to='99999999999999999999' is out of range" in r["error"]
+    # Half-open requests: headers never finished. Every one is cut off after
+    # [http] header_timeout (2 s here), none is held.
+    socks = []
+    for _ in range(1500):
+        s = socket.create_connection(("127.0.0.1", port), timeout=5)
+        s.sendall(b"GET /api/summary HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")
+        socks.append(s)
+    time.sleep(6)
+    closed = 0
+    for s in socks:
+        s.settimeout(2)
+        try:
+            closed += s.recv(1024) == b""
+        except ConnectionResetError:
+            closed += 1
+        except TimeoutError:
+            pass
+        finally:
+            s.close()
+    assert closed == len(socks)
+    assert get(url + "/api/summary")[0] == 200  # and the server still answers
+    assert "Traceback" not in srv.log.read_text()
+    # Settings and data are the service user's alone.
+    assert (srv.data.stat().st_mode & 0o077) == 0
+    assert ((srv.data / "run" / "config.json").stat().st_mode & 0o077) == 0

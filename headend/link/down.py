@@ -23,7 +23,7 @@ from typing import Any
 from headend.codec import MasterKey
 from headend.config import Config
 from headend.link.keys import NodeSecrets
-from headend.link.outbox import DOWN_TABLES, Envelope, Outbox
+from headend.link.outbox import DOWN_TABLES, EVERY_REGION, Envelope, Outbox
 from headend.link.service import BadRecord
 from headend.ownership import Ownership
 from headend.store.db import Store
@@ -108,6 +108,7 @@ class DownRouter:
         self.secrets = secrets
         self.master = master
         self.standby = {p.name: p.standby for p in cfg.peers if p.standby}
+        self.region_nodes = sorted(p.name for p in cfg.peers if p.role == "region")
         self.store: Store | None = None  # for region lookups (set by the owner)
         self._serial_region: dict[str, str] = {}
 
@@ -176,9 +177,12 @@ class DownRouter:
         self, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]], token: str | None
     ) -> None:
         by_dest: dict[str, list[Sequence[Any]]] = {}
-        for row, region in zip(rows, self._regions(table, columns, rows), strict=True):
-            for dest in self.destinations(region):
-                by_dest.setdefault(dest, []).append(row)
+        if table in EVERY_REGION:  # people: every region node knows every account
+            by_dest = {dest: list(rows) for dest in self.region_nodes}
+        else:
+            for row, region in zip(rows, self._regions(table, columns, rows), strict=True):
+                for dest in self.destinations(region):
+                    by_dest.setdefault(dest, []).append(row)
         envelopes = []
         base = token or uuid.uuid4().hex
         for dest, chosen in sorted(by_dest.items()):

@@ -59,10 +59,23 @@ UP_TABLES = frozenset(
         "meters",
         "meter_titles",
         "billing_accounts",
+        "audit",  # who did what, in every region, is on the national record
     }
 )
-# Master data the centre sends down to the region that owns it.
-DOWN_TABLES = frozenset({"grid_nodes", "meters", "meter_titles", "meter_keys", "billing_accounts"})
+# Master data the centre sends down to the region that owns it; people's accounts and
+# tokens go to every region node (people are managed at the centre).
+DOWN_TABLES = frozenset(
+    {
+        "grid_nodes",
+        "meters",
+        "meter_titles",
+        "meter_keys",
+        "billing_accounts",
+        "users",
+        "user_tokens",
+    }
+)
+EVERY_REGION = frozenset({"users", "user_tokens"})
 KINDS = frozenset({"binary", "rows", "delete", "command", "cancel", "policy"})
 
 _DATE = 1  # msgpack extension: a date as ISO text

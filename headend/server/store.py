@@ -35,7 +35,9 @@ from headend.commands import Command, CommandQueue, Place, Scheduler
 from headend.config import Config, from_dict
 from headend.errors import HeadendError
 from headend.ownership import NotOwned, Ownership
-from headend.server import ipc
+from headend.people import Principal
+from headend.server import access, ipc
+from headend.sqlguard import Guard
 from headend.store import spool
 from headend.store.db import Store, StoreError, migrate
 from headend.store.ingest import COLUMNS, Backoff, Ingestor
@@ -47,7 +49,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("headend.store")
 
-FORBIDDEN_TABLES = ("meter_keys",)
 # Hours of late data one balance pass recomputes at most (the rest waits a pass).
 LATE_HOURS_PER_PASS = 7 * 24
 
@@ -114,14 +115,6 @@ def jsonable(v: Any) -> Any:
     return str(v)
 
 
-def check_sql(query: str) -> None:
-    """Refuses SQL that reads the wrapped meter keys."""
-    low = query.lower()
-    for t in FORBIDDEN_TABLES:
-        if t in low:
-            raise HeadendError(f"table {t} is not readable through headend sql")
-
-
 class StoreService:
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
@@ -148,6 +141,9 @@ class StoreService:
         # came from a peer is not sent back to it.
         self.peer_store = Store(cfg.dsn, cfg.store.database, cluster=cfg.store.cluster)
         self.db = cfg.store.database
+        # People: accounts, sessions, the audit trail; their SQL goes through the guard.
+        self.people = access.people_for(cfg, self.store)
+        self.guard = Guard(self.store, self.db)
         self.ingestor = Ingestor(self.store, cfg.spool_dir, max_bytes=cfg.store.max_insert_bytes)
         self.scanner = CounterScanner(cfg.spool_dir)
         self.rates: dict[int, tuple[float, dict[str, int]]] = {}
@@ -177,7 +173,11 @@ class StoreService:
         self.clock = Clock.from_config(cfg.clock)
 
     def invalidate(self, table: str, columns: list[str], rows: list[list[Any]]) -> None:
-        """Workers forget what they know of meters whose rows or keys changed."""
+        """Workers forget what they know of meters whose rows or keys changed; people's
+        accounts that came from the centre are read again."""
+        if table in ("users", "user_tokens") and rows:
+            self.people.load()
+            return
         if table not in ("meters", "meter_keys") or not rows:
             return
         i = columns.index("serial")
@@ -774,26 +774,59 @@ class StoreService:
         )
         return c, Envelope("command", dest, data=data)
 
-    async def submit_command(self, req: dict[str, Any]) -> dict[str, Any]:
-        """Queues a command for a meter (admin socket and HTTP API alike) and waits up to
-        `wait` seconds for its outcome."""
+    async def audit(
+        self,
+        who: Principal,
+        action: str,
+        target: str = "",
+        outcome: str = "ok",
+        detail: dict[str, Any] | None = None,
+    ) -> None:
+        """One audit row (an insert, in the executor)."""
         loop = asyncio.get_running_loop()
-        meter = await loop.run_in_executor(None, self.commands.node_of, str(req["serial"]))
-        c, env = self._queue(req, meter, str(req.get("requested_by") or "operator"))
+        await loop.run_in_executor(None, self.people.audit, who, action, target, outcome, detail)
+
+    async def submit_command(self, req: dict[str, Any], who: Principal) -> dict[str, Any]:
+        """Queues a command for a meter (admin socket and HTTP API alike) for `who`, who
+        needs the operator role and the meter's region, and waits up to `wait` seconds
+        for its outcome. Queued or refused, it leaves an audit row."""
+        loop = asyncio.get_running_loop()
+        serial = str(req["serial"])
+        what = {"kind": str(req.get("kind")), "args": req.get("args") or {}}
+        try:
+            who.require("command", "send commands to meters")
+            meter = await loop.run_in_executor(None, self.commands.node_of, serial)
+            who.require_region(meter.region, f"meter {serial}")
+            c, env = self._queue(req, meter, who.name)
+        except HeadendError as e:
+            await self.audit(who, "command", serial, "refused", {**what, "why": str(e)})
+            raise
         wait = float(req.get("wait", self.cfg.commands.wait))
+        # Watched from now: the audit row is written meanwhile, and a quick meter
+        # may answer before it is.
+        done = self.commands.watch(c.command_id) if env is None and wait > 0 else None
+        if env is None:
+            self.commands.dispatch()
+        await self.audit(
+            who,
+            "command",
+            serial,
+            detail={**what, "command_id": c.command_id, "reason": str(req.get("reason") or "")},
+        )
         if env is not None:
             assert self.nodelink is not None
             return await self.nodelink.send_commands([(c, env)], wait)
-        self.commands.dispatch()
-        if wait > 0:
-            c = await self.commands.wait(c.command_id, wait)
+        if done is not None:
+            c = await self.commands.wait(c.command_id, wait, done)
         return c.public()
 
     async def submit_commands(
-        self, items: list[Any], requested_by: str, reason: str = ""
+        self, items: list[Any], who: Principal, reason: str = ""
     ) -> dict[str, Any]:
-        """Queues many commands with one meter lookup; each bad item is rejected with
-        its index and reason, the good ones are queued (no waiting)."""
+        """Queues many commands for `who` with one meter lookup; each bad item (a
+        meter outside `who`'s regions too) is rejected with its index and reason, the
+        good ones are queued (no waiting). The batch leaves one audit row."""
+        who.require("command", "send commands to meters")
         serials = sorted({str(i.get("serial")) for i in items if isinstance(i, dict)})
         loop = asyncio.get_running_loop()
         nodes = await loop.run_in_executor(None, self.commands.nodes_of, serials)
@@ -807,7 +840,8 @@ class StoreService:
                 meter = nodes.get(str(it["serial"]))
                 if meter is None:
                     raise HeadendError(f"unknown meter {str(it['serial'])!r}")
-                c, env = self._queue(it, meter, requested_by, reason)
+                who.require_region(meter.region, f"meter {it['serial']}")
+                c, env = self._queue(it, meter, who.name, reason)
                 if env is not None:
                     sent.append((c, env))
                 queued.append(c.public())
@@ -817,6 +851,21 @@ class StoreService:
             assert self.nodelink is not None
             await self.nodelink.send_commands(sent, 0.0)
         self.commands.dispatch()
+        kinds: dict[str, int] = {}
+        for q in queued:
+            kinds[q["kind"]] = kinds.get(q["kind"], 0) + 1
+        await self.audit(
+            who,
+            "batch",
+            f"{len(queued)} commands",
+            "ok" if queued else "refused",
+            {
+                "kinds": kinds,
+                "reason": reason,
+                "command_ids": [q["command_id"] for q in queued][:10_000],
+                "rejected": len(rejected),
+            },
+        )
         return {"queued": queued, "rejected": rejected}
 
     def online_by_node(self) -> dict[str, int]:
@@ -837,9 +886,27 @@ class StoreService:
                     out[node] = out.get(node, 0) + n
         return out
 
-    async def _admin(self, req: dict[str, Any]) -> Any:
-        cmd = req.get("cmd")
+    async def _admin(self, req: dict[str, Any], who: Principal) -> Any:
+        """One admin-socket command for `who` (the service user, named by the kernel).
+        Writes leave audit rows."""
+        cmd = str(req.get("cmd"))
         loop = asyncio.get_running_loop()
+        if cmd.startswith("users.") or cmd == "audit":
+            return await access.admin_command(self.people, self.guard, self.store, who, req)
+        if cmd in (
+            "command",
+            "submit",
+            "cancel",
+            "policy",
+            "schedule",
+            "handover",
+            "recompute",
+            "detect",
+            "insert",
+            "drain",
+            "maintain",
+        ):
+            return await self._admin_write(req, who)
         if cmd == "ping":
             return {"ok": True}
         if cmd == "status":
@@ -851,40 +918,20 @@ class StoreService:
                     r = await ch.request({"t": "sessions", "meter": req.get("meter")}, timeout=10)
                     out.extend(r.get("sessions", []))
             return {"sessions": sorted(out, key=lambda s: s["connected_at"])}
-        if cmd == "drain":
-            log.info("drain requested through the admin socket")
-            os.kill(os.getppid(), signal.SIGTERM)
-            return {"ok": True, "draining": True}
-        if cmd == "sql":
+        if cmd == "sql":  # people's SQL (headend sql): headend.sqlguard
+            cols, rows = await access.admin_command(self.people, self.guard, self.store, who, req)
+            return {"columns": cols, "rows": jsonable(rows)}
+        if cmd == "query":
+            # The service's own tooling (imports read what they check against):
+            # parameters allowed, read-only; the socket is the service user's alone.
             query = str(req.get("query", ""))
-            check_sql(query)
             cols, rows = await loop.run_in_executor(
-                None, self.store.query, query, req.get("params")
+                None,
+                functools.partial(
+                    self.store.query, query, req.get("params"), settings={"readonly": 1}
+                ),
             )
             return {"columns": cols, "rows": jsonable(rows)}
-        if cmd == "query":  # for imports: parameters allowed, keys table still off limits
-            query = str(req.get("query", ""))
-            check_sql(query)
-            cols, rows = await loop.run_in_executor(
-                None, self.store.query, query, req.get("params")
-            )
-            return {"columns": cols, "rows": jsonable(rows)}
-        if cmd == "insert":
-            table = str(req["table"])
-            new_rows = [self._revive(table, r) for r in req["rows"]]
-            await loop.run_in_executor(
-                None, self.store.insert_rows, table, req["columns"], new_rows, None
-            )
-            self.invalidate(table, list(req["columns"]), new_rows)
-            return {"ok": True, "rows": len(new_rows)}
-        if cmd == "command":
-            return await self.submit_command(req)
-        if cmd == "submit":  # a batch
-            return await self.submit_commands(
-                list(req.get("commands") or []),
-                requested_by=str(req.get("requested_by") or "operator"),
-                reason=str(req.get("reason") or ""),
-            )
         if cmd == "commands":
             only = req.get("serial")
             return {
@@ -895,6 +942,67 @@ class StoreService:
                 ],
                 "stats": self.commands.stats(),
             }
+        raise HeadendError(f"unknown admin command {cmd!r}")
+
+    async def _admin_write(self, req: dict[str, Any], who: Principal) -> Any:
+        """The admin socket's writes, each with its audit row."""
+        cmd = str(req.get("cmd"))
+        if cmd == "command":
+            return await self.submit_command(req, who)
+        if cmd == "submit":  # a batch
+            return await self.submit_commands(
+                list(req.get("commands") or []), who, reason=str(req.get("reason") or "")
+            )
+        try:
+            out = await self._admin_act(req, who)
+        except HeadendError as e:
+            await self.audit(
+                who, cmd, str(req.get("table") or req.get("id") or ""), "failed", {"why": str(e)}
+            )
+            raise
+        detail: dict[str, Any] = {}
+        target = ""
+        if cmd == "insert":
+            target = str(req.get("table"))
+            detail = {"rows": len(req.get("rows") or [])}
+        elif cmd == "cancel":
+            target = str(req.get("id"))
+        elif cmd == "handover":
+            target = str(req.get("region"))
+            detail = {"to": req.get("to")}
+        elif cmd == "maintain":
+            detail = {"query": str(req.get("query", ""))[:4000]}
+        elif cmd in ("recompute", "detect"):
+            detail = {"start": req.get("start"), "end": req.get("end")}
+        elif cmd == "policy":
+            detail = {"act": bool(req.get("act"))}
+        if cmd != "policy" or req.get("act"):
+            await self.audit(who, cmd, target, detail=detail)
+        return out
+
+    async def _admin_act(self, req: dict[str, Any], who: Principal) -> Any:
+        cmd = str(req.get("cmd"))
+        loop = asyncio.get_running_loop()
+        if cmd == "drain":
+            log.info("drain requested through the admin socket by %s", who.name)
+            os.kill(os.getppid(), signal.SIGTERM)
+            return {"ok": True, "draining": True}
+        if cmd == "maintain":
+            # The service user's own statement (a repair, a test's simulated loss):
+            # what stopping the server and opening the store would allow, on the
+            # record instead. No person's API or CLI reaches it.
+            await loop.run_in_executor(None, self.store.command, str(req.get("query", "")))
+            return {"ok": True}
+        if cmd == "insert":
+            table = str(req["table"])
+            if table in ("users", "user_tokens", "audit"):
+                raise HeadendError(f"{table} is written by headend users and the audit only")
+            new_rows = [self._revive(table, r) for r in req["rows"]]
+            await loop.run_in_executor(
+                None, self.store.insert_rows, table, req["columns"], new_rows, None
+            )
+            self.invalidate(table, list(req["columns"]), new_rows)
+            return {"ok": True, "rows": len(new_rows)}
         if cmd == "policy":
             act = bool(req.get("act", False)) and self.cfg.billing.policy
             return await self.policy_pass(act)
@@ -953,11 +1061,12 @@ class StoreService:
     async def _admin_client(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> None:
+        who = access.socket_principal(writer.get_extra_info("socket"))
         try:
             while line := await reader.readline():
                 try:
                     req = json.loads(line)
-                    result = await self._admin(req)
+                    result = await self._admin(req, who)
                     reply = {"ok": True, "result": result}
                 except HeadendError as e:
                     reply = {"ok": False, "error": str(e)}
@@ -1034,6 +1143,8 @@ class StoreService:
         )
         if applied:
             log.info("schema migrated to version %d", max(applied))
+        await loop.run_in_executor(None, self.people.load)
+        await loop.run_in_executor(None, access.adopt_legacy_token, cfg, self.people)
         self.ingestor.on_counters = None
         final = threading.Event()
         ingest = threading.Thread(

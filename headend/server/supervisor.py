@@ -9,6 +9,7 @@ exits 0.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -25,6 +26,7 @@ from headend import profiles
 from headend.config import Config
 from headend.errors import HeadendError
 from headend.keys import load_master_key
+from headend.server.access import lock_down
 from headend.server.admin import AdminClient, ServerNotRunning
 
 log = logging.getLogger("headend.supervisor")
@@ -55,8 +57,12 @@ class Supervisor:
 
     def _prepare(self) -> Path:
         cfg = self.cfg
+        # Everything the server and its children create is the service user's alone:
+        # the settings (with secrets) in run/, the spool, the store's files, logs.
+        os.umask(0o077)
         for d in (cfg.data_dir, cfg.run_dir, cfg.spool_dir, cfg.log_dir):
             d.mkdir(parents=True, exist_ok=True)
+        lock_down(cfg)
         try:
             AdminClient(cfg.admin_socket, timeout=2).call("ping")
         except ServerNotRunning:
@@ -66,7 +72,11 @@ class Supervisor:
         load_master_key(cfg, create=True)
         profiles.load_all(cfg.profiles_dir)  # fail now, with the file's name
         path = cfg.run_dir / "config.json"
-        path.write_text(json.dumps(cfg.to_dict(), indent=2))
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()  # an older one may be world-readable; the new one is 0600
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(json.dumps(cfg.to_dict(), indent=2))
         return path
 
     def _link_child(self) -> Child | None:

@@ -46,6 +46,9 @@ SHARDING: dict[str, str] = {
     "commands": "cityHash64(serial)",
     "billing_accounts": "cityHash64(account_id)",
     "policy_actions": "cityHash64(account_id)",
+    "users": "cityHash64(name)",
+    "user_tokens": "cityHash64(token_id)",
+    "audit": "cityHash64(user)",
     "schema_migrations": "version",
 }
 """Each table's sharding key: a function of its sorting key's first column."""

@@ -61,7 +61,37 @@ LEVEL = _q(
     "gas_station, gas_segment; for balances also republic, region, district",
 )
 SERIAL = _p("serial", "the meter's serial number")
-WRITE: list[dict[str, list[str]]] = [{"bearer": []}]
+WRITE: list[dict[str, list[str]]] = [{"bearer": []}, {"session": [], "csrf": []}]
+NAME = _p("name", "the user's name")
+
+
+def _post(
+    summary: str,
+    body: dict[str, Any] | None = None,
+    params: list[dict[str, Any]] | None = None,
+    ok_status: str = "200",
+    method: str = "post",
+) -> dict[str, Any]:
+    op: dict[str, Any] = {
+        "summary": summary,
+        "security": WRITE,
+        "parameters": params or [],
+        "responses": {
+            ok_status: {"description": "done"},
+            "400": {"$ref": "#/components/responses/BadRequest"},
+            "401": {"$ref": "#/components/responses/Unauthorized"},
+            "403": {"$ref": "#/components/responses/Forbidden"},
+        },
+    }
+    if body is not None:
+        op["requestBody"] = {
+            "required": True,
+            "content": {"application/json": {"schema": {"type": "object", "properties": body}}},
+        }
+    return {method: op}
+
+
+STRINGS = {"type": "array", "items": {"type": "string"}}
 
 SPEC: dict[str, Any] = {
     "openapi": "3.1.0",
@@ -70,13 +100,21 @@ SPEC: dict[str, Any] = {
         "version": "1",
         "description": (
             "The smart-meter head-end's grid, balances, meters, alarms, commands and "
-            "billing. Times are Unix seconds or ISO text; energy in kWh, gas in m³. Reads "
-            "are open to the networks in [http] open_reads, otherwise they need the bearer "
-            "token; writes always need it."
+            "billing. Times are Unix seconds or ISO text; energy in kWh, gas in m³. Every "
+            "route but /api/login and this description is for a named person: a session "
+            "cookie from POST /api/login (its writes also send the X-CSRF-Token header "
+            "that login and /api/me return) or a personal API token (Authorization: "
+            "Bearer hk_...; headend users token). Each person sees and acts within "
+            "their regions and roles (viewer, operator, billing, service, analyst, "
+            "admin); 403 names what is missing. Every write and login is an audit row."
         ),
     },
     "components": {
-        "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        "securitySchemes": {
+            "bearer": {"type": "http", "scheme": "bearer", "description": "personal token"},
+            "session": {"type": "apiKey", "in": "cookie", "name": "headend_session"},
+            "csrf": {"type": "apiKey", "in": "header", "name": "X-CSRF-Token"},
+        },
         "schemas": {
             "Object": {"type": "object"},
             "Error": {
@@ -165,6 +203,10 @@ SPEC: dict[str, Any] = {
                 "description": "what was wrong with the request",
                 "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
             },
+            "Forbidden": {
+                "description": "the person lacks the role or the region (the error says which)",
+                "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+            },
             "Unauthorized": {
                 "description": "the bearer token is missing or wrong",
                 "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
@@ -241,7 +283,7 @@ SPEC: dict[str, Any] = {
             ),
             "post": {
                 "summary": "queue a command for a meter, or a list of commands (a batch, "
-                "queued without waiting); needs the token",
+                "queued without waiting); the operator role, meters in the person's regions",
                 "security": WRITE,
                 "requestBody": {
                     "required": True,
@@ -314,5 +356,84 @@ SPEC: dict[str, Any] = {
                 },
             },
         },
+        "/api/login": {
+            "post": {
+                "summary": "log in: sets the session cookie, returns the CSRF token that "
+                "writes send; failures are slowed and audited",
+                "security": [],
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/json": {
+                            "schema": {
+                                "type": "object",
+                                "required": ["name", "password"],
+                                "properties": {
+                                    "name": {"type": "string"},
+                                    "password": {"type": "string"},
+                                },
+                            }
+                        }
+                    },
+                },
+                "responses": {
+                    "200": {"description": "logged in: {user, csrf}"},
+                    "400": {"$ref": "#/components/responses/BadRequest"},
+                    "401": {"$ref": "#/components/responses/Unauthorized"},
+                },
+            }
+        },
+        "/api/logout": _post("end the session"),
+        "/api/me": _get("who is logged in (name, roles, regions) and the session's CSRF token"),
+        "/api/users": {
+            **_get("every account with its live tokens (admin)"),
+            **_post(
+                "add an account (admin)",
+                {
+                    "name": {"type": "string"},
+                    "roles": STRINGS,
+                    "regions": STRINGS,
+                    "password": {"type": "string"},
+                    "display_name": {"type": "string"},
+                },
+                ok_status="201",
+            ),
+        },
+        "/api/users/{name}": _post(
+            "change an account's roles, regions, display name, or disable it (admin)",
+            {
+                "roles": STRINGS,
+                "regions": STRINGS,
+                "disabled": {"type": "boolean"},
+                "display_name": {"type": "string"},
+            },
+            [NAME],
+        ),
+        "/api/users/{name}/password": _post(
+            "set a password (one's own, or anyone's as admin); ends the account's sessions",
+            {"password": {"type": "string"}},
+            [NAME],
+        ),
+        "/api/users/{name}/tokens": _post(
+            "a new personal API token, shown once (one's own, or anyone's as admin)",
+            {"label": {"type": "string"}, "expires_in": {"type": "number"}},
+            [NAME],
+            ok_status="201",
+        ),
+        "/api/tokens/{token_id}": _post(
+            "revoke an API token (one's own, or anyone's as admin)",
+            None,
+            [_p("token_id", "the token's id")],
+            method="delete",
+        ),
+        "/api/audit": _get(
+            "the audit trail, newest first (admin)",
+            [
+                _q("user", "one person"),
+                _q("action", "e.g. command, batch, login, user.add"),
+                _q("since", "ISO time or Unix seconds"),
+                LIMIT,
+            ],
+        ),
     },
 }

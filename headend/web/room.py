@@ -168,7 +168,11 @@ class Snapshot:
     seconds: float
 
     def node_list(
-        self, *, level: str | None = None, parent: str | None = None
+        self,
+        *,
+        level: str | None = None,
+        parent: str | None = None,
+        regions: tuple[str, ...] | None = None,
     ) -> list[dict[str, Any]]:
         out = []
         for n in self.nodes.values():
@@ -176,8 +180,36 @@ class Snapshot:
                 continue
             if parent is not None and n.parent_id != parent:
                 continue
+            if not self.visible(n.node_id, regions):
+                continue
             out.append(n.public())
         return out
+
+    def region_of(self, node_id: str) -> str:
+        """The region-level node at or above `node_id` ('' above the regions)."""
+        n = self.nodes.get(node_id)
+        while n is not None:
+            if n.level == "region":
+                return n.node_id
+            n = self.nodes.get(n.parent_id)
+        return ""
+
+    def visible(self, node_id: str, regions: tuple[str, ...] | None) -> bool:
+        """Whether a person of `regions` (None: the republic) sees the node: what lies
+        in their regions, and above the regions only the path down to them (the
+        republic's totals), not generation or another region's nodes."""
+        if regions is None:
+            return True
+        r = self.region_of(node_id)
+        if r:
+            return r in regions
+        for reg in regions:
+            n = self.nodes.get(reg)
+            while n is not None:
+                if n.node_id == node_id:
+                    return True
+                n = self.nodes.get(n.parent_id)
+        return False
 
     def regions(self) -> list[dict[str, Any]]:
         return self.node_list(level="region")
@@ -278,7 +310,8 @@ def meter(store: Any, db: str, serial: str) -> dict[str, Any] | None:
         "SELECT serial, argMax(kind, updated_at) AS kind, argMax(role, updated_at) AS role, "
         "argMax(node_id, updated_at) AS node_id, argMax(account_id, updated_at) AS account_id, "
         "argMax(model, updated_at) AS model, argMax(system_title, updated_at) AS system_title, "
-        "argMax(lat, updated_at) AS lat, argMax(lon, updated_at) AS lon "
+        "argMax(lat, updated_at) AS lat, argMax(lon, updated_at) AS lon, "
+        "argMax(region, updated_at) AS region "
         f"FROM {db}.meters WHERE serial = %(s)s GROUP BY serial",
         {"s": serial},
     )
@@ -336,6 +369,14 @@ def readings(
     return table(cols, rows)
 
 
+def in_regions(column: str, db: str, regions: tuple[str, ...] | None) -> str:
+    """A condition keeping `column` (a meter serial) to meters of `regions` (None: no
+    condition); the regions go in as the parameter %(rg)s."""
+    if regions is None:
+        return "1"
+    return f"{column} IN (SELECT serial FROM {db}.meters WHERE region IN %(rg)s)"
+
+
 def events(
     store: Any,
     db: str,
@@ -345,9 +386,10 @@ def events(
     limit: int,
     serial: str | None = None,
     categories: tuple[str, ...] = (),
+    regions: tuple[str, ...] | None = None,
 ) -> list[dict[str, Any]]:
-    where = ["ts >= toDateTime(%(a)s)", "ts < toDateTime(%(b)s)"]
-    params: dict[str, Any] = {"a": start, "b": end, "n": limit}
+    where = ["ts >= toDateTime(%(a)s)", "ts < toDateTime(%(b)s)", in_regions("meter", db, regions)]
+    params: dict[str, Any] = {"a": start, "b": end, "n": limit, "rg": list(regions or ())}
     if serial:
         where.append("meter = %(s)s")
         params["s"] = serial
@@ -366,9 +408,15 @@ def events(
 
 
 def command_history(
-    store: Any, db: str, *, serial: str | None, limit: int, kinds: tuple[str, ...] = ()
+    store: Any,
+    db: str,
+    *,
+    serial: str | None,
+    limit: int,
+    kinds: tuple[str, ...] = (),
+    regions: tuple[str, ...] | None = None,
 ) -> list[dict[str, Any]]:
-    where = []
+    where = [] if regions is None else [in_regions("serial", db, regions)]
     if serial:
         where.append("serial = %(s)s")
     if kinds:
@@ -378,43 +426,56 @@ def command_history(
         "SELECT command_id, serial, kind, requested_by, reason, requested_at, state, attempts, "
         f"result, error, verified_state, updated_at FROM {db}.command_status {cond} "
         "ORDER BY updated_at DESC LIMIT %(n)s",
-        {"s": serial or "", "k": list(kinds), "n": limit},
+        {"s": serial or "", "k": list(kinds), "n": limit, "rg": list(regions or ())},
     )
     return table(cols, rows)
 
 
-def anomalies(store: Any, db: str, limit: int) -> list[dict[str, Any]]:
+def anomalies(
+    store: Any, db: str, limit: int, regions: tuple[str, ...] | None = None
+) -> list[dict[str, Any]]:
     """Each suspect's latest finding, highest score first."""
     cols, rows = store.query(
-        f"SELECT * FROM (SELECT * FROM {db}.anomalies ORDER BY window_end DESC "
+        f"SELECT * FROM (SELECT * FROM {db}.anomalies WHERE {in_regions('meter', db, regions)} "
+        "ORDER BY window_end DESC "
         "LIMIT 1 BY meter) ORDER BY score DESC, node_loss_pct DESC LIMIT %(n)s",
-        {"n": limit},
+        {"n": limit, "rg": list(regions or ())},
     )
     return table(cols, rows)
 
 
 def health(
-    store: Any, db: str, now: float, snap: Snapshot | None, clock_threshold: float
+    store: Any,
+    db: str,
+    now: float,
+    snap: Snapshot | None,
+    clock_threshold: float,
+    *,
+    scope: tuple[str, ...] | None = None,
 ) -> dict[str, Any]:
     """Fleet health: meters offline per region, clocks found off by the scheduler's
-    checks in the last day, alarms in the last day by name."""
+    checks in the last day, alarms in the last day by name (within `scope`'s regions,
+    None: the republic)."""
     day = int(now) - DAY
+    rg = {"rg": list(scope or ())}
     _, alarm_rows = store.query(
         f"SELECT category, name, count() FROM {db}.events "
-        "WHERE ts >= toDateTime(%(a)s) AND category IN %(c)s GROUP BY category, name "
-        "ORDER BY count() DESC",
-        {"a": day, "c": list(ALARM_CATEGORIES)},
+        f"WHERE ts >= toDateTime(%(a)s) AND category IN %(c)s AND {in_regions('meter', db, scope)} "
+        "GROUP BY category, name ORDER BY count() DESC",
+        {"a": day, "c": list(ALARM_CATEGORIES), **rg},
     )
     _, clocks = store.query(
         "SELECT countIf(state = 'done'), "
         "countIf(state = 'done' AND JSONExtractBool(result, 'corrected')), "
         "countIf(state = 'failed') "
-        f"FROM {db}.command_status WHERE kind = 'clock' AND updated_at >= now() - INTERVAL 1 DAY"
+        f"FROM {db}.command_status WHERE kind = 'clock' AND updated_at >= now() - INTERVAL 1 DAY "
+        f"AND {in_regions('serial', db, scope)}",
+        rg,
     )
     checked, set_, failed = clocks[0] if clocks else (0, 0, 0)
     regions = []
     if snap is not None:
-        for r in snap.node_list(level="region"):
+        for r in snap.node_list(level="region", regions=scope):
             regions.append(
                 {
                     "node_id": r["node_id"],
@@ -424,8 +485,12 @@ def health(
                     "offline": r["meters"] - r["online"],
                 }
             )
-    summary = snap.summary() if snap else {"meters": 0, "online": 0}
-    meters, online = summary["meters"], summary["online"]
+    if scope is None:
+        summary = snap.summary() if snap else {"meters": 0, "online": 0}
+        meters, online = summary["meters"], summary["online"]
+    else:
+        meters = sum(r["meters"] for r in regions)
+        online = sum(r["online"] for r in regions)
     return {
         "meters": meters,
         "online": online,

@@ -22,17 +22,81 @@ function esc(s) {
     "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" }[c]));
 }
 
-// Reads from outside [http] open_reads need the token: open the page as /#token=...
-const TOKEN = new URLSearchParams(location.hash.slice(1)).get("token");
+// People log in (DESIGN.md section 10): the session is an HttpOnly cookie; writes carry
+// the session's CSRF token, which /api/me and /api/login hand to the page.
+const session = { csrf: null, user: null };
 
-async function api(path) {
+async function api(path, opts = {}) {
   const headers = { Accept: "application/json" };
-  if (TOKEN) headers.Authorization = "Bearer " + TOKEN;
-  const r = await fetch(path, { headers });
+  const init = { method: opts.method || "GET", headers, credentials: "same-origin" };
+  if (opts.body !== undefined) {
+    headers["Content-Type"] = "application/json";
+    if (session.csrf) headers["X-CSRF-Token"] = session.csrf;
+    init.body = JSON.stringify(opts.body);
+  }
+  const r = await fetch(path, init);
   const body = await r.json();
+  if (r.status === 401 && path !== "/api/login") {
+    showLogin(body.error);
+    throw new Error("not logged in");
+  }
   if (!r.ok) throw new Error(`${path}: ${body.error || r.status}`);
   return body;
 }
+
+function showLogin(message) {
+  clearInterval(state.timer);
+  state.timer = null;
+  session.csrf = session.user = null;
+  document.body.dataset.ready = "";
+  $("who").textContent = "";
+  $("logout").hidden = true;
+  $("login-error").textContent = message || "";
+  $("login").hidden = false;
+  $("login-name").focus();
+}
+
+async function start() {
+  let me;
+  try {
+    me = await api("/api/me");
+  } catch (err) {
+    $("status").textContent = "not updated: " + err.message;
+    return;
+  }
+  if (!me.user) {
+    showLogin("");
+    return;
+  }
+  session.csrf = me.csrf || null;
+  session.user = me.user;
+  $("login").hidden = true;
+  $("who").textContent =
+    `${me.user.name} · ${me.user.roles.join(", ")} · ${me.user.regions.join(", ").replace("*", "republic")}`;
+  $("logout").hidden = false;
+  await refresh();
+  if (!state.timer) state.timer = setInterval(refresh, REFRESH_MS);
+}
+
+$("login-form").addEventListener("submit", async (ev) => {
+  ev.preventDefault();
+  $("login-error").textContent = "";
+  try {
+    await api("/api/login", {
+      method: "POST", body: { name: $("login-name").value, password: $("login-password").value } });
+    $("login-password").value = "";
+    await start();
+  } catch (err) {
+    $("login-error").textContent = err.message.replace("/api/login: ", "");
+  }
+});
+
+$("logout").addEventListener("click", async () => {
+  try { await api("/api/logout", { method: "POST", body: {} }); } catch (err) { /* shown below */ }
+  state.node = null;
+  state.path = [];
+  showLogin("logged out");
+});
 
 // -- figures ---------------------------------------------------------------------------
 
@@ -345,5 +409,4 @@ async function refresh() {
   }
 }
 
-refresh();
-state.timer = setInterval(refresh, REFRESH_MS);
+start();
