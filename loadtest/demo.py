@@ -24,7 +24,6 @@ import csv
 import datetime as dt
 import json
 import random
-import secrets
 import shutil
 import signal
 import socket
@@ -133,7 +132,6 @@ def configure(
     *,
     meter_port: int,
     http_port: int,
-    token: str,
     speed: float,
     sim_start: float,
     anchor: float,
@@ -146,7 +144,7 @@ def configure(
         port=meter_port,
         server={"workers": 2, "handshake_timeout": 30.0},
         store=store,
-        sections={"http": {"port": http_port, "token": token, "refresh": 5.0}, **settings},
+        sections={"http": {"port": http_port, "refresh": 5.0}, **settings},
     )
 
 
@@ -177,17 +175,19 @@ def run(args: argparse.Namespace) -> int:
     morning = dt.datetime.now(LOCAL).replace(hour=0, minute=0, second=0, microsecond=0)
     sim_start = morning.timestamp()
     anchor = time.time()
-    token = secrets.token_urlsafe(18)
     he = configure(
         root,
         meter_port=meter_port,
         http_port=args.http_port,
-        token=token,
         speed=speed,
         sim_start=sim_start,
         anchor=anchor,
     )
     he.import_fleet(fleet / "grid.csv", fleet / "meters.csv")
+    # People: an admin of the republic and an operator of Tashkent city, each with a
+    # password made now (the page asks for a login; API scripts use personal tokens).
+    people = he.add_people({"admin": ("admin", "*"), "tashkent": ("viewer,operator", "UZ-TK")})
+    token = he.cli("users", "token", "admin", "--label", "demo").strip()
     debtors = billing_csv(
         fleet / "meters.csv", root / "billing.csv", args.debtors, args.seed, morning.date()
     )
@@ -215,7 +215,9 @@ def run(args: argparse.Namespace) -> int:
     print(
         "\n"
         f"  Situation room: {url}\n"
-        f"  API:            {url}api/openapi.json   (writes: Authorization: Bearer {token})\n"
+        f"  Log in as:      admin / {people['admin']}   (the republic, every role)\n"
+        f"                  tashkent / {people['tashkent']}   (Tashkent city: viewer, operator)\n"
+        f"  API:            {url}api/openapi.json   (Authorization: Bearer {token})\n"
         f"  Data:           {root}   (serve.log, sim.log; HEADEND_DATA={root / 'data'})\n"
         f"  Fleet:          {args.meters} consumers, {debtors} debtors, a simulated day every "
         f"{86400 / speed / 60:.0f} min\n"

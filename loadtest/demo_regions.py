@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as dt
-import secrets
 import shutil
 import signal
 import subprocess
@@ -52,7 +51,6 @@ def run(args: argparse.Namespace) -> int:
     speed = float(args.speed)
     midnight = dt.datetime.now(LOCAL).replace(hour=0, minute=0, second=0, microsecond=0)
     sim_start, anchor = midnight.timestamp(), time.time()
-    token = secrets.token_urlsafe(18)
     settings = fast_time(speed, sim_start, anchor)
     store = settings.pop("store")
     fed = Federation(
@@ -63,8 +61,7 @@ def run(args: argparse.Namespace) -> int:
         store=store,
         sections=settings,
         node_sections={
-            name: {"http": {"port": port, "token": token, "refresh": 5.0}}
-            for name, port in ports.items()
+            name: {"http": {"port": port, "refresh": 5.0}} for name, port in ports.items()
         },
     )
     fed.setup()
@@ -74,6 +71,13 @@ def run(args: argparse.Namespace) -> int:
     try:
         c = fed.centre.h
         c.import_fleet(fleet / "grid.csv", fleet / "meters.csv")
+        # People are made at the centre and reach every region node: an admin of the
+        # republic, and an operator for the first region.
+        first = next(iter(codes))
+        people = c.add_people(
+            {"admin": ("admin", "*"), first: ("viewer,operator", f"UZ-{codes[first]}")}
+        )
+        token = c.cli("users", "token", "admin", "--label", "demo").strip()
         debtors = billing_csv(
             fleet / "meters.csv", root / "billing.csv", args.debtors, args.seed, midnight.date()
         )
@@ -99,7 +103,9 @@ def run(args: argparse.Namespace) -> int:
             f"  The centre:      http://127.0.0.1:{ports[CENTRE]}/   (the republic, every region,"
             " each link)\n"
             + "".join(f"  Region {codes[n]} ({n}):  http://127.0.0.1:{ports[n]}/\n" for n in codes)
-            + f"  Writes:          Authorization: Bearer {token}\n"
+            + f"  Log in as:       admin / {people['admin']} (anywhere), "
+            f"{first} / {people[first]} (region {codes[first]})\n"
+            f"  API:             Authorization: Bearer {token}\n"
             f"  Data:            {root}   (a directory per node: serve.log, data/)\n"
             f"  Fleet:           {args.meters} consumers, {debtors} debtors, a simulated day "
             f"every {86400 / speed / 60:.0f} min\n"

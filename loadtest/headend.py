@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+import secrets
 import signal
 import socket
 import subprocess
@@ -120,17 +121,38 @@ class Headend:
         self.proc: subprocess.Popen[bytes] | None = None
         self.workers = int(srv.get("workers", 0)) or (os.cpu_count() or 1)
 
-    def cli(self, *args: str) -> str:
+    def cli(self, *args: str, stdin: str | None = None) -> str:
         r = subprocess.run(
             [sys.executable, "-m", "headend", *args, "--config", str(self.config)],
             env=self.env,
             capture_output=True,
             text=True,
             check=False,
+            input=stdin,
         )
         if r.returncode != 0:
             raise RuntimeError(f"headend {' '.join(args)}: {r.stderr.strip()}")
         return r.stdout
+
+    def add_people(self, people: dict[str, tuple[str, str]]) -> dict[str, str]:
+        """Accounts for the demo: name -> (roles, regions or "*"); returns their
+        generated passwords."""
+        out = {}
+        for name, (roles, regions) in people.items():
+            password = secrets.token_urlsafe(9)
+            where = ["--republic"] if regions == "*" else ["--regions", regions]
+            try:
+                self.cli(
+                    *("users", "add", name, "--roles", roles, *where, "--password-stdin"),
+                    stdin=password + "\n",
+                )
+            except RuntimeError as e:
+                if "exists" not in str(e):
+                    raise
+                # Kept data (demo --keep): the account stays, with a new password.
+                self.cli("users", "passwd", name, "--password-stdin", stdin=password + "\n")
+            out[name] = password
+        return out
 
     def import_fleet(self, grid: Path, meters: Path) -> None:
         self.cli("grid", "import", str(grid))
