@@ -24,7 +24,7 @@ from __future__ import annotations
 import datetime as dt
 import math
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -37,6 +37,10 @@ from headend.store import ingest, spool
 from headend.store.imports import CHUNK, ID, ImportReport, SqlAccess, _read
 
 ACCOUNT_COLUMNS = ["account_id", "debt", "overdue_since", "protected", "note"]
+OPTIONAL_ACCOUNT_COLUMNS = ("category",)
+"""`category`: the billing system's class of the account (e.g. household, large,
+critical); `[approval] categories` name those whose disconnection needs four eyes."""
+CATEGORY = re.compile(r"^[a-z0-9_-]{0,32}$")
 WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 TRUE = {"1", "true", "yes", "y"}
 FALSE = {"0", "false", "no", "n", ""}
@@ -51,7 +55,8 @@ def import_accounts(
     """Loads the billing system's accounts from CSV; bad rows are reported and skipped
     (as are accounts whose meters are in regions `owner` does not own)."""
     report = ImportReport(str(path))
-    return load_accounts(_read(path, ACCOUNT_COLUMNS, report), store, report, db=db, owner=owner)
+    rows = _read(path, ACCOUNT_COLUMNS, report, OPTIONAL_ACCOUNT_COLUMNS)
+    return load_accounts(rows, store, report, db=db, owner=owner)
 
 
 def import_records(
@@ -80,14 +85,16 @@ def import_records(
         if not isinstance(rec, dict):
             report.bad.append((i, "not an object"))
             continue
-        unknown = sorted(set(rec) - set(ACCOUNT_COLUMNS))
+        unknown = sorted(set(rec) - {*ACCOUNT_COLUMNS, *OPTIONAL_ACCOUNT_COLUMNS})
         if unknown:
             report.bad.append((i, f"unknown field(s) {', '.join(map(str, unknown))}"))
             continue
         if "account_id" not in rec or "debt" not in rec:
             report.bad.append((i, "account_id and debt are required"))
             continue
-        rows.append((i, {c: text(rec.get(c)) for c in ACCOUNT_COLUMNS}))
+        rows.append(
+            (i, {c: text(rec.get(c)) for c in (*ACCOUNT_COLUMNS, *OPTIONAL_ACCOUNT_COLUMNS)})
+        )
     return load_accounts(rows, store, report, db=db, owner=owner, sees=sees)
 
 
@@ -111,42 +118,56 @@ def load_accounts(
     for line, r in rows:
         try:
             acc = r["account_id"]
-            if not ID.match(acc):
-                raise ValueError(f"account_id {acc!r} must be 1-64 letters, digits or _.:/-")
             if acc in seen:
                 raise ValueError(f"account_id {acc} appears twice")
-            try:
-                debt = float(r["debt"])
-            except ValueError:
-                raise ValueError(f"debt {r['debt']!r} is not a number") from None
-            if math.isnan(debt) or abs(debt) > 1e15:
-                raise ValueError(f"debt {r['debt']!r} is not a usable amount")
-            since = None
-            if r["overdue_since"]:
-                try:
-                    since = dt.date.fromisoformat(r["overdue_since"])
-                except ValueError:
-                    raise ValueError(
-                        f"overdue_since {r['overdue_since']!r} is not a date (YYYY-MM-DD)"
-                    ) from None
-            flag = r["protected"].lower()
-            if flag not in TRUE | FALSE:
-                raise ValueError(f"protected {r['protected']!r} is not true or false")
+            row = _account_row(r, now)
         except ValueError as e:
             report.bad.append((line, str(e)))
             continue
         seen.add(acc)
-        good.append([acc, debt, since, flag in TRUE, r["note"], now])
+        good.append(row)
         lines.append(line)
     if sees is not None and good:
         lines, good = _within(store, db, sees, lines=lines, good=good, report=report)
     if owner is not None and not owner.everything and good:
         good = _owned_accounts(store, db, owner, zip(lines, good, strict=True), report)
     for i in range(0, len(good), CHUNK):
-        store.insert_rows("billing_accounts", [*ACCOUNT_COLUMNS, "updated_at"], good[i : i + CHUNK])
+        store.insert_rows(
+            "billing_accounts",
+            [*ACCOUNT_COLUMNS, *OPTIONAL_ACCOUNT_COLUMNS, "updated_at"],
+            good[i : i + CHUNK],
+        )
     report.loaded = len(good)
     report.bad.sort()
     return report
+
+
+def _account_row(r: dict[str, str], now: dt.datetime) -> list[Any]:
+    """One checked account row, or ValueError naming what is wrong."""
+    acc = r["account_id"]
+    if not ID.match(acc):
+        raise ValueError(f"account_id {acc!r} must be 1-64 letters, digits or _.:/-")
+    try:
+        debt = float(r["debt"])
+    except ValueError:
+        raise ValueError(f"debt {r['debt']!r} is not a number") from None
+    if math.isnan(debt) or abs(debt) > 1e15:
+        raise ValueError(f"debt {r['debt']!r} is not a usable amount")
+    since = None
+    if r["overdue_since"]:
+        try:
+            since = dt.date.fromisoformat(r["overdue_since"])
+        except ValueError:
+            raise ValueError(
+                f"overdue_since {r['overdue_since']!r} is not a date (YYYY-MM-DD)"
+            ) from None
+    flag = r["protected"].lower()
+    if flag not in TRUE | FALSE:
+        raise ValueError(f"protected {r['protected']!r} is not true or false")
+    category = r.get("category", "").strip().lower()
+    if not CATEGORY.match(category):
+        raise ValueError(f"category {r['category']!r}: up to 32 letters, digits, - or _")
+    return [acc, debt, since, flag in TRUE, r["note"], category, now]
 
 
 def _within(
@@ -191,6 +212,32 @@ def _owned_accounts(
         else:
             kept.append(g)
     return kept
+
+
+def second_person_needed(
+    store: SqlAccess, db: str, serials: list[str], categories: Sequence[str]
+) -> dict[str, str]:
+    """Why disconnecting each of `serials` needs a second person (four eyes): its
+    account is protected, or of one of `categories`. Meters absent need nobody."""
+    out: dict[str, str] = {}
+    cats = [c for c in categories if c] or ["\x00"]  # an empty IN () is not SQL
+    for i in range(0, len(serials), 10_000):
+        _, rows = store.query(
+            "SELECT m.serial, m.account_id, a.protected, a.category FROM (SELECT serial, "
+            f"argMax(account_id, updated_at) AS account_id FROM {db}.meters "
+            "WHERE serial IN %(s)s GROUP BY serial) AS m INNER JOIN (SELECT account_id, "
+            "argMax(protected, updated_at) AS protected, argMax(category, updated_at) AS category "
+            f"FROM {db}.billing_accounts GROUP BY account_id) AS a ON a.account_id = m.account_id "
+            "WHERE a.protected OR a.category IN %(c)s",
+            {"s": serials[i : i + 10_000], "c": cats},
+        )
+        for serial, account, protected, category in rows:
+            out[str(serial)] = (
+                f"account {account} is protected"
+                if protected
+                else f"account {account} is a {category} account"
+            )
+    return out
 
 
 def account_regions(store: SqlAccess, db: str, accounts: list[str]) -> dict[str, set[str]]:

@@ -164,6 +164,29 @@ def cmd_audit(args: argparse.Namespace) -> int:
     return _run(args, run)
 
 
+def cmd_approvals(args: argparse.Namespace) -> int:
+    def run(acc: Any) -> int:
+        if args.action in ("approve", "reject"):
+            r = acc.call(args.action, id=args.id, note=args.note or "")
+            a = r["approval"]
+            print(f"{a['approval_id']} {a['state']} by {a['decided_by']}: {a['summary']}")
+            if "result" in r:
+                print(json.dumps(r["result"], indent=1, default=str))
+            return 0
+        pending = acc.call("approvals")["pending"]
+        if args.json:
+            print(json.dumps(pending, indent=1))
+            return 0
+        for a in pending:
+            print(
+                f"{a['approval_id']}  {a['kind']:<8} by {a['requested_by']:<14} "
+                f"{a['summary']:<28} why: {a['why']}"
+            )
+        return 0
+
+    return _run(args, run)
+
+
 def cmd_certs(args: argparse.Namespace) -> int:
     from headend import cli
     from headend.certs import write_pair
@@ -176,7 +199,7 @@ def cmd_certs(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_parsers(sub: Any, add_common: Callable[[argparse.ArgumentParser], None]) -> None:
+def _users_parser(sub: Any, add_common: Callable[[argparse.ArgumentParser], None]) -> None:
     p = sub.add_parser(
         "users",
         help="people's accounts: roles, regions, passwords, API tokens",
@@ -223,6 +246,8 @@ def add_parsers(sub: Any, add_common: Callable[[argparse.ArgumentParser], None])
         add_common(q)
         q.set_defaults(func=cmd_users)
 
+
+def _audit_parser(sub: Any, add_common: Callable[[argparse.ArgumentParser], None]) -> None:
     p = sub.add_parser(
         "audit",
         help="the audit trail: every write and login, by whom, from where",
@@ -236,6 +261,8 @@ def add_parsers(sub: Any, add_common: Callable[[argparse.ArgumentParser], None])
     add_common(p)
     p.set_defaults(func=cmd_audit)
 
+
+def _certs_parser(sub: Any, add_common: Callable[[argparse.ArgumentParser], None]) -> None:
     p = sub.add_parser(
         "certs",
         help="a self-signed HTTPS certificate and key (tests, small sites)",
@@ -252,3 +279,34 @@ def add_parsers(sub: Any, add_common: Callable[[argparse.ArgumentParser], None])
     )
     p.add_argument("--days", type=int, default=365)
     p.set_defaults(func=cmd_certs)
+
+
+def _approvals_parser(sub: Any, add_common: Callable[[argparse.ArgumentParser], None]) -> None:
+    p = sub.add_parser(
+        "approvals",
+        help="four eyes: requests waiting for a second person; approve or reject one",
+        description="Mass disconnections, disconnections of protected, large or critical "
+        "accounts and key changes wait for a second person. `approvals` lists them; "
+        "`approvals approve ID` runs one, `approvals reject ID` drops it.",
+    )
+    ap_sub = p.add_subparsers(dest="action", metavar="ACTION")
+    lp = ap_sub.add_parser("list", help="the pending requests")
+    lp.add_argument("--json", action="store_true")
+    for name in ("approve", "reject"):
+        q = ap_sub.add_parser(name, help=f"{name} a request")
+        q.add_argument("id")
+        q.add_argument("--note", help="why (kept with the decision)")
+        add_common(q)
+        q.set_defaults(func=cmd_approvals)
+    add_common(lp)
+    lp.set_defaults(func=cmd_approvals)
+    p.add_argument("--json", action="store_true")
+    add_common(p)
+    p.set_defaults(func=cmd_approvals, action="list")
+
+
+def add_parsers(sub: Any, add_common: Callable[[argparse.ArgumentParser], None]) -> None:
+    _users_parser(sub, add_common)
+    _audit_parser(sub, add_common)
+    _certs_parser(sub, add_common)
+    _approvals_parser(sub, add_common)

@@ -59,6 +59,7 @@ COLUMNS = [
     "error",
     "verified_state",
     "ts",
+    "approved_by",
 ]
 
 
@@ -112,6 +113,7 @@ class Command:
     last_ts: float = 0.0
     # Where a listening meter is dialled ("": it connects in); None until looked up.
     address: str | None = None
+    approved_by: str = ""  # the second person, for what needed four eyes
 
     def job(self) -> dict[str, Any]:
         return {
@@ -130,6 +132,7 @@ class Command:
             "kind": self.kind,
             "args": self.args,
             "requested_by": self.requested_by,
+            "approved_by": self.approved_by,
             "reason": self.reason,
             "state": self.state,
             "attempts": self.attempts,
@@ -157,6 +160,7 @@ class Command:
             self.error,
             self.verified_state,
             _utc(now),
+            self.approved_by,
         ]
 
 
@@ -228,7 +232,7 @@ class CommandQueue:
         _, rows = self.store.query(
             f"SELECT c.command_id, c.serial, c.kind, c.args, c.requested_by, c.reason, "
             f"c.priority, toFloat64(c.requested_at), toFloat64(c.expires_at), c.state, "
-            f"c.attempts, m.node_id "
+            f"c.attempts, m.node_id, c.approved_by "
             f"FROM {self.db}.command_status AS c "
             f"{join} JOIN {latest_meters(self.db, self.owner)} AS m ON m.serial = c.serial "
             f"WHERE c.state NOT IN ({', '.join(repr(s) for s in sorted(FINAL))}) "
@@ -247,6 +251,7 @@ class CommandQueue:
                 expires_at=float(r[8]),
                 attempts=int(r[10]),
                 node_id=r[11] or "",
+                approved_by=r[12] or "",
             )
             # A command that was running when the store stopped runs again (disconnect
             # and reconnect are idempotent; reads are harmless).
@@ -307,6 +312,7 @@ class CommandQueue:
         expires_in: float | None = None,
         address: str | None = None,
         command_id: str | None = None,
+        approved_by: str = "",
     ) -> Command:
         """Queues a command (on the event loop; `node_id` and `address` from
         :meth:`node_of`; an address not given is looked up before the command is
@@ -326,6 +332,7 @@ class CommandQueue:
             expires_at=now + (self.cfg.expire if expires_in is None else expires_in),
             node_id=node_id,
             address=address,
+            approved_by=approved_by,
         )
         self._add(c)
         self._record(c)
@@ -364,6 +371,7 @@ class CommandQueue:
             kind=kind,
             args=args,
             requested_by=str(data.get("requested_by") or ""),
+            approved_by=str(data.get("approved_by") or ""),
             reason=str(data.get("reason") or ""),
             priority=COMMAND,
             requested_at=now,

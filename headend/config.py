@@ -206,6 +206,21 @@ class BillingConfig:
 
 
 @dataclass(frozen=True)
+class ApprovalConfig:
+    """Four eyes: what one person asks and a second, different person with the right
+    role and regions approves before it runs (DESIGN.md section 10). The billing
+    policy's own actions stay automatic within `[billing]`'s rules and limits."""
+
+    batch_size: int = 20
+    """A batch with more disconnections than this waits for approval."""
+    categories: tuple[str, ...] = ("large", "critical")
+    """Billing account categories (large consumers, critical services) whose
+    disconnection waits for approval, as a protected account's does."""
+    expire: float = 86400.0
+    """Seconds a request waits for its second person before it lapses."""
+
+
+@dataclass(frozen=True)
 class HttpConfig:
     """The store process's HTTP API, metrics and situation-room page."""
 
@@ -370,6 +385,7 @@ class Config:
     commands: CommandsConfig = field(default_factory=CommandsConfig)
     billing: BillingConfig = field(default_factory=BillingConfig)
     http: HttpConfig = field(default_factory=HttpConfig)
+    approval: ApprovalConfig = field(default_factory=ApprovalConfig)
     clock: ClockConfig = field(default_factory=ClockConfig)
     node: NodeConfig = field(default_factory=NodeConfig)
     link: LinkConfig = field(default_factory=LinkConfig)
@@ -444,6 +460,7 @@ SECTIONS: dict[str, type[Any]] = {
     "commands": CommandsConfig,
     "billing": BillingConfig,
     "http": HttpConfig,
+    "approval": ApprovalConfig,
     "clock": ClockConfig,
     "node": NodeConfig,
     "link": LinkConfig,

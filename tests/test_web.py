@@ -300,6 +300,7 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
             "clock": {"speed": 1.0, "start": float(noon), "anchor": time.time()},
             "commands": {"schedule_interval": 0.0, "request_timeout": 5.0},
             "billing": {"interval": 0.0},
+            "approval": {"batch_size": 2},
         },
     ) as srv:
         # Two simulated hours before noon in about 30 s: eight quarter-hour pushes.
@@ -705,3 +706,119 @@ def test_the_http_server_holds_off_hostile_requests(live: Live) -> None:
     # Settings and data are the service user's alone.
     assert (srv.data.stat().st_mode & 0o077) == 0
     assert ((srv.data / "run" / "config.json").stat().st_mode & 0o077) == 0
+
+
+def test_four_eyes_for_mass_and_sensitive_disconnections_and_keys(live: Live) -> None:
+    url, srv = live.url, live.srv
+    a = srv.sql(
+        "SELECT region FROM ami.meters FINAL WHERE role = 'consumer' AND region != '' "
+        "GROUP BY region ORDER BY count() DESC LIMIT 1"
+    )[0][0]
+    b = srv.sql(f"SELECT any(region) FROM ami.meters FINAL WHERE region NOT IN ('', '{a}')")[0][0]
+    mine = [
+        r[0]
+        for r in srv.sql(
+            f"SELECT serial FROM ami.meters FINAL WHERE region = '{a}' AND role = 'consumer' "
+            "ORDER BY serial LIMIT 5"
+        )
+    ]
+    people = {
+        "asker": (["operator"], [a]),
+        "second": (["operator"], [a]),
+        "elsewhere": (["operator"], [b]),
+        "watcher": (["viewer"], [a]),
+        "keeper": (["admin"], ["*"]),
+    }
+    tok = {}
+    for name, (roles, regions) in people.items():
+        add_user(url, name, roles, regions)
+        tok[name] = get(url + f"/api/users/{name}/tokens", data={})[1]["token"]
+
+    # A batch of three disconnections, over the batch size of two: nothing runs yet.
+    cut = [{"serial": s, "kind": "disconnect", "reason": "debt"} for s in mine[:3]]
+    status, r = get(url + "/api/commands", token=tok["asker"], data=cut)
+    assert status == 202, r
+    assert r["queued"] == []
+    req = r["approval"]
+    assert req["state"] == "pending"
+    assert "3 disconnections (over 2)" in req["why"]
+    assert srv.scalar("SELECT count() FROM ami.commands WHERE requested_by = 'asker'") == 0
+    approve = url + f"/api/approvals/{req['approval_id']}/approve"
+    # Not the asker, not a viewer, not an operator of another region.
+    for who, why in (
+        ("asker", "a different person approves it"),
+        ("watcher", "needs the role"),
+        ("elsewhere", f"region {a}"),
+    ):
+        status, r = get(approve, token=tok[who], data={})
+        assert status == 403, (who, r)
+        assert why in r["error"], (who, r)
+    _, seen = get(url + "/api/approvals", token=tok["second"])
+    assert req["approval_id"] in [x["approval_id"] for x in seen["pending"]]
+    assert get(url + "/api/approvals", token=tok["elsewhere"])[1]["pending"] == []
+    status, r = get(approve, token=tok["second"], data={"note": "checked the debts"})
+    assert status == 200, r
+    assert r["approval"]["decided_by"] == "second"
+    queued = r["result"]["queued"]
+    assert sorted(q["serial"] for q in queued) == sorted(mine[:3])
+    assert {(q["requested_by"], q["approved_by"]) for q in queued} == {("asker", "second")}
+    # Both names in command_status, and the decision cannot be taken twice.
+    ids = ", ".join(f"'{q['command_id']}'" for q in queued)
+    assert srv.sql(
+        "SELECT DISTINCT requested_by, approved_by FROM ami.command_status "
+        f"WHERE command_id IN ({ids})"
+    ) == [["asker", "second"]]
+    assert get(approve, token=tok["second"], data={})[0] == 400
+
+    # A critical account's meter: one disconnection waits too; the second person may
+    # reject it, and nothing runs.
+    account = next(m for m in meters(live.fleet) if m["serial"] == mine[3])["account_id"]
+    status, _ = get(
+        url + "/api/billing/accounts",
+        data=[{"account_id": account, "debt": 0, "category": "critical"}],
+    )
+    assert status == 200
+    status, r = get(
+        url + "/api/commands", token=tok["asker"], data={"serial": mine[3], "kind": "disconnect"}
+    )
+    assert status == 202, r
+    assert r["state"] == "awaiting_approval"
+    assert f"account {account} is a critical account" in r["why"]
+    status, d = get(url + f"/api/approvals/{r['approval_id']}/reject", token=tok["second"], data={})
+    assert status == 200
+    assert d["approval"]["state"] == "rejected"
+    assert (
+        srv.scalar(
+            f"SELECT count() FROM ami.commands WHERE serial = '{mine[3]}' AND kind = 'disconnect'"
+        )
+        == 0
+    )
+
+    # New keys for a meter: wrapped at once, stored when a second admin approves.
+    m = next(x for x in meters(live.fleet) if x["serial"] == mine[4])
+    before = srv.sql(f"SELECT ek, updated_at FROM ami.meter_keys FINAL WHERE serial = '{mine[4]}'")
+    status, r = get(url + f"/api/meters/{mine[4]}/keys", data={"ek": m["ek"], "ak": m["ak"]})
+    assert status == 202, r
+    kid = r["approval"]["approval_id"]
+    assert m["ek"] not in str(
+        srv.sql(f"SELECT payload FROM ami.approvals WHERE approval_id = '{kid}'")
+    )
+    status, r = get(url + f"/api/approvals/{kid}/approve", token=tok["second"], data={})
+    assert status == 403  # an operator does not approve keys
+    status, r = get(url + f"/api/approvals/{kid}/approve", token=tok["keeper"], data={})
+    assert status == 200, r
+    after = srv.sql(f"SELECT ek, updated_at FROM ami.meter_keys FINAL WHERE serial = '{mine[4]}'")
+    assert after != before
+    assert m["ek"] not in after[0][0]
+    # The record: who asked, who refused to, who approved and rejected.
+    _, audit = get(url + "/api/audit?limit=500")
+    rows = {(x["user"], x["action"], x["outcome"]) for x in audit["rows"]}
+    assert {
+        ("asker", "approval.ask", "ok"),
+        ("asker", "approval.approve", "refused"),
+        ("second", "approval.approve", "ok"),
+        ("second", "approval.reject", "ok"),
+        ("token-admin", "approval.ask", "ok"),
+        ("keeper", "approval.approve", "ok"),
+        ("token-admin", "keys.change", "ok"),
+    } <= rows

@@ -247,6 +247,7 @@ class NodeLink:
                 str(data.get("kind")),
                 data.get("args") or {},
                 requested_by=str(data.get("requested_by") or origin),
+                approved_by=str(data.get("approved_by") or ""),
                 reason=str(data.get("reason") or ""),
                 node_id=place.node_id,
                 address=place.address,

@@ -22,7 +22,6 @@ import signal
 import sys
 import threading
 import time
-import uuid
 from collections.abc import Coroutine
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -31,12 +30,13 @@ import msgpack
 
 from headend import codec, logs
 from headend.clock import Clock
-from headend.commands import Command, CommandQueue, Place, Scheduler
+from headend.commands import CommandQueue, Scheduler
 from headend.config import Config, from_dict
 from headend.errors import HeadendError
-from headend.ownership import NotOwned, Ownership
+from headend.ownership import Ownership
 from headend.people import Principal
 from headend.server import access, ipc
+from headend.server.submit import Submitter
 from headend.sqlguard import Guard
 from headend.store import spool
 from headend.store.db import Store, StoreError, migrate
@@ -44,7 +44,6 @@ from headend.store.ingest import COLUMNS, Backoff, Ingestor
 
 if TYPE_CHECKING:
     from headend.balance import LateData
-    from headend.link.outbox import Envelope
     from headend.server.nodelink import NodeLink
 
 log = logging.getLogger("headend.store")
@@ -144,6 +143,7 @@ class StoreService:
         # People: accounts, sessions, the audit trail; their SQL goes through the guard.
         self.people = access.people_for(cfg, self.store)
         self.guard = Guard(self.store, self.db)
+        self.submitter = Submitter(self)
         self.ingestor = Ingestor(self.store, cfg.spool_dir, max_bytes=cfg.store.max_insert_bytes)
         self.scanner = CounterScanner(cfg.spool_dir)
         self.rates: dict[int, tuple[float, dict[str, int]]] = {}
@@ -727,53 +727,6 @@ class StoreService:
             "link": self.link.status() if self.link is not None else None,
         }
 
-    def _queue(
-        self, item: dict[str, Any], meter: Place, requested_by: str, reason: str = ""
-    ) -> tuple[Command, Envelope | None]:
-        """Queues one command item ({serial, kind, args, reason, expires_in}) for a
-        meter this node owns; at the centre, a meter a region owns gets its command
-        sent down to that region (the envelope to send, with its ``sent`` record);
-        anything else is refused naming the owner."""
-        serial = str(item["serial"])
-        expires_in = None if item.get("expires_in") is None else float(item["expires_in"])
-        if self.owner.owns(meter.region):
-            c = self.commands.submit(
-                serial,
-                str(item["kind"]),
-                item.get("args") or {},
-                requested_by=requested_by,
-                reason=str(item.get("reason") or reason),
-                node_id=meter.node_id,
-                address=meter.address,
-                expires_in=expires_in,
-            )
-            return c, None
-        dest = self.owner.owner_of(meter.region)
-        if self.nodelink is None or self.nodelink.router is None or dest in (None, self.owner.node):
-            raise NotOwned(self.owner.why_not(f"meter {serial}", meter.region))
-        from headend.link.outbox import Envelope
-
-        data: dict[str, Any] = {
-            "command_id": uuid.uuid4().hex[:16],
-            "serial": serial,
-            "kind": str(item["kind"]),
-            "args": item.get("args") or {},
-            "requested_by": requested_by,
-            "reason": str(item.get("reason") or reason),
-            "expires_in": expires_in if expires_in is not None else self.cfg.commands.expire,
-        }
-        c = self.commands.record_only(
-            data["command_id"],
-            serial,
-            data["kind"],
-            data,
-            state="sent",
-            error=f"sent to {dest}",
-            expires_in=expires_in,
-            node_id=meter.node_id,
-        )
-        return c, Envelope("command", dest, data=data)
-
     async def audit(
         self,
         who: Principal,
@@ -787,86 +740,14 @@ class StoreService:
         await loop.run_in_executor(None, self.people.audit, who, action, target, outcome, detail)
 
     async def submit_command(self, req: dict[str, Any], who: Principal) -> dict[str, Any]:
-        """Queues a command for a meter (admin socket and HTTP API alike) for `who`, who
-        needs the operator role and the meter's region, and waits up to `wait` seconds
-        for its outcome. Queued or refused, it leaves an audit row."""
-        loop = asyncio.get_running_loop()
-        serial = str(req["serial"])
-        what = {"kind": str(req.get("kind")), "args": req.get("args") or {}}
-        try:
-            who.require("command", "send commands to meters")
-            meter = await loop.run_in_executor(None, self.commands.node_of, serial)
-            who.require_region(meter.region, f"meter {serial}")
-            c, env = self._queue(req, meter, who.name)
-        except HeadendError as e:
-            await self.audit(who, "command", serial, "refused", {**what, "why": str(e)})
-            raise
-        wait = float(req.get("wait", self.cfg.commands.wait))
-        # Watched from now: the audit row is written meanwhile, and a quick meter
-        # may answer before it is.
-        done = self.commands.watch(c.command_id) if env is None and wait > 0 else None
-        if env is None:
-            self.commands.dispatch()
-        await self.audit(
-            who,
-            "command",
-            serial,
-            detail={**what, "command_id": c.command_id, "reason": str(req.get("reason") or "")},
-        )
-        if env is not None:
-            assert self.nodelink is not None
-            return await self.nodelink.send_commands([(c, env)], wait)
-        if done is not None:
-            c = await self.commands.wait(c.command_id, wait, done)
-        return c.public()
+        """A command for a meter, for `who` (`headend.server.submit`)."""
+        return await self.submitter.command(req, who)
 
     async def submit_commands(
         self, items: list[Any], who: Principal, reason: str = ""
     ) -> dict[str, Any]:
-        """Queues many commands for `who` with one meter lookup; each bad item (a
-        meter outside `who`'s regions too) is rejected with its index and reason, the
-        good ones are queued (no waiting). The batch leaves one audit row."""
-        who.require("command", "send commands to meters")
-        serials = sorted({str(i.get("serial")) for i in items if isinstance(i, dict)})
-        loop = asyncio.get_running_loop()
-        nodes = await loop.run_in_executor(None, self.commands.nodes_of, serials)
-        queued: list[dict[str, Any]] = []
-        rejected: list[dict[str, Any]] = []
-        sent: list[tuple[Command, Envelope]] = []
-        for index, it in enumerate(items):
-            try:
-                if not isinstance(it, dict) or "serial" not in it or "kind" not in it:
-                    raise HeadendError("expected an object with serial and kind")
-                meter = nodes.get(str(it["serial"]))
-                if meter is None:
-                    raise HeadendError(f"unknown meter {str(it['serial'])!r}")
-                who.require_region(meter.region, f"meter {it['serial']}")
-                c, env = self._queue(it, meter, who.name, reason)
-                if env is not None:
-                    sent.append((c, env))
-                queued.append(c.public())
-            except (HeadendError, TypeError, ValueError) as e:
-                rejected.append({"index": index, "reason": str(e)})
-        if sent:
-            assert self.nodelink is not None
-            await self.nodelink.send_commands(sent, 0.0)
-        self.commands.dispatch()
-        kinds: dict[str, int] = {}
-        for q in queued:
-            kinds[q["kind"]] = kinds.get(q["kind"], 0) + 1
-        await self.audit(
-            who,
-            "batch",
-            f"{len(queued)} commands",
-            "ok" if queued else "refused",
-            {
-                "kinds": kinds,
-                "reason": reason,
-                "command_ids": [q["command_id"] for q in queued][:10_000],
-                "rejected": len(rejected),
-            },
-        )
-        return {"queued": queued, "rejected": rejected}
+        """A batch of commands, for `who` (`headend.server.submit`)."""
+        return await self.submitter.batch(items, who, reason)
 
     def online_by_node(self) -> dict[str, int]:
         """Meters identified on the connected workers' connections, per grid node; at
@@ -893,6 +774,13 @@ class StoreService:
         loop = asyncio.get_running_loop()
         if cmd.startswith("users.") or cmd == "audit":
             return await access.admin_command(self.people, self.guard, self.store, who, req)
+        if cmd == "approvals":
+            found = await loop.run_in_executor(None, self.submitter.approvals.visible, who)
+            return {"pending": [r.public() for r in found]}
+        if cmd in ("approve", "reject"):
+            return await self.submitter.decide(
+                who, str(req.get("id", "")), cmd == "approve", str(req.get("note") or "")
+            )
         if cmd in (
             "command",
             "submit",
@@ -1144,6 +1032,7 @@ class StoreService:
         if applied:
             log.info("schema migrated to version %d", max(applied))
         await loop.run_in_executor(None, self.people.load)
+        await loop.run_in_executor(None, self.submitter.approvals.load)
         await loop.run_in_executor(None, access.adopt_legacy_token, cfg, self.people)
         self.ingestor.on_counters = None
         final = threading.Event()

@@ -49,6 +49,7 @@ SHARDING: dict[str, str] = {
     "users": "cityHash64(name)",
     "user_tokens": "cityHash64(token_id)",
     "audit": "cityHash64(user)",
+    "approvals": "cityHash64(approval_id)",
     "schema_migrations": "version",
 }
 """Each table's sharding key: a function of its sorting key's first column."""
@@ -67,6 +68,11 @@ _VIEW = re.compile(
     r"^CREATE (?P<kind>(?:MATERIALIZED )?VIEW) IF NOT EXISTS (?P<name>\w+\.\w+)(?P<rest>.*)$", re.S
 )
 _DATABASE = re.compile(r"^CREATE DATABASE IF NOT EXISTS (?P<db>\w+)$")
+_DROP_VIEW = re.compile(r"^DROP VIEW IF EXISTS (?P<name>\w+\.\w+)$")
+_SIMPLE = (
+    (_DATABASE, "CREATE DATABASE IF NOT EXISTS {db} {on}"),
+    (_DROP_VIEW, "DROP VIEW IF EXISTS {name} {on}"),
+)
 
 
 class ClusterDDLError(ValueError):
@@ -78,8 +84,9 @@ def statements(stmt: str, cluster: str, db: str) -> list[str]:
     does on one server."""
     text = stmt.strip()
     on = f"ON CLUSTER {cluster}"
-    if m := _DATABASE.match(text):
-        return [f"CREATE DATABASE IF NOT EXISTS {m['db']} {on}"]
+    for pattern, form in _SIMPLE:
+        if m := pattern.match(text):
+            return [form.format(**m.groupdict(), on=on)]
     if m := _CREATE.match(text):
         return _table(m, cluster)
     if m := _VIEW.match(text):

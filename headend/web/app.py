@@ -67,6 +67,9 @@ PERMISSION: dict[tuple[str, str], str] = {
     ("POST", "/api/users/{name}/tokens"): "read",  # their own, or an admin
     ("DELETE", "/api/tokens/{token_id}"): "read",  # their own, or an admin
     ("GET", "/api/audit"): "admin",
+    ("POST", "/api/meters/{serial}/keys"): "admin",
+    ("POST", "/api/approvals/{approval_id}/approve"): "read",  # the request's role, checked
+    ("POST", "/api/approvals/{approval_id}/reject"): "read",  # by the approvals
 }
 """What each route needs beyond logging in (`headend.people.PERMISSIONS`); any other
 route reads, which every role may (within its regions)."""
@@ -80,6 +83,7 @@ class Backend(Protocol):
     clock: Clock
     owner: Ownership
     people: People
+    submitter: Any
 
     @property
     def store(self) -> Any: ...
@@ -631,7 +635,8 @@ class Api:
         req = dict(body)
         req.setdefault("wait", 0)
         result = await self.b.submit_command(req, who)
-        return ok(result, 202 if result["state"] in ("queued", "running", "retry") else 200)
+        waiting = ("queued", "running", "retry", "awaiting_approval")
+        return ok(result, 202 if result["state"] in waiting else 200)
 
     async def billing_status(self, request: web.Request) -> web.Response:
         r = await self.b.policy_pass(False)
@@ -832,6 +837,39 @@ class Api:
         )
         return ok({"rows": rows})
 
+    # -- four eyes ---------------------------------------------------------------------
+
+    async def approvals(self, request: web.Request) -> web.Response:
+        """Requests waiting for a second person: the person's own, and those within
+        their regions."""
+        who = self.who(request)
+        found = await self.run_db(self.b.submitter.approvals.visible, who)
+        return ok({"pending": [r.public() for r in found]})
+
+    async def _decide(self, request: web.Request, approve: bool) -> web.Response:
+        body = await self._json_body(request) if request.can_read_body else {}
+        note = str(body.get("note") or "") if isinstance(body, dict) else ""
+        out = await self.b.submitter.decide(
+            self.who(request), request.match_info["approval_id"], approve, note
+        )
+        return ok(out)
+
+    async def approve(self, request: web.Request) -> web.Response:
+        return await self._decide(request, True)
+
+    async def reject(self, request: web.Request) -> web.Response:
+        return await self._decide(request, False)
+
+    async def meter_keys(self, request: web.Request) -> web.Response:
+        """New keys for a meter: wrapped at once, stored when a second admin approves."""
+        body = await self._json_body(request)
+        if not isinstance(body, dict) or set(body) - {"ek", "ak"} or not body:
+            raise HttpError(400, 'expected {"ek": HEX, "ak": HEX}')
+        serial = request.match_info["serial"]
+        await self._meter_or_404(request, serial)
+        r = await self.b.submitter.ask_keys(self.who(request), serial, body)
+        return ok({"approval": r.public()}, 202)
+
     async def index(self, request: web.Request) -> web.FileResponse:
         return web.FileResponse(STATIC / "index.html")
 
@@ -854,6 +892,10 @@ class Api:
         r.add_post("/api/users/{name}/tokens", self.issue_token)
         r.add_delete("/api/tokens/{token_id}", self.revoke_token)
         r.add_get("/api/audit", self.audit)
+        r.add_get("/api/approvals", self.approvals)
+        r.add_post("/api/approvals/{approval_id}/approve", self.approve)
+        r.add_post("/api/approvals/{approval_id}/reject", self.reject)
+        r.add_post("/api/meters/{serial}/keys", self.meter_keys)
         r.add_get("/api/summary", self.summary)
         r.add_get("/api/link", self.link)
         r.add_get("/api/nodes", self.nodes)

@@ -435,5 +435,27 @@ SPEC: dict[str, Any] = {
                 LIMIT,
             ],
         ),
+        "/api/approvals": _get(
+            "requests waiting for a second person (four eyes): one's own, and those "
+            "within one's regions"
+        ),
+        "/api/approvals/{approval_id}/approve": _post(
+            "approve, and so run, a request: a different person with the role it needs "
+            "(operator for commands, admin for keys) and every region it touches",
+            {"note": {"type": "string"}},
+            [_p("approval_id", "the request's id")],
+        ),
+        "/api/approvals/{approval_id}/reject": _post(
+            "reject a request (or withdraw one's own)",
+            {"note": {"type": "string"}},
+            [_p("approval_id", "the request's id")],
+        ),
+        "/api/meters/{serial}/keys": _post(
+            "new keys for a meter (admin): wrapped under the master key at once, stored "
+            "when a second admin approves",
+            {"ek": {"type": "string"}, "ak": {"type": "string"}},
+            [SERIAL],
+            ok_status="202",
+        ),
     },
 }
