@@ -236,6 +236,14 @@ class HttpConfig:
     plain_port: int = 0
     """With TLS: a port that also speaks plain HTTP, answering only `open_reads`
     networks (local scrapers and tools); 0: none."""
+    clickhouse_port: int = 0
+    """ClickHouse's HTTP interface (8123 is ClickHouse's own) for analysts' tools
+    (clickhouse-connect, curl, Grafana, DBeaver; name and personal API token) and for
+    head-end nodes whose store is this one; 0: none. HTTPS when TLS is configured."""
+    clickhouse_node_secret_file: str = ""
+    """File (mode 0600) with the secret of the user `node` on that interface, which
+    may write (a head-end whose `[store] dsn` is `http://node:SECRET@this-host:PORT`);
+    empty: no node access."""
     token: str = ""
     """Retired: people log in with their own accounts (`headend users`). A token set
     here is kept as the personal API token of an admin named `token-admin`, created at

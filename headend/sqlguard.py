@@ -47,8 +47,9 @@ TABLES = (
 """The documented tables and views of DESIGN.md section 5 (and the findings and
 policy actions people look at)."""
 
-SYSTEM_TABLES = ("one", "numbers", "databases", "tables", "columns", "functions")
-"""For tools that discover the schema (DBeaver, Grafana)."""
+SYSTEM_TABLES = ("one", "numbers", "databases", "tables", "columns", "functions", "settings")
+"""For tools that discover the schema and the server (DBeaver, Grafana,
+clickhouse-connect)."""
 
 TABLE_FUNCTIONS = ("numbers", "zeros", "generateSeries", "generate_series")
 
@@ -111,6 +112,7 @@ EXTRA_FUNCTIONS = frozenset(
         "currentDatabase",
         "indexHint",
         "toColumnTypeName",
+        "version",  # clients ask it first
     }
 )
 """Pure functions ClickHouse files under "Other" that analysts need."""
@@ -198,13 +200,23 @@ class Guard:
                 "FROM system.functions"
             )
             allowed: dict[str, bool] = {}
-            for name, category, is_aggregate, ci, _alias in rows:
+            aliases: list[tuple[str, str, bool]] = []
+            for name, category, is_aggregate, ci, alias in rows:
                 ok = bool(is_aggregate) or category in SAFE_CATEGORIES or name in EXTRA_FUNCTIONS
-                allowed[name] = ok
+                # Spellings (case-insensitive names, aliases) of one function share a
+                # verdict: allowed if any of them is.
+                allowed[name] = allowed.get(name, False) or ok
                 if ci:
-                    allowed[name.lower()] = ok
+                    allowed[name.lower()] = allowed.get(name.lower(), False) or ok
+                if alias:
+                    aliases.append((name, alias, bool(ci)))
                 if is_aggregate:
                     self._aggregates.add(name)
+            for name, target, ci in aliases:
+                ok = allowed.get(target, False) or allowed.get(target.lower(), False)
+                allowed[name] = allowed[name] or ok
+                if ci:
+                    allowed[name.lower()] = allowed[name.lower()] or ok
             for name in EXTRA_FUNCTIONS:
                 allowed[name] = True
             self._functions = allowed

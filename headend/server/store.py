@@ -144,6 +144,7 @@ class StoreService:
         self.people = access.people_for(cfg, self.store)
         self.guard = Guard(self.store, self.db)
         self.submitter = Submitter(self)
+        self.clickhouse_http: tuple[Any, Any] | None = None
         self.ingestor = Ingestor(self.store, cfg.spool_dir, max_bytes=cfg.store.max_insert_bytes)
         self.scanner = CounterScanner(cfg.spool_dir)
         self.rates: dict[int, tuple[float, dict[str, int]]] = {}
@@ -1005,14 +1006,35 @@ class StoreService:
         return services
 
     async def _http(self) -> tuple[Any, Any] | None:
-        try:
-            from headend.web import app as web_app
+        from headend.web import app as web_app
+        from headend.web import chhttp
 
-            return await web_app.serve(self)
+        try:
+            served = await web_app.serve(self)
         except HeadendError as e:
             # Meters and ingest matter more than the page: go on without HTTP, loudly.
             log.error("%s; running without the HTTP API", e)
             return None
+        try:
+            tls = web_app.tls_context(self.cfg.http)
+            self.clickhouse_http = await chhttp.serve(self.store, self.people, self.cfg.http, tls)
+        except HeadendError as e:
+            log.error("%s; running without ClickHouse's HTTP interface", e)
+        return served
+
+    def _load_people(self) -> None:
+        self.people.load()
+        self.submitter.approvals.load()
+        access.adopt_legacy_token(self.cfg, self.people)
+
+    async def _close_http(self, http: tuple[Any, Any] | None) -> None:
+        if http is not None:
+            with contextlib.suppress(Exception):
+                await http[0].cleanup()
+        if self.clickhouse_http is not None:
+            with contextlib.suppress(Exception):
+                await self.clickhouse_http[0].cleanup()
+            self.clickhouse_http[1].close()
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -1031,9 +1053,7 @@ class StoreService:
         )
         if applied:
             log.info("schema migrated to version %d", max(applied))
-        await loop.run_in_executor(None, self.people.load)
-        await loop.run_in_executor(None, self.submitter.approvals.load)
-        await loop.run_in_executor(None, access.adopt_legacy_token, cfg, self.people)
+        await loop.run_in_executor(None, self._load_people)
         self.ingestor.on_counters = None
         final = threading.Event()
         ingest = threading.Thread(
@@ -1054,9 +1074,7 @@ class StoreService:
         log.info("store stopping: ingesting the remaining spool")
         for t in tasks:
             t.cancel()
-        if http is not None:
-            with contextlib.suppress(Exception):
-                await http[0].cleanup()
+        await self._close_http(http)
         with contextlib.suppress(Exception):
             await loop.run_in_executor(None, self.commands.write, self.commands.take_rows())
         control.close()
