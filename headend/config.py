@@ -76,6 +76,11 @@ class StoreConfig:
     """A ClickHouse cluster (its name in the servers' remote_servers) to create the
     schema on: replicated tables sharded across it, Distributed tables over them
     (headend/store/cluster.py). "": one server, or the embedded store."""
+    server_accounts: bool = False
+    """With a ClickHouse server as the store: keep a ClickHouse user for each analyst
+    (their tokens as passwords, read-only, the documented tables, row policies for
+    their regions; headend/store/accounts.py), so their own tools reach the server
+    directly. Needs SQL-driven access control on the server."""
     ingest_interval: float = 0.5
     """Longest wait, seconds, before spooled rows are inserted (the latency bound)."""
     ingest_batch_bytes: int = 16 << 20

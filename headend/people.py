@@ -23,7 +23,7 @@ import re
 import secrets
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -374,6 +374,14 @@ class People:
         self.sessions: dict[str, Session] = {}
         self.throttle = Throttle()
         self._lock = threading.RLock()
+        # Told of every change to an account or its tokens (a ClickHouse server's users:
+        # headend.store.accounts).
+        self.on_change: Callable[[User, list[Token]], None] | None = None
+
+    def _changed(self, name: str) -> None:
+        u = self.users.get(name)
+        if self.on_change is not None and u is not None:
+            self.on_change(u, list(self.tokens.values()))
 
     # -- loading -----------------------------------------------------------------------
 
@@ -547,6 +555,7 @@ class People:
                 updated_by=by.name,
             )
             self._put_user(u)
+        self._changed(name)
         self.audit(by, "user.add", name, detail={"after": _account(u)})
         return u
 
@@ -579,6 +588,7 @@ class People:
             if u.disabled:  # a disabled account's sessions end now
                 for sid in [s.sid for s in self.sessions.values() if s.user == name]:
                     self.sessions.pop(sid, None)
+        self._changed(name)
         self.audit(by, "user.update", name, detail={"before": before, "after": _account(u)})
         return u
 
@@ -608,12 +618,12 @@ class People:
             if u.disabled:
                 raise HeadendError(f"user {name} is disabled")
             token_id = secrets.token_hex(6)
-            secret = secrets.token_urlsafe(32)
+            token = f"{TOKEN_PREFIX}{token_id}_{secrets.token_urlsafe(32)}"
             now = time.time()
             t = Token(
                 token_id=token_id,
                 name=name,
-                digest=_digest(secret),
+                digest=_digest(token),  # of the whole token: a ClickHouse sha256_hash too
                 label=label,
                 created_at=now,
                 expires_at=now + expires_in if expires_in else 0.0,
@@ -621,8 +631,9 @@ class People:
                 updated_at=now,
             )
             self._put_token(t)
+        self._changed(name)
         self.audit(by, "token.issue", name, detail={"token_id": token_id, "label": label})
-        return f"{TOKEN_PREFIX}{token_id}_{secret}", t
+        return token, t
 
     def adopt_token(self, by: Principal, name: str, secret: str, label: str) -> Token:
         """Keeps a token that exists outside (the retired `[http] token`) as `name`'s
@@ -644,6 +655,7 @@ class People:
                 updated_at=now,
             )
             self._put_token(t)
+        self._changed(name)
         self.audit(by, "token.adopt", name, detail={"token_id": t.token_id, "label": label})
         return t
 
@@ -657,6 +669,7 @@ class People:
             t.revoked = True
             t.updated_at = self._stamp(t.updated_at)
             self._put_token(t)
+        self._changed(t.name)
         self.audit(by, "token.revoke", t.name, detail={"token_id": token_id})
         return t
 
@@ -696,14 +709,12 @@ class People:
 
     def by_token(self, token: str, source: str) -> Principal:
         t: Token | None
+        digest = _digest(token)  # tokens are hashed whole
         if token.startswith(TOKEN_PREFIX) and token.count("_") >= 2:
-            token_id, _, secret = token[len(TOKEN_PREFIX) :].partition("_")
-            t = self.tokens.get(token_id)
-        else:  # an adopted token (the retired [http] token) is hashed whole
-            secret = token
-            digest = _digest(token)
+            t = self.tokens.get(token[len(TOKEN_PREFIX) :].partition("_")[0])
+        else:  # an adopted token (the retired [http] token)
             t = next((x for x in self.tokens.values() if x.digest == digest), None)
-        if t is None or not hmac.compare_digest(t.digest, _digest(secret)):
+        if t is None or not hmac.compare_digest(t.digest, digest):
             raise LoginError("unknown API token")
         if not t.live(time.time()):
             raise LoginError("this API token has expired or was revoked")

@@ -346,27 +346,12 @@ class Guard:
         """`additional_table_filters` keeping each documented table to `regions`."""
         if regions is None:
             return ""
-        lit = ", ".join("'" + r.replace("\\", "\\\\").replace("'", "\\'") + "'" for r in regions)
-        in_meters = f"SELECT serial FROM {self.db}.meters WHERE region IN ({lit})"
-        in_nodes = f"SELECT node_id FROM {self.db}.grid_nodes WHERE region IN ({lit})"
-        per_table = {
-            "meters": f"region IN ({lit})",
-            "grid_nodes": f"region IN ({lit})",
-            "readings": f"meter IN ({in_meters})",
-            "events": f"meter IN ({in_meters})",
-            "consumption": f"meter IN ({in_meters})",
-            "anomaly_findings": f"meter IN ({in_meters})",
-            "commands": f"serial IN ({in_meters})",
-            "command_status": f"serial IN ({in_meters})",
-            "policy_actions": f"serial IN ({in_meters})",
-            "balances": f"node_id IN ({in_nodes})",
-            "sessions": f"hasAny(meters, (SELECT groupArray(serial) FROM ({in_meters})))",
-        }
 
         def q(s: str) -> str:
             return "'" + s.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
-        items = ", ".join(f"{q(f'{self.db}.{t}')}: {q(f)}" for t, f in per_table.items())
+        conditions = region_conditions(self.db, regions)
+        items = ", ".join(f"{q(f'{self.db}.{t}')}: {q(c)}" for t, c in conditions.items())
         return f"additional_table_filters = {{{items}}}"
 
     def prepare(self, text: str, regions: tuple[str, ...] | None) -> str:
@@ -384,6 +369,28 @@ class Guard:
         if f:
             settings.append(f)
         return f"{sql}\nSETTINGS {', '.join(settings)}"
+
+
+def region_conditions(db: str, regions: tuple[str, ...]) -> dict[str, str]:
+    """For each documented table (and view), the condition that keeps it to the rows
+    of `regions`: SQL for `additional_table_filters` here, and for row policies on a
+    ClickHouse server (`headend.store.accounts`)."""
+    lit = ", ".join("'" + r.replace("\\", "\\\\").replace("'", "\\'") + "'" for r in regions)
+    in_meters = f"SELECT serial FROM {db}.meters WHERE region IN ({lit})"
+    in_nodes = f"SELECT node_id FROM {db}.grid_nodes WHERE region IN ({lit})"
+    return {
+        "meters": f"region IN ({lit})",
+        "grid_nodes": f"region IN ({lit})",
+        "readings": f"meter IN ({in_meters})",
+        "events": f"meter IN ({in_meters})",
+        "consumption": f"meter IN ({in_meters})",
+        "anomaly_findings": f"meter IN ({in_meters})",
+        "commands": f"serial IN ({in_meters})",
+        "command_status": f"serial IN ({in_meters})",
+        "policy_actions": f"serial IN ({in_meters})",
+        "balances": f"node_id IN ({in_nodes})",
+        "sessions": f"hasAny(meters, (SELECT groupArray(serial) FROM ({in_meters})))",
+    }
 
 
 def _short(e: Exception) -> str:

@@ -5,6 +5,7 @@ embedded ClickHouse, with the probes an attacker on the machine tried."""
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -83,6 +84,7 @@ def test_passwords_and_tokens_are_kept_as_hashes(store: Store) -> None:
         "SELECT digest FROM ami.user_tokens FINAL WHERE token_id = %(t)s", {"t": tok.token_id}
     )[1][0][0]
     assert secret.split("_", 2)[2] not in digest
+    assert digest == hashlib.sha256(secret.encode()).hexdigest()  # ClickHouse's sha256_hash
     assert people.by_token(secret, "test").name == "alice"
     with pytest.raises(LoginError):
         people.by_token(secret[:-1] + ("A" if secret[-1] != "A" else "B"), "test")

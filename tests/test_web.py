@@ -12,6 +12,7 @@ import re
 import socket
 import ssl
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -640,10 +641,12 @@ def test_people_act_within_their_roles_and_regions(live: Live) -> None:
     assert status == 403
     assert "operator" in r["error"]
     assert get(url + "/api/audit", token=vi)[0] == 403
-    # An operator of region a cannot command a meter of region b, alone or in a batch.
-    status, r = get(url + "/api/commands", token=op, data={"serial": other, **read})
-    assert status == 403, r
-    assert f"region {b}" in r["error"]
+    # An operator of region a cannot disconnect (or read) a meter of region b, alone
+    # or in a batch.
+    for cmd in ({"serial": other, "kind": "disconnect"}, {"serial": other, **read}):
+        status, r = get(url + "/api/commands", token=op, data=cmd)
+        assert status == 403, r
+        assert f"region {b}" in r["error"]
     status, c = get(url + "/api/commands", token=op, data={"serial": mine, **read, "wait": 30})
     assert status == 200, c
     assert c["state"] == "done", c
@@ -654,6 +657,27 @@ def test_people_act_within_their_roles_and_regions(live: Live) -> None:
     assert status == 207
     assert [x["index"] for x in batch["rejected"]] == [1]
     assert "outside op's regions" in batch["rejected"][0]["reason"]
+
+    # The command line through the server, as a person ($HEADEND_TOKEN): the same rules.
+    def cli(token: str, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "headend", *args, "--config", str(srv.config)],
+            env={**srv.env(), "HEADEND_TOKEN": token},
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+
+    r = cli(op, "ctl", "disconnect", other, "--wait", "0")
+    assert r.returncode != 0
+    assert f"region {b}" in r.stderr
+    r = cli(op, "sql", "SELECT count() FROM ami.readings")
+    assert r.returncode != 0
+    assert "analyst" in r.stderr
+    r = cli(vi, "users", "list")
+    assert r.returncode != 0
+    assert "admin" in r.stderr
     # Each of these is an audit row: who, what, on what, how it ended.
     status, audit = get(url + "/api/audit?limit=200")
     assert status == 200
@@ -663,9 +687,10 @@ def test_people_act_within_their_roles_and_regions(live: Live) -> None:
     assert ("vi", "http", "POST /api/commands", "refused") in rows
     assert ("token-admin", "user.add", "op", "ok") in rows
     assert any(x[:2] == ("op", "batch") for x in rows)
-    src = next(x for x in audit["rows"] if x["user"] == "op" and x["action"] == "command")
-    assert src["source"].startswith("http:127.0.0.1")
-    assert src["roles"] == "operator"
+    mine_rows = [x for x in audit["rows"] if x["user"] == "op" and x["action"] == "command"]
+    # From the API and from the command line, each with where it came from.
+    assert {x["source"].split(":")[0] for x in mine_rows} == {"http", "socket"}
+    assert {x["roles"] for x in mine_rows} == {"operator"}
     # The same rows in ClickHouse, where nothing in the API can change them.
     assert srv.scalar("SELECT count() FROM ami.audit WHERE user = 'op'") >= 3
 

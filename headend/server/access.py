@@ -19,7 +19,7 @@ from typing import Any
 
 from headend.config import Config
 from headend.errors import HeadendError
-from headend.people import REPUBLIC, People, Principal
+from headend.people import REPUBLIC, AccessError, LoginError, People, Principal
 from headend.sqlguard import Guard
 
 log = logging.getLogger("headend.store")
@@ -42,6 +42,60 @@ def socket_principal(sock: socket.socket | None) -> Principal:
     except KeyError:
         name = f"uid{uid}"
     return Principal.system(f"os:{name}", f"socket:uid={uid},pid={pid}", "socket")
+
+
+SERVICE_ONLY = frozenset({"query", "maintain"})
+"""Admin-socket commands that are the service's own: never a person's (their SQL is
+`sql`, through the guard)."""
+PERSON_NEEDS = {
+    "cancel": "command",
+    "policy": "policy",
+    "schedule": "admin",
+    "handover": "admin",
+    "recompute": "admin",
+    "detect": "admin",
+    "insert": "admin",
+    "drain": "admin",
+    "audit": "admin",
+    "sql": "sql",
+    "users.list": "admin",
+}
+"""What a person ($HEADEND_TOKEN) needs for each admin-socket command; commands,
+batches, accounts and approvals check for themselves, the rest only read."""
+
+
+def check_person(who: Principal, req: dict[str, Any]) -> None:
+    """A person's admin-socket command within their roles (the socket's owner may do
+    everything)."""
+    if who.via != "token":
+        return
+    cmd = str(req.get("cmd"))
+    if cmd in SERVICE_ONLY:
+        raise AccessError(f"{cmd} is the service's own; people's SQL is headend sql")
+    need = PERSON_NEEDS.get(cmd)
+    if cmd == "insert" and req.get("table") == "billing_accounts":
+        need = "billing"
+    if cmd == "policy" and req.get("act"):
+        need = "billing"
+    if need:
+        who.require(need, cmd)
+    if cmd == "insert" and not who.republic:
+        raise AccessError(
+            "imports through the admin socket are for people of the whole republic; "
+            "the HTTP API checks each row's region"
+        )
+
+
+def socket_person(people: People, owner: Principal, token: Any) -> Principal:
+    """Who a command on the admin socket is for: the person whose token it carries
+    (their roles and regions apply; the socket's owner is named as where from), or
+    the socket's owner."""
+    if token is None:
+        return owner
+    try:
+        return people.by_token(str(token), f"{owner.source} ({owner.name})")
+    except LoginError as e:
+        raise HeadendError(f"HEADEND_TOKEN: {e}") from None
 
 
 def local_principal() -> Principal:

@@ -5,6 +5,7 @@ server runs. One JSON object per line each way over ``<data>/admin.sock`` (mode 
 from __future__ import annotations
 
 import json
+import os
 import socket
 from collections.abc import Sequence
 from pathlib import Path
@@ -48,7 +49,11 @@ class AdminClient:
 
     def call(self, cmd: str, **args: Any) -> Any:
         s = self._connect()
-        s.sendall(json.dumps({"cmd": cmd, **args}, default=_json_default).encode() + b"\n")
+        # A person's own token ($HEADEND_TOKEN) makes the command theirs: their roles
+        # and regions apply. Without one, the socket's owner (the service user) acts.
+        token = os.environ.get("HEADEND_TOKEN")
+        req = {"cmd": cmd, **args, **({"token": token} if token else {})}
+        s.sendall(json.dumps(req, default=_json_default).encode() + b"\n")
         while b"\n" not in self._buf:
             chunk = s.recv(1 << 20)
             if not chunk:

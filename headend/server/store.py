@@ -773,6 +773,7 @@ class StoreService:
         Writes leave audit rows."""
         cmd = str(req.get("cmd"))
         loop = asyncio.get_running_loop()
+        access.check_person(who, req)
         if cmd.startswith("users.") or cmd == "audit":
             return await access.admin_command(self.people, self.guard, self.store, who, req)
         if cmd == "approvals":
@@ -950,11 +951,12 @@ class StoreService:
     async def _admin_client(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> None:
-        who = access.socket_principal(writer.get_extra_info("socket"))
+        owner = access.socket_principal(writer.get_extra_info("socket"))
         try:
             while line := await reader.readline():
                 try:
                     req = json.loads(line)
+                    who = access.socket_person(self.people, owner, req.pop("token", None))
                     result = await self._admin(req, who)
                     reply = {"ok": True, "result": result}
                 except HeadendError as e:
@@ -1003,7 +1005,20 @@ class StoreService:
         ]
         if self.link is not None:
             services.append(self.link.run())
+        if self.cfg.store.server_accounts:
+            services.append(self._resync_accounts())
         return services
+
+    async def _resync_accounts(self) -> None:
+        """Hourly: tokens that expired meanwhile stop opening the ClickHouse server."""
+        from headend.store.accounts import ServerAccounts
+
+        accounts = ServerAccounts(self.store, self.db)
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(3600)
+            users, tokens = list(self.people.users.values()), list(self.people.tokens.values())
+            await loop.run_in_executor(None, accounts.sync_all, users, tokens)
 
     async def _http(self) -> tuple[Any, Any] | None:
         from headend.web import app as web_app
@@ -1025,6 +1040,12 @@ class StoreService:
     def _load_people(self) -> None:
         self.people.load()
         self.submitter.approvals.load()
+        if self.cfg.store.server_accounts:
+            from headend.store.accounts import ServerAccounts
+
+            accounts = ServerAccounts(self.store, self.db)
+            accounts.sync_all(self.people.users.values(), self.people.tokens.values())
+            self.people.on_change = accounts.sync
         access.adopt_legacy_token(self.cfg, self.people)
 
     async def _close_http(self, http: tuple[Any, Any] | None) -> None:
