@@ -123,6 +123,10 @@ def test_analysts_tools_and_a_second_head_end_over_clickhouse_http(tmp_path: Pat
             st = b.admin("status")
             assert st["ingest"]["error"] is None
             assert b.scalar("SELECT count() FROM ami.readings WHERE meter = 'E1'") == 8 * REGISTERS
+            # B's own read-only queries (its admin socket's `query`) leave it able to
+            # write: two more pushes are stored.
+            push(b, tas, range(8, 10))
+            srv.wait_for("SELECT count() FROM ami.readings WHERE meter = 'E1'", 10 * REGISTERS)
             # The node's writes are the store's: the sessions B saw are in A's tables.
             srv.wait_for(
                 f"SELECT count() > 0 FROM ami.sessions WHERE has(meters, 'E1') "

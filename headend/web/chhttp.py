@@ -305,13 +305,23 @@ class ClickHouseHttp:
                 text = body.decode()
         m = _INSERT.match(text + "\n")
         if m is not None:
+            if settings.pop("readonly", "0") not in ("", "0"):
+                raise ChError(500, 164, "Cannot execute query in readonly mode. (READONLY)")
             self._insert(m, data, settings)
             return b"", DEFAULT_FORMAT
         sql, fmt = _split_format(text)
         fmt = fmt or request.query.get("default_format") or DEFAULT_FORMAT
+        reads = sql.lstrip().upper().startswith(_READS)
+        # `readonly` and `allow_ddl` are checked here, not set on the engine: the
+        # embedded client applies per-call settings with SET and restores them after,
+        # and a handle made read-only could never be restored (nor write again).
+        if settings.pop("readonly", "0") not in ("", "0") and not reads:
+            raise ChError(500, 164, "Cannot execute query in readonly mode. (READONLY)")
+        if settings.pop("allow_ddl", "1") == "0" and not reads:
+            raise ChError(500, 392, "DDL queries are prohibited. (QUERY_IS_PROHIBITED)")
         client = self.writers.client
         with self.writers._lock:
-            if sql.lstrip().upper().startswith(_READS):
+            if reads:
                 return bytes(client.raw_query(sql, settings=settings or None, fmt=fmt)), fmt
             result = client.command(sql, settings=settings or None)
         if result is None or (isinstance(result, int | float) and not isinstance(result, bool)):
