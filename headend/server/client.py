@@ -408,17 +408,21 @@ class MeterClock:
         return dt.timezone(dt.timedelta(minutes=minutes))
 
     def parse(self, value: Any) -> dt.datetime:
-        return clock_value(value, self.reversed_sign)
+        return clock_value(value, self.reversed_sign, self.deviation)
 
 
-def clock_value(value: Any, reversed_sign: bool = False) -> dt.datetime:
-    """A COSEM date-time (octet-string or date-time JSON) as an aware datetime."""
+def clock_value(
+    value: Any, reversed_sign: bool = False, default_deviation: int = -300
+) -> dt.datetime:
+    """A COSEM date-time (octet-string or date-time JSON) as an aware datetime; a
+    clock that does not say its deviation is read at the model's
+    `default_deviation`, as pushes are."""
     if value.get("type") == "octet-string":
         value = codec.decode_data(b"\x19" + bytes.fromhex(value["value"]))
     d = value["value"]
     dev = d.get("deviation")
     if dev is None:
-        dev = -300
+        dev = default_deviation
     minutes = dev if reversed_sign else -dev
     return dt.datetime.fromisoformat(d["iso"]).replace(
         tzinfo=dt.timezone(dt.timedelta(minutes=minutes))
@@ -470,6 +474,13 @@ async def _columns(c: MeterClient, obj: str) -> list[tuple[int, str]]:
     return [(int(col["value"][0]["value"]), _obis_text(col["value"][1])) for col in captured]
 
 
+def scaled(value: float, scaler: int) -> float:
+    """A register's value times 10^scaler by the same Rust code that scales pushes
+    (`value * 10.0 ** scaler` would store 2301 at scaler -1 as 230.10000000000002
+    where a push stores 230.1)."""
+    return codec.scale(float(value), scaler)
+
+
 async def _scaler_unit(c: MeterClient, cls: int, obis: str) -> tuple[int, str]:
     su = (await c.get(cls, obis, 3))["value"]
     info = codec.unit_info(int(su[1]["value"]))
@@ -510,7 +521,7 @@ async def _profile(
             v = values[i].get("value")
             if not isinstance(v, int | float):
                 continue
-            rows.append([columns[i][1], ts, float(v) * 10.0**scaler, unit, status & 0xFF])
+            rows.append([columns[i][1], ts, scaled(v, scaler), unit, status & 0xFF])
     return {"entries": len(entries), "rows": rows}
 
 
@@ -524,7 +535,7 @@ async def _registers(
         scaler, unit = await _scaler_unit(c, 3, obis)
         v = (await c.get(3, obis, 2))["value"]
         if isinstance(v, int | float):
-            rows.append([obis, ts, float(v) * 10.0**scaler, unit, 0])
+            rows.append([obis, ts, scaled(v, scaler), unit, 0])
     return rows
 
 
