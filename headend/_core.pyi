@@ -323,6 +323,9 @@ class RowSink:
         """(readings RowBinary, rows, events RowBinary, rows, titles whose counters moved)."""
     def take_stats(self) -> dict[str, Any]:
         """Counts since the last call: pushes, readings, events, rejects by reason."""
+    def add_events(self, rows: list[tuple[str, int, int, str, str, str, str, str, int]]) -> None:
+        """Appends `events` rows made in Python: (meter, ts, code, name, category,
+        source, peer, detail, received_at) each."""
     @staticmethod
     def columns() -> list[tuple[str, list[str]]]:
         """Column order of the RowBinary blocks, per table."""

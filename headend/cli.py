@@ -445,6 +445,12 @@ def _print_status(st: dict[str, Any]) -> None:
         )
     if st["rejects"]:
         print("rejects       " + ", ".join(f"{k}={v}" for k, v in sorted(st["rejects"].items())))
+    src = st.get("sources") or {}
+    if src.get("untrusted_connections") or src.get("banned"):
+        print(
+            f"sources       {src['untrusted_connections']} connections without a meter yet, "
+            f"{src['banned']} addresses banned"
+        )
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:

@@ -9,6 +9,7 @@ back to a default.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import tomllib
@@ -61,6 +62,38 @@ class ServerConfig:
     """Backlog below which workers read again."""
     sweep_interval: float = 5.0
     """Seconds between checks of idle and handshake timeouts."""
+    source_max_untrusted: int = 256
+    """Connections one source address may hold on a worker before a meter is identified
+    on them; more are refused and the address is banned. Identified meters' connections
+    do not count (meters behind one NAT address push as they like). 0: no limit."""
+    source_connect_rate: float = 200.0
+    """New connections per second one source address may open on a worker (a token
+    bucket of `source_connect_burst`); over it the address is banned. 0: no limit."""
+    source_connect_burst: int = 2000
+    """Connections a source address may open at once before its rate applies."""
+    source_max_bad_frames: int = 100
+    """Refused inputs (malformed frames, failed tags, replays, junk APDUs, handshake
+    timeouts) per minute from one source address before it is banned. 0: no limit."""
+    source_ban: float = 10.0
+    """Seconds a source address is refused the first time it passes a limit; each new
+    offence while remembered doubles it, up to `source_ban_max`."""
+    source_ban_max: float = 3600.0
+    """Longest ban, seconds; an address quiet this long starts again at `source_ban`."""
+    source_subnet_prefix: int = 0
+    """Also apply the limits to each IPv4 /N (24: a /24) with `source_subnet_factor`
+    times the address limits; 0: per address only."""
+    source_subnet_factor: int = 8
+    """The subnet limits as a multiple of the address limits."""
+    trusted_sources: tuple[str, ...] = ()
+    """Networks (CIDR) exempt from the per-source limits: concentrators' networks, an
+    APN behind one NAT address, the load driver."""
+    max_bad_frames_per_connection: int = 20
+    """Refused inputs on one connection without an identified meter before it is
+    closed."""
+    reject_report_interval: float = 60.0
+    """Seconds over which refused inputs and refused connections are aggregated: one log
+    line and one `events` row per source address, reason and meter per interval, with
+    the count (the counts are exact in /metrics and status at once)."""
 
 
 @dataclass(frozen=True)
@@ -159,6 +192,11 @@ class CommandsConfig:
     """Seconds before the first retry; doubles with each attempt (at most an hour)."""
     expire: float = 86_400.0
     """Seconds a command waits for its meter to connect before it expires."""
+    max_expire: float = 31 * 86_400.0
+    """Longest `expires_in` a person may give a command, seconds."""
+    max_pending_per_meter: int = 100
+    """Commands one meter may have waiting or running; more are refused with an error
+    (scheduled reads are queued only when none of their kind waits)."""
     wait: float = 30.0
     """Seconds `headend ctl read/disconnect/reconnect` waits for the outcome before
     answering that the command is queued."""
@@ -572,8 +610,25 @@ def load(path: Path | None = None, data_dir: Path | None = None) -> Config:
         cfg = replace(cfg, profiles_dir=(p if p.is_absolute() else base / p).resolve())
     if cfg.server.resume_backlog_bytes > cfg.server.pause_backlog_bytes:
         raise ConfigError(f"{where}: [server] resume_backlog_bytes exceeds pause_backlog_bytes")
+    _check_sources(cfg.server, where)
     _check_node(cfg, where)
     return cfg
+
+
+def _check_sources(srv: ServerConfig, where: str) -> None:
+    """The per-source limits: networks that parse, a prefix that is one."""
+    for net in srv.trusted_sources:
+        try:
+            ipaddress.ip_network(net, strict=False)
+        except ValueError:
+            raise ConfigError(
+                f"{where}: [server] trusted_sources: {net!r} is not a network (CIDR)"
+            ) from None
+    if not 0 <= srv.source_subnet_prefix <= 32:
+        raise ConfigError(f"{where}: [server] source_subnet_prefix must be 0-32")
+    for key in ("source_ban", "source_ban_max", "reject_report_interval"):
+        if not getattr(srv, key) > 0:
+            raise ConfigError(f"{where}: [server] {key} must be positive")
 
 
 def _check_node(cfg: Config, where: str) -> None:

@@ -205,7 +205,7 @@ def run(args: argparse.Namespace) -> int:
         "--speed",
         str(speed),
         "--source",
-        "127.0.0.1,127.0.0.2",
+        ",".join(sim.fleet_sources(0, args.meters)),
         "--status-every",
         "30",
         stdout=log,

@@ -90,6 +90,17 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
         "--storm-at", default="", help="real seconds after the fleet starts, comma-separated"
     )
     ap.add_argument(
+        "--attack",
+        default="",
+        metavar="KIND:N,...",
+        help="hostile traffic from 127.254.0.1 while the fleet pushes (loadtest/attack.py): "
+        "idle:N connections that never speak, garbage:K writing random bytes, junk:K "
+        "writing well-framed junk APDUs; e.g. idle:19000,garbage:20",
+    )
+    ap.add_argument(
+        "--attack-rate", type=float, default=2000.0, help="the attacker's new connections/s"
+    )
+    ap.add_argument(
         "--ingest-interval",
         type=float,
         default=0.5,
@@ -319,12 +330,30 @@ class Window:
     cpu_sims: tuple[float, float] = (0.0, 0.0)
 
 
+ATTACK_KINDS = ("idle", "garbage", "junk")
+ATTACK_SOURCE = "127.254.0.1"
+
+
+def parse_attack(spec: str) -> dict[str, int]:
+    """`idle:19000,garbage:20` -> {"idle": 19000, "garbage": 20}."""
+    out: dict[str, int] = {}
+    for part in filter(None, (p.strip() for p in spec.split(","))):
+        kind, _, n = part.partition(":")
+        if kind not in ATTACK_KINDS or not n.isdigit() or int(n) <= 0:
+            raise SystemExit(
+                f"--attack: {part!r} is not KIND:N with KIND one of {', '.join(ATTACK_KINDS)}"
+            )
+        out[kind] = int(n)
+    return out
+
+
 def _measure(args: argparse.Namespace, root: Path) -> dict[str, Any]:
     r = LoadRun(args, root)
     r.prepare()
     try:
         r.start_fleet()
         r.wait_connected()
+        r.start_attack()
         w0 = r.window_edge()
         probe = Probe(r.h, r.port, r.probe, args.probes_per_s, args.encrypt)
         if args.probes_per_s > 0:
@@ -352,6 +381,9 @@ class LoadRun:
         self.rss0: dict[int, int] = {}
         self.rss1: dict[int, int] = {}
         self.t_start = 0.0
+        self.attack = parse_attack(args.attack)
+        self.attacker: subprocess.Popen[str] | None = None
+        self.attack_result: dict[str, Any] = {}
 
     def prepare(self) -> None:
         args = self.args
@@ -400,7 +432,7 @@ class LoadRun:
 
     def sim_args(self, k: int) -> list[str]:
         a = self.args
-        sources = [f"127.{1 + k // 250}.{k % 250}.1", f"127.{1 + k // 250}.{k % 250}.2"]
+        sources = sim.fleet_sources(k, math.ceil(self.total_meters / self.processes))
         extra = [
             "--partition", f"{k}/{self.processes}",
             "--source", ",".join(sources),
@@ -447,6 +479,38 @@ class LoadRun:
         self.sessions = int(self.h.admin("status")["sessions"])
         self.rss1 = {p: rss_kib(p) for p in self.worker_pids}
 
+    def start_attack(self) -> None:
+        """The attacker runs from now until the fleet stops."""
+        if not self.attack:
+            return
+        left = self.t_start + self.ramp + self.args.duration - time.monotonic()
+        cmd = [
+            sys.executable, "-m", "loadtest.attack",
+            "--port", str(self.port),
+            "--source", ATTACK_SOURCE,
+            "--rate", str(self.args.attack_rate),
+            "--duration", str(max(1.0, left)),
+        ]  # fmt: skip
+        for kind, n in self.attack.items():
+            cmd += [f"--{kind}", str(n)]
+        self.attacker = subprocess.Popen(
+            cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+
+    def stop_attack(self) -> None:
+        if self.attacker is None:
+            return
+        try:
+            out, err = self.attacker.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.attacker.kill()
+            out, err = self.attacker.communicate()
+        for line in out.splitlines():
+            if line.startswith("{"):
+                self.attack_result = json.loads(line)["attack"]
+        if not self.attack_result:
+            self.attack_result = {"error": err[-2000:]}
+
     def window_edge(self) -> Window:
         return Window(
             t=time.monotonic(),
@@ -460,6 +524,7 @@ class LoadRun:
         )
 
     def finish(self, probe: Probe) -> None:
+        self.stop_attack()
         for p in self.procs:
             p.proc.wait(timeout=120)
             p.thread.join(10)
@@ -488,9 +553,20 @@ class LoadRun:
         self.stored_events = int(
             self.h.scalar(f"SELECT count() FROM ami.events WHERE {EVENT_SOURCES}")
         )
-        self.rejects = self.h.admin("status").get("rejects", {})
+        st = self.h.admin("status")
+        self.rejects = st.get("rejects", {})
+        self.sources = st.get("sources", {})
+        # What the refusals cost in log lines and rows (told in aggregate).
+        self.reject_rows = int(
+            self.h.scalar("SELECT count() FROM ami.events WHERE category = 'reject'")
+        )
+        log = self.h.log.read_text(errors="replace") if self.h.log.exists() else ""
+        self.log_lines = len(log.splitlines())
+        self.refusal_lines = sum(1 for line in log.splitlines() if " refused from " in line)
 
     def cleanup(self) -> None:
+        if self.attacker is not None and self.attacker.poll() is None:
+            self.attacker.kill()
         for p in self.procs:
             if p.proc.poll() is None:
                 p.proc.kill()
@@ -607,6 +683,16 @@ class LoadRun:
             ),
             "simulator_max_lag_s": lag,
             "rejects": self.rejects,
+            "attack": {
+                "spec": self.attack,
+                "source": ATTACK_SOURCE if self.attack else None,
+                "rate": a.attack_rate if self.attack else None,
+                "attacker": self.attack_result,
+                "sources": self.sources,
+                "reject_event_rows": self.reject_rows,
+                "log_lines": self.log_lines,
+                "refusal_log_lines": self.refusal_lines,
+            },
             "bottleneck": self.bottleneck(
                 target, sent_rate, stored_rate, lag, (cpu_workers + cpu_store + cpu_sims) / window
             ),

@@ -55,5 +55,19 @@ def read_record(path: Path) -> tuple[dict[str, list[tuple[str, int]]], list[dict
     return models, lines
 
 
+# Connections a simulator opens from one source address: real meters each have their
+# own address on the APN, and the head-end limits what one address may do before a
+# meter is identified on it ([server] source_* settings).
+PER_ADDRESS = 64
+
+
+def fleet_sources(k: int, connections: int) -> list[str]:
+    """Source addresses for simulator process `k` of a fleet: 127.(1 + k // 250).(k %
+    250).1-250, as many as keep about PER_ADDRESS connections on each (127.0.x.x stays
+    free for probes, attackers and tests)."""
+    n = max(1, min(250, -(-connections // PER_ADDRESS)))
+    return [f"127.{1 + k // 250}.{k % 250}.{i}" for i in range(1, n + 1)]
+
+
 def partition_args(k: int, parts: int, sources: Sequence[str]) -> list[str]:
     return ["--partition", f"{k}/{parts}", "--source", ",".join(sources)]

@@ -179,9 +179,12 @@ class Server:
     #: Further sections of the configuration file ({"commands": {...}}).
     sections: dict[str, dict[str, Any]] = field(default_factory=dict)
 
-    def pusher(self, framing: str = "wrapper", port: int | None = None) -> Pusher:
-        """A meter connection the server closes when it stops (also after a failure)."""
-        p = Pusher(port or self.port, framing)
+    def pusher(
+        self, framing: str = "wrapper", port: int | None = None, source: str = "127.0.0.1"
+    ) -> Pusher:
+        """A meter connection (from `source`, a loopback address) the server closes
+        when it stops (also after a failure)."""
+        p = Pusher(port or self.port, framing, source)
         self.pushers.append(p)
         return p
 
@@ -222,6 +225,8 @@ class Server:
             "handshake_timeout": 3.0,
             "sweep_interval": 0.5,
             "unknown_meter_ttl": 2.0,
+            # Refusals are told in aggregate every interval: short, so tests see them.
+            "reject_report_interval": 0.5,
             **self.server_settings,
         }
         store = {"ingest_interval": 0.05, "fsync": "always", **self.store_settings}
@@ -319,15 +324,18 @@ class Server:
 class Pusher:
     """A meter connection that reconnects when the head-end drops it."""
 
-    def __init__(self, port: int, framing: str = "wrapper") -> None:
+    def __init__(self, port: int, framing: str = "wrapper", source: str = "127.0.0.1") -> None:
         self.port = port
         self.framing = framing
+        self.source = source
         self.sock: socket.socket | None = None
         self.reconnects = 0
 
     def _connect(self) -> socket.socket:
         if self.sock is None:
-            self.sock = socket.create_connection(("127.0.0.1", self.port), timeout=10)
+            self.sock = socket.create_connection(
+                ("127.0.0.1", self.port), timeout=10, source_address=(self.source, 0)
+            )
         return self.sock
 
     def frame(self, apdu: bytes, source: int = 1) -> bytes:

@@ -1,9 +1,9 @@
 """Limits and operations on a server configured tight: a separate HDLC port, idle
-timeout, connections per worker, backpressure from the spool backlog, socket modes."""
+timeout, backpressure from the spool backlog, socket modes. (Connections per worker
+and per source: test_hostile.py.)"""
 
 from __future__ import annotations
 
-import socket
 import stat
 import time
 from collections.abc import Iterator
@@ -21,7 +21,6 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     settings = {
         "hdlc_port": HDLC_PORT,
         "idle_timeout": 2.0,
-        "max_connections_per_worker": 3,
         "pause_backlog_bytes": 1,
         "resume_backlog_bytes": 0,
     }
@@ -72,29 +71,6 @@ def test_idle_connections_are_closed(server: Server) -> None:
     assert 1.5 < time.monotonic() - t < 12
     p.close()
     server.wait_for("SELECT count() > 0 FROM ami.sessions WHERE reason = 'idle-timeout'", 1)
-
-
-def test_connections_per_worker_are_capped(server: Server) -> None:
-    # Two workers, three connections each: a seventh connection is closed at once.
-    socks = []
-    try:
-        for _ in range(6):
-            s = socket.create_connection(("127.0.0.1", server.port))
-            socks.append(s)
-        time.sleep(0.5)
-        extra = socket.create_connection(("127.0.0.1", server.port))
-        extra.settimeout(5)
-        assert extra.recv(1) == b""
-        extra.close()
-    finally:
-        for s in socks:
-            s.close()
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        if server.admin("status")["rejects"].get("capacity", 0) >= 1:
-            break
-        time.sleep(0.2)
-    assert server.admin("status")["rejects"].get("capacity", 0) >= 1
 
 
 def test_sockets_and_secrets_are_private(server: Server) -> None:

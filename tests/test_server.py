@@ -96,8 +96,14 @@ def test_concentrator_connection_carries_several_meters(server: Server) -> None:
         server.wait_for(f"SELECT count() FROM ami.readings WHERE meter = '{m.serial}'", 18)
 
 
+# Refusals are stored aggregated: one row per source, reason and meter per interval,
+# the count first in its detail ("2 in 1 s: ...").
+REFUSED = "sum(toUInt64OrZero(splitByChar(' ', detail)[1]))"
+
+
 def test_bad_frames_interleaved_with_good_ones(server: Server) -> None:
-    before = int(server.scalar("SELECT count() FROM ami.events WHERE name = 'reject:malformed'"))
+    malformed = f"SELECT {REFUSED} FROM ami.events WHERE name = 'reject:malformed'"
+    before = int(server.scalar(malformed))
     p = server.pusher()
     good = [p.frame(E1.push(10 + i)) for i in range(3)]
     oversized = (
@@ -109,8 +115,9 @@ def test_bad_frames_interleaved_with_good_ones(server: Server) -> None:
         "SELECT count() FROM ami.readings WHERE meter = 'E1' AND ts >= toDateTime('2026-11-23 02:00:00', 'Asia/Tashkent')",
         18,
     )
-    after = int(server.scalar("SELECT count() FROM ami.events WHERE name = 'reject:malformed'"))
-    assert after - before == 2
+    server.wait_for(malformed, before + 2)
+    time.sleep(1.5)  # a later telling adds nothing
+    assert int(server.scalar(malformed)) == before + 2
     assert oversized  # used below
     p = server.pusher()
     p.send(oversized + b"x" * 100)
@@ -137,8 +144,10 @@ def test_wrong_key_and_replay_are_refused_and_recorded(server: Server) -> None:
     )
     server.wait_for("SELECT count() FROM ami.readings WHERE meter = 'RP'", 12)
     assert readings(server, "WK") == 0
-    detail = server.scalar("SELECT detail FROM ami.events WHERE meter = 'WK' LIMIT 1")
-    assert detail == "authentication failed"
+    detail = str(server.scalar("SELECT detail FROM ami.events WHERE meter = 'WK' LIMIT 1"))
+    assert detail.startswith("1 in "), detail
+    assert detail.endswith(" s: authentication failed"), detail
+    assert server.scalar("SELECT peer FROM ami.events WHERE meter = 'WK' LIMIT 1") == "127.0.0.1"
 
 
 def test_unknown_meter_is_refused_and_recorded(server: Server) -> None:
@@ -176,6 +185,19 @@ def test_handshake_timeout_closes_silent_connections(server: Server) -> None:
     assert s.recv(1) == b""  # closed by the head-end
     assert time.monotonic() - t < 8
     s.close()
+
+
+def test_junk_does_not_make_a_connection_trusted(server: Server) -> None:
+    # A well-framed APDU that identifies no meter: the handshake timeout still holds
+    # (it used to move the connection to the 30-minute idle timeout).
+    s = socket.create_connection(("127.0.0.1", server.port))
+    s.settimeout(10)
+    t = time.monotonic()
+    s.sendall(codec.wrap(b"\x0b\x0b\x0b", 1, 1))
+    assert s.recv(1) == b""
+    assert time.monotonic() - t < 8
+    s.close()
+    server.wait_for("SELECT count() > 0 FROM ami.events WHERE name = 'reject:handshake-timeout'", 1)
 
 
 def test_sessions_status_and_sql_through_the_server(server: Server) -> None:

@@ -685,6 +685,7 @@ class StoreService:
         workers = []
         rejects: dict[str, int] = {}
         totals: dict[str, float] = {"sessions": 0, "pushes_per_s": 0.0, "readings_per_s": 0.0}
+        sources = {"untrusted_connections": 0, "banned": 0}
         for wid, st in sorted(self.worker_stats.items()):
             rates = st.get("rates", {})
             connected = wid in self.workers
@@ -707,6 +708,8 @@ class StoreService:
                 totals["sessions"] += st.get("sessions", 0)
                 totals["pushes_per_s"] += rates.get("pushes", 0.0)
                 totals["readings_per_s"] += rates.get("readings", 0.0)
+                sources["untrusted_connections"] += st.get("untrusted", 0)
+                sources["banned"] += st.get("sources_banned", 0)
         return {
             "uptime_s": round(time.time() - self.started, 1),
             "pid": os.getpid(),
@@ -722,6 +725,7 @@ class StoreService:
                 **self.ingest_state,
             },
             "rejects": rejects,
+            "sources": sources,
             "lookups": dict(self.lookup_stats),
             "commands": {**self.commands.stats(), "polled_readings": self.polled},
             "node": self.owner.as_dict(),

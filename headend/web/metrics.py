@@ -166,6 +166,19 @@ def render(
         "Input refused, by reason.",
         [({"reason": r}, n) for r, n in sorted(status["rejects"].items())],
     )
+    src = status.get("sources", {})
+    o.metric(
+        "headend_connections_untrusted",
+        "gauge",
+        "Meter-port connections on which no meter has been identified yet.",
+        [({}, src.get("untrusted_connections", 0))],
+    )
+    o.metric(
+        "headend_sources_banned",
+        "gauge",
+        "Source addresses (and subnets) refused for passing a limit, summed over workers.",
+        [({}, src.get("banned", 0))],
+    )
     cmd = status["commands"]
     o.metric(
         "headend_commands_pending",

@@ -24,7 +24,7 @@ use crate::keywrap::MasterKey as RsMasterKey;
 use crate::obis::ObisCode;
 use crate::profile::Profile;
 use crate::push::{PushBatch as RsPushBatch, PushDecoder as RsPushDecoder};
-use crate::rows::{RowSink as RsRowSink, EVENTS_COLUMNS, READINGS_COLUMNS};
+use crate::rows::{EventRow, RowSink as RsRowSink, EVENTS_COLUMNS, READINGS_COLUMNS};
 use crate::security::{self, KeyTable as RsKeyTable, Keys, Policy, SystemTitle};
 use crate::session::{Directory as RsDirectory, LookupKey, Session as RsSession, SessionEvent};
 use crate::stream::{self, Event, Framing, StreamConfig, Transport};
@@ -1098,6 +1098,26 @@ impl RowSink {
     ) -> (Bound<'py, PyBytes>, u64, Bound<'py, PyBytes>, u64, Vec<Bound<'py, PyBytes>>) {
         let ((r, rn), (e, en), touched) = self.inner.drain();
         (PyBytes::new(py, &r), rn, PyBytes::new(py, &e), en, touched.iter().map(|t| PyBytes::new(py, t)).collect())
+    }
+
+    /// Appends `events` rows made in Python (the worker's aggregated refusals), each
+    /// (meter, ts, code, name, category, source, peer, detail, received_at): one road
+    /// for events into the spool, whoever made them.
+    #[allow(clippy::type_complexity)]
+    fn add_events(&mut self, rows: Vec<(String, i64, u16, String, String, String, String, String, i64)>) {
+        for (meter, ts, code, name, category, source, peer, detail, received_at) in &rows {
+            self.inner.event(&EventRow {
+                meter,
+                ts: *ts,
+                code: *code,
+                name,
+                category,
+                source,
+                peer,
+                detail,
+                received_at: *received_at,
+            });
+        }
     }
 
     /// Counts since the last call: pushes, readings, events and rejects by reason.

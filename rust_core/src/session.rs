@@ -8,8 +8,10 @@
 //!                                     └ unknown: queue the APDU, ask Python to look the meter up
 //! ```
 //! Python sees only what it must act on: lookups, non-push APDUs (responses to its own
-//! requests), HDLC link frames and rejects to log. Every reject also becomes an
-//! `events` row, so nothing refused is invisible.
+//! requests), HDLC link frames and rejects. Every reject is counted in the sink's stats
+//! and reported to Python, which aggregates them per source address, reason, meter and
+//! interval into `events` rows and log lines (a flood cannot write a row per bad frame),
+//! so nothing refused is invisible.
 
 use std::collections::{HashMap, VecDeque};
 
@@ -366,21 +368,8 @@ impl Session {
     fn reject_kind(&mut self, cx: &mut Ctx<'_>, kind: &'static str, message: &str, meter: Option<u32>) {
         self.stats.errors += 1;
         cx.sink.count_reject(kind);
-        let serial = meter.map(|m| cx.dir.meter(m).serial.clone()).unwrap_or_default();
-        let name = format!("reject:{kind}");
-        let detail: String = message.chars().take(300).collect();
-        cx.sink.event(&EventRow {
-            meter: &serial,
-            ts: cx.now,
-            code: 0,
-            name: &name,
-            category: "reject",
-            source: "head-end",
-            peer: &self.peer,
-            detail: &detail,
-            received_at: cx.now,
-        });
-        cx.out.push(SessionEvent::Reject { kind, message: message.to_string(), meter });
+        let message: String = message.chars().take(300).collect();
+        cx.out.push(SessionEvent::Reject { kind, message, meter });
     }
 
     fn learned(&self, source: u32) -> Option<u32> {
@@ -865,8 +854,8 @@ mod tests {
         let out =
             run(&mut s, &mut d, &mut sink, &[push("P1", 1, 2300, 1_700_000_000), push("E1", 1, 2300, 1_700_000_000)]);
         assert_eq!(sink.readings_rows(), 2, "{out:?}");
-        assert!(matches!(out[1], SessionEvent::Reject { kind: "unciphered", .. }), "{out:?}");
-        assert_eq!(sink.events_rows(), 1);
+        assert!(matches!(out[1], SessionEvent::Reject { kind: "unciphered", meter: Some(_), .. }), "{out:?}");
+        assert_eq!(sink.take_stats().rejects, vec![("unciphered", 1)]);
     }
 
     #[test]
@@ -926,7 +915,9 @@ mod tests {
             .collect();
         assert_eq!(kinds, ["replayed-invocation-counter", "authentication-failed", "malformed"]);
         assert_eq!(sink.readings_rows(), 2);
-        assert_eq!(sink.events_rows(), 3);
+        // Rejects are counted, and rows are Python's (aggregated per source): none here.
+        assert_eq!(sink.events_rows(), 0);
+        assert_eq!(sink.take_stats().rejects.len(), 3);
         assert_eq!(d.keys.counters(&ST).unwrap().0, Some(7));
     }
 
