@@ -17,13 +17,16 @@ commands (priority 0) go before scheduled reads (priority 1).
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import datetime as dt
 import heapq
 import json
 import logging
+import math
+import os
+import random
 import time
-import uuid
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -164,24 +167,87 @@ class Command:
         ]
 
 
+# Unix seconds a command's times may name (1970 .. 2106, what DLMS date-times and the
+# tables' DateTime hold).
+MAX_UNIX = 2**32 - 1
+# Command records per insert.
+WRITE_SLICE = 2000
+# Meters whose queue head one dispatch pass offers at most (the rest: the next pass).
+DISPATCH_BATCH = 1000
+# Objects one read command may name.
+MAX_READ_OBJECTS = 256
+# Most seconds a person may wait for a command's outcome.
+MAX_WAIT = 300.0
+
+
+def seconds(value: Any, name: str, lo: float, hi: float) -> float:
+    """A number of seconds from a request, range-checked where it enters: a clear
+    error instead of a value that fails later (1e308 once left a command that failed
+    every claim)."""
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise CommandError(f"{name} must be a number of seconds, got {value!r}")
+    try:
+        v = float(value)
+    except ValueError:
+        raise CommandError(f"{name} must be a number of seconds, got {value!r}") from None
+    if not math.isfinite(v) or not lo <= v <= hi:
+        raise CommandError(f"{name} must be between {lo:g} and {hi:g} seconds, got {value!r}")
+    return v
+
+
+def expires_in_of(item: dict[str, Any], cfg: CommandsConfig) -> float | None:
+    """A request's `expires_in`, checked (None: the configured default)."""
+    raw = item.get("expires_in")
+    return None if raw is None else seconds(raw, "expires_in", 1.0, cfg.max_expire)
+
+
+def _unix(args: dict[str, Any], key: str, kind: str) -> None:
+    v = args.get(key)
+    if v is None:
+        return
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise CommandError(f"{kind} needs {key} as integer Unix seconds (or none)")
+    if not 0 <= v <= MAX_UNIX:
+        raise CommandError(f"{kind}: {key}={v} is outside 0..{MAX_UNIX} (Unix seconds)")
+
+
 def validate(kind: str, args: dict[str, Any]) -> None:
+    """A command's kind and arguments, checked where they enter (every number in
+    range), so nothing that fails later is queued."""
+    if not isinstance(args, dict):
+        raise CommandError(f"args must be an object, got {type(args).__name__}")
     if kind not in KINDS:
         raise CommandError(f"unknown command {kind!r}; choose one of {', '.join(KINDS)}")
     if kind == "read":
-        objs = args.get("objects")
-        if not isinstance(objs, list) or not objs:
-            raise CommandError("read needs objects: [[class, obis, attribute], ...]")
-        for o in objs:
-            if not (isinstance(o, list | tuple) and len(o) == 3):
-                raise CommandError(f"read object {o!r} is not [class, obis, attribute]")
+        _check_read(args)
     if kind == "daily":
         for k in ("profile_from", "events_from", "to"):
-            if args.get(k) is not None and not isinstance(args[k], int):
-                raise CommandError(f"daily needs {k} as integer Unix seconds (or none)")
-    if kind == "profile" and not (
-        isinstance(args.get("from"), int) and isinstance(args.get("to"), int)
-    ):
-        raise CommandError("profile needs integer from and to (Unix seconds)")
+            _unix(args, k, "daily")
+    if kind == "profile":
+        if not (isinstance(args.get("from"), int) and isinstance(args.get("to"), int)):
+            raise CommandError("profile needs integer from and to (Unix seconds)")
+        _unix(args, "from", "profile")
+        _unix(args, "to", "profile")
+        if args["from"] > args["to"]:
+            raise CommandError("profile: from is after to")
+
+
+def _check_read(args: dict[str, Any]) -> None:
+    objs = args.get("objects")
+    if not isinstance(objs, list) or not objs:
+        raise CommandError("read needs objects: [[class, obis, attribute], ...]")
+    if len(objs) > MAX_READ_OBJECTS:
+        raise CommandError(f"read takes at most {MAX_READ_OBJECTS} objects, got {len(objs)}")
+    for o in objs:
+        if not (isinstance(o, list | tuple) and len(o) == 3):
+            raise CommandError(f"read object {o!r} is not [class, obis, attribute]")
+        cls, obis, attr = o
+        if isinstance(cls, bool) or not isinstance(cls, int) or not 0 <= cls <= 0xFFFF:
+            raise CommandError(f"read object {o!r}: class must be 0..65535")
+        if not isinstance(obis, str) or len(obis) > 32:
+            raise CommandError(f"read object {o!r}: obis must be a code such as 1.0.1.8.0.255")
+        if isinstance(attr, bool) or not isinstance(attr, int) or not 1 <= attr <= 127:
+            raise CommandError(f"read object {o!r}: attribute must be 1..127")
 
 
 class CommandQueue:
@@ -204,6 +270,9 @@ class CommandQueue:
         self._workers = workers
         self.commands: dict[str, Command] = {}
         self.by_meter: dict[str, list[str]] = {}
+        # Commands (not scheduled reads) waiting or running per meter, for the cap.
+        self.commands_waiting: dict[str, int] = {}
+        self._ids = random.Random(os.urandom(16))  # noqa: S311 (names, not secrets)
         self.waiters: dict[str, list[asyncio.Future[Command]]] = {}
         self.running_per_node: dict[str, int] = {}
         self.totals: dict[str, int] = {}
@@ -266,6 +335,11 @@ class CommandQueue:
         self.totals[c.state] = self.totals.get(c.state, 0) + 1
         self._wake.set()
 
+    def new_id(self) -> str:
+        """A command id: 16 hex digits, random (seeded from the system's randomness:
+        ids are names, not secrets, and a batch of 10,000 needs them fast)."""
+        return f"{self._ids.getrandbits(64):016x}"
+
     def take_rows(self) -> list[list[Any]]:
         """The transitions recorded since the last call (on the event loop)."""
         rows, self._rows = self._rows, []
@@ -273,8 +347,10 @@ class CommandQueue:
 
     def write(self, rows: list[list[Any]]) -> None:
         """Inserts transitions (in an executor: the queue itself stays on the loop)."""
-        if rows:
-            self.store.insert_rows("commands", COLUMNS, rows)
+        # In slices: an insert holds the GIL for part of its time (the embedded store,
+        # the client's encoding), and the event loop waits for it meanwhile.
+        for i in range(0, len(rows), WRITE_SLICE):
+            self.store.insert_rows("commands", COLUMNS, rows[i : i + WRITE_SLICE])
 
     # -- submitting -----------------------------------------------------------------------
 
@@ -319,9 +395,17 @@ class CommandQueue:
         offered). `command_id`: the id the centre gave a command it sent down."""
         args = args or {}
         validate(kind, args)
+        if expires_in is not None:
+            expires_in = seconds(expires_in, "expires_in", 0.0, max(self.cfg.max_expire, 1e6))
+        waiting = self.commands_waiting.get(serial, 0)
+        if priority == COMMAND and waiting >= self.cfg.max_pending_per_meter:
+            raise CommandError(
+                f"meter {serial} already has {waiting} commands waiting, the most "
+                "[commands] max_pending_per_meter allows; cancel some or let them run"
+            )
         now = time.time()
         c = Command(
-            command_id=command_id or uuid.uuid4().hex[:16],
+            command_id=command_id or self.new_id(),
             serial=serial,
             kind=kind,
             args=args,
@@ -390,10 +474,15 @@ class CommandQueue:
             self._unresolved.add(c.command_id)
         heapq.heappush(self._expiry, (c.expires_at, c.command_id))
         self._dirty.add(c.serial)
+        if c.priority == COMMAND:
+            self.commands_waiting[c.serial] = self.commands_waiting.get(c.serial, 0) + 1
         q = self.by_meter.setdefault(c.serial, [])
-        q.append(c.command_id)
-        # Commands before scheduled reads; otherwise in the order asked.
-        q.sort(key=lambda i: (self.commands[i].priority, self.commands[i].requested_at))
+        # Commands before scheduled reads; otherwise in the order asked (an insertion,
+        # not a sort of the queue per command).
+        commands = self.commands
+        bisect.insort(
+            q, c.command_id, key=lambda i: (commands[i].priority, commands[i].requested_at)
+        )
 
     def pending(self, serial: str, kind: str | None = None) -> list[Command]:
         return [
@@ -458,7 +547,13 @@ class CommandQueue:
             self._offered_to = workers
             self._dirty.update(self.by_meter)
         self._timers(now)
-        dirty, self._dirty = self._dirty, set()
+        if len(self._dirty) <= DISPATCH_BATCH:
+            dirty, self._dirty = self._dirty, set()
+        else:
+            # Thousands of new commands at once: a slice per pass, the rest at the next
+            # (woken at once), so the event loop is never held for long.
+            dirty = {self._dirty.pop() for _ in range(DISPATCH_BATCH)}
+            self._wake.set()
         for serial in dirty:
             ids = self.by_meter.get(serial)
             if not ids:
@@ -601,6 +696,10 @@ class CommandQueue:
         self._record(c)
         if self.commands.pop(c.command_id, None) is not None:
             self.scheduled_waiting -= c.priority == SCHEDULED
+            if c.priority == COMMAND:
+                n = self.commands_waiting.pop(c.serial, 1) - 1
+                if n > 0:
+                    self.commands_waiting[c.serial] = n
         ids = self.by_meter.get(c.serial, [])
         if c.command_id in ids:
             ids.remove(c.command_id)
@@ -622,7 +721,7 @@ class CommandQueue:
 
         return {
             "pending": len(self.commands),
-            "running": sum(1 for c in self.commands.values() if c.state == "running"),
+            "running": sum(self.running_per_node.values()),
             "meters_waiting": len(self.by_meter),
             "transitions": dict(self.totals),
             "p50_s": pct(0.5),

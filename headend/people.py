@@ -19,6 +19,7 @@ import datetime as dt
 import hashlib
 import hmac
 import json
+import math
 import re
 import secrets
 import threading
@@ -49,6 +50,8 @@ REPUBLIC = "*"
 _USER = re.compile(r"^[a-z][a-z0-9._-]{1,31}$")
 _REGION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:/-]{0,63}$")
 TOKEN_PREFIX = "hk_"  # noqa: S105 (a prefix, not a secret)
+# Longest life of a personal API token, seconds (ten years).
+MAX_TOKEN_LIFE = 10 * 366 * 86_400.0
 MIN_PASSWORD = 10
 
 
@@ -613,6 +616,13 @@ class People:
         hash is kept."""
         if by.name != name:
             by.require("admin", "issue another user's token")
+        if expires_in is not None and not (
+            math.isfinite(expires_in) and 0 < expires_in <= MAX_TOKEN_LIFE
+        ):
+            raise HeadendError(
+                f"expires_in must be between 1 second and {MAX_TOKEN_LIFE / 86_400:.0f} days "
+                f"(or none), got {expires_in!r}"
+            )
         with self._lock:
             u = self.get(name)
             if u.disabled:

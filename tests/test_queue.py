@@ -11,8 +11,19 @@ import time
 from pathlib import Path
 from typing import Any, cast
 
-from headend.commands import COLUMNS, COMMAND, SCHEDULED, Command, CommandQueue, Scheduler
+import pytest
+
+from headend.commands import (
+    COLUMNS,
+    COMMAND,
+    SCHEDULED,
+    Command,
+    CommandQueue,
+    Scheduler,
+    expires_in_of,
+)
 from headend.config import CommandsConfig
+from headend.errors import HeadendError
 from headend.store.db import Store, migrate
 
 
@@ -262,3 +273,45 @@ def test_a_full_pass_is_followed_by_the_next_once_the_queue_drains(tmp_path: Pat
         assert not sched.pass_due(10.0)
 
     asyncio.run(scenario())
+
+
+def test_a_meters_queue_is_capped_and_kept_in_order() -> None:
+    w = Workers(0)
+    q = queue(w, max_pending_per_meter=5)
+    # Scheduled reads first in time, then commands: commands still go first, each lane
+    # in the order asked (an insertion per command, not a sort of the queue).
+    sched = [submit(q, "A", priority=SCHEDULED) for _ in range(3)]
+    cmds = [submit(q, "A") for _ in range(5)]
+    assert q.by_meter["A"] == cmds + sched
+    # The sixth command is refused with the reason; scheduled work is bounded by the
+    # scheduler itself (one of a kind per meter), not by this cap.
+    with pytest.raises(HeadendError, match=r"5 commands waiting.*max_pending_per_meter"):
+        submit(q, "A")
+    assert len(q.by_meter["A"]) == 8
+    submit(q, "B")  # another meter is not affected
+
+
+def test_numbers_are_range_checked_where_they_enter() -> None:
+    q = queue(Workers(0))
+    cfg = CommandsConfig()
+    for bad in (1e308, float("inf"), float("nan"), -5, 0, "soon", True, cfg.max_expire + 1):
+        with pytest.raises(HeadendError, match="expires_in"):
+            expires_in_of({"expires_in": bad}, cfg)
+    assert expires_in_of({"expires_in": "600"}, cfg) == 600.0
+    assert expires_in_of({}, cfg) is None
+    bad_args: list[tuple[str, Any]] = [
+        ("read", {"objects": [[1e9, "0.0.96.1.0.255", 2]]}),
+        ("read", {"objects": [[1, "0.0.96.1.0.255", 500]]}),
+        ("read", {"objects": [[1, 42, 2]]}),
+        ("read", {"objects": [[1, "0.0.96.1.0.255", 2]] * 300}),
+        ("profile", {"from": 10**12, "to": 10**12 + 1}),
+        ("profile", {"from": 2000, "to": 1000}),
+        ("daily", {"to": -1}),
+        ("read", ["not", "an", "object"]),
+    ]
+    for kind, args in bad_args:
+        with pytest.raises(HeadendError):
+            q.submit(kind, kind, args, requested_by="t", node_id="T1", address="")
+    # Nothing refused stays behind.
+    assert q.commands == {}
+    assert q.take_rows() == []

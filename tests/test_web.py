@@ -5,6 +5,7 @@ simulated time, balances recomputed) read over HTTP and in a real headless chrom
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import json
 import os
@@ -31,6 +32,7 @@ from headend.certs import write_pair
 from headend.clock import Clock
 from headend.config import CommandsConfig, HttpConfig
 from headend.people import People, Principal
+from headend.server.admin import AdminError
 from headend.web import openapi
 from headend.web.app import Api, serve
 from loadtest import sim
@@ -731,6 +733,35 @@ def test_the_http_server_holds_off_hostile_requests(live: Live) -> None:
     # Settings and data are the service user's alone.
     assert (srv.data.stat().st_mode & 0o077) == 0
     assert ((srv.data / "run" / "config.json").stat().st_mode & 0o077) == 0
+
+
+def test_command_requests_out_of_range_leave_nothing_behind(live: Live) -> None:
+    url, srv = live.url, live.srv
+    serial = consumer(live.fleet, skip=7)["serial"]
+    read = {"serial": serial, "kind": "read", "args": {"objects": [[1, "0.0.96.1.0.255", 2]]}}
+    queued = f"SELECT count() FROM ami.commands WHERE serial = '{serial}' AND state = 'queued'"
+    before = int(srv.scalar(queued))
+    # Numbers out of range: a 400 naming the field, and no command (1e308 used to
+    # answer 500 and leave a command that failed every claim).
+    for field, value in (("expires_in", 1e308), ("expires_in", -1), ("wait", 1e9)):
+        status, r = get(url + "/api/commands", data={**read, field: value})
+        assert status == 400, (field, value, r)
+        assert field in r["error"]
+    status, r = get(url + "/api/commands", data={**read, "args": {"objects": [[1, "x", 999]]}})
+    assert status == 400
+    assert "attribute" in r["error"]
+    # 10,000 reads of one meter: the meter's queue takes its cap (100), the rest are
+    # refused one by one with the reason.
+    status, b = get(url + "/api/commands", data=[{**read, "expires_in": 600}] * 10_000)
+    assert status == 207
+    assert len(b["queued"]) + len(b["rejected"]) == 10_000
+    assert 100 <= len(b["queued"]) < 200
+    assert all("max_pending_per_meter" in x["reason"] for x in b["rejected"])
+    assert get(url + "/healthz", token=None)[0] == 200
+    for q in b["queued"]:
+        with contextlib.suppress(AdminError):  # one may be running already
+            srv.admin("cancel", id=q["command_id"])
+    srv.wait_for(queued, before + len(b["queued"]))
 
 
 def test_four_eyes_for_mass_and_sensitive_disconnections_and_keys(live: Live) -> None:

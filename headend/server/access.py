@@ -155,7 +155,11 @@ async def admin_command(
         return {"ok": True}
 
     def token() -> Any:
-        expires = float(req.get("expires_in") or 0) or None
+        raw = req.get("expires_in")
+        try:
+            expires = float(raw) if raw else None
+        except (TypeError, ValueError):
+            raise HeadendError(f"expires_in must be a number of seconds, got {raw!r}") from None
         secret, t = people.issue_token(who, str(req["name"]), str(req.get("label") or ""), expires)
         return {"token": secret, **t.public()}
 

@@ -13,6 +13,9 @@ from typing import Any
 
 from headend.errors import HeadendError
 
+# Rows per admin insert message.
+INSERT_SLICE = 2000
+
 
 class ServerNotRunning(HeadendError):
     """Nothing answers on the admin socket."""
@@ -85,4 +88,8 @@ class AdminClient:
         rows: Sequence[Sequence[Any]],
         token: str | None = None,
     ) -> None:
-        self.call("insert", table=table, columns=list(columns), rows=[list(r) for r in rows])
+        # In slices: one admin message is parsed on the store's event loop, so a large
+        # import must not arrive as one line of megabytes.
+        for i in range(0, len(rows), INSERT_SLICE):
+            part = [list(r) for r in rows[i : i + INSERT_SLICE]]
+            self.call("insert", table=table, columns=list(columns), rows=part)

@@ -647,13 +647,17 @@ class StoreService:
         ids: dict[str, str] = {}
         for d in decisions:
             if d.action in ("disconnect", "reconnect"):
-                c = self.commands.submit(
-                    d.serial,
-                    d.action,
-                    requested_by="policy",
-                    reason=f"account {d.account_id}: {d.reason}",
-                    node_id=d.node_id,
-                )
+                try:
+                    c = self.commands.submit(
+                        d.serial,
+                        d.action,
+                        requested_by="policy",
+                        reason=f"account {d.account_id}: {d.reason}",
+                        node_id=d.node_id,
+                    )
+                except HeadendError as e:  # the meter's queue is full: next pass
+                    log.warning("policy: %s %s not queued: %s", d.action, d.serial, e)
+                    continue
                 ids[d.serial] = c.command_id
             elif d.action == "none" and (d.debt <= cfg.billing.debt_threshold or d.protected):
                 # A disconnection still waiting for its meter is called off once the
@@ -891,10 +895,15 @@ class StoreService:
             table = str(req["table"])
             if table in ("users", "user_tokens", "audit"):
                 raise HeadendError(f"{table} is written by headend users and the audit only")
-            new_rows = [self._revive(table, r) for r in req["rows"]]
-            await loop.run_in_executor(
-                None, self.store.insert_rows, table, req["columns"], new_rows, None
-            )
+            rows, columns = req["rows"], list(req["columns"])
+
+            def insert() -> list[list[Any]]:
+                # Beside the loop: reviving many rows is Python work too.
+                revived = [self._revive(table, r) for r in rows]
+                self.store.insert_rows(table, columns, revived, None)
+                return revived
+
+            new_rows = await loop.run_in_executor(None, insert)
             self.invalidate(table, list(req["columns"]), new_rows)
             return {"ok": True, "rows": len(new_rows)}
         if cmd == "policy":

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from headend import billing
 from headend.approvals import Approvals, Request
-from headend.commands import Command, Place, validate
+from headend.commands import MAX_WAIT, Command, Place, expires_in_of, seconds, validate
 from headend.errors import HeadendError
 from headend.ownership import NotOwned
 from headend.people import Principal
@@ -27,6 +27,8 @@ if TYPE_CHECKING:
     from headend.link.outbox import Envelope
     from headend.server.store import StoreService
 
+# Commands queued between turns of the event loop in a large batch.
+YIELD_EVERY = 500
 KEY_COLUMNS = ["serial", "system_title", "ek", "ak", "password", "master_key", "updated_at"]
 
 
@@ -52,7 +54,7 @@ class Submitter:
         anything else is refused naming the owner."""
         svc = self.svc
         serial = str(item["serial"])
-        expires_in = None if item.get("expires_in") is None else float(item["expires_in"])
+        expires_in = expires_in_of(item, self.cfg.commands)
         if svc.owner.owns(meter.region):
             c = svc.commands.submit(
                 serial,
@@ -125,6 +127,8 @@ class Submitter:
         try:
             who.require("command", "send commands to meters")
             validate(str(req.get("kind")), req.get("args") or {})
+            expires_in_of(req, self.cfg.commands)
+            wait = seconds(req.get("wait", self.cfg.commands.wait), "wait", 0.0, MAX_WAIT)
             meter = await loop.run_in_executor(None, svc.commands.node_of, serial)
             who.require_region(meter.region, f"meter {serial}")
             why = await self._needs_second_person([{"serial": serial, "kind": what["kind"]}])
@@ -141,7 +145,6 @@ class Submitter:
         except HeadendError as e:
             await svc.audit(who, "command", serial, "refused", {**what, "why": str(e)})
             raise
-        wait = float(req.get("wait", self.cfg.commands.wait))
         # Watched from now: the audit row is written meanwhile, and a quick meter
         # may answer before it is.
         done = svc.commands.watch(c.command_id) if env is None and wait > 0 else None
@@ -174,37 +177,27 @@ class Submitter:
         serials = sorted({str(i.get("serial")) for i in items if isinstance(i, dict)})
         loop = asyncio.get_running_loop()
         nodes = await loop.run_in_executor(None, svc.commands.nodes_of, serials)
-        good: list[tuple[dict[str, Any], Place]] = []
-        rejected: list[dict[str, Any]] = []
-        for index, it in enumerate(items):
-            try:
-                if not isinstance(it, dict) or "serial" not in it or "kind" not in it:
-                    raise HeadendError("expected an object with serial and kind")
-                meter = nodes.get(str(it["serial"]))
-                if meter is None:
-                    raise HeadendError(f"unknown meter {str(it['serial'])!r}")
-                who.require_region(meter.region, f"meter {it['serial']}")
-                validate(str(it["kind"]), it.get("args") or {})
-                good.append((it, meter))
-            except (HeadendError, TypeError, ValueError) as e:
-                rejected.append({"index": index, "reason": str(e)})
+        good, rejected = await self._check_items(items, nodes, who)
         if not approved_by and good:
-            why = await self._needs_second_person([it for it, _ in good])
-            cuts = sum(1 for it, _ in good if it["kind"] == "disconnect")
+            why = await self._needs_second_person([it for _, it, _ in good])
+            cuts = sum(1 for _, it, _ in good if it["kind"] == "disconnect")
             if cuts > self.cfg.approval.batch_size:
                 why = {"": f"{cuts} disconnections (over {self.cfg.approval.batch_size})", **why}
             if why:
                 r = await self.ask_commands(
-                    who, [it for it, _ in good], reason, why, [m for _, m in good]
+                    who, [it for _, it, _ in good], reason, why, [m for _, _, m in good]
                 )
                 return {"queued": [], "rejected": rejected, "approval": r.public()}
         queued: list[dict[str, Any]] = []
         sent: list[tuple[Command, Envelope]] = []
-        for it, meter in good:
+        for n, (index, it, meter) in enumerate(good):
+            if n and n % YIELD_EVERY == 0:
+                # A batch of many thousands: let ingest, lookups and /healthz run.
+                await asyncio.sleep(0)
             try:
                 c, env = self.queue(it, meter, who.name, reason, approved_by)
             except (HeadendError, TypeError, ValueError) as e:
-                rejected.append({"index": items.index(it), "reason": str(e)})
+                rejected.append({"index": index, "reason": str(e)})
                 continue
             if env is not None:
                 sent.append((c, env))
@@ -230,6 +223,30 @@ class Submitter:
             },
         )
         return {"queued": queued, "rejected": rejected}
+
+    async def _check_items(
+        self, items: list[Any], nodes: dict[str, Place], who: Principal
+    ) -> tuple[list[tuple[int, dict[str, Any], Place]], list[dict[str, Any]]]:
+        """A batch's items that can be queued for `who` (with their index and meter),
+        and the others with their index and why."""
+        good: list[tuple[int, dict[str, Any], Place]] = []
+        rejected: list[dict[str, Any]] = []
+        for index, it in enumerate(items):
+            if index and index % YIELD_EVERY == 0:
+                await asyncio.sleep(0)
+            try:
+                if not isinstance(it, dict) or "serial" not in it or "kind" not in it:
+                    raise HeadendError("expected an object with serial and kind")
+                meter = nodes.get(str(it["serial"]))
+                if meter is None:
+                    raise HeadendError(f"unknown meter {str(it['serial'])!r}")
+                who.require_region(meter.region, f"meter {it['serial']}")
+                validate(str(it["kind"]), it.get("args") or {})
+                expires_in_of(it, self.cfg.commands)
+                good.append((index, it, meter))
+            except (HeadendError, TypeError, ValueError) as e:
+                rejected.append({"index": index, "reason": str(e)})
+        return good, rejected
 
     # -- four eyes ---------------------------------------------------------------------
 
