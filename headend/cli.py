@@ -733,6 +733,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     cli_people.add_parsers(sub, _add_common)
 
+    from headend import cli_backup
+
+    cli_backup.add_parsers(sub, _add_common)
+
     for noun, func, cols in (
         ("grid", cmd_grid_import, "node_id,parent_id,level,commodity,name,admin_unit,lat,lon"),
         (

@@ -217,6 +217,21 @@ class Server:
         return r
 
     def setup(self) -> None:
+        self.write_config()
+        if self.fleet is not None:
+            self.cli("grid", "import", str(self.fleet / "grid.csv"))
+            self.cli("meters", "import", str(self.fleet / "meters.csv"))
+            return
+        (self.root / "grid.csv").write_text(GRID)
+        self.cli("grid", "import", str(self.root / "grid.csv"))
+        header = "serial,kind,role,node_id,account_id,model,system_title,ek,ak,password,lat,lon\n"
+        (self.root / "meters.csv").write_text(
+            header + "\n".join(m.csv() for m in self.meters) + "\n"
+        )
+        self.cli("meters", "import", str(self.root / "meters.csv"))
+
+    def write_config(self) -> None:
+        """The configuration file alone (no imports: a store to restore into)."""
         self.root.mkdir(parents=True, exist_ok=True)
         server = {
             "host": "127.0.0.1",
@@ -234,17 +249,6 @@ class Server:
         sections = {"http": {"port": 0}, **self.sections}
         extra = "".join(f"[{k}]\n{_toml(v)}\n" for k, v in sections.items())
         self.config.write_text(f"[server]\n{_toml(server)}\n[store]\n{_toml(store)}\n{extra}")
-        if self.fleet is not None:
-            self.cli("grid", "import", str(self.fleet / "grid.csv"))
-            self.cli("meters", "import", str(self.fleet / "meters.csv"))
-            return
-        (self.root / "grid.csv").write_text(GRID)
-        self.cli("grid", "import", str(self.root / "grid.csv"))
-        header = "serial,kind,role,node_id,account_id,model,system_title,ek,ak,password,lat,lon\n"
-        (self.root / "meters.csv").write_text(
-            header + "\n".join(m.csv() for m in self.meters) + "\n"
-        )
-        self.cli("meters", "import", str(self.root / "meters.csv"))
 
     def start(self) -> None:
         # The child inherits the descriptor; ours can close at once.

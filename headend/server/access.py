@@ -44,7 +44,7 @@ def socket_principal(sock: socket.socket | None) -> Principal:
     return Principal.system(f"os:{name}", f"socket:uid={uid},pid={pid}", "socket")
 
 
-SERVICE_ONLY = frozenset({"query", "maintain"})
+SERVICE_ONLY = frozenset({"query", "maintain", "backup"})
 """Admin-socket commands that are the service's own: never a person's (their SQL is
 `sql`, through the guard)."""
 PERSON_NEEDS = {

@@ -803,6 +803,7 @@ class StoreService:
             "insert",
             "drain",
             "maintain",
+            "backup",
         ):
             return await self._admin_write(req, who)
         if cmd == "ping":
@@ -870,6 +871,9 @@ class StoreService:
             detail = {"to": req.get("to")}
         elif cmd == "maintain":
             detail = {"query": str(req.get("query", ""))[:4000]}
+        elif cmd == "backup":
+            target = str(req.get("dest"))
+            detail = {"rows": out.get("rows"), "bytes": out.get("bytes")}
         elif cmd in ("recompute", "detect"):
             detail = {"start": req.get("start"), "end": req.get("end")}
         elif cmd == "policy":
@@ -891,6 +895,22 @@ class StoreService:
             # record instead. No person's API or CLI reaches it.
             await loop.run_in_executor(None, self.store.command, str(req.get("query", "")))
             return {"ok": True}
+        if cmd == "backup":
+            # The service user's copy of the store, written by this process (the
+            # embedded store is this process's alone).
+            from headend.store import backup
+
+            def run() -> dict[str, Any]:
+                # Its own client: ingest and people's queries go on meanwhile.
+                reader = self.store.companion(tapped=False)
+                try:
+                    return backup.backup(
+                        reader, Path(str(req["dest"])), self.cfg.node.name
+                    ).as_dict()
+                finally:
+                    reader.close()
+
+            return await loop.run_in_executor(None, run)
         if cmd == "insert":
             table = str(req["table"])
             if table in ("users", "user_tokens", "audit"):
