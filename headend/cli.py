@@ -110,7 +110,11 @@ class _Access:
             t = taps(cfg, self.owner, "cli")
             self.outbox = t.outbox
             self.store = Store(
-                cfg.dsn, cfg.store.database, tap=t.tap, cluster=cfg.store.cluster
+                cfg.dsn,
+                cfg.store.database,
+                tap=t.tap,
+                cluster=cfg.store.cluster,
+                min_free_bytes=cfg.store.min_free_bytes,
             ).connect()
             if isinstance(t.tap, DownRouter):
                 t.tap.store = self.store
@@ -439,6 +443,8 @@ def _print_status(st: dict[str, Any]) -> None:
     for w in st["workers"]:
         state = "ok" if w["connected"] else "DOWN"
         paused = " paused" if w["paused"] else ""
+        if w.get("spool_error"):
+            paused += f" SPOOL CANNOT BE WRITTEN ({w['spool_error']}; {w['held_bytes']} bytes held)"
         print(
             f"worker {w['worker']:<3}    pid {w['pid']} {state}{paused}: {w['sessions']} sessions, "
             f"{w['pushes_per_s']:.1f} pushes/s, {w['meters_known']} meters known"

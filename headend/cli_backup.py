@@ -105,7 +105,12 @@ def cmd_restore(args: argparse.Namespace) -> int:
             master = load_master_key(cfg, create=True)
         try:
             # No tap: what is restored is not news to the node's peers.
-            store = Store(cfg.dsn, cfg.store.database, cluster=cfg.store.cluster).connect()
+            store = Store(
+                cfg.dsn,
+                cfg.store.database,
+                cluster=cfg.store.cluster,
+                min_free_bytes=cfg.store.min_free_bytes,
+            ).connect()
         except StoreBusy:
             raise HeadendError("the store is in use: stop the server before restoring") from None
         try:

@@ -124,6 +124,10 @@ class StoreConfig:
     window after a crash; readings dedup on their key regardless)."""
     max_insert_bytes: int = 64 << 20
     """Spool bytes per insert (per segment and round)."""
+    min_free_bytes: int = 256 << 20
+    """Free bytes the embedded store's disk must have for an insert to be tried; below
+    it ingest waits (the spool keeps everything) and says so. chdb's streamed insert
+    reports success on a full disk and writes nothing, so this is the guard. 0: none."""
     segment_bytes: int = 64 << 20
     """Spool segment size before a worker starts a new one."""
     fsync: str = "interval"

@@ -133,12 +133,18 @@ class StoreService:
             cfg.store.database,
             tap=self.nodelink.tap if self.nodelink else None,
             cluster=cfg.store.cluster,
+            min_free_bytes=cfg.store.min_free_bytes,
         )
         if self.nodelink is not None and self.nodelink.router is not None:
             self.nodelink.router.store = self.store
         # Peers' records go in through a client of their own without the tap: what
         # came from a peer is not sent back to it.
-        self.peer_store = Store(cfg.dsn, cfg.store.database, cluster=cfg.store.cluster)
+        self.peer_store = Store(
+            cfg.dsn,
+            cfg.store.database,
+            cluster=cfg.store.cluster,
+            min_free_bytes=cfg.store.min_free_bytes,
+        )
         self.db = cfg.store.database
         # People: accounts, sessions, the audit trail; their SQL goes through the guard.
         self.people = access.people_for(cfg, self.store)
@@ -704,6 +710,8 @@ class StoreService:
                     "readings_per_s": round(rates.get("readings", 0.0), 1),
                     "totals": st.get("totals", {}),
                     "paused": st.get("paused", False),
+                    "spool_error": st.get("spool_error") if connected else None,
+                    "held_bytes": st.get("held_bytes", 0),
                 }
             )
             for k, n in st.get("rejects", {}).items():
@@ -723,6 +731,8 @@ class StoreService:
             "pushes_per_s": round(totals["pushes_per_s"], 1),
             "readings_per_s": round(totals["readings_per_s"], 1),
             "spool_backlog_bytes": self.backlog,
+            # Workers whose spool cannot be written (a full disk): they read nothing.
+            "spool_full_workers": sum(1 for w in workers if w["spool_error"]),
             "ingest": {
                 "rows_per_s": round(self.ingest_rate.get("rows_per_s", 0.0), 1),
                 "rows_total": dict(self.ingestor.totals.rows),

@@ -122,7 +122,7 @@ class MeterProtocol(asyncio.Protocol):
         if not self.trusted:
             w.untrusted[self.sid] = self
         w.session_row(self, "connect", "dialled" if self.dialled else "")
-        if w.paused:
+        if w.paused or w.spool_error is not None:
             transport.pause_reading()
 
     def data_received(self, data: bytes) -> None:
@@ -242,6 +242,10 @@ class Worker:
         self.servers: list[asyncio.Server] = []
         self.totals: dict[str, int] = {"pushes": 0, "readings": 0, "events": 0, "connections": 0}
         self.rejects: dict[str, int] = {}
+        # Spool records a full disk held back, and since when (None: the spool writes).
+        self.held: list[bytes] = []
+        self.spool_error: str | None = None
+        self.spool_full_since = 0.0
         # Per-source limits, the connections not yet trusted (oldest first) and the
         # refusals waiting to be told (sources.py).
         self.guard = sources.SourceGuard(cfg.server)
@@ -305,13 +309,56 @@ class Worker:
             records.append(
                 spool.encode_record(spool.SESSIONS, spool.MSGPACK, len(rows), msgpack.packb(rows))
             )
-        if records:
-            self.spool.append(records)
+        if records or self.held:
+            self._append(records)
         stats = self.sink.take_stats()
         for k in ("pushes", "readings", "events"):
             self.totals[k] += stats[k]
         for k, n in stats["rejects"].items():
             self.rejects[k] = self.rejects.get(k, 0) + n
+
+    def _append(self, records: list[bytes]) -> None:
+        """Appends to the spool, after what a full disk held back. While the spool
+        cannot take records they are kept here and no connection is read (TCP holds
+        the meters back): nothing is lost, and everything resumes when space returns."""
+        self.held.extend(records)
+        try:
+            self.spool.append(self.held)
+        except spool.SpoolFull as e:
+            if self.spool_error is None:
+                log.error(
+                    "the spool cannot be written (%s): stopped reading %d connections "
+                    "until it can; %d bytes held",
+                    e.strerror,
+                    len(self.connections),
+                    sum(len(r) for r in self.held),
+                )
+                self.spool_error = str(e.strerror)
+                self.spool_full_since = time.time()
+                self._pause_all()
+            return
+        self.held = []
+        if self.spool_error is not None:
+            log.warning(
+                "the spool takes records again after %.0f s: reading resumes",
+                time.time() - self.spool_full_since,
+            )
+            self.spool_error = None
+            self._resume_all()
+
+    def _pause_all(self) -> None:
+        for p in self.connections.values():
+            if p.transport is not None and not p.closed:
+                p.transport.pause_reading()
+
+    def _resume_all(self) -> None:
+        """Reads again, unless something else still holds the connections back (the
+        store's backlog, a full spool, a meter lookup)."""
+        if self.paused or self.spool_error is not None:
+            return
+        for p in self.connections.values():
+            if p.transport is not None and not p.closed and not p.waiting_pause:
+                p.transport.resume_reading()
 
     def session_row(self, proto: MeterProtocol, event: str, reason: str) -> None:
         s = proto.session
@@ -562,7 +609,8 @@ class Worker:
                     self.on_events(proto, events)
                 if proto.waiting_pause and not session.pending:
                     proto.waiting_pause = False
-                    if not self.paused and not proto.closed and proto.transport is not None:
+                    held_back = self.paused or self.spool_error is not None
+                    if not held_back and not proto.closed and proto.transport is not None:
                         proto.transport.resume_reading()
                 if proto.lost_reason is not None and not session.pending:
                     self.session_row(proto, "disconnect", proto.lost_reason)
@@ -796,9 +844,7 @@ class Worker:
         elif self.paused and backlog <= self.cfg.server.resume_backlog_bytes:
             self.paused = False
             log.info("spool backlog %d bytes: resuming reads", backlog)
-            for p in self.connections.values():
-                if p.transport is not None and not p.closed and not p.waiting_pause:
-                    p.transport.resume_reading()
+            self._resume_all()
 
     def list_sessions(self, meter: str | None) -> list[dict[str, Any]]:
         out = []
@@ -857,10 +903,15 @@ class Worker:
     async def _report(self) -> None:
         while not self.stop.is_set():
             await asyncio.sleep(1.0)
-            if self.touched:
-                self.mark_dirty()  # so counters are written even when traffic stops
+            if self.touched or self.held:
+                # Counters are written even when traffic stops; held records are tried
+                # again every second.
+                self.mark_dirty()
             self.tell_refusals()
-            self.spool.maybe_sync()
+            try:
+                self.spool.maybe_sync()
+            except OSError as e:
+                log.error("the spool cannot be synced: %s", e.strerror)
             if self.store is not None:
                 with contextlib.suppress(ipc.ChannelClosed, ConnectionError):
                     self.store.send(
@@ -876,6 +927,8 @@ class Worker:
                             "sources_banned": self.guard.banned_now(time.time()),
                             "spooled_bytes": self.spool.appended_bytes,
                             "paused": self.paused,
+                            "spool_error": self.spool_error,
+                            "held_bytes": sum(len(r) for r in self.held),
                             "waiting_lookups": len(self.waiting),
                             "jobs": self.job_totals,
                             "jobs_waiting": len(self.jobs),
@@ -961,7 +1014,15 @@ class Worker:
         await asyncio.sleep(0.05)  # let connection_lost run for the closed transports
         self.tell_refusals(final=True)
         self.flush(final=True)
-        self.spool.close()
+        if self.held:
+            log.error(
+                "stopping with %d bytes of records the full spool could not take: lost",
+                sum(len(r) for r in self.held),
+            )
+        try:
+            self.spool.close()
+        except OSError as e:
+            log.error("the spool could not be closed cleanly: %s", e.strerror)
         for t in self._tasks:
             t.cancel()
         if self.store is not None:

@@ -10,6 +10,7 @@ process: the store process when the server runs, else the command that needs it.
 from __future__ import annotations
 
 import logging
+import os
 import re
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -23,6 +24,10 @@ from headend.errors import HeadendError
 log = logging.getLogger("headend.store")
 
 IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+# Free bytes the embedded store's disk must keep for an insert to be tried.
+MIN_FREE_BYTES = 256 << 20
 
 
 class StoreError(HeadendError):
@@ -62,7 +67,12 @@ class Store:
     `tap`, writes into the tables it wants go to it first (then to ClickHouse)."""
 
     def __init__(
-        self, dsn: str, database: str = "ami", tap: Tap | None = None, cluster: str = ""
+        self,
+        dsn: str,
+        database: str = "ami",
+        tap: Tap | None = None,
+        cluster: str = "",
+        min_free_bytes: int = MIN_FREE_BYTES,
     ) -> None:
         if not IDENT.match(database):
             raise StoreError(f"database name {database!r} is not an identifier")
@@ -72,6 +82,7 @@ class Store:
         self.db = database
         self.tap = tap
         self.cluster = cluster
+        self.min_free_bytes = min_free_bytes
         self._lock = threading.RLock()
         self._client: Any = None
 
@@ -124,7 +135,9 @@ class Store:
         while this client's do (one client per thread, as chdb asks; each client
         serialises its own queries), with this one's tap unless `tapped` is false. The
         caller closes it."""
-        return Store(self.dsn, self.db, self.tap if tapped else None, self.cluster).connect()
+        return Store(
+            self.dsn, self.db, self.tap if tapped else None, self.cluster, self.min_free_bytes
+        ).connect()
 
     def _tapped(self, table: str) -> Tap | None:
         return self.tap if self.tap is not None and self.tap.wants(table) else None
@@ -278,6 +291,7 @@ class Store:
 
             yield insert
             return
+        self.check_space()
         settings = _insert_settings(token)
         if block_rows:
             settings |= {"min_insert_block_size_rows": block_rows, "min_insert_block_size_bytes": 0}
@@ -303,6 +317,25 @@ class Store:
                 except Exception as e:
                     raise StoreError(_clean(e)) from None
 
+    def check_space(self) -> None:
+        """Refuses an insert into the embedded store while its disk has less than
+        `min_free_bytes` free: chdb's streamed insert reports success on a full disk
+        and writes nothing (measured: rows_written = 300, count() = 0), so the spool
+        must keep the rows until there is room. Servers report a full disk themselves."""
+        if not self.embedded or self.min_free_bytes <= 0:
+            return
+        path = self.dsn[len("chdb://") :]
+        try:
+            st = os.statvfs(path)
+        except OSError:
+            return
+        free = st.f_bavail * st.f_frsize
+        if free < self.min_free_bytes:
+            raise StoreError(
+                f"only {free} bytes free under {path}; inserts wait for "
+                f"[store] min_free_bytes ({self.min_free_bytes}) to be free"
+            )
+
     def _raw_insert(
         self, table: str, columns: Sequence[str], data: bytes, token: str, fmt: str
     ) -> None:
@@ -325,6 +358,7 @@ class Store:
         rows: Sequence[Sequence[Any]],
         token: str | None = None,
     ) -> None:
+        self.check_space()
         tap = self._tapped(table)
         if tap is not None and rows:
             tap.rows(table, columns, rows, token)

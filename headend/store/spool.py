@@ -20,6 +20,7 @@ ClickHouse drops them: nothing is lost and nothing is doubled.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import struct
@@ -29,6 +30,12 @@ import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+
+
+class SpoolFull(OSError):
+    """An append did not fit (no space, a quota, an I/O error): nothing of it stays in
+    the segment, and the caller keeps the records to append again."""
+
 
 MAGIC = b"HSP1"
 HEADER = struct.Struct("<4sBBIII")  # magic, table, format, rows, length, crc
@@ -114,14 +121,27 @@ class SpoolWriter:
         _fsync_dir(self.dir)
 
     def append(self, records: list[bytes]) -> None:
-        """Appends encoded records in one write; rotates and syncs by policy."""
+        """Appends encoded records in one write; rotates and syncs by policy. When the
+        write fails (a full disk), what part of it was written is cut off again, so
+        the segment ends at a whole record, and SpoolFull is raised."""
         if not records:
             return
         data = b"".join(records)
         view = memoryview(data)
-        while view:
-            n = os.write(self._fd, view)
-            view = view[n:]
+        try:
+            while view:
+                n = os.write(self._fd, view)
+                view = view[n:]
+        except OSError as e:
+            try:
+                os.ftruncate(self._fd, self._size)
+            except OSError as e2:
+                # The torn record stays; a reader stops there, so start a new segment
+                # (the old one is sealed at its last whole record).
+                with contextlib.suppress(OSError):
+                    self._open_new()
+                raise SpoolFull(e.errno, f"spool append failed ({e.strerror}); cut: {e2}") from e
+            raise SpoolFull(e.errno, f"spool append failed: {e.strerror}") from e
         self._size += len(data)
         self.appended_bytes += len(data)
         self._dirty = True

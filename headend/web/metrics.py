@@ -161,6 +161,12 @@ def render(
         [({}, status["spool_backlog_bytes"])],
     )
     o.metric(
+        "headend_spool_full_workers",
+        "gauge",
+        "Workers that cannot write their spool (a full disk) and so read no meter.",
+        [({}, status.get("spool_full_workers", 0))],
+    )
+    o.metric(
         "headend_rejects_total",
         "counter",
         "Input refused, by reason.",
