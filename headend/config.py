@@ -78,7 +78,8 @@ class ServerConfig:
     """Seconds a source address is refused the first time it passes a limit; each new
     offence while remembered doubles it, up to `source_ban_max`."""
     source_ban_max: float = 3600.0
-    """Longest ban, seconds; an address quiet this long starts again at `source_ban`."""
+    """Longest ban, seconds; an address with no new offence this long after its ban
+    ended starts again at `source_ban`."""
     source_subnet_prefix: int = 0
     """Also apply the limits to each IPv4 /N (24: a /24) with `source_subnet_factor`
     times the address limits; 0: per address only."""
@@ -198,6 +199,10 @@ class CommandsConfig:
     """Seconds a command waits for its meter to connect before it expires."""
     max_expire: float = 31 * 86_400.0
     """Longest `expires_in` a person may give a command, seconds."""
+    recovery_window: float = 21_600.0
+    """When a worker goes away without a clean exit (killed), the load profile of each
+    meter it held is read from the meter's last stored push for this many seconds of
+    meter time (what the worker had read but not spooled is gone with it); 0: off."""
     max_pending_per_meter: int = 100
     """Commands one meter may have waiting or running; more are refused with an error
     (scheduled reads are queued only when none of their kind waits)."""

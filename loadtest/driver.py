@@ -31,6 +31,7 @@ import json
 import math
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -42,6 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from headend.balance import ELECTRICITY_IMPORT, GAS_VOLUME, obis_int
 from loadtest import results, sim
 from loadtest.grid import generate
 from loadtest.headend import Headend, cpu_times, free_port, rss_kib
@@ -99,6 +101,14 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     )
     ap.add_argument(
         "--attack-rate", type=float, default=2000.0, help="the attacker's new connections/s"
+    )
+    ap.add_argument(
+        "--kill-worker-at",
+        type=float,
+        default=0.0,
+        metavar="S",
+        help="kill -9 the busiest head-end worker S real seconds after the fleet starts; "
+        "the report counts what died with it and what the recovery reads brought back",
     )
     ap.add_argument(
         "--ingest-interval",
@@ -289,7 +299,12 @@ def run(args: argparse.Namespace) -> int:
     print(json.dumps(rec, indent=2))
     if not args.no_results:
         results.save("loadtest", rec, args.results)
-    return 0 if result["lost_readings"] == 0 and result["duplicated_readings"] == 0 else 3
+    if result["duplicated_readings"]:
+        return 3
+    kill = result.get("worker_kill")
+    if kill:  # the business-level figure: energy intervals missing after recovery
+        return 0 if kill["energy_intervals_missing_after_recovery"] == 0 else 3
+    return 0 if result["lost_readings"] == 0 else 3
 
 
 def measure(args: argparse.Namespace) -> dict[str, Any]:
@@ -317,6 +332,9 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
 
 
 EVENT_SOURCES = "source IN ('push', 'event-notification')"
+PUSHED = "source = 'push'"
+A_PLUS = obis_int(ELECTRICITY_IMPORT)
+GAS = obis_int(GAS_VOLUME)
 
 
 @dataclass
@@ -360,6 +378,12 @@ def _measure(args: argparse.Namespace, root: Path) -> dict[str, Any]:
             probe.start()
         # The window ends a second before the simulators stop.
         while time.monotonic() < r.t_start + r.ramp + args.duration - 1.0:
+            if (
+                args.kill_worker_at
+                and not r.killed
+                and (time.monotonic() >= r.t_start + args.kill_worker_at)
+            ):
+                r.kill_worker()
             time.sleep(0.5)
         w1 = r.window_edge()
         probe.stop.set()
@@ -382,6 +406,8 @@ class LoadRun:
         self.rss1: dict[int, int] = {}
         self.t_start = 0.0
         self.attack = parse_attack(args.attack)
+        self.killed: dict[str, Any] = {}
+        self.cpu_dead: dict[int, tuple[float, float]] = {}
         self.attacker: subprocess.Popen[str] | None = None
         self.attack_result: dict[str, Any] = {}
 
@@ -479,6 +505,73 @@ class LoadRun:
         self.sessions = int(self.h.admin("status")["sessions"])
         self.rss1 = {p: rss_kib(p) for p in self.worker_pids}
 
+    def kill_worker(self) -> None:
+        """kill -9 of the worker holding the most sessions."""
+        workers = self.h.admin("status")["workers"]
+        w = max(workers, key=lambda x: x["sessions"])
+        # Its CPU up to the kill stands for it at the window's end (it is gone then).
+        self.cpu_dead[int(w["pid"])] = cpu_times(int(w["pid"]))
+        os.kill(int(w["pid"]), signal.SIGKILL)
+        self.killed = {
+            "at_s": round(time.monotonic() - self.t_start, 1),
+            "worker": w["worker"],
+            "pid": w["pid"],
+            "sessions": w["sessions"],
+        }
+
+    def wait_recovered(self) -> None:
+        """Until the recovery reads queued for the killed worker's meters are final."""
+        deadline = time.monotonic() + self.args.settle
+        while time.monotonic() < deadline:
+            done, total = self.h.admin(
+                "query",
+                query="SELECT countIf(state IN ('done', 'failed', 'expired', 'cancelled')), "
+                "count() FROM ami.command_status WHERE requested_by = 'recovery'",
+            )["rows"][0]
+            if total and done == total:
+                break
+            time.sleep(1.0)
+
+    def energy_missing(self, where: str) -> int:
+        """Intervals without an energy reading between each meter's first and last one:
+        A+ every quarter hour (electricity), the gas volume every hour (the gas load
+        profile's period), the probe meter apart."""
+        return int(
+            self.h.scalar(
+                "SELECT sum(gaps) FROM (SELECT meter, obis, "
+                "intDiv(toInt64(max(ts)) - toInt64(min(ts)), any(period)) + 1 "
+                "- uniqExact(ts) AS gaps FROM (SELECT meter, obis, ts, "
+                f"if(obis = {A_PLUS}, 900, 3600) AS period FROM ami.readings "
+                f"WHERE ((obis = {A_PLUS} AND toInt64(ts) % 900 = 0) "
+                f"OR (obis = {GAS} AND toInt64(ts) % 3600 = 0)) "
+                f"AND meter != '{self.probe['serial']}' {where}) GROUP BY meter, obis)"
+            )
+            or 0
+        )
+
+    def kill_report(self) -> dict[str, Any]:
+        st = self.h.admin("status")
+        recovered = int(
+            self.h.scalar(
+                "SELECT count() FROM (SELECT meter, obis, ts FROM ami.readings "
+                "GROUP BY meter, obis, ts HAVING countIf(source = 'push') = 0)"
+            )
+        )
+        return {
+            **self.killed,
+            "recovery_reads": st["commands"].get("recovery_reads", 0),
+            "recovery_reads_done": int(
+                self.h.scalar(
+                    "SELECT count() FROM ami.command_status "
+                    "WHERE requested_by = 'recovery' AND state = 'done'"
+                )
+            ),
+            "readings_lost_in_flight": self.expected - self.distinct,
+            "readings_recovered": recovered,
+            "energy_intervals_missing_pushes": self.energy_missing("AND source = 'push'"),
+            "energy_intervals_missing_after_recovery": self.energy_missing(""),
+        }
+
     def start_attack(self) -> None:
         """The attacker runs from now until the fleet stops."""
         if not self.attack:
@@ -515,8 +608,10 @@ class LoadRun:
         return Window(
             t=time.monotonic(),
             pushes=sum(int(p.last.get("pushes", 0)) for p in self.procs),
-            stored=int(self.h.scalar("SELECT count() FROM ami.readings")),
-            cpu={p: cpu_times(p) for p in [*self.worker_pids, self.store_pid]},
+            stored=int(self.h.scalar(f"SELECT count() FROM ami.readings WHERE {PUSHED}")),
+            cpu={
+                p: self.cpu_dead.get(p) or cpu_times(p) for p in [*self.worker_pids, self.store_pid]
+            },
             cpu_sims=(
                 sum(cpu_times(p.proc.pid)[0] for p in self.procs),
                 sum(cpu_times(p.proc.pid)[1] for p in self.procs),
@@ -541,7 +636,7 @@ class LoadRun:
         t = time.monotonic()
         stored, last_change = -1, t
         while time.monotonic() - t < self.args.settle and time.monotonic() - last_change < 30:
-            now_rows = int(self.h.scalar("SELECT count() FROM ami.readings"))
+            now_rows = int(self.h.scalar(f"SELECT count() FROM ami.readings WHERE {PUSHED}"))
             if now_rows != stored:
                 stored, last_change = now_rows, time.monotonic()
             if stored >= self.expected:
@@ -549,7 +644,13 @@ class LoadRun:
             time.sleep(0.5)
         self.settle_s = time.monotonic() - t
         self.stored = stored
-        self.distinct = int(self.h.scalar("SELECT uniqExact(meter, obis, ts) FROM ami.readings"))
+        # What the meters pushed (a recovery's profile reads come on top, as source
+        # 'poll', and are counted apart).
+        self.distinct = int(
+            self.h.scalar(f"SELECT uniqExact(meter, obis, ts) FROM ami.readings WHERE {PUSHED}")
+        )
+        if self.killed:
+            self.wait_recovered()
         self.stored_events = int(
             self.h.scalar(f"SELECT count() FROM ami.events WHERE {EVENT_SOURCES}")
         )
@@ -693,6 +794,7 @@ class LoadRun:
                 "log_lines": self.log_lines,
                 "refusal_log_lines": self.refusal_lines,
             },
+            "worker_kill": self.kill_report() if self.killed else None,
             "bottleneck": self.bottleneck(
                 target, sent_rate, stored_rate, lag, (cpu_workers + cpu_store + cpu_sims) / window
             ),

@@ -30,6 +30,7 @@ Time is an argument everywhere (`now`, seconds); nothing here reads a clock.
 from __future__ import annotations
 
 import ipaddress
+import math
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -57,9 +58,9 @@ class _Source:
     untrusted: int = 0
     bad: int = 0
     bad_since: float = 0.0
-    banned_until: float = 0.0
+    # Never banned: a time before any.
+    banned_until: float = -math.inf
     ban: float = 0.0
-    offended: float = 0.0
 
 
 class SourceGuard:
@@ -104,13 +105,13 @@ class SourceGuard:
             self._exempt[addr] = hit
         return hit
 
-    def _source(self, key: str, now: float) -> _Source:
+    def _source(self, key: str, now: float, factor: int = 1) -> _Source:
         s = self._sources.get(key)
         if s is None:
             if len(self._sources) >= MAX_SOURCES:
                 self.prune(now, force=True)
             s = self._sources[key] = _Source(
-                tokens=float(self.cfg.source_connect_burst), refilled=now
+                tokens=float(self.cfg.source_connect_burst * factor), refilled=now
             )
         return s
 
@@ -122,7 +123,7 @@ class SourceGuard:
         if self.exempt(addr):
             return None
         cfg = self.cfg
-        keys = [(self._source(k, now), f) for k, f in self._keys(addr)]
+        keys = [(self._source(k, now, f), f) for k, f in self._keys(addr)]
         for s, _ in keys:
             if s.banned_until > now:
                 return "source-banned"
@@ -179,7 +180,7 @@ class SourceGuard:
             return 0.0
         banned = 0.0
         for k, f in self._keys(addr):
-            s = self._source(k, now)
+            s = self._source(k, now, f)
             if now - s.bad_since >= BAD_WINDOW:
                 s.bad_since, s.bad = now, 0
             s.bad += n
@@ -191,11 +192,11 @@ class SourceGuard:
         cfg = self.cfg
         if s.banned_until > now:
             return s.ban
-        if now - s.offended > cfg.source_ban_max or s.ban <= 0:
+        # Remembered for source_ban_max after its last ban ended: the ban doubles.
+        if now - s.banned_until > cfg.source_ban_max or s.ban <= 0:
             s.ban = cfg.source_ban
         else:
             s.ban = min(cfg.source_ban_max, s.ban * 2)
-        s.offended = now
         s.banned_until = now + s.ban
         s.bad, s.bad_since = 0, now
         self.banned_total += 1
@@ -213,7 +214,7 @@ class SourceGuard:
 
     def prune(self, now: float, force: bool = False) -> None:
         """Forgets sources with nothing to remember: no connections, a full bucket, no
-        recent misbehaviour, no ban (remembered for `source_ban_max` after one)."""
+        recent misbehaviour, no ban (remembered for `source_ban_max` after it ends)."""
         cfg = self.cfg
         burst = float(cfg.source_connect_burst)
         refill_s = burst / cfg.source_connect_rate if cfg.source_connect_rate > 0 else 0.0
@@ -222,8 +223,8 @@ class SourceGuard:
             for k, s in self._sources.items()
             if s.untrusted == 0
             and now - s.refilled >= refill_s
-            and now - s.bad_since >= BAD_WINDOW
-            and now - s.offended > cfg.source_ban_max
+            and (s.bad == 0 or now - s.bad_since >= BAD_WINDOW)
+            and now - s.banned_until > cfg.source_ban_max
         ]
         for k in drop:
             del self._sources[k]

@@ -257,6 +257,11 @@ class Worker:
         # Commands: where each identified meter is, the jobs the store offered, and
         # the associations running.
         self.online: dict[str, tuple[MeterProtocol, int, int]] = {}
+        # Meters identified or gone since the last report (serial -> online now), and
+        # whether the next report lists them all (the store's view after a reconnect):
+        # the store knows whose connections a killed worker took with it.
+        self.meters_delta: dict[str, bool] = {}
+        self.meters_full = True
         # Each loaded meter's grid node, so the store can count meters online per node.
         self.node_of: dict[str, str] = {}
         # online_by_node() recounts only after `online` changed.
@@ -510,6 +515,7 @@ class Worker:
                     self.untrusted.pop(proto.sid, None)
                     self.guard.trust(proto.addr)
                 self.online[serial] = (proto, meter, source)
+                self.meters_delta[serial] = True
                 self._online_counts = None
                 if serial in self.wanted:
                     self._start_jobs(serial)
@@ -819,6 +825,7 @@ class Worker:
                 c.fail("the meter's connection closed")
         for serial in [s for s, w in self.online.items() if w[0] is proto]:
             del self.online[serial]
+            self.meters_delta[serial] = False
             self._online_counts = None
 
     async def _refresh(self, serials: list[str]) -> None:
@@ -885,6 +892,7 @@ class Worker:
                 continue
             ch.send({"t": "hello", "worker": self.id, "pid": os.getpid()})
             self.store = ch
+            self.meters_full = True
             for outcome in self.unreported:
                 ch.send(outcome)
             self.unreported.clear()
@@ -913,10 +921,17 @@ class Worker:
             except OSError as e:
                 log.error("the spool cannot be synced: %s", e.strerror)
             if self.store is not None:
-                with contextlib.suppress(ipc.ChannelClosed, ConnectionError):
+                if self.meters_full:
+                    meters: dict[str, Any] = {"meters_all": sorted(self.online)}
+                else:
+                    meters = {"meters": self.meters_delta}
+                self.meters_delta = {}
+                self.meters_full = False
+                try:
                     self.store.send(
                         {
                             "t": "stats",
+                            **meters,
                             "worker": self.id,
                             "pid": os.getpid(),
                             "sessions": len(self.connections),
@@ -936,6 +951,8 @@ class Worker:
                             "online": self.online_by_node(),
                         }
                     )
+                except (ipc.ChannelClosed, ConnectionError):
+                    self.meters_full = True  # the store's view is told again whole
 
     def online_by_node(self) -> dict[str, int]:
         """Meters identified on this worker's connections now, counted per grid node."""
@@ -1026,6 +1043,10 @@ class Worker:
         for t in self._tasks:
             t.cancel()
         if self.store is not None:
+            # A clean exit: the store does not read the meters' profiles for it.
+            with contextlib.suppress(ipc.ChannelClosed, ConnectionError, TimeoutError):
+                self.store.send({"t": "bye", "worker": self.id})
+                await asyncio.wait_for(self.store.writer.drain(), 2.0)
             self.store.close()
         log.info(
             "worker %d stopped: %d pushes, %d readings, %d events",
