@@ -71,3 +71,92 @@ def test_mutated_frames(frame: bytes, flips: list[tuple[int, int]], cut: int) ->
     for ev in stream.feed(mutated) + stream.feed(b""):
         if isinstance(ev, codec.Frame) and ev.apdu is not None:
             only_protocol_errors(codec.decode_apdu, ev.apdu)
+
+
+# The server's own path: a worker's Session over a Directory with a keyed meter and the
+# project's models, fed random and mutated bytes in random chunks. Whatever arrives, it
+# answers with events (rejects among them), never an exception.
+MASTER = codec.MasterKey(bytes(range(32)))
+EVENT_KINDS = {"lookup", "identified", "reject", "apdu", "link"}
+
+
+def _directory() -> codec.Directory:
+    from headend import profiles
+    from headend.config import REPO_ROOT
+    from headend.keys import wrap
+
+    d = codec.Directory(require_authentication=False, require_encryption=False)
+    for p in profiles.load_all(REPO_ROOT / "protocols" / "profiles"):
+        d.add_profile(p)
+    d.add_meter(
+        "E1", "e1ph", ST, wrap(MASTER, EK, "ek", "E1"), wrap(MASTER, AK, "ak", "E1"), MASTER
+    )
+    d.add_meter("P1", "e1ph")
+    return d
+
+
+DIRECTORY = _directory()
+
+
+def _feed(data: bytes, step: int) -> None:
+    sink = codec.RowSink()
+    s = codec.Session("10.0.0.1:50000", "auto", 4096, 16)
+    for i in range(0, len(data), step):
+        for ev in s.feed(data[i : i + step], 1_700_000_000, DIRECTORY, sink):
+            assert ev[0] in EVENT_KINDS, ev
+            if ev[0] == "lookup":
+                DIRECTORY.mark_unknown(
+                    until=1_700_000_060,
+                    **({"system_title": ev[1]} if ev[1] is not None else {"serial": ev[2]}),
+                )
+        if s.pending:
+            for ev in s.retry(1_700_000_000, DIRECTORY, sink):
+                assert ev[0] in EVENT_KINDS, ev
+    s.feed(b"", 1_700_000_000, DIRECTORY, sink)
+    sink.drain()
+
+
+@SETTINGS
+@given(st.binary(max_size=800), st.integers(1, 64))
+def test_session_feed_random_bytes(data: bytes, step: int) -> None:
+    _feed(data, step)
+
+
+def _pushes() -> list[bytes]:
+    """Frames a meter of the directory would push: ciphered (E1) and plain (P1)."""
+    from tests.server_harness import Meter
+
+    keyed = Meter("E1", "e1ph", title=ST, ek=EK, ak=AK)
+    plain = Meter("P1", "e1ph")
+    return [
+        codec.wrap(keyed.push(0), 1, 1) + codec.wrap(keyed.push(1), 1, 1),
+        codec.wrap(plain.push(0), 1, 1),
+    ]
+
+
+PUSHES = _pushes()
+
+
+def test_the_session_seeds_are_accepted() -> None:
+    # The frames mutated below are good ones: unmutated, they are stored.
+    sink = codec.RowSink()
+    s = codec.Session("10.0.0.1:50000", "auto", 4096, 16)
+    events = [e for p in PUSHES for e in s.feed(p, 1_700_000_000, DIRECTORY, sink)]
+    assert [e[0] for e in events] == ["identified", "identified"], events
+    assert sink.drain()[1] > 0
+
+
+@SETTINGS
+@given(
+    st.sampled_from(VALID + PUSHES),
+    st.lists(st.tuples(st.integers(0, 10_000), st.integers(1, 255)), max_size=4),
+    st.integers(0, 10_000),
+    st.integers(1, 64),
+)
+def test_session_feed_mutated_frames(
+    frame: bytes, flips: list[tuple[int, int]], cut: int, step: int
+) -> None:
+    data = bytearray(frame * 2)
+    for i, x in flips:
+        data[i % len(data)] ^= x
+    _feed(bytes(data[: 1 + cut % len(data)]), step)
