@@ -708,6 +708,10 @@ def test_the_http_server_holds_off_hostile_requests(live: Live) -> None:
     status, r = get(url + "/api/alarms?to=99999999999999999999")
     assert status == 400, r
     assert "to='99999999999999999999' is out of range" in r["error"]
+    for bad in ("nan", "2", "-0.5"):
+        status, r = get(url + f"/api/losses?level=transformer&min_completeness={bad}")
+        assert status == 400, (bad, r)
+        assert "min_completeness" in r["error"]
     # Half-open requests: headers never finished. Every one is cut off after
     # [http] header_timeout (2 s here), none is held.
     socks = []

@@ -186,6 +186,7 @@ class StoreService:
         # Polled rows waiting for their batch insert, and the task that makes it.
         self._polled_pending: list[tuple[list[tuple[Any, ...]], asyncio.Future[None]]] = []
         self._polled_task: asyncio.Task[None] | None = None
+        self._background: set[asyncio.Task[None]] = set()
         self.clock = Clock.from_config(cfg.clock)
 
     def invalidate(self, table: str, columns: list[str], rows: list[list[Any]]) -> None:
@@ -269,6 +270,15 @@ class StoreService:
         if t == "hello":
             wid = int(msg["worker"])
             ch.info["worker"] = wid
+            old = self.workers.get(wid)
+            if old is not None and old is not ch:
+                # The restarted worker spoke before its predecessor's channel was seen
+                # closing: the predecessor is gone, and so are its meters' sockets.
+                lost = self.meters_on.pop(wid, set())
+                if lost and not self.stopping.is_set() and self.cfg.commands.recovery_window > 0:
+                    recovery = asyncio.get_running_loop().create_task(self._recover(wid, lost))
+                    self._background.add(recovery)
+                    recovery.add_done_callback(self._background.discard)
             self.workers[wid] = ch
             log.info("worker %d connected (pid %s)", wid, msg.get("pid"))
             ch.send({"t": "backlog", "bytes": self.backlog})

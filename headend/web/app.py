@@ -486,6 +486,8 @@ class Api:
             minc = float(request.query.get("min_completeness", "0.9"))
         except ValueError:
             raise HttpError(400, "min_completeness is not a number") from None
+        if not 0.0 <= minc <= 1.0:  # NaN fails this too
+            raise HttpError(400, f"min_completeness={minc} is out of range 0..1")
         top = self._int(request, "top", 20)
         # A person of some regions gets the top of their regions: rank them all first.
         cols, rows = await self.run_db(
