@@ -30,12 +30,13 @@ import msgpack
 
 from headend import codec, logs
 from headend.clock import Clock
-from headend.commands import SCHEDULED, CommandQueue, Scheduler
+from headend.commands import CommandQueue, Scheduler
 from headend.config import Config, from_dict
 from headend.errors import HeadendError
 from headend.ownership import Ownership
 from headend.people import Principal
 from headend.server import access, ipc
+from headend.server.recovery import Recovery
 from headend.server.submit import Submitter
 from headend.sqlguard import Guard
 from headend.store import spool
@@ -181,12 +182,10 @@ class StoreService:
         self.polled = 0
         # Meters identified on each worker's connections (its reports), and the
         # profile reads queued after workers went away holding them.
-        self.meters_on: dict[int, set[str]] = {}
-        self.recovery_reads = 0
+        self.recovery = Recovery(self)
         # Polled rows waiting for their batch insert, and the task that makes it.
         self._polled_pending: list[tuple[list[tuple[Any, ...]], asyncio.Future[None]]] = []
         self._polled_task: asyncio.Task[None] | None = None
-        self._background: set[asyncio.Task[None]] = set()
         self.clock = Clock.from_config(cfg.clock)
 
     def invalidate(self, table: str, columns: list[str], rows: list[list[Any]]) -> None:
@@ -274,11 +273,7 @@ class StoreService:
             if old is not None and old is not ch:
                 # The restarted worker spoke before its predecessor's channel was seen
                 # closing: the predecessor is gone, and so are its meters' sockets.
-                lost = self.meters_on.pop(wid, set())
-                if lost and not self.stopping.is_set() and self.cfg.commands.recovery_window > 0:
-                    recovery = asyncio.get_running_loop().create_task(self._recover(wid, lost))
-                    self._background.add(recovery)
-                    recovery.add_done_callback(self._background.discard)
+                self.recovery.worker_gone(wid)
             self.workers[wid] = ch
             log.info("worker %d connected (pid %s)", wid, msg.get("pid"))
             ch.send({"t": "backlog", "bytes": self.backlog})
@@ -287,7 +282,7 @@ class StoreService:
         elif t == "stats":
             wid = int(msg["worker"])
             self.worker_stats[wid] = msg
-            self._track_meters(wid, msg)
+            self.recovery.track(wid, msg)
             now = time.monotonic()
             prev = self.rates.get(wid)
             totals = dict(msg.get("totals", {}))
@@ -297,7 +292,7 @@ class StoreService:
             self.rates[wid] = (now, totals)
         elif t == "bye":
             # A clean exit: its meters' connections were closed, nothing to read back.
-            self.meters_on.pop(int(msg["worker"]), None)
+            self.recovery.clean_exit(int(msg["worker"]))
         elif t == "lookup":
             return await self._lookup(msg)
         elif t == "claim":
@@ -305,78 +300,6 @@ class StoreService:
         elif t == "job-result":
             await self._job_result(msg)
         return None
-
-    def _track_meters(self, wid: int, msg: dict[str, Any]) -> None:
-        """Which meters each worker has connections for (its reports: all of them after
-        it connects, then what changed)."""
-        if "meters_all" in msg:
-            self.meters_on[wid] = set(msg["meters_all"])
-            return
-        on = self.meters_on.setdefault(wid, set())
-        for serial, online in (msg.get("meters") or {}).items():
-            if online:
-                on.add(serial)
-            else:
-                on.discard(serial)
-
-    async def _recover(self, wid: int, lost: set[str]) -> None:
-        """A worker went away without a clean exit (killed): what its meters had pushed
-        into its sockets is gone with it. Once what it spooled is in ClickHouse, each
-        meter's load profile is read from its last stored reading on (a low-priority
-        `profile` command, requested by "recovery"), so nothing is lost for billing and
-        balances; readings already stored are replaced by the same values."""
-        loop = asyncio.get_running_loop()
-        serials = sorted(lost)
-        log.warning(
-            "worker %d went away holding %d meters' connections: reading their load "
-            "profiles from their last stored readings",
-            wid,
-            len(serials),
-        )
-        try:
-            await self._spool_ingested(time.monotonic())
-            places = await loop.run_in_executor(None, self.commands.nodes_of, serials)
-            last = await loop.run_in_executor(None, self._last_pushed, serials)
-        except Exception as e:
-            log.error("recovery after worker %d: looking up its meters failed: %s", wid, e)
-            return
-        window = int(self.cfg.commands.recovery_window)
-        queued = 0
-        for serial in serials:
-            place = places.get(serial)
-            since = last.get(serial)
-            if place is None or since is None or not self.owner.owns(place.region):
-                continue
-            try:
-                self.commands.submit(
-                    serial,
-                    "profile",
-                    {"from": since, "to": since + window},
-                    requested_by="recovery",
-                    reason=f"worker {wid} went away with the meter's connection",
-                    node_id=place.node_id,
-                    address=place.address,
-                    priority=SCHEDULED,
-                    expires_in=self.cfg.commands.expire,
-                )
-                queued += 1
-            except HeadendError as e:
-                log.warning("recovery read for %s not queued: %s", serial, e)
-        self.recovery_reads += queued
-        self.commands.dispatch()
-        log.info("recovery after worker %d: %d profile reads queued", wid, queued)
-
-    def _last_pushed(self, serials: list[str]) -> dict[str, int]:
-        """Each meter's newest pushed reading (Unix seconds)."""
-        out: dict[str, int] = {}
-        for i in range(0, len(serials), 10_000):
-            _, rows = self.store.query(
-                f"SELECT meter, toInt64(max(ts)) FROM {self.db}.readings "
-                "WHERE meter IN {m:Array(String)} AND source = 'push' GROUP BY meter",
-                {"m": serials[i : i + 10_000]},
-            )
-            out.update({str(m): int(t) for m, t in rows})
-        return out
 
     def _send_worker(self, wid: int, msg: dict[str, Any]) -> bool:
         ch = self.workers.get(wid)
@@ -405,7 +328,7 @@ class StoreService:
                     result["events_read"] = len(events)
                     # Events the meter pushed before the read may still be in a spool:
                     # compare with the table once they are in it.
-                    await self._spool_ingested(time.monotonic())
+                    await self.spool_ingested(time.monotonic())
                     result["events_new"] = await loop.run_in_executor(
                         None, self._insert_polled_events, c.serial, events
                     )
@@ -413,7 +336,7 @@ class StoreService:
                 msg = {**msg, "status": "failed", "error": f"storing what was read failed: {e}"}
         self.commands.outcome(cid, msg)
 
-    async def _spool_ingested(self, since: float) -> None:
+    async def spool_ingested(self, since: float) -> None:
         """Waits until what was spooled before `since` (monotonic) is queryable, at most
         a few ingest intervals (the ingest may be behind: ClickHouse refusing)."""
         deadline = time.monotonic() + 4 * self.cfg.store.ingest_interval + 5.0
@@ -633,9 +556,7 @@ class StoreService:
             del self.workers[wid]
             self.commands.worker_lost(wid)
             log.info("worker %d disconnected", wid)
-            lost = self.meters_on.pop(wid, set())
-            if lost and not self.stopping.is_set() and self.cfg.commands.recovery_window > 0:
-                await self._recover(wid, lost)
+            self.recovery.worker_gone(wid)
 
     async def _monitor_backlog(self) -> None:
         loop = asyncio.get_running_loop()
@@ -872,7 +793,7 @@ class StoreService:
             "commands": {
                 **self.commands.stats(),
                 "polled_readings": self.polled,
-                "recovery_reads": self.recovery_reads,
+                "recovery_reads": self.recovery.reads,
             },
             "node": self.owner.as_dict(),
             "link": self.link.status() if self.link is not None else None,
