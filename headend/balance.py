@@ -452,7 +452,7 @@ def _consumption(
         gappy = codec.gappy_meters(raw, channels=CHANNEL_CODES, native_input=True)
         if gappy:
             only = {"obis": obis, "gappy": [m.decode() for m in gappy]}
-            profiles = _profiles(reader, "meter IN %(gappy)s", only, rep.start)
+            profiles = _profiles(reader, "meter IN {gappy:Array(String)}", only, rep.start)
         return raw, profiles, placed
 
     # The slices are read through a client of their own while the previous one is
@@ -536,12 +536,13 @@ def _profiles(
     """Each series' typical consumption by Tashkent hour of day, from its measured hours
     of the four weeks before `before`; hours never measured take the mean of the others.
     Series with fewer than 12 hours of the day measured get none (their gaps are spread
-    by time)."""
+    by time). Parameters are bound by ClickHouse (`{name:Type}` in `bounds`): a slice's
+    gappy meters can be tens of thousands, more than a query's text may hold."""
     _, rows = store.query(
         "SELECT meter, obis, groupArray((h, v)) FROM ("
         "SELECT meter, obis, toHour(toTimeZone(interval_start, 'Asia/Tashkent')) AS h, "
         "avg(value) AS v "
-        f"FROM {store.db}.consumption FINAL WHERE {bounds} AND obis IN %(obis)s "
+        f"FROM {store.db}.consumption FINAL WHERE {bounds} AND obis IN {{obis:Array(UInt64)}} "
         "AND quality = 'measured' "
         f"AND interval_start >= toDateTime({before - PROFILE_DAYS * 86_400}) "
         f"AND interval_start < toDateTime({before}) GROUP BY meter, obis, h"

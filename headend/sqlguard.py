@@ -134,6 +134,9 @@ COMBINATORS = (
     "SimpleState",
 )
 
+# Characters of a person's query (ClickHouse's own default limit: the store's client
+# allows its own queries more, for lists of meters).
+MAX_TEXT = 262_144
 MAX_SECONDS = 60
 MAX_MEMORY = 2 << 30
 MAX_ROWS = 1_000_000
@@ -264,6 +267,8 @@ class Guard:
         text = text.strip().rstrip(";").strip()
         if not text:
             raise SqlRefused("an empty query")
+        if len(text) > MAX_TEXT:
+            raise SqlRefused(f"the query is {len(text)} characters; at most {MAX_TEXT}")
         try:
             _, rows = self.engine.query("SELECT formatQuerySingleLine(%(q)s)", {"q": text})
         except HeadendError as e:

@@ -26,6 +26,11 @@ log = logging.getLogger("headend.store")
 IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
+# Settings of every client: the head-end's own queries name meters in lists (a late-data
+# pass, a slice's meters with gaps: up to 100,000 serials), more than ClickHouse's
+# default 256 KiB of query text (the demo's recompute failed on it with 20,000 meters).
+# People's SQL keeps its own limit (sqlguard.MAX_TEXT).
+CLIENT_SETTINGS = {"max_query_size": 32 << 20}
 # Free bytes the embedded store's disk must keep for an insert to be tried.
 MIN_FREE_BYTES = 256 << 20
 
@@ -100,7 +105,9 @@ class Store:
                 path = Path(self.dsn[len("chdb://") :])
                 path.mkdir(parents=True, exist_ok=True)
                 try:
-                    self._client = clickhouse_connect.get_client(dsn=f"chdb://{path}")
+                    self._client = clickhouse_connect.get_client(
+                        dsn=f"chdb://{path}", settings=CLIENT_SETTINGS
+                    )
                 except Exception as e:
                     text = str(e)
                     if "lock" in text.lower() or "already" in text.lower():
@@ -111,7 +118,11 @@ class Store:
             else:
                 try:
                     self._client = clickhouse_connect.get_client(
-                        dsn=self.dsn, settings=cluster_settings() if self.cluster else None
+                        dsn=self.dsn,
+                        settings={
+                            **CLIENT_SETTINGS,
+                            **(cluster_settings() if self.cluster else {}),
+                        },
                     )
                 except Exception as e:
                     raise StoreError(f"cannot reach ClickHouse at {self.dsn}: {e}") from None
