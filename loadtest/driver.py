@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as dt
+import itertools
 import json
 import math
 import os
@@ -89,7 +90,12 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--fault-garbage", type=float, default=0.0)
     ap.add_argument("--fault-stall", type=float, default=0.0)
     ap.add_argument(
-        "--storm-at", default="", help="real seconds after the fleet starts, comma-separated"
+        "--storm-at",
+        default="",
+        metavar="S[:D],...",
+        help="real seconds after the fleet starts when every connection drops; :D keeps "
+        "the meters offline D seconds (a blackout) before they all reconnect; the report's "
+        "`storm` gives the time to all online and to the store catching up",
     )
     ap.add_argument(
         "--attack",
@@ -152,6 +158,29 @@ class SimProcess:
         for st in sim.status_lines(self.proc.stdout):
             self.last = st
             self.lines.append((time.monotonic(), st))
+
+
+class Sampler(threading.Thread):
+    """Once a second: readings stored (pushed), and the store's CPU seconds and RSS;
+    the simulators' own lines give what they sent and how many are connected."""
+
+    def __init__(self, h: Headend, store_pid: int) -> None:
+        super().__init__(daemon=True)
+        self.h, self.store_pid = h, store_pid
+        self.samples: list[tuple[float, int, float, int]] = []
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            t = time.monotonic()
+            try:
+                stored = int(self.h.scalar(f"SELECT count() FROM ami.readings WHERE {PUSHED}"))
+            except Exception:  # the store is busy or away: the sample is skipped
+                stored = -1
+            cpu = sum(cpu_times(self.store_pid))
+            with contextlib.suppress(OSError):
+                self.samples.append((t, stored, cpu, rss_kib(self.store_pid)))
+            self.stop.wait(max(0.0, 1.0 - (time.monotonic() - t)))
 
 
 class Probe(threading.Thread):
@@ -370,6 +399,8 @@ def _measure(args: argparse.Namespace, root: Path) -> dict[str, Any]:
     r.prepare()
     try:
         r.start_fleet()
+        r.sampler = Sampler(r.h, r.store_pid)
+        r.sampler.start()
         r.wait_connected()
         r.start_attack()
         w0 = r.window_edge()
@@ -388,6 +419,7 @@ def _measure(args: argparse.Namespace, root: Path) -> dict[str, Any]:
         w1 = r.window_edge()
         probe.stop.set()
         r.finish(probe)
+        r.sampler.stop.set()
         return r.report(w0, w1, probe)
     finally:
         r.cleanup()
@@ -408,6 +440,7 @@ class LoadRun:
         self.attack = parse_attack(args.attack)
         self.killed: dict[str, Any] = {}
         self.cpu_dead: dict[int, tuple[float, float]] = {}
+        self.sampler: Sampler | None = None
         self.attacker: subprocess.Popen[str] | None = None
         self.attack_result: dict[str, Any] = {}
 
@@ -570,6 +603,57 @@ class LoadRun:
             "readings_recovered": recovered,
             "energy_intervals_missing_pushes": self.energy_missing("AND source = 'push'"),
             "energy_intervals_missing_after_recovery": self.energy_missing(""),
+        }
+
+    def storm_report(self) -> dict[str, Any]:
+        """The first storm: when the meters were all back online after the blackout,
+        when the store had caught up with what they sent (buffered pushes included),
+        and the store's peak CPU and memory meanwhile."""
+        first = self.args.storm_at.split(",")[0]
+        at_s, _, down_s = first.partition(":")
+        at, down = float(at_s), float(down_s or 0)
+        t_storm = self.t_start + at
+        t_back = t_storm + down
+        # Sums over the simulators' status lines, by time.
+        lines = sorted((t, i, st) for i, p in enumerate(self.procs) for t, st in p.lines)
+        latest: dict[int, dict[str, Any]] = {}
+        series: list[tuple[float, int, int]] = []
+        for t, i, st in lines:
+            latest[i] = st
+            series.append(
+                (
+                    t,
+                    sum(int(x.get("connected", 0)) for x in latest.values()),
+                    sum(int(x.get("readings", 0)) for x in latest.values()),
+                )
+            )
+        all_online = next(
+            (t for t, conn, _ in series if t >= t_back and conn >= self.connections), None
+        )
+        samples = self.sampler.samples if self.sampler else []
+
+        def sent_at(t: float) -> int:
+            before = [r for tt, _, r in series if tt <= t]
+            return before[-1] if before else 0
+
+        # Caught up: stored (pushed readings) reaches what the fleet had sent a second
+        # earlier, counted from a second after all were online (their buffers sent).
+        since = (all_online if all_online is not None else t_back) + 1.0
+        caught_up = next(
+            (t for t, stored, _, _ in samples if t >= since and stored >= sent_at(t - 1.0)),
+            None,
+        )
+        during = [x for x in samples if t_storm <= x[0] <= t_back + 120]
+        cores = [(b[2] - a[2]) / max(1e-9, b[0] - a[0]) for a, b in itertools.pairwise(during)]
+        return {
+            "at_s": at,
+            "blackout_s": down,
+            "connections": self.connections,
+            "all_online_after_s": None if all_online is None else round(all_online - t_back, 1),
+            "readings_sent_during_return": sent_at(since) - sent_at(t_back),
+            "stored_caught_up_after_s": None if caught_up is None else round(caught_up - t_back, 1),
+            "store_peak_cores": round(max(cores), 2) if cores else None,
+            "store_peak_rss_kib": max((x[3] for x in during), default=None),
         }
 
     def start_attack(self) -> None:
@@ -795,6 +879,7 @@ class LoadRun:
                 "refusal_log_lines": self.refusal_lines,
             },
             "worker_kill": self.kill_report() if self.killed else None,
+            "storm": self.storm_report() if a.storm_at else None,
             "bottleneck": self.bottleneck(
                 target, sent_rate, stored_rate, lag, (cpu_workers + cpu_store + cpu_sims) / window
             ),

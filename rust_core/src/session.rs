@@ -313,9 +313,18 @@ impl Session {
         self.stats.bytes_in += data.len() as u64;
         self.stream.receive(data);
         let mut cx = Ctx { now, dir, sink, out };
-        while let Some(ev) = self.stream.next_event() {
+        self.decode(&mut cx);
+    }
+
+    /// Frames from the stream decoder, until it holds no whole frame or the queue of
+    /// APDUs waiting for a meter lookup is full: what is left stays in the decoder (the
+    /// worker stops reading meanwhile) and is decoded after the lookup, never refused
+    /// for want of room (a concentrator's buffered pushes after a blackout).
+    fn decode(&mut self, cx: &mut Ctx<'_>) {
+        while self.pending.len() < self.max_pending {
+            let Some(ev) = self.stream.next_event() else { break };
             match ev {
-                Event::Error { error, .. } => self.reject(&mut cx, &error, None),
+                Event::Error { error, .. } => self.reject(cx, &error, None),
                 Event::Frame(f) => {
                     self.stats.frames += 1;
                     let (source, destination) = match &f.transport {
@@ -343,7 +352,7 @@ impl Session {
                         }
                     }
                     if let Some(apdu) = f.apdu {
-                        self.apdu(&mut cx, source, apdu);
+                        self.apdu(cx, source, apdu);
                     }
                 }
             }
@@ -359,6 +368,8 @@ impl Session {
         for p in queued {
             self.apdu(&mut cx, p.source, p.apdu);
         }
+        // Then the frames that waited in the decoder for room in the queue.
+        self.decode(&mut cx);
     }
 
     fn reject(&mut self, cx: &mut Ctx<'_>, e: &Error, meter: Option<u32>) {
@@ -886,6 +897,32 @@ mod tests {
         .unwrap();
         let out = run(&mut s2, &mut d, &mut sink, &[Apdu::Ciphered(c).to_bytes().unwrap()]);
         assert!(matches!(out[0], SessionEvent::Reject { kind: "unknown-meter", .. }), "{out:?}");
+    }
+
+    #[test]
+    fn a_burst_bigger_than_the_lookup_queue_waits_in_the_decoder() {
+        // Ten buffered pushes in one read, a queue of four: none is refused; the rest
+        // stay in the stream decoder until the lookup is answered.
+        let (mut d, mut sink) = (Directory::new(), RowSink::new());
+        d.add_profile(profile());
+        let mut s = Session::new("10.0.0.1:50000".into(), StreamConfig::default(), 4);
+        let bytes: Vec<u8> = (0..10u32)
+            .flat_map(|i| {
+                let apdu = enc(&push("E1", i, 2300, 1_700_000_000 + 900 * i as i64), i + 1);
+                wrapper::encode(1, 1, &apdu).unwrap()
+            })
+            .collect();
+        let mut out = Vec::new();
+        s.feed(&bytes, 1_800_000_000, &mut d, &mut sink, &mut out);
+        assert_eq!(out, vec![SessionEvent::Lookup(LookupKey::Title(ST))]);
+        assert_eq!(s.pending(), 4);
+        d.add_meter("E1", "em-test", Some(ST), Some(Keys::new(&[1; 16], &[2; 16])), None, None).unwrap();
+        let mut out = Vec::new();
+        s.retry(1_800_000_000, &mut d, &mut sink, &mut out);
+        assert!(out.iter().all(|e| !matches!(e, SessionEvent::Reject { .. })), "{out:?}");
+        assert_eq!(sink.readings_rows(), 20);
+        assert_eq!(s.pending(), 0);
+        assert!(sink.take_stats().rejects.is_empty());
     }
 
     #[test]

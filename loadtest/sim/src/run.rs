@@ -62,7 +62,9 @@ Faults (per push sent)
   --fault-garbage P      send random bytes, then close
   --fault-stall P        send half a frame, stall --stall-seconds, close (push lost)
   --stall-seconds S      (default 20)
-  --storm-at S[,S...]    at these real seconds every connection drops and reconnects at once
+  --storm-at S[:D][,...] at these real seconds every connection drops; the meters stay
+                         offline D real seconds (a blackout; default 0), keep their
+                         pushes meanwhile, and reconnect at once
 Output
   --status-every S       a JSON status line on stdout every S seconds (default 5)
   --drain S              at the end, how long a connection waits for the head-end to
@@ -94,7 +96,8 @@ pub struct Options {
     pub fault_garbage: f64,
     pub fault_stall: f64,
     pub stall_seconds: f64,
-    pub storm_at: Vec<f64>,
+    /// (at, down): real seconds after the start, and how long the meters stay offline.
+    pub storm_at: Vec<(f64, f64)>,
     pub status_every: f64,
     pub drain: f64,
     pub record: Option<PathBuf>,
@@ -224,7 +227,12 @@ impl Options {
                 "--fault-stall" => o.fault_stall = share(num(value()?)?)?,
                 "--stall-seconds" => o.stall_seconds = num(value()?)?.max(0.0),
                 "--storm-at" => {
-                    o.storm_at = value()?.split(',').map(|s| num(s.trim().to_string())).collect::<Result<_, _>>()?;
+                    let mut storms = Vec::new();
+                    for part in value()?.split(',') {
+                        let (at, down) = part.trim().split_once(':').unwrap_or((part.trim(), "0"));
+                        storms.push((num(at.to_string())?, num(down.to_string())?.clamp(0.0, 3600.0)));
+                    }
+                    o.storm_at = storms;
                 }
                 "--status-every" => o.status_every = num(value()?)?.max(0.1),
                 "--drain" => o.drain = num(value()?)?.clamp(0.0, 600.0),
@@ -297,6 +305,8 @@ struct Shared {
     record: RefCell<Option<BufWriter<File>>>,
     /// Bumped by storms; `u32::MAX` means stop.
     epoch: watch::Sender<u32>,
+    /// When the meters a storm dropped come back (the blackout's end).
+    back_at: Cell<Option<Instant>>,
     meters_left: Cell<usize>,
     addr: SocketAddr,
     hdlc_addr: SocketAddr,
@@ -407,6 +417,7 @@ pub fn run(opt: Options) -> Result<(), String> {
             stats: Stats::default(),
             record: RefCell::new(record),
             epoch,
+            back_at: Cell::new(None),
             meters_left: Cell::new(meters),
             addr,
             hdlc_addr,
@@ -432,12 +443,14 @@ pub fn run(opt: Options) -> Result<(), String> {
             }
         }
         let status = tokio::task::spawn_local(status_lines(sh.clone()));
-        for &at in &sh.opt.storm_at {
+        for &(at, down) in &sh.opt.storm_at {
             let sh2 = sh.clone();
             tokio::task::spawn_local(async move {
-                sleep_until(sh2.t0 + Duration::from_secs_f64(at.max(0.0))).await;
+                let when = sh2.t0 + Duration::from_secs_f64(at.max(0.0));
+                sleep_until(when).await;
                 if !sh2.stopping() {
                     inc(&sh2.stats.storms, 1);
+                    sh2.back_at.set(Some(when + Duration::from_secs_f64(down)));
                     sh2.epoch.send_modify(|e| *e += 1);
                 }
             });
@@ -769,8 +782,8 @@ async fn endpoint(sh: Rc<Shared>, ep: usize) {
         sh.stats.connected.set(sh.stats.connected.get() - 1);
         wait_until = match end {
             End::Stop => return,
-            // A storm: everyone reconnects at once.
-            End::Storm => Some(Instant::now()),
+            // A storm: everyone reconnects at once, when the blackout ends.
+            End::Storm => Some(sh.back_at.get().unwrap_or_else(Instant::now)),
             End::Closed | End::Fault => Some(Instant::now() + Duration::from_secs_f64(rng.uniform(1.0, 5.0))),
         };
     }
