@@ -72,8 +72,9 @@ class ServerConfig:
     source_connect_burst: int = 2000
     """Connections a source address may open at once before its rate applies."""
     source_max_bad_frames: int = 100
-    """Refused inputs (malformed frames, failed tags, replays, junk APDUs, handshake
-    timeouts) per minute from one source address before it is banned. 0: no limit."""
+    """Refused inputs (malformed frames, failed tags, junk APDUs, handshake timeouts; not
+    replays, which meters send again after losing a connection) per minute from one
+    source address before it is banned. 0: no limit."""
     source_ban: float = 10.0
     """Seconds a source address is refused the first time it passes a limit; each new
     offence while remembered doubles it, up to `source_ban_max`."""

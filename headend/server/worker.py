@@ -425,10 +425,11 @@ class Worker:
         self.tally.add(addr, reason, "", message, now)
 
     def evict_untrusted(self, addr: str, now: float) -> bool:
-        """Closes the oldest connection without an identified meter, to make room for
-        one from a known meter address."""
+        """Closes the oldest connection that has sent no valid frame, to make room for
+        one from a known meter address (a connection whose pushes wait for a meter
+        lookup is a meter coming back: closing it would lose what it sent)."""
         for sid, p in self.untrusted.items():
-            if not p.closed:
+            if not p.closed and (p.session is None or p.session.stats["frames"] == 0):
                 del self.untrusted[sid]
                 self.count_reject("evicted")
                 self.tally.add(
@@ -451,7 +452,10 @@ class Worker:
             self.count_reject(reason)
         self.tally.add(proto.addr, reason, meter, message, now)
         proto.bad += 1
-        ban = 0.0 if proto.dialled else self.guard.bad(proto.addr, now)
+        # A replay is what a meter sends again after losing a connection (a storm, a
+        # worker gone): counted and told, not held against its address.
+        held = not proto.dialled and reason != "replayed-invocation-counter"
+        ban = self.guard.bad(proto.addr, now) if held else 0.0
         if ban:
             srv = self.cfg.server
             self.count_reject("source-banned")
@@ -466,7 +470,11 @@ class Worker:
             proto.close("source-banned")
             for p in [p for p in self.untrusted.values() if p.addr == proto.addr]:
                 p.close("source-banned")
-        elif not proto.trusted and proto.bad >= self.cfg.server.max_bad_frames_per_connection:
+        elif (
+            held
+            and not proto.trusted
+            and proto.bad >= self.cfg.server.max_bad_frames_per_connection
+        ):
             proto.close("bad-frames")
 
     def tell_refusals(self, final: bool = False) -> None:
