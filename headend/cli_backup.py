@@ -10,21 +10,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from headend.errors import HeadendError
-
-
-def _config(args: argparse.Namespace) -> Any:
-    from headend import config as config_mod
-
-    return config_mod.load(
-        Path(args.config) if getattr(args, "config", None) else None,
-        Path(args.data) if getattr(args, "data", None) else None,
-    )
 
 
 def _print(report: dict[str, Any], verb: str, as_json: bool) -> None:
@@ -40,6 +30,7 @@ def _print(report: dict[str, Any], verb: str, as_json: bool) -> None:
 
 
 def cmd_backup(args: argparse.Namespace) -> int:
+    from headend.cli import _config, _fail
     from headend.server import access
     from headend.server.admin import AdminClient, ServerNotRunning
     from headend.store import backup
@@ -66,13 +57,13 @@ def cmd_backup(args: argparse.Namespace) -> int:
         finally:
             client.close()
     except HeadendError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+        return _fail(e)
     _print(report, "backed up", args.json)
     return 0
 
 
 def cmd_restore(args: argparse.Namespace) -> int:
+    from headend.cli import _config, _fail
     from headend.keys import MasterKeyError, load_master_key
     from headend.server import access
     from headend.server.admin import AdminClient, ServerNotRunning
@@ -124,8 +115,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
         finally:
             store.close()
     except HeadendError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+        return _fail(e)
     _print(report, "restored", args.json)
     return 0
 

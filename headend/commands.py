@@ -396,7 +396,9 @@ class CommandQueue:
         args = args or {}
         validate(kind, args)
         if expires_in is not None:
-            expires_in = seconds(expires_in, "expires_in", 0.0, max(self.cfg.max_expire, 1e6))
+            # People's values were checked against max_expire where they entered
+            # (expires_in_of); the scheduler's and the centre's need only be finite.
+            expires_in = seconds(expires_in, "expires_in", 0.0, math.inf)
         waiting = self.commands_waiting.get(serial, 0)
         if priority == COMMAND and waiting >= self.cfg.max_pending_per_meter:
             raise CommandError(

@@ -28,6 +28,9 @@ def tmpfs(path: Path, size: str) -> Iterator[None]:
         check=False,
     )
     if r.returncode != 0:
+        # Mounting needs CAP_SYS_ADMIN, which a CI runner may not grant: without a small
+        # filesystem of its own the test cannot fill a disk safely, so it says why it
+        # did not run rather than fill the machine's disk (it runs here, as root).
         pytest.skip(f"cannot mount a tmpfs here ({r.stderr.strip() or r.returncode})")
     try:
         yield

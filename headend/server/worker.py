@@ -34,22 +34,14 @@ from headend.codec import Directory, RowSink, Session
 from headend.config import Config, from_dict
 from headend.errors import HeadendError
 from headend.keys import load_master_key
-from headend.server import ipc, sources
+from headend.server import ipc
+from headend.server.admission import Admission
 from headend.server.client import ClientError, HdlcLink, Link, MeterClient, WrapperLink, execute
 from headend.store import spool
 
 log = logging.getLogger("headend.worker")
 
 LookupKey = tuple[str, bytes]  # ("t", system title) or ("s", serial)
-
-# What a refused connection is told in the events row, per reason.
-REFUSALS = {
-    "source-banned": "the address is banned for passing a limit",
-    "source-rate": "too many new connections per second from the address",
-    "source-untrusted": "too many connections without an identified meter from the address",
-}
-# Refusal lines logged per telling; the rest are summed in one line (all are in events).
-LOG_LINES = 20
 
 
 class MeterProtocol(asyncio.Protocol):
@@ -105,7 +97,7 @@ class MeterProtocol(asyncio.Protocol):
         peername = transport.get_extra_info("peername")
         peer = f"{peername[0]}:{peername[1]}" if isinstance(peername, tuple) else str(peername)
         self.addr = str(peername[0]) if isinstance(peername, tuple) else peer
-        if not w.admit(self):
+        if not w.admission.admit(self):
             transport.abort()
             self.closed = True
             return
@@ -119,8 +111,7 @@ class MeterProtocol(asyncio.Protocol):
         self.sid = w.next_session_id()
         self.connected_at = self.last_rx = time.time()
         w.connections[self.sid] = self
-        if not self.trusted:
-            w.untrusted[self.sid] = self
+        w.admission.opened(self)
         w.session_row(self, "connect", "dialled" if self.dialled else "")
         if w.paused or w.spool_error is not None:
             transport.pause_reading()
@@ -162,9 +153,7 @@ class MeterProtocol(asyncio.Protocol):
             else:
                 w.session_row(self, "disconnect", reason)
         w.connections.pop(self.sid, None)
-        w.untrusted.pop(self.sid, None)
-        if not self.dialled:
-            w.guard.release(self.addr, self.trusted)
+        w.admission.closed(self)
         w.connection_gone(self)
         w.mark_dirty()
 
@@ -248,10 +237,7 @@ class Worker:
         self.spool_full_since = 0.0
         # Per-source limits, the connections not yet trusted (oldest first) and the
         # refusals waiting to be told (sources.py).
-        self.guard = sources.SourceGuard(cfg.server)
-        self.tally = sources.RefusalTally()
-        self.untrusted: dict[int, MeterProtocol] = {}
-        self.refusals_told_at = 0.0
+        self.admission = Admission(self)
         self.started = time.time()
         self._tasks: set[asyncio.Task[Any]] = set()
         # Commands: where each identified meter is, the jobs the store offered, and
@@ -395,117 +381,6 @@ class Worker:
     def count_reject(self, kind: str) -> None:
         self.rejects[kind] = self.rejects.get(kind, 0) + 1
 
-    # -- who may connect -------------------------------------------------------------
-
-    def admit(self, proto: MeterProtocol) -> bool:
-        """Whether a new connection may stay: the worker is accepting, the source is
-        within its limits, and there is room (a known meter address makes room by
-        closing the oldest connection on which no meter was identified)."""
-        now = time.time()
-        addr = proto.addr
-        if not self.accepting:
-            self.refuse(addr, "draining", "the worker is shutting down", now)
-            return False
-        if proto.dialled:
-            return True
-        refusal = self.guard.admit(addr, now)
-        if refusal is not None:
-            self.refuse(addr, refusal, REFUSALS[refusal], now)
-            return False
-        full = len(self.connections) >= self.cfg.server.max_connections_per_worker
-        if full and not (self.guard.known(addr) and self.evict_untrusted(addr, now)):
-            self.guard.release(addr, trusted=False)
-            self.refuse(addr, "capacity", "the worker holds its most connections", now)
-            return False
-        return True
-
-    def refuse(self, addr: str, reason: str, message: str, now: float) -> None:
-        """A connection refused at once: counted exactly, told in aggregate."""
-        self.count_reject(reason)
-        self.tally.add(addr, reason, "", message, now)
-
-    def evict_untrusted(self, addr: str, now: float) -> bool:
-        """Closes the oldest connection that has sent no valid frame, to make room for
-        one from a known meter address (a connection whose pushes wait for a meter
-        lookup is a meter coming back: closing it would lose what it sent)."""
-        for sid, p in self.untrusted.items():
-            if not p.closed and (p.session is None or p.session.stats["frames"] == 0):
-                del self.untrusted[sid]
-                self.count_reject("evicted")
-                self.tally.add(
-                    p.addr, "evicted", "", f"closed to make room for known address {addr}", now
-                )
-                self.close_reasons[p.sid] = "evicted"
-                if p.transport is not None:
-                    p.transport.abort()
-                return True
-        return False
-
-    def on_bad(
-        self, proto: MeterProtocol, reason: str, message: str, meter: str = "", counted: bool = True
-    ) -> None:
-        """Refused input on a connection: told in aggregate, held against its source
-        (a ban closes the connection and the source's others without a meter), and a
-        connection without a meter that keeps sending it is closed."""
-        now = time.time()
-        if not counted:
-            self.count_reject(reason)
-        self.tally.add(proto.addr, reason, meter, message, now)
-        proto.bad += 1
-        # A replay is what a meter sends again after losing a connection (a storm, a
-        # worker gone): counted and told, not held against its address.
-        held = not proto.dialled and reason != "replayed-invocation-counter"
-        ban = self.guard.bad(proto.addr, now) if held else 0.0
-        if ban:
-            srv = self.cfg.server
-            self.count_reject("source-banned")
-            self.tally.add(
-                proto.addr,
-                "source-banned",
-                "",
-                f"banned for {ban:.0f} s: more than {srv.source_max_bad_frames} "
-                "refused inputs in a minute",
-                now,
-            )
-            proto.close("source-banned")
-            for p in [p for p in self.untrusted.values() if p.addr == proto.addr]:
-                p.close("source-banned")
-        elif (
-            held
-            and not proto.trusted
-            and proto.bad >= self.cfg.server.max_bad_frames_per_connection
-        ):
-            proto.close("bad-frames")
-
-    def tell_refusals(self, final: bool = False) -> None:
-        """One log line and one `events` row per source, reason and meter since the
-        last telling (at most LOG_LINES lines, then a summary)."""
-        now = time.time()
-        due = now - self.refusals_told_at >= self.cfg.server.reject_report_interval
-        if not len(self.tally) or not (due or final):
-            return
-        self.refusals_told_at = now
-        rows = self.tally.take()
-        for r in rows[:LOG_LINES]:
-            who = f"{r.source} (meter {r.meter})" if r.meter else r.source
-            log.warning(
-                "%d refused from %s in %.0f s: %s: %s",
-                r.count,
-                who,
-                max(1.0, r.last - r.first),
-                r.reason,
-                r.message,
-            )
-        if len(rows) > LOG_LINES:
-            rest = rows[LOG_LINES:]
-            log.warning(
-                "%d more refused from %d more sources or reasons (in events)",
-                sum(r.count for r in rest),
-                len(rest),
-            )
-        self.sink.add_events(sources.event_rows(rows, now))
-        self.mark_dirty()
-
     # -- events from sessions ----------------------------------------------------
 
     def on_events(self, proto: MeterProtocol, events: list[Any]) -> None:
@@ -518,10 +393,7 @@ class Worker:
             elif kind == "identified":
                 _, meter, serial, source = ev
                 proto.peer_logger().meter = serial
-                if not proto.trusted:
-                    proto.trusted = True
-                    self.untrusted.pop(proto.sid, None)
-                    self.guard.trust(proto.addr)
+                self.admission.trusted(proto)
                 self.online[serial] = (proto, meter, source)
                 self.meters_delta[serial] = True
                 self._online_counts = None
@@ -531,12 +403,12 @@ class Worker:
                 # Counted by the sink; told in aggregate per source (sources.py).
                 _, reason, message, meter_id = ev
                 serial = self.directory.serial(meter_id) if meter_id is not None else ""
-                self.on_bad(proto, reason, message, serial)
+                self.admission.on_bad(proto, reason, message, serial)
             elif kind == "apdu":
                 client = proto.clients.get(ev[1]) if proto.clients else None
                 if client is not None and client.deliver(ev[3]):
                     continue
-                self.on_bad(
+                self.admission.on_bad(
                     proto,
                     "unsolicited-apdu",
                     f"{len(ev[3])}-byte APDU (tag 0x{ev[3][0]:02X}) that nothing asked for",
@@ -853,9 +725,7 @@ class Worker:
                 backlog,
                 len(self.connections),
             )
-            for p in self.connections.values():
-                if p.transport is not None:
-                    p.transport.pause_reading()
+            self._pause_all()
         elif self.paused and backlog <= self.cfg.server.resume_backlog_bytes:
             self.paused = False
             log.info("spool backlog %d bytes: resuming reads", backlog)
@@ -923,7 +793,7 @@ class Worker:
                 # Counters are written even when traffic stops; held records are tried
                 # again every second.
                 self.mark_dirty()
-            self.tell_refusals()
+            self.admission.tell()
             try:
                 self.spool.maybe_sync()
             except OSError as e:
@@ -946,8 +816,8 @@ class Worker:
                             "meters_known": len(self.directory),
                             "totals": self.totals,
                             "rejects": self.rejects,
-                            "untrusted": len(self.untrusted),
-                            "sources_banned": self.guard.banned_now(time.time()),
+                            "untrusted": len(self.admission.untrusted),
+                            "sources_banned": self.admission.guard.banned_now(time.time()),
                             "spooled_bytes": self.spool.appended_bytes,
                             "paused": self.paused,
                             "spool_error": self.spool_error,
@@ -982,8 +852,8 @@ class Worker:
             # A connection is trusted only once a meter is identified on it: until then
             # the handshake timeout holds, whatever frames arrive.
             late = now - srv.handshake_timeout
-            for p in [p for p in self.untrusted.values() if p.connected_at < late]:
-                self.on_bad(
+            for p in [p for p in self.admission.untrusted.values() if p.connected_at < late]:
+                self.admission.on_bad(
                     p,
                     "handshake-timeout",
                     f"no meter identified within {srv.handshake_timeout:.0f} s",
@@ -994,7 +864,7 @@ class Worker:
                 if p.session is not None and now - p.last_rx > srv.idle_timeout:
                     self.count_reject("idle-timeout")
                     p.close("idle-timeout")
-            self.guard.prune(now)
+            self.admission.guard.prune(now)
 
     # -- life cycle ------------------------------------------------------------------
 
@@ -1037,7 +907,7 @@ class Worker:
         for p in list(self.connections.values()):
             p.close("shutdown")
         await asyncio.sleep(0.05)  # let connection_lost run for the closed transports
-        self.tell_refusals(final=True)
+        self.admission.tell(final=True)
         self.flush(final=True)
         if self.held:
             log.error(
