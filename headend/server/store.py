@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgpack
 
-from headend import codec, logs
+from headend import logs
 from headend.clock import Clock
 from headend.commands import CommandQueue, Scheduler
 from headend.config import Config, from_dict
@@ -36,6 +36,7 @@ from headend.errors import HeadendError
 from headend.ownership import Ownership
 from headend.people import Principal
 from headend.server import access, ipc
+from headend.server.polled import PolledRows
 from headend.server.recovery import Recovery
 from headend.server.submit import Submitter
 from headend.sqlguard import Guard
@@ -47,8 +48,6 @@ if TYPE_CHECKING:
     from headend.balance import LateData
     from headend.server.nodelink import NodeLink
 
-# Seconds polled rows wait for others before they are inserted together.
-POLL_BATCH_DELAY = 0.2
 log = logging.getLogger("headend.store")
 
 # Hours of late data one balance pass recomputes at most (the rest waits a pass).
@@ -179,13 +178,11 @@ class StoreService:
         )
         self.scheduler = Scheduler(self.commands, cfg.commands)
         self._policy_lock = asyncio.Lock()
-        self.polled = 0
+        # Rows read from meters (profiles, registers), inserted in batches.
+        self.polled_rows = PolledRows(self.store)
         # Meters identified on each worker's connections (its reports), and the
         # profile reads queued after workers went away holding them.
         self.recovery = Recovery(self)
-        # Polled rows waiting for their batch insert, and the task that makes it.
-        self._polled_pending: list[tuple[list[tuple[Any, ...]], asyncio.Future[None]]] = []
-        self._polled_task: asyncio.Task[None] | None = None
         self.clock = Clock.from_config(cfg.clock)
 
     def invalidate(self, table: str, columns: list[str], rows: list[list[Any]]) -> None:
@@ -323,7 +320,7 @@ class StoreService:
             loop = asyncio.get_running_loop()
             try:
                 if rows:
-                    result["readings"] = await self._polled_rows(c.serial, rows)
+                    result["readings"] = await self.polled_rows.add(c.serial, rows)
                 if events is not None:
                     result["events_read"] = len(events)
                     # Events the meter pushed before the read may still be in a spool:
@@ -347,59 +344,6 @@ class StoreService:
                 log.warning("the spool is not ingested yet; polled events are checked anyway")
                 return
             await asyncio.sleep(0.02)
-
-    async def _polled_rows(self, serial: str, rows: list[list[Any]]) -> int:
-        """A command's polled rows, inserted with those of the other commands that end
-        within POLL_BATCH_DELAY: thousands of profile reads (a recovery, the daily
-        reads) make a few inserts a second, not one each. Returns when they are in (or
-        raises what the insert raised)."""
-        out = self._polled_batch_rows(serial, rows)
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._polled_pending.append((out, fut))
-        if self._polled_task is None or self._polled_task.done():
-            self._polled_task = asyncio.get_running_loop().create_task(self._flush_polled())
-        await fut
-        return len(out)
-
-    async def _flush_polled(self) -> None:
-        await asyncio.sleep(POLL_BATCH_DELAY)
-        loop = asyncio.get_running_loop()
-        while self._polled_pending:
-            batch, self._polled_pending = self._polled_pending, []
-            rows = [r for out, _ in batch for r in out]
-            try:
-                await loop.run_in_executor(
-                    None, self.store.insert_rows, "readings", COLUMNS[spool.READINGS], rows
-                )
-            except Exception as e:
-                for _, fut in batch:
-                    if not fut.done():
-                        fut.set_exception(e)
-                continue
-            self.polled += len(rows)
-            for _, fut in batch:
-                if not fut.done():
-                    fut.set_result(None)
-
-    @staticmethod
-    def _polled_batch_rows(serial: str, rows: list[list[Any]]) -> list[tuple[Any, ...]]:
-        now = dt.datetime.now(dt.UTC).replace(microsecond=0)
-        out = []
-        for obis, ts, value, unit, status in rows:
-            out.append(
-                (
-                    serial,
-                    codec.obis_to_int(codec.parse_obis(obis)),
-                    dt.datetime.fromtimestamp(int(ts), dt.UTC),
-                    float(value),
-                    unit,
-                    int(status),
-                    "poll",
-                    "measured",
-                    now,
-                )
-            )
-        return out
 
     def _insert_polled_events(self, serial: str, events: list[list[Any]]) -> int:
         """Events read from a meter's log ([ts, code, name, category]); those already
@@ -792,7 +736,7 @@ class StoreService:
             "lookups": dict(self.lookup_stats),
             "commands": {
                 **self.commands.stats(),
-                "polled_readings": self.polled,
+                "polled_readings": self.polled_rows.total,
                 "recovery_reads": self.recovery.reads,
             },
             "node": self.owner.as_dict(),
