@@ -275,9 +275,29 @@ class Directory:
         next_sent: int | None = None,
         *,
         wrapped_password: bytes | None = None,
+        wrapped_kek: bytes | None = None,
+        wrapped_previous: tuple[bytes, bytes] | None = None,
+        wrapped_pending: tuple[bytes, bytes] | None = None,
     ) -> int:
-        """Adds or updates a meter; wrapped keys (and the LLS password) are unwrapped
-        with `master` in Rust and never come out."""
+        """Adds or updates a meter; wrapped keys (and the LLS password, the master key
+        KEK, a rotation's previous and pending keys) are unwrapped with `master` in Rust
+        and never come out."""
+    def has_kek(self, meter: int) -> bool:
+        """Whether the meter has a master key (KEK) to receive new keys under."""
+    def rotation_state(self, meter: int) -> tuple[bool, bool]:
+        """(has previous keys, has pending keys)."""
+    def new_keys(self, meter: int, master: MasterKey, nonces: bytes) -> tuple[bytes, bytes]:
+        """Draws new keys in Rust, holds them pending; returns them wrapped under
+        `master` (24 bytes of `nonces`)."""
+    def key_transfer(self, meter: int) -> bytes:
+        """The key_transfer parameter (A-XDR) with the pending keys wrapped under the
+        meter's KEK (RFC 3394)."""
+    def promote_keys(self, meter: int) -> None:
+        """Pending keys become current; current become previous."""
+    def revert_keys(self, meter: int) -> None:
+        """Undoes promote_keys."""
+    def drop_keys(self, meter: int, *, pending: bool = False) -> None:
+        """Forgets the previous keys (or, with `pending`, the pending ones)."""
     def has_password(self, meter: int) -> bool:
         """Whether meter `meter` has an LLS password."""
     def lls_aarq(self, meter: int, aarq: bytes) -> bytes:

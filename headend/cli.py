@@ -340,7 +340,7 @@ def cmd_ctl(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMAND_ACTIONS = ("read", "disconnect", "reconnect", "clock", "profile", "daily")
+COMMAND_ACTIONS = ("read", "disconnect", "reconnect", "clock", "profile", "daily", "rekey")
 
 
 def _command_args(args: argparse.Namespace) -> dict[str, Any]:
@@ -743,6 +743,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     cli_backup.add_parsers(sub, _add_common)
 
+    from headend import cli_waves
+
+    cli_waves.add_parsers(sub, _add_common)
+
     for noun, func, cols in (
         ("grid", cmd_grid_import, "node_id,parent_id,level,commodity,name,admin_unit,lat,lon"),
         (
@@ -861,6 +865,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("clock", "check a meter's clock and set it when it drifted"),
         ("profile", "read a meter's load profile for a period into readings"),
         ("daily", "the daily read now: billing registers, load profile and event log"),
+        ("rekey", "give a meter new keys (key transfer), verified by associating with them"),
     ):
         cp = csub.add_parser(action, help=text)
         cp.add_argument("serial", metavar="SERIAL")

@@ -40,7 +40,7 @@ from headend.store.db import Store
 
 log = logging.getLogger("headend.commands")
 
-KINDS = ("read", "disconnect", "reconnect", "clock", "profile", "daily")
+KINDS = ("read", "disconnect", "reconnect", "clock", "profile", "daily", "rekey")
 FINAL = frozenset({"done", "failed", "expired", "cancelled"})
 COMMAND = 0  # priority lane for commands and on-demand reads
 SCHEDULED = 1
@@ -220,6 +220,12 @@ def validate(kind: str, args: dict[str, Any]) -> None:
         raise CommandError(f"unknown command {kind!r}; choose one of {', '.join(KINDS)}")
     if kind == "read":
         _check_read(args)
+    if kind == "rekey":
+        extra = set(args) - {"wave"}
+        if extra:
+            raise CommandError(f"rekey takes no arguments ({', '.join(sorted(extra))} given)")
+        if not isinstance(args.get("wave", ""), str) or len(args.get("wave", "")) > 64:
+            raise CommandError("rekey: wave must be a wave id")
     if kind == "daily":
         for k in ("profile_from", "events_from", "to"):
             _unix(args, k, "daily")

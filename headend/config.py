@@ -173,6 +173,9 @@ class SecurityConfig:
     """Refuse ciphered APDUs without an authentication tag."""
     require_encryption: bool = False
     """Refuse ciphered APDUs that are only authenticated."""
+    previous_keys_grace: float = 86400.0
+    """Seconds a meter's keys stay accepted for its frames after a rotation replaced
+    them (pushes it buffered under them arrive late)."""
 
 
 @dataclass(frozen=True)

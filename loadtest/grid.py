@@ -26,6 +26,7 @@ unusual and stays small for millions of meters. Deterministic for a given seed.
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import math
 import random
@@ -57,6 +58,7 @@ REGIONS = [
 # The import formats (DESIGN.md section 7), as `headend grid|meters import` reads them.
 GRID_HEADER = GRID_COLUMNS
 METER_HEADER = [*METER_COLUMNS, *OPTIONAL_METER_COLUMNS]
+ADDRESS = METER_HEADER.index("address")
 # Listening meters (the head-end dials them) get loopback addresses the simulator can
 # bind: 127.1.x.y, ports 10000-29999 (below Linux's ephemeral range).
 LISTEN_PORTS = 20_000
@@ -164,7 +166,7 @@ class Generator:
         serial = f"{prefix}{self.counter[prefix]:09d}"
         account = f"ACC{self.counter[prefix]:09d}" if role == "consumer" else ""
         if self.plain:
-            title = ek = ak = ""
+            title = ek = ak = kek = ""
         else:
             maker = {"E": b"UZE", "G": b"UZG", "B": b"UZB"}[prefix]
             raw = maker + self.counter[prefix].to_bytes(5, "big")
@@ -172,6 +174,13 @@ class Generator:
             title = raw.hex().upper()
             ek = self.rnd.randbytes(16).hex().upper()
             ak = self.rnd.randbytes(16).hex().upper()
+            # The master key (KEK) that new keys travel under: from the seed and serial,
+            # so fleets of a seed stay as they were before meters had one.
+            kek = (
+                hashlib.blake2b(f"{self.seed}:{serial}".encode(), digest_size=16, person=b"kek")
+                .hexdigest()
+                .upper()
+            )
         # The LLS secret (8 digits, as utilities set them); HLS uses the keys.
         password = f"{self.rnd.randrange(10**8):08d}"
         lat, lon = self.near(node.lat, node.lon, spread)
@@ -190,6 +199,7 @@ class Generator:
                 f"{lat:.5f}",
                 f"{lon:.5f}",
                 "",
+                kek,
             ]
         )
         return serial
@@ -500,5 +510,5 @@ def listen(fleet: Fleet, share: float, seed: int) -> None:
         host = k // LISTEN_PORTS
         ip = f"127.1.{host // 250}.{host % 250 + 1}"
         port = 10_000 + k % LISTEN_PORTS
-        m[-1] = f"hdlc://{ip}:{port}/1/17" if k % 4 == 3 else f"{ip}:{port}"
+        m[ADDRESS] = f"hdlc://{ip}:{port}/1/17" if k % 4 == 3 else f"{ip}:{port}"
         k += 1

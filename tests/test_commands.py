@@ -53,10 +53,13 @@ def start_fleet(
     drifting: str = "0",
     hdlc: str = "0",
     concentrators: str = "0",
+    refuse_keys: str = "0",
 ) -> subprocess.Popen[str]:
     return sim.start(
         fleet,
         port,
+        "--refuse-keys",
+        refuse_keys,
         "--only",
         ",".join(serials),
         "--events",

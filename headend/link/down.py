@@ -26,12 +26,13 @@ from headend.link.keys import NodeSecrets
 from headend.link.outbox import DOWN_TABLES, EVERY_REGION, Envelope, Outbox
 from headend.link.service import BadRecord
 from headend.ownership import Ownership
+from headend.store import keyring
 from headend.store.db import Store
 
 log = logging.getLogger("headend.link")
 
 IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-KEY_COLUMNS = ("ek", "ak", "password")
+KEY_COLUMNS = ("ek", "ak", "password")  # every meter_keys row has these
 
 
 def rewrap_keys(
@@ -46,10 +47,11 @@ def rewrap_keys(
     out = [list(r) for r in rows]
     items: list[tuple[bytes, str, str]] = []
     where: list[tuple[int, int]] = []
+    wrapped = [(c, purpose) for c, purpose in keyring.WRAPPED.items() if c in idx]
     for n, r in enumerate(out):
-        for c in KEY_COLUMNS:
+        for c, purpose in wrapped:
             if r[idx[c]]:
-                items.append((bytes.fromhex(str(r[idx[c]])), c, str(r[idx["serial"]])))
+                items.append((bytes.fromhex(str(r[idx[c]])), purpose, str(r[idx["serial"]])))
                 where.append((n, idx[c]))
     if items:
         try:

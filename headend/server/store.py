@@ -40,9 +40,10 @@ from headend.server.polled import PolledRows
 from headend.server.recovery import Recovery
 from headend.server.submit import Submitter
 from headend.sqlguard import Guard
-from headend.store import spool
+from headend.store import keyring, spool
 from headend.store.db import Store, StoreError, migrate
 from headend.store.ingest import COLUMNS, Backoff, Ingestor
+from headend.waves import Waves
 
 if TYPE_CHECKING:
     from headend.balance import LateData
@@ -183,9 +184,13 @@ class StoreService:
         # Meters identified on each worker's connections (its reports), and the
         # profile reads queued after workers went away holding them.
         self.recovery = Recovery(self)
+        # Key rotations (and firmware upgrades) over a region's meters, in steps.
+        self.waves = Waves(self)
         self.clock = Clock.from_config(cfg.clock)
 
-    def invalidate(self, table: str, columns: list[str], rows: list[list[Any]]) -> None:
+    def invalidate(
+        self, table: str, columns: list[str], rows: list[list[Any]], skip: int | None = None
+    ) -> None:
         """Workers forget what they know of meters whose rows or keys changed; people's
         accounts that came from the centre are read again."""
         if table in ("users", "user_tokens") and rows:
@@ -195,7 +200,9 @@ class StoreService:
             return
         i = columns.index("serial")
         serials = sorted({str(r[i]) for r in rows})
-        for ch in list(self.workers.values()):
+        for wid, ch in list(self.workers.items()):
+            if wid == skip:
+                continue
             with contextlib.suppress(ipc.ChannelClosed, ConnectionError):
                 ch.send({"t": "invalidate", "serials": serials})
 
@@ -296,7 +303,48 @@ class StoreService:
             return {"claim": self.commands.claim(str(msg["command"]), int(msg["worker"]))}
         elif t == "job-result":
             await self._job_result(msg)
+        elif t == "keys":
+            return await self._keys(ch, msg)
         return None
+
+    async def _keys(self, ch: ipc.Channel, msg: dict[str, Any]) -> dict[str, Any]:
+        """A rotation changed a meter's stored keys (``headend/server/rekey.py``): record
+        it, audit it in the name of who asked for the rotation, and have the other
+        workers look the meter up again (the one running it knows already)."""
+        serial, op = str(msg.get("serial")), msg.get("op")
+        loop = asyncio.get_running_loop()
+        try:
+            if op == "pending":
+                await loop.run_in_executor(
+                    None,
+                    keyring.set_pending,
+                    self.store,
+                    serial,
+                    str(msg["ek"]),
+                    str(msg["ak"]),
+                    str(msg["fingerprint"]),
+                )
+            elif op == "current":
+                grace = float(msg.get("grace", self.cfg.security.previous_keys_grace))
+                await loop.run_in_executor(None, keyring.make_current, self.store, serial, grace)
+            elif op == "drop":
+                await loop.run_in_executor(None, keyring.drop_pending, self.store, serial)
+            else:
+                return {"error": f"unknown change of keys {op!r}"}
+        except (keyring.KeyringError, HeadendError, KeyError, ValueError) as e:
+            return {"error": str(e)}
+        self.invalidate("meter_keys", ["serial"], [[serial]], skip=ch.info.get("worker"))
+        c = self.commands.commands.get(str(msg.get("command")))
+        who = Principal(
+            c.requested_by if c is not None else "system",
+            frozenset(),
+            frozenset(),
+            f"worker:{ch.info.get('worker')}",
+            "command",
+        )
+        await self.audit(who, f"keys.{op}", serial, detail={"command_id": msg.get("command")})
+        log.info("meter %s: keys %s (command %s)", serial, op, msg.get("command"))
+        return {"ok": True}
 
     def _send_worker(self, wid: int, msg: dict[str, Any]) -> bool:
         ch = self.workers.get(wid)
@@ -455,8 +503,12 @@ class StoreService:
         if not rows:
             return [], recent
         found = {r[0]: r for r in rows}
+        # Previous keys only while their grace lasts; the worker drops them then too.
         _, keys = self.store.query(
-            f"SELECT serial, ek, ak, password FROM {db}.meter_keys FINAL WHERE serial IN %(s)s",
+            f"SELECT serial, ek, ak, password, kek, pending_ek, pending_ak, "
+            f"if(previous_until > now(), previous_ek, ''), "
+            f"if(previous_until > now(), previous_ak, ''), toUnixTimestamp(previous_until) "
+            f"FROM {db}.meter_keys FINAL WHERE serial IN %(s)s",
             {"s": list(found)},
         )
         key_of = {k[0]: k[1:] for k in keys}
@@ -472,7 +524,9 @@ class StoreService:
             counters = {c[0]: (int(c[1]), int(c[2])) for c in crows}
         out = []
         for serial, model, title, node in rows:
-            ek, ak, password = key_of.get(serial, ("", "", ""))
+            ek, ak, password, kek, pek, pak, vek, vak, until = key_of.get(
+                serial, ("", "", "", "", "", "", "", "", 0)
+            )
             last, nxt = counters.get(title, (-1, 0))
             out.append(
                 {
@@ -484,6 +538,10 @@ class StoreService:
                     "ek": bytes.fromhex(ek) if ek else None,
                     "ak": bytes.fromhex(ak) if ak else None,
                     "password": bytes.fromhex(password) if password else None,
+                    "kek": bytes.fromhex(kek) if kek else None,
+                    "pending": [bytes.fromhex(pek), bytes.fromhex(pak)] if pek else None,
+                    "previous": [bytes.fromhex(vek), bytes.fromhex(vak)] if vek else None,
+                    "previous_until": int(until) if vek else 0,
                     "last_received": last,
                     "next_sent": nxt,
                 }
@@ -755,6 +813,29 @@ class StoreService:
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(None, self.people.audit, who, action, target, outcome, detail)
 
+    async def wave_request(self, what: str, req: dict[str, Any], who: Principal) -> Any:
+        """Waves for `who` (`headend.waves`): start, list, show, stop, resume."""
+        if what == "list":
+            return {"waves": self.waves.list()}
+        if what == "show":
+            return self.waves.show(str(req.get("id")))
+        if what == "start":
+            w = await self.waves.start(
+                who,
+                str(req.get("kind")),
+                str(req.get("region")),
+                dict(req.get("params") or {}),
+                str(req.get("reason") or ""),
+            )
+            return w.public()
+        if what == "stop":
+            return (
+                await self.waves.stop(who, str(req.get("id")), str(req.get("why") or ""))
+            ).public()
+        if what == "resume":
+            return (await self.waves.resume(who, str(req.get("id")))).public()
+        raise HeadendError(f"unknown wave request {what!r}")
+
     async def submit_command(self, req: dict[str, Any], who: Principal) -> dict[str, Any]:
         """A command for a meter, for `who` (`headend.server.submit`)."""
         return await self.submitter.command(req, who)
@@ -791,6 +872,8 @@ class StoreService:
         access.check_person(who, req)
         if cmd.startswith("users.") or cmd == "audit":
             return await access.admin_command(self.people, self.guard, self.store, who, req)
+        if cmd.startswith("waves."):
+            return await self.wave_request(cmd.removeprefix("waves."), req, who)
         if cmd == "approvals":
             found = await loop.run_in_executor(None, self.submitter.approvals.visible, who)
             return {"pending": [r.public() for r in found]}
@@ -1040,6 +1123,7 @@ class StoreService:
             self._monitor_backlog(),
             self._keep_balances(),
             self.commands.run(),
+            self.waves.run(),
             self._schedule(),
             self._policy(),
         ]
@@ -1125,6 +1209,9 @@ class StoreService:
         queued = await loop.run_in_executor(None, self.commands.load)
         if queued:
             log.info("%d commands still queued from before", queued)
+        live = await loop.run_in_executor(None, self.waves.load)
+        if live:
+            log.info("%d waves resume where they stood", live)
         tasks = [loop.create_task(c) for c in self._services()]
         http = await self._http()
         if http is not None:

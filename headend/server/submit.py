@@ -12,7 +12,6 @@ the meter. Each command records who asked and, when it needed one, who approved.
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import uuid
 from typing import TYPE_CHECKING, Any
 
@@ -22,6 +21,7 @@ from headend.commands import MAX_WAIT, Command, Place, expires_in_of, seconds, v
 from headend.errors import HeadendError
 from headend.ownership import NotOwned
 from headend.people import Principal
+from headend.store import keyring
 
 if TYPE_CHECKING:
     from headend.link.outbox import Envelope
@@ -29,7 +29,15 @@ if TYPE_CHECKING:
 
 # Commands queued between turns of the event loop in a large batch.
 YIELD_EVERY = 500
-KEY_COLUMNS = ["serial", "system_title", "ek", "ak", "password", "master_key", "updated_at"]
+
+
+# Commands that change a meter's security or software: an admin's, not an operator's.
+ADMIN_KINDS = {"rekey": "renew meters' keys"}
+
+
+def _require_kind(who: Principal, kind: str) -> None:
+    if kind in ADMIN_KINDS:
+        who.require("admin", ADMIN_KINDS[kind])
 
 
 class Submitter:
@@ -126,6 +134,7 @@ class Submitter:
         what = {"kind": str(req.get("kind")), "args": req.get("args") or {}}
         try:
             who.require("command", "send commands to meters")
+            _require_kind(who, str(req.get("kind")))
             validate(str(req.get("kind")), req.get("args") or {})
             expires_in_of(req, self.cfg.commands)
             wait = seconds(req.get("wait", self.cfg.commands.wait), "wait", 0.0, MAX_WAIT)
@@ -241,6 +250,7 @@ class Submitter:
                 if meter is None:
                     raise HeadendError(f"unknown meter {str(it['serial'])!r}")
                 who.require_region(meter.region, f"meter {it['serial']}")
+                _require_kind(who, str(it["kind"]))
                 validate(str(it["kind"]), it.get("args") or {})
                 expires_in_of(it, self.cfg.commands)
                 good.append((index, it, meter))
@@ -352,10 +362,12 @@ class Submitter:
                 approved_by=approver.name,
             )
         serial = str(r.payload["serial"])
-        row = [*r.payload["row"], dt.datetime.now(dt.UTC)]
+        _, title, ek, ak, _, fingerprint = r.payload["row"]
         loop = asyncio.get_running_loop()
-        await loop.run_in_executor(None, svc.store.insert_rows, "meter_keys", KEY_COLUMNS, [row])
-        svc.invalidate("meter_keys", KEY_COLUMNS, [row])
+        row = await loop.run_in_executor(
+            None, keyring.replace, svc.store, serial, title, (ek, ak), fingerprint
+        )
+        svc.invalidate("meter_keys", keyring.COLUMNS, [row])
         await svc.audit(
             r.requester(),
             "keys.change",

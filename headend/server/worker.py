@@ -37,11 +37,17 @@ from headend.keys import load_master_key
 from headend.server import ipc
 from headend.server.admission import Admission
 from headend.server.client import ClientError, HdlcLink, Link, MeterClient, WrapperLink, execute
+from headend.server.rekey import StoreKeys, rekey
 from headend.store import spool
 
 log = logging.getLogger("headend.worker")
 
 LookupKey = tuple[str, bytes]  # ("t", system title) or ("s", serial)
+
+
+def _pair(v: Any) -> tuple[bytes, bytes] | None:
+    """A (EK, AK) pair from a lookup reply (a list after the IPC), or None."""
+    return (bytes(v[0]), bytes(v[1])) if v else None
 
 
 class MeterProtocol(asyncio.Protocol):
@@ -198,6 +204,7 @@ class Worker:
         self.cfg = cfg
         self.id = worker_id
         self.master = load_master_key(cfg)
+        self.key_grace = cfg.security.previous_keys_grace
         self.directory = Directory(
             require_authentication=cfg.security.require_authentication,
             require_encryption=cfg.security.require_encryption,
@@ -250,6 +257,8 @@ class Worker:
         self.meters_full = True
         # Each loaded meter's grid node, so the store can count meters online per node.
         self.node_of: dict[str, str] = {}
+        # Meters whose keys before a rotation are still accepted, and until when.
+        self.previous_keys_until: dict[str, float] = {}
         # online_by_node() recounts only after `online` changed.
         self._online_counts: dict[str, int] | None = None
         self.jobs: dict[str, dict[str, Any]] = {}
@@ -468,7 +477,12 @@ class Worker:
                     m["last_received"],
                     m["next_sent"],
                     wrapped_password=m.get("password"),
+                    wrapped_kek=m.get("kek"),
+                    wrapped_previous=_pair(m.get("previous")),
+                    wrapped_pending=_pair(m.get("pending")),
                 )
+                if m.get("previous"):
+                    self.previous_keys_until[m["serial"]] = float(m["previous_until"])
             except HeadendError as e:
                 # A wrapped key that does not unwrap (another master key) or a model
                 # this worker lacks: the meter cannot be served; say which.
@@ -593,7 +607,12 @@ class Worker:
             proto, meter, source = where
             client = self._client(proto, meter, source)
             model = self.models.get(client.model, {})
-            result = await execute(client, job, model.get("objects", {}), model)
+            if job["kind"] == "rekey":
+                result = await rekey(
+                    client, self.directory, self.master, self._keys_to_store(job), self.key_grace
+                )
+            else:
+                result = await execute(client, job, model.get("objects", {}), model)
             out.update(status="done", result=result)
         except ClientError as e:
             out.update(status="failed", error=str(e))
@@ -615,6 +634,29 @@ class Worker:
             out.get("error", ""),
         )
         return out
+
+    def _keys_to_store(self, job: dict[str, Any]) -> StoreKeys:
+        """How a rotation tells the store of a change of the meter's keys: it waits for
+        the store to have recorded it before telling the meter anything."""
+
+        async def tell(change: dict[str, Any]) -> None:
+            if self.store is None:
+                raise ClientError("the store is away: the meter's keys are left as they are")
+            msg = {
+                "t": "keys",
+                "serial": job["serial"],
+                "command": job["id"],
+                "fingerprint": self.master.fingerprint,
+                **change,
+            }
+            try:
+                reply = await self.store.request(msg)
+            except (ipc.ChannelClosed, ConnectionError, TimeoutError) as e:
+                raise ClientError(f"the store did not record the keys ({e})") from None
+            if reply.get("error"):
+                raise ClientError(f"the store did not record the keys: {reply['error']}")
+
+        return tell
 
     async def _dial(self, serial: str, address: str) -> tuple[MeterProtocol, int, int]:
         """Opens a connection to a listening meter and binds the meter to it."""
@@ -865,6 +907,17 @@ class Worker:
                     self.count_reject("idle-timeout")
                     p.close("idle-timeout")
             self.admission.guard.prune(now)
+            self._expire_previous_keys(now)
+
+    def _expire_previous_keys(self, now: float) -> None:
+        """Forgets the keys meters had before a rotation once their grace is over."""
+        for serial, until in list(self.previous_keys_until.items()):
+            if until > now:
+                continue
+            del self.previous_keys_until[serial]
+            meter = self.directory.find(serial=serial)
+            if meter is not None and self.directory.meter_info(meter)[3]:
+                self.directory.drop_keys(meter)
 
     # -- life cycle ------------------------------------------------------------------
 

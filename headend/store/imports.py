@@ -37,8 +37,9 @@ METER_COLUMNS = [
     "lat",
     "lon",
 ]
-# Columns a meters file may leave out (then empty): where a listening meter is reached.
-OPTIONAL_METER_COLUMNS = ["address"]
+# Columns a meters file may leave out (then empty): where a listening meter is reached,
+# and the meter's master key (KEK, 32 hex digits), which new keys are sent under.
+OPTIONAL_METER_COLUMNS = ["address", "kek"]
 LEVELS = (
     "republic",
     "region",
@@ -81,9 +82,20 @@ class ImportReport:
     file: str
     loaded: int = 0
     bad: list[tuple[int, str]] = field(default_factory=list)
+    # Meters whose keys the head-end has changed since they were delivered (rotated,
+    # or changed by admins): the file's keys are older and were not put back.
+    kept_keys: list[str] = field(default_factory=list)
 
     def lines(self) -> list[str]:
-        return [f"{self.file}:{line}: {reason}" for line, reason in self.bad]
+        out = [f"{self.file}:{line}: {reason}" for line, reason in self.bad]
+        if self.kept_keys:
+            shown = ", ".join(self.kept_keys[:10])
+            more = f" and {len(self.kept_keys) - 10} more" if len(self.kept_keys) > 10 else ""
+            out.append(
+                f"{self.file}: kept the stored keys of {len(self.kept_keys)} meters whose keys "
+                f"the head-end changed since delivery ({shown}{more}); the file's are older"
+            )
+        return out
 
 
 def _read(
@@ -273,9 +285,12 @@ def import_meters(
             ek, ak = r["ek"], r["ak"]
             if bool(ek) != bool(ak):
                 raise ValueError("give both ek and ak, or neither")
-            for name, k in (("ek", ek), ("ak", ak)):
+            kek = r["kek"]
+            for name, k in (("ek", ek), ("ak", ak), ("kek", kek)):
                 if k and (len(k) != 32 or not HEX.match(k)):
                     raise ValueError(f"{name} must be 32 hex digits (16 bytes)")
+            if kek and not ek:
+                raise ValueError("a kek (master key) needs the meter's ek and ak")
             if ek and not title:
                 raise ValueError("keys need the meter's system_title")
             password = r["password"]
@@ -315,6 +330,8 @@ def import_meters(
                 wrap(master, bytes.fromhex(ek), "ek", serial).hex() if ek else "",
                 wrap(master, bytes.fromhex(ak), "ak", serial).hex() if ak else "",
                 wrap(master, password.encode(), "password", serial).hex() if password else "",
+                wrap(master, bytes.fromhex(kek), "kek", serial).hex() if kek else "",
+                "import",
                 master.fingerprint,
                 now,
             ]
@@ -336,11 +353,24 @@ def import_meters(
         keys = [k for k in keys if k[0] not in bad_serials]
     cols = [
         *[c for c in METER_COLUMNS if c not in ("ek", "ak", "password")],
-        *OPTIONAL_METER_COLUMNS,
+        "address",
         "region",
         "updated_at",
     ]
-    key_cols = ["serial", "system_title", "ek", "ak", "password", "master_key", "updated_at"]
+    key_cols = [
+        "serial",
+        "system_title",
+        "ek",
+        "ak",
+        "password",
+        "kek",
+        "source",
+        "master_key",
+        "updated_at",
+    ]
+    changed = _keys_changed_since_delivery(store, db, [k[0] for k in keys])
+    report.kept_keys = sorted(changed)
+    keys = [k for k in keys if k[0] not in changed]
     for i in range(0, len(meters), CHUNK):
         store.insert_rows("meters", cols, meters[i : i + CHUNK])
     for i in range(0, len(keys), CHUNK):
@@ -353,6 +383,19 @@ def import_meters(
     report.loaded = len(meters)
     report.bad.sort()
     return report
+
+
+def _keys_changed_since_delivery(store: SqlAccess, db: str, serials: list[str]) -> set[str]:
+    """Meters whose stored keys the head-end set (a rotation, a change by admins)."""
+    out: set[str] = set()
+    for i in range(0, len(serials), 5000):
+        _, rows = store.query(
+            f"SELECT serial FROM {db}.meter_keys FINAL "
+            "WHERE serial IN %(s)s AND source != 'import'",
+            {"s": serials[i : i + 5000]},
+        )
+        out.update(str(r[0]) for r in rows)
+    return out
 
 
 def _title_owners(store: SqlAccess, db: str, titles: list[str]) -> dict[str, str]:

@@ -21,6 +21,7 @@ pub mod data_json;
 pub mod datetime;
 pub mod error;
 pub mod hdlc;
+pub mod keytransfer;
 pub mod keywrap;
 pub mod obis;
 pub mod profile;

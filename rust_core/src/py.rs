@@ -871,6 +871,11 @@ pub struct Directory {
     inner: RsDirectory,
     /// LLS passwords, unwrapped here and used only inside `lls_aarq`.
     passwords: std::collections::HashMap<u32, Vec<u8>>,
+    /// Meters' master keys (KEK), used only to wrap new keys for `key_transfer`.
+    keks: std::collections::HashMap<u32, [u8; 16]>,
+    /// New keys (EK, AK) of a rotation in progress, for `key_transfer` (the key table
+    /// holds them as cipher keys, which cannot be read back).
+    pending: std::collections::HashMap<u32, ([u8; 16], [u8; 16])>,
 }
 
 #[pymethods]
@@ -881,7 +886,7 @@ impl Directory {
         let mut inner = RsDirectory::new();
         inner.policy = policy(require_authentication, require_encryption);
         inner.device_leaf = device_leaf;
-        Directory { inner, passwords: std::collections::HashMap::new() }
+        Directory { inner, passwords: Default::default(), keks: Default::default(), pending: Default::default() }
     }
 
     fn __len__(&self) -> usize {
@@ -903,7 +908,12 @@ impl Directory {
 
     /// Adds or updates a meter; wrapped keys are unwrapped with `master` into the key
     /// table (never into Python). Counters from the store raise the meter's floors.
-    #[pyo3(signature = (serial, model, system_title = None, wrapped_ek = None, wrapped_ak = None, master = None, last_received = None, next_sent = None, *, wrapped_password = None))]
+    ///
+    /// During a key rotation, `wrapped_previous` (the keys before the last rotation,
+    /// kept for late frames) and `wrapped_pending` (keys sent and not yet confirmed) are
+    /// (EK, AK) pairs the meter's frames may also come under; `wrapped_kek` is the
+    /// meter's master key, which wraps new keys for `key_transfer`.
+    #[pyo3(signature = (serial, model, system_title = None, wrapped_ek = None, wrapped_ak = None, master = None, last_received = None, next_sent = None, *, wrapped_password = None, wrapped_kek = None, wrapped_previous = None, wrapped_pending = None))]
     #[allow(clippy::too_many_arguments)]
     fn add_meter(
         &mut self,
@@ -917,7 +927,24 @@ impl Directory {
         last_received: Option<u32>,
         next_sent: Option<u32>,
         wrapped_password: Option<&[u8]>,
+        wrapped_kek: Option<&[u8]>,
+        wrapped_previous: Option<(Vec<u8>, Vec<u8>)>,
+        wrapped_pending: Option<(Vec<u8>, Vec<u8>)>,
     ) -> PyResult<u32> {
+        let unwrap_pair = |pair: Option<(Vec<u8>, Vec<u8>)>| -> PyResult<Option<([u8; 16], [u8; 16])>> {
+            let Some((ek, ak)) = pair else { return Ok(None) };
+            let m = master.ok_or_else(|| local_error(py, "meter keys", "give the master key too"))?;
+            let ek = key16(py, "ek", &codec(py, m.inner.unwrap(&ek, "ek", serial))?)?;
+            let ak = key16(py, "ak", &codec(py, m.inner.unwrap(&ak, "ak", serial))?)?;
+            Ok(Some((ek, ak)))
+        };
+        let previous = unwrap_pair(wrapped_previous)?;
+        let pending = unwrap_pair(wrapped_pending)?;
+        let kek = match (wrapped_kek, master) {
+            (Some(w), Some(m)) => Some(key16(py, "kek", &codec(py, m.inner.unwrap(w, "kek", serial))?)?),
+            (Some(_), None) => return Err(local_error(py, "meter master key", "give the master key too")),
+            (None, _) => None,
+        };
         let password = match (wrapped_password, master) {
             (Some(w), Some(m)) => Some(codec(py, m.inner.unwrap(w, "password", serial))?),
             (Some(_), None) => return Err(local_error(py, "meter password", "give the master key too")),
@@ -933,12 +960,126 @@ impl Directory {
             (None, None, _) => None,
             _ => return Err(local_error(py, "meter keys", "give both wrapped keys and the master key")),
         };
+        let keyed = keys.is_some();
         let id = codec(py, self.inner.add_meter(serial, model, st, keys, last_received, next_sent))?;
         match password {
             Some(pw) => self.passwords.insert(id, pw),
             None => self.passwords.remove(&id),
         };
+        match kek {
+            Some(k) => self.keks.insert(id, k),
+            None => self.keks.remove(&id),
+        };
+        match pending {
+            Some(p) => self.pending.insert(id, p),
+            None => self.pending.remove(&id),
+        };
+        if let (Some(st), true) = (st, keyed) {
+            let to_keys = |p: Option<([u8; 16], [u8; 16])>| p.map(|(e, a)| Keys::new(&e, &a));
+            codec(py, self.inner.keys.set_alternates(&st, to_keys(previous), to_keys(pending)))?;
+        }
         Ok(id)
+    }
+
+    /// (has previous keys, has pending keys) of meter `meter`: where a rotation stands.
+    fn rotation_state(&self, py: Python<'_>, meter: u32) -> PyResult<(bool, bool)> {
+        let st = self.title_of(meter)?;
+        codec(py, self.inner.keys.alternates(&st))
+    }
+
+    /// Whether meter `meter` has a master key (KEK) to receive new keys under.
+    fn has_kek(&self, meter: u32) -> bool {
+        self.keks.contains_key(&meter)
+    }
+
+    /// Draws new keys (EK, AK) for meter `meter` from the OS random source, here, and
+    /// holds them as its pending keys; returns them wrapped under `master` (for the
+    /// store) with the 24 bytes of `nonces`. They never exist in Python.
+    fn new_keys<'py>(
+        &mut self,
+        py: Python<'py>,
+        meter: u32,
+        master: &MasterKey,
+        nonces: &[u8],
+    ) -> PyResult<(Bound<'py, PyBytes>, Bound<'py, PyBytes>)> {
+        let st = self.title_of(meter)?;
+        if !self.keks.contains_key(&meter) {
+            let serial = &self.known(meter)?.serial;
+            return Err(local_error(
+                py,
+                "key rotation",
+                format!("meter {serial} has no master key (kek) to wrap new keys"),
+            ));
+        }
+        if nonces.len() != 24 {
+            return Err(local_error(py, "nonces", "24 bytes needed"));
+        }
+        let mut fresh = [0u8; 32];
+        getrandom::fill(&mut fresh).map_err(|e| local_error(py, "random source", e.to_string()))?;
+        let ek: [u8; 16] = fresh[..16].try_into().expect("16 bytes");
+        let ak: [u8; 16] = fresh[16..].try_into().expect("16 bytes");
+        let serial = self.known(meter)?.serial.clone();
+        let n1: [u8; 12] = nonces[..12].try_into().expect("12 bytes");
+        let n2: [u8; 12] = nonces[12..].try_into().expect("12 bytes");
+        let wek = codec(py, master.inner.wrap(&ek, "ek", &serial, &n1))?;
+        let wak = codec(py, master.inner.wrap(&ak, "ak", &serial, &n2))?;
+        let (previous, _) = codec(py, self.inner.keys.alternates(&st))?;
+        if previous {
+            // A second rotation before the first one's grace ran out: the oldest keys go.
+            codec(py, self.inner.keys.drop_previous(&st))?;
+        }
+        codec(py, self.inner.keys.set_alternates(&st, None, Some(Keys::new(&ek, &ak))))?;
+        self.pending.insert(meter, (ek, ak));
+        Ok((PyBytes::new(py, &wek), PyBytes::new(py, &wak)))
+    }
+
+    /// The `key_transfer` parameter (A-XDR) carrying meter `meter`'s pending keys, each
+    /// wrapped under its master key (RFC 3394): the global unicast encryption key and
+    /// the authentication key.
+    fn key_transfer<'py>(&self, py: Python<'py>, meter: u32) -> PyResult<Bound<'py, PyBytes>> {
+        let serial = &self.known(meter)?.serial;
+        let kek = self
+            .keks
+            .get(&meter)
+            .ok_or_else(|| local_error(py, "key rotation", format!("meter {serial} has no master key (kek)")))?;
+        let (ek, ak) = self
+            .pending
+            .get(&meter)
+            .ok_or_else(|| local_error(py, "key rotation", format!("meter {serial} has no new keys pending")))?;
+        let p = codec(
+            py,
+            crate::keytransfer::parameter(
+                kek,
+                &[(crate::keytransfer::GLOBAL_UNICAST_ENCRYPTION, *ek), (crate::keytransfer::AUTHENTICATION, *ak)],
+            ),
+        )?;
+        Ok(PyBytes::new(py, &codec(py, p.to_bytes())?))
+    }
+
+    /// Makes meter `meter`'s pending keys current (its current ones become previous), to
+    /// verify them with a fresh association.
+    fn promote_keys(&mut self, py: Python<'_>, meter: u32) -> PyResult<()> {
+        let st = self.title_of(meter)?;
+        codec(py, self.inner.keys.promote(&st))
+    }
+
+    /// Undoes `promote_keys`: the previous keys are current again, the new ones pending.
+    fn revert_keys(&mut self, py: Python<'_>, meter: u32) -> PyResult<()> {
+        let st = self.title_of(meter)?;
+        codec(py, self.inner.keys.revert(&st))
+    }
+
+    /// Forgets meter `meter`'s previous keys (their grace time is over) or, with
+    /// `pending`, its pending ones (the meter refused them).
+    #[pyo3(signature = (meter, *, pending = false))]
+    fn drop_keys(&mut self, py: Python<'_>, meter: u32, pending: bool) -> PyResult<()> {
+        let st = self.title_of(meter)?;
+        if pending {
+            self.pending.remove(&meter);
+            codec(py, self.inner.keys.drop_pending(&st))
+        } else {
+            codec(py, self.inner.keys.drop_previous(&st))
+        }
     }
 
     /// Whether meter `meter` has an LLS password.

@@ -227,6 +227,11 @@ pub struct Deciphered {
 #[derive(Clone, Debug)]
 struct Entry {
     global: Keys,
+    /// The keys before the last rotation, accepted for late frames while kept.
+    previous: Option<Keys>,
+    /// Keys sent to the meter (or about to be) and not yet confirmed by a fresh
+    /// association: a frame they open shows the meter has them.
+    pending: Option<Keys>,
     dedicated: Option<Keys>,
     /// Highest invocation counter accepted from the meter; None before the first.
     last_received: Option<u32>,
@@ -266,10 +271,73 @@ impl KeyTable {
         match self.meters.get_mut(&system_title) {
             Some(e) => e.global = keys,
             None => {
-                self.meters
-                    .insert(system_title, Entry { global: keys, dedicated: None, last_received: None, next_sent: 1 });
+                self.meters.insert(
+                    system_title,
+                    Entry {
+                        global: keys,
+                        previous: None,
+                        pending: None,
+                        dedicated: None,
+                        last_received: None,
+                        next_sent: 1,
+                    },
+                );
             }
         }
+    }
+
+    /// Sets the keys a meter may also be using during a rotation: `previous` (the
+    /// keys before the last one, kept for late frames) and `pending` (sent, not yet
+    /// confirmed).
+    pub fn set_alternates(
+        &mut self,
+        system_title: &SystemTitle,
+        previous: Option<Keys>,
+        pending: Option<Keys>,
+    ) -> Result<()> {
+        let e = self.entry_mut(system_title)?;
+        e.previous = previous;
+        e.pending = pending;
+        Ok(())
+    }
+
+    /// The pending keys become the meter's keys; its keys until now become the previous
+    /// ones. Counters are untouched: they run on across a key change (a counter must
+    /// never repeat under a key; nothing asks it to restart).
+    pub fn promote(&mut self, system_title: &SystemTitle) -> Result<()> {
+        let e = self.entry_mut(system_title)?;
+        let new = e.pending.take().ok_or_else(|| Error::encode("key rotation", "no pending keys to make current"))?;
+        e.previous = Some(std::mem::replace(&mut e.global, new));
+        e.dedicated = None;
+        Ok(())
+    }
+
+    /// Undoes [`KeyTable::promote`]: the previous keys are the meter's again and the new
+    /// ones pending (the meter did not take them, or not yet).
+    pub fn revert(&mut self, system_title: &SystemTitle) -> Result<()> {
+        let e = self.entry_mut(system_title)?;
+        let old = e.previous.take().ok_or_else(|| Error::encode("key rotation", "no previous keys to go back to"))?;
+        e.pending = Some(std::mem::replace(&mut e.global, old));
+        e.dedicated = None;
+        Ok(())
+    }
+
+    /// Forgets the previous keys (their grace time is over).
+    pub fn drop_previous(&mut self, system_title: &SystemTitle) -> Result<()> {
+        self.entry_mut(system_title)?.previous = None;
+        Ok(())
+    }
+
+    /// Forgets the pending keys (the meter refused them).
+    pub fn drop_pending(&mut self, system_title: &SystemTitle) -> Result<()> {
+        self.entry_mut(system_title)?.pending = None;
+        Ok(())
+    }
+
+    /// Whether the meter has keys besides its current ones (previous, pending).
+    pub fn alternates(&self, system_title: &SystemTitle) -> Result<(bool, bool)> {
+        let e = self.entry(system_title)?;
+        Ok((e.previous.is_some(), e.pending.is_some()))
     }
 
     pub fn remove(&mut self, system_title: &SystemTitle) -> bool {
@@ -363,14 +431,28 @@ impl KeyTable {
                 return Err(Error::Replay { system_title: st, received: ic, last });
             }
         }
-        let keys = if cipher.is_dedicated() {
+        if cipher.is_dedicated() {
             e.dedicated
                 .as_ref()
                 .ok_or_else(|| Error::invalid("ciphered APDU", 0, "dedicated ciphering but no dedicated key agreed"))?
+                .open_in_place(sc, &st, ic, buf, tag)?;
         } else {
-            &e.global
-        };
-        keys.open_in_place(sc, &st, ic, buf, tag)?;
+            match e.global.open_in_place(sc, &st, ic, buf, tag) {
+                // During a rotation a frame may come under the keys before it (late)
+                // or after it (the meter took the new ones first). Only a verified tag
+                // can tell, and a failed check leaves `buf` as it was.
+                Err(Error::AuthenticationFailed) if sc.authenticated() => {
+                    let opened = [e.previous.as_ref(), e.pending.as_ref()]
+                        .into_iter()
+                        .flatten()
+                        .any(|k| k.open_in_place(sc, &st, ic, buf, tag).is_ok());
+                    if !opened {
+                        return Err(Error::AuthenticationFailed);
+                    }
+                }
+                other => other?,
+            }
+        }
         e.last_received = Some(ic);
         Ok((st, sc, ic))
     }

@@ -191,3 +191,46 @@ fn tampering_wrong_keys_and_truncation_are_caught() {
     short.extend_from_slice(&[0x06, 0x30, 0, 0, 1, 0xE5, 0xAA]);
     assert!(matches!(Apdu::decode(&short), Err(Error::Invalid { .. })));
 }
+
+#[test]
+fn a_rotation_accepts_previous_and_pending_keys_only_when_their_tag_verifies() {
+    let title = *b"ROT00001";
+    let (old, new, other) = ([1u8; 16], [2u8; 16], [3u8; 16]);
+    let seal = |ek: &[u8; 16], ic: u32| {
+        encipher_with(
+            &Keys::new(ek, ek),
+            CipheredKind(0xDB), // general-glo-ciphering
+            SecurityControl(0x30),
+            &title,
+            ic,
+            &[0x0F, 0, 0, 0, 1, 0, 9, 1, 7],
+        )
+        .unwrap()
+    };
+    let mut table = KeyTable::new();
+    table.insert(title, Keys::new(&old, &old));
+    // Pending keys (sent, not confirmed): a frame under them opens.
+    table.set_alternates(&title, None, Some(Keys::new(&new, &new))).unwrap();
+    assert!(table.decipher(&seal(&new, 10), None, Policy::default()).is_ok());
+    assert!(table.decipher(&seal(&old, 11), None, Policy::default()).is_ok());
+    // Keys that are neither fail, and do not move the counter.
+    assert_eq!(table.decipher(&seal(&other, 12), None, Policy::default()), Err(Error::AuthenticationFailed));
+    assert_eq!(table.counters(&title).unwrap().0, Some(11));
+    // Promoted: the new keys are current, the old ones previous (late frames).
+    table.promote(&title).unwrap();
+    assert_eq!(table.alternates(&title).unwrap(), (true, false));
+    assert!(table.decipher(&seal(&old, 13), None, Policy::default()).is_ok());
+    assert!(table.decipher(&seal(&new, 14), None, Policy::default()).is_ok());
+    // A replay under the old keys is still a replay.
+    assert!(matches!(table.decipher(&seal(&old, 14), None, Policy::default()), Err(Error::Replay { .. })));
+    // Previous dropped: the old keys no longer open anything.
+    table.set_alternates(&title, None, None).unwrap();
+    assert_eq!(table.decipher(&seal(&old, 15), None, Policy::default()), Err(Error::AuthenticationFailed));
+    // Reverted: the old keys are current again and the new ones pending.
+    table.set_alternates(&title, Some(Keys::new(&old, &old)), None).unwrap();
+    table.revert(&title).unwrap();
+    assert_eq!(table.alternates(&title).unwrap(), (false, true));
+    assert!(table.decipher(&seal(&old, 16), None, Policy::default()).is_ok());
+    assert!(table.promote(&title).is_ok());
+    assert!(table.promote(&title).is_err(), "nothing pending twice");
+}

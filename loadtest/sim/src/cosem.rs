@@ -33,6 +33,7 @@ use headend_core::apdu::{
 };
 use headend_core::axdr::Data;
 use headend_core::datetime::{DateTime, DeviationSign};
+use headend_core::keytransfer;
 use headend_core::obis::ObisCode;
 use headend_core::security::{decipher_with, encipher_with, Keys, Policy, SystemTitle};
 
@@ -65,6 +66,7 @@ pub const CLOCK: ObisCode = obis(0, 0, 1, 0, 0, 255);
 pub const LDN: ObisCode = obis(0, 0, 42, 0, 0, 255);
 pub const DEVICE_ID: ObisCode = obis(0, 0, 96, 1, 0, 255);
 pub const ASSOCIATION: ObisCode = obis(0, 0, 40, 0, 0, 255);
+pub const SECURITY_SETUP: ObisCode = ObisCode(keytransfer::SECURITY_SETUP);
 pub const EVENT_LOG: ObisCode = obis(0, 0, 99, 98, 0, 255);
 pub const EVENT_CODE: ObisCode = obis(0, 0, 96, 11, 0, 255);
 pub const LP_STATUS: ObisCode = obis(0, 0, 96, 10, 1, 255);
@@ -306,6 +308,15 @@ pub struct Meter {
     blocks: Option<Blocks>,
     pub push_seq: u32,
     challenge_seq: u64,
+    /// Keys (and AK) set by the head-end's key transfer, replacing the delivered ones.
+    rotated: Option<(Keys, [u8; 16])>,
+    /// Keys accepted by a key transfer, taken into use once its response is sent.
+    rotate_after: Option<([u8; 16], [u8; 16])>,
+}
+
+/// The meter's global keys now: the last ones transferred to it, else its delivered ones.
+fn keys_of<'a>(rotated: &'a Option<(Keys, [u8; 16])>, spec: &'a MeterSpec) -> Option<&'a Keys> {
+    rotated.as_ref().map(|r| &r.0).or(spec.keys.as_ref())
 }
 
 /// Invocation counters start from the wall clock (8 per second since 2025), so a
@@ -335,7 +346,14 @@ impl Meter {
             blocks: None,
             push_seq: 0,
             challenge_seq: 0,
+            rotated: None,
+            rotate_after: None,
         }
+    }
+
+    /// The authentication key now (not readable from `Keys`; kept beside).
+    fn ak(&self, spec: &MeterSpec) -> [u8; 16] {
+        self.rotated.as_ref().map_or(spec.ak, |r| r.1)
     }
 
     /// The meter's clock at true time `unix`.
@@ -552,9 +570,10 @@ impl Meter {
     /// Pushes go out in general-glo-ciphering (authenticated and encrypted) when the
     /// meter has keys.
     fn protect_push(&mut self, spec: &MeterSpec, plain: &[u8]) -> Vec<u8> {
-        match (&spec.keys, spec.title) {
-            (Some(keys), Some(title)) => {
+        match (keys_of(&self.rotated, spec).is_some(), spec.title) {
+            (true, Some(title)) => {
                 let ic = self.take_ic();
+                let keys = keys_of(&self.rotated, spec).expect("checked");
                 headend_core::push::encipher_push(keys, &title, ic, SecurityControl(0x30), plain)
                     .unwrap_or_else(|_| plain.to_vec())
             }
@@ -621,7 +640,7 @@ impl Meter {
         };
         let ciphered = match a.application_context.0 {
             1 => false,
-            3 if spec.keys.is_some() => true,
+            3 if keys_of(&self.rotated, spec).is_some() => true,
             _ => return reject(2, None),
         };
         let mechanism = a.mechanism_name.map_or(0, |m| m.0);
@@ -636,7 +655,7 @@ impl Meter {
                 }
             }
             5 => {
-                if spec.keys.is_none() || client_title.is_none() {
+                if keys_of(&self.rotated, spec).is_none() || client_title.is_none() {
                     return reject(11, None);
                 }
                 let c = a.calling_authentication_value.as_deref().unwrap_or_default();
@@ -703,8 +722,8 @@ impl Meter {
         .to_bytes()
         .unwrap_or_default();
         let user = if ciphered {
-            let (Some(keys), Some(title)) = (&spec.keys, spec.title) else { return reject(2, None) };
             let ic = self.take_ic();
+            let (Some(keys), Some(title)) = (keys_of(&self.rotated, spec), spec.title) else { return reject(2, None) };
             match encipher_with(
                 keys,
                 CipheredKind(tag::GLO_INITIATE_RESPONSE),
@@ -766,12 +785,12 @@ impl Meter {
             service_error: ExceptionServiceError(5),
             invocation_counter: None,
         };
-        let Some(keys) = &spec.keys else { return Err(deciphering) };
+        let Some(keys) = keys_of(&self.rotated, spec) else { return Err(deciphering) };
         let policy = Policy { require_authentication: true, require_encryption: false };
         let d = if dedicated {
             let Some(dk) = self.assoc.as_ref().and_then(|a| a.dedicated) else { return Err(deciphering) };
             // The dedicated key replaces the encryption key; AK stays.
-            let ak = keys_ak(spec);
+            let ak = self.ak(spec);
             let k = Keys::new(&dk, &ak);
             decipher_with(&k, c, sender.as_ref(), policy)
         } else {
@@ -838,7 +857,9 @@ impl Meter {
             Envelope::Specific { dedicated, sc } => (dedicated, sc, false),
             Envelope::General { dedicated, sc } => (dedicated, sc, true),
         };
-        let (Some(keys), Some(title)) = (&spec.keys, spec.title) else { return plain };
+        if keys_of(&self.rotated, spec).is_none() || spec.title.is_none() {
+            return plain;
+        }
         let kind = if general {
             CipheredKind(if dedicated { tag::GENERAL_DED_CIPHERING } else { tag::GENERAL_GLO_CIPHERING })
         } else {
@@ -848,9 +869,10 @@ impl Meter {
             }
         };
         let ic = self.take_ic();
+        let (Some(keys), Some(title)) = (keys_of(&self.rotated, spec), spec.title) else { return plain };
         let sealed = if dedicated {
             match self.assoc.as_ref().and_then(|a| a.dedicated) {
-                Some(dk) => encipher_with(&Keys::new(&dk, &keys_ak(spec)), kind, sc, &title, ic, &plain),
+                Some(dk) => encipher_with(&Keys::new(&dk, &self.ak(spec)), kind, sc, &title, ic, &plain),
                 None => return plain,
             }
         } else {
@@ -923,6 +945,10 @@ impl Meter {
         let bytes = response.to_bytes().unwrap_or_default();
         let sealed = self.seal(spec, envelope, bytes);
         out.apdus.push(sealed);
+        if let Some((ek, ak)) = self.rotate_after.take() {
+            // The response went out under the old keys; from here on, the new ones.
+            self.rotated = Some((Keys::new(&ek, &ak), ak));
+        }
     }
 
     fn get_denied(&self, g: &GetRequest) -> Apdu {
@@ -1105,6 +1131,7 @@ impl Meter {
             o if o == LDN || o == DEVICE_ID => 1,
             o if o == CLOCK => 8,
             o if o == ASSOCIATION => 15,
+            o if o == SECURITY_SETUP && spec.kek.is_some() => 64,
             o if o == EVENT_LOG || o == lp => 7,
             o if o == disc && !spec.balance => 70,
             o if self.register(spec, o).is_some() => 3,
@@ -1127,6 +1154,9 @@ impl Meter {
         ];
         if !spec.balance {
             objects.push((70, 0, disc, vec![(1, 1), (2, 1), (3, 1), (4, 3)], vec![1, 2]));
+        }
+        if spec.kek.is_some() {
+            objects.push((64, 1, SECURITY_SETUP, vec![(1, 1), (2, 1), (3, 1), (4, 1), (5, 1)], vec![2]));
         }
         for r in push_registers(spec.model).iter().filter(|r| r.unit != UNIT_COUNT) {
             objects.push((3, 0, r.obis, vec![(1, 1), (2, 1), (3, 1)], vec![]));
@@ -1326,6 +1356,11 @@ impl Meter {
                 }
                 ActionResult(0)
             }
+            (MethodDescriptor { class_id: 64, instance_id, method_id: 2 }, Some(64))
+                if instance_id == SECURITY_SETUP =>
+            {
+                self.key_transfer(spec, parameters.as_ref())
+            }
             (m, Some(c)) if c != m.class_id => ActionResult(9),
             (_, Some(_)) => ActionResult(3),
             (_, None) => ActionResult(4),
@@ -1333,9 +1368,28 @@ impl Meter {
         action_response(invoke_id, result, None)
     }
 
+    /// Security Setup `key_transfer`: new global keys wrapped under the meter's master
+    /// key (RFC 3394). Both the encryption and the authentication key must come, and
+    /// unwrap, or nothing changes; they are used from the next APDU after the response.
+    fn key_transfer(&mut self, spec: &MeterSpec, parameters: Option<&Data>) -> ActionResult {
+        let (Some(kek), Some(p)) = (spec.kek, parameters) else { return ActionResult(3) };
+        if spec.refuses_keys {
+            return ActionResult(3);
+        }
+        let Ok(keys) = keytransfer::keys_of(&kek, p) else { return ActionResult(12) };
+        let find = |id: u8| keys.iter().find(|(i, _)| *i == id).map(|(_, k)| *k);
+        match (find(keytransfer::GLOBAL_UNICAST_ENCRYPTION), find(keytransfer::AUTHENTICATION)) {
+            (Some(ek), Some(ak)) => {
+                self.rotate_after = Some((ek, ak));
+                ActionResult(0)
+            }
+            _ => ActionResult(12),
+        }
+    }
+
     fn reply_to_hls(&mut self, spec: &MeterSpec, invoke_id: InvokeIdAndPriority, parameters: Option<Data>) -> Apdu {
         let fail = action_response(invoke_id, ActionResult(250), None);
-        let (Some(keys), Some(title)) = (&spec.keys, spec.title) else { return fail };
+        let (Some(keys), Some(title)) = (keys_of(&self.rotated, spec).cloned(), spec.title) else { return fail };
         let Some(assoc) = &self.assoc else { return fail };
         if assoc.mechanism != 5 || assoc.authenticated {
             return action_response(invoke_id, ActionResult(3), None);
@@ -1361,11 +1415,6 @@ impl Meter {
 
 fn assoc_ok(assoc: &Option<Association>, conformance: &Conformance) -> bool {
     assoc.is_some() && conformance.has("action")
-}
-
-fn keys_ak(spec: &MeterSpec) -> [u8; 16] {
-    // The AK is not readable from `Keys`; the simulator keeps it beside.
-    spec.ak
 }
 
 fn action_response(invoke_id: InvokeIdAndPriority, result: ActionResult, ret: Option<GetDataResult>) -> Apdu {

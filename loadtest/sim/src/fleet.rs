@@ -84,6 +84,10 @@ pub struct MeterSpec {
     pub key: u64,
     /// Where it listens for the head-end (HDLC or wrapper), if it does not connect.
     pub address: Option<(bool, SocketAddr)>,
+    /// The meter's master key (KEK): new keys arrive wrapped under it.
+    pub kek: Option<[u8; 16]>,
+    /// Its firmware refuses a key transfer (the head-end must leave its keys alone).
+    pub refuses_keys: bool,
 }
 
 /// A grid node as the simulator needs it.
@@ -142,6 +146,10 @@ pub struct FleetOptions {
     /// Run only the meters on grid nodes whose id starts with one of these (a region's
     /// subtree, "UZ-SA"; empty: all).
     pub under: Vec<String>,
+    /// Meters whose firmware refuses a key transfer: these serials, and this share of
+    /// the rest.
+    pub refuse_keys: Vec<String>,
+    pub refuse_keys_share: f64,
 }
 
 pub struct Fleet {
@@ -181,6 +189,7 @@ struct Row {
     ak: String,
     password: String,
     address: Option<(bool, SocketAddr)>,
+    kek: String,
     line: usize,
 }
 
@@ -249,6 +258,7 @@ impl Fleet {
                 ak: f(8),
                 password: f(9),
                 address: parse_address(&f(12)).map_err(|e| format!("meters.csv line {line}: {e}"))?,
+                kek: f(13),
                 line,
             });
         }
@@ -398,6 +408,7 @@ impl Fleet {
             } else {
                 (unit(key ^ 0xC10F) * 6.0) as i64 - 3
             };
+            let refuses_keys = opts.refuse_keys.contains(&r.serial) || unit(key ^ 0x4B45) < opts.refuse_keys_share;
             meters.push(MeterSpec {
                 serial: r.serial,
                 model: r.model,
@@ -413,6 +424,8 @@ impl Fleet {
                 drift,
                 key,
                 address: r.address,
+                kek: if r.kek.is_empty() { None } else { Some(hex16(&r.kek, "kek", r.line)?) },
+                refuses_keys,
             });
         }
 

@@ -44,6 +44,9 @@ Fleet
   --concentrators F      share of transformers whose meters sit behind a concentrator (0.1)
   --hdlc F               share of connections speaking HDLC (0.05)
   --drifting F           share of meters whose clock is minutes off (0.02)
+  --refuse-keys X        meters whose firmware refuses a key transfer: a share (0.05)
+                         or serials (S[,S...]); the others take new keys wrapped under
+                         the kek of meters.csv (default: none refuse)
 Time
   --start TIME           simulated time at start: ISO 8601 or Unix seconds (default: now)
   --speed X              simulated seconds per real second (default 1)
@@ -132,6 +135,8 @@ impl Options {
                 limit: 0,
                 only: Vec::new(),
                 under: Vec::new(),
+                refuse_keys: Vec::new(),
+                refuse_keys_share: 0.0,
             },
             start: None,
             speed: 1.0,
@@ -205,6 +210,13 @@ impl Options {
                 "--concentrators" => o.fleet.concentrators = share(num(value()?)?)?,
                 "--hdlc" => o.fleet.hdlc = share(num(value()?)?)?,
                 "--drifting" => o.fleet.drifting = share(num(value()?)?)?,
+                "--refuse-keys" => {
+                    let v = value()?;
+                    match v.parse::<f64>() {
+                        Ok(f) => o.fleet.refuse_keys_share = share(f)?,
+                        Err(_) => o.fleet.refuse_keys = v.split(',').map(|s| s.trim().to_string()).collect(),
+                    }
+                }
                 "--start" => o.start = Some(parse_time(&value()?)?),
                 "--speed" => o.speed = num(value()?)?,
                 "--interval" => o.interval = num(value()?)? as i64,

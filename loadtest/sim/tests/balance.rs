@@ -74,6 +74,8 @@ fn options(partition: u32, partitions: u32) -> FleetOptions {
         limit: 0,
         only: Vec::new(),
         under: Vec::new(),
+        refuse_keys: Vec::new(),
+        refuse_keys_share: 0.0,
     }
 }
 
