@@ -340,7 +340,16 @@ def cmd_ctl(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMAND_ACTIONS = ("read", "disconnect", "reconnect", "clock", "profile", "daily", "rekey")
+COMMAND_ACTIONS = (
+    "read",
+    "disconnect",
+    "reconnect",
+    "clock",
+    "profile",
+    "daily",
+    "rekey",
+    "firmware",
+)
 
 
 def _command_args(args: argparse.Namespace) -> dict[str, Any]:
@@ -361,6 +370,13 @@ def _command_args(args: argparse.Namespace) -> dict[str, Any]:
     if args.action == "daily":
         start, end = _window(args)
         return {"profile_from": start, "events_from": start, "to": end if args.to else None}
+    if args.action == "firmware":
+        from headend.balance import parse_time
+
+        out: dict[str, Any] = {"image": args.image}
+        if args.activate_at:
+            out["activate_at"] = parse_time(args.activate_at)
+        return out
     return {}
 
 
@@ -746,6 +762,7 @@ def build_parser() -> argparse.ArgumentParser:
     from headend import cli_waves
 
     cli_waves.add_parsers(sub, _add_common)
+    cli_waves.add_firmware_parsers(sub, _add_common)
 
     for noun, func, cols in (
         ("grid", cmd_grid_import, "node_id,parent_id,level,commodity,name,admin_unit,lat,lon"),
@@ -866,6 +883,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("profile", "read a meter's load profile for a period into readings"),
         ("daily", "the daily read now: billing registers, load profile and event log"),
         ("rekey", "give a meter new keys (key transfer), verified by associating with them"),
+        ("firmware", "send a firmware image, verify it, activate it (now or at a time)"),
     ):
         cp = csub.add_parser(action, help=text)
         cp.add_argument("serial", metavar="SERIAL")
@@ -879,6 +897,9 @@ def build_parser() -> argparse.ArgumentParser:
             )
         if action == "clock":
             cp.add_argument("--threshold", type=float, default=10.0, help="seconds of drift")
+        if action == "firmware":
+            cp.add_argument("--image", required=True, help="SHA-256 of the image (firmware list)")
+            cp.add_argument("--activate-at", metavar="T", help="activate then (default: at once)")
         if action in ("profile", "daily"):
             cp.add_argument("--from", dest="from_", metavar="T", help="default: a day ago")
             cp.add_argument("--to", metavar="T", help="default: this hour")

@@ -40,7 +40,7 @@ from headend.store.db import Store
 
 log = logging.getLogger("headend.commands")
 
-KINDS = ("read", "disconnect", "reconnect", "clock", "profile", "daily", "rekey")
+KINDS = ("read", "disconnect", "reconnect", "clock", "profile", "daily", "rekey", "firmware")
 FINAL = frozenset({"done", "failed", "expired", "cancelled"})
 COMMAND = 0  # priority lane for commands and on-demand reads
 SCHEDULED = 1
@@ -117,6 +117,9 @@ class Command:
     # Where a listening meter is dialled ("": it connects in); None until looked up.
     address: str | None = None
     approved_by: str = ""  # the second person, for what needed four eyes
+    # Not to run before this time (args `not_before`: a firmware activation at its
+    # hour). Unlike a retry's wait it does not hold the meter's later commands back.
+    scheduled_for: float = 0.0
 
     def job(self) -> dict[str, Any]:
         return {
@@ -220,6 +223,9 @@ def validate(kind: str, args: dict[str, Any]) -> None:
         raise CommandError(f"unknown command {kind!r}; choose one of {', '.join(KINDS)}")
     if kind == "read":
         _check_read(args)
+    _unix(args, "not_before", kind)
+    if kind == "firmware":
+        _check_firmware(args)
     if kind == "rekey":
         extra = set(args) - {"wave"}
         if extra:
@@ -236,6 +242,24 @@ def validate(kind: str, args: dict[str, Any]) -> None:
         _unix(args, "to", "profile")
         if args["from"] > args["to"]:
             raise CommandError("profile: from is after to")
+
+
+def _check_firmware(args: dict[str, Any]) -> None:
+    extra = set(args) - {"image", "identifier", "activate_at", "phase", "wave", "not_before"}
+    if extra:
+        raise CommandError(f"firmware takes no {', '.join(sorted(extra))}")
+    image = args.get("image")
+    if (
+        not isinstance(image, str)
+        or len(image) != 64
+        or not all(ch in "0123456789abcdef" for ch in image)
+    ):
+        raise CommandError("firmware needs image: the SHA-256 of an image (headend firmware list)")
+    _unix(args, "activate_at", "firmware")
+    if args.get("phase", "transfer") not in ("transfer", "activate"):
+        raise CommandError("firmware phase is transfer or activate")
+    if not isinstance(args.get("identifier", ""), str) or not isinstance(args.get("wave", ""), str):
+        raise CommandError("firmware: identifier and wave are text")
 
 
 def _check_read(args: dict[str, Any]) -> None:
@@ -476,6 +500,7 @@ class CommandQueue:
         return c
 
     def _add(self, c: Command) -> None:
+        c.scheduled_for = float(c.args.get("not_before") or 0)
         self.commands[c.command_id] = c
         self.scheduled_waiting += c.priority == SCHEDULED
         if c.address is None:
@@ -563,16 +588,29 @@ class CommandQueue:
             dirty = {self._dirty.pop() for _ in range(DISPATCH_BATCH)}
             self._wake.set()
         for serial in dirty:
-            ids = self.by_meter.get(serial)
-            if not ids:
-                continue
-            head = self.commands[ids[0]]
-            if head.state == "running" or head.address is None:
+            head = self._head(serial, now)
+            if head is None or head.state == "running" or head.address is None:
                 continue
             if now < head.not_before:
                 heapq.heappush(self._later, (head.not_before, serial))
             elif not self._offer(head, workers):
                 self._dirty.add(serial)  # a worker's channel is full: next pass
+
+    def _head(self, serial: str, now: float) -> Command | None:
+        """The meter's command that runs next: its first, passing over those scheduled
+        for later (which are woken at their time); None while one runs."""
+        later = math.inf
+        for cid in self.by_meter.get(serial, ()):
+            c = self.commands[cid]
+            if c.state == "running":
+                return c
+            if c.scheduled_for > now:
+                later = min(later, c.scheduled_for)
+                continue
+            return c
+        if later < math.inf:
+            heapq.heappush(self._later, (later, serial))
+        return None
 
     def _timers(self, now: float) -> None:
         """Expires the commands whose time is up; wakes the retries that are due."""
@@ -614,9 +652,10 @@ class CommandQueue:
         c = self.commands.get(command_id)
         if c is None or c.state in FINAL:
             return "gone"
-        ids = self.by_meter.get(c.serial, [])
-        if c.state == "running" or not ids or ids[0] != command_id:
-            return "gone" if c.state == "running" else "later"
+        if c.state == "running":
+            return "gone"
+        if self._head(c.serial, time.time()) is not c:
+            return "later"
         if c.node_id and self.running_per_node.get(c.node_id, 0) >= self.cfg.max_per_node:
             return "later"
         c.state = "running"
@@ -639,6 +678,9 @@ class CommandQueue:
             verified = ""
             if c.kind in ("disconnect", "reconnect"):
                 verified = str(result.get("control_state", ""))
+            then = result.pop("then", None)
+            if isinstance(then, dict):
+                result["then_command"] = self._then(c, then)
             self.latency.append(float(msg.get("elapsed", 0.0)))
             del self.latency[:-10_000]
             self._finish(c, "done", result=result, verified=verified)
@@ -668,6 +710,29 @@ class CommandQueue:
             )
             return
         self._finish(c, "failed", error=error)
+
+    def _then(self, c: Command, then: dict[str, Any]) -> str:
+        """The next step a finished command asked for (a firmware activation at its
+        time), for the same meter, in the same name; its id, or why it was not queued."""
+        args = then.get("args") or {}
+        wait = max(0.0, float(args.get("not_before") or 0) - time.time())
+        try:
+            follow = self.submit(
+                c.serial,
+                c.kind,
+                args,
+                requested_by=c.requested_by,
+                reason=c.reason,
+                node_id=c.node_id,
+                priority=c.priority,
+                expires_in=wait + self.cfg.expire,
+                address=c.address,
+                approved_by=c.approved_by,
+            )
+        except CommandError as e:
+            log.error("command %s asked for a next step that was refused: %s", c.command_id, e)
+            return f"refused: {e}"
+        return follow.command_id
 
     def worker_lost(self, worker: int) -> None:
         """A worker went away: its running commands are queued again."""

@@ -486,6 +486,10 @@ class Config:
         return self.data_dir / "logs"
 
     @property
+    def firmware_dir(self) -> Path:
+        return self.data_dir / "firmware"
+
+    @property
     def master_key_path(self) -> Path:
         return (
             Path(self.security.master_key_file)

@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("headend.waves")
 
-KINDS = ("rekey",)
+KINDS = ("rekey", "firmware")
 COLUMNS = ["wave_id", "kind", "region", "params", "requested_by", "reason", "state", "detail", "ts"]
 LIVE = ("running",)
 # Outcomes after which a resumed wave asks the meter again.
@@ -57,19 +57,34 @@ def _params(kind: str, raw: dict[str, Any]) -> dict[str, Any]:
             raise WaveError(f"{name} must be a number from {lo:g} to {hi:g}, got {v!r}")
         return float(v)
 
-    unknown = set(raw) - {"concurrency", "max_failure_rate", "min_sample", "expire", "under"}
+    known = {"concurrency", "max_failure_rate", "min_sample", "expire", "under"}
+    if kind == "firmware":
+        known |= {"image", "models", "activate_at"}
+    unknown = set(raw) - known
     if unknown:
-        raise WaveError(f"unknown wave parameters: {', '.join(sorted(unknown))}")
+        raise WaveError(f"unknown {kind} wave parameters: {', '.join(sorted(unknown))}")
     under = raw.get("under", "")
     if not isinstance(under, str) or len(under) > 64:
         raise WaveError("under must be a grid node id prefix")
-    return {
+    out: dict[str, Any] = {
         "concurrency": int(num("concurrency", 50, 1, 10_000)),
         "max_failure_rate": num("max_failure_rate", 0.1, 0.0, 1.0),
         "min_sample": int(num("min_sample", 20, 1, 1_000_000)),
         "expire": num("expire", 7 * 86400.0, 60.0, 31 * 86400.0),
         "under": under,
     }
+    if kind == "firmware":
+        models = raw.get("models") or []
+        if not isinstance(models, list) or not all(isinstance(m, str) for m in models):
+            raise WaveError("models must be a list of model names")
+        out["models"] = sorted(models)
+        out["image"] = str(raw.get("image") or "")
+        if raw.get("activate_at") is not None:
+            at = raw["activate_at"]
+            if isinstance(at, bool) or not isinstance(at, int) or not 0 <= at < 2**32:
+                raise WaveError("activate_at must be Unix seconds")
+            out["activate_at"] = at
+    return out
 
 
 @dataclass
@@ -189,18 +204,24 @@ class Waves:
 
     def _selection(self, w: Wave) -> list[tuple[str, str, str]]:
         """The wave's meters as they stand now: its region's (under its node prefix)
-        that can take the change; for new keys, keyed meters with a master key."""
+        that can take the change: for new keys, keyed meters with a master key; for
+        firmware, keyed meters (an image goes only over an authenticated association)
+        of its models."""
         under = w.params.get("under", "")
+        keyed = "ek != '' AND kek != ''" if w.kind == "rekey" else "ek != ''"
+        models = w.params.get("models") or []
         _, rows = self.svc.store.query(
             f"SELECT m.serial, m.node_id, m.address FROM ("
             f"SELECT serial, argMax(node_id, updated_at) AS node_id, "
-            f"argMax(address, updated_at) AS address, argMax(region, updated_at) AS region "
+            f"argMax(address, updated_at) AS address, argMax(region, updated_at) AS region, "
+            f"argMax(model, updated_at) AS model "
             f"FROM {self.db}.meters GROUP BY serial) AS m "
             f"INNER JOIN (SELECT serial FROM {self.db}.meter_keys FINAL "
-            f"WHERE ek != '' AND kek != '') AS k ON k.serial = m.serial "
+            f"WHERE {keyed}) AS k ON k.serial = m.serial "
             f"WHERE m.region = %(r)s AND startsWith(m.node_id, %(u)s) "
+            f"AND (empty(%(m)s) OR has(%(m)s, m.model)) "
             f"ORDER BY m.node_id, m.serial",
-            {"r": w.region, "u": under},
+            {"r": w.region, "u": under, "m": models},
         )
         return [(str(r[0]), str(r[1]), str(r[2])) for r in rows]
 
@@ -232,6 +253,14 @@ class Waves:
         if owner is not None and not owner.accepts(region):
             raise WaveError(owner.why_not(f"a wave in region {region}", region))
         checked = _params(kind, params if isinstance(params, dict) else {})
+        if kind == "firmware":
+            from headend import firmware
+
+            loop = asyncio.get_running_loop()
+            image = await loop.run_in_executor(
+                None, firmware.load, self.svc.cfg.firmware_dir, checked["image"]
+            )
+            checked["identifier"] = image.identifier
         w = Wave(
             wave_id=f"w{int(time.time())}-{os.urandom(3).hex()}",
             kind=kind,
@@ -311,7 +340,14 @@ class Waves:
         if fut.cancelled():
             return
         c = fut.result()
-        w.counts[c.state] = w.counts.get(c.state, 0) + 1
+        follow = (c.result or {}).get("then_command") if c.state == "done" else None
+        queued = self.svc.commands.commands.get(str(follow)) if follow else None
+        if queued is not None:
+            # Verified, its activation waits for its time: counted when that ends.
+            w.counts["verified"] = w.counts.get("verified", 0) + 1
+            self._watch(w, queued)
+        else:
+            w.counts[c.state] = w.counts.get(c.state, 0) + 1
         self._wake.set()
 
     async def _halt(self, w: Wave, state: str, detail: str) -> None:
@@ -343,11 +379,16 @@ class Waves:
         submitted = 0
         while room > 0 and w.todo:
             serial, node, address = w.todo.pop()
+            args: dict[str, Any] = {"wave": w.wave_id}
+            if w.kind == "firmware":
+                args.update(image=w.params["image"], identifier=w.params["identifier"])
+                if "activate_at" in w.params:
+                    args["activate_at"] = w.params["activate_at"]
             try:
                 c = self.svc.commands.submit(
                     serial,
                     w.kind,
-                    {"wave": w.wave_id},
+                    args,
                     requested_by=w.requested_by,
                     reason=f"wave {w.wave_id}: {w.reason}".strip(),
                     node_id=node,

@@ -54,12 +54,18 @@ def start_fleet(
     hdlc: str = "0",
     concentrators: str = "0",
     refuse_keys: str = "0",
+    drop_transfer: str = "0",
+    fail_verify: str = "0",
 ) -> subprocess.Popen[str]:
     return sim.start(
         fleet,
         port,
         "--refuse-keys",
         refuse_keys,
+        "--drop-transfer",
+        drop_transfer,
+        "--fail-verify",
+        fail_verify,
         "--only",
         ",".join(serials),
         "--events",

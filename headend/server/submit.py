@@ -32,7 +32,7 @@ YIELD_EVERY = 500
 
 
 # Commands that change a meter's security or software: an admin's, not an operator's.
-ADMIN_KINDS = {"rekey": "renew meters' keys"}
+ADMIN_KINDS = {"rekey": "renew meters' keys", "firmware": "upgrade meters' firmware"}
 
 
 def _require_kind(who: Principal, kind: str) -> None:

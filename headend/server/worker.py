@@ -29,14 +29,16 @@ from typing import Any, Literal, cast
 
 import msgpack
 
-from headend import logs, meter_address, profiles
+from headend import firmware, logs, meter_address, profiles
 from headend.codec import Directory, RowSink, Session
 from headend.config import Config, from_dict
 from headend.errors import HeadendError
+from headend.firmware import Image
 from headend.keys import load_master_key
 from headend.server import ipc
 from headend.server.admission import Admission
 from headend.server.client import ClientError, HdlcLink, Link, MeterClient, WrapperLink, execute
+from headend.server.firmware import image_for, upgrade
 from headend.server.rekey import StoreKeys, rekey
 from headend.store import spool
 
@@ -205,6 +207,8 @@ class Worker:
         self.id = worker_id
         self.master = load_master_key(cfg)
         self.key_grace = cfg.security.previous_keys_grace
+        # Firmware images read for upgrades (a few, by SHA-256).
+        self.images: dict[str, Image] = {}
         self.directory = Directory(
             require_authentication=cfg.security.require_authentication,
             require_encryption=cfg.security.require_encryption,
@@ -611,6 +615,10 @@ class Worker:
                 result = await rekey(
                     client, self.directory, self.master, self._keys_to_store(job), self.key_grace
                 )
+            elif job["kind"] == "firmware":
+                args = job.get("args") or {}
+                image = image_for(self.images, self._load_image, str(args.get("image")))
+                result = await upgrade(client, image, args)
             else:
                 result = await execute(client, job, model.get("objects", {}), model)
             out.update(status="done", result=result)
@@ -634,6 +642,9 @@ class Worker:
             out.get("error", ""),
         )
         return out
+
+    def _load_image(self, sha: str) -> Image:
+        return firmware.load(self.cfg.firmware_dir, sha)
 
     def _keys_to_store(self, job: dict[str, Any]) -> StoreKeys:
         """How a rotation tells the store of a change of the meter's keys: it waits for

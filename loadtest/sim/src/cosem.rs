@@ -34,6 +34,8 @@ use headend_core::apdu::{
 use headend_core::axdr::Data;
 use headend_core::datetime::{DateTime, DeviationSign};
 use headend_core::keytransfer;
+
+use crate::image::{self, Firmware, ACTIVE_FIRMWARE, IMAGE_TRANSFER};
 use headend_core::obis::ObisCode;
 use headend_core::security::{decipher_with, encipher_with, Keys, Policy, SystemTitle};
 
@@ -312,6 +314,9 @@ pub struct Meter {
     rotated: Option<(Keys, [u8; 16])>,
     /// Keys accepted by a key transfer, taken into use once its response is sent.
     rotate_after: Option<([u8; 16], [u8; 16])>,
+    firmware: Firmware,
+    /// The request just handled gets no answer (a link lost on the way).
+    silent: bool,
 }
 
 /// The meter's global keys now: the last ones transferred to it, else its delivered ones.
@@ -348,6 +353,18 @@ impl Meter {
             challenge_seq: 0,
             rotated: None,
             rotate_after: None,
+            firmware: Firmware::unset(),
+            silent: false,
+        }
+    }
+
+    /// The identifier of the firmware running now (the model's first release until
+    /// an image is activated).
+    fn active_firmware(&self, spec: &MeterSpec) -> Vec<u8> {
+        if self.firmware.active.is_empty() {
+            Firmware::new(spec.model.name()).active
+        } else {
+            self.firmware.active.clone()
         }
     }
 
@@ -942,6 +959,9 @@ impl Meter {
                 return;
             }
         };
+        if std::mem::take(&mut self.silent) {
+            return;
+        }
         let bytes = response.to_bytes().unwrap_or_default();
         let sealed = self.seal(spec, envelope, bytes);
         out.apdus.push(sealed);
@@ -1080,6 +1100,8 @@ impl Meter {
         match (class, a.attribute_id) {
             (1, 2) if obis == LDN => Ok(Data::OctetString(spec.serial.as_bytes().to_vec())),
             (1, 2) if obis == DEVICE_ID => Ok(Data::VisibleString(spec.serial.as_bytes().to_vec())),
+            (1, 2) if obis == ACTIVE_FIRMWARE => Ok(Data::OctetString(self.active_firmware(spec))),
+            (18, n) => self.firmware.get(n),
             (8, 2) => Ok(Data::OctetString(DateTime::from_unix(meter_now, DEVIATION, 0).to_bytes().to_vec())),
             (8, 3) => Ok(Data::Long(DEVIATION)),
             (8, 4) => Ok(Data::Unsigned(0)),
@@ -1132,6 +1154,8 @@ impl Meter {
             o if o == CLOCK => 8,
             o if o == ASSOCIATION => 15,
             o if o == SECURITY_SETUP && spec.kek.is_some() => 64,
+            o if o == IMAGE_TRANSFER && spec.title.is_some() => 18,
+            o if o == ACTIVE_FIRMWARE => 1,
             o if o == EVENT_LOG || o == lp => 7,
             o if o == disc && !spec.balance => 70,
             o if self.register(spec, o).is_some() => 3,
@@ -1157,6 +1181,11 @@ impl Meter {
         }
         if spec.kek.is_some() {
             objects.push((64, 1, SECURITY_SETUP, vec![(1, 1), (2, 1), (3, 1), (4, 1), (5, 1)], vec![2]));
+        }
+        objects.push((1, 0, ACTIVE_FIRMWARE, vec![(1, 1), (2, 1)], vec![]));
+        if spec.title.is_some() {
+            let attrs = (1..=7).map(|a| (a, 1)).collect();
+            objects.push((18, 0, IMAGE_TRANSFER, attrs, vec![1, 2, 3, 4]));
         }
         for r in push_registers(spec.model).iter().filter(|r| r.unit != UNIT_COUNT) {
             objects.push((3, 0, r.obis, vec![(1, 1), (2, 1), (3, 1)], vec![]));
@@ -1360,6 +1389,18 @@ impl Meter {
                 if instance_id == SECURITY_SETUP =>
             {
                 self.key_transfer(spec, parameters.as_ref())
+            }
+            (MethodDescriptor { class_id: 18, method_id, .. }, Some(18)) => {
+                if self.firmware.active.is_empty() {
+                    self.firmware.active = self.active_firmware(spec);
+                }
+                match self.firmware.action(method_id, parameters.as_ref(), spec.image_faults) {
+                    image::Outcome::Result(r) => r,
+                    image::Outcome::Silent => {
+                        self.silent = true;
+                        ActionResult(0)
+                    }
+                }
             }
             (m, Some(c)) if c != m.class_id => ActionResult(9),
             (_, Some(_)) => ActionResult(3),

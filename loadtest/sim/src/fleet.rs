@@ -88,6 +88,8 @@ pub struct MeterSpec {
     pub kek: Option<[u8; 16]>,
     /// Its firmware refuses a key transfer (the head-end must leave its keys alone).
     pub refuses_keys: bool,
+    /// How its firmware upgrade misbehaves.
+    pub image_faults: crate::image::Faults,
 }
 
 /// A grid node as the simulator needs it.
@@ -150,6 +152,32 @@ pub struct FleetOptions {
     /// the rest.
     pub refuse_keys: Vec<String>,
     pub refuse_keys_share: f64,
+    /// Meters whose firmware fails every image's verification; whose link drops once
+    /// halfway through an image transfer.
+    pub fail_verify: Chosen,
+    pub drop_transfer: Chosen,
+}
+
+/// Meters chosen by serial, or a share of them.
+#[derive(Clone, Debug, Default)]
+pub struct Chosen {
+    pub serials: Vec<String>,
+    pub share: f64,
+}
+
+impl Chosen {
+    /// "0.05" (a share) or "S[,S...]" (serials).
+    pub fn parse(v: &str) -> Result<Chosen, String> {
+        match v.parse::<f64>() {
+            Ok(f) if (0.0..=1.0).contains(&f) => Ok(Chosen { serials: Vec::new(), share: f }),
+            Ok(f) => Err(format!("{f} is not a share between 0 and 1")),
+            Err(_) => Ok(Chosen { serials: v.split(',').map(|s| s.trim().to_string()).collect(), share: 0.0 }),
+        }
+    }
+
+    fn has(&self, serial: &str, draw: f64) -> bool {
+        self.serials.iter().any(|s| s == serial) || draw < self.share
+    }
 }
 
 pub struct Fleet {
@@ -409,6 +437,7 @@ impl Fleet {
                 (unit(key ^ 0xC10F) * 6.0) as i64 - 3
             };
             let refuses_keys = opts.refuse_keys.contains(&r.serial) || unit(key ^ 0x4B45) < opts.refuse_keys_share;
+            let serial = r.serial.clone();
             meters.push(MeterSpec {
                 serial: r.serial,
                 model: r.model,
@@ -426,6 +455,10 @@ impl Fleet {
                 address: r.address,
                 kek: if r.kek.is_empty() { None } else { Some(hex16(&r.kek, "kek", r.line)?) },
                 refuses_keys,
+                image_faults: crate::image::Faults {
+                    fail_verify: opts.fail_verify.has(&serial, unit(key ^ 0x1A6E)),
+                    drop_once: opts.drop_transfer.has(&serial, unit(key ^ 0x1A6F)),
+                },
             });
         }
 

@@ -16,6 +16,7 @@
 pub mod cosem;
 pub mod fleet;
 pub mod grid;
+pub mod image;
 pub mod link;
 pub mod model;
 pub mod run;

@@ -47,6 +47,10 @@ Fleet
   --refuse-keys X        meters whose firmware refuses a key transfer: a share (0.05)
                          or serials (S[,S...]); the others take new keys wrapped under
                          the kek of meters.csv (default: none refuse)
+  --fail-verify X        meters (share or serials) whose firmware fails every image's
+                         verification (default: none)
+  --drop-transfer X      meters (share or serials) whose link is lost once halfway
+                         through an image transfer (default: none)
 Time
   --start TIME           simulated time at start: ISO 8601 or Unix seconds (default: now)
   --speed X              simulated seconds per real second (default 1)
@@ -137,6 +141,8 @@ impl Options {
                 under: Vec::new(),
                 refuse_keys: Vec::new(),
                 refuse_keys_share: 0.0,
+                fail_verify: Default::default(),
+                drop_transfer: Default::default(),
             },
             start: None,
             speed: 1.0,
@@ -210,6 +216,8 @@ impl Options {
                 "--concentrators" => o.fleet.concentrators = share(num(value()?)?)?,
                 "--hdlc" => o.fleet.hdlc = share(num(value()?)?)?,
                 "--drifting" => o.fleet.drifting = share(num(value()?)?)?,
+                "--fail-verify" => o.fleet.fail_verify = crate::fleet::Chosen::parse(&value()?)?,
+                "--drop-transfer" => o.fleet.drop_transfer = crate::fleet::Chosen::parse(&value()?)?,
                 "--refuse-keys" => {
                     let v = value()?;
                     match v.parse::<f64>() {

@@ -76,6 +76,8 @@ fn options(partition: u32, partitions: u32) -> FleetOptions {
         under: Vec::new(),
         refuse_keys: Vec::new(),
         refuse_keys_share: 0.0,
+        fail_verify: Default::default(),
+        drop_transfer: Default::default(),
     }
 }
 
