@@ -306,6 +306,7 @@ class CommandQueue:
         self.waiters: dict[str, list[asyncio.Future[Command]]] = {}
         self.running_per_node: dict[str, int] = {}
         self.totals: dict[str, int] = {}
+        self.by_kind: dict[tuple[str, str], int] = {}  # transitions by (kind, state)
         self.latency: list[float] = []
         self._rows: list[list[Any]] = []
         self._wake = asyncio.Event()
@@ -363,6 +364,8 @@ class CommandQueue:
         c.last_ts = max(time.time(), c.last_ts + 0.001)
         self._rows.append(c.row(c.last_ts))
         self.totals[c.state] = self.totals.get(c.state, 0) + 1
+        key = (c.kind, c.state)
+        self.by_kind[key] = self.by_kind.get(key, 0) + 1
         self._wake.set()
 
     def new_id(self) -> str:
@@ -797,6 +800,7 @@ class CommandQueue:
             "running": sum(self.running_per_node.values()),
             "meters_waiting": len(self.by_meter),
             "transitions": dict(self.totals),
+            "transitions_by_kind": [[k, s, n] for (k, s), n in sorted(self.by_kind.items())],
             "p50_s": pct(0.5),
             "p99_s": pct(0.99),
         }

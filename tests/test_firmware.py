@@ -73,6 +73,7 @@ def test_upgrade_resume_refusal_and_scheduled_activation(fleet: Path, tmp_path: 
             r = ctl(srv, "firmware", refuser, "--image", sha, check=False)
             assert r["state"] == "failed", r
             assert "did not verify" in r["error"]
+            assert r["attempts"] == 1  # it would fail again: not retried
             assert active_firmware(srv, refuser).endswith("-1.0.0")
 
             # Activation at a set time: transferred and verified now; other commands

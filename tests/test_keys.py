@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import time
 from pathlib import Path
 
 import pytest
 
+from headend.web.metrics import render
 from loadtest.grid import generate
 from tests.server_harness import Server
 from tests.test_commands import ctl, online, serve, start_fleet, stop_fleet
@@ -115,13 +117,13 @@ def test_rotation_verified_refused_and_kept_across_reimport(fleet: Path, tmp_pat
                 "ORDER BY at, action"
             )
             assert [s for s in steps if s[0] == a] == [[a, "keys.pending"], [a, "keys.current"]]
-            # (Each attempt of the refused command: pending, then dropped.)
+            # Pending, then dropped; not tried again (the meter would refuse again).
             attempts = int(
                 srv.scalar(
                     f"SELECT attempts FROM ami.command_status WHERE serial = '{refuser}' AND kind = 'rekey'"
                 )
             )
-            assert attempts == 2
+            assert attempts == 1
             assert [s for s in steps if s[0] == refuser] == attempts * [
                 [refuser, "keys.pending"],
                 [refuser, "keys.drop"],
@@ -228,6 +230,19 @@ def test_waves_limit_stop_on_failures_and_resume_across_a_restart(
             # Every rotated meter still works under its new keys.
             for s in serials[-2:]:
                 assert ctl(srv, "read", s, "1.0.1.8.0.255")["state"] == "done"
+            # /metrics (rendered from the status the HTTP layer serves) shows the wave's
+            # meters by outcome and the commands by kind.
+            text = render(srv.admin("status"), {}, {})
+            assert (
+                f'headend_wave_meters{{wave="{wid}",kind="rekey",state="done",outcome="done"}} {len(serials) - 1}'
+                in text
+            )
+            # (Counted since this store process started: after the restart.)
+            assert re.search(
+                r'^headend_command_transitions_by_kind_total\{kind="rekey",state="done"\} [1-9]',
+                text,
+                re.M,
+            )
             audit = srv.sql(f"SELECT action FROM ami.audit WHERE target = '{wid}' ORDER BY at")
             assert [a[0] for a in audit] == ["wave.start", "wave.resume"]
         finally:

@@ -34,7 +34,13 @@ CONTROL_STATES = {0: "disconnected", 1: "connected", 2: "ready-for-reconnection"
 
 
 class ClientError(HeadendError):
-    """A request to a meter failed; the message says how (refused, timed out, ...)."""
+    """A request to a meter failed; the message says how (refused, timed out, ...).
+    `retry`: whether trying again later may succeed (a meter that refused new keys or
+    an image will refuse them again; one that did not answer may answer next time)."""
+
+    def __init__(self, message: str, *, retry: bool = True) -> None:
+        super().__init__(message)
+        self.retry = retry
 
 
 class WrapperLink:

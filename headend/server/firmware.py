@@ -72,7 +72,8 @@ async def _verify(c: MeterClient, image: Image, poll: float) -> None:
             status = await _status(c)
             raise ClientError(
                 f"meter {c.serial} did not verify image {image.identifier} "
-                f"({STATUS.get(status, status)}: {e})"
+                f"({STATUS.get(status, status)}: {e})",
+                retry=status != 4,
             ) from None
     for _ in range(POLLS):
         status = await _status(c)
@@ -81,7 +82,8 @@ async def _verify(c: MeterClient, image: Image, poll: float) -> None:
         if status != 2:
             raise ClientError(
                 f"meter {c.serial} did not verify image {image.identifier} "
-                f"({STATUS.get(status, status)})"
+                f"({STATUS.get(status, status)})",
+                retry=status != 4,
             )
         await asyncio.sleep(poll)
     else:
@@ -206,7 +208,7 @@ def image_for(cache: dict[str, Image], load: Callable[[str], Image], sha: str) -
         try:
             got = load(sha)
         except FirmwareError as e:
-            raise ClientError(str(e)) from None
+            raise ClientError(str(e), retry=False) from None
         if len(cache) >= 4:
             cache.pop(next(iter(cache)))
         cache[sha] = got

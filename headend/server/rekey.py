@@ -54,11 +54,14 @@ async def rekey(
     """Renews meter `c`'s global keys; returns the outcome or raises ClientError."""
     meter = c.meter
     if not c.keyed or c.title is None:
-        raise ClientError(f"meter {c.serial} has no keys to renew (it is not ciphered)")
+        raise ClientError(
+            f"meter {c.serial} has no keys to renew (it is not ciphered)", retry=False
+        )
     if not directory.has_kek(meter):
         raise ClientError(
             f"meter {c.serial} has no master key (kek) in the store: import it in the "
-            "meters file's kek column"
+            "meters file's kek column",
+            retry=False,
         )
     _, pending = directory.rotation_state(meter)
     if pending:
@@ -93,7 +96,7 @@ async def rekey(
             directory.drop_keys(meter, pending=True)
             await store({"op": "drop"})
             raise ClientError(
-                f"meter {c.serial} refused the new keys ({e}); it keeps its keys"
+                f"meter {c.serial} refused the new keys ({e}); it keeps its keys", retry=False
             ) from None
     finally:
         await c.release()
@@ -106,7 +109,8 @@ async def rekey(
             await store({"op": "drop"})
             raise ClientError(
                 f"meter {c.serial} took the key transfer but does not associate under the "
-                f"new keys ({why}); it still works with its old keys, which it keeps"
+                f"new keys ({why}); it still works with its old keys, which it keeps",
+                retry=False,
             )
         raise ClientError(
             f"meter {c.serial} associates under neither its new keys ({why}) nor its old "

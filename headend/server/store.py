@@ -782,6 +782,7 @@ class StoreService:
             "pushes_per_s": round(totals["pushes_per_s"], 1),
             "readings_per_s": round(totals["readings_per_s"], 1),
             "spool_backlog_bytes": self.backlog,
+            "waves": self.waves.list()[-20:],
             # Workers whose spool cannot be written (a full disk): they read nothing.
             "spool_full_workers": sum(1 for w in workers if w["spool_error"]),
             "ingest": {

@@ -623,7 +623,7 @@ class Worker:
                 result = await execute(client, job, model.get("objects", {}), model)
             out.update(status="done", result=result)
         except ClientError as e:
-            out.update(status="failed", error=str(e))
+            out.update(status="failed", error=str(e), retry=e.retry)
         except HeadendError as e:
             out.update(status="failed", error=f"{type(e).__name__}: {e}")
         finally:

@@ -68,6 +68,9 @@ PERMISSION: dict[tuple[str, str], str] = {
     ("DELETE", "/api/tokens/{token_id}"): "read",  # their own, or an admin
     ("GET", "/api/audit"): "admin",
     ("POST", "/api/meters/{serial}/keys"): "admin",
+    ("POST", "/api/waves"): "admin",
+    ("POST", "/api/waves/{wave_id}/stop"): "admin",
+    ("POST", "/api/waves/{wave_id}/resume"): "admin",
     ("POST", "/api/approvals/{approval_id}/approve"): "read",  # the request's role, checked
     ("POST", "/api/approvals/{approval_id}/reject"): "read",  # by the approvals
 }
@@ -96,6 +99,7 @@ class Backend(Protocol):
         self, items: list[Any], who: Principal, reason: str = ""
     ) -> dict[str, Any]: ...
     async def policy_pass(self, act: bool) -> dict[str, Any]: ...
+    async def wave_request(self, what: str, req: dict[str, Any], who: Principal) -> Any: ...
     async def audit(
         self,
         who: Principal,
@@ -862,6 +866,33 @@ class Api:
     async def reject(self, request: web.Request) -> web.Response:
         return await self._decide(request, False)
 
+    async def waves(self, request: web.Request) -> web.Response:
+        """Waves in the person's regions."""
+        scope = self.scope(request)
+        out = await self.b.wave_request("list", {}, self.who(request))
+        return ok({"waves": [w for w in out["waves"] if scope is None or w["region"] in scope]})
+
+    async def start_wave(self, request: web.Request) -> web.Response:
+        body = await self._json_body(request)
+        if not isinstance(body, dict) or not {"kind", "region"} <= set(body):
+            raise HttpError(400, "expected {kind, region, params, reason}")
+        unknown = set(body) - {"kind", "region", "params", "reason"}
+        if unknown:
+            raise HttpError(400, f"unknown field(s) {', '.join(sorted(unknown))}")
+        if not isinstance(body.get("params", {}), dict):
+            raise HttpError(400, "params must be an object")
+        return ok(await self.b.wave_request("start", body, self.who(request)), 201)
+
+    async def stop_wave(self, request: web.Request) -> web.Response:
+        body = await self._json_body(request) if request.can_read_body else {}
+        why = str(body.get("why") or "") if isinstance(body, dict) else ""
+        req = {"id": request.match_info["wave_id"], "why": why}
+        return ok(await self.b.wave_request("stop", req, self.who(request)))
+
+    async def resume_wave(self, request: web.Request) -> web.Response:
+        req = {"id": request.match_info["wave_id"]}
+        return ok(await self.b.wave_request("resume", req, self.who(request)))
+
     async def meter_keys(self, request: web.Request) -> web.Response:
         """New keys for a meter: wrapped at once, stored when a second admin approves."""
         body = await self._json_body(request)
@@ -898,6 +929,10 @@ class Api:
         r.add_post("/api/approvals/{approval_id}/approve", self.approve)
         r.add_post("/api/approvals/{approval_id}/reject", self.reject)
         r.add_post("/api/meters/{serial}/keys", self.meter_keys)
+        r.add_get("/api/waves", self.waves)
+        r.add_post("/api/waves", self.start_wave)
+        r.add_post("/api/waves/{wave_id}/stop", self.stop_wave)
+        r.add_post("/api/waves/{wave_id}/resume", self.resume_wave)
         r.add_get("/api/summary", self.summary)
         r.add_get("/api/link", self.link)
         r.add_get("/api/nodes", self.nodes)

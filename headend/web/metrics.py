@@ -199,6 +199,31 @@ def render(
         [({"state": s}, n) for s, n in sorted(cmd["transitions"].items())],
     )
     o.metric(
+        "headend_command_transitions_by_kind_total",
+        "counter",
+        "Command state changes since the store started, by kind (rekey, firmware, ...) "
+        "and new state.",
+        [({"kind": k, "state": s}, n) for k, s, n in cmd.get("transitions_by_kind", [])],
+    )
+    waves = status.get("waves", [])
+    o.metric(
+        "headend_wave_meters",
+        "gauge",
+        "Meters of each recent wave (key rotation, firmware) by outcome: done, failed, "
+        "expired, verified (activation waiting), running, to_go.",
+        [
+            ({"wave": w["wave_id"], "kind": w["kind"], "state": w["state"], "outcome": o_}, n)
+            for w in waves
+            for o_, n in sorted(
+                {
+                    **w["outcomes"],
+                    "running": w["running"],
+                    **({"to_go": w["to_go"]} if w.get("to_go") is not None else {}),
+                }.items()
+            )
+        ],
+    )
+    o.metric(
         "headend_command_round_trip_seconds",
         "gauge",
         "Command round trip (queued to outcome), recent quantiles.",

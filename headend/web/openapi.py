@@ -450,6 +450,34 @@ SPEC: dict[str, Any] = {
             {"note": {"type": "string"}},
             [_p("approval_id", "the request's id")],
         ),
+        "/api/waves": {
+            **_get(
+                "key rotations and firmware upgrades over regions' meters, and where each "
+                "stands (meters done, failed, to go)"
+            ),
+            "post": _post(
+                "start a wave (admin, in the person's regions): kind rekey or firmware, "
+                "region, params (concurrency, max_failure_rate, min_sample, expire, under; "
+                "firmware: image, models, activate_at), reason",
+                {
+                    "kind": {"type": "string", "enum": ["rekey", "firmware"]},
+                    "region": {"type": "string"},
+                    "params": {"type": "object"},
+                    "reason": {"type": "string"},
+                },
+                ok_status="201",
+            )["post"],
+        },
+        "/api/waves/{wave_id}/stop": _post(
+            "stop a running wave (admin): meters not yet started are not asked",
+            {"why": {"type": "string"}},
+            [_p("wave_id", "the wave's id")],
+        ),
+        "/api/waves/{wave_id}/resume": _post(
+            "go on with a stopped or halted wave (admin)",
+            None,
+            [_p("wave_id", "the wave's id")],
+        ),
         "/api/meters/{serial}/keys": _post(
             "new keys for a meter (admin): wrapped under the master key at once, stored "
             "when a second admin approves",

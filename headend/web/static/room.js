@@ -364,13 +364,14 @@ async function refresh() {
       const roots = await api("/api/nodes?level=republic");
       state.node = roots.nodes.length ? roots.nodes[0].node_id : null;
     }
-    const [link, regions, losses, suspects, alarms, queue] = await Promise.all([
+    const [link, regions, losses, suspects, alarms, queue, waves] = await Promise.all([
       api("/api/link"),
       api("/api/nodes?level=region"),
       api("/api/losses?level=transformer&top=10&min_completeness=0.5"),
       api("/api/anomalies?limit=10"),
       api("/api/alarms?limit=12"),
-      api("/api/commands?kind=disconnect,reconnect&limit=12"),
+      api("/api/commands?kind=disconnect,reconnect,rekey,firmware&limit=12"),
+      api("/api/waves"),
     ]);
     drawLink(link);
     const table = $("regions");
@@ -396,7 +397,14 @@ async function refresh() {
     fill("queue", cmds.map((c) =>
       `<tr><td>${esc(c.serial)}</td><td>${esc(c.kind)}</td>` +
       `<td class="state-${esc(c.state)}">${esc(c.state)}</td><td>${esc(c.requested_by)}</td>` +
-      `<td>${esc(c.reason)}</td></tr>`), "no disconnections or reconnections");
+      `<td>${esc(c.reason)}</td></tr>`), "no switching, key or firmware commands");
+    fill("waves", waves.waves.slice(-8).reverse().map((w) =>
+      `<tr><td>${esc(w.wave_id)}</td><td>${esc(w.kind)}</td><td>${esc(w.region)}</td>` +
+      `<td class="state-${esc(w.state)}" title="${esc(w.detail)}">${esc(w.state)}</td>` +
+      `<td class="num">${fmt(w.outcomes.done || 0, 0)}</td>` +
+      `<td class="num">${fmt(w.outcomes.failed || 0, 0)}</td>` +
+      `<td class="num">${w.to_go === null ? "" : fmt(w.to_go, 0)}</td></tr>`),
+      "no waves");
     if (state.node) await refreshNode();
     state.lastOk = new Date();
     $("status").textContent = "live · updated " + state.lastOk.toLocaleTimeString();
