@@ -472,18 +472,30 @@ class People:
     ) -> None:
         """One row in ``audit``: who (name, roles), from where, what, on what, how it
         ended, and the details (before/after where they apply). Secrets never go in."""
-        row = [
-            _dt(time.time()),
-            self.node,
-            who.name,
-            who.role_text,
-            who.source,
-            action,
-            target,
-            outcome,
-            json.dumps(detail or {}, default=str, sort_keys=True),
+        self.audit_many([(who, action, target, outcome, detail)])
+
+    def audit_many(
+        self, entries: list[tuple[Principal, str, str, str, dict[str, Any] | None]]
+    ) -> None:
+        """Many audit rows in one insert (a wave's steps): (who, action, target,
+        outcome, detail) each."""
+        now = _dt(time.time())
+        rows = [
+            [
+                now,
+                self.node,
+                who.name,
+                who.role_text,
+                who.source,
+                action,
+                target,
+                outcome,
+                json.dumps(detail or {}, default=str, sort_keys=True),
+            ]
+            for who, action, target, outcome, detail in entries
         ]
-        self.store.insert_rows("audit", AUDIT_COLUMNS, [row])
+        if rows:
+            self.store.insert_rows("audit", AUDIT_COLUMNS, rows)
 
     def read_audit(
         self,

@@ -45,7 +45,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from headend.balance import ELECTRICITY_IMPORT, GAS_VOLUME, obis_int
-from loadtest import results, sim
+from loadtest import results, sim, waves
 from loadtest.grid import generate
 from loadtest.headend import Headend, cpu_times, free_port, rss_kib
 
@@ -115,6 +115,23 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
         metavar="S",
         help="kill -9 the busiest head-end worker S real seconds after the fleet starts; "
         "the report counts what died with it and what the recovery reads brought back",
+    )
+    ap.add_argument(
+        "--wave",
+        default="",
+        metavar="rekey|firmware[:BYTES]",
+        help="while the fleet pushes, a wave per region: new keys (needs --encrypt), or a "
+        "firmware image of BYTES (64 KiB) for every meter; the report's `wave` says how "
+        "long they took and each meter's outcome",
+    )
+    ap.add_argument("--wave-at", type=float, default=10.0, help="real seconds after the start")
+    ap.add_argument("--wave-concurrency", type=int, default=200, help="meters at a time per wave")
+    ap.add_argument(
+        "--wave-faults",
+        default="",
+        metavar="refuse=F,verify=F,drop=F",
+        help="shares of meters that refuse new keys, fail an image's verification, lose "
+        "the link once halfway through a transfer",
     )
     ap.add_argument(
         "--ingest-interval",
@@ -415,6 +432,11 @@ def _measure(args: argparse.Namespace, root: Path) -> dict[str, Any]:
                 and (time.monotonic() >= r.t_start + args.kill_worker_at)
             ):
                 r.kill_worker()
+            if r.wave is not None:
+                if not r.wave.waves and time.monotonic() >= r.t_start + args.wave_at:
+                    r.wave.start()
+                elif r.wave.waves:
+                    r.wave.poll()
             time.sleep(0.5)
         w1 = r.window_edge()
         probe.stop.set()
@@ -443,6 +465,7 @@ class LoadRun:
         self.sampler: Sampler | None = None
         self.attacker: subprocess.Popen[str] | None = None
         self.attack_result: dict[str, Any] = {}
+        self.wave: waves.WaveRun | None = None
 
     def prepare(self) -> None:
         args = self.args
@@ -483,6 +506,8 @@ class LoadRun:
         if not args.connect:
             self.h.start()
         self.worker_pids, self.store_pid = self.h.pids()
+        if args.wave:
+            self.wave = waves.WaveRun(self.h, self.root, args.wave, args.wave_concurrency)
         self.rss0 = {p: rss_kib(p) for p in self.worker_pids}
         self.base_rows = int(self.h.scalar("SELECT count() FROM ami.readings"))
         self.base_events = int(
@@ -511,6 +536,7 @@ class LoadRun:
         ]  # fmt: skip
         if a.storm_at:
             extra += ["--storm-at", a.storm_at]
+        extra += waves.sim_faults(a.wave_faults)
         if a.start:
             extra += ["--start", a.start]
         return extra
@@ -880,6 +906,7 @@ class LoadRun:
             },
             "worker_kill": self.kill_report() if self.killed else None,
             "storm": self.storm_report() if a.storm_at else None,
+            "wave": self.wave.report() if self.wave is not None else None,
             "bottleneck": self.bottleneck(
                 target, sent_rate, stored_rate, lag, (cpu_workers + cpu_store + cpu_sims) / window
             ),

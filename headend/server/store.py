@@ -36,11 +36,12 @@ from headend.errors import HeadendError
 from headend.ownership import Ownership
 from headend.people import Principal
 from headend.server import access, ipc
+from headend.server.keychanges import KeyChanges
 from headend.server.polled import PolledRows
 from headend.server.recovery import Recovery
 from headend.server.submit import Submitter
 from headend.sqlguard import Guard
-from headend.store import keyring, spool
+from headend.store import spool
 from headend.store.db import Store, StoreError, migrate
 from headend.store.ingest import COLUMNS, Backoff, Ingestor
 from headend.waves import Waves
@@ -186,6 +187,7 @@ class StoreService:
         self.recovery = Recovery(self)
         # Key rotations (and firmware upgrades) over a region's meters, in steps.
         self.waves = Waves(self)
+        self.key_changes = KeyChanges(self)
         self.clock = Clock.from_config(cfg.clock)
 
     def invalidate(
@@ -304,47 +306,8 @@ class StoreService:
         elif t == "job-result":
             await self._job_result(msg)
         elif t == "keys":
-            return await self._keys(ch, msg)
+            return await self.key_changes.submit(msg, ch.info.get("worker"))
         return None
-
-    async def _keys(self, ch: ipc.Channel, msg: dict[str, Any]) -> dict[str, Any]:
-        """A rotation changed a meter's stored keys (``headend/server/rekey.py``): record
-        it, audit it in the name of who asked for the rotation, and have the other
-        workers look the meter up again (the one running it knows already)."""
-        serial, op = str(msg.get("serial")), msg.get("op")
-        loop = asyncio.get_running_loop()
-        try:
-            if op == "pending":
-                await loop.run_in_executor(
-                    None,
-                    keyring.set_pending,
-                    self.store,
-                    serial,
-                    str(msg["ek"]),
-                    str(msg["ak"]),
-                    str(msg["fingerprint"]),
-                )
-            elif op == "current":
-                grace = float(msg.get("grace", self.cfg.security.previous_keys_grace))
-                await loop.run_in_executor(None, keyring.make_current, self.store, serial, grace)
-            elif op == "drop":
-                await loop.run_in_executor(None, keyring.drop_pending, self.store, serial)
-            else:
-                return {"error": f"unknown change of keys {op!r}"}
-        except (keyring.KeyringError, HeadendError, KeyError, ValueError) as e:
-            return {"error": str(e)}
-        self.invalidate("meter_keys", ["serial"], [[serial]], skip=ch.info.get("worker"))
-        c = self.commands.commands.get(str(msg.get("command")))
-        who = Principal(
-            c.requested_by if c is not None else "system",
-            frozenset(),
-            frozenset(),
-            f"worker:{ch.info.get('worker')}",
-            "command",
-        )
-        await self.audit(who, f"keys.{op}", serial, detail={"command_id": msg.get("command")})
-        log.info("meter %s: keys %s (command %s)", serial, op, msg.get("command"))
-        return {"ok": True}
 
     def _send_worker(self, wid: int, msg: dict[str, Any]) -> bool:
         ch = self.workers.get(wid)

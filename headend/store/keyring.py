@@ -19,6 +19,7 @@ not put those back over them (``headend/store/imports.py``).
 from __future__ import annotations
 
 import datetime as dt
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 COLUMNS = [
@@ -67,76 +68,106 @@ class KeyringError(Exception):
 
 def current(store: SqlAccess, serial: str) -> dict[str, Any] | None:
     """The meter's stored keys row (None: the meter has none)."""
+    return current_many(store, [serial]).get(serial)
+
+
+def current_many(store: SqlAccess, serials: list[str]) -> dict[str, dict[str, Any]]:
+    """The stored keys rows of `serials` (by primary key), with `updated_at` as Unix
+    seconds."""
+    if not serials:
+        return {}
     cols = ", ".join(c for c in COLUMNS if c != "updated_at")
     _, rows = store.query(
         f"SELECT {cols}, toFloat64(updated_at) FROM {store.db}.meter_keys FINAL "
-        "WHERE serial = %(s)s",
-        {"s": serial},
+        "WHERE serial IN %(s)s",
+        {"s": sorted(set(serials))},
     )
-    if not rows:
-        return None
-    return dict(zip(COLUMNS, rows[0], strict=True))
+    return {str(r[0]): dict(zip(COLUMNS, r, strict=True)) for r in rows}
 
 
-def _write(store: SqlAccess, row: dict[str, Any], after: float) -> dict[str, Any]:
-    # Strictly after the row it replaces, so it wins even within one millisecond.
-    now = max(dt.datetime.now(dt.UTC).timestamp(), after + 0.001)
-    row = {**row, "updated_at": dt.datetime.fromtimestamp(now, dt.UTC)}
-    pu = row["previous_until"]
-    if not isinstance(pu, dt.datetime):
-        row["previous_until"] = EPOCH
-    elif pu.tzinfo is None:
-        row["previous_until"] = pu.replace(tzinfo=dt.UTC)
-    store.insert_rows("meter_keys", COLUMNS, [[row[c] for c in COLUMNS]])
-    return row
+@dataclass(frozen=True)
+class Change:
+    """One step of a rotation: `pending` (new keys, wrapped, hex, under the master key
+    `fingerprint`), `current` (the pending keys verified; the old ones previous for
+    `grace` seconds) or `drop` (the meter refused them)."""
+
+    serial: str
+    op: str
+    ek: str = ""
+    ak: str = ""
+    fingerprint: str = ""
+    grace: float = 0.0
 
 
-def _load(store: SqlAccess, serial: str) -> tuple[dict[str, Any], float]:
-    row = current(store, serial)
-    if row is None or not row["ek"]:
-        raise KeyringError(f"meter {serial} has no keys stored")
-    after = float(row.pop("updated_at"))
-    return row, after
-
-
-def set_pending(store: SqlAccess, serial: str, ek: str, ak: str, fingerprint: str) -> None:
-    """New keys (wrapped, hex) about to be sent to the meter."""
-    row, after = _load(store, serial)
-    if row["master_key"] != fingerprint:
-        raise KeyringError(
-            f"meter {serial}'s keys are wrapped under master key {row['master_key']}, "
-            f"the new ones under {fingerprint}"
+def _step(row: dict[str, Any], ch: Change) -> str:
+    """Applies `ch` to `row` in place; '' or why it cannot be applied."""
+    if not row.get("ek"):
+        return f"meter {ch.serial} has no keys stored"
+    if ch.op == "pending":
+        if row["master_key"] != ch.fingerprint:
+            return (
+                f"meter {ch.serial}'s keys are wrapped under master key {row['master_key']}, "
+                f"the new ones under {ch.fingerprint}"
+            )
+        if not (ch.ek and ch.ak):
+            return "pending keys need both ek and ak"
+        row.update(pending_ek=ch.ek, pending_ak=ch.ak)
+    elif ch.op == "current":
+        if not row["pending_ek"]:
+            return f"meter {ch.serial} has no pending keys to make current"
+        until = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=ch.grace)
+        row.update(
+            previous_ek=row["ek"],
+            previous_ak=row["ak"],
+            previous_until=until.replace(microsecond=0),
+            ek=row["pending_ek"],
+            ak=row["pending_ak"],
+            pending_ek="",
+            pending_ak="",
+            source="rotation",
         )
-    row.update(pending_ek=ek, pending_ak=ak)
-    _write(store, row, after)
-
-
-def make_current(store: SqlAccess, serial: str, grace_s: float) -> None:
-    """The meter answered a fresh association under its pending keys: they become its
-    keys, the old ones previous until `grace_s` from now."""
-    row, after = _load(store, serial)
-    if not row["pending_ek"]:
-        raise KeyringError(f"meter {serial} has no pending keys to make current")
-    until = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=grace_s)
-    row.update(
-        previous_ek=row["ek"],
-        previous_ak=row["ak"],
-        previous_until=until.replace(microsecond=0),
-        ek=row["pending_ek"],
-        ak=row["pending_ak"],
-        pending_ek="",
-        pending_ak="",
-        source="rotation",
-    )
-    _write(store, row, after)
-
-
-def drop_pending(store: SqlAccess, serial: str) -> None:
-    """The meter refused its new keys and keeps the ones it has."""
-    row, after = _load(store, serial)
-    if row["pending_ek"]:
+    elif ch.op == "drop":
         row.update(pending_ek="", pending_ak="")
-        _write(store, row, after)
+    else:
+        return f"unknown change of keys {ch.op!r}"
+    return ""
+
+
+def apply(store: SqlAccess, changes: list[Change]) -> list[str]:
+    """Applies rotation steps (many meters' at once: one query, one insert); for each,
+    '' or why it was not applied. Steps of one meter apply in the order given."""
+    rows = current_many(store, [c.serial for c in changes])
+    errors: list[str] = []
+    out: dict[str, dict[str, Any]] = {}
+    now = dt.datetime.now(dt.UTC).timestamp()
+    for ch in changes:
+        row = rows.get(ch.serial)
+        if row is None:
+            errors.append(f"meter {ch.serial} has no keys stored")
+            continue
+        trial = dict(row)
+        why = _step(trial, ch)
+        errors.append(why)
+        if why:
+            continue
+        # Strictly after the row it replaces, so it wins even within one millisecond.
+        trial["updated_at"] = max(now, float(row["updated_at"]) + 0.001)
+        rows[ch.serial] = trial
+        out[ch.serial] = trial
+    if out:
+        store.insert_rows("meter_keys", COLUMNS, [_final(r) for r in out.values()])
+    return errors
+
+
+def _final(row: dict[str, Any]) -> list[Any]:
+    r = dict(row)
+    r["updated_at"] = dt.datetime.fromtimestamp(float(r["updated_at"]), dt.UTC)
+    pu = r["previous_until"]
+    if not isinstance(pu, dt.datetime):
+        r["previous_until"] = EPOCH
+    elif pu.tzinfo is None:
+        r["previous_until"] = pu.replace(tzinfo=dt.UTC)
+    return [r[c] for c in COLUMNS]
 
 
 def replace(
@@ -151,7 +182,7 @@ def replace(
         row["previous_until"] = EPOCH
         row["serial"] = serial
     else:
-        after = float(row.pop("updated_at"))
+        after = float(row["updated_at"])
         if row["master_key"] != fingerprint and (row["kek"] or row["password"]):
             raise KeyringError(
                 f"meter {serial}'s stored keys are under master key {row['master_key']}, "
@@ -169,5 +200,7 @@ def replace(
         source="manual",
         master_key=fingerprint,
     )
-    written = _write(store, row, after)
-    return [written[c] for c in COLUMNS]
+    row["updated_at"] = max(dt.datetime.now(dt.UTC).timestamp(), after + 0.001)
+    written = _final(row)
+    store.insert_rows("meter_keys", COLUMNS, [written])
+    return written
