@@ -769,7 +769,8 @@ def build_parser() -> argparse.ArgumentParser:
         (
             "meters",
             cmd_meters_import,
-            "serial,kind,role,node_id,account_id,model,system_title,ek,ak,password,lat,lon",
+            "serial,kind,role,node_id,account_id,model,system_title,ek,ak,password,lat,lon"
+            "[,address][,kek]",
         ),
     ):
         p = sub.add_parser(noun, help=f"manage {noun}")

@@ -507,7 +507,13 @@ class LoadRun:
             self.h.start()
         self.worker_pids, self.store_pid = self.h.pids()
         if args.wave:
-            self.wave = waves.WaveRun(self.h, self.root, args.wave, args.wave_concurrency)
+            self.wave = waves.WaveRun(
+                self.h,
+                self.root,
+                args.wave,
+                args.wave_concurrency,
+                skip=(str(self.probe["serial"]),),
+            )
         self.rss0 = {p: rss_kib(p) for p in self.worker_pids}
         self.base_rows = int(self.h.scalar("SELECT count() FROM ami.readings"))
         self.base_events = int(
