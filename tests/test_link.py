@@ -378,7 +378,7 @@ def _round_trip(tmp_path: Path, box: Outbox, region: Store, centre: Store) -> No
     got = centre.query("SELECT meter FROM centre.anomaly_findings")[1]
     assert got == [("S2",)]
     for bad, message in (
-        (Envelope("rows", UP, "meter_keys", ["serial"], "t", data=[["x"]]), "does not travel"),
+        (Envelope("rows", UP, "users", ["name"], "t", data=[["x"]]), "does not travel"),
         (Envelope("rows", UP, "meters", ["serial; DROP"], "t", data=[["x"]]), "bad column"),
         (Envelope("rows", UP, "meters", ["serial"], "t", data=[["x", "y"]]), "do not match"),
         (Envelope("delete", UP, "meters", data={}), "without column"),
@@ -387,7 +387,51 @@ def _round_trip(tmp_path: Path, box: Outbox, region: Store, centre: Store) -> No
         with pytest.raises(BadRecord, match=message):
             apply_insert(centre, "sa", bad, UP_TABLES)
     assert "meter_keys" in DOWN_TABLES
-    assert "meter_keys" not in UP_TABLES
+    assert "meter_keys" in UP_TABLES  # a region's rotations, re-wrapped (below)
+
+
+def test_a_regions_rotated_keys_go_up_rewrapped_and_on_to_its_standby_only(
+    centre_store: tuple[Store, Any, dict[str, Any], codec.MasterKey], tmp_path: Path
+) -> None:
+    _, router, cfgs, centre_master = centre_store
+    fa_master = codec.MasterKey(os.urandom(32))
+    fa_link = NodeSecrets.load(cfgs["fa"]).link_key("centre")
+    box = Outbox(tmp_path / "fa-out", "store")
+    tap = UpTap(box, "fa", rewrap=lambda cols, rows: rewrap_keys(cols, rows, fa_master, fa_link))
+    new_ek, new_ak = os.urandom(16), os.urandom(16)
+    cols = ["serial", "system_title", "ek", "ak", "password", "source", "master_key"]
+    row = [
+        "F1",
+        "5345000000000002",
+        fa_master.wrap(new_ek, "ek", "F1", os.urandom(12)).hex(),
+        fa_master.wrap(new_ak, "ak", "F1", os.urandom(12)).hex(),
+        "",
+        "rotation",
+        fa_master.fingerprint,
+    ]
+    tap.rows("meter_keys", cols, [row], None)
+    tap.binary("meter_keys", cols, b"bulk", "Native", None, rows=1)  # a restore: stays home
+    box.close()
+    (seg,) = spool.segments(tmp_path / "fa-out", named=True)["store"]
+    (env,) = [Envelope.decode(unframe(r.payload)[2]) for r in spool.read_records(seg, 0)]
+    assert (env.dest, env.table) == (UP, "meter_keys")
+    # Under the link's key, not the region's master: only the centre can take them off.
+    assert env.data[0][cols.index("master_key")] == fa_link.fingerprint
+    with pytest.raises(BadRecord, match="do not unwrap"):
+        rewrap_keys(cols, env.data, NodeSecrets.load(cfgs["centre"]).link_key("sa"), fa_master)
+    at_centre = rewrap_keys(
+        cols, env.data, NodeSecrets.load(cfgs["centre"]).link_key("fa"), centre_master
+    )
+    # Passed on to fa's region's other node (its standby sa), never back to fa.
+    router.outbox = Outbox(tmp_path / "centre-out", "store")
+    router.rows("meter_keys", cols, at_centre, env.token, skip="fa")
+    (down,) = _outbox(router)
+    assert down.dest == "sa"
+    sa_link = NodeSecrets.load(cfgs["sa"]).link_key("centre")
+    local = codec.MasterKey(os.urandom(32))
+    (moved,) = rewrap_keys(cols, down.data, sa_link, local)
+    assert moved[cols.index("source")] == "rotation"
+    assert moved[cols.index("master_key")] == local.fingerprint
 
 
 def test_the_nats_configuration_names_only_the_peers(tmp_path: Path) -> None:

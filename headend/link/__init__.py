@@ -9,9 +9,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from headend.config import Config
+from headend.errors import HeadendError
 from headend.link.outbox import Outbox, UpTap
 from headend.ownership import Ownership
 from headend.store.db import Tap
@@ -26,6 +29,24 @@ class Taps:
     outbox: Outbox | None = None
 
 
+def _up_keys(cfg: Config) -> Callable[[Sequence[str], Sequence[Sequence[Any]]], list[list[Any]]]:
+    """How a region's meter keys leave for the centre: moved from its master key to the
+    key only it and the centre derive (loaded when keys first travel)."""
+
+    def rewrap(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[list[Any]]:
+        from headend.keys import load_master_key
+        from headend.link.down import rewrap_keys
+        from headend.link.keys import NodeSecrets
+
+        centre = next((p.name for p in cfg.peers if p.role == "centre"), "")
+        if not centre:
+            raise HeadendError("meter keys cannot go up: no [[peers]] entry has role centre")
+        link = NodeSecrets.load(cfg, create=True).link_key(centre)
+        return rewrap_keys(columns, rows, load_master_key(cfg), link)
+
+    return rewrap
+
+
 def taps(cfg: Config, owner: Ownership, writer: str) -> Taps:
     """The tap of a store opened by `writer` (``store`` for the store process, else a
     command run without the server): a region's sends everything up, the centre's
@@ -36,7 +57,7 @@ def taps(cfg: Config, owner: Ownership, writer: str) -> Taps:
 
     outbox = Outbox(cfg.link_dir / "outbox", writer_name(writer))
     if cfg.node.role == "region":
-        return Taps(UpTap(outbox, cfg.node.name), outbox)
+        return Taps(UpTap(outbox, cfg.node.name, rewrap=_up_keys(cfg)), outbox)
     from headend.keys import load_master_key
     from headend.link.down import DownRouter
     from headend.link.keys import NodeSecrets

@@ -176,15 +176,25 @@ class DownRouter:
         return out
 
     def rows(
-        self, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]], token: str | None
+        self,
+        table: str,
+        columns: Sequence[str],
+        rows: Sequence[Sequence[Any]],
+        token: str | None,
+        *,
+        skip: str = "",
     ) -> None:
+        """Sends rows to the nodes of their regions (owner and standby); `skip`: not
+        back to the node they came from (a region's rotated keys, forwarded to its
+        standby)."""
         by_dest: dict[str, list[Sequence[Any]]] = {}
         if table in EVERY_REGION:  # people: every region node knows every account
             by_dest = {dest: list(rows) for dest in self.region_nodes}
         else:
             for row, region in zip(rows, self._regions(table, columns, rows), strict=True):
                 for dest in self.destinations(region):
-                    by_dest.setdefault(dest, []).append(row)
+                    if dest != skip:
+                        by_dest.setdefault(dest, []).append(row)
         envelopes = []
         base = token or uuid.uuid4().hex
         for dest, chosen in sorted(by_dest.items()):

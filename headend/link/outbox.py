@@ -28,7 +28,7 @@ import json
 import os
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -60,6 +60,9 @@ UP_TABLES = frozenset(
         "meter_titles",
         "billing_accounts",
         "audit",  # who did what, in every region, is on the national record
+        # Keys a region changed (rotations), re-wrapped for the link: the centre keeps
+        # them and passes them to the region's standby.
+        "meter_keys",
     }
 )
 # Master data the centre sends down to the region that owns it; people's accounts and
@@ -264,9 +267,16 @@ class UpTap:
     every delete from one) is written to the outbox first, with a token the centre
     inserts it under."""
 
-    def __init__(self, outbox: Outbox, origin: str) -> None:
+    def __init__(
+        self,
+        outbox: Outbox,
+        origin: str,
+        rewrap: Callable[[Sequence[str], Sequence[Sequence[Any]]], list[list[Any]]] | None = None,
+    ) -> None:
         self.outbox = outbox
         self.origin = origin
+        # Meter keys leave wrapped under the link's key, never under this node's master.
+        self.rewrap = rewrap
 
     @staticmethod
     def wants(table: str) -> bool:
@@ -285,6 +295,10 @@ class UpTap:
         *,
         rows: int = 0,
     ) -> None:
+        if table == "meter_keys":
+            # Keys travel only as rows, re-wrapped for the link (`rows`); a bulk load
+            # (a restore) stays here.
+            return
         self.outbox.append(
             [
                 Envelope(
@@ -307,6 +321,11 @@ class UpTap:
         rows: Sequence[Sequence[Any]],
         token: str | None,
     ) -> None:
+        data = [list(r) for r in rows]
+        if table == "meter_keys":
+            if self.rewrap is None:
+                raise ValueError("meter keys cannot travel up without the link's key")
+            data = self.rewrap(columns, data)
         self.outbox.append(
             [
                 Envelope(
@@ -316,7 +335,7 @@ class UpTap:
                     list(columns),
                     self._token(token),
                     rows=len(rows),
-                    data=[list(r) for r in rows],
+                    data=data,
                 )
             ]
         )
