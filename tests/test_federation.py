@@ -414,9 +414,29 @@ def test_a_lost_regions_meters_go_to_its_standby_which_takes_over(
     sa, centre = fed.nodes["sa"], fed.centre
     meter = meters_of(fleet, "UZ-FA")[1]["serial"]
     read = {"serial": meter, "kind": "read", "args": {"objects": [[3, "1.0.1.8.0.255", 2]]}}
+    # Before the loss, fa gives the meter new keys: they reach the centre and fa's
+    # standby, which would otherwise hold only the delivered ones.
+    fa = fed.nodes["fa"]
+    p = run_fleet(fleet, fa.port, [meter], "--interval", "5", "--gas-interval", "5")
+    try:
+        fed.wait(
+            "the meter online at fa",
+            lambda: any(
+                m == meter for s in fa.h.admin("sessions")["sessions"] for m in s["meters"]
+            ),
+        )
+        c = fa.h.admin("command", serial=meter, kind="rekey", wait=60)
+        assert c["state"] == "done", c
+    finally:
+        stop(p)
+    keys = f"SELECT source FROM ami.meter_keys FINAL WHERE serial = '{meter}'"
+    fed.wait("the rotated keys at the centre", lambda: centre.h.scalar(keys) == "rotation")
+    fed.wait("the rotated keys at fa's standby", lambda: sa.h.scalar(keys) == "rotation")
     lost_at = int(time.time())
     fed.kill("fa")
-    # Its meters are pointed at the standby, which holds their keys in advance.
+    # Its meters are pointed at the standby, which holds their keys in advance. (This
+    # simulated meter starts again from its delivered keys, which sa still accepts as
+    # the rotated meter's previous ones.)
     p = run_fleet(fleet, sa.port, [meter], "--interval", "5", "--gas-interval", "5")
     try:
         fed.wait(
