@@ -417,7 +417,11 @@ def test_a_lost_regions_meters_go_to_its_standby_which_takes_over(
     # Before the loss, fa gives the meter new keys: they reach the centre and fa's
     # standby, which would otherwise hold only the delivered ones.
     fa = fed.nodes["fa"]
-    p = run_fleet(fleet, fa.port, [meter], "--interval", "5", "--gas-interval", "5")
+    # The simulated meter keeps the keys it is given across its restarts, as meters do.
+    kept = fleet.parent / "meter-keys.csv"
+    p = run_fleet(
+        fleet, fa.port, [meter], "--interval", "5", "--gas-interval", "5", "--keys-file", str(kept)
+    )
     try:
         fed.wait(
             "the meter online at fa",
@@ -434,10 +438,11 @@ def test_a_lost_regions_meters_go_to_its_standby_which_takes_over(
     fed.wait("the rotated keys at fa's standby", lambda: sa.h.scalar(keys) == "rotation")
     lost_at = int(time.time())
     fed.kill("fa")
-    # Its meters are pointed at the standby, which holds their keys in advance. (This
-    # simulated meter starts again from its delivered keys, which sa still accepts as
-    # the rotated meter's previous ones.)
-    p = run_fleet(fleet, sa.port, [meter], "--interval", "5", "--gas-interval", "5")
+    # Its meters are pointed at the standby, which holds their keys in advance (the
+    # rotated ones too: reads below associate under them).
+    p = run_fleet(
+        fleet, sa.port, [meter], "--interval", "5", "--gas-interval", "5", "--keys-file", str(kept)
+    )
     try:
         fed.wait(
             "fa's meter online at its standby",

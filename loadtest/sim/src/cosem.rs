@@ -235,6 +235,8 @@ pub struct Output {
     pub switched: Option<bool>,
     /// A push-worthy event happened (code); the connection decides how to send it.
     pub events: Vec<u16>,
+    /// The head-end gave the meter new keys (EK, AK), in use from now on.
+    pub rekeyed: Option<([u8; 16], [u8; 16])>,
 }
 
 /// A pushed interval reading, for the record file.
@@ -968,6 +970,7 @@ impl Meter {
         if let Some((ek, ak)) = self.rotate_after.take() {
             // The response went out under the old keys; from here on, the new ones.
             self.rotated = Some((Keys::new(&ek, &ak), ak));
+            out.rekeyed = Some((ek, ak));
         }
     }
 

@@ -156,6 +156,9 @@ pub struct FleetOptions {
     /// halfway through an image transfer.
     pub fail_verify: Chosen,
     pub drop_transfer: Chosen,
+    /// Keys the head-end gave meters, kept across runs as a meter keeps them in its
+    /// non-volatile memory: `serial,EK,AK` lines, the last one of a serial wins.
+    pub keys_file: Option<std::path::PathBuf>,
 }
 
 /// Meters chosen by serial, or a share of them.
@@ -291,6 +294,23 @@ impl Fleet {
             });
         }
         let fleet_size = rows.len();
+        if let Some(p) = &opts.keys_file {
+            if let Ok(text) = std::fs::read_to_string(p) {
+                let given: HashMap<&str, (&str, &str)> = text
+                    .lines()
+                    .filter_map(|l| {
+                        let mut f = l.split(',');
+                        Some((f.next()?, (f.next()?, f.next()?)))
+                    })
+                    .collect();
+                for r in rows.iter_mut() {
+                    if let Some((ek, ak)) = given.get(r.serial.as_str()) {
+                        r.ek = ek.to_string();
+                        r.ak = ak.to_string();
+                    }
+                }
+            }
+        }
 
         // Energy flows up through balance meters; generation feeds the backbone.
         let generation = truth["generation"].as_str().and_then(|g| index.get(g).copied());

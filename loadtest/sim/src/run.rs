@@ -47,6 +47,8 @@ Fleet
   --refuse-keys X        meters whose firmware refuses a key transfer: a share (0.05)
                          or serials (S[,S...]); the others take new keys wrapped under
                          the kek of meters.csv (default: none refuse)
+  --keys-file FILE       keys the head-end gives meters are kept here (serial,EK,AK)
+                         and used on the next start, as meters keep them
   --fail-verify X        meters (share or serials) whose firmware fails every image's
                          verification (default: none)
   --drop-transfer X      meters (share or serials) whose link is lost once halfway
@@ -143,6 +145,7 @@ impl Options {
                 refuse_keys_share: 0.0,
                 fail_verify: Default::default(),
                 drop_transfer: Default::default(),
+                keys_file: None,
             },
             start: None,
             speed: 1.0,
@@ -216,6 +219,7 @@ impl Options {
                 "--concentrators" => o.fleet.concentrators = share(num(value()?)?)?,
                 "--hdlc" => o.fleet.hdlc = share(num(value()?)?)?,
                 "--drifting" => o.fleet.drifting = share(num(value()?)?)?,
+                "--keys-file" => o.fleet.keys_file = Some(PathBuf::from(value()?)),
                 "--fail-verify" => o.fleet.fail_verify = crate::fleet::Chosen::parse(&value()?)?,
                 "--drop-transfer" => o.fleet.drop_transfer = crate::fleet::Chosen::parse(&value()?)?,
                 "--refuse-keys" => {
@@ -959,6 +963,10 @@ async fn connection(
     }
 }
 
+fn hex_upper(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02X}")).collect()
+}
+
 /// Answers the requests read so far.
 fn serve(
     sh: &Shared,
@@ -978,6 +986,17 @@ fn serve(
         for apdu in &out.apdus {
             inc(&sh.stats.responses, 1);
             link.respond(req.slot, req.client, apdu, wire);
+        }
+        if let (Some((ek, ak)), Some(p)) = (out.rekeyed, &sh.opt.fleet.keys_file) {
+            let line = format!("{},{},{}\n", spec.serial, hex_upper(&ek), hex_upper(&ak));
+            let kept = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(p)
+                .and_then(|mut f| std::io::Write::write_all(&mut f, line.as_bytes()));
+            if let Err(err) = kept {
+                eprintln!("headend-sim: cannot keep {}'s new keys in {}: {err}", spec.serial, p.display());
+            }
         }
         if let Some(off) = out.switched {
             inc(if off { &sh.stats.disconnects } else { &sh.stats.reconnects }, 1);

@@ -78,6 +78,7 @@ fn options(partition: u32, partitions: u32) -> FleetOptions {
         refuse_keys_share: 0.0,
         fail_verify: Default::default(),
         drop_transfer: Default::default(),
+        keys_file: None,
     }
 }
 
