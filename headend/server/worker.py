@@ -615,6 +615,8 @@ class Worker:
                 result = await rekey(
                     client, self.directory, self.master, self._keys_to_store(job), self.key_grace
                 )
+                # The keys it had are kept for its late frames, here as everywhere.
+                self.previous_keys_until[serial] = time.time() + self.key_grace
             elif job["kind"] == "firmware":
                 args = job.get("args") or {}
                 image = image_for(self.images, self._load_image, str(args.get("image")))

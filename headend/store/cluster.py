@@ -50,6 +50,7 @@ SHARDING: dict[str, str] = {
     "user_tokens": "cityHash64(token_id)",
     "audit": "cityHash64(user)",
     "approvals": "cityHash64(approval_id)",
+    "waves": "cityHash64(wave_id)",
     "schema_migrations": "version",
 }
 """Each table's sharding key: a function of its sorting key's first column."""
