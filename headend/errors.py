@@ -2,7 +2,8 @@
 
 One base, :class:`HeadendError`. DLMS/COSEM protocol errors split into the peer's
 (:class:`RemoteProtocolError`: the bytes we received are wrong) and ours
-(:class:`LocalProtocolError`: what we asked to encode cannot be expressed), as h11 does.
+(:class:`LocalProtocolError`: what we asked to encode cannot be expressed), as h11 does;
+a panic in the Rust core is neither: :class:`InternalError`, our bug.
 Each carries ``kind`` (a stable name for counting) and ``dlms_error`` (the
 ExceptionResponse service-error a server answers with). The Rust core raises these
 classes; their attributes are set on the instance.
@@ -25,6 +26,12 @@ class ProtocolError(HeadendError):
     dlms_error: str = "operation-not-possible"
     field: str | None = None
     offset: int | None = None
+
+
+class InternalError(HeadendError):
+    """A bug in the head-end itself: the Rust core panicked. Never the peer's fault, so
+    never a RemoteProtocolError (the fuzz tests fail on it); a worker logs it and closes
+    the connection it happened on."""
 
 
 class RemoteProtocolError(ProtocolError):

@@ -32,7 +32,7 @@ import msgpack
 from headend import firmware, logs, meter_address, profiles
 from headend.codec import Directory, RowSink, Session
 from headend.config import Config, from_dict
-from headend.errors import HeadendError
+from headend.errors import HeadendError, InternalError
 from headend.firmware import Image
 from headend.keys import load_master_key
 from headend.server import ipc
@@ -131,7 +131,14 @@ class MeterProtocol(asyncio.Protocol):
             return
         now = time.time()
         self.last_rx = now
-        events = session.feed(data, int(now), w.directory, w.sink)
+        try:
+            events = session.feed(data, int(now), w.directory, w.sink)
+        except InternalError:
+            # Our bug, not the meter's: said loudly, and only this connection pays.
+            log.exception("internal error on connection %s; closing it", self.sid)
+            w.count_reject("internal-error")
+            self.close("internal-error")
+            return
         w.mark_dirty()
         if events:
             w.on_events(self, events)
