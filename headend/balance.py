@@ -251,6 +251,17 @@ def recompute(
         store, rep, int(now), margin, meters_per_slice, meters=meters, sums=sums, owner=owner
     )
     rep.seconds["consumption"] = round(time.monotonic() - t0, 3)
+    refused = sum(rep.dropped.values())
+    if rep.readings and not rep.consumption_rows and 2 * refused >= rep.readings:
+        # Input rejected wholesale (a clock that puts the readings in the future, most
+        # often): balances summed from nothing would overwrite good ones with zeros.
+        why = ", ".join(f"{n} {k.replace('_', ' ')}" for k, n in sorted(rep.dropped.items()) if n)
+        raise BalanceError(
+            f"refusing to write balances for {_iso(start)} .. {_iso(end)}: {refused} of "
+            f"{rep.readings} readings were refused ({why}) and no consumption came of them; "
+            f"now is {_iso(int(now))} by this command's clock: is it the server's "
+            "([clock] in the --config the server runs with)?"
+        )
     t1 = time.monotonic()
     rep.balance_rows = _balances(store, start, end, nodes, sums, owner=owner)
     rep.seconds["balances"] = round(time.monotonic() - t1, 3)

@@ -9,7 +9,10 @@ Runs until Ctrl-C (or `--duration` real seconds), then stops the fleet and drain
 head-end. The data directory is kept: a second run starts from a fresh one unless
 `--keep` is given.
 
-Simulated time starts at this morning's midnight in Tashkent. It and the head-end's
+Simulated time starts at a midnight in Tashkent far enough in the past that the fleet
+reaches real time only after `REAL_HOURS` hours of demo; then the demo stops, so what
+it leaves behind is never in the future for the real clock (a later `headend balance
+--recompute` of its days finds their readings in the past). It and the head-end's
 clock run together: the store's `[clock]` follows
 the fleet's time, so "today", the balance window and the billing policy's hours are the
 fleet's. Clock synchronisation is off (the meters' clocks are in simulated time on
@@ -97,6 +100,18 @@ def billing_csv(meters_csv: Path, out: Path, share: float, seed: int, today: dt.
     return debtors
 
 
+# Real hours a demo may run before its simulated clock reaches real time.
+REAL_HOURS = 4.0
+
+
+def past_midnight(speed: float) -> dt.datetime:
+    """The Tashkent midnight the demo's simulated time starts at: `REAL_HOURS` of demo
+    at `speed` before it reaches the real clock."""
+    today = dt.datetime.now(LOCAL).replace(hour=0, minute=0, second=0, microsecond=0)
+    days = -(-speed * REAL_HOURS * 3600 // 86_400)
+    return today - dt.timedelta(days=int(days))
+
+
 def fast_time(speed: float, sim_start: float, anchor: float) -> dict[str, dict[str, Any]]:
     """The store's and the other sections' settings for fast simulated time (the same
     for a standalone head-end and every node of `--regions`)."""
@@ -171,8 +186,9 @@ def run(args: argparse.Namespace) -> int:
         return 2
     meter_port = args.meter_port or free_port()
     speed = float(args.speed)
-    # Simulated time starts at midnight (Tashkent), so each day's figures are whole.
-    morning = dt.datetime.now(LOCAL).replace(hour=0, minute=0, second=0, microsecond=0)
+    # Simulated time starts at a midnight (Tashkent), so each day's figures are whole,
+    # far enough back that the fleet stays in the real clock's past.
+    morning = past_midnight(speed)
     sim_start = morning.timestamp()
     anchor = time.time()
     he = configure(
@@ -212,6 +228,12 @@ def run(args: argparse.Namespace) -> int:
         stderr=log,
     )
     url = f"http://127.0.0.1:{args.http_port}/"
+    catch_up = (
+        f" (it stops by itself when its clock reaches real time, in about "
+        f"{(anchor - sim_start) / (speed - 1) / 3600:.1f} h)"
+        if speed > 1
+        else ""
+    )
     print(
         "\n"
         f"  Situation room: {url}\n"
@@ -220,8 +242,8 @@ def run(args: argparse.Namespace) -> int:
         f"  API:            {url}api/openapi.json   (Authorization: Bearer {token})\n"
         f"  Data:           {root}   (serve.log, sim.log; HEADEND_DATA={root / 'data'})\n"
         f"  Fleet:          {args.meters} consumers, {debtors} debtors, a simulated day every "
-        f"{86400 / speed / 60:.0f} min\n"
-        "  Ctrl-C stops the demo.\n",
+        f"{86400 / speed / 60:.0f} min, from {morning:%Y-%m-%d} on\n"
+        f"  Ctrl-C stops the demo{catch_up}.\n",
         flush=True,
     )
     try:
@@ -263,6 +285,13 @@ def watch(
             return
         if he.proc is not None and he.proc.poll() is not None:
             print("the head-end stopped; see serve.log", file=sys.stderr)
+            return
+        if sim_now() >= time.time() - 900:
+            print(
+                "the simulated clock has reached real time: stopping, so nothing the demo "
+                "stores is in the future",
+                flush=True,
+            )
             return
         if time.monotonic() - last >= 30:
             last = time.monotonic()

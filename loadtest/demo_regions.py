@@ -23,7 +23,7 @@ from typing import Any
 
 from headend.balance import LOCAL
 from loadtest import grid, sim
-from loadtest.demo import billing_csv, fast_time, port_free
+from loadtest.demo import billing_csv, fast_time, past_midnight, port_free
 from loadtest.federation import CENTRE, Federation
 from loadtest.headend import free_port
 
@@ -49,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"port {port} ({name}'s page) is taken: pass --http-port")
             return 2
     speed = float(args.speed)
-    midnight = dt.datetime.now(LOCAL).replace(hour=0, minute=0, second=0, microsecond=0)
+    midnight = past_midnight(speed)
     sim_start, anchor = midnight.timestamp(), time.time()
     settings = fast_time(speed, sim_start, anchor)
     store = settings.pop("store")
@@ -140,6 +140,9 @@ def _watch(
             return
         if any(p.poll() is not None for p in procs):
             print("a simulated fleet stopped; see its sim-*.log", flush=True)
+            return
+        if now() >= time.time() - 900:
+            print("the simulated clock has reached real time: stopping", flush=True)
             return
         if time.monotonic() - last >= 30:
             last = time.monotonic()

@@ -180,6 +180,19 @@ def test_hand_computed_balances(store: Store) -> None:
     }
 
 
+def test_a_recompute_whose_readings_are_all_refused_writes_nothing(store: Store) -> None:
+    balance.recompute(store, T0, END, now=END + 60)
+    before = hourly(store, "F1")
+    assert before == [(10.0, 9.0, 1.0, 3, 3, 1)] * 4
+    # A clock a day behind puts every reading in the future: nothing comes of them,
+    # and the balances computed before stay as they were instead of becoming zeros.
+    with pytest.raises(balance.BalanceError, match="refusing to write balances") as e:
+        balance.recompute(store, T0, END, now=T0 - 86_400)
+    assert "future" in str(e.value)
+    assert "[clock]" in str(e.value)
+    assert hourly(store, "F1") == before
+
+
 def test_late_data_replaces_the_estimate_and_reruns_change_nothing(store: Store) -> None:
     balance.recompute(store, T0, END, now=END + 60)
     first = {n: hourly(store, n) for n in ("T1", "T2", "F1", "GS")}
@@ -278,6 +291,24 @@ def test_the_command_line(store: Store, tmp_path: Path) -> None:
     assert [(x["node_id"], x["loss"], x["loss_pct"]) for x in json.loads(r.stdout)] == [
         ("F1", 4.0, 10.0)
     ]
+    # The command judges "now" by the configured clock, as the server does: one a day
+    # behind the data refuses to recompute instead of writing zeros over the balances.
+    behind = tmp_path / "behind.toml"
+    behind.write_text(
+        cfg.read_text() + f"[clock]\nspeed = 1.0\nstart = {T0 - 86_400}\nanchor = {time.time()}\n"
+    )
+    r = subprocess.run(
+        [*base, "balance", *args, "--config", str(behind), "--data", str(tmp_path / "data")],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert r.returncode == 1
+    assert "refusing to write balances" in r.stderr
+    r = subprocess.run(
+        [*base, "balance", *args[:-1], *common], capture_output=True, text=True, check=False
+    )
+    assert [x["input"] for x in json.loads(r.stdout)] == [10.0] * 4
     for bad, message in (
         (["balance", "--level", "nowhere"], "unknown level 'nowhere'"),
         (["losses", "--from", "yesterday"], "cannot read the time 'yesterday'"),
