@@ -450,8 +450,12 @@ def _print_status(st: dict[str, Any]) -> None:
     ing = st["ingest"]
     print(f"uptime        {st['uptime_s']:.0f} s   (store pid {st['pid']}, {st['dsn']})")
     print(f"sessions      {st['sessions']}")
-    print(f"pushes/s      {st['pushes_per_s']:.1f}")
-    print(f"readings/s    {st['readings_per_s']:.1f}   ingested rows/s {ing['rows_per_s']:.1f}")
+    window = st.get("rates_window_s", 0.0)
+    print(f"pushes/s      {st['pushes_per_s']:.1f}   (received, over the last {window:.0f} s)")
+    print(
+        f"readings/s    {st['readings_per_s']:.1f}   ingested rows/s {ing['rows_per_s']:.1f}"
+        f" (over {ing.get('rows_per_s_window_s', 0.0):.0f} s)"
+    )
     print(f"spool backlog {st['spool_backlog_bytes']} bytes")
     if ing.get("error"):
         since = time.time() - ing["failing_since"] if ing.get("failing_since") else 0

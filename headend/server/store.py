@@ -10,6 +10,7 @@ imports while the server runs).
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import datetime as dt
 import decimal
@@ -58,6 +59,12 @@ LATE_HOURS_PER_PASS = 7 * 24
 
 LOOKUP_GATHER = 0.05
 """Seconds a lookup round waits for more requests (the workers' requests are merged)."""
+
+
+# Seconds over which the workers' push and reading rates are taken (pushes come in
+# bursts), and the ingest's stored rows per second.
+RATE_WINDOW = 60.0
+INGEST_RATE_WINDOW = 10.0
 
 
 class CounterScanner:
@@ -157,7 +164,8 @@ class StoreService:
         self.clickhouse_http: tuple[Any, Any] | None = None
         self.ingestor = Ingestor(self.store, cfg.spool_dir, max_bytes=cfg.store.max_insert_bytes)
         self.scanner = CounterScanner(cfg.spool_dir)
-        self.rates: dict[int, tuple[float, dict[str, int]]] = {}
+        # Each worker's reported totals over the last RATE_WINDOW seconds.
+        self.rates: dict[int, collections.deque[tuple[float, dict[str, int]]]] = {}
         self.started = time.time()
         self.stopping = threading.Event()
         self.wake = threading.Event()
@@ -227,8 +235,9 @@ class StoreService:
                 self.ingest_state.update(error=None, failing_since=None, last_ok=time.time())
                 window_rows += sum(stats.rows.values())
                 now = time.monotonic()
-                if now - window_start >= 2.0:
-                    self.ingest_rate = {"rows_per_s": window_rows / (now - window_start)}
+                if now - window_start >= INGEST_RATE_WINDOW:
+                    span = now - window_start
+                    self.ingest_rate = {"rows_per_s": window_rows / span, "window_s": span}
                     window_start, window_rows = now, 0
                 # At shutdown, stop once a round finds nothing more to ingest (a torn
                 # tail left by a killed worker is never ingestible; it stays on disk).
@@ -289,13 +298,7 @@ class StoreService:
             wid = int(msg["worker"])
             self.worker_stats[wid] = msg
             self.recovery.track(wid, msg)
-            now = time.monotonic()
-            prev = self.rates.get(wid)
-            totals = dict(msg.get("totals", {}))
-            if prev is not None and now > prev[0]:
-                span = now - prev[0]
-                msg["rates"] = {k: max(0, v - prev[1].get(k, 0)) / span for k, v in totals.items()}
-            self.rates[wid] = (now, totals)
+            msg["rates"], msg["rates_window_s"] = self._rates(wid, msg.get("totals", {}))
         elif t == "bye":
             # A clean exit: its meters' connections were closed, nothing to read back.
             self.recovery.clean_exit(int(msg["worker"]))
@@ -308,6 +311,23 @@ class StoreService:
         elif t == "keys":
             return await self.key_changes.submit(msg, ch.info.get("worker"))
         return None
+
+    def _rates(self, wid: int, totals: dict[str, int]) -> tuple[dict[str, float], float]:
+        """A worker's rates over the last `RATE_WINDOW` seconds of its reports (pushes
+        come in bursts: a second's rate of a fleet that pushes every quarter hour within
+        a few minutes is mostly 0 or many times the mean), and the window they cover."""
+        now = time.monotonic()
+        hist = self.rates.setdefault(wid, collections.deque())
+        if hist and any(totals.get(k, 0) < v for k, v in hist[-1][1].items()):
+            hist.clear()  # the worker restarted: its counts began again
+        hist.append((now, dict(totals)))
+        while len(hist) > 2 and now - hist[1][0] >= RATE_WINDOW:
+            hist.popleft()
+        t0, first = hist[0]
+        span = now - t0
+        if span <= 0:
+            return {}, 0.0
+        return {k: max(0, v - first.get(k, 0)) / span for k, v in totals.items()}, span
 
     def _send_worker(self, wid: int, msg: dict[str, Any]) -> bool:
         ch = self.workers.get(wid)
@@ -744,12 +764,20 @@ class StoreService:
             "sessions": int(totals["sessions"]),
             "pushes_per_s": round(totals["pushes_per_s"], 1),
             "readings_per_s": round(totals["readings_per_s"], 1),
+            # The window those rates cover (the workers' received pushes and readings).
+            "rates_window_s": round(
+                max(
+                    (st.get("rates_window_s", 0.0) for st in self.worker_stats.values()), default=0
+                ),
+                1,
+            ),
             "spool_backlog_bytes": self.backlog,
             "waves": self.waves.list()[-20:],
             # Workers whose spool cannot be written (a full disk): they read nothing.
             "spool_full_workers": sum(1 for w in workers if w["spool_error"]),
             "ingest": {
                 "rows_per_s": round(self.ingest_rate.get("rows_per_s", 0.0), 1),
+                "rows_per_s_window_s": round(self.ingest_rate.get("window_s", 0.0), 1),
                 "rows_total": dict(self.ingestor.totals.rows),
                 **self.ingest_state,
             },

@@ -382,6 +382,9 @@ class Api:
                 "sessions": st["sessions"],
                 "pushes_per_s": st["pushes_per_s"],
                 "readings_per_s": st["readings_per_s"],
+                # Received by the workers, over this many real seconds (not simulated).
+                "rates_window_s": st.get("rates_window_s", 0.0),
+                "stored_rows_per_s": st["ingest"]["rows_per_s"],
                 "clock_speed": self.b.clock.speed,
                 "commands": st["commands"],
             }

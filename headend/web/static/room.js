@@ -360,6 +360,8 @@ async function refresh() {
     $("kpi-in").textContent = fmt(e.input);
     $("kpi-loss").textContent = pct(e.loss_pct);
     $("kpi-pushes").textContent = fmt(s.pushes_per_s, 0);
+    $("kpi-pushes-label").title = `pushes received per real second over the last ` +
+      `${fmt(s.rates_window_s, 0)} s; stored: ${fmt(s.stored_rows_per_s, 0)} rows/s`;
     if (!state.node) {
       const roots = await api("/api/nodes?level=republic");
       state.node = roots.nodes.length ? roots.nodes[0].node_id : null;
