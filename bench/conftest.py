@@ -39,7 +39,9 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
         return
     machine = f"{platform.node()} ({platform.machine()}, Python {platform.python_version()})"
     lines = [
-        f"Codec benchmarks on {machine}, one core, through the batch API (`make bench`).",
+        f"Codec benchmarks on {machine}, one core (`make bench`): the batch API "
+        "(`PushDecoder`, which tools use) and the server's own path (`Session.feed`, "
+        "what workers run; its line is the figure to compare with the targets).",
         "",
         "| case | correct | items/call | median per call | items per second "
         "| peers on this kind of machine |",

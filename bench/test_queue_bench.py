@@ -50,7 +50,10 @@ def backlog() -> tuple[CommandQueue, list[int]]:
                 node_id=f"T{i % 5000}",
                 address="",
             )
-        q.dispatch()
+        # Dispatch offers a slice of meters per pass (the loop stays free): as many
+        # passes as the backlog takes.
+        while len(q._dirty):
+            q.dispatch()
 
     asyncio.run(fill())
     q.take_rows()
