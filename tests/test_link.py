@@ -15,7 +15,7 @@ import pytest
 
 from headend import codec, profiles
 from headend.config import ConfigError, from_dict, load
-from headend.link.down import DownRouter, apply_insert, rewrap_keys
+from headend.link.down import DownRouter, apply_insert, keep_changed_keys, rewrap_keys
 from headend.link.keys import NodeSecrets, load_node_key, public_hex
 from headend.link.natsconf import server_config
 from headend.link.outbox import (
@@ -31,7 +31,7 @@ from headend.link.outbox import (
 )
 from headend.link.service import BadRecord
 from headend.ownership import NATIONAL, Ownership, regions_of
-from headend.store import spool
+from headend.store import keyring, spool
 from headend.store.db import Store, migrate
 from headend.store.imports import import_grid, import_meters
 
@@ -449,3 +449,25 @@ def test_the_nats_configuration_names_only_the_peers(tmp_path: Path) -> None:
     assert "leafnodes" in region
     assert 'listen: "0.0.0.0' not in region
     assert centre.local_password() != NodeSecrets.load(cfgs["sa"]).local_password()
+
+
+def test_delivered_keys_from_the_centre_never_go_back_over_changed_ones(
+    centre_store: tuple[Store, Any, dict[str, Any], codec.MasterKey],
+) -> None:
+    store, _, _, master = centre_store
+    # S1's keys were changed here (by two admins, as a rotation would); F1's are as
+    # delivered.
+    (row,) = store.query(
+        "SELECT serial, system_title, ek, ak FROM ami.meter_keys FINAL WHERE serial = 'S1'"
+    )[1]
+    keyring.replace(store, "S1", row[1], (row[2], row[3]), master.fingerprint)
+    cols = ["serial", "ek", "source"]
+    incoming = [["S1", "old", "import"], ["F1", "old", "import"], ["S1", "new", "rotation"]]
+    assert keep_changed_keys(store, "ami", cols, incoming) == [
+        ["F1", "old", "import"],
+        ["S1", "new", "rotation"],  # a change made elsewhere (the standby's) goes in
+    ]
+    # Rows from a centre that says no source are delivered ones.
+    assert keep_changed_keys(store, "ami", ["serial", "ek"], [["S1", "x"], ["F1", "y"]]) == [
+        ["F1", "y"]
+    ]

@@ -66,6 +66,38 @@ def rewrap_keys(
     return out
 
 
+def keep_changed_keys(
+    store: Store, db: str, columns: Sequence[str], rows: list[list[Any]]
+) -> list[list[Any]]:
+    """The centre's rows of delivered keys (source import, or none said) without those
+    of meters whose keys this node changed since (a rotation whose record has not
+    reached the centre yet): delivered keys never go back over changed ones."""
+    if "serial" not in columns:
+        return rows
+    i = list(columns).index("serial")
+    src = list(columns).index("source") if "source" in columns else -1
+
+    def delivered(r: list[Any]) -> bool:
+        return src < 0 or r[src] in ("", "import")
+
+    asked = sorted({str(r[i]) for r in rows if delivered(r)})
+    if not asked:
+        return rows
+    _, kept = store.query(
+        f"SELECT serial FROM {db}.meter_keys FINAL WHERE serial IN %(s)s AND source != 'import'",
+        {"s": asked},
+    )
+    changed = {str(k[0]) for k in kept}
+    if changed:
+        log.warning(
+            "kept the keys of %d meters changed here over older delivered ones from the "
+            "centre (%s)",
+            len(changed),
+            ", ".join(sorted(changed)[:5]),
+        )
+    return [r for r in rows if not (str(r[i]) in changed and delivered(r))]
+
+
 def apply_insert(store: Store, origin: str, env: Envelope, tables: frozenset[str]) -> int:
     """Inserts a peer's `binary` or `rows` record, or carries out its `delete`;
     returns the rows inserted."""

@@ -114,44 +114,18 @@ class NodeLink:
 
     def _apply_master(self, origin: str, env: Envelope) -> None:
         from headend.keys import load_master_key
-        from headend.link.down import apply_insert, rewrap_keys
+        from headend.link.down import apply_insert, keep_changed_keys, rewrap_keys
         from headend.link.outbox import DOWN_TABLES
 
         if env.table == "meter_keys":
             env.data = rewrap_keys(
                 env.columns, env.data, self.secrets.link_key(origin), load_master_key(self.cfg)
             )
-            env.data = self._keep_changed_keys(env.columns, env.data)
+            env.data = keep_changed_keys(self.svc.peer_store, self.svc.db, env.columns, env.data)
             if not env.data:
                 return
         apply_insert(self.svc.peer_store, origin, env, DOWN_TABLES)
         self.svc.invalidate(env.table, env.columns, env.data)
-
-    def _keep_changed_keys(self, columns: list[str], rows: list[list[Any]]) -> list[list[Any]]:
-        """The centre's rows of delivered keys (source import) do not replace keys this
-        node changed since (a rotation whose record has not reached the centre yet)."""
-        if "serial" not in columns:
-            return rows
-        i, src = columns.index("serial"), columns.index("source") if "source" in columns else -1
-        delivered = [r for r in rows if src < 0 or r[src] in ("", "import")]
-        if not delivered:
-            return rows
-        _, kept = self.svc.peer_store.query(
-            f"SELECT serial FROM {self.svc.db}.meter_keys FINAL "
-            "WHERE serial IN %(s)s AND source != 'import'",
-            {"s": sorted({str(r[i]) for r in delivered})},
-        )
-        changed = {str(k[0]) for k in kept}
-        if changed:
-            log.warning(
-                "kept the keys of %d meters changed here over older delivered ones from the "
-                "centre (%s)",
-                len(changed),
-                ", ".join(sorted(changed)[:5]),
-            )
-        return [
-            r for r in rows if not (str(r[i]) in changed and (src < 0 or r[src] in ("", "import")))
-        ]
 
     async def handover(self, region: str, to: str) -> dict[str, Any]:
         """The centre gives `region` to node `to` (its standby when its own data centre
