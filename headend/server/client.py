@@ -20,7 +20,7 @@ import contextlib
 import datetime as dt
 import os
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,6 +41,16 @@ class ClientError(HeadendError):
     def __init__(self, message: str, *, retry: bool = True) -> None:
         super().__init__(message)
         self.retry = retry
+
+
+class Refused(ClientError):
+    """The meter answered, and said no (an exception-response, or a result other than
+    success): unlike a request lost on the way, it is known not to have acted.
+    `result`: the meter's result (``temporary-failure``, ...), when it gave one."""
+
+    def __init__(self, message: str, *, result: str = "") -> None:
+        super().__init__(message)
+        self.result = result
 
 
 class WrapperLink:
@@ -256,7 +266,7 @@ class MeterClient:
         response; an exception-response raises :class:`ClientError`."""
         r = codec.decode_apdu(await self._exchange(self._protect(apdu)))
         if r.get("apdu") == "exception-response":
-            raise ClientError(
+            raise Refused(
                 f"meter {self.serial} answered with an exception: "
                 f"{r.get('state_error')}, {r.get('service_error')}"
             )
@@ -337,6 +347,20 @@ class MeterClient:
             ) from None
         return aare
 
+    @contextlib.asynccontextmanager
+    async def associated(self) -> AsyncIterator[None]:
+        """One association for the work inside: the link closed again if the AARQ
+        fails, released (RLRQ, link closed) however the work ends."""
+        try:
+            await self.associate()
+        except ClientError:
+            await self.link.close()
+            raise
+        try:
+            yield
+        finally:
+            await self.release()
+
     async def release(self) -> None:
         self.ciphered = False
         with contextlib.suppress(ClientError):
@@ -388,7 +412,7 @@ class MeterClient:
         )
         result = r["response"]["result"]
         if result != "success":
-            raise ClientError(f"ACTION {class_id}/{obis}/{method} refused: {result}")
+            raise Refused(f"ACTION {class_id}/{obis}/{method} refused: {result}", result=result)
 
 
 # -- jobs ---------------------------------------------------------------------------------
@@ -596,12 +620,7 @@ async def execute(
     """Runs `job` in one association; returns its result or raises ClientError."""
     kind = job["kind"]
     args = job.get("args") or {}
-    try:
-        await c.associate()
-    except ClientError:
-        await c.link.close()
-        raise
-    try:
+    async with c.associated():
         if kind == "read":
             values = []
             for cls, obis, attr in args["objects"]:
@@ -628,5 +647,3 @@ async def execute(
                 raise ClientError(f"model {c.model} has no load profile")
             return await _profile(c, obj, int(args["from"]), int(args["to"]), MeterClock.of(model))
         raise ClientError(f"unknown job kind {kind!r}")
-    finally:
-        await c.release()

@@ -29,7 +29,7 @@ from typing import Any
 
 from headend import codec
 from headend.firmware import FirmwareError, Image
-from headend.server.client import ClientError, MeterClient
+from headend.server.client import ClientError, MeterClient, Refused
 
 IMAGE_TRANSFER = "0.0.44.0.0.255"
 ACTIVE_FIRMWARE = "1.0.0.2.0.255"
@@ -67,8 +67,8 @@ async def _status(c: MeterClient) -> int:
 async def _verify(c: MeterClient, image: Image, poll: float) -> None:
     try:
         await c.action(18, IMAGE_TRANSFER, 3, codec.data("integer", 0))
-    except ClientError as e:
-        if "temporary-failure" not in str(e):
+    except Refused as e:
+        if e.result != "temporary-failure":
             status = await _status(c)
             raise ClientError(
                 f"meter {c.serial} did not verify image {image.identifier} "
@@ -170,20 +170,16 @@ async def upgrade(
         raise ClientError(
             f"image {image.sha256[:12]} is {image.identifier}, not {args['identifier']}"
         )
-    try:
-        await c.associate()
-    except ClientError:
-        await c.link.close()
-        raise
-    try:
+    async with c.associated():
         before = await _active(c)
         if before == image.identifier:
             return {"active": before, "already": True}
         if args.get("phase") == "activate":
-            if await _status(c) != 3:
+            status = await _status(c)
+            if status != 3:
                 raise ClientError(
                     f"meter {c.serial} has no verified image to activate "
-                    f"({STATUS.get(await _status(c), '?')}); the transfer must run again"
+                    f"({STATUS.get(status, status)}); the transfer must run again"
                 )
             return {"previous": before, **await _activate(c, image)}
         out: dict[str, Any] = {"previous": before, **await _transfer(c, image)}
@@ -197,8 +193,6 @@ async def upgrade(
             return out
         out.update(await _activate(c, image))
         return out
-    finally:
-        await c.release()
 
 
 def image_for(cache: dict[str, Image], load: Callable[[str], Image], sha: str) -> Image:

@@ -26,7 +26,7 @@ from typing import Any
 from headend import codec
 from headend.codec import Directory, MasterKey
 from headend.errors import HeadendError
-from headend.server.client import ClientError, MeterClient
+from headend.server.client import ClientError, MeterClient, Refused
 
 SECURITY_SETUP = "0.0.43.0.0.255"
 KEY_TRANSFER = 2
@@ -40,11 +40,10 @@ async def _associates(c: MeterClient) -> str:
     """'' when an association under the directory's current keys succeeds (and is
     released), else why not."""
     try:
-        await c.associate()
+        async with c.associated():
+            pass
     except ClientError as e:
-        await c.link.close()
         return str(e)
-    await c.release()
     return ""
 
 
@@ -71,12 +70,7 @@ async def rekey(
             await store({"op": "current", "grace": grace})
             return {"verified": True, "resumed": True, "grace_s": grace}
         directory.revert_keys(meter)
-    try:
-        await c.associate()
-    except ClientError:
-        await c.link.close()
-        raise
-    try:
+    async with c.associated():
         try:
             ek, ak = directory.new_keys(meter, master, os.urandom(24))
         except HeadendError as e:
@@ -85,21 +79,18 @@ async def rekey(
         parameter = codec.decode_data(directory.key_transfer(meter))
         try:
             await c.action(64, SECURITY_SETUP, KEY_TRANSFER, parameter)
-        except ClientError as e:
-            answered = str(e).startswith("ACTION ") or "answered with an exception" in str(e)
-            if not answered:
-                # No answer: the meter may or may not have them. They stay pending.
-                raise ClientError(
-                    f"key transfer to meter {c.serial} unanswered ({e}); the new keys "
-                    "stay pending and are tried first next time"
-                ) from None
+        except Refused as e:
             directory.drop_keys(meter, pending=True)
             await store({"op": "drop"})
             raise ClientError(
                 f"meter {c.serial} refused the new keys ({e}); it keeps its keys", retry=False
             ) from None
-    finally:
-        await c.release()
+        except ClientError as e:
+            # No answer: the meter may or may not have them. They stay pending.
+            raise ClientError(
+                f"key transfer to meter {c.serial} unanswered ({e}); the new keys "
+                "stay pending and are tried first next time"
+            ) from None
     directory.promote_keys(meter)
     why = await _associates(c)
     if why:
