@@ -19,11 +19,11 @@ from headend.commands import (
     SCHEDULED,
     Command,
     CommandQueue,
-    Scheduler,
     expires_in_of,
 )
 from headend.config import CommandsConfig
 from headend.errors import HeadendError
+from headend.scheduler import Scheduler
 from headend.store.db import Store, migrate
 
 

@@ -31,11 +31,12 @@ import msgpack
 
 from headend import logs
 from headend.clock import Clock
-from headend.commands import CommandQueue, Scheduler
+from headend.commands import CommandQueue
 from headend.config import Config, from_dict
 from headend.errors import HeadendError
 from headend.ownership import Ownership
 from headend.people import Principal
+from headend.scheduler import Scheduler
 from headend.server import access, ipc
 from headend.server.keychanges import KeyChanges
 from headend.server.polled import PolledRows
