@@ -779,6 +779,10 @@ def build_parser() -> argparse.ArgumentParser:
     cli_waves.add_parsers(sub, _add_common)
     cli_waves.add_firmware_parsers(sub, _add_common)
 
+    from headend import cli_workorders
+
+    cli_workorders.add_parsers(sub, _add_common)
+
     for noun, func, cols in (
         ("grid", cmd_grid_import, "node_id,parent_id,level,commodity,name,admin_unit,lat,lon"),
         (

@@ -29,8 +29,12 @@ class Clock:
         return self.speed == 1.0 and self.start == 0.0
 
     def now(self) -> float:
-        t = time.time()
-        return t if self.real else self.start + (t - self.anchor) * self.speed
+        return self.at(time.time())
+
+    def at(self, real: float) -> float:
+        """This clock's time at the real (wall-clock) time `real`: for what was stamped
+        with the machine's time, such as a reading's arrival."""
+        return real if self.real else self.start + (real - self.anchor) * self.speed
 
     def real_seconds(self, simulated: float) -> float:
         """How long `simulated` seconds take in real time."""

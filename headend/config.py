@@ -262,6 +262,33 @@ class BillingConfig:
 
 
 @dataclass(frozen=True)
+class WorkOrdersConfig:
+    """Work orders for the meter service centres (`headend.workorders`): what creates
+    one by itself, and how soon a crew is due."""
+
+    interval: float = 900.0
+    """Seconds between passes that look for new causes (0: only `headend workorders
+    scan`)."""
+    lookback: int = 2 * 86_400
+    """Seconds of suspects, alarms and failed commands each pass looks at."""
+    silent_after: int = 2 * 86_400
+    """A meter not heard for longer than this gets an order (seconds of the
+    configured clock)."""
+    outage_share: float = 0.5
+    """When at least this share of a grid node's meters (3 or more) are silent
+    together, it is an outage, not a fault of each meter: no order per meter."""
+    theft_recheck: int = 30 * 86_400
+    """After an inspection closed without confirmed theft, seconds before the same
+    meter is sent for inspection again."""
+    due_urgent_hours: float = 24.0
+    """Hours a crew has for a priority 1 (urgent) order: a switching that failed."""
+    due_high_hours: float = 72.0
+    """Hours for priority 2: theft suspects, tamper alarms."""
+    due_normal_hours: float = 168.0
+    """Hours for priority 3: silent meters, clocks, batteries."""
+
+
+@dataclass(frozen=True)
 class ApprovalConfig:
     """Four eyes: what one person asks and a second, different person with the right
     role and regions approves before it runs (DESIGN.md section 10). The billing
@@ -450,6 +477,7 @@ class Config:
     billing: BillingConfig = field(default_factory=BillingConfig)
     http: HttpConfig = field(default_factory=HttpConfig)
     approval: ApprovalConfig = field(default_factory=ApprovalConfig)
+    workorders: WorkOrdersConfig = field(default_factory=WorkOrdersConfig)
     clock: ClockConfig = field(default_factory=ClockConfig)
     node: NodeConfig = field(default_factory=NodeConfig)
     link: LinkConfig = field(default_factory=LinkConfig)
@@ -529,6 +557,7 @@ SECTIONS: dict[str, type[Any]] = {
     "billing": BillingConfig,
     "http": HttpConfig,
     "approval": ApprovalConfig,
+    "workorders": WorkOrdersConfig,
     "clock": ClockConfig,
     "node": NodeConfig,
     "link": LinkConfig,
@@ -629,7 +658,22 @@ def load(path: Path | None = None, data_dir: Path | None = None) -> Config:
         raise ConfigError(f"{where}: [server] resume_backlog_bytes exceeds pause_backlog_bytes")
     _check_sources(cfg.server, where)
     _check_node(cfg, where)
+    _check_workorders(cfg, where)
     return cfg
+
+
+def _check_workorders(cfg: Config, where: str) -> None:
+    wo = cfg.workorders
+    if not 0.0 < wo.outage_share <= 1.0:
+        raise ConfigError(f"{where}: [workorders] outage_share must be above 0 and at most 1")
+    for key in ("lookback", "silent_after", "due_urgent_hours", "due_high_hours"):
+        if getattr(wo, key) <= 0:
+            raise ConfigError(f"{where}: [workorders] {key} must be positive")
+    if wo.due_normal_hours <= 0 or wo.theft_recheck < 0 or wo.interval < 0:
+        raise ConfigError(
+            f"{where}: [workorders] due_normal_hours must be positive, "
+            "theft_recheck and interval not negative"
+        )
 
 
 def _check_sources(srv: ServerConfig, where: str) -> None:

@@ -43,6 +43,10 @@ TABLES = (
     "sessions",
     "anomaly_findings",
     "policy_actions",
+    "work_orders",
+    "work_order_log",
+    "service_centres",
+    "account_flags",
 )
 """The documented tables and views of DESIGN.md section 5 (and the findings and
 policy actions people look at)."""
@@ -393,6 +397,10 @@ def region_conditions(db: str, regions: tuple[str, ...]) -> dict[str, str]:
         "commands": f"serial IN ({in_meters})",
         "command_status": f"serial IN ({in_meters})",
         "policy_actions": f"serial IN ({in_meters})",
+        "work_orders": f"region IN ({lit})",
+        "work_order_log": f"region IN ({lit})",
+        "service_centres": f"region IN ({lit})",
+        "account_flags": f"serial IN ({in_meters})",
         "balances": f"node_id IN ({in_nodes})",
         "sessions": f"hasAny(meters, (SELECT groupArray(serial) FROM ({in_meters})))",
     }

@@ -63,6 +63,10 @@ UP_TABLES = frozenset(
         # Keys a region changed (rotations), re-wrapped for the link: the centre keeps
         # them and passes them to the region's standby.
         "meter_keys",
+        # Field work: the region's centres, its work orders and what they flagged.
+        "service_centres",
+        "work_order_log",
+        "account_flags",
     }
 )
 # Master data the centre sends down to the region that owns it; people's accounts and
@@ -74,6 +78,7 @@ DOWN_TABLES = frozenset(
         "meter_titles",
         "meter_keys",
         "billing_accounts",
+        "service_centres",
         "users",
         "user_tokens",
     }

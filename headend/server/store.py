@@ -38,6 +38,7 @@ from headend.ownership import Ownership
 from headend.people import Principal
 from headend.scheduler import Scheduler
 from headend.server import access, ipc
+from headend.server.fieldwork import FieldWork
 from headend.server.keychanges import KeyChanges
 from headend.server.polled import PolledRows
 from headend.server.recovery import Recovery
@@ -198,6 +199,8 @@ class StoreService:
         self.waves = Waves(self)
         self.key_changes = KeyChanges(self)
         self.clock = Clock.from_config(cfg.clock)
+        # Work orders for the service centres (headend.workorders).
+        self.fieldwork = FieldWork(self)
 
     def invalidate(
         self, table: str, columns: list[str], rows: list[list[Any]], skip: int | None = None
@@ -867,6 +870,8 @@ class StoreService:
             return await access.admin_command(self.people, self.guard, self.store, who, req)
         if cmd.startswith("waves."):
             return await self.wave_request(cmd.removeprefix("waves."), req, who)
+        if cmd.startswith("workorders."):
+            return await self.fieldwork.request(cmd.removeprefix("workorders."), req, who)
         if cmd == "approvals":
             found = await loop.run_in_executor(None, self.submitter.approvals.visible, who)
             return {"pending": [r.public() for r in found]}
@@ -1117,6 +1122,7 @@ class StoreService:
             self._keep_balances(),
             self.commands.run(),
             self.waves.run(),
+            self.fieldwork.run(),
             self._schedule(),
             self._policy(),
         ]

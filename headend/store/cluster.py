@@ -51,6 +51,10 @@ SHARDING: dict[str, str] = {
     "audit": "cityHash64(user)",
     "approvals": "cityHash64(approval_id)",
     "waves": "cityHash64(wave_id)",
+    "service_centres": "cityHash64(centre_id)",
+    "work_order_log": "cityHash64(serial)",
+    "meter_seen": "cityHash64(meter)",
+    "account_flags": "cityHash64(account_id)",
     "schema_migrations": "version",
 }
 """Each table's sharding key: a function of its sorting key's first column."""

@@ -423,3 +423,81 @@ def title_owners(store: SqlAccess, db: str, titles: list[str]) -> dict[str, str]
     )
     has = {s: t for s, t in current}
     return {t: s for t, s in rows if has.get(s) == t}
+
+
+CENTRE_COLUMNS = ["centre_id", "name", "districts"]
+# A centre's telephone for the crews' lists, if the file has it.
+OPTIONAL_CENTRE_COLUMNS = ["phone"]
+
+
+def import_centres(
+    path: Path, store: SqlAccess, db: str = "ami", owner: Ownership | None = None
+) -> ImportReport:
+    """Meter service centres (``centre_id,name,districts[,phone]``; districts are grid
+    nodes of level district, separated by ``;``). A centre's districts lie in one
+    region; a district is covered by one centre (a re-import of a centre replaces its
+    districts)."""
+    report = ImportReport(str(path))
+    _, nodes = store.query(
+        f"SELECT node_id, argMax(level, updated_at), argMax(region, updated_at) "
+        f"FROM {db}.grid_nodes GROUP BY node_id"
+    )
+    districts = {r[0]: r[2] for r in nodes if r[1] == "district"}
+    _, stored = store.query(
+        f"SELECT centre_id, argMax(districts, updated_at) FROM {db}.service_centres "
+        f"GROUP BY centre_id"
+    )
+    covered = {d: c for c, ds in stored for d in ds}
+    seen: set[str] = set()
+    parsed: list[tuple[int, list[Any]]] = []
+    for line, r in _read(path, CENTRE_COLUMNS, report, OPTIONAL_CENTRE_COLUMNS):
+        try:
+            centre = r["centre_id"]
+            if not ID.match(centre):
+                raise ValueError(f"centre_id {centre!r} must be 1-64 letters, digits or _.:/-")
+            if centre in seen:
+                raise ValueError(f"centre_id {centre} appears twice in the file")
+            if not r["name"]:
+                raise ValueError("a centre needs a name")
+            mine = sorted({d.strip() for d in r["districts"].split(";") if d.strip()})
+            if not mine:
+                raise ValueError("a centre covers at least one district (districts: D1;D2)")
+            unknown = [d for d in mine if d not in districts]
+            if unknown:
+                raise ValueError(
+                    f"{', '.join(unknown)}: not grid nodes of level district "
+                    "(import the grid first)"
+                )
+            regions = sorted({districts[d] for d in mine})
+            if len(regions) > 1:
+                raise ValueError(f"its districts lie in several regions ({', '.join(regions)})")
+            region = regions[0]
+            if owner is not None and not owner.accepts(region):
+                raise ValueError(owner.why_not(f"service centre {centre}", region))
+        except ValueError as e:
+            report.bad.append((line, str(e)))
+            continue
+        seen.add(centre)
+        parsed.append((line, [centre, r["name"], region, mine, r.get("phone", "")]))
+    # The file's centres give up what they covered before; a district claimed twice
+    # goes to the first line that claims it.
+    covered = {d: c for d, c in covered.items() if c not in seen}
+    rows: list[list[Any]] = []
+    for line, row in parsed:
+        taken = [f"{d} ({covered[d]})" for d in row[3] if covered.get(d, row[0]) != row[0]]
+        if taken:
+            report.bad.append(
+                (line, f"district(s) already covered by another centre: {', '.join(taken)}")
+            )
+            continue
+        covered.update({d: row[0] for d in row[3]})
+        rows.append(row)
+    if rows:
+        now = _now()
+        store.insert_rows(
+            "service_centres",
+            ["centre_id", "name", "region", "districts", "phone", "updated_at"],
+            [[*row, now] for row in rows],
+        )
+    report.loaded = len(rows)
+    return report

@@ -40,7 +40,7 @@ from headend.config import Config
 from headend.errors import HeadendError
 from headend.ownership import Ownership
 from headend.people import AccessError, LoginError, People, Principal
-from headend.web import metrics, openapi, room
+from headend.web import metrics, openapi, room, workorders
 
 log = logging.getLogger("headend.web")
 
@@ -71,6 +71,10 @@ PERMISSION: dict[tuple[str, str], str] = {
     ("POST", "/api/waves"): "admin",
     ("POST", "/api/waves/{wave_id}/stop"): "admin",
     ("POST", "/api/waves/{wave_id}/resume"): "admin",
+    ("POST", "/api/workorders"): "work",
+    ("POST", "/api/workorders/{order_id}/assign"): "work",
+    ("POST", "/api/workorders/{order_id}/visit"): "work",
+    ("POST", "/api/workorders/{order_id}/close"): "work",
     ("POST", "/api/approvals/{approval_id}/approve"): "read",  # the request's role, checked
     ("POST", "/api/approvals/{approval_id}/reject"): "read",  # by the approvals
 }
@@ -87,6 +91,7 @@ class Backend(Protocol):
     owner: Ownership
     people: People
     submitter: Any
+    fieldwork: Any
 
     @property
     def store(self) -> Any: ...
@@ -936,6 +941,7 @@ class Api:
         r.add_post("/api/waves", self.start_wave)
         r.add_post("/api/waves/{wave_id}/stop", self.stop_wave)
         r.add_post("/api/waves/{wave_id}/resume", self.resume_wave)
+        workorders.add_routes(self, r)
         r.add_get("/api/summary", self.summary)
         r.add_get("/api/link", self.link)
         r.add_get("/api/nodes", self.nodes)

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from headend.web import workorders
+
 
 def _q(name: str, desc: str, type_: str = "string", **extra: Any) -> dict[str, Any]:
     return {
@@ -485,5 +487,6 @@ SPEC: dict[str, Any] = {
             [SERIAL],
             ok_status="202",
         ),
+        **workorders.spec(_get, _post, _q, _p),
     },
 }

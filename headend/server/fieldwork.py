@@ -1,0 +1,150 @@
+"""Field work in the store process: the work-order passes, and people's requests on
+work orders and service centres from the admin socket and the HTTP API
+(`headend.workorders` does the work; this runs it beside the event loop and leaves
+the audit rows)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING, Any
+
+from headend.errors import HeadendError
+from headend.workorders import ACTIONS, Book, Order, ScanReport
+
+if TYPE_CHECKING:
+    from headend.people import Principal
+    from headend.server.store import StoreService
+
+log = logging.getLogger("headend.workorders")
+
+READS = ("list", "show", "export", "precision", "centres")
+WRITES = ("scan", "create", *ACTIONS)
+
+
+class FieldWork:
+    def __init__(self, svc: StoreService) -> None:
+        self.svc = svc
+        self.book = Book(svc.store, svc.db, svc.cfg.workorders, svc.owner, svc.clock)
+        self.last: ScanReport | None = None
+
+    async def _run(self, fn: Any, *args: Any, **kw: Any) -> Any:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(None, lambda: fn(*args, **kw))
+
+    async def scan(self) -> ScanReport:
+        report: ScanReport = await self._run(self.book.scan)
+        self.last = report
+        if report.opened:
+            log.info("work orders: %s", report.summary())
+        return report
+
+    async def run(self) -> None:
+        """A pass every `[workorders] interval` seconds (after the first interval, so a
+        starting node's late data is in)."""
+        interval = self.svc.cfg.workorders.interval
+        if interval <= 0:
+            return
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.scan()
+            except Exception as e:
+                log.error("work-order pass failed (will retry): %s", e)
+
+    async def request(self, what: str, req: dict[str, Any], who: Principal) -> Any:
+        """`headend workorders WHAT` and /api/workorders for `who`."""
+        b = self.book
+        if what == "list":
+            orders: list[Order] = await self._run(
+                b.list,
+                who,
+                state=str(req.get("state") or ""),
+                cause=str(req.get("cause") or ""),
+                centre=str(req.get("centre") or ""),
+                region=str(req.get("region") or ""),
+                serial=str(req.get("serial") or ""),
+                limit=int(req.get("limit") or 1000),
+            )
+            if req.get("format") == "csv":
+                return {"csv": await self._run(b.export_csv, orders)}
+            return {"orders": [o.public() for o in orders]}
+        if what == "show":
+            order = await self._run(b.get, str(req.get("id") or ""), who)
+            return {**order.public(), "history": await self._run(b.history, order.order_id)}
+        if what == "precision":
+            return await self._run(b.precision, who)
+        if what == "centres":
+            return {"centres": await self._run(self.centres, who)}
+        if what not in WRITES:
+            raise HeadendError(f"unknown work-order request {what!r}")
+        try:
+            out = await self._write(what, req, who)
+        except HeadendError as e:
+            await self.svc.audit(
+                who,
+                f"workorders.{what}",
+                str(req.get("id") or req.get("serial") or ""),
+                "failed",
+                {"why": str(e)},
+            )
+            raise
+        return out
+
+    async def _write(self, what: str, req: dict[str, Any], who: Principal) -> Any:
+        b = self.book
+        if what == "scan":
+            who.require("admin", "run a work-order pass")
+            report = await self.scan()
+            await self.svc.audit(who, "workorders.scan", detail=report.as_dict())
+            return report.as_dict()
+        if what == "create":
+            prio = req.get("priority")
+            order = await self._run(
+                b.create,
+                who,
+                str(req.get("serial") or ""),
+                str(req.get("note") or ""),
+                None if prio is None else int(prio),
+            )
+        else:
+            kw = {k: req.get(k) for k in ("to", "centre", "note", "outcome", "new_serial")}
+            order = await self._run(b.change, who, str(req.get("id") or ""), what, **kw)
+        detail = {
+            k: v
+            for k, v in (
+                ("state", order.state),
+                ("serial", order.serial),
+                ("assignee", order.assignee),
+                ("centre", order.centre_id),
+                ("outcome", order.outcome),
+                ("new_serial", order.new_serial),
+                ("note", order.note),
+            )
+            if v
+        }
+        await self.svc.audit(who, f"workorders.{what}", order.order_id, detail=detail)
+        return order.public()
+
+    def centres(self, who: Principal) -> list[dict[str, Any]]:
+        """Service centres in `who`'s regions, with their open orders."""
+        scope = who.region_filter()
+        db = self.svc.db
+        where = ""
+        if scope is not None:
+            where = "HAVING region IN ({regions:Array(String)})"
+        _, rows = self.svc.store.query(
+            f"SELECT c.centre_id, c.name, c.region, c.districts, c.phone, "
+            f"ifNull(o.active, 0), ifNull(o.overdue, 0) FROM "
+            f"(SELECT centre_id, argMax(name, updated_at) AS name, "
+            f"argMax(region, updated_at) AS region, argMax(districts, updated_at) AS districts, "
+            f"argMax(phone, updated_at) AS phone FROM {db}.service_centres "
+            f"GROUP BY centre_id {where}) AS c "
+            f"LEFT JOIN (SELECT centre_id, countIf(state != 'closed') AS active, "
+            f"countIf(state != 'closed' AND due_at < toDateTime({{now:Int64}})) AS overdue "
+            f"FROM {db}.work_orders GROUP BY centre_id) AS o ON o.centre_id = c.centre_id "
+            f"ORDER BY c.region, c.centre_id",
+            {"regions": list(scope or ()), "now": int(self.svc.clock.now())},
+        )
+        keys = ("centre_id", "name", "region", "districts", "phone", "active", "overdue")
+        return [dict(zip(keys, r, strict=True)) for r in rows]
