@@ -1,6 +1,7 @@
-"""``headend centres`` and ``headend workorders``: the service centres and the work the
-head-end gives them (``headend/workorders.py``). Imports go to the store (or the
-running server); work orders live in the running server (its admin socket)."""
+"""``headend centres``, ``headend workorders`` and ``headend outages``: the service
+centres, the work the head-end gives them (``headend/workorders.py``) and the outages
+it sees (``headend/outages.py``). Imports go to the store (or the running server);
+work orders and outages are asked of the running server (its admin socket)."""
 
 from __future__ import annotations
 
@@ -198,3 +199,87 @@ def add_parsers(sub: Any, add_common: Callable[[argparse.ArgumentParser], None])
         add_common(sp)
         sp.add_argument("--json", action="store_true", help="machine-readable output")
         sp.set_defaults(func=cmd_workorders)
+
+
+OUTAGE_COLUMNS = (
+    "outage_id",
+    "level",
+    "node_id",
+    "district",
+    "start",
+    "minutes",
+    "consumers",
+    "reported",
+    "restored",
+    "balance_saw",
+    "sustained",
+)
+INDEX_COLUMNS = (
+    "unit",
+    "month",
+    "consumers",
+    "outages",
+    "customer_minutes",
+    "saidi_min",
+    "saifi",
+    "maifi",
+)
+
+
+def cmd_outages(args: argparse.Namespace) -> int:
+    from headend.balance import parse_time
+    from headend.cli import _fail, _print_rows
+
+    a = args.action
+    try:
+        if a == "list":
+            req: dict[str, Any] = {"region": args.region or "", "limit": args.limit}
+            if args.start:
+                req["start"] = parse_time(args.start)
+            if args.end:
+                req["end"] = parse_time(args.end)
+            out = _call(args, "outages.list", **req)
+            rows = [
+                [_local(o["started_at"]) if c == "start" else o[c] for c in OUTAGE_COLUMNS]
+                for o in out["outages"]
+            ]
+            _print_rows(list(OUTAGE_COLUMNS), rows, args.format)
+            return 0
+        if a == "indices":
+            month = args.month or dt.datetime.now(LOCAL).strftime("%Y-%m")
+            out = _call(args, "outages.indices", by=args.by, month=month)
+            rows = [[x[c] for c in INDEX_COLUMNS] for x in out["indices"]]
+            _print_rows(list(INDEX_COLUMNS), rows, args.format)
+            return 0
+        out = _call(args, f"outages.{a}", **({"id": args.id} if a == "show" else {}))
+    except HeadendError as e:
+        return _fail(e)
+    print(json.dumps(out, indent=1, ensure_ascii=False))
+    return 0
+
+
+def add_outage_parsers(sub: Any, add_common: Callable[[argparse.ArgumentParser], None]) -> None:
+    p = sub.add_parser(
+        "outages",
+        help="outages from the meters' power events; SAIDI, SAIFI, MAIFI",
+        description="Power-downs of most of a transformer's meters at once are its outage "
+        "(of a feeder, when most of its transformers go down together); each meter's "
+        "restoration is tracked by its power-up.",
+    )
+    osub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    ls = osub.add_parser("list", help="outages overlapping a time span (open ones first)")
+    ls.add_argument("--from", dest="start", metavar="T", help="default: a day ago")
+    ls.add_argument("--to", dest="end", metavar="T", help="default: now")
+    ls.add_argument("--region")
+    ls.add_argument("--limit", type=int, default=500)
+    ix = osub.add_parser("indices", help="SAIDI (minutes), SAIFI and MAIFI for a month")
+    ix.add_argument("--by", choices=("district", "region", "republic"), default="district")
+    ix.add_argument("--month", metavar="YYYY-MM", help="a local month (default: this one)")
+    for sp in (ls, ix):
+        sp.add_argument("--format", choices=("table", "csv", "json"), default="table")
+    sh = osub.add_parser("show", help="one outage, meter by meter (JSON)")
+    sh.add_argument("id", metavar="OUTAGE_ID")
+    sc = osub.add_parser("scan", help="group the power events now (admins)")
+    for sp in (ls, ix, sh, sc):
+        add_common(sp)
+        sp.set_defaults(func=cmd_outages)

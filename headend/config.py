@@ -289,6 +289,24 @@ class WorkOrdersConfig:
 
 
 @dataclass(frozen=True)
+class OutagesConfig:
+    """Outages from the meters' power events (`headend.outages`)."""
+
+    interval: float = 300.0
+    """Seconds between passes that group power events into outages (0: only
+    `headend outages scan`)."""
+    lookback: int = 2 * 86_400
+    """Seconds of power events each pass reads (further back while one is open)."""
+    group_window: float = 300.0
+    """Power-downs within this many seconds of the first are one outage."""
+    min_share: float = 0.5
+    """Share of a node's meters (at least two) that must go down together for an
+    outage of the node; of a feeder's transformers, for the feeder's."""
+    sustained: float = 300.0
+    """Seconds from which an outage is sustained (SAIDI, SAIFI); shorter: momentary."""
+
+
+@dataclass(frozen=True)
 class ApprovalConfig:
     """Four eyes: what one person asks and a second, different person with the right
     role and regions approves before it runs (DESIGN.md section 10). The billing
@@ -478,6 +496,7 @@ class Config:
     http: HttpConfig = field(default_factory=HttpConfig)
     approval: ApprovalConfig = field(default_factory=ApprovalConfig)
     workorders: WorkOrdersConfig = field(default_factory=WorkOrdersConfig)
+    outages: OutagesConfig = field(default_factory=OutagesConfig)
     clock: ClockConfig = field(default_factory=ClockConfig)
     node: NodeConfig = field(default_factory=NodeConfig)
     link: LinkConfig = field(default_factory=LinkConfig)
@@ -558,6 +577,7 @@ SECTIONS: dict[str, type[Any]] = {
     "http": HttpConfig,
     "approval": ApprovalConfig,
     "workorders": WorkOrdersConfig,
+    "outages": OutagesConfig,
     "clock": ClockConfig,
     "node": NodeConfig,
     "link": LinkConfig,
@@ -663,6 +683,14 @@ def load(path: Path | None = None, data_dir: Path | None = None) -> Config:
 
 
 def _check_workorders(cfg: Config, where: str) -> None:
+    out = cfg.outages
+    if not 0.0 < out.min_share <= 1.0:
+        raise ConfigError(f"{where}: [outages] min_share must be above 0 and at most 1")
+    if out.lookback <= 0 or out.group_window <= 0 or out.sustained < 0 or out.interval < 0:
+        raise ConfigError(
+            f"{where}: [outages] lookback and group_window must be positive, "
+            "sustained and interval not negative"
+        )
     wo = cfg.workorders
     if not 0.0 < wo.outage_share <= 1.0:
         raise ConfigError(f"{where}: [workorders] outage_share must be above 0 and at most 1")

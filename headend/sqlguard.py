@@ -47,6 +47,8 @@ TABLES = (
     "work_order_log",
     "service_centres",
     "account_flags",
+    "outages",
+    "outage_meters",
 )
 """The documented tables and views of DESIGN.md section 5 (and the findings and
 policy actions people look at)."""
@@ -401,6 +403,8 @@ def region_conditions(db: str, regions: tuple[str, ...]) -> dict[str, str]:
         "work_order_log": f"region IN ({lit})",
         "service_centres": f"region IN ({lit})",
         "account_flags": f"serial IN ({in_meters})",
+        "outages": f"region IN ({lit})",
+        "outage_meters": f"meter IN ({in_meters})",
         "balances": f"node_id IN ({in_nodes})",
         "sessions": f"hasAny(meters, (SELECT groupArray(serial) FROM ({in_meters})))",
     }

@@ -200,6 +200,7 @@ def run(args: argparse.Namespace) -> int:
         anchor=anchor,
     )
     he.import_fleet(fleet / "grid.csv", fleet / "meters.csv")
+    he.cli("centres", "import", str(fleet / "service_centres.csv"))
     # People: an admin of the republic and an operator of Tashkent city, each with a
     # password made now (the page asks for a login; API scripts use personal tokens).
     people = he.add_people({"admin": ("admin", "*"), "tashkent": ("viewer,operator", "UZ-TK")})

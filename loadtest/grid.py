@@ -477,6 +477,30 @@ def write(fleet: Fleet, out: Path) -> None:
         w.writerow(METER_HEADER)
         w.writerows(fleet.meters)
     (out / "ground_truth.json").write_text(json.dumps(fleet.truth, indent=1) + "\n")
+    write_centres(fleet, out / "service_centres.csv")
+
+
+def write_centres(fleet: Fleet, path: Path) -> None:
+    """A meter service centre for every two districts of a region (headend centres
+    import)."""
+    by_region: dict[str, list[Node]] = {}
+    for n in fleet.nodes:
+        if n.level == "district":
+            by_region.setdefault(n.parent, []).append(n)
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["centre_id", "name", "districts", "phone"])
+        for r, (region, districts) in enumerate(by_region.items()):
+            for k in range(0, len(districts), 2):
+                pair = districts[k : k + 2]
+                w.writerow(
+                    [
+                        f"SC-{region}-{k // 2 + 1}",
+                        f"{pair[0].name} service centre",
+                        ";".join(d.node_id for d in pair),
+                        f"+998 71 {200 + r:03d} {k // 2:02d} 00",
+                    ]
+                )
 
 
 def generate(

@@ -346,3 +346,125 @@ def test_each_cause_opens_one_order_for_its_centre_and_crews_close_them(tmp_path
             "SELECT user FROM ami.audit WHERE action = 'workorders.assign' AND outcome = 'failed'"
         )
         assert ["far"] in refused
+
+
+OUTAGE_GRID = """node_id,parent_id,level,commodity,name,admin_unit,lat,lon
+UZ,,republic,any,Uzbekistan,UZ,41.3,69.2
+TAS,UZ,region,any,Tashkent city,TAS,41.31,69.28
+D-1,TAS,district,any,Yunusobod,TAS,41.36,69.28
+D-2,TAS,district,any,Chilonzor,TAS,41.28,69.2
+F-1,D-1,feeder,electricity,Feeder 1,TAS,41.36,69.29
+TR-A,F-1,transformer,electricity,TP-A,TAS,41.36,69.29
+TR-B,F-1,transformer,electricity,TP-B,TAS,41.36,69.3
+TR-C,F-1,transformer,electricity,TP-C,TAS,41.37,69.3
+TR-D,D-2,transformer,electricity,TP-D,TAS,41.28,69.21
+"""
+
+
+def test_power_events_become_outages_with_restoration_and_indices(tmp_path: Path) -> None:
+    layout = {
+        "TR-A": ["a1", "a2"],
+        "TR-B": ["b1", "b2"],
+        "TR-C": ["c1", "c2", "c3"],
+        "TR-D": ["d1", "d2", "d3"],
+    }
+    ms: dict[str, Meter] = {}
+    for node, serials in layout.items():
+        for s in serials:
+            ms[s] = meter(s, len(ms) + 1, node)
+    ms["bC"] = meter("bC", 50, "TR-C", "e3ph")  # TR-C's balance meter
+    fleet = tmp_path / "fleet"
+    fleet.mkdir()
+    (fleet / "grid.csv").write_text(OUTAGE_GRID)
+    lines = [m.csv() for m in ms.values()]
+    lines[-1] = lines[-1].replace(",consumer,", ",balance,")
+    (fleet / "meters.csv").write_text(HEADER + "\n".join(lines) + "\n")
+    now = int(time.time())
+    t0 = now - 3 * 3600  # TR-C out for 15 minutes (c3 back last)
+    t1 = t0 + 3600  # a1 alone: that consumer's matter, not an outage
+    t2 = t0 + 1800  # TR-A and TR-B together: most of feeder F-1, for 2 minutes
+    t3 = now - 1800  # TR-D out, only d1 back yet
+    events: list[tuple[str, int, int]] = [
+        *((s, t0 + i, 1) for i, s in enumerate(("c1", "c2", "c3"))),
+        ("bC", t0 + 5, 1),
+        ("c1", t0 + 600, 2),
+        ("c2", t0 + 600, 2),
+        ("bC", t0 + 600, 2),
+        ("c3", t0 + 900, 2),
+        ("a1", t1, 1),
+        ("a1", t1 + 100, 2),
+        *((s, t2 + i, 1) for i, s in enumerate(("a1", "a2", "b1", "b2"))),
+        *((s, t2 + 120, 2) for s in ("a1", "a2", "b1", "b2")),
+        *((s, t3, 1) for s in ("d1", "d2", "d3")),
+        ("d1", t3 + 60, 2),
+    ]
+    with running(
+        tmp_path / "srv",
+        [],
+        fleet=fleet,
+        store_settings={"balance_interval": 0.0},
+        sections={
+            "commands": {"schedule_interval": 0.0},
+            "billing": {"interval": 0.0},
+            "workorders": {"interval": 0.0},
+            "outages": {"interval": 0.0},
+        },
+    ) as srv:
+        p = srv.pusher()
+        # Half before the first pass, half after: a later pass completes the outages
+        # the first saw, under the same ids.
+        half = len(events) // 2
+        for serial, t, code in events[:half]:
+            p.send(p.frame(ms[serial].event(code, dt.datetime.fromtimestamp(t, dt.UTC))))
+        srv.wait_for("SELECT count() FROM ami.events", half)
+        srv.admin("outages.scan")
+        first = {o["node_id"]: o["outage_id"] for o in srv.admin("outages.list")["outages"]}
+        for serial, t, code in events[half:]:
+            p.send(p.frame(ms[serial].event(code, dt.datetime.fromtimestamp(t, dt.UTC))))
+        srv.wait_for("SELECT count() FROM ami.events", len(events))
+        report = srv.admin("outages.scan")
+        assert (report["outages"], report["ongoing"], report["feeders"]) == (3, 1, 1), report
+        assert report["single_meter"] == 1  # a1 alone
+
+        got = {o["node_id"]: o for o in srv.admin("outages.list")["outages"]}
+        assert set(got) == {"TR-C", "F-1", "TR-D"}
+        c = got["TR-C"]
+        assert first["TR-C"] == c["outage_id"]
+        assert (c["started_at"], c["ended_at"], c["minutes"]) == (t0, t0 + 900, 15.0)
+        assert (c["consumers"], c["reported"], c["restored"]) == (3, 3, 3)
+        assert (c["balance_saw"], c["sustained"], c["district"]) == (1, 1, "D-1")
+        f = got["F-1"]
+        assert (f["level"], f["started_at"], f["ended_at"]) == ("feeder", t2, t2 + 120)
+        assert (f["consumers"], f["reported"], f["restored"]) == (7, 4, 4)
+        assert (f["balance_saw"], f["sustained"]) == (-1, 0)  # no feeder-head meter
+        d = got["TR-D"]
+        assert d["ongoing"]
+        assert (d["consumers"], d["reported"], d["restored"]) == (3, 3, 1)
+        shown = srv.admin("outages.show", id=d["outage_id"])
+        assert shown["not_restored"] == ["d2", "d3"]
+        feeder = srv.admin("outages.show", id=f["outage_id"])
+        assert {m["meter"] for m in feeder["meters"]} == {"a1", "a2", "b1", "b2"}
+        # The transformer outages were merged into the feeder's.
+        assert srv.sql(
+            "SELECT node_id, merged_into FROM ami.outages FINAL WHERE merged_into != '' "
+            "ORDER BY node_id"
+        ) == [["TR-A", f["outage_id"]], ["TR-B", f["outage_id"]]]
+
+        # SAIDI, SAIFI, MAIFI of district D-1 (7 consumers) for TR-C's month: 3
+        # consumers out 15 minutes (sustained); 7 out 2 minutes (momentary) if the
+        # feeder's outage fell in the same local month.
+        local = dt.timezone(dt.timedelta(hours=5))
+        month = dt.datetime.fromtimestamp(t0, local).strftime("%Y-%m")
+        same = dt.datetime.fromtimestamp(t2, local).strftime("%Y-%m") == month
+        ix = {
+            x["unit"]: x
+            for x in srv.admin("outages.indices", by="district", month=month)["indices"]
+        }
+        assert ix["D-1"]["consumers"] == 7
+        assert ix["D-1"]["saidi_min"] == pytest.approx(3 * 15 / 7, abs=1e-3)
+        assert ix["D-1"]["saifi"] == pytest.approx(3 / 7, abs=1e-4)
+        assert ix["D-1"]["maifi"] == pytest.approx(1.0 if same else 0.0)
+        with pytest.raises(AssertionError, match="YYYY-MM"):
+            srv.cli("outages", "indices", "--month", "12/2026")
+        out = srv.cli("outages", "list", "--format", "csv").stdout
+        assert out.count("\n") == 4  # the header and three outages

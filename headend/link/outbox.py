@@ -67,6 +67,8 @@ UP_TABLES = frozenset(
         "service_centres",
         "work_order_log",
         "account_flags",
+        "outages",
+        "outage_meters",
     }
 )
 # Master data the centre sends down to the region that owns it; people's accounts and

@@ -1,15 +1,18 @@
-"""Field work in the store process: the work-order passes, and people's requests on
-work orders and service centres from the admin socket and the HTTP API
-(`headend.workorders` does the work; this runs it beside the event loop and leaves
-the audit rows)."""
+"""Field work in the store process: the work-order and outage passes, and people's
+requests on work orders, service centres and outages from the admin socket and the
+HTTP API (`headend.workorders` and `headend.outages` do the work; this runs it
+beside the event loop and leaves the audit rows)."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import TYPE_CHECKING, Any
 
 from headend.errors import HeadendError
+from headend.outages import Outages
+from headend.outages import ScanReport as OutageReport
 from headend.workorders import ACTIONS, Book, Order, ScanReport
 
 if TYPE_CHECKING:
@@ -26,7 +29,9 @@ class FieldWork:
     def __init__(self, svc: StoreService) -> None:
         self.svc = svc
         self.book = Book(svc.store, svc.db, svc.cfg.workorders, svc.owner, svc.clock)
+        self.outages = Outages(svc.store, svc.db, svc.cfg.outages, svc.owner, svc.clock)
         self.last: ScanReport | None = None
+        self.last_outages: dict[str, Any] | None = None
 
     async def _run(self, fn: Any, *args: Any, **kw: Any) -> Any:
         loop = asyncio.get_running_loop()
@@ -40,17 +45,64 @@ class FieldWork:
         return report
 
     async def run(self) -> None:
-        """A pass every `[workorders] interval` seconds (after the first interval, so a
-        starting node's late data is in)."""
-        interval = self.svc.cfg.workorders.interval
-        if interval <= 0:
+        """The passes: outages every `[outages] interval`, work orders every
+        `[workorders] interval` (each after its first interval, so a starting node's
+        late data is in), outages first, so silent meters of an outage are known."""
+        cfg = self.svc.cfg
+        every = {"outages": cfg.outages.interval, "workorders": cfg.workorders.interval}
+        every = {k: v for k, v in every.items() if v > 0}
+        if not every:
             return
+        due = {k: time.monotonic() + v for k, v in every.items()}
         while True:
-            await asyncio.sleep(interval)
-            try:
-                await self.scan()
-            except Exception as e:
-                log.error("work-order pass failed (will retry): %s", e)
+            await asyncio.sleep(max(0.0, min(due.values()) - time.monotonic()))
+            for what in ("outages", "workorders"):
+                if what not in due or due[what] > time.monotonic():
+                    continue
+                due[what] = time.monotonic() + every[what]
+                try:
+                    if what == "outages":
+                        await self.scan_outages()
+                    else:
+                        await self.scan()
+                except Exception as e:
+                    log.error("%s pass failed (will retry): %s", what, e)
+
+    async def scan_outages(self) -> dict[str, Any]:
+        found: OutageReport = await self._run(self.outages.scan)
+        report = found.as_dict()
+        self.last_outages = report
+        return report
+
+    async def outage_request(self, what: str, req: dict[str, Any], who: Principal) -> Any:
+        """`headend outages WHAT` and /api/outages for `who`."""
+        o = self.outages
+        if what == "list":
+            now = int(self.svc.clock.now())
+            start = int(req.get("start") or now - 86_400)
+            end = int(req.get("end") or now + 1)
+            rows = await self._run(
+                o.listing,
+                who,
+                start=start,
+                end=end,
+                region=str(req.get("region") or ""),
+                limit=int(req.get("limit") or 500),
+            )
+            return {"outages": rows}
+        if what == "show":
+            return await self._run(o.show, who, str(req.get("id") or ""))
+        if what == "indices":
+            rows = await self._run(
+                o.indices, who, str(req.get("by") or "district"), str(req.get("month") or "")
+            )
+            return {"indices": rows}
+        if what == "scan":
+            who.require("admin", "run an outage pass")
+            report = await self.scan_outages()
+            await self.svc.audit(who, "outages.scan", detail=report)
+            return report
+        raise HeadendError(f"unknown outage request {what!r}")
 
     async def request(self, what: str, req: dict[str, Any], who: Principal) -> Any:
         """`headend workorders WHAT` and /api/workorders for `who`."""

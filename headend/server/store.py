@@ -872,6 +872,8 @@ class StoreService:
             return await self.wave_request(cmd.removeprefix("waves."), req, who)
         if cmd.startswith("workorders."):
             return await self.fieldwork.request(cmd.removeprefix("workorders."), req, who)
+        if cmd.startswith("outages."):
+            return await self.fieldwork.outage_request(cmd.removeprefix("outages."), req, who)
         if cmd == "approvals":
             found = await loop.run_in_executor(None, self.submitter.approvals.visible, who)
             return {"pending": [r.public() for r in found]}

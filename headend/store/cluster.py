@@ -55,6 +55,8 @@ SHARDING: dict[str, str] = {
     "work_order_log": "cityHash64(serial)",
     "meter_seen": "cityHash64(meter)",
     "account_flags": "cityHash64(account_id)",
+    "outages": "cityHash64(outage_id)",
+    "outage_meters": "cityHash64(outage_id)",
     "schema_migrations": "version",
 }
 """Each table's sharding key: a function of its sorting key's first column."""

@@ -1,6 +1,7 @@
-"""The HTTP side of field work: work orders and service centres
-(``headend.workorders``, run by the store's ``FieldWork``). Reads are the person's
-regions; changes need the service role (``PERMISSION`` in ``headend.web.app``)."""
+"""The HTTP side of field work: work orders, service centres and outages
+(``headend.workorders``, ``headend.outages``, run by the store's ``FieldWork``).
+Reads are the person's regions; changes need the service role (``PERMISSION`` in
+``headend.web.app``)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from headend.outages import UNITS, OutageError
 from headend.workorders import CAUSES, OUTCOMES, STATES, NoSuchOrder
 
 if TYPE_CHECKING:
@@ -88,6 +90,45 @@ def add_routes(api: Api, r: web.UrlDispatcher) -> None:
     for what in ("assign", "visit", "close"):
         r.add_post(f"/api/workorders/{{order_id}}/{what}", change(what))
     r.add_get("/api/service-centres", centres)
+    add_outage_routes(api, r)
+
+
+def add_outage_routes(api: Api, r: web.UrlDispatcher) -> None:
+    from headend.web.app import HttpError, ok
+
+    async def outages(request_: web.Request) -> web.Response:
+        start, end = api._window(request_, 86_400)
+        req = {
+            "start": start,
+            "end": end,
+            "region": request_.query.get("region", ""),
+            "limit": api._int(request_, "limit", 500),
+        }
+        return ok(await api.b.fieldwork.outage_request("list", req, api.who(request_)))
+
+    async def indices(request_: web.Request) -> web.Response:
+        by = request_.query.get("by", "district")
+        month = request_.query.get("month", "")
+        if by not in UNITS:
+            raise HttpError(400, f"by is one of {', '.join(UNITS)}")
+        try:
+            out = await api.b.fieldwork.outage_request(
+                "indices", {"by": by, "month": month}, api.who(request_)
+            )
+        except OutageError as e:
+            raise HttpError(400, str(e)) from None
+        return ok(out)
+
+    async def outage(request_: web.Request) -> web.Response:
+        req = {"id": request_.match_info["outage_id"]}
+        try:
+            return ok(await api.b.fieldwork.outage_request("show", req, api.who(request_)))
+        except OutageError as e:
+            raise HttpError(404, str(e)) from None
+
+    r.add_get("/api/outages", outages)
+    r.add_get("/api/outages/indices", indices)
+    r.add_get("/api/outages/{outage_id}", outage)
 
 
 def spec(get: Any, post: Any, q: Any, p: Any) -> dict[str, Any]:
@@ -141,6 +182,29 @@ def spec(get: Any, post: Any, q: Any, p: Any) -> dict[str, Any]:
                 **note,
             },
             order,
+        ),
+        "/api/outages": get(
+            "outages overlapping [from, to) (default: the last day), open ones first, in "
+            "the person's regions: node, start, minutes, consumers cut off, meters that "
+            "reported it and came back, whether the balance meter saw it",
+            [
+                q("from", "start: ISO date or date-time (Tashkent) or Unix seconds"),
+                q("to", "end (exclusive); default now"),
+                q("region", "one region"),
+                q("limit", "most outages", "integer", minimum=1, maximum=10_000),
+            ],
+        ),
+        "/api/outages/indices": get(
+            "SAIDI (minutes), SAIFI and MAIFI for a local month per district, region or "
+            "the republic",
+            [
+                q("by", "district, region or republic", enum=list(UNITS)),
+                q("month", "YYYY-MM (Tashkent)"),
+            ],
+        ),
+        "/api/outages/{outage_id}": get(
+            "one outage, meter by meter: when each went down and came back",
+            [p("outage_id", "the outage's id")],
         ),
         "/api/service-centres": get(
             "service centres in the person's regions, their districts and their active "

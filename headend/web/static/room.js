@@ -366,7 +366,7 @@ async function refresh() {
       const roots = await api("/api/nodes?level=republic");
       state.node = roots.nodes.length ? roots.nodes[0].node_id : null;
     }
-    const [link, regions, losses, suspects, alarms, queue, waves] = await Promise.all([
+    const [link, regions, losses, suspects, alarms, queue, waves, centres, orders] = await Promise.all([
       api("/api/link"),
       api("/api/nodes?level=region"),
       api("/api/losses?level=transformer&top=10&min_completeness=0.5"),
@@ -374,6 +374,8 @@ async function refresh() {
       api("/api/alarms?limit=12"),
       api("/api/commands?kind=disconnect,reconnect,rekey,firmware&limit=12"),
       api("/api/waves"),
+      api("/api/service-centres"),
+      api("/api/workorders?state=active&limit=12"),
     ]);
     drawLink(link);
     const table = $("regions");
@@ -407,6 +409,21 @@ async function refresh() {
       `<td class="num">${fmt(w.outcomes.failed || 0, 0)}</td>` +
       `<td class="num">${w.to_go === null ? "" : fmt(w.to_go, 0)}</td></tr>`),
       "no waves");
+    fill("centres", centres.centres.map((c) =>
+      `<tr><td title="${esc(c.phone)}">${esc(c.name)}</td><td>${esc(c.region)}</td>` +
+      `<td>${esc(c.districts.join(", "))}</td><td class="num">${fmt(c.active, 0)}</td>` +
+      `<td class="num ${c.overdue ? "state-failed" : ""}">${fmt(c.overdue, 0)}</td></tr>`),
+      "no service centres imported (headend centres import)");
+    const nowS = s.now;  // the store's clock (the demo's runs fast)
+    fill("workorders", orders.orders.map((o) =>
+      `<tr class="click" data-node="${esc(o.node_id)}">` +
+      `<td class="${o.due_at < nowS ? "state-failed" : ""}">` +
+      `${timeOf(new Date(o.due_at * 1000).toISOString())}</td>` +
+      `<td class="num">${o.priority}</td><td>${esc(o.cause.replace("_", " "))}</td>` +
+      `<td>${esc(o.serial)}</td><td>${esc(o.centre_id || "none")}</td>` +
+      `<td class="state-${esc(o.state)}">${esc(o.state)}</td></tr>`),
+      "no open work orders");
+    clickable("workorders");
     if (state.node) await refreshNode();
     state.lastOk = new Date();
     $("status").textContent = "live · updated " + state.lastOk.toLocaleTimeString();
