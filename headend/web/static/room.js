@@ -133,6 +133,21 @@ for (let lon = 56; lon <= 74; lon += 2) {
 }
 const links = L.layerGroup().addTo(map);
 const marks = L.layerGroup().addTo(map);
+// Outages in the last day (open ones in red), drawn over the grid.
+const outageMarks = L.layerGroup().addTo(map);
+
+function drawOutages(outages) {
+  outageMarks.clearLayers();
+  for (const o of outages) {
+    if (o.lat === null || o.lon === null) continue;
+    L.circleMarker([o.lat, o.lon], {
+      radius: 9 + Math.min(12, Math.sqrt(o.consumers)), color: o.ongoing ? "#ff4d4d" : "#d9a441",
+      weight: 2, fill: false, dashArray: o.ongoing ? null : "4 3",
+    }).bindTooltip(`${o.level} ${o.name || o.node_id}: ${o.ongoing ? "out" : "was out"} ` +
+      `${o.minutes} min, ${o.consumers} consumers, ${o.restored}/${o.reported} back`)
+      .addTo(outageMarks);
+  }
+}
 
 function radius(node, maxLoad) {
   const load = (node.load || {})[mainCommodity(node)] || 0;
@@ -366,7 +381,8 @@ async function refresh() {
       const roots = await api("/api/nodes?level=republic");
       state.node = roots.nodes.length ? roots.nodes[0].node_id : null;
     }
-    const [link, regions, losses, suspects, alarms, queue, waves, centres, orders] = await Promise.all([
+    const [link, regions, losses, suspects, alarms, queue, waves, centres, orders, outages] =
+      await Promise.all([
       api("/api/link"),
       api("/api/nodes?level=region"),
       api("/api/losses?level=transformer&top=10&min_completeness=0.5"),
@@ -376,7 +392,18 @@ async function refresh() {
       api("/api/waves"),
       api("/api/service-centres"),
       api("/api/workorders?state=active&limit=12"),
+      api("/api/outages?limit=200"),
     ]);
+    drawOutages(outages.outages);
+    fill("outages", outages.outages.slice(0, 12).map((o) =>
+      `<tr class="click" data-node="${esc(o.node_id)}">` +
+      `<td>${timeOf(new Date(o.started_at * 1000).toISOString())}</td>` +
+      `<td>${esc(o.level)} ${esc(o.name || o.node_id)}</td>` +
+      `<td class="num ${o.ongoing ? "state-failed" : ""}">${fmt(o.minutes, 0)}${o.ongoing ? "+" : ""}</td>` +
+      `<td class="num">${fmt(o.consumers, 0)}</td><td class="num">${o.restored}/${o.reported}</td>` +
+      `<td>${o.balance_saw === 1 ? "yes" : o.balance_saw === 0 ? "no" : "–"}</td></tr>`),
+      "no outages in the last day");
+    clickable("outages");
     drawLink(link);
     const table = $("regions");
     table.dataset.day = regions.day;
