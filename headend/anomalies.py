@@ -45,6 +45,8 @@ WEIGHTS = {
     "consuming_while_off": 3,
 }
 SUSPECT_SCORE = 2
+# Hours on supply and switched on a meter needs in the window to be compared at all.
+MIN_HOURS = 6
 COLUMNS = [
     "window_start",
     "window_end",
@@ -147,6 +149,21 @@ def _findings(
         balance.obis_int(balance.ELECTRICITY_IMPORT),
         balance.obis_int(balance.ELECTRICITY_EXPORT),
     )
+    _, members = store.query(
+        f"SELECT serial, node_id FROM {db}.meters FINAL "
+        "WHERE role = 'consumer' AND node_id IN %(nodes)s",
+        {"nodes": sorted(lossy)},
+    )
+    # Hours a meter was switched off by us or had no supply say nothing of theft: they
+    # are left out of every rule that compares how much it consumed.
+    off = unavailable(store, [m for m, _ in members], dict(members), start - span, end)
+    pairs = sorted((m, h) for m, hours in off.items() for h in hours)
+    # (Reverse energy stays evidence in them.)
+    skip = (
+        "AND NOT (obis = %(imp)s AND (meter, toInt64(interval_start)) IN %(off)s) "
+        if pairs
+        else ""
+    )
     _, rows = store.query(
         "SELECT c.meter, m.node_id, "
         "sumIf(c.value, c.obis = %(imp)s AND c.interval_start >= toDateTime(%(a)s)) AS now_, "
@@ -158,7 +175,7 @@ def _findings(
         f"FROM (SELECT meter, obis, interval_start, value FROM {db}.consumption FINAL "
         "      WHERE obis IN (%(imp)s, %(exp)s) AND quality != 'invalid' "
         "      AND interval_start >= toDateTime(%(before)s) "
-        "      AND interval_start < toDateTime(%(b)s)) AS c "
+        f"      AND interval_start < toDateTime(%(b)s) {skip}) AS c "
         f"INNER JOIN (SELECT serial, node_id FROM {db}.meters FINAL "
         "            WHERE role = 'consumer' AND node_id IN %(nodes)s) AS m "
         "ON c.meter = m.serial GROUP BY c.meter, m.node_id",
@@ -169,33 +186,50 @@ def _findings(
             "b": end,
             "before": start - span,
             "nodes": sorted(lossy),
+            "off": pairs,
         },
     )
     meters = [r[0] for r in rows]
     tamper = _tamper_events(store, meters, start, end)
-    off = _consuming_while_off(store, meters, start, end)
+    while_off = _consuming_while_off(store, meters, start, end)
     by_node: dict[str, list[tuple[Any, ...]]] = {}
     for r in rows:
         by_node.setdefault(r[1], []).append(r)
     findings: list[Finding] = []
-    for node, members in by_node.items():
-        for meter, _, now_, before, before_hours, hours, sd, export in members:
+    for node, members_ in by_node.items():
+        # Compared per hour on supply and switched on: a debtor switched off half the
+        # window is judged on the other half.
+        rates = {r[0]: float(r[2]) / r[5] for r in members_ if r[5] >= MIN_HOURS}
+        for meter, _, now_, before, before_hours, hours, sd, export in members_:
             f = Finding(meter, node, round(lossy[node], 2))
-            peers = [float(p[2]) for p in members if p[0] != meter]
+            excluded = sum(1 for h in off.get(meter, ()) if h >= start)
+            peers = [v for m, v in rates.items() if m != meter]
             median = statistics.median(peers) if peers else 0.0
-            if median > 0 and now_ < peer_ratio * median:
-                f.add("low_vs_peers", kwh=round(now_, 3), peer_median_kwh=round(median, 3))
-            full_history = before_hours >= 0.8 * hours > 0
-            if full_history and before > 0 and now_ < history_ratio * before:
-                f.add("drop_vs_history", kwh=round(now_, 3), before_kwh=round(before, 3))
+            rate = float(now_) / hours if hours else 0.0
+            if hours >= MIN_HOURS and median > 0 and rate < peer_ratio * median:
+                f.add(
+                    "low_vs_peers",
+                    kwh_per_h=round(rate, 4),
+                    peer_median_kwh_per_h=round(median, 4),
+                    hours=hours,
+                    hours_excluded=excluded,
+                )
+            full_history = before_hours >= 0.8 * hours >= MIN_HOURS
+            before_rate = float(before) / before_hours if before_hours else 0.0
+            if full_history and before_rate > 0 and rate < history_ratio * before_rate:
+                f.add(
+                    "drop_vs_history",
+                    kwh_per_h=round(rate, 4),
+                    before_kwh_per_h=round(before_rate, 4),
+                )
             if meter in tamper:
                 f.add("tamper_events", events=tamper[meter])
             if hours >= 12 and (now_ <= 1e-6 or sd <= 1e-6) and median > 0:
                 f.add("zero_or_flat", kwh=round(now_, 3), hourly_sd=round(sd, 6), hours=hours)
             if export > 0.01:
                 f.add("reverse_energy", export_kwh=round(export, 3))
-            if meter in off:
-                f.add("consuming_while_off", **off[meter])
+            if meter in while_off:
+                f.add("consuming_while_off", **while_off[meter])
             if f.rules:
                 findings.append(f)
     findings.sort(key=lambda f: (-f.score, f.node_id, f.meter))
@@ -246,27 +280,110 @@ def _tamper_events(
 def _consuming_while_off(
     store: Any, meters: list[str], start: int, end: int
 ) -> dict[str, dict[str, Any]]:
-    """Hours where the meter's disconnector reported off and it still registered more
-    than 0.05 kWh."""
+    """Hours where the meter's disconnector reported off all through the hour and the
+    hour before (not the hour it was switched in, which holds what came before the
+    switch) and it still registered more than 0.05 kWh."""
     if not meters:
         return {}
     db = store.db
     _, rows = store.query(
-        "SELECT c.meter, count() AS hours, round(sum(c.value), 3) AS kwh FROM "
-        f"(SELECT meter, interval_start, value FROM {db}.consumption FINAL "
-        "  WHERE meter IN %(m)s AND obis = %(imp)s AND quality != 'invalid' AND value > 0.05 "
-        "  AND interval_start >= toDateTime(%(a)s) AND interval_start < toDateTime(%(b)s)) AS c "
-        "INNER JOIN "
-        f"(SELECT DISTINCT meter, toStartOfHour(ts) AS h FROM {db}.readings "
-        "  WHERE meter IN %(m)s AND obis = %(state)s AND value = 0 "
-        "  AND ts >= toDateTime(%(a)s) AND ts < toDateTime(%(b)s)) AS s "
-        "ON c.meter = s.meter AND c.interval_start = s.h GROUP BY c.meter",
+        f"SELECT meter, toInt64(toStartOfHour(ts)) AS h FROM {db}.readings "
+        "WHERE meter IN %(m)s AND obis = %(state)s "
+        "AND ts >= toDateTime(%(a)s) AND ts < toDateTime(%(b)s) "
+        "GROUP BY meter, h HAVING max(value) = 0",
         {
             "m": meters,
-            "imp": balance.obis_int(balance.ELECTRICITY_IMPORT),
             "state": balance.obis_int(DISCONNECTOR_STATE),
-            "a": start,
+            "a": start - 3600,
             "b": end,
         },
     )
-    return {m: {"hours": int(h), "kwh": float(k)} for m, h, k in rows}
+    off = {(m, int(h)) for m, h in rows}
+    whole = sorted({m for m, h in off if (m, h - 3600) in off})
+    if not whole:
+        return {}
+    _, rows = store.query(
+        f"SELECT meter, toInt64(interval_start), value FROM {db}.consumption FINAL "
+        "WHERE meter IN %(m)s AND obis = %(imp)s AND quality != 'invalid' AND value > 0.05 "
+        "AND interval_start >= toDateTime(%(a)s) AND interval_start < toDateTime(%(b)s)",
+        {"m": whole, "imp": balance.obis_int(balance.ELECTRICITY_IMPORT), "a": start, "b": end},
+    )
+    out: dict[str, dict[str, Any]] = {}
+    for meter, h, v in rows:
+        if (meter, int(h)) in off and (meter, int(h) - 3600) in off:
+            d = out.setdefault(meter, {"hours": 0, "kwh": 0.0})
+            d["hours"] += 1
+            d["kwh"] = round(d["kwh"] + float(v), 3)
+    return out
+
+
+def unavailable(
+    store: Any, meters: list[str], nodes: dict[str, str], start: int, end: int
+) -> dict[str, set[int]]:
+    """The hours (their starts, Unix seconds) in [start, end) each meter was switched
+    off by the head-end or had no supply: its disconnector reported off, a
+    disconnection of ours was in force, or an outage covered it (its own power-down,
+    or an outage of its transformer or the feeder above)."""
+    if not meters:
+        return {}
+    db = store.db
+    out: dict[str, set[int]] = {}
+
+    def mark(meter: str, a: int, b: int) -> None:
+        h = max(a, start) // 3600 * 3600
+        while h < min(b, end):
+            out.setdefault(meter, set()).add(h)
+            h += 3600
+
+    _, rows = store.query(
+        f"SELECT meter, toInt64(toStartOfHour(ts)) FROM {db}.readings "
+        "WHERE meter IN %(m)s AND obis = %(state)s AND value = 0 "
+        "AND ts >= toDateTime(%(a)s) AND ts < toDateTime(%(b)s) GROUP BY 1, 2",
+        {"m": meters, "state": balance.obis_int(DISCONNECTOR_STATE), "a": start, "b": end},
+    )
+    for meter, h in rows:
+        mark(meter, int(h), int(h) + 1)
+    # Our switching: from each done disconnection to the next done reconnection.
+    _, rows = store.query(
+        f"SELECT serial, kind, toInt64(max(ts)) AS t FROM {db}.commands "
+        "WHERE serial IN %(m)s AND kind IN ('disconnect', 'reconnect') AND state = 'done' "
+        "AND requested_at >= toDateTime64(%(since)s, 3) AND requested_at < toDateTime64(%(b)s, 3) "
+        "GROUP BY command_id, serial, kind ORDER BY serial, t",
+        {"m": meters, "since": start - 31 * 86_400, "b": end},
+    )
+    off_since: dict[str, int] = {}
+    for serial, kind, t in rows:
+        if kind == "disconnect":
+            off_since.setdefault(serial, int(t))
+        elif serial in off_since:
+            mark(serial, off_since.pop(serial), int(t))
+    for serial, t in off_since.items():
+        mark(serial, t, end)
+    # Outages: the meter's own interruptions, and those of its transformer or feeder.
+    _, rows = store.query(
+        f"SELECT meter, toInt64(down_at), toInt64(up_at) FROM {db}.outage_meters FINAL "
+        "WHERE meter IN %(m)s AND down_at < toDateTime(%(b)s) "
+        "AND (up_at = toDateTime(0) OR up_at >= toDateTime(%(a)s))",
+        {"m": meters, "a": start, "b": end},
+    )
+    for meter, down, up in rows:
+        mark(meter, int(down), int(up) or end)
+    _, parents = store.query(
+        f"SELECT node_id, argMax(parent_id, updated_at) FROM {db}.grid_nodes "
+        "WHERE node_id IN %(n)s GROUP BY node_id",
+        {"n": sorted(set(nodes.values()))},
+    )
+    above = dict(parents)
+    _, rows = store.query(
+        f"SELECT node_id, toInt64(started_at), toInt64(ended_at) FROM {db}.outages FINAL "
+        "WHERE merged_into = '' AND node_id IN %(n)s AND started_at < toDateTime(%(b)s) "
+        "AND (ended_at = toDateTime(0) OR ended_at >= toDateTime(%(a)s))",
+        {"n": sorted(set(nodes.values()) | set(above.values())), "a": start, "b": end},
+    )
+    spans: dict[str, list[tuple[int, int]]] = {}
+    for node, a, b in rows:
+        spans.setdefault(node, []).append((int(a), int(b) or end))
+    for meter, node in nodes.items():
+        for a, b in spans.get(node, []) + spans.get(above.get(node, ""), []):
+            mark(meter, a, b)
+    return out

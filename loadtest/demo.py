@@ -139,6 +139,9 @@ def fast_time(speed: float, sim_start: float, anchor: float) -> dict[str, dict[s
             "allowed_weekdays": "mon-sun",
             "warning_hours": 2.0,
         },
+        # Outages every simulated hour or so; work orders every few simulated hours.
+        "outages": {"interval": max(5.0, 4 * interval)},
+        "workorders": {"interval": max(30.0, 3 * 3600 / speed)},
     }
 
 

@@ -32,6 +32,10 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
 
 def score(run: Path, start: int, end: int) -> dict[str, Any]:
     from headend import anomalies, balance
+    from headend.clock import Clock
+    from headend.config import Config, OutagesConfig
+    from headend.outages import Outages
+    from headend.ownership import Ownership
     from headend.store.db import Store, migrate
 
     truth = json.loads((run / "fleet" / "ground_truth.json").read_text())
@@ -40,7 +44,18 @@ def score(run: Path, start: int, end: int) -> dict[str, Any]:
         migrate(store)
         t = time.monotonic()
         rep = balance.recompute(store, start, end, now=end + 86_400)
+        # Outages over the window, as the server's passes would have found them (hours
+        # without supply are no evidence of theft).
+        clock = Clock(1.0, float(end), time.time())
+        owner = Ownership.from_config(Config(data_dir=run / "data"))
+        cfg = OutagesConfig(lookback=end - start + 86_400)
+        outages = Outages(store, "ami", cfg, owner, clock).scan().as_dict()
         det = anomalies.detect(store, start, end)
+        _, rows = store.query(
+            "SELECT DISTINCT serial FROM ami.command_status "
+            "WHERE kind = 'disconnect' AND state = 'done'"
+        )
+        switched_off = {r[0] for r in rows}
         seconds = round(time.monotonic() - t, 2)
     finally:
         store.close()
@@ -65,6 +80,9 @@ def score(run: Path, start: int, end: int) -> dict[str, Any]:
         "false_positives_by_rule": dict(
             Counter(r for f in det.suspects() if f.meter not in thieves for r in f.rules)
         ),
+        "outages": outages,
+        "switched_off_by_policy": len(switched_off),
+        "switched_off_suspected": len(switched_off & suspects),
         "lossy_transformers": len(lossy),
         "theft_transformers": len(theft_nodes),
         "theft_transformers_lossy": len(lossy & theft_nodes),

@@ -335,7 +335,8 @@ def test_suspects_under_a_lossy_transformer_with_their_evidence(store: Store) ->
     from headend import anomalies
 
     # C1 raised magnetic-field alarms; C2's export register runs (0.5 kWh an hour) and
-    # it reported its disconnector off in the first hour while consuming 3 kWh.
+    # it reported its disconnector off through the hour before and the first hour while
+    # consuming 3 kWh in it.
     _events(store, [("C1", T0 + 600, "magnetic-field-detected")] * 2)
     _events(store, [("C3", T0 + 600, "magnetic-field-detected")])  # T2 has no balance
     export = _obis(balance.ELECTRICITY_EXPORT)
@@ -348,19 +349,21 @@ def test_suspects_under_a_lossy_transformer_with_their_evidence(store: Store) ->
             [m, o, when, v, u, 0, "push", "measured", when]
             for m, o, t, v, u in [
                 *(("C2", export, T0 + k * H, 500.0 * k, "Wh") for k in range(5)),
+                ("C2", state, T0 - H + 900, 0.0, "count"),
                 ("C2", state, T0 + 900, 0.0, "count"),
             ]
             for when in [dt.datetime.fromtimestamp(t, dt.UTC)]
         ],
     )
     balance.recompute(store, T0, END, now=END + 60)
-    # The off report marks C2's hours from 00:15 for one measured gap (flag 128; hour 1
-    # is also a gap, 1).
+    # The off reports mark C2's hours for one measured gap (flag 128; hour 1 is also a
+    # gap, 1), and its first hour, off all through yet registering, 256.
     _, flags = store.query(
         "SELECT obis, groupArray(flags) FROM (SELECT obis, flags FROM ami.consumption FINAL "
         "WHERE meter = 'C2' ORDER BY interval_start) GROUP BY obis ORDER BY obis"
     )
-    assert [f[1] for f in flags] == [[128, 129, 1, 0], [128, 128, 0, 0]]  # import, export
+    got_flags = [f[1] for f in flags]
+    assert got_flags == [[384, 129, 1, 0], [384, 128, 0, 0]], got_flags  # import, export
     det = anomalies.detect(store, T0, END, min_completeness=0.7)
     assert det.lossy_nodes == {"T1": 25.0}
     assert det.consumers_checked == 2
@@ -563,3 +566,73 @@ def test_a_recompute_for_tens_of_thousands_of_named_meters(store: Store) -> None
     rep = balance.recompute(store, T0, END, now=END + 60, meters=named)
     assert rep.readings > 0
     assert consumption(store, "C2") == before
+
+
+def test_hours_switched_off_are_no_evidence_of_theft(tmp_path: Path) -> None:
+    """A debtor we switched off consumes nothing for those hours; the hour it was
+    switched in holds what it used before. Neither makes it a suspect; a thief who
+    registers a twentieth of its use still is, and so is a meter that registers while
+    its disconnector says off all through."""
+    from headend import anomalies
+
+    st = Store(f"chdb://{tmp_path / 'db'}", "ami").connect()
+    migrate(st)
+    grid = GRID.replace("T2,F1,transformer", "TX,F1,transformer")
+    (tmp_path / "grid.csv").write_text(grid)
+    assert not import_grid(tmp_path / "grid.csv", st).bad
+    meters = [("BX", "balance"), ("H1", "consumer"), ("H2", "consumer"), ("H3", "consumer")]
+    meters += [("D", "consumer"), ("W", "consumer"), ("T", "consumer")]
+    header = "serial,kind,role,node_id,account_id,model,system_title,ek,ak,password,lat,lon\n"
+    body = "".join(f"{s},electricity,{r},TX,A-{s},e1ph,,,,,41.3,69.3\n" for s, r in meters)
+    (tmp_path / "meters.csv").write_text(header + body)
+    models = profiles.kinds(profiles.load_all(REPO_ROOT / "protocols" / "profiles"))
+    assert not import_meters(tmp_path / "meters.csv", st, codec.MasterKey(bytes(32)), models).bad
+    start, end = T0 + 24 * H, T0 + 48 * H
+    off_from = start + 4 * H + 900  # D and W switched off at 04:15 of the window's day
+    # Wh an hour: the honest use 1 kWh; D nothing once off (a quarter of an hour in the
+    # hour it was switched); W goes on registering while off; T registers 50 Wh.
+    use = {
+        "H1": lambda t: 1000.0,
+        "H2": lambda t: 1000.0,
+        "H3": lambda t: 1000.0,
+        "D": lambda t: 1000.0 if t + H <= off_from else (250.0 if t < off_from else 0.0),
+        "W": lambda t: 1000.0,
+        "T": lambda t: 50.0,
+    }
+    samples: list[tuple[str, int, float]] = []
+    total = dict.fromkeys([*use, "BX"], 0.0)
+    for k in range(49):
+        t = T0 + k * H
+        for m in total:
+            samples.append((m, t, total[m]))
+        true = sum(1000.0 if m != "D" else use["D"](t) for m in use)
+        for m, f in use.items():
+            total[m] += f(t)
+        total["BX"] += true
+    _readings(st, samples)
+    state = _obis(anomalies.DISCONNECTOR_STATE)
+    cols = ["meter", "obis", "ts", "value", "unit", "status", "source", "quality", "received_at"]
+    st.insert_rows(
+        "readings",
+        cols,
+        [
+            [m, state, when, 0.0, "count", 0, "push", "measured", when]
+            for m in ("D", "W")
+            for t in range(off_from, end, H)
+            for when in [dt.datetime.fromtimestamp(t, dt.UTC)]
+        ],
+    )
+    balance.recompute(st, T0, end, now=end + 60)
+    det = anomalies.detect(st, start, end, write=False)
+    assert set(det.lossy_nodes) == {"TX"}
+    got = {f.meter: f for f in det.suspects()}
+    assert set(got) == {"T", "W"}
+    assert got["T"].rules == ["low_vs_peers", "zero_or_flat"]
+    assert got["T"].evidence["low_vs_peers"]["kwh_per_h"] == 0.05
+    # W: the 19 hours after 05:00 (its disconnector off through them and the hour before).
+    assert got["W"].rules == ["consuming_while_off"]
+    assert got["W"].evidence["consuming_while_off"] == {"hours": 19, "kwh": 19.0}
+    # D was judged on the hours it was on: as much as its peers.
+    d = next((f for f in det.findings if f.meter == "D"), None)
+    assert d is None, d
+    st.close()
