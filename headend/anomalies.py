@@ -160,9 +160,7 @@ def _findings(
     pairs = sorted((m, h) for m, hours in off.items() for h in hours)
     # (Reverse energy stays evidence in them.)
     skip = (
-        "AND NOT (obis = %(imp)s AND (meter, toInt64(interval_start)) IN %(off)s) "
-        if pairs
-        else ""
+        "AND NOT (obis = %(imp)s AND (meter, toInt64(interval_start)) IN %(off)s) " if pairs else ""
     )
     _, rows = store.query(
         "SELECT c.meter, m.node_id, "

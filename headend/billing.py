@@ -33,6 +33,7 @@ from headend.balance import LOCAL as TASHKENT
 from headend.commands import latest_meters
 from headend.config import BillingConfig, ConfigError
 from headend.ownership import Ownership
+from headend.payments import accounts_sql
 from headend.store import ingest, spool
 from headend.store.imports import CHUNK, ID, ImportReport, SqlAccess, _read
 
@@ -417,7 +418,8 @@ class Policy:
 
 def policy_rows(store: SqlAccess, db: str, owner: Ownership | None = None) -> list[tuple[Any, ...]]:
     """The accounts' meters with their supply state and policy history (the meters
-    `owner` owns: the policy acts only there)."""
+    `owner` owns: the policy acts only there); debts less the payments since the
+    billing system's last statement (`headend.payments`)."""
     mine = "1" if owner is None else owner.sql("region")
     _, rows = store.query(
         f"""
@@ -425,10 +427,7 @@ def policy_rows(store: SqlAccess, db: str, owner: Ownership | None = None) -> li
                if(s.supply_state = '', 'unknown', s.supply_state) AS supply,
                s.by_policy,
                toFloat64(ifNull(w.warned, 0)), toFloat64(ifNull(w.back, 0))
-        FROM (SELECT account_id, argMax(debt, updated_at) AS debt,
-                     argMax(overdue_since, updated_at) AS overdue_since,
-                     argMax(protected, updated_at) AS protected
-              FROM {db}.billing_accounts GROUP BY account_id) AS a
+        FROM {accounts_sql(db)} AS a
         INNER JOIN (SELECT serial, argMax(node_id, updated_at) AS node_id,
                            argMax(account_id, updated_at) AS account_id,
                            argMax(role, updated_at) AS role,

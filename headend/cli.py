@@ -256,6 +256,26 @@ def cmd_billing_import(args: argparse.Namespace) -> int:
     return _report(report)
 
 
+def cmd_billing_payments(args: argparse.Namespace) -> int:
+    from headend.payments import import_payments
+
+    try:
+        cfg = _config(args)
+        acc = _Access(cfg)
+        try:
+            report = import_payments(
+                Path(args.file), acc.access, cfg.store.database, acc.owner, now=_now(cfg)
+            )
+            if acc.admin is not None and report.loaded and cfg.billing.policy:
+                # A payment that clears a debt reconnects now, not at the next pass.
+                acc.admin.call("policy", act=True)
+        finally:
+            acc.close()
+    except HeadendError as e:
+        return _fail(e)
+    return _report(report)
+
+
 def cmd_billing_status(args: argparse.Namespace) -> int:
     """What the disconnection policy will do for each debtor's meter, and why."""
     from headend import billing
@@ -871,6 +891,14 @@ def build_parser() -> argparse.ArgumentParser:
     bp.add_argument("file", metavar="FILE.csv")
     _add_common(bp)
     bp.set_defaults(func=cmd_billing_import)
+    bp = bsub.add_parser(
+        "payments",
+        help="load payments (CSV: payment_id,account_id,amount,paid_at); the same payment "
+        "sent again is counted once",
+    )
+    bp.add_argument("file", metavar="FILE.csv")
+    _add_common(bp)
+    bp.set_defaults(func=cmd_billing_payments)
     bp = bsub.add_parser("status", help="what the policy will do for each debtor, and why")
     bp.add_argument("--account", metavar="ID", help="only this account")
     bp.add_argument("--all", action="store_true", help="also accounts the policy leaves alone")

@@ -366,8 +366,42 @@ def test_debtors_are_disconnected_and_reconnected_after_paying(fleet: Path, tmp_
             assert why[debtor["serial"]][0] == "none"
             assert "stays off" in why[debtor["serial"]][1]
 
-            # The debtor pays: reconnected at once (the import runs a policy pass).
-            bill([(debtor["account_id"], 0.0, "", "false")])
+            # Payments as records: bad ones named and skipped.
+            acc = debtor["account_id"]
+            pay = tmp_path / "payments.csv"
+            pay.write_text(
+                "payment_id,account_id,amount,paid_at\n"
+                f"P0,{acc},-5,2026-12-01T10:00\n"
+                "P1,NO-SUCH-ACCOUNT,100,2026-12-01T10:00\n"
+                f"P2,{acc},100,2099-01-01T00:00\n"
+            )
+            r = srv.cli("billing", "payments", str(pay), check=False)
+            assert r.returncode == 1
+            assert "payments.csv:2: amount '-5' must be above 0" in r.stderr
+            assert "payments.csv:3: no account NO-SUCH-ACCOUNT" in r.stderr
+            assert "payments.csv:4: paid_at 2099-01-01T00:00 is in the future" in r.stderr
+            # A part of the debt paid: 2,000 still owed, above the threshold; still off.
+            now_iso = dt.datetime.now(dt.UTC).isoformat()
+            pay.write_text(f"payment_id,account_id,amount,paid_at\nP10,{acc},3000,{now_iso}\n")
+            srv.cli("billing", "payments", str(pay))
+            status = json.loads(srv.cli("billing", "status", "--all", "--format", "json").stdout)
+            assert {r["serial"]: r["debt"] for r in status}[debtor["serial"]] == 2000.0
+            assert (
+                srv.scalar(
+                    f"SELECT count() FROM ami.commands WHERE serial = '{debtor['serial']}' "
+                    "AND kind = 'reconnect'"
+                )
+                == 0
+            )
+            # The same payment sent again is not counted twice; one id is one payment.
+            r = srv.cli("billing", "payments", str(pay))
+            assert "1 already recorded, not counted again" in r.stderr
+            pay.write_text(f"payment_id,account_id,amount,paid_at\nP10,{acc},9000,{now_iso}\n")
+            r = srv.cli("billing", "payments", str(pay), check=False)
+            assert "payment P10 is already recorded for account" in r.stderr
+            # The rest is paid: reconnected at once (the import runs a policy pass).
+            pay.write_text(f"payment_id,account_id,amount,paid_at\nP11,{acc},2000,{now_iso}\n")
+            srv.cli("billing", "payments", str(pay))
             srv.wait_for(
                 f"SELECT state FROM ami.command_status WHERE serial = '{debtor['serial']}' "
                 f"AND kind = 'reconnect'",
@@ -401,6 +435,10 @@ def test_debtors_are_disconnected_and_reconnected_after_paying(fleet: Path, tmp_
                 "ORDER BY serial"
             )
             assert touched == [[s] for s in sorted([debtor["serial"], *others])]
+            assert srv.sql(
+                f"SELECT payment_id, amount FROM ami.payments FINAL WHERE account_id = '{acc}' "
+                "ORDER BY payment_id"
+            ) == [["P10", 3000.0], ["P11", 2000.0]]
         finally:
             final = stop_fleet(p)
         assert (final["disconnects"], final["reconnects"]) == (1, 1)

@@ -69,6 +69,7 @@ UP_TABLES = frozenset(
         "account_flags",
         "outages",
         "outage_meters",
+        "payments",
     }
 )
 # Master data the centre sends down to the region that owns it; people's accounts and
@@ -81,6 +82,7 @@ DOWN_TABLES = frozenset(
         "meter_keys",
         "billing_accounts",
         "service_centres",
+        "payments",
         "users",
         "user_tokens",
     }

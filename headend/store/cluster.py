@@ -56,6 +56,7 @@ SHARDING: dict[str, str] = {
     "meter_seen": "cityHash64(meter)",
     "account_flags": "cityHash64(account_id)",
     "outages": "cityHash64(outage_id)",
+    "payments": "cityHash64(payment_id)",
     "outage_meters": "cityHash64(outage_id)",
     "schema_migrations": "version",
 }

@@ -85,9 +85,13 @@ class ImportReport:
     # Meters whose keys the head-end has changed since they were delivered (rotated,
     # or changed by admins): the file's keys are older and were not put back.
     kept_keys: list[str] = field(default_factory=list)
+    # Records already stored as they are (a payment sent again): not counted twice.
+    repeated: int = 0
 
     def lines(self) -> list[str]:
         out = [f"{self.file}:{line}: {reason}" for line, reason in self.bad]
+        if self.repeated:
+            out.append(f"{self.file}: {self.repeated} already recorded, not counted again")
         if self.kept_keys:
             shown = ", ".join(self.kept_keys[:10])
             more = f" and {len(self.kept_keys) - 10} more" if len(self.kept_keys) > 10 else ""

@@ -39,6 +39,7 @@ from headend.clock import Clock
 from headend.config import Config
 from headend.errors import HeadendError
 from headend.ownership import Ownership
+from headend.payments import payment_records
 from headend.people import AccessError, LoginError, People, Principal
 from headend.web import metrics, openapi, room, workorders
 
@@ -60,6 +61,7 @@ PERMISSION: dict[tuple[str, str], str] = {
     ("POST", "/api/commands"): "command",
     ("GET", "/api/billing/status"): "policy",
     ("POST", "/api/billing/accounts"): "billing",
+    ("POST", "/api/billing/payments"): "billing",
     ("GET", "/api/users"): "admin",
     ("POST", "/api/users"): "admin",
     ("POST", "/api/users/{name}"): "admin",
@@ -695,6 +697,39 @@ class Api:
             out["policy"] = done.get("done")
         return ok(out, 200 if not report.bad else 207)
 
+    async def billing_payments(self, request: web.Request) -> web.Response:
+        """Payments as records, idempotent by payment id; a policy pass at once."""
+        body = await self._json_body(request)
+        records = body.get("payments") if isinstance(body, dict) else body
+        if not isinstance(records, list):
+            raise HttpError(400, 'expected a list of payments (or {"payments": [...]})')
+        who = self.who(request)
+        report = await self.run_db(
+            payment_records,
+            records,
+            self.b.store,
+            self.b.db,
+            self.b.owner,
+            now=self.b.clock.now(),
+            sees=None if who.republic else who.sees,
+        )
+        out: dict[str, Any] = {
+            "loaded": report.loaded,
+            "repeated": report.repeated,
+            "rejected": [{"index": i, "reason": why} for i, why in report.bad],
+        }
+        await self.b.audit(
+            who,
+            "billing.payments",
+            f"{report.loaded} payments",
+            "ok" if report.loaded or report.repeated else "refused",
+            {"loaded": report.loaded, "repeated": report.repeated, "rejected": len(report.bad)},
+        )
+        if report.loaded and self.b.cfg.billing.policy:
+            done = await self.b.policy_pass(True)
+            out["policy"] = done.get("done")
+        return ok(out, 200 if not report.bad else 207)
+
     # -- people -----------------------------------------------------------------------
 
     def _secure(self, request: web.Request) -> bool:
@@ -960,6 +995,7 @@ class Api:
         r.add_post("/api/commands", self.submit_command)
         r.add_get("/api/billing/status", self.billing_status)
         r.add_post("/api/billing/accounts", self.billing_accounts)
+        r.add_post("/api/billing/payments", self.billing_payments)
         r.add_static("/static/", STATIC)
         js = Path(self.cfg.js_dir)
         for sub in VENDOR:

@@ -358,6 +358,41 @@ SPEC: dict[str, Any] = {
                 },
             },
         },
+        "/api/billing/payments": {
+            "post": {
+                "summary": "payments as records (billing role): a list of {payment_id, "
+                "account_id, amount, paid_at} (or {payments: [...]}); a payment id sent "
+                "again with the same values is counted once (repeated), with other values "
+                "rejected; a policy pass follows at once",
+                "security": WRITE,
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/json": {
+                            "schema": {
+                                "type": "array",
+                                "items": {
+                                    "type": "object",
+                                    "properties": {
+                                        "payment_id": {"type": "string"},
+                                        "account_id": {"type": "string"},
+                                        "amount": {"type": "number", "exclusiveMinimum": 0},
+                                        "paid_at": {"type": "string"},
+                                    },
+                                },
+                            }
+                        }
+                    },
+                },
+                "responses": {
+                    "200": {"description": "every payment loaded or already recorded"},
+                    "207": {"description": "some loaded, the others rejected with reasons"},
+                    "400": {"$ref": "#/components/responses/BadRequest"},
+                    "401": {"$ref": "#/components/responses/Unauthorized"},
+                    "403": {"$ref": "#/components/responses/Forbidden"},
+                },
+            },
+        },
         "/api/login": {
             "post": {
                 "summary": "log in: sets the session cookie, returns the CSRF token that "
