@@ -24,10 +24,11 @@ from __future__ import annotations
 import datetime as dt
 import json
 import statistics
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from headend import balance
+from headend import balance, replacements
 from headend.ownership import Ownership
 
 TAMPER_EVENTS = (
@@ -357,7 +358,27 @@ def unavailable(
             mark(serial, off_since.pop(serial), int(t))
     for serial, t in off_since.items():
         mark(serial, t, end)
-    # Outages: the meter's own interruptions, and those of its transformer or feeder.
+    _outage_hours(store, meters, nodes, (start, end), mark)
+    # A replaced meter after it was taken away, its successor before it was put in.
+    for meter, (since, until) in replacements.service_hours(store, db, meters).items():
+        if since:
+            mark(meter, start, since)
+        if until:
+            mark(meter, until, end)
+    return out
+
+
+def _outage_hours(
+    store: Any,
+    meters: list[str],
+    nodes: dict[str, str],
+    window: tuple[int, int],
+    mark: Callable[[str, int, int], None],
+) -> None:
+    """Outages over the window: the meters' own interruptions, and those of their
+    transformer or the feeder above it."""
+    db = store.db
+    start, end = window
     _, rows = store.query(
         f"SELECT meter, toInt64(down_at), toInt64(up_at) FROM {db}.outage_meters FINAL "
         "WHERE meter IN %(m)s AND down_at < toDateTime(%(b)s) "
@@ -384,4 +405,3 @@ def unavailable(
     for meter, node in nodes.items():
         for a, b in spans.get(node, []) + spans.get(above.get(node, ""), []):
             mark(meter, a, b)
-    return out

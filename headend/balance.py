@@ -614,7 +614,11 @@ def _network(store: RawStore, owner: Ownership | None = None) -> dict[str, _Node
     for n in nodes.values():
         if n.parent:
             nodes[n.parent].children.append(n.node_id)
-    _, counts = store.query(f"SELECT node_id, role, count() FROM {db}.meters FINAL GROUP BY 1, 2")
+    # A meter taken away and its successor are one place (headend.replacements).
+    _, counts = store.query(
+        f"SELECT node_id, role, count() FROM {db}.meters FINAL "
+        f"WHERE serial NOT IN (SELECT old_serial FROM {db}.meter_replacements) GROUP BY 1, 2"
+    )
     for node_id, role, k in counts:
         if node_id in nodes:
             if role == "balance":
@@ -806,8 +810,13 @@ def _write_balances(
     i = np.stack([inp.get(n.node_id, zeros) for n in order])
     o = np.stack([out[n.node_id][0] for n in order])
     has = np.array([1 if n.balance_meters else 0 for n in order], dtype=np.uint8)
-    measured = np.stack([inp_m.get(n.node_id, zeros) + out[n.node_id][1] for n in order])
     expected = np.array([n.balance_meters + out[n.node_id][2] for n in order], dtype=np.uint32)
+    # At most one measured meter-hour per place: in the hour a meter was replaced, the
+    # old and the new meter each measured a part of it.
+    measured = np.minimum(
+        np.stack([inp_m.get(n.node_id, zeros) + out[n.node_id][1] for n in order]),
+        expected[:, None],
+    )
     block = native.block(
         len(order) * hours,
         [

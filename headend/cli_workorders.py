@@ -115,7 +115,16 @@ def _request(args: argparse.Namespace) -> dict[str, Any]:
     if a == "assign":
         req.update(to=args.to, centre=args.centre or "")
     elif a == "close":
-        req.update(outcome=args.outcome, new_serial=args.new_serial or "")
+        req.update(
+            outcome=args.outcome,
+            new_serial=args.new_serial or "",
+            old_final=args.old_final,
+            new_initial=args.new_initial,
+        )
+        if args.replaced_at:
+            from headend.balance import parse_time
+
+            req["replaced_at"] = parse_time(args.replaced_at)
     if a in ("assign", "visit", "close"):
         req["note"] = args.note or ""
     return req
@@ -192,6 +201,13 @@ def add_parsers(sub: Any, add_common: Callable[[argparse.ArgumentParser], None])
     cl.add_argument("id", metavar="ORDER_ID")
     cl.add_argument("--outcome", required=True, choices=OUTCOMES)
     cl.add_argument("--new-serial", help="replaced: the new meter (imported with its keys)")
+    cl.add_argument(
+        "--old-final", type=float, help="replaced: the old meter's register on removal (kWh, m³)"
+    )
+    cl.add_argument(
+        "--new-initial", type=float, help="replaced: the new meter's register when put in"
+    )
+    cl.add_argument("--replaced-at", metavar="T", help="replaced: when (default now)")
     cl.add_argument("--note")
     sc = wsub.add_parser("scan", help="look for causes now (admins)")
     pr = wsub.add_parser("precision", help="inspections' verdicts per rule and region")

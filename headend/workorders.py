@@ -44,6 +44,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
+from headend import replacements
 from headend.anomalies import TAMPER_EVENTS
 from headend.clock import Clock
 from headend.config import WorkOrdersConfig
@@ -91,7 +92,11 @@ COLUMNS = [
     "note",
     "by",
     "ts",
+    "replaced_at",
+    "old_final",
+    "new_initial",
 ]
+REPLACEMENT_FIELDS = ("new_serial", "old_final", "new_initial", "replaced_at")
 SYSTEM = "workorders"
 """Who opens the orders the passes find."""
 DISTRICT = "district"
@@ -188,12 +193,17 @@ class Order:
     by: str = ""
     ts: float = 0.0
     created_at: float = 0.0
+    # A replaced meter: when, and the registers read on site (old's last, new's first).
+    replaced_at: int = 0
+    old_final: float = 0.0
+    new_initial: float = 0.0
 
     def row(self) -> list[Any]:
         d = asdict(self)
         d["since"] = _dt(self.since)
         d["due_at"] = _dt(self.due_at)
         d["ts"] = _dt(self.ts)
+        d["replaced_at"] = _dt(self.replaced_at)
         return [d[c] for c in COLUMNS]
 
     def public(self) -> dict[str, Any]:
@@ -373,7 +383,8 @@ class Book:
             f"SELECT m.serial, m.node_id, toInt64(s.last), toInt64(m.first) FROM "
             f"(SELECT serial, argMax(node_id, updated_at) AS node_id, "
             f"argMax(region, updated_at) AS region, min(updated_at) AS first "
-            f"FROM {self.db}.meters GROUP BY serial HAVING {self.owner.sql('region')}) AS m "
+            f"FROM {self.db}.meters WHERE serial NOT IN {replacements.retired_sql(self.db)} "
+            f"GROUP BY serial HAVING {self.owner.sql('region')}) AS m "
             f"LEFT JOIN (SELECT meter, max(last_received) AS last FROM {self.db}.meter_seen "
             f"GROUP BY meter) AS s ON s.meter = m.serial"
         )
@@ -661,6 +672,7 @@ class Book:
                     f"{' or '.join(ACTIONS[action])}"
                 )
             now = max(self.clock.now(), order.ts + 0.001)
+            rep: replacements.Replacement | None = None
             order.note = note
             order.by = who.name
             order.ts = now
@@ -681,16 +693,29 @@ class Book:
                 outcome = str(kw.get("outcome") or "")
                 if outcome not in OUTCOMES:
                     raise WorkOrderError(f"outcome {outcome!r} is not one of {', '.join(OUTCOMES)}")
-                new_serial = str(kw.get("new_serial") or "")
                 if outcome == "replaced":
-                    self._check_replacement(order, new_serial)
-                elif new_serial:
-                    raise WorkOrderError("a new serial goes only with the outcome replaced")
+                    rep = replacements.check(
+                        self.store,
+                        self.db,
+                        order.serial,
+                        kw,
+                        created_at=order.created_at,
+                        now=now,
+                    )
+                    order.new_serial = rep.new_serial
+                    order.replaced_at = rep.replaced_at
+                    order.old_final = rep.old_final
+                    order.new_initial = rep.new_initial
+                elif any(kw.get(k) not in (None, "") for k in REPLACEMENT_FIELDS):
+                    raise WorkOrderError(
+                        f"{', '.join(REPLACEMENT_FIELDS)} go only with the outcome replaced"
+                    )
                 order.outcome = outcome
-                order.new_serial = new_serial
                 order.state = "closed"
                 flag = outcome == "theft_confirmed" and bool(order.account_id)
             self.store.insert_rows("work_order_log", COLUMNS, [order.row()])
+            if rep is not None:
+                replacements.record(self.store, rep, now)
             if flag:
                 self.store.insert_rows(
                     "account_flags",
@@ -720,24 +745,6 @@ class Book:
         if rows[0][0] != region:
             raise WorkOrderError(
                 f"service centre {centre} is in region {rows[0][0]}, the order in {region}"
-            )
-
-    def _check_replacement(self, order: Order, new_serial: str) -> None:
-        if not new_serial:
-            raise WorkOrderError(
-                "a replaced meter needs the new meter's serial (--new-serial); import the "
-                "new meter with its keys first (headend meters import)"
-            )
-        if new_serial == order.serial:
-            raise WorkOrderError("the new meter's serial is the old one's")
-        _, rows = self.store.query(
-            f"SELECT count() FROM {self.db}.meter_keys WHERE serial = {{s:String}}",
-            {"s": new_serial},
-        )
-        if not rows or not rows[0][0]:
-            raise WorkOrderError(
-                f"meter {new_serial} is not imported with its keys: import it first "
-                "(headend meters import), then close the order"
             )
 
     # -- what the outcomes say ---------------------------------------------------------

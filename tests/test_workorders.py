@@ -290,23 +290,17 @@ def test_each_cause_opens_one_order_for_its_centre_and_crews_close_them(tmp_path
         r = srv.cli("workorders", "close", cid, "--outcome", "replaced", check=False)
         assert r.returncode != 0
         assert "needs the new meter's serial" in r.stderr
-        r = srv.cli(
-            "workorders",
-            "close",
-            cid,
-            "--outcome",
-            "replaced",
-            "--new-serial",
-            "C2",
-            check=False,
-        )
+        swap = ["--outcome", "replaced", "--new-serial", "C2"]
+        r = srv.cli("workorders", "close", cid, *swap, check=False)
+        assert "needs old_final" in r.stderr
+        # C's register stood at 100.25 kWh when it was last heard.
+        swap += ["--old-final", "100.5", "--new-initial", "0.0"]
+        r = srv.cli("workorders", "close", cid, *swap, check=False)
         assert "meter C2 is not imported with its keys" in r.stderr
         new = meter("C2", 20, "TR-1")
-        (tmp_path / "new.csv").write_text(HEADER + new.csv() + "\n")
+        (tmp_path / "new.csv").write_text(HEADER + new.csv().replace("ACC-C2", "ACC-C") + "\n")
         srv.cli("meters", "import", str(tmp_path / "new.csv"))
-        out = srv.cli(
-            "workorders", "close", cid, "--outcome", "replaced", "--new-serial", "C2", "--json"
-        )
+        out = srv.cli("workorders", "close", cid, *swap, "--json")
         closed = json.loads(out.stdout)
         assert (closed["state"], closed["outcome"], closed["new_serial"]) == (
             "closed",

@@ -160,7 +160,8 @@ class FieldWork:
                 None if prio is None else int(prio),
             )
         else:
-            kw = {k: req.get(k) for k in ("to", "centre", "note", "outcome", "new_serial")}
+            names = ("to", "centre", "note", "outcome", "new_serial", "old_final", "new_initial")
+            kw = {k: req.get(k) for k in (*names, "replaced_at")}
             order = await self._run(b.change, who, str(req.get("id") or ""), what, **kw)
         detail = {
             k: v
@@ -171,6 +172,9 @@ class FieldWork:
                 ("centre", order.centre_id),
                 ("outcome", order.outcome),
                 ("new_serial", order.new_serial),
+                ("replaced_at", order.replaced_at),
+                ("old_final", order.old_final if order.new_serial else None),
+                ("new_initial", order.new_initial if order.new_serial else None),
                 ("note", order.note),
             )
             if v

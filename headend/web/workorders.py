@@ -19,7 +19,7 @@ FIELDS = {
     "create": {"serial", "note", "priority"},
     "assign": {"to", "centre", "note"},
     "visit": {"note"},
-    "close": {"outcome", "new_serial", "note"},
+    "close": {"outcome", "new_serial", "old_final", "new_initial", "replaced_at", "note"},
 }
 FILTERS = ("state", "cause", "centre", "region", "serial")
 
@@ -174,11 +174,16 @@ def spec(get: Any, post: Any, q: Any, p: Any) -> dict[str, Any]:
             "record the crew's visit (service role)", note, order
         ),
         "/api/workorders/{order_id}/close": post(
-            "close with the crew's outcome (service role); replaced needs new_serial, a "
-            "meter imported with its keys; theft_confirmed flags the account for billing",
+            "close with the crew's outcome (service role); replaced needs new_serial (a "
+            "meter imported with its keys in the old one's place) and the registers read "
+            "on site, old_final and new_initial (kWh or m³), at replaced_at (Unix seconds, "
+            "default now); theft_confirmed flags the account for billing",
             {
                 "outcome": {"type": "string", "enum": list(OUTCOMES)},
                 "new_serial": {"type": "string"},
+                "old_final": {"type": "number"},
+                "new_initial": {"type": "number"},
+                "replaced_at": {"type": "integer"},
                 **note,
             },
             order,
