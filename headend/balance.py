@@ -57,7 +57,9 @@ CHANNEL_CODES = [c[0] for c in CHANNELS]
 FLOW = {"electricity": ELECTRICITY_IMPORT, "gas": GAS_VOLUME}
 # Supply switches (0 off): the disconnector's output state and the gas valve.
 STATES = ["0.0.96.3.10.255", "0.0.24.4.0.255"]
-ADMIN_LEVELS = ("republic", "region", "district")
+ADMIN_LEVELS = ("republic", "region", "city", "district")
+"""Administrative units: a city may sit in a region beside its districts (or hold
+districts of its own)."""
 NETWORK_LEVELS = tuple(level for level in LEVELS if level not in ADMIN_LEVELS)
 _SUMS = "sum(input) AS i, sum(output) AS o, sum(loss) AS l, sum(measured) AS m, sum(expected) AS e"
 _FIGURES = (
@@ -922,25 +924,24 @@ def report(
         )
         return run_query(access, sql, params)
     if level in ADMIN_LEVELS:
-        # Administrative units from admin_unit ("QR" a region, "QR-D01" its district);
-        # each link of the chain (network level) on its own row.
-        unit = {
-            "republic": "'republic'",
-            "region": "splitByChar('-', admin_unit)[1]",
-            "district": "arrayStringConcat(arraySlice(splitByChar('-', admin_unit), 1, 2), '-')",
-        }[level]
+        # Each network node's unit at `level`: the nearest node of that level above it
+        # in the grid (nodes under none are left out); each link of the chain (network
+        # level) on its own row.
+        ids, units = admin_units(access, db, level)
         if node:
-            node_filter = "AND startsWith(admin_unit, %(node)s)"
+            node_filter = "AND unit = %(node)s"
             params["node"] = node
         sql = (
             f"SELECT unit, link, period, {_FIGURES} FROM ("
-            f"SELECT {unit} AS unit, level AS link, {p} AS period, {_SUMS} "
+            f"SELECT transform(node_id, %(ids)s, %(units)s, '') AS unit, level AS link, "
+            f"{p} AS period, {_SUMS} "
             f"FROM {db}.balances FINAL WHERE has_input = 1 "
             "AND period_start >= toDateTime(%(a)s) AND period_start < toDateTime(%(b)s) "
-            f"{node_filter} GROUP BY unit, link, period) "
+            f"GROUP BY unit, link, period) WHERE unit != '' {node_filter} "
             "ORDER BY unit, period, indexOf(%(order)s, link)"
         )
-        params["order"] = list(NETWORK_LEVELS)
+        # (A placeholder pair keeps the arrays typed when no node has such a unit.)
+        params.update(order=list(NETWORK_LEVELS), ids=ids or [""], units=units or [""])
         return run_query(access, sql, params)
     raise BalanceError(
         f"unknown level {level!r}: one of {', '.join(NETWORK_LEVELS + ADMIN_LEVELS)}"
@@ -986,6 +987,32 @@ def losses(
         "top": top,
     }
     return run_query(access, sql, params)
+
+
+def admin_units(access: Any, db: str, level: str) -> tuple[list[str], list[str]]:
+    """(grid node ids, their unit at `level`): the nearest node of that level at or
+    above each node ("republic" for the republic level); nodes under none are left
+    out."""
+    _, rows = run_query(
+        access,
+        f"SELECT node_id, argMax(parent_id, updated_at), argMax(level, updated_at) "
+        f"FROM {db}.grid_nodes GROUP BY node_id",
+        {},
+    )
+    tree = {str(r[0]): (str(r[1]), str(r[2])) for r in rows}
+    ids, units = [], []
+    for node in tree:
+        n = node
+        for _ in range(64):
+            parent, lvl = tree.get(n, ("", ""))
+            if lvl == level:
+                ids.append(node)
+                units.append("republic" if level == "republic" else n)
+                break
+            if not parent or parent == n or n not in tree:
+                break
+            n = parent
+    return ids, units
 
 
 def run_query(

@@ -804,6 +804,10 @@ def build_parser() -> argparse.ArgumentParser:
     cli_workorders.add_parsers(sub, _add_common)
     cli_workorders.add_outage_parsers(sub, _add_common)
 
+    from headend import cli_reports
+
+    cli_reports.add_parsers(sub, _add_common)
+
     for noun, func, cols in (
         ("grid", cmd_grid_import, "node_id,parent_id,level,commodity,name,admin_unit,lat,lon"),
         (

@@ -636,3 +636,78 @@ def test_hours_switched_off_are_no_evidence_of_theft(tmp_path: Path) -> None:
     d = next((f for f in det.findings if f.meter == "D"), None)
     assert d is None, d
     st.close()
+
+
+CITY_GRID = """node_id,parent_id,level,commodity,name,admin_unit,lat,lon
+UZ,,republic,any,Uzbekistan,UZ,41.3,64.6
+TK,UZ,region,any,Tashkent region,TK,41.3,69.3
+TK-D01,TK,district,any,District 1,TK-D01,41.3,69.3
+TK-C1,TK,city,any,Chirchiq,TK-C1,41.47,69.58
+T1,TK-D01,transformer,electricity,T1,TK-D01,41.3,69.3
+TC,TK-C1,transformer,electricity,TC,TK-C1,41.47,69.58
+GS,TK,gas_station,gas,Gas station,TK,41.3,69.3
+"""
+
+
+def test_consumption_by_category_and_city(tmp_path: Path) -> None:
+    """A city beside a district in a region; accounts of three categories (one the
+    billing system gave none); four hours of hand-made registers."""
+    from headend import reports
+    from headend.billing import import_accounts
+
+    st = Store(f"chdb://{tmp_path / 'db'}", "ami").connect()
+    migrate(st)
+    (tmp_path / "grid.csv").write_text(CITY_GRID)
+    assert not import_grid(tmp_path / "grid.csv", st).bad
+    layout = [
+        ("A", "electricity", "consumer", "T1", "e1ph"),  # household, 1 kWh an hour
+        ("B", "electricity", "consumer", "TC", "e3ph"),  # commercial, 2 kWh an hour
+        ("C", "electricity", "consumer", "TC", "e1ph"),  # no category, 0.5 kWh an hour
+        ("BTC", "electricity", "balance", "TC", "e3ph"),  # the city transformer's input
+        ("G1", "gas", "consumer", "GS", "gas-g4"),  # greenhouse, 1 m³ an hour
+    ]
+    header = "serial,kind,role,node_id,account_id,model,system_title,ek,ak,password,lat,lon\n"
+    body = "".join(f"{s},{k},{r},{n},A-{s},{m},,,,,41.3,69.3\n" for s, k, r, n, m in layout)
+    (tmp_path / "meters.csv").write_text(header + body)
+    models = profiles.kinds(profiles.load_all(REPO_ROOT / "protocols" / "profiles"))
+    assert not import_meters(tmp_path / "meters.csv", st, codec.MasterKey(bytes(32)), models).bad
+    (tmp_path / "accounts.csv").write_text(
+        "account_id,debt,overdue_since,protected,note,category\n"
+        "A-A,0,,false,,household\nA-B,0,,false,,commercial\nA-C,0,,false,,\n"
+        "A-G1,0,,false,,greenhouse\n"
+    )
+    assert not import_accounts(tmp_path / "accounts.csv", st).bad
+    rate = {"A": 1000.0, "B": 2000.0, "C": 500.0, "BTC": 2600.0, "G1": 1.0}
+    _readings(st, [(m, T0 + k * H, r * k) for m, r in rate.items() for k in range(5)])
+    balance.recompute(st, T0, END, now=END + 60)
+
+    def table(by: str) -> set[tuple[Any, ...]]:
+        cols, rows = reports.consumption(st, "ami", by=by, period="day", start=T0, end=END)
+        assert cols == reports.COLUMNS
+        return {(r[0], r[1], r[3], r[4], r[5], r[6]) for r in rows}
+
+    day = "2026-11-02"
+    assert all(
+        r[2] == day
+        for r in reports.consumption(st, "ami", by="category", period="day", start=T0, end=END)[1]
+    )
+    assert table("category") == {
+        ("household", "electricity", 4.0, "kWh", 0.0, 1),
+        ("commercial", "electricity", 8.0, "kWh", 0.0, 1),
+        ("none", "electricity", 2.0, "kWh", 0.0, 1),
+        ("greenhouse", "gas", 4.0, "m³", 0.0, 1),
+    }
+    assert table("city") == {("TK-C1", "electricity", 10.0, "kWh", 0.0, 2)}
+    assert table("district") == {("TK-D01", "electricity", 4.0, "kWh", 0.0, 1)}
+    assert table("region") == {
+        ("TK", "electricity", 14.0, "kWh", 0.0, 3),
+        ("TK", "gas", 4.0, "m³", 0.0, 1),
+    }
+    # The city's balance, link by link: its transformer took 10.4 kWh and passed 10.
+    _, rows = balance.report(st, "ami", level="city", period="day", start=T0, end=END)
+    assert [(r[0], r[1], r[3], r[4], r[5]) for r in rows] == [
+        ("TK-C1", "transformer", 10.4, 10.0, 0.4)
+    ]
+    _, rows = balance.report(st, "ami", level="district", period="day", start=T0, end=END)
+    assert rows == []  # T1 has no balance meter: no balance of its own
+    st.close()

@@ -43,6 +43,7 @@ OPTIONAL_METER_COLUMNS = ["address", "kek"]
 LEVELS = (
     "republic",
     "region",
+    "city",
     "district",
     "generation",
     "backbone_substation",

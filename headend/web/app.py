@@ -41,7 +41,7 @@ from headend.errors import HeadendError
 from headend.ownership import Ownership
 from headend.payments import payment_records
 from headend.people import AccessError, LoginError, People, Principal
-from headend.web import metrics, openapi, room, workorders
+from headend.web import metrics, openapi, reports, room, workorders
 
 log = logging.getLogger("headend.web")
 
@@ -976,7 +976,8 @@ class Api:
         r.add_post("/api/waves", self.start_wave)
         r.add_post("/api/waves/{wave_id}/stop", self.stop_wave)
         r.add_post("/api/waves/{wave_id}/resume", self.resume_wave)
-        workorders.add_routes(self, r)
+        for room_of_routes in (workorders, reports):
+            room_of_routes.add_routes(self, r)
         r.add_get("/api/summary", self.summary)
         r.add_get("/api/link", self.link)
         r.add_get("/api/nodes", self.nodes)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from headend.web import workorders
+from headend.web import reports, workorders
 
 
 def _q(name: str, desc: str, type_: str = "string", **extra: Any) -> dict[str, Any]:
@@ -523,5 +523,6 @@ SPEC: dict[str, Any] = {
             ok_status="202",
         ),
         **workorders.spec(_get, _post, _q, _p),
+        **reports.spec(_get, _q),
     },
 }

@@ -1,0 +1,53 @@
+"""``/api/consumption``: consumer meters' consumption by account category or
+administrative unit (``headend.reports``), within the person's regions."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+from headend.reports import BY, PERIODS
+
+if TYPE_CHECKING:
+    from headend.web.app import Api
+
+
+def add_routes(api: Api, r: web.UrlDispatcher) -> None:
+    from headend import reports
+    from headend.web.app import HttpError, ok
+
+    async def consumption(request: web.Request) -> web.Response:
+        by = request.query.get("by", "category")
+        period = request.query.get("period", "day")
+        if by not in BY or period not in PERIODS:
+            raise HttpError(400, f"by is one of {', '.join(BY)}; period day or month")
+        start, end = api._window(request, 86_400)
+        cols, rows = await api.run_db(
+            reports.consumption,
+            api.b.store,
+            api.b.db,
+            by=by,
+            period=period,
+            start=start,
+            end=end,
+            regions=api.scope(request),
+        )
+        return ok({"columns": cols, "rows": [dict(zip(cols, x, strict=True)) for x in rows]})
+
+    r.add_get("/api/consumption", consumption)
+
+
+def spec(get: Any, q: Any) -> dict[str, Any]:
+    return {
+        "/api/consumption": get(
+            "consumer meters' consumption (kWh, m³) per Tashkent day or month by account "
+            "category or administrative unit, with the estimated part, in the person's regions",
+            [
+                q("by", "category, republic, region, city or district", enum=list(BY)),
+                q("period", "day or month", enum=list(PERIODS)),
+                q("from", "start: ISO date or date-time (Tashkent) or Unix seconds"),
+                q("to", "end (exclusive); default now"),
+            ],
+        )
+    }
