@@ -259,6 +259,13 @@ class BillingConfig:
     """Disconnections per grid node (transformer) per hour, at most."""
     interval: float = 60.0
     """Seconds between policy passes."""
+    notify_url: str = ""
+    """The notification gateway (SMS, messenger) the warning before a disconnection is
+    POSTed to as JSON, http(s)://...; empty: none (the warning is an event only)."""
+    notify_timeout: float = 10.0
+    """Seconds the gateway has to answer."""
+    notify_attempts: int = 5
+    """Tries before a notice is recorded as failed (one per minute)."""
 
 
 @dataclass(frozen=True)
@@ -683,6 +690,11 @@ def load(path: Path | None = None, data_dir: Path | None = None) -> Config:
 
 
 def _check_workorders(cfg: Config, where: str) -> None:
+    url = cfg.billing.notify_url
+    if url and not url.startswith(("http://", "https://")):
+        raise ConfigError(f"{where}: [billing] notify_url must be an http(s):// URL")
+    if cfg.billing.notify_attempts < 1 or cfg.billing.notify_timeout <= 0:
+        raise ConfigError(f"{where}: [billing] notify_attempts and notify_timeout must be positive")
     out = cfg.outages
     if not 0.0 < out.min_share <= 1.0:
         raise ConfigError(f"{where}: [outages] min_share must be above 0 and at most 1")

@@ -70,6 +70,7 @@ UP_TABLES = frozenset(
         "outages",
         "outage_meters",
         "payments",
+        "notifications",
     }
 )
 # Master data the centre sends down to the region that owns it; people's accounts and

@@ -29,11 +29,12 @@ from typing import TYPE_CHECKING, Any
 
 import msgpack
 
-from headend import logs
+from headend import logs, notify
 from headend.clock import Clock
 from headend.commands import CommandQueue
 from headend.config import Config, from_dict
 from headend.errors import HeadendError
+from headend.notify import Notifier
 from headend.ownership import Ownership
 from headend.people import Principal
 from headend.scheduler import Scheduler
@@ -201,6 +202,8 @@ class StoreService:
         self.clock = Clock.from_config(cfg.clock)
         # Work orders for the service centres (headend.workorders).
         self.fieldwork = FieldWork(self)
+        # Warnings to consumers through the notification gateway (headend.notify).
+        self.notifier = Notifier(self.store, self.db, cfg.billing)
 
     def invalidate(
         self, table: str, columns: list[str], rows: list[list[Any]], skip: int | None = None
@@ -712,6 +715,10 @@ class StoreService:
         out["done"] = await loop.run_in_executor(
             None, billing.record, self.store, decisions, ids, now
         )
+        warned = [d for d in decisions if d.action == "warn"]
+        if warned and cfg.billing.notify_url:
+            await loop.run_in_executor(None, notify.queue, self.store, cfg.billing, warned, now)
+            self.notifier.wake.set()
         return out
 
     async def _policy(self) -> None:
@@ -1125,6 +1132,7 @@ class StoreService:
             self.commands.run(),
             self.waves.run(),
             self.fieldwork.run(),
+            self.notifier.run(),
             self._schedule(),
             self._policy(),
         ]

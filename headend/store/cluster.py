@@ -57,6 +57,7 @@ SHARDING: dict[str, str] = {
     "account_flags": "cityHash64(account_id)",
     "outages": "cityHash64(outage_id)",
     "payments": "cityHash64(payment_id)",
+    "notifications": "cityHash64(notification_id)",
     "outage_meters": "cityHash64(outage_id)",
     "schema_migrations": "version",
 }
