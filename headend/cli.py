@@ -276,6 +276,25 @@ def cmd_billing_payments(args: argparse.Namespace) -> int:
     return _report(report)
 
 
+def cmd_billing_determinants(args: argparse.Namespace) -> int:
+    """The month's billing determinants per account (headend.determinants)."""
+    from headend import determinants
+
+    def work(
+        cfg: config_mod.Config, acc: _Access, start: int, end: int
+    ) -> tuple[list[str], list[Any]]:
+        month = args.month or determinants.this_month(_now(cfg))
+        return determinants.determinants(
+            acc.access,
+            cfg.store.database,
+            month,
+            cfg.billing.tariff_zones,
+            account=args.account or "",
+        )
+
+    return _table_command(args, lambda a: (0, 1), work)
+
+
 def cmd_billing_status(args: argparse.Namespace) -> int:
     """What the disconnection policy will do for each debtor's meter, and why."""
     from headend import billing
@@ -903,6 +922,16 @@ def build_parser() -> argparse.ArgumentParser:
     bp.add_argument("file", metavar="FILE.csv")
     _add_common(bp)
     bp.set_defaults(func=cmd_billing_payments)
+    bp = bsub.add_parser(
+        "determinants",
+        help="a month's billing determinants per account: energy by tariff zone, maximum "
+        "demand, reactive energy, gas, the estimated part",
+    )
+    bp.add_argument("--month", metavar="YYYY-MM", help="a Tashkent month (default: this one)")
+    bp.add_argument("--account", metavar="ID", help="only this account")
+    bp.add_argument("--format", choices=("table", "csv", "json"), default="table")
+    _add_common(bp)
+    bp.set_defaults(func=cmd_billing_determinants)
     bp = bsub.add_parser("status", help="what the policy will do for each debtor, and why")
     bp.add_argument("--account", metavar="ID", help="only this account")
     bp.add_argument("--all", action="store_true", help="also accounts the policy leaves alone")

@@ -259,6 +259,9 @@ class BillingConfig:
     """Disconnections per grid node (transformer) per hour, at most."""
     interval: float = 60.0
     """Seconds between policy passes."""
+    tariff_zones: str = "night:23-7,day:7-23"
+    """Time-of-use zones for the billing determinants, in local (Tashkent) hours:
+    name:from-to, comma-separated, every hour in exactly one zone."""
     notify_url: str = ""
     """The notification gateway (SMS, messenger) the warning before a disconnection is
     POSTed to as JSON, http(s)://...; empty: none (the warning is an event only)."""

@@ -82,21 +82,26 @@ def billing_csv(meters_csv: Path, out: Path, share: float, seed: int, today: dt.
     protected (a hospital, medical need), the rest owing nothing."""
     rnd = random.Random(seed)  # noqa: S311 (simulated accounts, not secrets)
     with open(meters_csv, encoding="utf-8") as f:
-        accounts = sorted({r["account_id"] for r in csv.DictReader(f) if r["role"] == "consumer"})
+        rows = [r for r in csv.DictReader(f) if r["role"] == "consumer"]
+    accounts = sorted({r["account_id"] for r in rows})
+    # Its category from its meters: a three-phase meter is a shop or workshop's.
+    commercial = {r["account_id"] for r in rows if r["model"] == "e3ph"}
     debtors = 0
     with open(out, "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
-        w.writerow(["account_id", "debt", "overdue_since", "protected", "note"])
+        w.writerow(["account_id", "debt", "overdue_since", "protected", "note", "category"])
         for acc in accounts:
+            category = "commercial" if acc in commercial else "household"
             if rnd.random() < share:
                 protected = rnd.random() < 0.1
                 since = today - dt.timedelta(days=rnd.randint(40, 200))
                 debt = round(rnd.uniform(150_000, 2_000_000), 2)
                 note = "hospital" if protected else "overdue"
-                w.writerow([acc, debt, since.isoformat(), "true" if protected else "false", note])
+                flag = "true" if protected else "false"
+                w.writerow([acc, debt, since.isoformat(), flag, note, category])
                 debtors += 0 if protected else 1
             else:
-                w.writerow([acc, 0, "", "false", ""])
+                w.writerow([acc, 0, "", "false", "", category])
     return debtors
 
 

@@ -19,6 +19,7 @@ import pytest
 
 from headend import balance, codec, profiles
 from headend.config import REPO_ROOT
+from headend.errors import HeadendError
 from headend.store.db import Store, migrate
 from headend.store.imports import import_grid, import_meters
 
@@ -710,4 +711,64 @@ def test_consumption_by_category_and_city(tmp_path: Path) -> None:
     ]
     _, rows = balance.report(st, "ami", level="district", period="day", start=T0, end=END)
     assert rows == []  # T1 has no balance meter: no balance of its own
+    st.close()
+
+
+def test_billing_determinants_by_tariff_zone_with_maximum_demand(tmp_path: Path) -> None:
+    """One account, two meters, a local day: A uses 1 kWh every hour; B 0.5 kWh, but
+    2 kWh at 19:00 and 2.5 kWh at 20:00 (Tashkent); A's reactive register grows 12
+    kvarh. Zones: night 23-7 (8 hours), day 7-23 (16)."""
+    from headend import determinants
+
+    st = Store(f"chdb://{tmp_path / 'db'}", "ami").connect()
+    migrate(st)
+    (tmp_path / "grid.csv").write_text(GRID)
+    assert not import_grid(tmp_path / "grid.csv", st).bad
+    header = "serial,kind,role,node_id,account_id,model,system_title,ek,ak,password,lat,lon\n"
+    body = "A,electricity,consumer,T1,ACC-1,e1ph,,,,,41.3,69.3\n"
+    body += "B,electricity,consumer,T1,ACC-1,e3ph,,,,,41.3,69.3\n"
+    (tmp_path / "meters.csv").write_text(header + body)
+    models = profiles.kinds(profiles.load_all(REPO_ROOT / "protocols" / "profiles"))
+    assert not import_meters(tmp_path / "meters.csv", st, codec.MasterKey(bytes(32)), models).bad
+    midnight = T0 - 5 * H  # 2026-11-02 00:00 in Tashkent
+    use_b = {19: 2000.0, 20: 2500.0}
+    samples, a, b = [], 0.0, 0.0
+    for k in range(25):
+        samples += [("A", midnight + k * H, a), ("B", midnight + k * H, b)]
+        a += 1000.0
+        b += use_b.get(k, 500.0)
+    _readings(st, samples)
+    reactive = _obis("1.0.3.8.0.255")
+    cols = ["meter", "obis", "ts", "value", "unit", "status", "source", "quality", "received_at"]
+    st.insert_rows(
+        "readings",
+        cols,
+        [
+            ["A", reactive, when, 500.0 * k, "varh", 0, "push", "measured", when]
+            for k in range(25)
+            for when in [dt.datetime.fromtimestamp(midnight + k * H, dt.UTC)]
+        ],
+    )
+    balance.recompute(st, midnight, midnight + 24 * H, now=midnight + 25 * H)
+    names, rows = determinants.determinants(st, "ami", "2026-11", "night:23-7,day:7-23")
+    got = dict(zip(names, rows[0], strict=True))
+    assert got == {
+        "account_id": "ACC-1",
+        "category": "",
+        "month": "2026-11",
+        "meters": 2,
+        "kwh": 24.0 + 11.0 + 4.5,
+        "kwh_day": 16.0 + 14 * 0.5 + 4.5,
+        "kwh_night": 8.0 + 8 * 0.5,
+        "max_demand_kw": 3.5,
+        "max_demand_at": "2026-11-02 20:00",
+        "kvarh_import": 12.0,
+        "kvarh_export": 0.0,
+        "gas_m3": 0.0,
+        "estimated_kwh": 0.0,
+    }
+    with pytest.raises(HeadendError, match="hours \\[7\\] are in no zone"):
+        determinants.determinants(st, "ami", "2026-11", "night:23-7,day:8-23")
+    with pytest.raises(HeadendError, match="not YYYY-MM"):
+        determinants.determinants(st, "ami", "11/2026", "night:23-7,day:7-23")
     st.close()

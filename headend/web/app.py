@@ -62,6 +62,7 @@ PERMISSION: dict[tuple[str, str], str] = {
     ("GET", "/api/billing/status"): "policy",
     ("POST", "/api/billing/accounts"): "billing",
     ("POST", "/api/billing/payments"): "billing",
+    ("GET", "/api/billing/determinants"): "billing",
     ("GET", "/api/users"): "admin",
     ("POST", "/api/users"): "admin",
     ("POST", "/api/users/{name}"): "admin",

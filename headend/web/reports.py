@@ -3,6 +3,8 @@ administrative unit (``headend.reports``), within the person's regions."""
 
 from __future__ import annotations
 
+import csv
+import io
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
@@ -35,11 +37,52 @@ def add_routes(api: Api, r: web.UrlDispatcher) -> None:
         )
         return ok({"columns": cols, "rows": [dict(zip(cols, x, strict=True)) for x in rows]})
 
+    async def determinants_(request: web.Request) -> web.StreamResponse:
+        from headend import determinants
+        from headend.errors import HeadendError
+
+        month = request.query.get("month") or determinants.this_month(api.b.clock.now())
+        fmt = request.query.get("format", "json")
+        if fmt not in ("json", "csv"):
+            raise HttpError(400, "format is json or csv")
+        try:
+            cols, rows = await api.run_db(
+                determinants.determinants,
+                api.b.store,
+                api.b.db,
+                month,
+                api.b.cfg.billing.tariff_zones,
+                regions=api.scope(request),
+            )
+        except HeadendError as e:
+            raise HttpError(400, str(e)) from None
+        if fmt == "csv":
+            out = io.StringIO()
+            w = csv.writer(out, lineterminator="\n")
+            w.writerow(cols)
+            w.writerows(rows)
+            return web.Response(
+                text=out.getvalue(),
+                content_type="text/csv",
+                headers={"Content-Disposition": f'attachment; filename="determinants-{month}.csv"'},
+            )
+        return ok({"columns": cols, "rows": [dict(zip(cols, x, strict=True)) for x in rows]})
+
     r.add_get("/api/consumption", consumption)
+    r.add_get("/api/billing/determinants", determinants_)
 
 
 def spec(get: Any, q: Any) -> dict[str, Any]:
     return {
+        "/api/billing/determinants": get(
+            "a Tashkent month's billing determinants per account (billing role): energy in "
+            "total and by tariff zone, maximum demand (kW, when), reactive energy, gas, the "
+            "estimated part; format=csv for the billing system",
+            [
+                q("month", "YYYY-MM (default: this month)"),
+                q("format", "json or csv", enum=["json", "csv"]),
+            ],
+        ),
         "/api/consumption": get(
             "consumer meters' consumption (kWh, m³) per Tashkent day or month by account "
             "category or administrative unit, with the estimated part, in the person's regions",
@@ -49,5 +92,5 @@ def spec(get: Any, q: Any) -> dict[str, Any]:
                 q("from", "start: ISO date or date-time (Tashkent) or Unix seconds"),
                 q("to", "end (exclusive); default now"),
             ],
-        )
+        ),
     }
