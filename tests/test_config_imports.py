@@ -70,7 +70,7 @@ def test_grid_import_reports_bad_rows_and_loads_good_ones(tmp_path: Path, store:
     assert r.loaded == 4
     assert r.lines() == [
         f"{tmp_path / 'grid.csv'}:5: parent_id NOWHERE is neither in the file nor in the store",
-        f"{tmp_path / 'grid.csv'}:6: level 'planet' is not one of republic, region, district, generation, "
+        f"{tmp_path / 'grid.csv'}:6: level 'planet' is not one of republic, region, city, district, generation, "
         "backbone_substation, distribution_substation, feeder, transformer, gas_station, gas_segment",
         f"{tmp_path / 'grid.csv'}:7: lat 141.0 is outside -90..90",
         f"{tmp_path / 'grid.csv'}:8: node_id T1 appears twice in the file",
