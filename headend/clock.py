@@ -36,6 +36,10 @@ class Clock:
         with the machine's time, such as a reading's arrival."""
         return real if self.real else self.start + (real - self.anchor) * self.speed
 
+    def real_at(self, t: float) -> float:
+        """The real (wall-clock) time at which this clock shows `t` (`at`'s inverse)."""
+        return t if self.real else self.anchor + (t - self.start) / self.speed
+
     def real_seconds(self, simulated: float) -> float:
         """How long `simulated` seconds take in real time."""
         return simulated / self.speed

@@ -314,6 +314,10 @@ class OutagesConfig:
     outage of the node; of a feeder's transformers, for the feeder's."""
     sustained: float = 300.0
     """Seconds from which an outage is sustained (SAIDI, SAIFI); shorter: momentary."""
+    silent_after: float = 3600.0
+    """A meter not heard for this long (seconds of the configured clock) counts as out
+    of supply when most of its grid node fell silent with it (meters that report no
+    power events); 0: power events only."""
 
 
 @dataclass(frozen=True)

@@ -56,11 +56,15 @@ COLUMNS = [
     "balance_saw",
     "sustained",
     "merged_into",
+    "source",
     "updated_at",
 ]
 METER_COLUMNS = ["outage_id", "meter", "role", "down_at", "up_at", "updated_at"]
 LOCAL = dt.timezone(dt.timedelta(hours=5))
 UNITS = ("district", "region", "republic")
+SILENCE_WINDOW = 1800.0
+"""Meters that fall silent together were last heard within this (two push intervals):
+each pushes only every quarter hour."""
 LIST_KEYS = (
     "outage_id", "node_id", "level", "region", "district", "started_at", "ended_at",
     "consumers", "reported", "restored", "balance_saw", "sustained", "name",
@@ -89,6 +93,7 @@ class Cut:
     role: str
     down: int
     up: int = 0  # 0: not back yet
+    source: str = "events"  # or "silence": last heard, heard again
 
 
 @dataclass
@@ -107,6 +112,10 @@ class Outage:
     sustained: int
     merged_into: str = ""
     cuts: list[Cut] = field(default_factory=list)
+
+    @property
+    def source(self) -> str:
+        return "events" if any(c.source == "events" for c in self.cuts) else "silence"
 
     def public(self, now: float) -> dict[str, Any]:
         d = asdict(self)
@@ -260,7 +269,9 @@ class Outages:
         report = ScanReport(events=len(events))
         roles = {m: r for m, (_, r) in grid.meters.items()}
         per_node: dict[str, list[Cut]] = defaultdict(list)
-        for c in cuts_of(((m, int(t), n) for m, t, n in events), roles):
+        cuts = cuts_of(((m, int(t), n) for m, t, n in events), roles)
+        cuts += self._silences(roles, {c.meter for c in cuts})
+        for c in cuts:
             node = grid.meters.get(c.meter, ("", ""))[0]
             if node:
                 per_node[node].append(c)
@@ -270,12 +281,59 @@ class Outages:
         report.seconds = time.monotonic() - t0
         return report
 
+    def _silences(self, roles: dict[str, str], reporting: set[str]) -> list[Cut]:
+        """Meters that report no power events and fell silent: each a cut from when
+        it was last heard, to when it was heard again (0: not yet). A meter with power
+        events in the window is left to them."""
+        if self.cfg.silent_after <= 0:
+            return []
+        cut = time.time() - self.clock.real_seconds(self.cfg.silent_after)
+        _, rows = self.store.query(
+            f"SELECT meter, toInt64(max(last_received)) FROM {self.db}.meter_seen "
+            f"WHERE {self.owner.meters_sql(self.db, 'meter')} GROUP BY meter "
+            f"HAVING max(last_received) < toDateTime({int(cut)})"
+        )
+        out = [
+            Cut(m, roles[m], int(self.clock.at(int(t))), 0, "silence")
+            for m, t in rows
+            if m in roles and m not in reporting
+        ]
+        silent = {c.meter for c in out}
+        # Meters of open silence outages heard again: back when first heard after.
+        _, rows = self.store.query(
+            f"SELECT om.meter, toInt64(om.down_at) FROM {self.db}.outage_meters AS om FINAL "
+            f"WHERE om.outage_id IN (SELECT outage_id FROM {self.db}.outages FINAL "
+            f"WHERE source = 'silence' AND ended_at = toDateTime(0) AND merged_into = '' "
+            f"AND {self.owner.sql('region')})"
+        )
+        back = {str(m): int(d) for m, d in rows if m not in silent and m not in reporting}
+        if back:
+            ms = sorted(back)
+            after = [int(self.clock.real_at(back[m])) for m in ms]
+            _, rows = self.store.query(
+                f"SELECT meter, toInt64(min(received_at)) FROM {self.db}.readings "
+                f"WHERE meter IN %(m)s AND received_at > toDateTime(%(t)s) "
+                f"AND toInt64(received_at) > transform(meter, %(m)s, %(after)s, toInt64(0)) "
+                f"GROUP BY meter",
+                {"m": ms, "t": min(after), "after": after},
+            )
+            first = {str(m): int(t) for m, t in rows}
+            for m, down in back.items():
+                up = int(self.clock.at(first[m])) if m in first else 0
+                if up > down and m in roles:
+                    out.append(Cut(m, roles[m], down, up, "silence"))
+        return out
+
     def _transformers(
         self, grid: Grid, per_node: dict[str, list[Cut]], report: ScanReport
     ) -> list[Outage]:
         out: list[Outage] = []
+        wide = max(self.cfg.group_window, SILENCE_WINDOW)
         for node, cuts in per_node.items():
-            for g in group(cuts, self.cfg.group_window):
+            heard = [c for c in cuts if c.source == "events"]
+            quiet = [c for c in cuts if c.source != "events"]
+            groups = group(heard, self.cfg.group_window) + group(quiet, wide)
+            for g in groups:
                 meters = {c.meter for c in g}
                 if len(meters) < 2 or len(meters) < self.cfg.min_share * grid.at_node[node]:
                     report.single_meter += len(meters)
@@ -381,6 +439,7 @@ class Outages:
                     o.balance_saw,
                     o.sustained,
                     o.merged_into,
+                    o.source,
                     stamp,
                 ]
             )

@@ -352,6 +352,7 @@ TR-A,F-1,transformer,electricity,TP-A,TAS,41.36,69.29
 TR-B,F-1,transformer,electricity,TP-B,TAS,41.36,69.3
 TR-C,F-1,transformer,electricity,TP-C,TAS,41.37,69.3
 TR-D,D-2,transformer,electricity,TP-D,TAS,41.28,69.21
+TR-E,D-2,transformer,electricity,TP-E,TAS,41.29,69.22
 """
 
 
@@ -361,6 +362,7 @@ def test_power_events_become_outages_with_restoration_and_indices(tmp_path: Path
         "TR-B": ["b1", "b2"],
         "TR-C": ["c1", "c2", "c3"],
         "TR-D": ["d1", "d2", "d3"],
+        "TR-E": ["e1", "e2", "e3", "e4"],  # no power events: they fall silent
     }
     ms: dict[str, Meter] = {}
     for node, serials in layout.items():
@@ -401,7 +403,7 @@ def test_power_events_become_outages_with_restoration_and_indices(tmp_path: Path
             "commands": {"schedule_interval": 0.0},
             "billing": {"interval": 0.0},
             "workorders": {"interval": 0.0},
-            "outages": {"interval": 0.0},
+            "outages": {"interval": 0.0, "silent_after": 3.0},
         },
     ) as srv:
         p = srv.pusher()
@@ -462,3 +464,34 @@ def test_power_events_become_outages_with_restoration_and_indices(tmp_path: Path
             srv.cli("outages", "indices", "--month", "12/2026")
         out = srv.cli("outages", "list", "--format", "csv").stdout
         assert out.count("\n") == 4  # the header and three outages
+
+        # Meters that report no power events: three of TR-E's four fall silent
+        # together (e4 goes on pushing), then come back.
+        def push(serials: list[str], i: int) -> None:
+            for serial in serials:
+                p.send(p.frame(ms[serial].push(i)))
+
+        push(["e1", "e2", "e3", "e4"], 1)
+        srv.wait_for("SELECT uniqExact(meter) FROM ami.meter_seen", 4)
+        time.sleep(4.5)
+        push(["e4"], 2)
+        srv.wait_for("SELECT count() FROM ami.readings WHERE meter = 'e4'", 2 * 6)
+        srv.admin("outages.scan")
+        quiet = next(o for o in srv.admin("outages.list")["outages"] if o["node_id"] == "TR-E")
+        assert quiet["ongoing"]
+        assert (quiet["consumers"], quiet["reported"], quiet["restored"]) == (4, 3, 0)
+        assert (
+            srv.scalar(
+                f"SELECT source FROM ami.outages FINAL WHERE outage_id = '{quiet['outage_id']}'"
+            )
+            == "silence"
+        )
+        back_at = time.time()
+        push(["e1", "e2", "e3", "e4"], 3)
+        srv.wait_for("SELECT count() FROM ami.readings WHERE meter = 'e1'", 2 * 6)
+        srv.admin("outages.scan")
+        ended = srv.admin("outages.show", id=quiet["outage_id"])
+        assert not ended["ongoing"], ended
+        assert (ended["restored"], ended["not_restored"]) == (3, [])
+        assert abs(ended["ended_at"] - back_at) <= 2
+        assert ended["sustained"] == 0  # seconds, not minutes
