@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from headend import balance, replacements
+from headend.clock import Clock
 from headend.ownership import Ownership
 
 TAMPER_EVENTS = (
@@ -109,6 +110,7 @@ def detect(
     history_ratio: float = 0.5,
     write: bool = True,
     owner: Ownership | None = None,
+    clock: Clock | None = None,
 ) -> Detection:
     """Finds suspects for [start, end) (Unix seconds) under the transformers `owner`
     owns (all without it); balances must be computed."""
@@ -124,7 +126,14 @@ def detect(
     )
     lossy = {n: float(p) for n, p, c in nodes if p >= min_loss_pct and c >= min_completeness}
     findings, checked = (
-        _findings(store, lossy, (start, end), peer_ratio=peer_ratio, history_ratio=history_ratio)
+        _findings(
+            store,
+            lossy,
+            (start, end),
+            peer_ratio=peer_ratio,
+            history_ratio=history_ratio,
+            clock=clock,
+        )
         if lossy
         else ([], 0)
     )
@@ -141,6 +150,7 @@ def _findings(
     *,
     peer_ratio: float,
     history_ratio: float,
+    clock: Clock | None = None,
 ) -> tuple[list[Finding], int]:
     """The findings, and how many consumers were examined."""
     db = store.db
@@ -157,7 +167,7 @@ def _findings(
     )
     # Hours a meter was switched off by us or had no supply say nothing of theft: they
     # are left out of every rule that compares how much it consumed.
-    off = unavailable(store, [m for m, _ in members], dict(members), start - span, end)
+    off = unavailable(store, [m for m, _ in members], dict(members), start - span, end, clock=clock)
     pairs = sorted((m, h) for m, hours in off.items() for h in hours)
     # (Reverse energy stays evidence in them.)
     skip = (
@@ -317,7 +327,13 @@ def _consuming_while_off(
 
 
 def unavailable(
-    store: Any, meters: list[str], nodes: dict[str, str], start: int, end: int
+    store: Any,
+    meters: list[str],
+    nodes: dict[str, str],
+    start: int,
+    end: int,
+    *,
+    clock: Clock | None = None,
 ) -> dict[str, set[int]]:
     """The hours (their starts, Unix seconds) in [start, end) each meter was switched
     off by the head-end or had no supply: its disconnector reported off, a
@@ -342,20 +358,24 @@ def unavailable(
     )
     for meter, h in rows:
         mark(meter, int(h), int(h) + 1)
-    # Our switching: from each done disconnection to the next done reconnection.
+    # Our switching: from each done disconnection to the next done reconnection. Commands
+    # are stamped with the machine's time; the data with the store's clock (`clock`,
+    # the demo's runs fast).
+    at = clock.at if clock is not None else float
+    real = clock.real_at if clock is not None else float
     _, rows = store.query(
         f"SELECT serial, kind, toInt64(max(ts)) AS t FROM {db}.commands "
         "WHERE serial IN %(m)s AND kind IN ('disconnect', 'reconnect') AND state = 'done' "
         "AND requested_at >= toDateTime64(%(since)s, 3) AND requested_at < toDateTime64(%(b)s, 3) "
         "GROUP BY command_id, serial, kind ORDER BY serial, t",
-        {"m": meters, "since": start - 31 * 86_400, "b": end},
+        {"m": meters, "since": int(real(start - 31 * 86_400)), "b": int(real(end)) + 1},
     )
     off_since: dict[str, int] = {}
     for serial, kind, t in rows:
         if kind == "disconnect":
-            off_since.setdefault(serial, int(t))
+            off_since.setdefault(serial, int(at(t)))
         elif serial in off_since:
-            mark(serial, off_since.pop(serial), int(t))
+            mark(serial, off_since.pop(serial), int(at(t)))
     for serial, t in off_since.items():
         mark(serial, t, end)
     _outage_hours(store, meters, nodes, (start, end), mark)

@@ -627,6 +627,7 @@ def cmd_losses(args: argparse.Namespace) -> int:
 def cmd_anomalies(args: argparse.Namespace) -> int:
     from headend import anomalies
     from headend.balance import run_query
+    from headend.clock import Clock
 
     def work(
         cfg: config_mod.Config, acc: _Access, start: int, end: int
@@ -635,7 +636,9 @@ def cmd_anomalies(args: argparse.Namespace) -> int:
             if acc.admin is not None:
                 found = acc.admin.call("detect", start=start, end=end)
             else:
-                found = anomalies.detect(acc.store, start, end, owner=acc.owner).summary()
+                found = anomalies.detect(
+                    acc.store, start, end, owner=acc.owner, clock=Clock.from_config(cfg.clock)
+                ).summary()
             print(json.dumps(found), file=sys.stderr)
         cols, rows = run_query(
             acc.access,

@@ -602,6 +602,7 @@ class StoreService:
                             int(now) - st.anomaly_window,
                             int(now),
                             owner=self.owner,
+                            clock=self.clock,
                         ),
                     )
                     log.info("anomaly detection: %s", det.summary())
@@ -1054,7 +1055,11 @@ class StoreService:
             det = await loop.run_in_executor(
                 None,
                 lambda: anomalies.detect(
-                    self.store, int(req["start"]), int(req["end"]), owner=self.owner
+                    self.store,
+                    int(req["start"]),
+                    int(req["end"]),
+                    owner=self.owner,
+                    clock=self.clock,
                 ),
             )
             return det.summary()

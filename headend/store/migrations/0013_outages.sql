@@ -12,8 +12,6 @@
 --               counted in SAIDI and SAIFI; shorter ones are momentary
 --   merged_into the feeder outage it became part of, once most of the feeder's
 --               transformers were found down together ('' otherwise)
---   source      events (the meters' power-down and power-up) or silence (meters that
---               report no power events fell silent together, and came back)
 CREATE TABLE IF NOT EXISTS {db}.outages
 (
     outage_id String,
@@ -29,7 +27,6 @@ CREATE TABLE IF NOT EXISTS {db}.outages
     balance_saw Int8,
     sustained UInt8,
     merged_into String,
-    source LowCardinality(String),
     updated_at DateTime64(3, 'UTC')
 )
 ENGINE = ReplacingMergeTree(updated_at)
