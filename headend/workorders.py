@@ -290,15 +290,17 @@ class Book:
         return {r[0]: (r[1], r[2]) for r in rows}
 
     def _coverage(self) -> dict[str, str]:
-        """Each district's centre (the latest import of each centre)."""
+        """Each district's centre (the latest import of each centre), and for what lies
+        in no district (a gas network under its region), the region's first centre."""
         _, rows = self.store.query(
-            f"SELECT centre_id, argMax(districts, updated_at) "
+            f"SELECT centre_id, argMax(districts, updated_at), argMax(region, updated_at) "
             f"FROM {self.db}.service_centres GROUP BY centre_id ORDER BY centre_id"
         )
         out: dict[str, str] = {}
-        for centre, districts in rows:
+        for centre, districts, region in rows:
             for d in districts:
                 out.setdefault(d, centre)
+            out.setdefault(f"region:{region}", centre)
         return out
 
     def places(self, serials: Iterable[str]) -> dict[str, Place]:
@@ -323,7 +325,7 @@ class Book:
                     node,
                     district,
                     region,
-                    cover.get(district, ""),
+                    cover.get(district or f"region:{region}", ""),
                     0.0 if math.isnan(lat) else float(lat),
                     0.0 if math.isnan(lon) else float(lon),
                 )
