@@ -35,6 +35,7 @@ TR-1,D-1,transformer,electricity,TP-1,TAS,41.36,69.29
 TR-3,D-1,transformer,electricity,TP-3,TAS,41.37,69.3
 TR-2,D-2,transformer,electricity,TP-2,TAS,41.28,69.21
 GS-1,D-2,gas_segment,gas,GS-1,TAS,41.28,69.22
+GS-9,TAS,gas_segment,gas,GS-9,TAS,41.3,69.25
 """
 HEADER = "serial,kind,role,node_id,account_id,model,system_title,ek,ak,password,lat,lon\n"
 SILENT_AFTER = 6
@@ -87,6 +88,7 @@ def test_each_cause_opens_one_order_for_its_centre_and_crews_close_them(tmp_path
         "K": meter("K", 5, "TR-2"),  # clock could not be set
         "T": meter("T", 6, "TR-2"),  # theft suspect
         "G": meter("G", 7, "GS-1", "gas-g4"),  # battery low
+        "G9": meter("G9", 30, "GS-9", "gas-g4"),  # battery low, in no district
     }
     silent = {"C": meter("C", 8, "TR-1")}
     outage = {s: meter(s, 9 + i, "TR-3") for i, s in enumerate(("O1", "O2", "O3"))}
@@ -142,7 +144,8 @@ def test_each_cause_opens_one_order_for_its_centre_and_crews_close_them(tmp_path
             p = srv.pusher()
             p.send(p.frame(alive["B"].event(40, dt.datetime.now(dt.UTC))))
             p.send(p.frame(alive["G"].event(82, dt.datetime.now(dt.UTC))))
-            srv.wait_for("SELECT count() FROM ami.events WHERE meter IN ('B', 'G')", 2)
+            p.send(p.frame(alive["G9"].event(82, dt.datetime.now(dt.UTC))))
+            srv.wait_for("SELECT count() FROM ami.events WHERE meter IN ('B', 'G', 'G9')", 3)
             # What the other parts of the head-end leave behind: a suspect, and the
             # command trail of switching and clock setting.
             srv.admin(
@@ -187,7 +190,7 @@ def test_each_cause_opens_one_order_for_its_centre_and_crews_close_them(tmp_path
                 "theft_suspect": 1,
                 "silent": 1,
                 "tamper": 1,
-                "low_battery": 1,
+                "low_battery": 2,
                 "switch_failed": 1,
                 "clock_uncorrected": 1,
             }, report
@@ -202,6 +205,7 @@ def test_each_cause_opens_one_order_for_its_centre_and_crews_close_them(tmp_path
             ("silent", "C"),
             ("tamper", "B"),
             ("low_battery", "G"),
+            ("low_battery", "G9"),
             ("switch_failed", "S"),
             ("clock_uncorrected", "K"),
         }
@@ -217,6 +221,9 @@ def test_each_cause_opens_one_order_for_its_centre_and_crews_close_them(tmp_path
             2,
         )
         assert found[("tamper", "B")]["evidence"]["events"] == ["terminal-cover-opened"]
+        # A meter in no district (a gas network under the region): the region's centre.
+        g9 = found[("low_battery", "G9")]
+        assert (g9["district"], g9["centre_id"]) == ("", "SC-1")
         switch = found[("switch_failed", "S")]
         assert (switch["district"], switch["centre_id"], switch["priority"]) == ("D-2", "", 1)
         assert switch["evidence"]["error"] == "disconnect not verified"
@@ -312,7 +319,7 @@ def test_each_cause_opens_one_order_for_its_centre_and_crews_close_them(tmp_path
         status, text = get(url + "/api/workorders?state=active&format=csv", tok["svc"])
         assert status == 200
         lines = list(csv.DictReader(io.StringIO(text)))
-        assert {x["serial"] for x in lines} == {"B", "G", "S", "K"}
+        assert {x["serial"] for x in lines} == {"B", "G", "G9", "S", "K"}
         b_line = next(x for x in lines if x["serial"] == "B")
         assert b_line["centre_id"] == "SC-1"
         assert b_line["why"].startswith("terminal-cover-opened")
