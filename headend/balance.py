@@ -32,7 +32,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from headend import codec
+from headend import codec, gridtree
 from headend.errors import HeadendError
 from headend.ownership import Ownership
 from headend.store import native
@@ -989,29 +989,28 @@ def losses(
     return run_query(access, sql, params)
 
 
+def month_span(month: str) -> tuple[int, int]:
+    """[start, end) of a Tashkent month given as YYYY-MM, Unix seconds."""
+    try:
+        first = dt.datetime.strptime(month, "%Y-%m").replace(tzinfo=LOCAL)
+    except ValueError:
+        raise BalanceError(f"month {month!r} is not YYYY-MM") from None
+    nxt = (first + dt.timedelta(days=32)).replace(day=1)
+    return int(first.timestamp()), int(nxt.timestamp())
+
+
 def admin_units(access: Any, db: str, level: str) -> tuple[list[str], list[str]]:
     """(grid node ids, their unit at `level`): the nearest node of that level at or
     above each node ("republic" for the republic level); nodes under none are left
     out."""
-    _, rows = run_query(
-        access,
-        f"SELECT node_id, argMax(parent_id, updated_at), argMax(level, updated_at) "
-        f"FROM {db}.grid_nodes GROUP BY node_id",
-        {},
-    )
-    tree = {str(r[0]): (str(r[1]), str(r[2])) for r in rows}
+    _, rows = run_query(access, gridtree.tree_sql(db), {})
+    nodes = gridtree.tree(rows)
     ids, units = [], []
-    for node in tree:
-        n = node
-        for _ in range(64):
-            parent, lvl = tree.get(n, ("", ""))
-            if lvl == level:
-                ids.append(node)
-                units.append("republic" if level == "republic" else n)
-                break
-            if not parent or parent == n or n not in tree:
-                break
-            n = parent
+    for node in nodes:
+        unit = gridtree.above(nodes, node, level)
+        if unit:
+            ids.append(node)
+            units.append("republic" if level == "republic" else unit)
     return ids, units
 
 

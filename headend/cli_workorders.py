@@ -13,8 +13,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from headend.balance import LOCAL
 from headend.errors import HeadendError
-from headend.workorders import CAUSES, LOCAL, OUTCOMES, STATES
+from headend.workorders import CAUSES, OUTCOMES, STATES
 
 LIST_COLUMNS = (
     "order_id",

@@ -15,7 +15,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from headend.balance import FLOW, LOCAL, TASHKENT, obis_int, run_query
+from headend.balance import FLOW, LOCAL, TASHKENT, month_span, obis_int, run_query
 from headend.errors import HeadendError
 
 __all__ = ["LOCAL", "determinants", "month_span", "this_month", "zones"]
@@ -48,15 +48,6 @@ def zones(text: str) -> dict[int, str]:
 def this_month(now: float) -> str:
     """The Tashkent month of `now`, YYYY-MM."""
     return dt.datetime.fromtimestamp(now, LOCAL).strftime("%Y-%m")
-
-
-def month_span(month: str) -> tuple[int, int]:
-    try:
-        first = dt.datetime.strptime(month, "%Y-%m").replace(tzinfo=LOCAL)
-    except ValueError:
-        raise HeadendError(f"month {month!r} is not YYYY-MM") from None
-    nxt = (first + dt.timedelta(days=32)).replace(day=1)
-    return int(first.timestamp()), int(nxt.timestamp())
 
 
 def determinants(

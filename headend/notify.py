@@ -21,11 +21,13 @@ import logging
 import secrets
 import time
 from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import Any
 from urllib.parse import urlsplit
 
+from headend.balance import LOCAL
 from headend.config import BillingConfig
 from headend.errors import HeadendError
+from headend.store.imports import SqlAccess
 
 log = logging.getLogger("headend.notify")
 
@@ -44,17 +46,6 @@ COLUMNS = [
     "ts",
 ]
 RETRY = 60.0
-LOCAL = dt.timezone(dt.timedelta(hours=5))
-
-
-class Store(Protocol):
-    def query(
-        self, sql: str, params: dict[str, Any] | None = None
-    ) -> tuple[list[str], list[tuple[Any, ...]]]: ...
-
-    def insert_rows(
-        self, table: str, columns: Any, rows: Any, token: str | None = None
-    ) -> None: ...
 
 
 def gateway_of(url: str) -> str:
@@ -70,7 +61,7 @@ def _dt(t: float) -> dt.datetime:
     return dt.datetime.fromtimestamp(t, dt.UTC)
 
 
-def queue(store: Store, cfg: BillingConfig, warnings: Sequence[Any], now: float) -> list[str]:
+def queue(store: SqlAccess, cfg: BillingConfig, warnings: Sequence[Any], now: float) -> list[str]:
     """A pending notice for each warning decision (account, meter, debt, when the
     disconnection may come); their ids. Nothing without a gateway."""
     if not cfg.notify_url or not warnings:
@@ -106,7 +97,7 @@ def queue(store: Store, cfg: BillingConfig, warnings: Sequence[Any], now: float)
 class Notifier:
     """Delivers the pending notices (in the store process, on its event loop)."""
 
-    def __init__(self, store: Store, db: str, cfg: BillingConfig) -> None:
+    def __init__(self, store: SqlAccess, db: str, cfg: BillingConfig) -> None:
         self.store = store
         self.db = db
         self.cfg = cfg

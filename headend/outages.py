@@ -31,13 +31,16 @@ import time
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
+from headend import gridtree
+from headend.balance import month_span
 from headend.clock import Clock
 from headend.config import OutagesConfig
 from headend.errors import HeadendError
 from headend.ownership import Ownership
 from headend.people import Principal
+from headend.store.imports import SqlAccess
 
 log = logging.getLogger("headend.outages")
 
@@ -60,7 +63,6 @@ COLUMNS = [
     "updated_at",
 ]
 METER_COLUMNS = ["outage_id", "meter", "role", "down_at", "up_at", "updated_at"]
-LOCAL = dt.timezone(dt.timedelta(hours=5))
 UNITS = ("district", "region", "republic")
 SILENCE_WINDOW = 1800.0
 """Meters that fall silent together were last heard within this (two push intervals):
@@ -73,16 +75,6 @@ LIST_KEYS = (
 
 class OutageError(HeadendError):
     """An outage request that cannot be answered as asked."""
-
-
-class Store(Protocol):
-    def query(
-        self, sql: str, params: dict[str, Any] | None = None
-    ) -> tuple[list[str], list[tuple[Any, ...]]]: ...
-
-    def insert_rows(
-        self, table: str, columns: Any, rows: Any, token: str | None = None
-    ) -> None: ...
 
 
 @dataclass
@@ -136,17 +128,7 @@ class Grid:
     balances: dict[str, int]  # node → balance meters at it
 
     def above(self, node: str, level: str) -> str:
-        n = node
-        for _ in range(64):
-            entry = self.nodes.get(n)
-            if entry is None:
-                return ""
-            if entry[1] == level:
-                return n
-            if not entry[0] or entry[0] == n:
-                return ""
-            n = entry[0]
-        return ""
+        return gridtree.above(self.nodes, node, level)
 
     def children(self) -> dict[str, list[str]]:
         out: dict[str, list[str]] = defaultdict(list)
@@ -206,7 +188,7 @@ class Outages:
     """The node's outages (store queries; run in the store process's executor)."""
 
     def __init__(
-        self, store: Store, db: str, cfg: OutagesConfig, owner: Ownership, clock: Clock
+        self, store: SqlAccess, db: str, cfg: OutagesConfig, owner: Ownership, clock: Clock
     ) -> None:
         self.store = store
         self.db = db
@@ -215,11 +197,7 @@ class Outages:
         self.clock = clock
 
     def _grid(self) -> Grid:
-        _, rows = self.store.query(
-            f"SELECT node_id, argMax(parent_id, updated_at), argMax(level, updated_at), "
-            f"argMax(region, updated_at) FROM {self.db}.grid_nodes GROUP BY node_id"
-        )
-        nodes = {r[0]: (r[1], r[2], r[3]) for r in rows}
+        nodes = gridtree.tree(self.store.query(gridtree.tree_sql(self.db))[1])
         _, rows = self.store.query(
             f"SELECT serial, argMax(node_id, updated_at), argMax(role, updated_at) "
             f"FROM {self.db}.meters GROUP BY serial "
@@ -524,12 +502,7 @@ class Outages:
         sustained outages (momentary for MAIFI) over the consumers the unit serves."""
         if by not in UNITS:
             raise OutageError(f"by is one of {', '.join(UNITS)}")
-        try:
-            first = dt.datetime.strptime(month, "%Y-%m").replace(tzinfo=LOCAL)
-        except ValueError:
-            raise OutageError(f"month {month!r} is not YYYY-MM") from None
-        nxt = (first + dt.timedelta(days=32)).replace(day=1)
-        a, b = int(first.timestamp()), int(nxt.timestamp())
+        a, b = month_span(month)
         grid = self._grid()
         served: dict[str, int] = defaultdict(int)
         scope = who.region_filter()

@@ -21,26 +21,17 @@ from __future__ import annotations
 import datetime as dt
 import math
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 from headend.balance import CHANNELS, FLOW
 from headend.errors import HeadendError
+from headend.store.imports import SqlAccess
 
 MAX_REGISTER = 1e12
 
 
 class ReplacementError(HeadendError):
     """A replacement that cannot be recorded as given."""
-
-
-class Store(Protocol):
-    def query(
-        self, sql: str, params: dict[str, Any] | None = None
-    ) -> tuple[list[str], list[tuple[Any, ...]]]: ...
-
-    def insert_rows(
-        self, table: str, columns: Any, rows: Any, token: str | None = None
-    ) -> None: ...
 
 
 def retired_sql(db: str) -> str:
@@ -73,7 +64,7 @@ def _number(v: Any, name: str) -> float:
 
 
 def check(
-    store: Store,
+    store: SqlAccess,
     db: str,
     old_serial: str,
     raw: dict[str, Any],
@@ -141,7 +132,7 @@ def _register(kind: str) -> tuple[str, float]:
     return obis, scale
 
 
-def record(store: Store, rep: Replacement, now: float) -> None:
+def record(store: SqlAccess, rep: Replacement, now: float) -> None:
     """The manual readings of the swap: each register as read on site at the swap
     time; and, what follows from the meters being off the grid, the old register
     unchanged at the next hour boundary and the new one unchanged at the hour
@@ -169,7 +160,7 @@ def record(store: Store, rep: Replacement, now: float) -> None:
     store.insert_rows("readings", cols, rows)
 
 
-def service_hours(store: Store, db: str, meters: list[str]) -> dict[str, tuple[int, int]]:
+def service_hours(store: SqlAccess, db: str, meters: list[str]) -> dict[str, tuple[int, int]]:
     """Each replaced or replacing meter among `meters`: the span it served, (from,
     until) in Unix seconds (0: open)."""
     if not meters:

@@ -2,7 +2,8 @@
 centres (DESIGN.md sections 1 and 10, issue 20).
 
 A pass (every ``[workorders] interval``, or ``headend workorders scan``) looks for
-causes among the meters this node owns and opens one order per cause and meter:
+causes among the meters this node owns (``headend.workorder_causes``) and opens one
+order per cause and meter:
 
 - ``theft_suspect``: a suspect of the anomaly detection (the inspection, with its
   rules and evidence);
@@ -42,15 +43,17 @@ import time
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
-from headend import replacements
-from headend.anomalies import TAMPER_EVENTS
+from headend import gridtree, replacements
+from headend.balance import LOCAL
 from headend.clock import Clock
 from headend.config import WorkOrdersConfig
 from headend.errors import HeadendError
 from headend.ownership import Ownership
 from headend.people import Principal
+from headend.store.imports import SqlAccess
+from headend.workorder_causes import Causes, Finding, lit
 
 log = logging.getLogger("headend.workorders")
 
@@ -101,11 +104,6 @@ SYSTEM = "workorders"
 """Who opens the orders the passes find."""
 DISTRICT = "district"
 MAX_TEXT = 2000
-MIN_SILENT_GROUP = 3
-SWITCHING = ("disconnect", "reconnect")
-LOW_BATTERY = ("battery-low",)
-TAMPER = (*TAMPER_EVENTS, "case-opened")
-"""The alarms that send a crew: the openings and fields, not their endings."""
 EXPORT = [
     "order_id",
     "priority",
@@ -122,7 +120,6 @@ EXPORT = [
     "assignee",
     "why",
 ]
-LOCAL = dt.timezone(dt.timedelta(hours=5), "UZT")
 
 
 class WorkOrderError(HeadendError):
@@ -131,30 +128,6 @@ class WorkOrderError(HeadendError):
 
 class NoSuchOrder(WorkOrderError):
     """No work order by that id (HTTP 404)."""
-
-
-class Store(Protocol):
-    def query(
-        self, sql: str, params: dict[str, Any] | None = None
-    ) -> tuple[list[str], list[tuple[Any, ...]]]: ...
-
-    def insert_rows(
-        self,
-        table: str,
-        columns: Sequence[str],
-        rows: Sequence[Sequence[Any]],
-        token: str | None = None,
-    ) -> None: ...
-
-
-@dataclass
-class Finding:
-    """A cause found on a meter: since when, and the evidence for the crew."""
-
-    cause: str
-    serial: str
-    since: int
-    evidence: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -257,17 +230,13 @@ def _text(v: Any, name: str) -> str:
     return s
 
 
-def _lit(values: Iterable[str]) -> str:
-    return ", ".join("'" + v.replace("\\", "\\\\").replace("'", "\\'") + "'" for v in values)
-
-
 class Book:
     """The node's work orders (store queries; called from the store process's
     executor, so changes to one order are serialised by a lock)."""
 
     def __init__(
         self,
-        store: Store,
+        store: SqlAccess,
         db: str,
         cfg: WorkOrdersConfig,
         owner: Ownership,
@@ -279,15 +248,9 @@ class Book:
         self.owner = owner
         self.clock = clock
         self._lock = threading.Lock()
+        self.causes = Causes(store, db, cfg, owner, clock)
 
     # -- where meters are ------------------------------------------------------------
-
-    def _tree(self) -> dict[str, tuple[str, str]]:
-        _, rows = self.store.query(
-            f"SELECT node_id, argMax(parent_id, updated_at), argMax(level, updated_at) "
-            f"FROM {self.db}.grid_nodes GROUP BY node_id"
-        )
-        return {r[0]: (r[1], r[2]) for r in rows}
 
     def _coverage(self) -> dict[str, str]:
         """Each district's centre (the latest import of each centre), and for what lies
@@ -307,18 +270,18 @@ class Book:
         wanted = sorted(set(serials))
         if not wanted:
             return {}
-        tree = self._tree()
+        tree = gridtree.tree(self.store.query(gridtree.tree_sql(self.db))[1])
         cover = self._coverage()
         out: dict[str, Place] = {}
         for i in range(0, len(wanted), 20_000):
             _, rows = self.store.query(
                 f"SELECT serial, argMax(account_id, updated_at), argMax(node_id, updated_at), "
                 f"argMax(region, updated_at), argMax(lat, updated_at), argMax(lon, updated_at) "
-                f"FROM {self.db}.meters WHERE serial IN ({_lit(wanted[i : i + 20_000])}) "
+                f"FROM {self.db}.meters WHERE serial IN ({lit(wanted[i : i + 20_000])}) "
                 f"GROUP BY serial"
             )
             for serial, account, node, region, lat, lon in rows:
-                district = _district(tree, node)
+                district = gridtree.above(tree, node, DISTRICT)
                 out[serial] = Place(
                     serial,
                     account,
@@ -333,119 +296,6 @@ class Book:
 
     # -- finding causes --------------------------------------------------------------
 
-    def find(self, now: float) -> tuple[list[Finding], int]:
-        """Every cause among the owned meters; and how many silent meters were left
-        to outages."""
-        since = int(now - self.cfg.lookback)
-        found: list[Finding] = []
-        found += self._suspects(since)
-        silent, outage = self._silent()
-        found += silent
-        found += self._events(since, "tamper", f"name IN ({_lit(TAMPER)})")
-        found += self._events(since, "low_battery", f"name IN ({_lit(LOW_BATTERY)})")
-        found += self._failed(since, "switch_failed", SWITCHING)
-        found += self._failed(since, "clock_uncorrected", ("clock",))
-        return found, outage
-
-    def _suspects(self, since: int) -> list[Finding]:
-        _, rows = self.store.query(
-            f"SELECT meter, toInt64(argMax(window_start, window_end)), "
-            f"toInt64(max(window_end)), argMax(score, window_end), argMax(rules, window_end), "
-            f"argMax(evidence, window_end), argMax(node_loss_pct, window_end) "
-            f"FROM {self.db}.anomalies WHERE window_end > toDateTime({since}) GROUP BY meter"
-        )
-        out = []
-        for meter, start, end, score, rules, evidence, loss in rows:
-            try:
-                ev = json.loads(evidence) if evidence else {}
-            except ValueError:
-                ev = {"text": evidence}
-            out.append(
-                Finding(
-                    "theft_suspect",
-                    meter,
-                    int(start),
-                    {
-                        "window": [int(start), int(end)],
-                        "score": int(score),
-                        "rules": list(rules),
-                        "node_loss_pct": round(float(loss), 2),
-                        "evidence": ev,
-                    },
-                )
-            )
-        return out
-
-    def _silent(self) -> tuple[list[Finding], int]:
-        """Meters not heard for `silent_after` (by arrival, in real time), without
-        those whose grid node fell silent as a whole."""
-        real_now = time.time()
-        cut = int(real_now - self.clock.real_seconds(self.cfg.silent_after))
-        _, rows = self.store.query(
-            f"SELECT m.serial, m.node_id, toInt64(s.last), toInt64(m.first) FROM "
-            f"(SELECT serial, argMax(node_id, updated_at) AS node_id, "
-            f"argMax(region, updated_at) AS region, min(updated_at) AS first "
-            f"FROM {self.db}.meters WHERE serial NOT IN {replacements.retired_sql(self.db)} "
-            f"GROUP BY serial HAVING {self.owner.sql('region')}) AS m "
-            f"LEFT JOIN (SELECT meter, max(last_received) AS last FROM {self.db}.meter_seen "
-            f"GROUP BY meter) AS s ON s.meter = m.serial"
-        )
-        per_node: dict[str, int] = defaultdict(int)
-        silent: list[tuple[str, str, int, bool]] = []
-        for serial, node, last, first in rows:
-            per_node[node] += 1
-            heard = int(last) > 0
-            if (last if heard else first) < cut:
-                silent.append((serial, node, int(last) if heard else int(first), heard))
-        quiet: dict[str, int] = defaultdict(int)
-        for _, node, _, _ in silent:
-            quiet[node] += 1
-        out, outage = [], 0
-        for serial, node, last, heard in silent:
-            n = quiet[node]
-            if n >= MIN_SILENT_GROUP and n >= self.cfg.outage_share * per_node[node]:
-                outage += 1
-                continue
-            since = int(self.clock.at(last))
-            out.append(
-                Finding(
-                    "silent",
-                    serial,
-                    since,
-                    {"last_heard": since} if heard else {"never_heard": True, "imported": since},
-                )
-            )
-        return out, outage
-
-    def _events(self, since: int, cause: str, where: str) -> list[Finding]:
-        _, rows = self.store.query(
-            f"SELECT meter, toInt64(max(ts)), groupUniqArray(name), count() "
-            f"FROM {self.db}.events WHERE ts >= toDateTime({since}) AND {where} "
-            f"AND {self.owner.meters_sql(self.db, 'meter')} GROUP BY meter"
-        )
-        return [
-            Finding(cause, meter, int(last), {"events": sorted(names), "count": int(n)})
-            for meter, last, names, n in rows
-        ]
-
-    def _failed(self, since: int, cause: str, kinds: Sequence[str]) -> list[Finding]:
-        """Meters whose last finished command of `kinds` failed."""
-        _, rows = self.store.query(
-            f"SELECT m, argMax(command_id, t), argMax(k, t), argMax(st, t), "
-            f"argMax(err, t), toInt64(max(t)) FROM ("
-            f"SELECT command_id, any(serial) AS m, any(kind) AS k, "
-            f"argMax(state, ts) AS st, argMax(error, ts) AS err, max(ts) AS t "
-            f"FROM {self.db}.commands WHERE requested_at >= toDateTime64({since}, 3) "
-            f"AND kind IN ({_lit(kinds)}) AND {self.owner.meters_sql(self.db)} "
-            f"GROUP BY command_id HAVING st IN ('done', 'failed')"
-            f") GROUP BY m"
-        )
-        return [
-            Finding(cause, serial, int(t), {"command": cid, "kind": kind, "error": error})
-            for serial, cid, kind, state, error, t in rows
-            if state == "failed"
-        ]
-
     # -- opening -----------------------------------------------------------------------
 
     def _latest(self, serials: Sequence[str]) -> dict[tuple[str, str], tuple[str, str, float]]:
@@ -455,7 +305,7 @@ class Book:
             _, rows = self.store.query(
                 f"SELECT any(cause), any(serial), argMax(state, ts), argMax(outcome, ts), "
                 f"max(ts), min(ts) FROM {self.db}.work_order_log "
-                f"WHERE serial IN ({_lit(serials[i : i + 20_000])}) GROUP BY order_id"
+                f"WHERE serial IN ({lit(serials[i : i + 20_000])}) GROUP BY order_id"
             )
             for cause, serial, state, outcome, ts, _created in sorted(rows, key=lambda r: r[5]):
                 key = (cause, serial)
@@ -540,7 +390,7 @@ class Book:
         t0 = time.monotonic()
         now = self.clock.now()
         report = ScanReport()
-        findings, report.outage_meters = self.find(now)
+        findings, report.outage_meters = self.causes.find(now)
         self.open_for(findings, now, report)
         report.seconds = time.monotonic() - t0
         return report
@@ -652,7 +502,7 @@ class Book:
                 params[name] = value
         scope = who.region_filter()
         if scope is not None:
-            conds.append(f"region IN ({_lit(scope) or chr(39) * 2})")
+            conds.append(f"region IN ({lit(scope) or chr(39) * 2})")
         return self._orders(" AND ".join(conds), params, max(1, min(limit, 100_000)))
 
     # -- changing ----------------------------------------------------------------------
@@ -755,7 +605,7 @@ class Book:
         """Inspections closed with a verdict (theft confirmed or no fault), per rule and
         per region: how often the head-end's suspicion was right."""
         scope = who.region_filter()
-        where = "" if scope is None else f" AND region IN ({_lit(scope) or chr(39) * 2})"
+        where = "" if scope is None else f" AND region IN ({lit(scope) or chr(39) * 2})"
         _, rows = self.store.query(
             f"SELECT region, evidence, outcome FROM {self.db}.work_orders "
             f"WHERE cause = 'theft_suspect' AND state = 'closed' "
@@ -838,19 +688,3 @@ def why(o: Order) -> str:
     if o.cause in ("switch_failed", "clock_uncorrected"):
         return f"{ev.get('kind', '')} failed: {ev.get('error', '')}"[:200]
     return o.note[:200]
-
-
-def _district(tree: dict[str, tuple[str, str]], node: str) -> str:
-    """The district above grid node `node` ("" when none is)."""
-    n = node
-    for _ in range(64):
-        entry = tree.get(n)
-        if entry is None:
-            return ""
-        parent, level = entry
-        if level == DISTRICT:
-            return n
-        if not parent or parent == n:
-            return ""
-        n = parent
-    return ""

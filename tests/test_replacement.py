@@ -132,7 +132,7 @@ def test_a_replaced_meter_joins_the_old_meters_last_reading_to_the_new_ones_firs
 
     # The old meter is not silent after it was taken away, and its hours after (the new
     # one's before) say nothing of theft.
-    silent, _ = book._silent()
+    silent, _ = book.causes.silent()
     assert "O" not in {f.serial for f in silent}
     off = anomalies.unavailable(st, ["O", "N"], {"O": "TR-1", "N": "TR-1"}, t0, t0 + 24 * H)
     assert min(off["O"]) == t0 + 12 * H
