@@ -278,10 +278,18 @@ class Directory:
         wrapped_kek: bytes | None = None,
         wrapped_previous: tuple[bytes, bytes] | None = None,
         wrapped_pending: tuple[bytes, bytes] | None = None,
+        ct_ratio: float = 1.0,
+        vt_ratio: float = 1.0,
     ) -> int:
         """Adds or updates a meter; wrapped keys (and the LLS password, the master key
         KEK, a rotation's previous and pending keys) are unwrapped with `master` in Rust
-        and never come out."""
+        and never come out. `ct_ratio`, `vt_ratio`: its instrument transformers (its
+        readings are stored as primary values)."""
+    def ratios(self, meter: int) -> tuple[float, float]:
+        """(CT ratio, VT ratio)."""
+    def to_primary(self, meter: int, rows: list[list[Any]]) -> int:
+        """Polled rows [obis, ts, value, unit, status] to primary values in place, by
+        the rule pushes follow; returns how many values changed."""
     def has_kek(self, meter: int) -> bool:
         """Whether the meter has a master key (KEK) to receive new keys under."""
     def rotation_state(self, meter: int) -> tuple[bool, bool]:

@@ -47,6 +47,9 @@ class Replacement:
     old_final: float
     new_initial: float
     kind: str = "electricity"
+    # CT x VT of each meter: its display's (secondary) register to the primary stored.
+    old_factor: float = 1.0
+    new_factor: float = 1.0
 
 
 def _number(v: Any, name: str) -> float:
@@ -98,11 +101,12 @@ def check(
         )
     _, rows = store.query(
         f"SELECT serial, argMax(node_id, updated_at), argMax(account_id, updated_at), "
-        f"argMax(kind, updated_at) FROM {db}.meters WHERE serial IN ({{a:String}}, {{b:String}}) "
-        f"GROUP BY serial",
+        f"argMax(kind, updated_at), argMax(ct_ratio * vt_ratio, updated_at) FROM {db}.meters "
+        f"WHERE serial IN ({{a:String}}, {{b:String}}) GROUP BY serial",
         {"a": old_serial, "b": new_serial},
     )
-    place = {r[0]: r[1:] for r in rows}
+    place = {r[0]: r[1:4] for r in rows}
+    factor = {r[0]: float(r[4]) for r in rows}
     if old_serial in place and new_serial in place and place[old_serial] != place[new_serial]:
         (on, oa, ok), (nn, na, nk) = place[old_serial], place[new_serial]
         raise ReplacementError(
@@ -110,18 +114,29 @@ def check(
             f"account {oa}, {ok}: import the new meter in the old one's place"
         )
     kind = str(place.get(old_serial, ("", "", "electricity"))[2])
-    rep = Replacement(old_serial, new_serial, when, old_final, new_initial, kind)
+    rep = Replacement(
+        old_serial,
+        new_serial,
+        when,
+        old_final,
+        new_initial,
+        kind,
+        factor.get(old_serial, 1.0),
+        factor.get(new_serial, 1.0),
+    )
     obis, scale = _register(kind)
     _, last = store.query(
         f"SELECT argMax(value, ts) FROM {db}.readings WHERE meter = {{m:String}} "
         f"AND obis_code = {{o:String}} AND ts <= toDateTime({when})",
         {"m": old_serial, "o": obis},
     )
-    if last and last[0][0] is not None and float(last[0][0]) * scale > old_final + 1e-6:
-        raise ReplacementError(
-            f"old_final {old_final:g} is below the old meter's last stored register "
-            f"{float(last[0][0]) * scale:g}: a register only goes up"
-        )
+    if last and last[0][0] is not None:
+        shown = float(last[0][0]) * scale / rep.old_factor  # as its display shows it
+        if shown > old_final + 1e-6:
+            raise ReplacementError(
+                f"old_final {old_final:g} is below the old meter's last stored register "
+                f"{shown:g}: a register only goes up"
+            )
     return rep
 
 
@@ -145,11 +160,13 @@ def record(store: SqlAccess, rep: Replacement, now: float) -> None:
     got = dt.datetime.fromtimestamp(now, dt.UTC)
     before = rep.replaced_at // 3600 * 3600
     after = -(-rep.replaced_at // 3600) * 3600
+    old = rep.old_final * rep.old_factor
+    new = rep.new_initial * rep.new_factor
     points = {
-        (rep.old_serial, rep.replaced_at, rep.old_final),
-        (rep.old_serial, after, rep.old_final),
-        (rep.new_serial, before, rep.new_initial),
-        (rep.new_serial, rep.replaced_at, rep.new_initial),
+        (rep.old_serial, rep.replaced_at, old),
+        (rep.old_serial, after, old),
+        (rep.new_serial, before, new),
+        (rep.new_serial, rep.replaced_at, new),
     }
     rows = [
         [m, obis_int(obis), dt.datetime.fromtimestamp(t, dt.UTC), v / scale, unit, 0,

@@ -43,8 +43,11 @@ class Meter:
     ic: int = 0
     kind: str = "electricity"
     node: str = "TR-1"
+    # Instrument transformers (meters.csv ct_ratio, vt_ratio; "" = direct).
+    ct: str = ""
+    vt: str = ""
 
-    def csv(self) -> str:
+    def csv(self, ratios: bool = False) -> str:
         keys = (self.ek.hex(), self.ak.hex()) if self.ek and self.ak else ("", "")
         title = self.title.hex().upper() if self.title else ""
         return (
@@ -61,6 +64,7 @@ class Meter:
                 ]
             )
             + ",,41.3,69.3"
+            + (f",{self.ct},{self.vt}" if ratios else "")
         )
 
     def push(self, i: int, when: dt.datetime | None = None, *, ek: bytes | None = None) -> bytes:
@@ -224,9 +228,11 @@ class Server:
             return
         (self.root / "grid.csv").write_text(GRID)
         self.cli("grid", "import", str(self.root / "grid.csv"))
-        header = "serial,kind,role,node_id,account_id,model,system_title,ek,ak,password,lat,lon\n"
+        header = "serial,kind,role,node_id,account_id,model,system_title,ek,ak,password,lat,lon"
+        ratios = any(m.ct or m.vt for m in self.meters)
+        header += ",ct_ratio,vt_ratio\n" if ratios else "\n"
         (self.root / "meters.csv").write_text(
-            header + "\n".join(m.csv() for m in self.meters) + "\n"
+            header + "\n".join(m.csv(ratios) for m in self.meters) + "\n"
         )
         self.cli("meters", "import", str(self.root / "meters.csv"))
 

@@ -158,6 +158,36 @@ def test_meter_import_checks_every_field_and_wraps_keys(tmp_path: Path, store: S
         )
 
 
+def test_meter_ratios_are_read_as_fractions_or_numbers(tmp_path: Path, store: Store) -> None:
+    """ct_ratio, vt_ratio: `200/5` or `40`; empty is a direct meter; nonsense, zero and
+    ratios on gas meters are refused with the row named."""
+    (tmp_path / "grid.csv").write_text(GRID)
+    import_grid(tmp_path / "grid.csv", store)
+    header = "serial,kind,role,node_id,account_id,model,system_title,ek,ak,password,lat,lon,"
+    header += "ct_ratio,vt_ratio"
+    rows = [
+        "L1,electricity,consumer,T1,A1,e3ph,,,,,41,69,200/5,10000/100",
+        "L2,electricity,consumer,T1,A2,e3ph,,,,,41,69,40,",
+        "L3,electricity,consumer,T1,A3,e1ph,,,,,41,69,,",
+        "L4,electricity,consumer,T1,A4,e3ph,,,,,41,69,200/0,",
+        "L5,electricity,consumer,T1,A5,e3ph,,,,,41,69,,-100",
+        "L6,gas,consumer,G1,A6,gas-g4,,,,,41,69,40,",
+        "L7,electricity,consumer,T1,A7,e3ph,,,,,41,69,forty,",
+    ]
+    (tmp_path / "meters.csv").write_text(header + "\n" + "\n".join(rows) + "\n")
+    master = codec.MasterKey(bytes(range(32)))
+    models = profiles.kinds(profiles.load_all(REPO_ROOT / "protocols" / "profiles"))
+    r = import_meters(tmp_path / "meters.csv", store, master, models)
+    assert r.bad == [
+        (5, "ct_ratio '200/0' is not a ratio (200/5 or 40)"),
+        (6, "vt_ratio '-100' must be above 0 and at most 1e+06"),
+        (7, "ct_ratio and vt_ratio are for electricity meters"),
+        (8, "ct_ratio 'forty' is not a ratio (200/5 or 40)"),
+    ]
+    _, got = store.query("SELECT serial, ct_ratio, vt_ratio FROM ami.meters FINAL ORDER BY serial")
+    assert got == [("L1", 40.0, 100.0), ("L2", 40.0, 1.0), ("L3", 1.0, 1.0)]
+
+
 def test_a_system_title_moves_with_its_meter(tmp_path: Path, store: Store) -> None:
     """meter_titles finds meters by title; a title a meter gave up is free again and
     points to nobody."""

@@ -22,7 +22,9 @@ P1 = Meter("P1", "e1ph")  # a plain meter (no keys)
 C = [keyed(f"C{i}", 20 + i) for i in range(3)]  # behind one concentrator
 WK = keyed("WK", 30)  # will push with a wrong key
 RP = keyed("RP", 31)  # will be replayed
-ALL = [E1, E3, G1, P1, *C, WK, RP]
+CT = keyed("CT", 32, "e3ph")  # a large consumer on a 200/5 A CT and a 10 kV/100 V VT
+CT.ct, CT.vt = "200/5", "10000/100"
+ALL = [E1, E3, G1, P1, *C, WK, RP, CT]
 
 
 @pytest.fixture(scope="module")
@@ -58,6 +60,34 @@ def test_encrypted_pushes_over_the_wrapper_become_scaled_readings(server: Server
         "SELECT DISTINCT value FROM ami.readings WHERE meter = 'E1' AND obis_code = '1.0.31.7.0.255'"
     )
     assert amps == [[5.12]]
+
+
+def test_a_meter_on_instrument_transformers_stores_primary_values(server: Server) -> None:
+    """CT 200/5 = 40, VT 10,000/100 = 100: energy x 4,000, current x 40, voltage x 100,
+    hand-computed from the secondary values the meter pushes."""
+    p = server.pusher()
+    assert p.send(p.frame(CT.push(0)))
+    p.close()
+    server.wait_for("SELECT count() FROM ami.readings WHERE meter = 'CT'", CT.registers)
+    rows = server.sql(
+        "SELECT obis_code, value, unit FROM ami.readings WHERE meter = 'CT' ORDER BY obis"
+    )
+    assert rows == [
+        ["1.0.1.8.0.255", 100_000 * 4_000.0, "Wh"],  # 100,000 Wh secondary
+        ["1.0.2.8.0.255", 0.0, "Wh"],
+        ["1.0.3.8.0.255", 5_000 * 4_000.0, "varh"],
+        ["1.0.4.8.0.255", 0.0, "varh"],
+        ["1.0.31.7.0.255", 204.8, "A"],  # 5.12 A
+        ["1.0.32.7.0.255", 23_010.0, "V"],  # 230.1 V
+        ["1.0.51.7.0.255", 205.2, "A"],  # 5.13 A
+        ["1.0.52.7.0.255", 23_020.0, "V"],
+        ["1.0.71.7.0.255", 205.6, "A"],
+        ["1.0.72.7.0.255", 23_030.0, "V"],
+    ]
+    # E3, the same model without transformers, stores the secondary values as pushed.
+    assert server.scalar(
+        "SELECT count() FROM ami.meters FINAL WHERE serial = 'E3' AND ct_ratio = 1 AND vt_ratio = 1"
+    )
 
 
 def test_three_phase_and_gas_over_hdlc(server: Server) -> None:

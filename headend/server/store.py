@@ -483,8 +483,8 @@ class StoreService:
         if not wanted:
             return [], recent
         _, rows = self.store.query(
-            f"SELECT serial, model, system_title, node_id FROM {db}.meters FINAL "
-            "WHERE serial IN %(s)s",
+            "SELECT serial, model, system_title, node_id, ct_ratio, vt_ratio "
+            f"FROM {db}.meters FINAL WHERE serial IN %(s)s",
             {"s": wanted},
         )
         asked = set(serials)
@@ -513,7 +513,7 @@ class StoreService:
             )
             counters = {c[0]: (int(c[1]), int(c[2])) for c in crows}
         out = []
-        for serial, model, title, node in rows:
+        for serial, model, title, node, ct, vt in rows:
             ek, ak, password, kek, pek, pak, vek, vak, until = key_of.get(
                 serial, ("", "", "", "", "", "", "", "", 0)
             )
@@ -523,6 +523,8 @@ class StoreService:
                     "serial": serial,
                     "model": model,
                     "node_id": node,
+                    "ct_ratio": float(ct),
+                    "vt_ratio": float(vt),
                     "system_title": bytes.fromhex(title) if title else None,
                     "system_title_hex": title,
                     "ek": bytes.fromhex(ek) if ek else None,

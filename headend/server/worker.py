@@ -491,6 +491,8 @@ class Worker:
                     wrapped_kek=m.get("kek"),
                     wrapped_previous=_pair(m.get("previous")),
                     wrapped_pending=_pair(m.get("pending")),
+                    ct_ratio=float(m.get("ct_ratio", 1.0)),
+                    vt_ratio=float(m.get("vt_ratio", 1.0)),
                 )
                 if m.get("previous"):
                     self.previous_keys_until[m["serial"]] = float(m["previous_until"])
@@ -630,6 +632,9 @@ class Worker:
                 result = await upgrade(client, image, args)
             else:
                 result = await execute(client, job, model.get("objects", {}), model)
+                if isinstance(result.get("rows"), list):
+                    # A meter on instrument transformers: primary values, as its pushes.
+                    self.directory.to_primary(meter, result["rows"])
             out.update(status="done", result=result)
         except ClientError as e:
             out.update(status="failed", error=str(e), retry=e.retry)

@@ -38,8 +38,10 @@ METER_COLUMNS = [
     "lon",
 ]
 # Columns a meters file may leave out (then empty): where a listening meter is reached,
-# and the meter's master key (KEK, 32 hex digits), which new keys are sent under.
-OPTIONAL_METER_COLUMNS = ["address", "kek"]
+# the meter's master key (KEK, 32 hex digits), which new keys are sent under, and its
+# instrument transformers' ratios (`200/5` or `40`; empty: a direct meter).
+OPTIONAL_METER_COLUMNS = ["address", "kek", "ct_ratio", "vt_ratio"]
+MAX_RATIO = 1e6
 LEVELS = (
     "republic",
     "region",
@@ -304,6 +306,10 @@ def import_meters(
             lat = _coord(r["lat"], "lat", -90, 90)
             lon = _coord(r["lon"], "lon", -180, 180)
             address = meter_address.parse(r["address"])
+            ct = ratio(r["ct_ratio"], "ct_ratio")
+            vt = ratio(r["vt_ratio"], "vt_ratio")
+            if (ct, vt) != (1.0, 1.0) and r["kind"] != "electricity":
+                raise ValueError("ct_ratio and vt_ratio are for electricity meters")
         except ValueError as e:
             report.bad.append((line, str(e)))
             continue
@@ -322,6 +328,8 @@ def import_meters(
                 lat,
                 lon,
                 str(address) if address else "",
+                ct,
+                vt,
                 node_region[node],
                 now,
             ]
@@ -359,6 +367,8 @@ def import_meters(
     cols = [
         *[c for c in METER_COLUMNS if c not in ("ek", "ak", "password")],
         "address",
+        "ct_ratio",
+        "vt_ratio",
         "region",
         "updated_at",
     ]
@@ -388,6 +398,25 @@ def import_meters(
     report.loaded = len(meters)
     report.bad.sort()
     return report
+
+
+def ratio(text: str, name: str) -> float:
+    """An instrument transformer's ratio: `primary/secondary` (`200/5`) or the quotient
+    (`40`); empty is 1 (no transformer)."""
+    text = text.strip()
+    if not text:
+        return 1.0
+    try:
+        if "/" in text:
+            a, b = text.split("/", 1)
+            value = float(a) / float(b)
+        else:
+            value = float(text)
+    except (ValueError, ZeroDivisionError):
+        raise ValueError(f"{name} {text!r} is not a ratio (200/5 or 40)") from None
+    if not 0 < value <= MAX_RATIO:  # NaN fails the comparison too
+        raise ValueError(f"{name} {text!r} must be above 0 and at most {MAX_RATIO:g}")
+    return value
 
 
 def _keys_changed_since_delivery(store: SqlAccess, db: str, serials: list[str]) -> set[str]:

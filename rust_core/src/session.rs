@@ -26,6 +26,7 @@ use crate::reader::Reader;
 use crate::rows::{EventRow, Reading, RowSink, QUALITY_MEASURED, SOURCE_PUSH, STATUS_TIME_FROM_HEADEND};
 use crate::security::{KeyTable, Keys, Policy, SystemTitle};
 use crate::stream::{Event, StreamConfig, StreamDecoder, Transport};
+use crate::units::Ratios;
 
 /// A meter the directory knows.
 #[derive(Clone, Debug)]
@@ -35,6 +36,8 @@ pub struct MeterInfo {
     pub system_title: Option<SystemTitle>,
     /// The meter has keys: it must cipher what it sends (plain APDUs are refused).
     pub ciphered: bool,
+    /// Its instrument transformers: readings are stored as primary values.
+    pub ratios: Ratios,
 }
 
 /// How a meter is looked up.
@@ -121,7 +124,13 @@ impl Directory {
         if keys.is_some() && system_title.is_none() {
             return Err(Error::encode("meter", format!("{serial}: keys without a system title")));
         }
-        let info = MeterInfo { serial: serial.to_string(), profile, system_title, ciphered: keys.is_some() };
+        let info = MeterInfo {
+            serial: serial.to_string(),
+            profile,
+            system_title,
+            ciphered: keys.is_some(),
+            ratios: Ratios::DIRECT,
+        };
         let id = match self.by_serial.get(serial.as_bytes()) {
             Some(&id) => {
                 if let Some(old) = self.meters[id as usize].system_title {
@@ -159,6 +168,16 @@ impl Directory {
             }
         }
         Ok(id)
+    }
+
+    /// Sets meter `id`'s CT and VT ratios (add_meter makes a meter direct).
+    pub fn set_ratios(&mut self, id: u32, ct: f64, vt: f64) -> Result<()> {
+        let serial = &self.meters[id as usize].serial;
+        let r = Ratios::new(ct, vt).ok_or_else(|| {
+            Error::encode("meter", format!("{serial}: CT ratio {ct} and VT ratio {vt} must be above 0 and at most 1e6"))
+        })?;
+        self.meters[id as usize].ratios = r;
+        Ok(())
     }
 
     /// Records that the store does not know this meter, until `until` (Unix seconds).
@@ -623,7 +642,7 @@ impl Session {
                 meter: &info.serial,
                 obis: reg.obis.to_u64(),
                 ts,
-                value: crate::units::scale(raw, reg.scaler),
+                value: info.ratios.primary(crate::units::scale(raw, reg.scaler), &reg.unit),
                 unit: &reg.unit,
                 status,
                 source: SOURCE_PUSH,
@@ -857,6 +876,23 @@ mod tests {
         // longer than "V").
         let v_at = 33 + 15;
         assert_eq!(&r[v_at..v_at + 8], &230.1f64.to_le_bytes());
+    }
+
+    #[test]
+    fn a_meter_on_instrument_transformers_stores_primary_values() {
+        // CT 200/5 (40), VT 10,000/100 (100): 123,456 Wh secondary is 493,824,000 Wh
+        // primary; 230.1 V secondary is 23,010 V.
+        let (mut d, mut sink, mut s) = (dir(), RowSink::new(), new_session());
+        assert!(d.set_ratios(0, 0.0, 100.0).is_err());
+        d.set_ratios(0, 40.0, 100.0).unwrap();
+        run(&mut s, &mut d, &mut sink, &[enc(&push("E1", 123_456, 2301, 1_700_000_000), 5)]);
+        let ((r, _), _, _) = sink.drain();
+        assert_eq!(&r[15..23], &493_824_000f64.to_le_bytes());
+        assert_eq!(&r[33 + 15..33 + 23], &23_010f64.to_le_bytes());
+        // Re-adding the meter (a lookup after a re-import) makes it direct again until
+        // the ratios are set: the directory never keeps stale ratios.
+        d.add_meter("E1", "em-test", Some(ST), Some(Keys::new(&[1; 16], &[2; 16])), None, None).unwrap();
+        assert!(d.meter(0).ratios.is_direct());
     }
 
     #[test]

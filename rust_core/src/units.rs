@@ -77,6 +77,66 @@ pub fn scale(raw: f64, scaler: i8) -> f64 {
     }
 }
 
+/// A meter's instrument transformers: current (CT) and voltage (VT) ratios, primary
+/// over secondary (a 200/5 A CT is 40). A meter wired through them measures secondary
+/// quantities; the head-end stores primary ones, each register multiplied by what its
+/// unit says: energy and power by CT × VT, current by CT, voltage by VT (Blue Book
+/// units; counts, frequency, angles, volumes and the rest are left as they are).
+#[derive(Clone, Copy, PartialEq, Debug)]
+pub struct Ratios {
+    pub ct: f64,
+    pub vt: f64,
+}
+
+impl Default for Ratios {
+    fn default() -> Self {
+        Ratios::DIRECT
+    }
+}
+
+impl Ratios {
+    /// A directly connected meter.
+    pub const DIRECT: Ratios = Ratios { ct: 1.0, vt: 1.0 };
+
+    /// Ratios a meter can have: finite, positive and at most 1,000,000.
+    pub fn new(ct: f64, vt: f64) -> Option<Ratios> {
+        let ok = |r: f64| r.is_finite() && r > 0.0 && r <= 1e6;
+        (ok(ct) && ok(vt)).then_some(Ratios { ct, vt })
+    }
+
+    pub fn is_direct(self) -> bool {
+        self.ct == 1.0 && self.vt == 1.0
+    }
+
+    /// What a secondary value in `unit` (the symbol, as profiles and rows carry it) is
+    /// multiplied by to give the primary value.
+    pub fn factor(self, unit: &str) -> f64 {
+        let Ratios { ct, vt } = self;
+        match unit {
+            "W" | "VA" | "var" | "Wh" | "VAh" | "varh" => ct * vt,
+            "A" | "Ah" | "C" => ct,
+            "V" => vt,
+            "A²h" => ct * ct,
+            "V²h" => vt * vt,
+            "Ω" => vt / ct,
+            "1/(Wh)" | "1/(varh)" | "1/(VAh)" => 1.0 / (ct * vt),
+            "1/(A²h)" => 1.0 / (ct * ct),
+            "1/(V²h)" => 1.0 / (vt * vt),
+            _ => 1.0,
+        }
+    }
+
+    /// The primary value of `value` (secondary, in `unit`).
+    #[inline]
+    pub fn primary(self, value: f64, unit: &str) -> f64 {
+        if self.is_direct() {
+            value
+        } else {
+            value * self.factor(unit)
+        }
+    }
+}
+
 /// The powers of ten that f64 represents exactly.
 static EXACT: [f64; 23] = [
     1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15, 1e16, 1e17, 1e18, 1e19, 1e20,
@@ -101,6 +161,23 @@ mod tests {
         assert_eq!(ScalerUnit::new(-2, 35).apply(23012.0), 230.12);
         assert!((pow10(-128) / 1e-128 - 1.0).abs() < 1e-12);
         assert!((scale(3.0, 100) / 3e100 - 1.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn instrument_transformers_scale_by_unit() {
+        // A 200/5 A CT (40) and a 10 kV/100 V VT (100): hand-computed primaries.
+        let r = Ratios::new(40.0, 100.0).unwrap();
+        assert_eq!(r.primary(12.5, "Wh"), 50_000.0);
+        assert_eq!(r.primary(1.5, "var"), 6_000.0);
+        assert_eq!(r.primary(5.12, "A"), 204.8);
+        assert_eq!(r.primary(230.1, "V"), 23_010.0);
+        assert_eq!(r.primary(49.98, "Hz"), 49.98);
+        assert_eq!(r.primary(1.0, "count"), 1.0);
+        assert_eq!(r.primary(2.0, "A²h"), 3_200.0);
+        assert_eq!(Ratios::DIRECT.primary(0.1 + 0.2, "Wh"), 0.1 + 0.2);
+        assert!(Ratios::new(0.0, 1.0).is_none());
+        assert!(Ratios::new(f64::NAN, 1.0).is_none());
+        assert!(Ratios::new(40.0, 2e6).is_none());
     }
 
     #[test]

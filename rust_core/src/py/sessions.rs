@@ -60,8 +60,10 @@ impl Directory {
     /// During a key rotation, `wrapped_previous` (the keys before the last rotation,
     /// kept for late frames) and `wrapped_pending` (keys sent and not yet confirmed) are
     /// (EK, AK) pairs the meter's frames may also come under; `wrapped_kek` is the
-    /// meter's master key, which wraps new keys for `key_transfer`.
-    #[pyo3(signature = (serial, model, system_title = None, wrapped_ek = None, wrapped_ak = None, master = None, last_received = None, next_sent = None, *, wrapped_password = None, wrapped_kek = None, wrapped_previous = None, wrapped_pending = None))]
+    /// meter's master key, which wraps new keys for `key_transfer`. `ct_ratio` and
+    /// `vt_ratio`: its instrument transformers (its readings are stored as primary
+    /// values).
+    #[pyo3(signature = (serial, model, system_title = None, wrapped_ek = None, wrapped_ak = None, master = None, last_received = None, next_sent = None, *, wrapped_password = None, wrapped_kek = None, wrapped_previous = None, wrapped_pending = None, ct_ratio = 1.0, vt_ratio = 1.0))]
     #[allow(clippy::too_many_arguments)]
     fn add_meter(
         &mut self,
@@ -78,7 +80,16 @@ impl Directory {
         wrapped_kek: Option<&[u8]>,
         wrapped_previous: Option<(Vec<u8>, Vec<u8>)>,
         wrapped_pending: Option<(Vec<u8>, Vec<u8>)>,
+        ct_ratio: f64,
+        vt_ratio: f64,
     ) -> PyResult<u32> {
+        if crate::units::Ratios::new(ct_ratio, vt_ratio).is_none() {
+            return Err(local_error(
+                py,
+                "meter ratios",
+                format!("{serial}: CT ratio {ct_ratio} and VT ratio {vt_ratio} must be above 0 and at most 1e6"),
+            ));
+        }
         let unwrap_pair = |pair: Option<(Vec<u8>, Vec<u8>)>| -> PyResult<Option<([u8; 16], [u8; 16])>> {
             let Some((ek, ak)) = pair else { return Ok(None) };
             let m = master.ok_or_else(|| local_error(py, "meter keys", "give the master key too"))?;
@@ -110,6 +121,7 @@ impl Directory {
         };
         let keyed = keys.is_some();
         let id = codec(py, self.inner.add_meter(serial, model, st, keys, last_received, next_sent))?;
+        codec(py, self.inner.set_ratios(id, ct_ratio, vt_ratio))?;
         match password {
             Some(pw) => self.passwords.insert(id, pw),
             None => self.passwords.remove(&id),
@@ -127,6 +139,34 @@ impl Directory {
             codec(py, self.inner.keys.set_alternates(&st, to_keys(previous), to_keys(pending)))?;
         }
         Ok(id)
+    }
+
+    /// Meter `meter`'s (CT ratio, VT ratio).
+    fn ratios(&self, meter: u32) -> PyResult<(f64, f64)> {
+        let r = self.known(meter)?.ratios;
+        Ok((r.ct, r.vt))
+    }
+
+    /// Polled rows `[obis, ts, value, unit, status]` of meter `meter` to primary values,
+    /// in place, by the same rule as its pushes (value × the factor of its unit). One
+    /// call per command's rows; returns how many values changed.
+    fn to_primary(&self, meter: u32, rows: &Bound<'_, PyList>) -> PyResult<usize> {
+        let r = self.known(meter)?.ratios;
+        if r.is_direct() {
+            return Ok(0);
+        }
+        let mut changed = 0;
+        for row in rows.iter() {
+            let row = row.cast::<PyList>()?;
+            let value: f64 = row.get_item(2)?.extract()?;
+            let unit: String = row.get_item(3)?.extract()?;
+            let f = r.factor(&unit);
+            if f != 1.0 {
+                row.set_item(2, value * f)?;
+                changed += 1;
+            }
+        }
+        Ok(changed)
     }
 
     /// (has previous keys, has pending keys) of meter `meter`: where a rotation stands.
