@@ -533,10 +533,18 @@ class NodeSums:
     were measured."""
 
     def __new__(
-        cls, nodes: Sequence[str], start: int, hours: int, obis: Sequence[str]
-    ) -> NodeSums: ...
-    def arrays(self) -> tuple[bytes, bytes]:
-        """(values, measured): little-endian float64 and uint32, `[node][side][hour]`."""
+        cls,
+        nodes: Sequence[str],
+        start: int,
+        hours: int,
+        obis: Sequence[str],
+        prefer: Sequence[tuple[str, str]] = (),
+    ) -> NodeSums:
+        """`prefer`: (fallback, preferred) OBIS pairs; a meter's fallback register
+        counts only where it has no preferred one (gas volume, corrected volume)."""
+    def arrays(self) -> tuple[bytes, bytes, bytes]:
+        """(values, measured, preferred): little-endian float64, uint32 and uint32,
+        `[node][side][hour]`; preferred counts intervals of preferred registers."""
     @property
     def unplaced(self) -> int:
         """Series of the registers whose meter has no network node among `nodes`."""

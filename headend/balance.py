@@ -46,26 +46,43 @@ TASHKENT = "Asia/Tashkent"
 ELECTRICITY_IMPORT = "1.0.1.8.0.255"
 ELECTRICITY_EXPORT = "1.0.2.8.0.255"
 GAS_VOLUME = "7.0.3.0.0.255"
+GAS_CORRECTED = "7.0.13.0.0.255"  # converted to base temperature and pressure
 # (OBIS, scale from the register's unit, unit, most a consumer carries per hour in the
 # register's unit): 100 kW for electricity (Wh), 25 m³/h for gas.
 CHANNELS: list[tuple[str, float, str, float]] = [
     (ELECTRICITY_IMPORT, 0.001, "kWh", 100_000.0),
     (ELECTRICITY_EXPORT, 0.001, "kWh", 100_000.0),
     (GAS_VOLUME, 1.0, "m³", 25.0),
+    (GAS_CORRECTED, 1.0, "m³ (corr)", 25.0),
 ]
 CHANNEL_CODES = [c[0] for c in CHANNELS]
+# What a meter passes through its node, by commodity: the register read for a consumer
+# (reports, determinants, the page) and, in balances, the one counted where a meter has
+# no preferred register.
 FLOW = {"electricity": ELECTRICITY_IMPORT, "gas": GAS_VOLUME}
+# Balances count a gas meter's corrected volume where it has one (volumes at metering
+# conditions differ with temperature and pressure along a network: a balance of them
+# shows losses that are physics), its volume otherwise; `balances.corrected` says how
+# many measured meter-hours were corrected.
+PREFER = [(GAS_VOLUME, GAS_CORRECTED)]
+COUNTED = sorted({*FLOW.values(), *(p for _, p in PREFER)})
 # Supply switches (0 off): the disconnector's output state and the gas valve.
 STATES = ["0.0.96.3.10.255", "0.0.24.4.0.255"]
 ADMIN_LEVELS = ("republic", "region", "city", "district")
 """Administrative units: a city may sit in a region beside its districts (or hold
 districts of its own)."""
 NETWORK_LEVELS = tuple(level for level in LEVELS if level not in ADMIN_LEVELS)
-_SUMS = "sum(input) AS i, sum(output) AS o, sum(loss) AS l, sum(measured) AS m, sum(expected) AS e"
+_SUMS = (
+    "sum(input) AS i, sum(output) AS o, sum(loss) AS l, sum(measured) AS m, "
+    "sum(expected) AS e, sum(corrected) AS c, any(commodity) AS k"
+)
 _FIGURES = (
     "round(i, 3) AS input, round(o, 3) AS output, round(l, 3) AS loss, "
     "round(if(i > 0, l / i * 100, NULL), 2) AS loss_pct, "
-    "round(m / greatest(e, 1), 4) AS completeness"
+    "round(m / greatest(e, 1), 4) AS completeness, "
+    # Which gas volume the figures are in: corrected (every measured meter-hour),
+    # uncorrected (none) or mixed.
+    "multiIf(k != 'gas', '', c = 0, 'uncorrected', c >= m, 'corrected', 'mixed') AS volume"
 )
 # Periods in Tashkent time, labelled as text (a day is its local date); % doubled for
 # the parameterised query.
@@ -98,6 +115,7 @@ BALANCE_COLUMNS = [
     "expected",
     "has_input",
     "computed_at",
+    "corrected",
 ]
 
 
@@ -248,7 +266,7 @@ def recompute(
     # others' where they are, so their balances are summed from the table.
     sums = None
     if meters is None and len(nodes) * 2 * hours <= SUMS_CELLS:
-        sums = codec.NodeSums(list(nodes), start, hours, sorted(set(FLOW.values())))
+        sums = codec.NodeSums(list(nodes), start, hours, COUNTED, PREFER)
     _consumption(
         store, rep, int(now), margin, meters_per_slice, meters=meters, sums=sums, owner=owner
     )
@@ -639,6 +657,9 @@ class _NodeHours:
     cons_m: dict[str, np.ndarray] = field(default_factory=dict)
     inp: dict[str, np.ndarray] = field(default_factory=dict)
     inp_m: dict[str, np.ndarray] = field(default_factory=dict)
+    # Of the measured meter-hours, those on a preferred (corrected) register.
+    cons_c: dict[str, np.ndarray] = field(default_factory=dict)
+    inp_c: dict[str, np.ndarray] = field(default_factory=dict)
     # Nodes of other owners under this node's: (flow, measured, expected) per hour.
     foreign: dict[str, tuple[np.ndarray, np.ndarray, int]] = field(default_factory=dict)
 
@@ -657,12 +678,14 @@ def _balances(
         got = _sum_from_table(store, start, end, nodes, owner)
     else:
         got = _NodeHours()
-        values, measured = sums.arrays()
+        values, measured, preferred = sums.arrays()
         v = np.frombuffer(values, dtype="<f8").reshape(len(nodes), 2, hours)
         m = np.frombuffer(measured, dtype="<u4").reshape(len(nodes), 2, hours).astype(np.float64)
+        c = np.frombuffer(preferred, dtype="<u4").reshape(len(nodes), 2, hours).astype(np.float64)
         for k, node_id in enumerate(nodes):
             got.cons[node_id], got.inp[node_id] = v[k, 0], v[k, 1]
             got.cons_m[node_id], got.inp_m[node_id] = m[k, 0], m[k, 1]
+            got.cons_c[node_id], got.inp_c[node_id] = c[k, 0], c[k, 1]
         if sums.unplaced:
             log.info("%d meter register(s) with readings belong to no network node", sums.unplaced)
     if any(not n.owned for n in nodes.values()):
@@ -687,25 +710,21 @@ def _foreign_flows(
     rest = [c for c in wanted if not nodes[c].balance_meters]
     out: dict[str, tuple[np.ndarray, np.ndarray, int]] = {}
     if metered:
-        ints = _obis_ints()
         _, rows = store.query(
             f"SELECT node_id, groupArrayInsertAt(0., {hours})(v, k), "
             f"groupArrayInsertAt(toUInt64(0), {hours})(n, k) FROM ("
             "SELECT m.node_id AS node_id, "
             "toUInt32(intDiv(toInt64(c.interval_start) - %(a)s, 3600)) AS k, "
             "sum(c.value) AS v, countIf(c.quality = 'measured') AS n "
-            f"FROM (SELECT meter, interval_start, value, quality FROM {db}.consumption FINAL "
-            "      WHERE obis IN %(obis)s AND interval_start >= toDateTime(%(a)s) "
-            "      AND interval_start < toDateTime(%(b)s) AND meter IN (SELECT serial FROM "
-            f"      {db}.meters FINAL WHERE role = 'balance' AND node_id IN %(n)s)) AS c "
-            f"INNER JOIN (SELECT serial, node_id FROM {db}.meters FINAL) AS m "
+            "FROM ("
+            + _flow_sql(
+                db,
+                f"meter IN (SELECT serial FROM {db}.meters FINAL "
+                "WHERE role = 'balance' AND node_id IN %(n)s)",
+            )
+            + f") AS c INNER JOIN (SELECT serial, node_id FROM {db}.meters FINAL) AS m "
             "ON c.meter = m.serial GROUP BY node_id, k) GROUP BY node_id",
-            {
-                "obis": sorted({ints[o] for o in FLOW.values()}),
-                "a": start,
-                "b": end,
-                "n": metered,
-            },
+            {"a": start, "b": end, "n": metered},
         )
         for n, v, m in rows:
             out[str(n)] = (
@@ -743,32 +762,56 @@ def _sum_from_table(
     db = store.db
     mine = "1" if owner is None else owner.sql("region")
     hours = (end - start) // HOUR
-    ints = _obis_ints()
-    flow_obis = sorted({ints[o] for o in FLOW.values()})
     # Per node and role, the hours' sums and measured counts as arrays (one row per
     # node, not per node and hour).
     _, sums = store.query(
         f"SELECT node_id, role, groupArrayInsertAt(0., {hours})(v, k), "
-        f"groupArrayInsertAt(toUInt64(0), {hours})(n, k) FROM ("
+        f"groupArrayInsertAt(toUInt64(0), {hours})(n, k), "
+        f"groupArrayInsertAt(toUInt64(0), {hours})(p, k) FROM ("
         "SELECT m.node_id AS node_id, m.role AS role, "
         "toUInt32(intDiv(toInt64(c.interval_start) - %(a)s, 3600)) AS k, "
-        "sum(c.value) AS v, countIf(c.quality = 'measured') AS n "
-        f"FROM (SELECT meter, interval_start, value, quality FROM {db}.consumption FINAL "
-        "      WHERE obis IN %(obis)s AND interval_start >= toDateTime(%(a)s) "
-        "      AND interval_start < toDateTime(%(b)s)) AS c "
+        "sum(c.value) AS v, countIf(c.quality = 'measured') AS n, "
+        "countIf(c.quality = 'measured' AND c.preferred) AS p "
+        f"FROM ({_flow_sql(db)}) AS c "
         f"INNER JOIN (SELECT serial, node_id, role FROM {db}.meters FINAL WHERE {mine}) AS m "
         "ON c.meter = m.serial GROUP BY node_id, role, k) GROUP BY node_id, role",
-        {"obis": flow_obis, "a": start, "b": end},
+        {"a": start, "b": end},
     )
     zeros = np.zeros(hours)
     got = _NodeHours()
-    for node_id, role, values, measured in sums:
+    for node_id, role, values, measured, preferred in sums:
         if node_id not in nodes:
             continue
-        v, m = (got.inp, got.inp_m) if role == "balance" else (got.cons, got.cons_m)
+        v, m, c = (
+            (got.inp, got.inp_m, got.inp_c)
+            if role == "balance"
+            else (got.cons, got.cons_m, got.cons_c)
+        )
         v[node_id] = v.get(node_id, zeros) + np.asarray(values, dtype=np.float64)
         m[node_id] = m.get(node_id, zeros) + np.asarray(measured, dtype=np.float64)
+        c[node_id] = c.get(node_id, zeros) + np.asarray(preferred, dtype=np.float64)
     return got
+
+
+def _flow_sql(db: str, where: str = "1") -> str:
+    """The consumption balances count in [%(a)s, %(b)s) of the meters `where` selects:
+    (meter, interval_start, value, quality, preferred), each meter's preferred register
+    where it has one in the window (`PREFER`), its fallback otherwise, as the Rust sums
+    choose."""
+    ints = _obis_ints()
+    window = "interval_start >= toDateTime(%(a)s) AND interval_start < toDateTime(%(b)s)"
+    preferred = sorted(ints[p] for _, p in PREFER)
+    unless = "".join(
+        f" AND NOT (obis = {ints[f]} AND meter IN (SELECT DISTINCT meter FROM "
+        f"{db}.consumption WHERE obis = {ints[p]} AND {window} AND {where}))"
+        for f, p in PREFER
+    )
+    counted = ", ".join(str(ints[o]) for o in COUNTED)
+    return (
+        f"SELECT meter, interval_start, value, quality, obis IN ({', '.join(map(str, preferred))}) "
+        f"AS preferred FROM {db}.consumption FINAL WHERE obis IN ({counted}) AND {window} "
+        f"AND {where}{unless}"
+    )
 
 
 def _write_balances(
@@ -779,32 +822,43 @@ def _write_balances(
     hours = (end - start) // HOUR
     zeros = np.zeros(hours)
     cons, cons_m, inp, inp_m = got.cons, got.cons_m, got.inp, got.inp_m
+    cons_c, inp_c = got.cons_c, got.inp_c
 
     # Bottom-up: what each node passes to its parent (flow), measured and expected
     # meter-hours behind that flow.
     flow: dict[str, np.ndarray] = {}
     flow_m: dict[str, np.ndarray] = {}
+    flow_c: dict[str, np.ndarray] = {}
     flow_e: dict[str, int] = {}
     out: dict[str, tuple[np.ndarray, np.ndarray, int]] = {}
+    out_c: dict[str, np.ndarray] = {}
     for n in _post_order(nodes):
         if not n.owned:
+            # (Which of a foreign node's meter-hours were corrected is its owner's
+            # figure; it counts as not here.)
             f, fm, fe = got.foreign.get(n.node_id, (zeros, zeros, 0))
             flow[n.node_id], flow_m[n.node_id], flow_e[n.node_id] = f, fm, fe
+            flow_c[n.node_id] = zeros
             continue
         o = cons.get(n.node_id, zeros).copy()
         om = cons_m.get(n.node_id, zeros).copy()
+        oc = cons_c.get(n.node_id, zeros).copy()
         oe = n.consumers
         for c in n.children:
             o += flow[c]
             om += flow_m[c]
+            oc += flow_c[c]
             oe += flow_e[c]
         out[n.node_id] = (o, om, oe)
+        out_c[n.node_id] = oc
         if n.balance_meters:
             flow[n.node_id] = inp.get(n.node_id, zeros)
             flow_m[n.node_id] = inp_m.get(n.node_id, zeros)
+            flow_c[n.node_id] = inp_c.get(n.node_id, zeros)
             flow_e[n.node_id] = n.balance_meters
         else:
             flow[n.node_id], flow_m[n.node_id], flow_e[n.node_id] = o, om, oe
+            flow_c[n.node_id] = oc
 
     order = [n for n in nodes.values() if n.owned]
     if not order:
@@ -818,6 +872,9 @@ def _write_balances(
     measured = np.minimum(
         np.stack([inp_m.get(n.node_id, zeros) + out[n.node_id][1] for n in order]),
         expected[:, None],
+    )
+    corrected = np.minimum(
+        np.stack([inp_c.get(n.node_id, zeros) + out_c[n.node_id] for n in order]), measured
     )
     block = native.block(
         len(order) * hours,
@@ -842,6 +899,7 @@ def _write_balances(
                 "DateTime64(3, 'UTC')",
                 np.full(len(order) * hours, int(time.time() * 1000), dtype="<i8").tobytes(),
             ),
+            ("corrected", "UInt32", corrected.astype("<u4").tobytes()),
         ],
     )
     store.insert_rowbinary(

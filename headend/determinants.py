@@ -15,7 +15,15 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from headend.balance import FLOW, LOCAL, TASHKENT, month_span, obis_int, run_query
+from headend.balance import (
+    FLOW,
+    GAS_CORRECTED,
+    LOCAL,
+    TASHKENT,
+    month_span,
+    obis_int,
+    run_query,
+)
 from headend.errors import HeadendError
 
 __all__ = ["LOCAL", "determinants", "month_span", "this_month", "zones"]
@@ -75,6 +83,7 @@ def determinants(
         "b": b,
         "e": obis_int(FLOW["electricity"]),
         "g": obis_int(FLOW["gas"]),
+        "gc": obis_int(GAS_CORRECTED),
         "hours": list(hour_zone),
         "zones": [hour_zone[h] for h in hour_zone],
         "regions": list(regions or ()) or [""],
@@ -85,14 +94,15 @@ def determinants(
     _, rows = run_query(
         access,
         f"SELECT account_id, sum(kwh), groupArray((zone, kwh)), max(kwh), "
-        f"toInt64(argMax(h, kwh)), sum(m3), sum(est), max(n) FROM ("
+        f"toInt64(argMax(h, kwh)), sum(m3), sum(est), max(n), sum(m3c) FROM ("
         f"SELECT m.account_id AS account_id, c.interval_start AS h, "
         f"sumIf(c.value, c.obis = %(e)s) AS kwh, sumIf(c.value, c.obis = %(g)s) AS m3, "
+        f"sumIf(c.value, c.obis = %(gc)s) AS m3c, "
         f"sumIf(c.value, c.obis = %(e)s AND c.quality = 'estimated') AS est, "
         f"uniqExact(c.meter) AS n, "
         f"transform(toHour(c.interval_start, '{TASHKENT}'), %(hours)s, %(zones)s, '') AS zone "
         f"FROM (SELECT meter, obis, interval_start, value, quality FROM {db}.consumption FINAL "
-        f"WHERE obis IN (%(e)s, %(g)s) AND quality != 'invalid' "
+        f"WHERE obis IN (%(e)s, %(g)s, %(gc)s) AND quality != 'invalid' "
         f"AND interval_start >= toDateTime(%(a)s) AND interval_start < toDateTime(%(b)s)) AS c "
         f"INNER JOIN {meters} AS m ON m.serial = c.meter "
         f"GROUP BY account_id, h, zone) GROUP BY account_id ORDER BY account_id",
@@ -121,10 +131,10 @@ def determinants(
         "account_id", "category", "month", "meters", "kwh",
         *(f"kwh_{z}" for z in names),
         "max_demand_kw", "max_demand_at", "kvarh_import", "kvarh_export", "gas_m3",
-        "estimated_kwh",
+        "gas_m3_corrected", "estimated_kwh",
     ]  # fmt: skip
     out = []
-    for acc, kwh, by_zone, peak, peak_at, m3, est, n in rows:
+    for acc, kwh, by_zone, peak, peak_at, m3, est, n, m3c in rows:
         per_zone = dict.fromkeys(names, 0.0)
         for z, v in by_zone:
             if z in per_zone:
@@ -137,7 +147,7 @@ def determinants(
                 *(round(per_zone[z], 3) for z in names),
                 round(float(peak), 3), at if float(peak) > 0 else "",
                 r.get("kvarh_import", 0.0), r.get("kvarh_export", 0.0),
-                round(float(m3), 3), round(float(est), 3),
+                round(float(m3), 3), round(float(m3c), 3), round(float(est), 3),
             ]
         )  # fmt: skip
     return cols, out

@@ -132,6 +132,11 @@ SPEC: dict[str, Any] = {
                     "loss": {"type": "number"},
                     "loss_pct": {"type": ["number", "null"]},
                     "completeness": {"type": ["number", "null"]},
+                    "volume": {
+                        "type": "string",
+                        "description": "gas: the volume the figures are in (corrected, "
+                        "uncorrected or mixed)",
+                    },
                 },
             },
             "Node": {

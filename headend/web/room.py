@@ -54,6 +54,8 @@ class Figures:
     loss: float = 0.0
     measured: int = 0
     expected: int = 0
+    # Measured meter-hours on the corrected gas volume.
+    corrected: int = 0
 
     def add(self, other: Figures) -> None:
         self.input += other.input
@@ -61,15 +63,21 @@ class Figures:
         self.loss += other.loss
         self.measured += other.measured
         self.expected += other.expected
+        self.corrected += other.corrected
 
-    def public(self) -> dict[str, Any]:
-        return {
+    def public(self, commodity: str = "") -> dict[str, Any]:
+        out: dict[str, Any] = {
             "input": round(self.input, 3),
             "output": round(self.output, 3),
             "loss": round(self.loss, 3),
             "loss_pct": _pct(self.loss, self.input),
             "completeness": round(self.measured / self.expected, 4) if self.expected else None,
         }
+        if commodity == "gas":
+            # Which volume the figures are in, as balance reports say it.
+            c, m = self.corrected, self.measured
+            out["volume"] = "uncorrected" if c == 0 else "corrected" if c >= m else "mixed"
+        return out
 
 
 @dataclass
@@ -109,10 +117,10 @@ class Node:
             "online": self.online,
         }
         if self.level in ADMIN_LEVELS:
-            out["today"] = {c: f.public() for c, f in self.totals.items()}
+            out["today"] = {c: f.public(c) for c, f in self.totals.items()}
             out["load"] = {c: round(v, 3) for c, v in self.load.items()}
         else:
-            out["today"] = {self.commodity: (self.today or Figures()).public()}
+            out["today"] = {self.commodity: (self.today or Figures()).public(self.commodity)}
             out["load"] = (
                 {self.commodity: round(self.hour_input, 3)} if self.hour_input is not None else {}
             )
@@ -152,6 +160,7 @@ def _rollup(node: Node) -> None:
                 f.input += m.today.input
                 f.measured += m.today.measured
                 f.expected += m.today.expected
+                f.corrected += m.today.corrected
             f.loss = sum(m.today.loss for m in nodes if m.today is not None)
             f.output = f.input - f.loss
             n.totals[commodity] = f
@@ -276,18 +285,18 @@ def snapshot(store: Any, db: str, now: float, online: dict[str, int]) -> Snapsho
         "sumIf(measured, period_start >= toDateTime(%(d)s)), "
         "sumIf(expected, period_start >= toDateTime(%(d)s)), "
         "argMaxIf(input, period_start, input > 0 AND period_start >= toDateTime(%(h)s)), "
-        "max(has_input) "
+        "max(has_input), sumIf(corrected, period_start >= toDateTime(%(d)s)) "
         f"FROM {db}.balances FINAL "
         "WHERE period_start >= toDateTime(%(from)s) AND period_start < toDateTime(%(to)s) "
         "GROUP BY node_id",
         {"d": day0, "h": recent, "from": min(day0, recent), "to": int(now) + HOUR},
     )
-    for node_id, i, o, loss, m, e, hour, has_input in rows:
+    for node_id, i, o, loss, m, e, hour, has_input, corrected in rows:
         found = nodes.get(node_id)
         if found is None:
             continue
         n = found
-        n.today = Figures(float(i), float(o), float(loss), int(m), int(e))
+        n.today = Figures(float(i), float(o), float(loss), int(m), int(e), int(corrected))
         if has_input:
             n.hour_input = float(hour)
         else:

@@ -75,12 +75,18 @@ pub fn run(job: &Job, data: &[u8]) -> Result<(Vec<u8>, JobStats)> {
 pub struct NodeSums {
     pub start: i64,
     pub hours: usize,
-    /// Registers that count (electricity import, gas volume).
+    /// Registers that count (electricity import, gas volume, corrected gas volume).
     pub obis: Vec<u64>,
+    /// (fallback, preferred) register pairs: a meter's fallback series counts only when
+    /// it has no series of the preferred register (gas: the volume at metering
+    /// conditions, unless the meter gives the temperature- and pressure-corrected one).
+    pub prefer: Vec<(u64, u64)>,
     nodes: HashMap<Vec<u8>, u32>,
     /// `[(node * 2 + side) * hours + hour]`.
     pub value: Vec<f64>,
     pub measured: Vec<u32>,
+    /// Measured intervals (meter-hours) that came from a preferred register.
+    pub preferred: Vec<u32>,
     /// Series of flow registers whose meter has no network node here.
     pub unplaced: u64,
 }
@@ -89,7 +95,14 @@ pub struct NodeSums {
 const MAX_CELLS: usize = 1 << 28;
 
 impl NodeSums {
-    pub fn new(nodes: Vec<Vec<u8>>, start: i64, hours: usize, obis: Vec<u64>) -> Result<Self> {
+    pub fn new(nodes: Vec<Vec<u8>>, start: i64, hours: usize, obis: Vec<u64>, prefer: Vec<(u64, u64)>) -> Result<Self> {
+        if let Some(&(f, p)) = prefer.iter().find(|(f, p)| !obis.contains(f) || !obis.contains(p)) {
+            return Err(Error::invalid(
+                "node sums",
+                0,
+                format!("preferring {p:#x} to {f:#x}: both must be among the registers that count"),
+            ));
+        }
         let cells = nodes.len().checked_mul(2 * hours).filter(|&c| c <= MAX_CELLS);
         let Some(cells) = cells else {
             return Err(Error::invalid(
@@ -107,9 +120,11 @@ impl NodeSums {
             start,
             hours,
             obis,
+            prefer,
             nodes: index,
             value: vec![0.0; cells],
             measured: vec![0; cells],
+            preferred: vec![0; cells],
             unplaced: 0,
         })
     }
@@ -127,12 +142,40 @@ impl NodeSums {
         g
     }
 
-    fn add(&mut self, group: u32, start: i64, value: f64, measured: bool) {
+    fn add(&mut self, group: u32, start: i64, value: f64, measured: bool, preferred: bool) {
         let h = (start - self.start).div_euclid(3600);
         if (0..self.hours as i64).contains(&h) {
             let cell = group as usize * self.hours + h as usize;
             self.value[cell] += value;
             self.measured[cell] += u32::from(measured);
+            self.preferred[cell] += u32::from(preferred && measured);
+        }
+    }
+
+    fn is_preferred(&self, obis: u64) -> bool {
+        self.prefer.iter().any(|&(_, p)| p == obis)
+    }
+
+    /// Drops (sets to `none`) the groups of fallback series whose meter has a series of
+    /// the preferred register. `series`: each series' (meter, obis), meters contiguous.
+    fn apply_preferences(&self, series: &[(&[u8], u64)], groups: &mut [u32], none: u32) {
+        if self.prefer.is_empty() {
+            return;
+        }
+        let mut s = 0;
+        while s < series.len() {
+            let meter = series[s].0;
+            let e = s + series[s..].iter().take_while(|x| x.0 == meter).count();
+            for &(fallback, preferred) in &self.prefer {
+                if series[s..e].iter().zip(&groups[s..e]).any(|(x, &g)| x.1 == preferred && g != none) {
+                    for k in s..e {
+                        if series[k].1 == fallback {
+                            groups[k] = none;
+                        }
+                    }
+                }
+            }
+            s = e;
         }
     }
 }
@@ -321,7 +364,7 @@ pub fn with_earlier(data: &[u8], earlier: &[u8]) -> Result<Vec<u8>> {
     Ok(out)
 }
 
-/// Runs `job` over the readings, adding the flow registers' intervals in/// Runs `job` over the readings, adding the flow registers' intervals in
+/// Runs `job` over the readings, adding the flow registers' intervals in
 /// `[keep_from, keep_to)` to `sums` by the meters' nodes when given.
 pub fn run_summing(
     job: &Job,
@@ -407,11 +450,15 @@ pub fn run_summing(
     let (iv, vee) = derive(&job.vee, &params, &series, &ts, &value, &off)?;
     let keep: Vec<usize> = (0..iv.len()).filter(|&k| (job.keep_from..job.keep_to).contains(&iv.start[k])).collect();
     if let Some((sums, _)) = sums {
+        let ids: Vec<(&[u8], u64)> = keys.iter().map(|&(m0, m1, ch)| (&data[m0..m1], job.channels[ch].obis)).collect();
+        sums.apply_preferences(&ids, &mut groups, NONE);
+        let preferred: Vec<bool> = ids.iter().map(|&(_, o)| sums.is_preferred(o)).collect();
         for &k in &keep {
             let s = iv.series[k] as usize;
             if groups[s] != NONE {
                 let scale = job.channels[keys[s].2].scale;
-                sums.add(groups[s], iv.start[k], iv.value[k] * scale, iv.quality[k] == crate::vee::MEASURED);
+                let measured = iv.quality[k] == crate::vee::MEASURED;
+                sums.add(groups[s], iv.start[k], iv.value[k] * scale, measured, preferred[s]);
             }
         }
     }
@@ -1020,7 +1067,7 @@ mod tests {
         j.keep_from = 3600; // hours 1.. of the sums' window [0, 3 h)
         let block = meter_nodes_block(&[("A", "T1", 0), ("B", "T1", 1), ("Z", "elsewhere", 0)]);
         let placed = MeterNodes::read(&block).unwrap();
-        let mut sums = NodeSums::new(vec![b"F1".to_vec(), b"T1".to_vec()], 0, 3, vec![7]).unwrap();
+        let mut sums = NodeSums::new(vec![b"F1".to_vec(), b"T1".to_vec()], 0, 3, vec![7], vec![]).unwrap();
         let (out, st) = run_summing(&j, &data, Some((&mut sums, &placed))).unwrap();
         assert_eq!((out, st), run(&j, &data).unwrap(), "the rows do not change");
         // T1 is node 1: consumers at cells 6.., balance meters at 9..
@@ -1028,8 +1075,9 @@ mod tests {
         assert_eq!(sums.measured, vec![0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1]);
         assert_eq!(sums.unplaced, 1, "Z's import");
 
-        assert!(NodeSums::new(vec![b"T".to_vec(), b"T".to_vec()], 0, 3, vec![7]).is_err());
-        let e = NodeSums::new(vec![b"T".to_vec(); 1 << 20], 0, 400 * 24, vec![7]).unwrap_err().to_string();
+        assert!(NodeSums::new(vec![b"T".to_vec(), b"T".to_vec()], 0, 3, vec![7], vec![]).is_err());
+        assert!(NodeSums::new(vec![b"T".to_vec()], 0, 3, vec![7], vec![(7, 9)]).is_err(), "9 does not count");
+        let e = NodeSums::new(vec![b"T".to_vec(); 1 << 20], 0, 400 * 24, vec![7], vec![]).unwrap_err().to_string();
         assert!(e.contains("too many"), "{e}");
         for cut in 1..block.len() {
             assert!(MeterNodes::read(&block[..cut]).is_err(), "{cut}");
@@ -1037,6 +1085,38 @@ mod tests {
         let bad = String::from_utf8_lossy(&block).replace("UInt8", "Int16").into_bytes();
         let e = MeterNodes::read(&bad).err().unwrap().to_string();
         assert!(e.contains("column balance is Int16, not UInt8"), "{e}");
+    }
+
+    #[test]
+    fn node_sums_prefer_the_corrected_register_where_a_meter_has_it() {
+        // Gas: G has the volume (obis 7, 1 m³ an hour) and the corrected volume (obis
+        // 9, 0.9 m³ an hour); H only the volume (2 m³ an hour); S, the segment's
+        // balance meter, both (3.2 and 3.0). Hand-computed, per hour: consumers
+        // 0.9 (G corrected) + 2 (H, no corrected) = 2.9; input 3.0 (corrected).
+        let mut data = Vec::new();
+        for (m, obis, per) in [("G", 7, 1.0), ("G", 9, 0.9), ("H", 7, 2.0), ("S", 7, 3.2), ("S", 9, 3.0)] {
+            for h in 0..4 {
+                row(&mut data, m, obis, 3600 * h, per * h as f64);
+            }
+        }
+        let mut j = job();
+        j.channels = vec![
+            Channel { obis: 7, scale: 1.0, unit: "m³".into(), max_rate: 1e6 },
+            Channel { obis: 9, scale: 1.0, unit: "m³ (corr)".into(), max_rate: 1e6 },
+        ];
+        let block = meter_nodes_block(&[("G", "GS", 0), ("H", "GS", 0), ("S", "GS", 1)]);
+        let placed = MeterNodes::read(&block).unwrap();
+        let mut sums = NodeSums::new(vec![b"GS".to_vec()], 3600, 2, vec![7, 9], vec![(7, 9)]).unwrap();
+        run_summing(&j, &data, Some((&mut sums, &placed))).unwrap();
+        let close = |got: &[f64], want: &[f64]| got.iter().zip(want).all(|(a, b)| (a - b).abs() < 1e-9);
+        assert!(close(&sums.value, &[2.9, 2.9, 3.0, 3.0]), "{:?}", sums.value);
+        assert_eq!(sums.measured, vec![2, 2, 1, 1]);
+        // Of the meter-hours, G's and S's came from the corrected register, H's not.
+        assert_eq!(sums.preferred, vec![1, 1, 1, 1]);
+        // Without the preference both registers would count: the volume twice.
+        let mut both = NodeSums::new(vec![b"GS".to_vec()], 3600, 2, vec![7, 9], vec![]).unwrap();
+        run_summing(&j, &data, Some((&mut both, &placed))).unwrap();
+        assert!(close(&both.value, &[3.9, 3.9, 6.2, 6.2]), "{:?}", both.value);
     }
 
     #[test]

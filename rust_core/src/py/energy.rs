@@ -150,18 +150,32 @@ pub struct NodeSums {
 
 #[pymethods]
 impl NodeSums {
+    /// `prefer`: (fallback, preferred) OBIS pairs; a meter's fallback register counts
+    /// only where it has no preferred one (gas volume, corrected volume).
     #[new]
-    fn new(py: Python<'_>, nodes: Vec<String>, start: i64, hours: usize, obis: Vec<String>) -> PyResult<Self> {
+    #[pyo3(signature = (nodes, start, hours, obis, prefer = Vec::new()))]
+    fn new(
+        py: Python<'_>,
+        nodes: Vec<String>,
+        start: i64,
+        hours: usize,
+        obis: Vec<String>,
+        prefer: Vec<(String, String)>,
+    ) -> PyResult<Self> {
         let codes = obis_codes(py, &obis)?;
+        let (fallback, preferred): (Vec<String>, Vec<String>) = prefer.into_iter().unzip();
+        let pairs = obis_codes(py, &fallback)?.into_iter().zip(obis_codes(py, &preferred)?).collect();
         let nodes = nodes.into_iter().map(String::into_bytes).collect();
-        Ok(NodeSums { inner: codec(py, consumption::NodeSums::new(nodes, start, hours, codes))? })
+        Ok(NodeSums { inner: codec(py, consumption::NodeSums::new(nodes, start, hours, codes, pairs))? })
     }
 
-    /// (values, measured): little-endian float64 and uint32, `[node][side][hour]`.
-    fn arrays<'py>(&self, py: Python<'py>) -> (Bound<'py, PyBytes>, Bound<'py, PyBytes>) {
+    /// (values, measured, preferred): little-endian float64, uint32 and uint32,
+    /// `[node][side][hour]`; preferred counts the intervals of preferred registers.
+    fn arrays<'py>(&self, py: Python<'py>) -> (Bound<'py, PyBytes>, Bound<'py, PyBytes>, Bound<'py, PyBytes>) {
         let v: Vec<u8> = self.inner.value.iter().flat_map(|x| x.to_le_bytes()).collect();
         let m: Vec<u8> = self.inner.measured.iter().flat_map(|x| x.to_le_bytes()).collect();
-        (PyBytes::new(py, &v), PyBytes::new(py, &m))
+        let p: Vec<u8> = self.inner.preferred.iter().flat_map(|x| x.to_le_bytes()).collect();
+        (PyBytes::new(py, &v), PyBytes::new(py, &m), PyBytes::new(py, &p))
     }
 
     /// Series of the registers whose meter has no network node among `nodes`.
