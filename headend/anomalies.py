@@ -1,8 +1,9 @@
-"""Suspicious consumers under lossy transformers, each with the evidence that flagged it.
+"""Suspicious consumers under lossy nodes, each with the evidence that flagged it.
 
-`detect(store, start, end)` looks at the transformers whose balance over [start, end)
-shows a loss of at least `min_loss_pct` with enough completeness to trust it, and at
-every consumer meter under them:
+`detect(store, start, end)` looks at the transformers and gas segments (`LEVELS`) whose
+balance over [start, end) shows a loss of at least `min_loss_pct` with enough
+completeness to trust it, and at every consumer meter under them, by its commodity's
+flow register (active energy import; gas volume):
 
 - `low_vs_peers`: consumed less than `peer_ratio` of the median of the other consumers
   of its transformer (a bypass shows as almost nothing);
@@ -11,7 +12,8 @@ every consumer meter under them:
 - `tamper_events`: cover opened, magnetic field (the meter's own alarms);
 - `zero_or_flat`: nothing at all, or the same every hour, while its peers vary;
 - `reverse_energy`: a consumer whose export register runs;
-- `consuming_while_off`: consumption in hours its disconnector reported off.
+- `consuming_while_off`: consumption in hours its disconnector (gas: valve) reported
+  off.
 
 Each rule adds its weight to a score; a meter with a score of at least 2 is a suspect.
 Findings go to `anomaly_findings` (read through the `anomalies` view), one row per
@@ -38,6 +40,9 @@ TAMPER_EVENTS = (
     "magnetic-field-detected",
 )
 DISCONNECTOR_STATE = "0.0.96.3.10.255"
+VALVE_STATE = "0.0.24.4.0.255"
+# Network levels whose consumers are examined: the last link before them.
+LEVELS = ("transformer", "gas_segment")
 WEIGHTS = {
     "low_vs_peers": 2,
     "drop_vs_history": 1,
@@ -92,7 +97,7 @@ class Detection:
 
     def summary(self) -> dict[str, Any]:
         return {
-            "lossy_transformers": len(self.lossy_nodes),
+            "lossy_nodes": len(self.lossy_nodes),
             "consumers_examined": self.consumers_checked,
             "findings": len(self.findings),
             "suspects": len(self.suspects()),
@@ -112,17 +117,17 @@ def detect(
     owner: Ownership | None = None,
     clock: Clock | None = None,
 ) -> Detection:
-    """Finds suspects for [start, end) (Unix seconds) under the transformers `owner`
-    owns (all without it); balances must be computed."""
+    """Finds suspects for [start, end) (Unix seconds) under the transformers and gas
+    segments `owner` owns (all without it); balances must be computed."""
     db = store.db
     mine = "1" if owner is None else owner.nodes_sql(db)
     _, nodes = store.query(
         "SELECT node_id, sum(loss) / sum(input) * 100 AS pct, "
         "sum(measured) / greatest(sum(expected), 1) AS completeness "
-        f"FROM {db}.balances FINAL WHERE level = 'transformer' AND has_input = 1 AND {mine} "
+        f"FROM {db}.balances FINAL WHERE level IN %(levels)s AND has_input = 1 AND {mine} "
         "AND period_start >= toDateTime(%(a)s) AND period_start < toDateTime(%(b)s) "
         "GROUP BY node_id HAVING sum(input) > 0",
-        {"a": start, "b": end},
+        {"a": start, "b": end, "levels": list(LEVELS)},
     )
     lossy = {n: float(p) for n, p, c in nodes if p >= min_loss_pct and c >= min_completeness}
     findings, checked = (
@@ -156,33 +161,38 @@ def _findings(
     db = store.db
     start, end = window
     span = end - start
-    imp, exp = (
-        balance.obis_int(balance.ELECTRICITY_IMPORT),
-        balance.obis_int(balance.ELECTRICITY_EXPORT),
-    )
+    # Each meter's flow register: a meter has one of them (electricity or gas).
+    imp = [balance.obis_int(o) for o in balance.FLOW.values()]
+    exp = balance.obis_int(balance.ELECTRICITY_EXPORT)
     _, members = store.query(
-        f"SELECT serial, node_id FROM {db}.meters FINAL "
+        f"SELECT serial, node_id, kind FROM {db}.meters FINAL "
         "WHERE role = 'consumer' AND node_id IN %(nodes)s",
         {"nodes": sorted(lossy)},
     )
+    # Evidence in the meter's unit: kWh, or m³ for gas.
+    unit = {m: "m3" if k == "gas" else "kwh" for m, _, k in members}
+    members = [(m, n) for m, n, _ in members]
     # Hours a meter was switched off by us or had no supply say nothing of theft: they
     # are left out of every rule that compares how much it consumed.
     off = unavailable(store, [m for m, _ in members], dict(members), start - span, end, clock=clock)
     pairs = sorted((m, h) for m, hours in off.items() for h in hours)
     # (Reverse energy stays evidence in them.)
     skip = (
-        "AND NOT (obis = %(imp)s AND (meter, toInt64(interval_start)) IN %(off)s) " if pairs else ""
+        "AND NOT (obis IN %(imp)s AND (meter, toInt64(interval_start)) IN %(off)s) "
+        if pairs
+        else ""
     )
     _, rows = store.query(
         "SELECT c.meter, m.node_id, "
-        "sumIf(c.value, c.obis = %(imp)s AND c.interval_start >= toDateTime(%(a)s)) AS now_, "
-        "sumIf(c.value, c.obis = %(imp)s AND c.interval_start < toDateTime(%(a)s)) AS before_, "
-        "countIf(c.obis = %(imp)s AND c.interval_start < toDateTime(%(a)s)) AS before_hours, "
-        "countIf(c.obis = %(imp)s AND c.interval_start >= toDateTime(%(a)s)) AS hours, "
-        "stddevPopIf(c.value, c.obis = %(imp)s AND c.interval_start >= toDateTime(%(a)s)) AS sd, "
+        "sumIf(c.value, c.obis IN %(imp)s AND c.interval_start >= toDateTime(%(a)s)) AS now_, "
+        "sumIf(c.value, c.obis IN %(imp)s AND c.interval_start < toDateTime(%(a)s)) AS before_, "
+        "countIf(c.obis IN %(imp)s AND c.interval_start < toDateTime(%(a)s)) AS before_hours, "
+        "countIf(c.obis IN %(imp)s AND c.interval_start >= toDateTime(%(a)s)) AS hours, "
+        "stddevPopIf(c.value, c.obis IN %(imp)s AND c.interval_start >= toDateTime(%(a)s)) "
+        "AS sd, "
         "sumIf(c.value, c.obis = %(exp)s AND c.interval_start >= toDateTime(%(a)s)) AS export_ "
         f"FROM (SELECT meter, obis, interval_start, value FROM {db}.consumption FINAL "
-        "      WHERE obis IN (%(imp)s, %(exp)s) AND quality != 'invalid' "
+        "      WHERE (obis IN %(imp)s OR obis = %(exp)s) AND quality != 'invalid' "
         "      AND interval_start >= toDateTime(%(before)s) "
         f"      AND interval_start < toDateTime(%(b)s) {skip}) AS c "
         f"INNER JOIN (SELECT serial, node_id FROM {db}.meters FINAL "
@@ -215,11 +225,11 @@ def _findings(
             peers = [v for m, v in rates.items() if m != meter]
             median = statistics.median(peers) if peers else 0.0
             rate = float(now_) / hours if hours else 0.0
+            u = unit.get(meter, "kwh")
             if hours >= MIN_HOURS and median > 0 and rate < peer_ratio * median:
                 f.add(
                     "low_vs_peers",
-                    kwh_per_h=round(rate, 4),
-                    peer_median_kwh_per_h=round(median, 4),
+                    **{f"{u}_per_h": round(rate, 4), f"peer_median_{u}_per_h": round(median, 4)},
                     hours=hours,
                     hours_excluded=excluded,
                 )
@@ -228,17 +238,17 @@ def _findings(
             if full_history and before_rate > 0 and rate < history_ratio * before_rate:
                 f.add(
                     "drop_vs_history",
-                    kwh_per_h=round(rate, 4),
-                    before_kwh_per_h=round(before_rate, 4),
+                    **{f"{u}_per_h": round(rate, 4), f"before_{u}_per_h": round(before_rate, 4)},
                 )
             if meter in tamper:
                 f.add("tamper_events", events=tamper[meter])
             if hours >= 12 and (now_ <= 1e-6 or sd <= 1e-6) and median > 0:
-                f.add("zero_or_flat", kwh=round(now_, 3), hourly_sd=round(sd, 6), hours=hours)
+                f.add("zero_or_flat", **{u: round(now_, 3)}, hourly_sd=round(sd, 6), hours=hours)
             if export > 0.01:
                 f.add("reverse_energy", export_kwh=round(export, 3))
             if meter in while_off:
-                f.add("consuming_while_off", **while_off[meter])
+                w = while_off[meter]
+                f.add("consuming_while_off", hours=w["hours"], **{u: w["kwh"]})
             if f.rules:
                 findings.append(f)
     findings.sort(key=lambda f: (-f.score, f.node_id, f.meter))
@@ -289,20 +299,20 @@ def _tamper_events(
 def _consuming_while_off(
     store: Any, meters: list[str], start: int, end: int
 ) -> dict[str, dict[str, Any]]:
-    """Hours where the meter's disconnector reported off all through the hour and the
-    hour before (not the hour it was switched in, which holds what came before the
-    switch) and it still registered more than 0.05 kWh."""
+    """Hours where the meter's disconnector (gas: valve) reported off all through the
+    hour and the hour before (not the hour it was switched in, which holds what came
+    before the switch) and it still registered more than 0.05 kWh (m³)."""
     if not meters:
         return {}
     db = store.db
     _, rows = store.query(
         f"SELECT meter, toInt64(toStartOfHour(ts)) AS h FROM {db}.readings "
-        "WHERE meter IN %(m)s AND obis = %(state)s "
+        "WHERE meter IN %(m)s AND obis IN %(state)s "
         "AND ts >= toDateTime(%(a)s) AND ts < toDateTime(%(b)s) "
         "GROUP BY meter, h HAVING max(value) = 0",
         {
             "m": meters,
-            "state": balance.obis_int(DISCONNECTOR_STATE),
+            "state": _states(),
             "a": start - 3600,
             "b": end,
         },
@@ -313,9 +323,14 @@ def _consuming_while_off(
         return {}
     _, rows = store.query(
         f"SELECT meter, toInt64(interval_start), value FROM {db}.consumption FINAL "
-        "WHERE meter IN %(m)s AND obis = %(imp)s AND quality != 'invalid' AND value > 0.05 "
+        "WHERE meter IN %(m)s AND obis IN %(imp)s AND quality != 'invalid' AND value > 0.05 "
         "AND interval_start >= toDateTime(%(a)s) AND interval_start < toDateTime(%(b)s)",
-        {"m": whole, "imp": balance.obis_int(balance.ELECTRICITY_IMPORT), "a": start, "b": end},
+        {
+            "m": whole,
+            "imp": [balance.obis_int(o) for o in balance.FLOW.values()],
+            "a": start,
+            "b": end,
+        },
     )
     out: dict[str, dict[str, Any]] = {}
     for meter, h, v in rows:
@@ -324,6 +339,11 @@ def _consuming_while_off(
             d["hours"] += 1
             d["kwh"] = round(d["kwh"] + float(v), 3)
     return out
+
+
+def _states() -> list[int]:
+    """The supply switches' registers: the disconnector and the gas valve (0: off)."""
+    return [balance.obis_int(DISCONNECTOR_STATE), balance.obis_int(VALVE_STATE)]
 
 
 def unavailable(
@@ -352,9 +372,9 @@ def unavailable(
 
     _, rows = store.query(
         f"SELECT meter, toInt64(toStartOfHour(ts)) FROM {db}.readings "
-        "WHERE meter IN %(m)s AND obis = %(state)s AND value = 0 "
+        "WHERE meter IN %(m)s AND obis IN %(state)s AND value = 0 "
         "AND ts >= toDateTime(%(a)s) AND ts < toDateTime(%(b)s) GROUP BY 1, 2",
-        {"m": meters, "state": balance.obis_int(DISCONNECTOR_STATE), "a": start, "b": end},
+        {"m": meters, "state": _states(), "a": start, "b": end},
     )
     for meter, h in rows:
         mark(meter, int(h), int(h) + 1)

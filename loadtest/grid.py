@@ -200,6 +200,9 @@ class Generator:
                 f"{lon:.5f}",
                 "",
                 kek,
+                # No instrument transformers: the simulator's meters give primary values.
+                "",
+                "",
             ]
         )
         return serial

@@ -82,13 +82,18 @@ def score(run: Path, start: int, end: int) -> dict[str, Any]:
             kind: f"{Counter(thieves[m] for m in caught)[kind]}/{n}"
             for kind, n in Counter(thieves.values()).items()
         },
+        # Gas consumers are the generator's G serials.
+        "recall_gas": (
+            f"{sum(1 for m in caught if m.startswith('G'))}/"
+            f"{sum(1 for m in thieves if m.startswith('G'))}"
+        ),
         "false_positives_by_rule": dict(
             Counter(r for f in det.suspects() if f.meter not in thieves for r in f.rules)
         ),
         "outages": outages,
         "switched_off_by_policy": len(switched_off),
         "switched_off_suspected": len(switched_off & suspects),
-        "lossy_transformers": len(lossy),
+        "lossy_nodes": len(lossy),  # transformers and gas segments
         "theft_transformers": len(theft_nodes),
         "theft_transformers_lossy": len(lossy & theft_nodes),
         "seconds": seconds,

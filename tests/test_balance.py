@@ -440,6 +440,49 @@ def test_suspects_under_a_lossy_transformer_with_their_evidence(store: Store) ->
     assert rows == [(0,)]
 
 
+def test_suspects_under_a_lossy_gas_segment(store: Store, tmp_path: Path) -> None:
+    """A gas segment (balance meter BS, 4 m³ an hour in) with consumers G2 and G3 (1 m³
+    an hour each), G4 (uses 1, registers 0.2) and G5 (valve closed: nothing, and no
+    evidence of theft). Eight hours: loss 4 - 2.2 = 1.8 m³ an hour, 45 %."""
+    from headend import anomalies
+
+    extra = "GSEG,GS,gas_segment,gas,Segment 1,TK,41.3,69.3\n"
+    (tmp_path / "seg.csv").write_text(GRID.splitlines()[0] + "\n" + extra)
+    assert not import_grid(tmp_path / "seg.csv", store).bad
+    header = "serial,kind,role,node_id,account_id,model,system_title,ek,ak,password,lat,lon\n"
+    layout = [("BS", "balance"), ("G2", "consumer"), ("G3", "consumer")]
+    layout += [("G4", "consumer"), ("G5", "consumer")]
+    body = "".join(f"{s},gas,{r},GSEG,A-{s},gas-g4,,,,,41.3,69.3\n" for s, r in layout)
+    (tmp_path / "seg-meters.csv").write_text(header + body)
+    models = profiles.kinds(profiles.load_all(REPO_ROOT / "protocols" / "profiles"))
+    master = codec.MasterKey(bytes(range(32)))
+    assert not import_meters(tmp_path / "seg-meters.csv", store, master, models).bad
+    per_hour = {"BS": 4.0, "G2": 1.0, "G3": 1.0, "G4": 0.2, "G5": 0.0}
+    vol, valve = _obis(balance.GAS_VOLUME), _obis(anomalies.VALVE_STATE)
+    end = T0 + 8 * H
+    rows = []
+    for k in range(9):
+        when = dt.datetime.fromtimestamp(T0 + k * H, dt.UTC)
+        for m, v in per_hour.items():
+            rows.append([m, vol, when, v * k, "m³", 0, "push", "measured", when])
+        rows.append(["G5", valve, when, 0.0, "count", 0, "push", "measured", when])
+    cols = ["meter", "obis", "ts", "value", "unit", "status", "source", "quality", "received_at"]
+    store.insert_rows("readings", cols, rows)
+    balance.recompute(store, T0, end, now=end + 60)
+    det = anomalies.detect(store, T0, end, write=False)
+    assert det.lossy_nodes["GSEG"] == pytest.approx(45.0)
+    got = {f.meter: f for f in det.suspects() if f.node_id == "GSEG"}
+    assert set(got) == {"G4"}
+    assert got["G4"].rules == ["low_vs_peers"]
+    assert got["G4"].evidence["low_vs_peers"] == {
+        "m3_per_h": 0.2,
+        "peer_median_m3_per_h": 1.0,
+        "hours": 8,
+        "hours_excluded": 0,
+    }
+    assert all(f.meter != "G5" for f in det.findings)
+
+
 def _now() -> str:
     return dt.datetime.now(dt.UTC).isoformat()
 
@@ -466,7 +509,7 @@ def test_the_server_keeps_recent_balances_up_to_date(tmp_path: Path) -> None:
         rep = srv.admin("recompute", start=hour - 3 * H, end=hour)
         assert (rep["readings"], rep["consumption_rows"]) == (3, 2)
         assert srv.admin("detect", start=hour - 3 * H, end=hour) == {
-            "lossy_transformers": 0,
+            "lossy_nodes": 0,
             "consumers_examined": 0,
             "findings": 0,
             "suspects": 0,
