@@ -366,9 +366,10 @@ class Session:
         cls, peer: str, framing: _Framing = "auto", max_apdu: int = 65535, max_pending: int = 64
     ) -> Session: ...
     def feed(
-        self, data: bytes, now: int, directory: Directory, sink: RowSink
+        self, data: bytes, now: int, directory: Directory, sink: RowSink, datagram: bool = False
     ) -> list[tuple[Any, ...]]:
-        """Feeds bytes (b"": the peer closed); returns the events Python must act on:
+        """Feeds bytes (b"": the peer closed; with `datagram`, one UDP datagram, whose
+        bytes beyond its whole frames are refused); returns the events Python must act on:
         ("lookup", title | None, serial | None), ("identified", meter, serial, source),
         ("apdu", source, meter | None, apdu),
         ("link", source, destination, control, info, control_byte, segmented) for every HDLC

@@ -259,6 +259,7 @@ def cmd_ctl(args: argparse.Namespace) -> int:
                     "session_id",
                     "worker",
                     "peer",
+                    "transport",
                     "framing",
                     "meters",
                     "since",
@@ -271,6 +272,7 @@ def cmd_ctl(args: argparse.Namespace) -> int:
                         s["session_id"],
                         s["worker"],
                         s["peer"],
+                        s.get("transport", "tcp"),
                         s["framing"],
                         ",".join(s["meters"]),
                         dt.datetime.fromtimestamp(s["connected_at"], dt.UTC).strftime(

@@ -39,6 +39,10 @@ class ServerConfig:
     """A second port for HDLC-over-TCP; None: one port, framing detected per connection."""
     framing: str = "auto"
     """Framing on `port`: auto, wrapper or hdlc."""
+    udp: bool = True
+    """Listen on UDP too (the wrapper over UDP, IEC 62056-47: NB-IoT meters)."""
+    udp_port: int | None = None
+    """UDP port; None: the same number as `port` (4059 is registered for both)."""
     workers: int = 0
     """Worker processes; 0 means one per CPU."""
     max_connections_per_worker: int = 19_000

@@ -57,6 +57,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--duration", type=float, default=0.0, help="stop after S real seconds")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--debtors", type=float, default=0.01, help="share of accounts in debt")
+    p.add_argument(
+        "--udp",
+        type=float,
+        default=0.1,
+        help="share of meters on their own that push over UDP, as NB-IoT meters (0.1)",
+    )
     p.add_argument("--keep", action="store_true", help="reuse the demo directory's data")
     p.add_argument(
         "--regions",
@@ -233,6 +239,8 @@ def run(args: argparse.Namespace) -> int:
         ",".join(sim.fleet_sources(0, args.meters)),
         "--status-every",
         "30",
+        "--udp",
+        str(args.udp),
         stdout=log,
         stderr=log,
     )

@@ -81,6 +81,9 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     )
     ap.add_argument("--hdlc", type=float, default=0.05, help="share of HDLC connections")
     ap.add_argument(
+        "--udp", type=float, default=0.0, help="share of single meters pushing over UDP (NB-IoT)"
+    )
+    ap.add_argument(
         "--concentrators", type=float, default=0.1, help="share of transformers with a concentrator"
     )
     ap.add_argument(
@@ -533,6 +536,7 @@ class LoadRun:
             "--duration", str(a.duration + self.ramp),
             "--connect-rate", str(a.connect_rate),
             "--hdlc", str(a.hdlc),
+            "--udp", str(a.udp),
             "--concentrators", str(a.concentrators),
             "--gaps", "0",
             "--status-every", "1",

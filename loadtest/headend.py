@@ -35,9 +35,11 @@ def free_port() -> int:
     first = 20_000 if lo > 21_000 else 1_025
     for _ in range(500):
         port = random.randint(first, lo - 1)  # noqa: S311 (a port, not a secret)
-        with socket.socket() as s:
+        # Free for TCP and UDP: the head-end listens on both with the same number.
+        with socket.socket() as s, socket.socket(type=socket.SOCK_DGRAM) as u:
             try:
                 s.bind(("127.0.0.1", port))
+                u.bind(("127.0.0.1", port))
             except OSError:
                 continue
             return port

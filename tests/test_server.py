@@ -22,9 +22,10 @@ P1 = Meter("P1", "e1ph")  # a plain meter (no keys)
 C = [keyed(f"C{i}", 20 + i) for i in range(3)]  # behind one concentrator
 WK = keyed("WK", 30)  # will push with a wrong key
 RP = keyed("RP", 31)  # will be replayed
+NB = keyed("NB", 33)  # an NB-IoT meter: pushes over UDP
 CT = keyed("CT", 32, "e3ph")  # a large consumer on a 200/5 A CT and a 10 kV/100 V VT
 CT.ct, CT.vt = "200/5", "10000/100"
-ALL = [E1, E3, G1, P1, *C, WK, RP, CT]
+ALL = [E1, E3, G1, P1, *C, WK, RP, CT, NB]
 
 
 @pytest.fixture(scope="module")
@@ -88,6 +89,34 @@ def test_a_meter_on_instrument_transformers_stores_primary_values(server: Server
     assert server.scalar(
         "SELECT count() FROM ami.meters FINAL WHERE serial = 'E3' AND ct_ratio = 1 AND vt_ratio = 1"
     )
+
+
+def test_pushes_over_udp_each_datagram_on_its_own(server: Server) -> None:
+    """The wrapper over UDP (IEC 62056-47): a datagram a push, deciphered and stored as
+    over TCP; a datagram cut short is refused alone and the next one stored."""
+    with socket.socket(type=socket.SOCK_DGRAM) as u:
+        u.bind(("127.0.0.77", 0))
+        to = ("127.0.0.1", server.port)
+        for i in range(3):
+            u.sendto(codec.wrap(NB.push(i), 1, 1), to)
+        cut = codec.wrap(NB.push(3), 1, 1)
+        u.sendto(cut[: len(cut) // 2], to)
+        u.sendto(codec.wrap(NB.push(4), 1, 1), to)
+        server.wait_for("SELECT count() FROM ami.readings WHERE meter = 'NB'", 4 * NB.registers)
+        ts = server.sql(
+            "SELECT DISTINCT toUnixTimestamp(ts) FROM ami.readings WHERE meter = 'NB' ORDER BY 1"
+        )
+        start = int(START.timestamp())
+        assert [t[0] for t in ts] == [start + 900 * i for i in (0, 1, 2, 4)]
+        server.wait_for(
+            "SELECT count() FROM ami.events WHERE name = 'reject:truncated' "
+            "AND peer LIKE '127.0.0.77%'",
+            1,
+        )
+        # One session for the peer's address, its meter identified on it.
+        sessions = server.admin("sessions", meter="NB")["sessions"]
+        assert len(sessions) == 1
+        assert sessions[0]["peer"].startswith("127.0.0.77:")
 
 
 def test_three_phase_and_gas_over_hdlc(server: Server) -> None:

@@ -40,6 +40,7 @@ from headend.server.admission import Admission
 from headend.server.client import ClientError, HdlcLink, Link, MeterClient, WrapperLink, execute
 from headend.server.firmware import image_for, upgrade
 from headend.server.rekey import StoreKeys, rekey
+from headend.server.udp import UdpEndpoint
 from headend.store import spool
 
 log = logging.getLogger("headend.worker")
@@ -61,6 +62,7 @@ class MeterProtocol(asyncio.Protocol):
         "clients",
         "closed",
         "connected_at",
+        "datagram",
         "dialled",
         "framing",
         "last_rx",
@@ -75,10 +77,17 @@ class MeterProtocol(asyncio.Protocol):
     )
 
     def __init__(
-        self, worker: Worker, framing: Literal["auto", "wrapper", "hdlc"], dialled: bool = False
+        self,
+        worker: Worker,
+        framing: Literal["auto", "wrapper", "hdlc"],
+        dialled: bool = False,
+        *,
+        datagram: bool = False,
     ) -> None:
         self.worker = worker
         self.framing = framing
+        # A UDP peer (udp.py): each read is one datagram.
+        self.datagram = datagram
         # The head-end opened this connection to a listening meter.
         self.dialled = dialled
         self.transport: asyncio.Transport | None = None
@@ -132,7 +141,7 @@ class MeterProtocol(asyncio.Protocol):
         now = time.time()
         self.last_rx = now
         try:
-            events = session.feed(data, int(now), w.directory, w.sink)
+            events = session.feed(data, int(now), w.directory, w.sink, self.datagram)
         except InternalError:
             # Our bug, not the meter's: said loudly, and only this connection pays.
             log.exception("internal error on connection %s; closing it", self.sid)
@@ -247,6 +256,7 @@ class Worker:
         self.store: ipc.Channel | None = None
         self.stop = asyncio.Event()
         self.servers: list[asyncio.Server] = []
+        self.udp: UdpEndpoint | None = None
         self.totals: dict[str, int] = {"pushes": 0, "readings": 0, "events": 0, "connections": 0}
         self.rejects: dict[str, int] = {}
         # Spool records a full disk held back, and since when (None: the spool writes).
@@ -813,6 +823,7 @@ class Worker:
                     "session_id": p.sid,
                     "worker": self.id,
                     "peer": s.peer,
+                    "transport": "udp" if p.datagram else "tcp",
                     "framing": s.framing,
                     "meters": serials,
                     "connected_at": p.connected_at,
@@ -965,11 +976,21 @@ class Worker:
                 backlog=4096,
             )
             self.servers.append(server)
+        udp = ""
+        if srv.udp:
+            port = srv.udp_port or srv.port
+            endpoint = UdpEndpoint(self)
+            await loop.create_datagram_endpoint(
+                lambda: endpoint, local_addr=(srv.host, port), reuse_port=True
+            )
+            self.udp = endpoint
+            udp = f", UDP {port}"
         log.info(
-            "worker %d listening on %s port(s) %s",
+            "worker %d listening on %s port(s) %s%s",
             self.id,
             srv.host,
             ", ".join(str(p) for p, _ in listen),
+            udp,
         )
         for coro in (self._store_link(), self._report(), self._sweep()):
             task = loop.create_task(coro)
@@ -984,6 +1005,8 @@ class Worker:
             s.close()
         for p in list(self.connections.values()):
             p.close("shutdown")
+        if self.udp is not None and self.udp.transport is not None:
+            self.udp.transport.close()
         await asyncio.sleep(0.05)  # let connection_lost run for the closed transports
         self.admission.tell(final=True)
         self.flush(final=True)

@@ -335,6 +335,32 @@ impl Session {
         self.decode(&mut cx);
     }
 
+    /// One datagram from the peer (UDP, IEC 62056-47: a whole wrapper frame, or
+    /// several): what it holds beyond its whole frames is refused (`truncated`), never
+    /// joined to the next datagram. Frames still waiting for room in the lookup queue
+    /// stay, as on a stream.
+    pub fn feed_datagram(
+        &mut self,
+        data: &[u8],
+        now: i64,
+        dir: &mut Directory,
+        sink: &mut RowSink,
+        out: &mut Vec<SessionEvent>,
+    ) {
+        if data.is_empty() {
+            return; // an empty datagram is nothing (on a stream it would be the end)
+        }
+        self.stats.bytes_in += data.len() as u64;
+        self.stream.receive(data);
+        let mut cx = Ctx { now, dir, sink, out };
+        self.decode(&mut cx);
+        if self.pending.len() < self.max_pending && self.stream.pending() > 0 {
+            let n = self.stream.discard_partial();
+            let msg = format!("a datagram ended {n} bytes into a frame");
+            self.reject_kind(&mut cx, "truncated", &msg, None);
+        }
+    }
+
     /// Frames from the stream decoder, until it holds no whole frame or the queue of
     /// APDUs waiting for a meter lookup is full: what is left stays in the decoder (the
     /// worker stops reading meanwhile) and is decoded after the lookup, never refused
@@ -893,6 +919,25 @@ mod tests {
         // the ratios are set: the directory never keeps stale ratios.
         d.add_meter("E1", "em-test", Some(ST), Some(Keys::new(&[1; 16], &[2; 16])), None, None).unwrap();
         assert!(d.meter(0).ratios.is_direct());
+    }
+
+    #[test]
+    fn a_datagram_that_ends_inside_a_frame_is_refused_alone() {
+        let (mut d, mut sink, mut s) = (dir(), RowSink::new(), new_session());
+        let whole = wrapper::encode(1, 1, &enc(&push("E1", 1, 2300, 1_700_000_000), 1)).unwrap();
+        let mut out = Vec::new();
+        // Half a frame, then a whole one: the half is refused, the whole one stored.
+        s.feed_datagram(&whole[..whole.len() / 2], 1_800_000_000, &mut d, &mut sink, &mut out);
+        assert!(matches!(out[..], [SessionEvent::Reject { kind: "truncated", .. }]), "{out:?}");
+        assert_eq!(s.buffered(), 0);
+        out.clear();
+        let next = wrapper::encode(1, 1, &enc(&push("E1", 2, 2300, 1_700_000_900), 2)).unwrap();
+        s.feed_datagram(&next, 1_800_000_000, &mut d, &mut sink, &mut out);
+        assert_eq!(out, vec![SessionEvent::Identified { meter: 0, source: 1 }]);
+        assert_eq!(sink.readings_rows(), 2);
+        // An empty datagram is nothing, not the end of the session.
+        s.feed_datagram(&[], 1_800_000_000, &mut d, &mut sink, &mut out);
+        assert_eq!(sink.take_stats().rejects, vec![("truncated", 1)]);
     }
 
     #[test]

@@ -150,6 +150,16 @@ impl StreamDecoder {
         self.skipped
     }
 
+    /// Drops the bytes received that are not part of a returned frame (a datagram that
+    /// ended inside a frame: the next datagram starts a frame of its own); returns how
+    /// many.
+    pub fn discard_partial(&mut self) -> usize {
+        let n = self.pending();
+        self.skip(n);
+        self.resync = false;
+        n
+    }
+
     /// Stores bytes from the peer; an empty slice means the peer closed the connection.
     pub fn receive(&mut self, data: &[u8]) {
         if data.is_empty() {

@@ -111,6 +111,8 @@ pub struct Endpoint {
     pub concentrator: bool,
     /// A meter that listens here for the head-end instead of connecting to it.
     pub listen: Option<SocketAddr>,
+    /// A meter on a datagram network (NB-IoT): the wrapper over UDP (IEC 62056-47).
+    pub udp: bool,
 }
 
 /// A meters.csv `address`: (framing is HDLC, where to listen). The simulated meter
@@ -139,6 +141,9 @@ pub struct FleetOptions {
     pub concentrators: f64,
     /// Share of connections that use HDLC framing instead of the wrapper.
     pub hdlc: f64,
+    /// Share of the meters on their own (not behind a concentrator, not listening, not
+    /// on HDLC) that push over UDP, as NB-IoT meters do.
+    pub udp: f64,
     /// Share of consumer meters whose clocks drift by minutes.
     pub drifting: f64,
     /// Run only the first N meters of the partition (0: all).
@@ -505,7 +510,7 @@ fn group_endpoints(seed: u64, nodes: &[Node], meters: &[MeterSpec], opts: &Fleet
     let mut by_node: HashMap<u32, usize> = HashMap::new();
     for (i, m) in meters.iter().enumerate() {
         if let Some((hdlc, at)) = m.address {
-            out.push(Endpoint { meters: vec![i as u32], hdlc, concentrator: false, listen: Some(at) });
+            out.push(Endpoint { meters: vec![i as u32], hdlc, concentrator: false, listen: Some(at), udp: false });
             continue;
         }
         let n = &nodes[m.node as usize];
@@ -522,14 +527,15 @@ fn group_endpoints(seed: u64, nodes: &[Node], meters: &[MeterSpec], opts: &Fleet
                 }
             }
             by_node.insert(m.node, out.len());
-            out.push(Endpoint { meters: vec![i as u32], hdlc: false, concentrator: true, listen: None });
+            out.push(Endpoint { meters: vec![i as u32], hdlc: false, concentrator: true, listen: None, udp: false });
         } else {
-            out.push(Endpoint { meters: vec![i as u32], hdlc: false, concentrator: false, listen: None });
+            out.push(Endpoint { meters: vec![i as u32], hdlc: false, concentrator: false, listen: None, udp: false });
         }
     }
     for ep in out.iter_mut().filter(|e| e.listen.is_none()) {
         let first = &meters[ep.meters[0] as usize];
         ep.hdlc = unit(first.key ^ 0x4D1C) < opts.hdlc;
+        ep.udp = !ep.hdlc && !ep.concentrator && unit(first.key ^ 0x0DB0) < opts.udp;
     }
     out
 }

@@ -14,7 +14,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use headend_core::datetime::{DateTime, DeviationSign};
 use tokio::io::AsyncWriteExt;
-use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream, UdpSocket};
 use tokio::sync::watch;
 use tokio::time::{sleep, sleep_until, Instant};
 
@@ -43,6 +43,8 @@ Fleet
   --under P[,P...]       only meters on grid nodes whose id starts with P (a region: UZ-SA)
   --concentrators F      share of transformers whose meters sit behind a concentrator (0.1)
   --hdlc F               share of connections speaking HDLC (0.05)
+  --udp F                share of meters on their own that push over UDP to the meter
+                         port (the wrapper over UDP, IEC 62056-47: NB-IoT; default 0)
   --drifting F           share of meters whose clock is minutes off (0.02)
   --refuse-keys X        meters whose firmware refuses a key transfer: a share (0.05)
                          or serials (S[,S...]); the others take new keys wrapped under
@@ -137,6 +139,7 @@ impl Options {
                 partitions: 1,
                 concentrators: 0.1,
                 hdlc: 0.05,
+                udp: 0.0,
                 drifting: 0.02,
                 limit: 0,
                 only: Vec::new(),
@@ -218,6 +221,7 @@ impl Options {
                 "--under" => o.fleet.under = value()?.split(',').map(|s| s.trim().to_string()).collect(),
                 "--concentrators" => o.fleet.concentrators = share(num(value()?)?)?,
                 "--hdlc" => o.fleet.hdlc = share(num(value()?)?)?,
+                "--udp" => o.fleet.udp = share(num(value()?)?)?,
                 "--drifting" => o.fleet.drifting = share(num(value()?)?)?,
                 "--keys-file" => o.fleet.keys_file = Some(PathBuf::from(value()?)),
                 "--fail-verify" => o.fleet.fail_verify = crate::fleet::Chosen::parse(&value()?)?,
@@ -462,6 +466,8 @@ pub fn run(opt: Options) -> Result<(), String> {
         for e in 0..sh.fleet.endpoints.len() {
             if sh.fleet.endpoints[e].listen.is_some() {
                 tasks.push(tokio::task::spawn_local(listener(sh.clone(), e)));
+            } else if sh.fleet.endpoints[e].udp {
+                tasks.push(tokio::task::spawn_local(udp_endpoint(sh.clone(), e)));
             } else {
                 tasks.push(tokio::task::spawn_local(endpoint(sh.clone(), e)));
             }
@@ -773,17 +779,7 @@ async fn endpoint(sh: Rc<Shared>, ep: usize) {
     loop {
         // Offline: keep generating pushes until it is time to (re)connect.
         if let Some(until) = wait_until.take() {
-            loop {
-                due_pushes(&sh, ep, &mut slots, &mut queue);
-                if sh.stopping() || Instant::now() >= until {
-                    break;
-                }
-                let next = slots.iter().map(|s| s.due).min().unwrap_or(until).min(until);
-                tokio::select! {
-                    _ = sleep_until(next) => {}
-                    _ = epoch_rx.changed() => {}
-                }
-            }
+            offline_until(&sh, ep, &mut slots, &mut queue, until, &mut epoch_rx).await;
         }
         if sh.stopping() {
             return;
@@ -810,6 +806,142 @@ async fn endpoint(sh: Rc<Shared>, ep: usize) {
             End::Storm => Some(sh.back_at.get().unwrap_or_else(Instant::now)),
             End::Closed | End::Fault => Some(Instant::now() + Duration::from_secs_f64(rng.uniform(1.0, 5.0))),
         };
+    }
+}
+
+/// Generates pushes until `until` (or the run stops), as a meter does while it cannot
+/// reach the head-end.
+async fn offline_until(
+    sh: &Shared,
+    ep: usize,
+    slots: &mut [Slot],
+    queue: &mut VecDeque<Outgoing>,
+    until: Instant,
+    epoch_rx: &mut watch::Receiver<u32>,
+) {
+    loop {
+        due_pushes(sh, ep, slots, queue);
+        if sh.stopping() || Instant::now() >= until {
+            return;
+        }
+        let next = slots.iter().map(|s| s.due).min().unwrap_or(until).min(until);
+        tokio::select! {
+            _ = sleep_until(next) => {}
+            _ = epoch_rx.changed() => {}
+        }
+    }
+}
+
+/// A meter on a datagram network (NB-IoT): the wrapper over UDP (IEC 62056-47) to the
+/// meter port, a datagram a frame, from one socket (one source address and port) for
+/// the run. The head-end's requests come back to that address; a blackout holds the
+/// pushes until it ends, as on TCP. Nothing confirms a datagram: what the network
+/// loses is lost (the counters count what was sent).
+async fn udp_endpoint(sh: Rc<Shared>, ep: usize) {
+    let e = &sh.fleet.endpoints[ep];
+    let mut slots: Vec<Slot> = e.meters.iter().map(|&m| first_slot(&sh, m)).collect();
+    let mut queue: VecDeque<Outgoing> = VecDeque::new();
+    let mut epoch_rx = sh.epoch.subscribe();
+    let start = sh.t0 + Duration::from_secs_f64(ep as f64 / sh.opt.connect_rate);
+    offline_until(&sh, ep, &mut slots, &mut queue, start, &mut epoch_rx).await;
+    if sh.stopping() {
+        return;
+    }
+    let src = sh.opt.sources[ep % sh.opt.sources.len()];
+    let sock = match UdpSocket::bind(SocketAddr::new(IpAddr::V4(src), 0)).await {
+        Ok(s) => s,
+        Err(_) => {
+            inc(&sh.stats.connect_failures, 1);
+            return;
+        }
+    };
+    if sock.connect(sh.addr).await.is_err() {
+        inc(&sh.stats.connect_failures, 1);
+        return;
+    }
+    inc(&sh.stats.connects, 1);
+    inc(&sh.stats.connected, 1);
+    let mut epoch = *epoch_rx.borrow_and_update();
+    let mut link = Link::new(false, false, e.meters.len());
+    let mut requests: Vec<Request> = Vec::new();
+    let mut wire: Vec<u8> = Vec::new();
+    let mut buf = vec![0u8; 65_536];
+    loop {
+        let current = *epoch_rx.borrow();
+        if current == STOP {
+            send_datagrams(&sh, &sock, &mut queue).await;
+            break;
+        }
+        if current != epoch {
+            // A blackout: no network until it ends; pushes wait in the meter.
+            let back = sh.back_at.get().unwrap_or_else(Instant::now);
+            offline_until(&sh, ep, &mut slots, &mut queue, back, &mut epoch_rx).await;
+            epoch = current;
+            continue;
+        }
+        if !queue.is_empty() {
+            send_datagrams(&sh, &sock, &mut queue).await;
+            continue;
+        }
+        let next = slots.iter().filter(|s| s.left != Some(0)).map(|s| s.due).min();
+        tokio::select! {
+            _ = epoch_rx.changed() => {}
+            r = sock.recv(&mut buf) => {
+                let Ok(n) = r else { continue }; // ICMP unreachable: the head-end is away
+                inc(&sh.stats.bytes_in, n as u64);
+                link.receive(&buf[..n], &mut requests, &mut wire);
+                inc(&sh.stats.link_errors, std::mem::take(&mut link.errors));
+                serve(&sh, e, &mut slots, &mut link, &mut requests, &mut wire, &mut queue);
+                // A datagram a response frame.
+                for frame in wrapper_frames(&wire) {
+                    inc(&sh.stats.bytes_out, frame.len() as u64);
+                    let _ = sock.send(frame).await;
+                }
+                wire.clear();
+            }
+            _ = async { match next { Some(t) => sleep_until(t).await, None => std::future::pending().await } } => {
+                due_pushes(&sh, ep, &mut slots, &mut queue);
+            }
+        }
+    }
+    sh.stats.connected.set(sh.stats.connected.get() - 1);
+}
+
+/// The wrapper frames (8-byte header, its length field last) in `wire`.
+fn wrapper_frames(wire: &[u8]) -> Vec<&[u8]> {
+    let mut out = Vec::new();
+    let mut at = 0;
+    while at + 8 <= wire.len() {
+        let len = u16::from_be_bytes([wire[at + 6], wire[at + 7]]) as usize;
+        let end = (at + 8 + len).min(wire.len());
+        out.push(&wire[at..end]);
+        at = end;
+    }
+    out
+}
+
+/// Sends the queued frames, a datagram each, counting them as `flush` does.
+async fn send_datagrams(sh: &Shared, sock: &UdpSocket, queue: &mut VecDeque<Outgoing>) {
+    while let Some(o) = queue.pop_front() {
+        if sock.send(&o.bytes).await.is_err() {
+            // The head-end's port is unreachable now (ICMP): the meter tries again with
+            // its next push.
+            queue.push_front(o);
+            sleep(Duration::from_millis(200)).await;
+            return;
+        }
+        inc(&sh.stats.bytes_out, o.bytes.len() as u64);
+        match o.kind {
+            Kind::Interval(n) => {
+                inc(&sh.stats.pushes, 1);
+                inc(&sh.stats.readings, n as u64);
+            }
+            Kind::Alarm => inc(&sh.stats.alarms, 1),
+            Kind::Event => inc(&sh.stats.events, 1),
+        }
+        if let Some(r) = o.record {
+            sh.record(|l| l.push_str(&r));
+        }
     }
 }
 

@@ -522,7 +522,9 @@ impl Session {
     }
 
     /// Feeds bytes (b"": the peer closed) at time `now` (Unix seconds); rows go to
-    /// `sink`; returns the events Python must act on.
+    /// `sink`; returns the events Python must act on. `datagram`: `data` is one UDP
+    /// datagram (whole frames; a partial one is refused, not joined to the next).
+    #[pyo3(signature = (data, now, directory, sink, datagram = false))]
     fn feed<'py>(
         &mut self,
         py: Python<'py>,
@@ -530,11 +532,16 @@ impl Session {
         now: i64,
         directory: &mut Directory,
         sink: &mut RowSink,
+        datagram: bool,
     ) -> PyResult<Bound<'py, PyList>> {
         let (s, d, k) = (&mut self.inner, &mut directory.inner, &mut sink.inner);
         let events = guarded(py, false, || {
             let mut out = Vec::new();
-            s.feed(data, now, d, k, &mut out);
+            if datagram {
+                s.feed_datagram(data, now, d, k, &mut out);
+            } else {
+                s.feed(data, now, d, k, &mut out);
+            }
             out
         })?;
         session_events(py, &directory.inner, events)
