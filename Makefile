@@ -32,10 +32,11 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
 # Debian packages: the situation room's JavaScript libraries (served from
-# /usr/share/javascript, nothing from the web), the browser its tests drive, and the
-# NATS server (JetStream) that links region nodes to the centre.
-SYSTEM_PACKAGES := chromium libjs-leaflet libjs-chart.js nats-server
-$(VENV)/.system: | $(BIN)/python
+# /usr/share/javascript, nothing from the web), the browser its tests drive, the
+# NATS server (JetStream) that links region nodes to the centre, and the Digital Chart
+# of the World (the map's country outline).
+SYSTEM_PACKAGES := chromium libjs-leaflet libjs-chart.js nats-server gmt-dcw
+$(VENV)/.system: Makefile | $(BIN)/python
 	@missing=""; for p in $(SYSTEM_PACKAGES); do \
 		dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
@@ -55,6 +56,12 @@ $(VENV)/.built: $(RUST_SOURCES) pyproject.toml $(VENV)/.deps
 	$(BIN)/maturin develop --release --quiet
 	touch $@
 
+# The situation room's country outline, from gmt-dcw (nothing is fetched at run time).
+DCW := /usr/share/gmt-dcw/dcw-gmt.nc
+OUTLINE := headend/web/static/outline.json
+$(OUTLINE): tools/outline.py $(VENV)/.system $(VENV)/.deps
+	$(BIN)/python tools/outline.py $(DCW) $@
+
 $(SIM): $(RUST_SOURCES) $(SIM_SOURCES)
 	cargo build --quiet --release -p headend-sim
 	touch $@
@@ -63,7 +70,7 @@ $(SIM): $(RUST_SOURCES) $(SIM_SOURCES)
 venv: $(VENV)/.deps ## create .venv with the pinned tools
 
 .PHONY: build
-build: $(VENV)/.built $(SIM) $(VENV)/.system ## build the Rust extension (release) and the fleet simulator
+build: $(VENV)/.built $(SIM) $(VENV)/.system $(OUTLINE) ## build the Rust extension (release), the fleet simulator and the map outline
 
 .PHONY: run
 run: build ## build, then the full demo: 20,000 simulated meters, the head-end, the situation room

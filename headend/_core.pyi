@@ -539,7 +539,7 @@ class NodeSums:
         start: int,
         hours: int,
         obis: Sequence[str],
-        prefer: Sequence[tuple[str, str]] = (),
+        prefer: Sequence[tuple[str, str]] | None = None,
     ) -> NodeSums:
         """`prefer`: (fallback, preferred) OBIS pairs; a meter's fallback register
         counts only where it has no preferred one (gas volume, corrected volume)."""

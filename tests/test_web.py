@@ -563,6 +563,8 @@ def test_situation_room_in_a_real_browser(live: Live) -> None:
                 "input: tr.querySelector('.in').textContent}))"
             )
             await b.wait_for("Number(document.body.dataset.marks) >= 14")  # regions on the map
+            # The country and its five neighbours, from the Makefile's outline.json.
+            await b.wait_for("document.getElementById('map').dataset.outline === '6'")
             await b.screenshot(shot)
             # Drill down: a region's row opens the region, its districts below.
             await b.js("document.querySelector('#regions tbody tr[data-node=\"UZ-TK\"]').click()")

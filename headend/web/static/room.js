@@ -131,6 +131,27 @@ for (let lat = 36; lat <= 46; lat += 2) {
 for (let lon = 56; lon <= 74; lon += 2) {
   L.polyline([[36, lon], [46, lon]], { color: "#1c3a52", weight: 1, interactive: false }).addTo(graticule);
 }
+// The country's outline and its neighbours' (the Digital Chart of the World as GMT ships
+// it, Debian's gmt-dcw; written by the Makefile, nothing fetched from the web), under
+// everything else. DCW has no regions of Uzbekistan: their borders are not drawn.
+map.createPane("outline").style.zIndex = 350;
+const outline = L.layerGroup().addTo(map);
+fetch("/static/outline.json")
+  .then((r) => (r.ok ? r.json() : null))
+  .then((d) => {
+    if (!d) return;
+    const renderer = L.canvas({ pane: "outline" });
+    for (const c of d.countries) {
+      const home = c.code === "UZ";
+      L.polygon(c.rings, {
+        pane: "outline", renderer, interactive: false,
+        color: home ? "#3d7ea6" : "#24465e", weight: home ? 1.5 : 1,
+        fill: home, fillColor: "#0f2a3d", fillOpacity: 0.35,
+      }).addTo(outline);
+    }
+    document.getElementById("map").dataset.outline = d.countries.length;
+  })
+  .catch(() => {});
 const links = L.layerGroup().addTo(map);
 const marks = L.layerGroup().addTo(map);
 // Outages in the last day (open ones in red), drawn over the grid.

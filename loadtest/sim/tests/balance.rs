@@ -70,6 +70,7 @@ fn options(partition: u32, partitions: u32) -> FleetOptions {
         partitions,
         concentrators: 0.0,
         hdlc: 0.0,
+        udp: 0.0,
         drifting: 0.0,
         limit: 0,
         only: Vec::new(),

@@ -153,17 +153,17 @@ impl NodeSums {
     /// `prefer`: (fallback, preferred) OBIS pairs; a meter's fallback register counts
     /// only where it has no preferred one (gas volume, corrected volume).
     #[new]
-    #[pyo3(signature = (nodes, start, hours, obis, prefer = Vec::new()))]
+    #[pyo3(signature = (nodes, start, hours, obis, prefer = None))]
     fn new(
         py: Python<'_>,
         nodes: Vec<String>,
         start: i64,
         hours: usize,
         obis: Vec<String>,
-        prefer: Vec<(String, String)>,
+        prefer: Option<Vec<(String, String)>>,
     ) -> PyResult<Self> {
         let codes = obis_codes(py, &obis)?;
-        let (fallback, preferred): (Vec<String>, Vec<String>) = prefer.into_iter().unzip();
+        let (fallback, preferred): (Vec<String>, Vec<String>) = prefer.unwrap_or_default().into_iter().unzip();
         let pairs = obis_codes(py, &fallback)?.into_iter().zip(obis_codes(py, &preferred)?).collect();
         let nodes = nodes.into_iter().map(String::into_bytes).collect();
         Ok(NodeSums { inner: codec(py, consumption::NodeSums::new(nodes, start, hours, codes, pairs))? })
