@@ -14,6 +14,16 @@ def cmd_report(args: argparse.Namespace) -> int:
     from headend import reports
     from headend.cli import _Access, _table_command, _window
 
+    if args.what == "batteries":
+
+        def batteries(cfg: Any, acc: _Access, start: int, end: int) -> tuple[list[str], list[Any]]:
+            cols, rows = reports.batteries(
+                acc.access, cfg.store.database, low_volts=cfg.workorders.battery_low_volts
+            )
+            return cols, list(rows)
+
+        return _table_command(args, _window, batteries)
+
     def work(cfg: Any, acc: _Access, start: int, end: int) -> tuple[list[str], list[Any]]:
         cols, rows = reports.consumption(
             acc.access, cfg.store.database, by=args.by, period=args.period, start=start, end=end
@@ -24,7 +34,10 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def add_parsers(sub: Any, add_common: Callable[[argparse.ArgumentParser], None]) -> None:
-    p = sub.add_parser("report", help="consumption by account category or administrative unit")
+    p = sub.add_parser(
+        "report",
+        help="consumption by account category or administrative unit; meters' batteries",
+    )
     rsub = p.add_subparsers(dest="what", required=True, metavar="WHAT")
     cp = rsub.add_parser(
         "consumption",
@@ -38,3 +51,11 @@ def add_parsers(sub: Any, add_common: Callable[[argparse.ArgumentParser], None])
     cp.add_argument("--format", choices=("table", "csv", "json"), default="table")
     add_common(cp)
     cp.set_defaults(func=cmd_report)
+    bp = rsub.add_parser(
+        "batteries",
+        help="battery-powered meters: the latest voltage, its fall per year and the days "
+        "left until [workorders] battery_low_volts, lowest first",
+    )
+    bp.add_argument("--format", choices=("table", "csv", "json"), default="table")
+    add_common(bp)
+    bp.set_defaults(func=cmd_report, from_=None, to=None)

@@ -43,6 +43,10 @@ class ServerConfig:
     """Listen on UDP too (the wrapper over UDP, IEC 62056-47: NB-IoT meters)."""
     udp_port: int | None = None
     """UDP port; None: the same number as `port` (4059 is registered for both)."""
+    wake_window: float = 20.0
+    """Seconds a meter on UDP can be asked after its last datagram (a battery meter
+    sleeps between its uplinks: NB-IoT power saving): its commands and reads start on
+    a datagram and wait for the next one once this has passed."""
     workers: int = 0
     """Worker processes; 0 means one per CPU."""
     max_connections_per_worker: int = 19_000
@@ -300,6 +304,10 @@ class WorkOrdersConfig:
     """Hours for priority 2: theft suspects, tamper alarms."""
     due_normal_hours: float = 168.0
     """Hours for priority 3: silent meters, clocks, batteries."""
+    battery_low_volts: float = 3.2
+    """A battery-powered meter whose latest battery voltage (0.0.96.6.3.255) is below
+    this gets a low-battery order, as one that raised a battery-low alarm does (a
+    3.6 V lithium cell near the end of its life)."""
 
 
 @dataclass(frozen=True)

@@ -88,3 +88,65 @@ def consumption(
     )
     cols, rows = _run(access, sql, params)
     return cols, rows
+
+
+BATTERY_COLUMNS = [
+    "serial",
+    "node_id",
+    "region",
+    "volts",
+    "at",
+    "first_volts",
+    "since",
+    "volts_per_year",
+    "days_left",
+    "low",
+]
+
+
+def batteries(
+    access: Any,
+    db: str,
+    *,
+    low_volts: float,
+    regions: tuple[str, ...] | None = None,
+) -> tuple[list[str], list[tuple[Any, ...]]]:
+    """Battery-powered meters' batteries (``meter_battery``: one row per meter): the
+    latest voltage and when, the first one reported and since when, the fall per year
+    between them, and the days until `low_volts` at that pace (None: not falling, or
+    not known for a month yet); lowest first. `regions` keeps it to the meters of those
+    regions (None: all)."""
+    scope = "" if regions is None else " AND region IN %(regions)s"
+    sql = (
+        "SELECT b.meter, m.node_id, m.region, b.v, b.t, b.v0, b.t0 FROM ("
+        "SELECT meter, argMaxMerge(volts) AS v, toInt64(max(last_ts)) AS t, "
+        "argMinMerge(first_volts) AS v0, toInt64(min(first_ts)) AS t0 "
+        f"FROM {db}.meter_battery GROUP BY meter) AS b "
+        "INNER JOIN (SELECT serial, argMax(node_id, updated_at) AS node_id, "
+        f"argMax(region, updated_at) AS region FROM {db}.meters GROUP BY serial) AS m "
+        f"ON m.serial = b.meter WHERE 1{scope} ORDER BY b.v, b.meter"
+    )
+    _, rows = _run(access, sql, {"regions": list(regions or ()) or [""]})
+    out = []
+    for serial, node, region, v, t, v0, t0 in rows:
+        years = (int(t) - int(t0)) / (365.25 * 86_400)
+        # A pace needs a month of reports; a battery that is not falling has no end.
+        per_year = (float(v0) - float(v)) / years if years >= 30 / 365.25 else None
+        left = None
+        if per_year is not None and per_year > 0:
+            left = max(0, round((float(v) - low_volts) / per_year * 365.25))
+        out.append(
+            (
+                serial,
+                node,
+                region,
+                round(float(v), 3),
+                int(t),
+                round(float(v0), 3),
+                int(t0),
+                None if per_year is None else round(per_year, 4),
+                left,
+                float(v) < low_volts,
+            )
+        )
+    return BATTERY_COLUMNS, out

@@ -66,6 +66,7 @@ class Causes:
         found += silent
         found += self._events(since, "tamper", f"name IN ({lit(TAMPER)})")
         found += self._events(since, "low_battery", f"name IN ({lit(LOW_BATTERY)})")
+        found += self._battery(since)
         found += self._failed(since, "switch_failed", SWITCHING)
         found += self._failed(since, "clock_uncorrected", ("clock",))
         return found, outage
@@ -149,6 +150,24 @@ class Causes:
         return [
             Finding(cause, meter, int(last), {"events": sorted(names), "count": int(n)})
             for meter, last, names, n in rows
+        ]
+
+    def _battery(self, since: int) -> list[Finding]:
+        """Meters whose latest battery voltage, reported since `since`, is below
+        `battery_low_volts` (one row per meter: `meter_battery`)."""
+        _, rows = self.store.query(
+            f"SELECT meter, argMaxMerge(volts) AS v, toInt64(max(last_ts)) AS t "
+            f"FROM {self.db}.meter_battery WHERE {self.owner.meters_sql(self.db, 'meter')} "
+            f"GROUP BY meter HAVING t >= {int(since)} AND v < {float(self.cfg.battery_low_volts)}"
+        )
+        return [
+            Finding(
+                "low_battery",
+                meter,
+                int(t),
+                {"volts": round(float(v), 3), "below": self.cfg.battery_low_volts},
+            )
+            for meter, v, t in rows
         ]
 
     def _failed(self, since: int, cause: str, kinds: Sequence[str]) -> list[Finding]:

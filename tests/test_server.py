@@ -4,6 +4,7 @@ garbage, wrong keys, replays, limits, admin commands."""
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import socket
 import time
@@ -30,7 +31,8 @@ ALL = [E1, E3, G1, P1, *C, WK, RP, CT, NB]
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    with running(tmp_path_factory.mktemp("srv"), ALL) as srv:
+    # A short wake window: the UDP meter's commands wait for its next datagram soon.
+    with running(tmp_path_factory.mktemp("srv"), ALL, server_settings={"wake_window": 2.0}) as srv:
         yield srv
 
 
@@ -117,6 +119,19 @@ def test_pushes_over_udp_each_datagram_on_its_own(server: Server) -> None:
         sessions = server.admin("sessions", meter="NB")["sessions"]
         assert len(sessions) == 1
         assert sessions[0]["peer"].startswith("127.0.0.77:")
+
+        # The meter sleeps between uplinks: a command asked past its wake window waits
+        # (no attempt) until its next datagram, then starts.
+        time.sleep(2.5)
+        r = server.cli(
+            "ctl", "read", "NB", "0.0.96.1.0.255:2", "--class", "1", "--wait", "0", "--json"
+        )
+        cid = json.loads(r.stdout)["command_id"]
+        state = f"SELECT state FROM ami.command_status WHERE command_id = '{cid}'"
+        time.sleep(1.5)
+        assert server.sql(state) == [["queued"]]
+        u.sendto(codec.wrap(NB.push(5), 1, 1), to)
+        server.wait_for(f"SELECT state != 'queued' FROM ({state})", 1)
 
 
 def test_three_phase_and_gas_over_hdlc(server: Server) -> None:

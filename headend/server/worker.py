@@ -151,6 +151,8 @@ class MeterProtocol(asyncio.Protocol):
         w.mark_dirty()
         if events:
             w.on_events(self, events)
+        if self.datagram:
+            w.woke(self)
         if session.pending and not self.waiting_pause and self.transport is not None:
             # The meter is being looked up: stop reading until it is known, so TCP
             # holds the meter back instead of the queue overflowing.
@@ -566,8 +568,23 @@ class Worker:
             return
         self.jobs[jid] = job
         self.wanted.setdefault(str(job["serial"]), []).append(jid)
-        if job["serial"] in self.online or job.get("address"):
+        where = self.online.get(str(job["serial"]))
+        if (where is not None and self.awake(where[0])) or job.get("address"):
             self._start_jobs(str(job["serial"]))
+
+    def awake(self, proto: MeterProtocol) -> bool:
+        """Whether the meter(s) on `proto` can be asked now: always on a connection; on
+        UDP, within `wake_window` of the peer's last datagram."""
+        return not proto.datagram or time.time() - proto.last_rx <= self.cfg.server.wake_window
+
+    def woke(self, proto: MeterProtocol) -> None:
+        """A datagram came: the jobs waiting for its meters start (their window)."""
+        if not self.wanted or proto.session is None:
+            return
+        for m in proto.session.stats["meters"]:
+            serial = self.directory.serial(m)
+            if serial in self.wanted and self.online.get(serial, (None,))[0] is proto:
+                self._start_jobs(serial)
 
     def _drop_job(self, jid: str) -> None:
         job = self.jobs.pop(jid, None)
@@ -596,6 +613,8 @@ class Worker:
                 job = self.jobs[jid]
                 if serial not in self.online and not job.get("address"):
                     break
+                if serial in self.online and not self.awake(self.online[serial][0]):
+                    break  # asleep (a meter on UDP): its next datagram starts the jobs
                 try:
                     answer = await self.store.request(
                         {"t": "claim", "command": jid, "worker": self.id}

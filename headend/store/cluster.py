@@ -54,6 +54,7 @@ SHARDING: dict[str, str] = {
     "service_centres": "cityHash64(centre_id)",
     "work_order_log": "cityHash64(serial)",
     "meter_seen": "cityHash64(meter)",
+    "meter_battery": "cityHash64(meter)",
     "account_flags": "cityHash64(account_id)",
     "outages": "cityHash64(outage_id)",
     "payments": "cityHash64(payment_id)",

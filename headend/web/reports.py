@@ -1,5 +1,6 @@
 """``/api/consumption``: consumer meters' consumption by account category or
-administrative unit (``headend.reports``), within the person's regions."""
+administrative unit, and ``/api/batteries``: battery-powered meters' batteries
+(``headend.reports``), within the person's regions."""
 
 from __future__ import annotations
 
@@ -68,7 +69,18 @@ def add_routes(api: Api, r: web.UrlDispatcher) -> None:
             )
         return ok({"columns": cols, "rows": [dict(zip(cols, x, strict=True)) for x in rows]})
 
+    async def batteries(request: web.Request) -> web.Response:
+        cols, rows = await api.run_db(
+            reports.batteries,
+            api.b.store,
+            api.b.db,
+            low_volts=api.b.cfg.workorders.battery_low_volts,
+            regions=api.scope(request),
+        )
+        return ok({"columns": cols, "rows": [dict(zip(cols, x, strict=True)) for x in rows]})
+
     r.add_get("/api/consumption", consumption)
+    r.add_get("/api/batteries", batteries)
     r.add_get("/api/billing/determinants", determinants_)
 
 
@@ -82,6 +94,12 @@ def spec(get: Any, q: Any) -> dict[str, Any]:
                 q("month", "YYYY-MM (default: this month)"),
                 q("format", "json or csv", enum=["json", "csv"]),
             ],
+        ),
+        "/api/batteries": get(
+            "battery-powered meters in the person's regions: the latest battery voltage, "
+            "its fall per year and the days left until [workorders] battery_low_volts, "
+            "lowest first",
+            [],
         ),
         "/api/consumption": get(
             "consumer meters' consumption (kWh, m³) per Tashkent day or month by account "
