@@ -472,6 +472,18 @@ class Book:
         keys = ("state", "assignee", "outcome", "new_serial", "note", "by", "ts", "centre_id")
         return [dict(zip(keys, r, strict=True)) for r in rows]
 
+    def coordinates(self, serials: list[str]) -> dict[str, tuple[float, float]]:
+        """Where each meter is (lat, lon), for the map."""
+        out: dict[str, tuple[float, float]] = {}
+        for i in range(0, len(serials), 5000):
+            _, rows = self.store.query(
+                f"SELECT serial, argMax(lat, updated_at), argMax(lon, updated_at) "
+                f"FROM {self.db}.meters WHERE serial IN %(s)s GROUP BY serial",
+                {"s": serials[i : i + 5000]},
+            )
+            out.update({str(s): (float(a), float(b)) for s, a, b in rows if a or b})
+        return out
+
     def list(
         self,
         who: Principal,

@@ -258,6 +258,10 @@ def test_each_cause_opens_one_order_for_its_centre_and_crews_close_them(tmp_path
         assert "service" in r["error"]
         status, r = get(url + "/api/workorders", tok["far"])
         assert (status, r["orders"]) == (200, [])
+        # The region's own people see them with where the meter is (the map's squares).
+        status, r = get(url + "/api/workorders?state=active", tok["vi"])
+        mine = {o["order_id"]: o for o in r["orders"]}
+        assert (mine[tid]["lat"], mine[tid]["lon"]) == (41.3, 69.3)
         status, r = get(url + f"/api/workorders/{tid}/assign", tok["far"], data={"to": "x"})
         assert status == 403, r
         assert get(url + "/api/workorders/WO-NOPE", tok["svc"])[0] == 404

@@ -120,7 +120,14 @@ class FieldWork:
             )
             if req.get("format") == "csv":
                 return {"csv": await self._run(b.export_csv, orders)}
-            return {"orders": [o.public() for o in orders]}
+            at = await self._run(b.coordinates, sorted({o.serial for o in orders}))
+            return {
+                "orders": [
+                    {**o.public(), "lat": at.get(o.serial, (None, None))[0],
+                     "lon": at.get(o.serial, (None, None))[1]}
+                    for o in orders
+                ]
+            }  # fmt: skip
         if what == "show":
             order = await self._run(b.get, str(req.get("id") or ""), who)
             return {**order.public(), "history": await self._run(b.history, order.order_id)}

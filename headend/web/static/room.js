@@ -156,6 +156,25 @@ const links = L.layerGroup().addTo(map);
 const marks = L.layerGroup().addTo(map);
 // Outages in the last day (open ones in red), drawn over the grid.
 const outageMarks = L.layerGroup().addTo(map);
+// Open work orders: a square at the meter, by priority; red when overdue.
+const orderMarks = L.layerGroup().addTo(map);
+const PRIORITY_COLOURS = { 1: "#f85149", 2: "#f0883e", 3: "#58a6ff" };
+
+function drawOrders(orders, nowS) {
+  orderMarks.clearLayers();
+  let n = 0;
+  for (const o of orders) {
+    if (o.lat === null || o.lon === null) continue;
+    const late = o.due_at < nowS;
+    L.rectangle([[o.lat - 0.004, o.lon - 0.005], [o.lat + 0.004, o.lon + 0.005]], {
+      color: late ? "#ff4d4d" : PRIORITY_COLOURS[o.priority] || "#8b949e", weight: late ? 2 : 1,
+      fillOpacity: 0.6, fillColor: PRIORITY_COLOURS[o.priority] || "#8b949e",
+    }).bindTooltip(`work order ${o.order_id}: ${o.cause.replace("_", " ")} at ${o.serial}, ` +
+      `${o.state}${late ? ", overdue" : ""} (${o.centre_id || "no centre"})`).addTo(orderMarks);
+    n++;
+  }
+  document.getElementById("map").dataset.orders = n;
+}
 
 function drawOutages(outages) {
   outageMarks.clearLayers();
@@ -412,7 +431,7 @@ async function refresh() {
       api("/api/commands?kind=disconnect,reconnect,rekey,firmware&limit=12"),
       api("/api/waves"),
       api("/api/service-centres"),
-      api("/api/workorders?state=active&limit=12"),
+      api("/api/workorders?state=active&limit=500"),
       api("/api/outages?limit=200"),
     ]);
     drawOutages(outages.outages);
@@ -463,7 +482,8 @@ async function refresh() {
       `<td class="num ${c.overdue ? "state-failed" : ""}">${fmt(c.overdue, 0)}</td></tr>`),
       "no service centres imported (headend centres import)");
     const nowS = s.now;  // the store's clock (the demo's runs fast)
-    fill("workorders", orders.orders.map((o) =>
+    drawOrders(orders.orders, nowS);
+    fill("workorders", orders.orders.slice(0, 12).map((o) =>
       `<tr class="click" data-node="${esc(o.node_id)}">` +
       `<td class="${o.due_at < nowS ? "state-failed" : ""}">` +
       `${timeOf(new Date(o.due_at * 1000).toISOString())}</td>` +
