@@ -10,14 +10,19 @@ from typing import Any, Final, Literal, final
 
 __version__: Final[str]
 __all__ = [
+    "ApduIn",
     "Directory",
     "Frame",
     "FrameError",
+    "Identified",
     "KeyTable",
+    "LinkFrame",
+    "Lookup",
     "MasterKey",
     "NodeSums",
     "PushBatch",
     "PushDecoder",
+    "Reject",
     "RowSink",
     "Session",
     "StreamDecoder",
@@ -341,6 +346,71 @@ class Directory:
         """(system title, last received, next to send) of each title, to persist."""
 
 @final
+class Lookup:
+    """The session does not know the sender: look the meter up by system title or
+    serial (one is set); its APDUs wait meanwhile."""
+
+    __match_args__ = ("system_title", "serial")
+    @property
+    def system_title(self) -> bytes | None: ...
+    @property
+    def serial(self) -> bytes | None: ...
+
+@final
+class Identified:
+    """A directory meter spoke for the first time on this connection."""
+
+    __match_args__ = ("meter", "serial", "source")
+    @property
+    def meter(self) -> int: ...
+    @property
+    def serial(self) -> str: ...
+    @property
+    def source(self) -> int: ...
+
+@final
+class ApduIn:
+    """An APDU that is not a push (a response to the head-end's request)."""
+
+    __match_args__ = ("source", "meter", "apdu")
+    @property
+    def source(self) -> int: ...
+    @property
+    def meter(self) -> int | None: ...
+    @property
+    def apdu(self) -> bytes: ...
+
+@final
+class LinkFrame:
+    """An HDLC frame other than UI, with its control byte (info only without APDU)."""
+
+    __match_args__ = ("source", "destination", "control", "info", "byte", "segmented")
+    @property
+    def source(self) -> int: ...
+    @property
+    def destination(self) -> int: ...
+    @property
+    def control(self) -> str: ...
+    @property
+    def info(self) -> bytes: ...
+    @property
+    def byte(self) -> int: ...
+    @property
+    def segmented(self) -> bool: ...
+
+@final
+class Reject:
+    """Something refused (already counted in the sink's stats)."""
+
+    __match_args__ = ("reason", "message", "meter")
+    @property
+    def reason(self) -> str: ...
+    @property
+    def message(self) -> str: ...
+    @property
+    def meter(self) -> int | None: ...
+
+@final
 class RowSink:
     """Rows of the worker's sessions as RowBinary, until drained."""
 
@@ -367,15 +437,14 @@ class Session:
     ) -> Session: ...
     def feed(
         self, data: bytes, now: int, directory: Directory, sink: RowSink, datagram: bool = False
-    ) -> list[tuple[Any, ...]]:
+    ) -> list[Lookup | Identified | ApduIn | LinkFrame | Reject]:
         """Feeds bytes (b"": the peer closed; with `datagram`, one UDP datagram, whose
-        bytes beyond its whole frames are refused); returns the events Python must act on:
-        ("lookup", title | None, serial | None), ("identified", meter, serial, source),
-        ("apdu", source, meter | None, apdu),
-        ("link", source, destination, control, info, control_byte, segmented) for every HDLC
-        frame but UI (an I-frame's comes before its APDU; info only where no APDU),
-        ("reject", reason, message, meter | None)."""
-    def retry(self, now: int, directory: Directory, sink: RowSink) -> list[tuple[Any, ...]]:
+        bytes beyond its whole frames are refused); returns the events Python must act
+        on: Lookup, Identified, ApduIn, LinkFrame (every HDLC frame but UI; an
+        I-frame's comes before its APDU), Reject."""
+    def retry(
+        self, now: int, directory: Directory, sink: RowSink
+    ) -> list[Lookup | Identified | ApduIn | LinkFrame | Reject]:
         """Runs the APDUs that waited for a meter lookup again."""
     def bind(self, source: int, meter: int) -> None:
         """Binds a directory meter to link address `source` on this connection (one the

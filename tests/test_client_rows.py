@@ -79,7 +79,7 @@ def test_a_ct_meters_polled_register_is_primary_as_its_pushes() -> None:
     sink = codec.RowSink()
     session = codec.Session("10.0.0.1:50000", "auto", 4096, 16)
     events = session.feed(codec.wrap(Meter("P1", "e1ph").push(0), 1, 1), 1_800_000_000, d, sink)
-    assert events[0][0] == "identified", events
+    assert isinstance(events[0], codec.Identified), events
     pushed = sink.drain()[0]
     # Polled: the register's value and scaler_unit read from the meter.
     clock = codec.date_time(dt.datetime(2026, 11, 23, 12, 0, tzinfo=dt.UTC))

@@ -77,7 +77,7 @@ def test_mutated_frames(frame: bytes, flips: list[tuple[int, int]], cut: int) ->
 # project's models, fed random and mutated bytes in random chunks. Whatever arrives, it
 # answers with events (rejects among them), never an exception.
 MASTER = codec.MasterKey(bytes(range(32)))
-EVENT_KINDS = {"lookup", "identified", "reject", "apdu", "link"}
+EVENT_KINDS = (codec.Lookup, codec.Identified, codec.Reject, codec.ApduIn, codec.LinkFrame)
 
 
 def _directory() -> codec.Directory:
@@ -103,15 +103,19 @@ def _feed(data: bytes, step: int) -> None:
     s = codec.Session("10.0.0.1:50000", "auto", 4096, 16)
     for i in range(0, len(data), step):
         for ev in s.feed(data[i : i + step], 1_700_000_000, DIRECTORY, sink):
-            assert ev[0] in EVENT_KINDS, ev
-            if ev[0] == "lookup":
+            assert isinstance(ev, EVENT_KINDS), ev
+            if isinstance(ev, codec.Lookup):
                 DIRECTORY.mark_unknown(
                     until=1_700_000_060,
-                    **({"system_title": ev[1]} if ev[1] is not None else {"serial": ev[2]}),
+                    **(
+                        {"system_title": ev.system_title}
+                        if ev.system_title is not None
+                        else {"serial": ev.serial}
+                    ),
                 )
         if s.pending:
             for ev in s.retry(1_700_000_000, DIRECTORY, sink):
-                assert ev[0] in EVENT_KINDS, ev
+                assert isinstance(ev, EVENT_KINDS), ev
     s.feed(b"", 1_700_000_000, DIRECTORY, sink)
     sink.drain()
 
@@ -142,7 +146,7 @@ def test_the_session_seeds_are_accepted() -> None:
     sink = codec.RowSink()
     s = codec.Session("10.0.0.1:50000", "auto", 4096, 16)
     events = [e for p in PUSHES for e in s.feed(p, 1_700_000_000, DIRECTORY, sink)]
-    assert [e[0] for e in events] == ["identified", "identified"], events
+    assert [type(e) for e in events] == [codec.Identified, codec.Identified], events
     assert sink.drain()[1] > 0
 
 

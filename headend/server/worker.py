@@ -30,7 +30,16 @@ from typing import Any, Literal, cast
 import msgpack
 
 from headend import firmware, logs, meter_address, profiles
-from headend.codec import Directory, RowSink, Session
+from headend.codec import (
+    ApduIn,
+    Directory,
+    Identified,
+    LinkFrame,
+    Lookup,
+    Reject,
+    RowSink,
+    Session,
+)
 from headend.config import Config, from_dict
 from headend.errors import HeadendError, InternalError
 from headend.firmware import Image
@@ -46,6 +55,7 @@ from headend.store import spool
 log = logging.getLogger("headend.worker")
 
 LookupKey = tuple[str, bytes]  # ("t", system title) or ("s", serial)
+SessionEvent = Lookup | Identified | ApduIn | LinkFrame | Reject
 
 
 def _pair(v: Any) -> tuple[bytes, bytes] | None:
@@ -415,44 +425,41 @@ class Worker:
 
     # -- events from sessions ----------------------------------------------------
 
-    def on_events(self, proto: MeterProtocol, events: list[Any]) -> None:
+    def on_events(self, proto: MeterProtocol, events: list[SessionEvent]) -> None:
         for ev in events:
-            kind = ev[0]
-            if kind == "lookup":
-                key: LookupKey = ("t", ev[1]) if ev[1] is not None else ("s", ev[2])
-                self.waiting.setdefault(key, set()).add(proto)
-                self.queue_lookup(key)
-            elif kind == "identified":
-                _, meter, serial, source = ev
-                proto.peer_logger().meter = serial
-                self.admission.trusted(proto)
-                self.online[serial] = (proto, meter, source)
-                self.meters_delta[serial] = True
-                self._online_counts = None
-                if serial in self.wanted:
-                    self._start_jobs(serial)
-            elif kind == "reject":
-                # Counted by the sink; told in aggregate per source (sources.py).
-                _, reason, message, meter_id = ev
-                serial = self.directory.serial(meter_id) if meter_id is not None else ""
-                self.admission.on_bad(proto, reason, message, serial)
-            elif kind == "apdu":
-                client = proto.clients.get(ev[1]) if proto.clients else None
-                if client is not None and client.deliver(ev[3]):
-                    continue
-                self.admission.on_bad(
-                    proto,
-                    "unsolicited-apdu",
-                    f"{len(ev[3])}-byte APDU (tag 0x{ev[3][0]:02X}) that nothing asked for",
-                    counted=False,
-                )
-            elif kind == "link":
-                _, source, _dest, control, info, byte, segmented = ev
-                client = proto.clients.get(source) if proto.clients else None
-                if client is not None:
-                    client.link.on_frame(control, byte, segmented, info)
-                else:
-                    proto.peer_logger().debug("HDLC %s frame from %s", control, source)
+            match ev:
+                case Lookup(title, serial):
+                    key: LookupKey = ("t", title) if title is not None else ("s", serial or b"")
+                    self.waiting.setdefault(key, set()).add(proto)
+                    self.queue_lookup(key)
+                case Identified(meter, serial, source):
+                    proto.peer_logger().meter = serial
+                    self.admission.trusted(proto)
+                    self.online[serial] = (proto, meter, source)
+                    self.meters_delta[serial] = True
+                    self._online_counts = None
+                    if serial in self.wanted:
+                        self._start_jobs(serial)
+                case Reject(reason, message, meter_id):
+                    # Counted by the sink; told in aggregate per source (sources.py).
+                    serial = self.directory.serial(meter_id) if meter_id is not None else ""
+                    self.admission.on_bad(proto, reason, message, serial)
+                case ApduIn(source, _, apdu):
+                    client = proto.clients.get(source) if proto.clients else None
+                    if client is not None and client.deliver(apdu):
+                        continue
+                    self.admission.on_bad(
+                        proto,
+                        "unsolicited-apdu",
+                        f"{len(apdu)}-byte APDU (tag 0x{apdu[0]:02X}) that nothing asked for",
+                        counted=False,
+                    )
+                case LinkFrame(source, _, control, info, byte, segmented):
+                    client = proto.clients.get(source) if proto.clients else None
+                    if client is not None:
+                        client.link.on_frame(control, byte, segmented, info)
+                    else:
+                        proto.peer_logger().debug("HDLC %s frame from %s", control, source)
 
     def queue_lookup(self, key: LookupKey) -> None:
         self.lookup_keys.add(key)

@@ -32,8 +32,9 @@ mod core_module {
     use super::{
         consumption_rows, decode_apdu, decode_data, decode_frame, decode_hdlc_parameters, decrypt, encode_apdu,
         encode_data, encrypt, format_obis, gappy_meters, hdlc_frame, hdlc_parameters, hdlc_segments, hls_gmac,
-        late_starters, obis_to_int, parse_obis, scale, unit_info, with_earlier, wrap, Directory, Frame, FrameError,
-        KeyTable, MasterKey, NodeSums, PushBatch, PushDecoder, RowSink, Session, StreamDecoder,
+        late_starters, obis_to_int, parse_obis, scale, unit_info, with_earlier, wrap, ApduIn, Directory, Frame,
+        FrameError, Identified, KeyTable, LinkFrame, Lookup, MasterKey, NodeSums, PushBatch, PushDecoder, Reject,
+        RowSink, Session, StreamDecoder,
     };
 
     #[pymodule_init]

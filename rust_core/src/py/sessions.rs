@@ -471,6 +471,82 @@ impl RowSink {
     }
 }
 
+// -- what a session tells Python: one class per kind of event ------------------------
+
+/// The session does not know the sender: look the meter up by its system title or its
+/// serial (one of them is set). Its APDUs wait meanwhile.
+#[pyclass(module = "headend._core", frozen, get_all)]
+pub struct Lookup {
+    pub system_title: Option<Py<PyBytes>>,
+    pub serial: Option<Py<PyBytes>>,
+}
+
+/// A meter of the directory (`meter`, its serial) spoke for the first time on this
+/// connection, at link address `source`.
+#[pyclass(module = "headend._core", frozen, get_all)]
+pub struct Identified {
+    pub meter: u32,
+    pub serial: String,
+    pub source: u32,
+}
+
+/// An APDU that is not a push (a response to the head-end's own request, deciphered
+/// and replay-checked), from link address `source` (and meter, when known).
+#[pyclass(module = "headend._core", frozen, get_all)]
+pub struct ApduIn {
+    pub source: u32,
+    pub meter: Option<u32>,
+    pub apdu: Py<PyBytes>,
+}
+
+/// An HDLC frame that is not UI (the client's link layer: UA, RR, I, DISC...), with
+/// its control byte; `info` only where the frame carries no APDU.
+#[pyclass(module = "headend._core", frozen, get_all)]
+pub struct LinkFrame {
+    pub source: u32,
+    pub destination: u32,
+    pub control: &'static str,
+    pub info: Py<PyBytes>,
+    pub byte: u8,
+    pub segmented: bool,
+}
+
+/// Something refused: its reason (the `reject:` kind), what was wrong, the meter when
+/// known (directory id). Already counted in the sink's stats.
+#[pyclass(module = "headend._core", frozen, get_all)]
+pub struct Reject {
+    pub reason: &'static str,
+    pub message: String,
+    pub meter: Option<u32>,
+}
+
+/// `__match_args__` (so `case Identified(meter, serial, source)` works) and a repr.
+macro_rules! event_class {
+    ($t:ident: $($f:ident),*) => {
+        #[pymethods]
+        impl $t {
+            #[classattr]
+            fn __match_args__() -> ($(event_class!(@str $f),)*) {
+                ($(stringify!($f),)*)
+            }
+
+            fn __repr__(slf: &Bound<'_, Self>) -> PyResult<String> {
+                let fields: Vec<String> = [$(stringify!($f)),*]
+                    .iter()
+                    .map(|f| Ok(format!("{f}={}", slf.getattr(*f)?.repr()?)))
+                    .collect::<PyResult<_>>()?;
+                Ok(format!("{}({})", stringify!($t), fields.join(", ")))
+            }
+        }
+    };
+    (@str $f:ident) => { &'static str };
+}
+event_class!(Lookup: system_title, serial);
+event_class!(Identified: meter, serial, source);
+event_class!(ApduIn: source, meter, apdu);
+event_class!(LinkFrame: source, destination, control, info, byte, segmented);
+event_class!(Reject: reason, message, meter);
+
 pub(super) fn session_events<'py>(
     py: Python<'py>,
     dir: &RsDirectory,
@@ -480,24 +556,24 @@ pub(super) fn session_events<'py>(
     for ev in events {
         let item = match ev {
             SessionEvent::Lookup(LookupKey::Title(st)) => {
-                ("lookup", PyBytes::new(py, &st), py.None()).into_pyobject(py)?.into_any()
+                Bound::new(py, Lookup { system_title: Some(PyBytes::new(py, &st).unbind()), serial: None })?.into_any()
             }
             SessionEvent::Lookup(LookupKey::Serial(s)) => {
-                ("lookup", py.None(), PyBytes::new(py, &s)).into_pyobject(py)?.into_any()
+                Bound::new(py, Lookup { system_title: None, serial: Some(PyBytes::new(py, &s).unbind()) })?.into_any()
             }
             SessionEvent::Identified { meter, source } => {
-                ("identified", meter, dir.meter(meter).serial.clone(), source).into_pyobject(py)?.into_any()
+                Bound::new(py, Identified { meter, serial: dir.meter(meter).serial.clone(), source })?.into_any()
             }
             SessionEvent::Apdu { source, meter, apdu } => {
-                ("apdu", source, meter, PyBytes::new(py, &apdu)).into_pyobject(py)?.into_any()
+                Bound::new(py, ApduIn { source, meter, apdu: PyBytes::new(py, &apdu).unbind() })?.into_any()
             }
-            SessionEvent::Link { source, destination, control, byte, segmented, info } => {
-                ("link", source, destination, control, PyBytes::new(py, &info), byte, segmented)
-                    .into_pyobject(py)?
-                    .into_any()
-            }
+            SessionEvent::Link { source, destination, control, byte, segmented, info } => Bound::new(
+                py,
+                LinkFrame { source, destination, control, info: PyBytes::new(py, &info).unbind(), byte, segmented },
+            )?
+            .into_any(),
             SessionEvent::Reject { kind, message, meter } => {
-                ("reject", kind, message, meter).into_pyobject(py)?.into_any()
+                Bound::new(py, Reject { reason: kind, message, meter })?.into_any()
             }
         };
         list.append(item)?;
