@@ -32,6 +32,7 @@ from typing import Any
 
 from headend import balance, replacements
 from headend.clock import Clock
+from headend.levels import CONSUMER_LEVELS
 from headend.ownership import Ownership
 
 TAMPER_EVENTS = (
@@ -42,7 +43,7 @@ TAMPER_EVENTS = (
 DISCONNECTOR_STATE = "0.0.96.3.10.255"
 VALVE_STATE = "0.0.24.4.0.255"
 # Network levels whose consumers are examined: the last link before them.
-LEVELS = ("transformer", "gas_segment")
+LEVELS = CONSUMER_LEVELS
 WEIGHTS = {
     "low_vs_peers": 2,
     "drop_vs_history": 1,

@@ -34,9 +34,10 @@ import numpy as np
 
 from headend import codec, gridtree
 from headend.errors import HeadendError
+from headend.levels import ADMIN_LEVELS, NETWORK_LEVELS
 from headend.ownership import Ownership
 from headend.store import native
-from headend.store.imports import LEVELS, SqlAccess
+from headend.store.imports import SqlAccess
 
 log = logging.getLogger("headend.balance")
 
@@ -68,10 +69,6 @@ PREFER = [(GAS_VOLUME, GAS_CORRECTED)]
 COUNTED = sorted({*FLOW.values(), *(p for _, p in PREFER)})
 # Supply switches (0 off): the disconnector's output state and the gas valve.
 STATES = ["0.0.96.3.10.255", "0.0.24.4.0.255"]
-ADMIN_LEVELS = ("republic", "region", "city", "district")
-"""Administrative units: a city may sit in a region beside its districts (or hold
-districts of its own)."""
-NETWORK_LEVELS = tuple(level for level in LEVELS if level not in ADMIN_LEVELS)
 _SUMS = (
     "sum(input) AS i, sum(output) AS o, sum(loss) AS l, sum(measured) AS m, "
     "sum(expected) AS e, sum(corrected) AS c, any(commodity) AS k"

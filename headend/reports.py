@@ -15,7 +15,6 @@ from __future__ import annotations
 from typing import Any
 
 from headend.balance import (
-    ADMIN_LEVELS,
     FLOW,
     TASHKENT,
     BalanceError,
@@ -23,6 +22,7 @@ from headend.balance import (
     obis_int,
 )
 from headend.balance import run_query as _run
+from headend.levels import ADMIN_LEVELS
 
 BY = ("category", *ADMIN_LEVELS)
 PERIODS = {

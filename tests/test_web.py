@@ -372,6 +372,14 @@ def test_grid_balances_and_meters_over_http(live: Live) -> None:
     assert status == 200, health
     assert health["ok"] is True
 
+    # The level vocabulary the page reads: one place (headend/levels.py).
+    status, lv = get(url + "/api/levels")
+    assert status == 200
+    assert lv["admin"] == ["republic", "region", "city", "district"]
+    assert lv["chains"]["gas"] == ["gas_station", "gas_segment"]
+    assert lv["levels"] == [*lv["admin"], *lv["network"]]
+    assert lv["below"]["feeder"] == "Transformers"
+
     status, s = get(url + "/api/summary")
     assert status == 200
     fleet = meters(live.fleet)

@@ -20,6 +20,7 @@ from typing import Any, Protocol
 from headend import meter_address
 from headend.codec import MasterKey
 from headend.keys import wrap
+from headend.levels import LEVELS
 from headend.ownership import NATIONAL, Ownership, regions_of
 
 GRID_COLUMNS = ["node_id", "parent_id", "level", "commodity", "name", "admin_unit", "lat", "lon"]
@@ -42,19 +43,6 @@ METER_COLUMNS = [
 # instrument transformers' ratios (`200/5` or `40`; empty: a direct meter).
 OPTIONAL_METER_COLUMNS = ["address", "kek", "ct_ratio", "vt_ratio"]
 MAX_RATIO = 1e6
-LEVELS = (
-    "republic",
-    "region",
-    "city",
-    "district",
-    "generation",
-    "backbone_substation",
-    "distribution_substation",
-    "feeder",
-    "transformer",
-    "gas_station",
-    "gas_segment",
-)
 COMMODITIES = ("electricity", "gas", "any")
 KINDS = ("electricity", "gas")
 ROLES = ("consumer", "balance")

@@ -1,6 +1,7 @@
 """``/api/consumption``: consumer meters' consumption by account category or
 administrative unit, and ``/api/batteries``: battery-powered meters' batteries
-(``headend.reports``), within the person's regions."""
+(``headend.reports``), within the person's regions; ``/api/levels``: the grid's level
+vocabulary (``headend.levels``), which the page reads."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ if TYPE_CHECKING:
 
 
 def add_routes(api: Api, r: web.UrlDispatcher) -> None:
-    from headend import reports
+    from headend import levels, reports
     from headend.web.app import HttpError, ok
 
     async def consumption(request: web.Request) -> web.Response:
@@ -79,6 +80,10 @@ def add_routes(api: Api, r: web.UrlDispatcher) -> None:
         )
         return ok({"columns": cols, "rows": [dict(zip(cols, x, strict=True)) for x in rows]})
 
+    async def levels_(request: web.Request) -> web.Response:
+        return ok(levels.public())
+
+    r.add_get("/api/levels", levels_)
     r.add_get("/api/consumption", consumption)
     r.add_get("/api/batteries", batteries)
     r.add_get("/api/billing/determinants", determinants_)
@@ -94,6 +99,11 @@ def spec(get: Any, q: Any) -> dict[str, Any]:
                 q("month", "YYYY-MM (default: this month)"),
                 q("format", "json or csv", enum=["json", "csv"]),
             ],
+        ),
+        "/api/levels": get(
+            "the grid's levels: administrative and network, each commodity's chain from "
+            "the source to the consumers, what the nodes below each level are called",
+            [],
         ),
         "/api/batteries": get(
             "battery-powered meters in the person's regions: the latest battery voltage, "

@@ -20,15 +20,16 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from headend.balance import ADMIN_LEVELS, FLOW, HOUR, LOCAL, NETWORK_LEVELS, last_period
+from headend.balance import FLOW, HOUR, LOCAL, last_period
 from headend.balance import obis_int as _obis
 from headend.commands import latest_meters
+from headend.levels import ADMIN_LEVELS, NETWORK_LEVELS
 
 DAY = 86_400
 LOAD_LOOKBACK = 3  # hours
 COMMODITIES = ("electricity", "gas")
 ALARM_CATEGORIES = ("tamper", "power")
-CHAIN = ("generation", *NETWORK_LEVELS)
+CHAIN = NETWORK_LEVELS
 
 
 def local_day_start(t: float) -> int:

@@ -4,12 +4,8 @@
 "use strict";
 
 const REFRESH_MS = 10000;
-const LEVEL_NAMES = {
-  republic: "Regions", region: "Districts", district: "Substations and gas stations",
-  generation: "Backbone substations", backbone_substation: "Distribution substations",
-  distribution_substation: "Feeders", feeder: "Transformers", gas_station: "Gas segments",
-  transformer: "Consumers", gas_segment: "Consumers",
-};
+// The grid's level vocabulary, from the API (headend/levels.py): read once, at start.
+let LEVELS = { admin: [], chains: { electricity: [], gas: [] }, below: {} };
 const state = { path: [], node: null, timer: null, lastOk: null };
 
 const $ = (id) => document.getElementById(id);
@@ -74,6 +70,7 @@ async function start() {
   $("who").textContent =
     `${me.user.name} · ${me.user.roles.join(", ")} · ${me.user.regions.join(", ").replace("*", "republic")}`;
   $("logout").hidden = false;
+  LEVELS = await api("/api/levels");
   await refresh();
   if (!state.timer) state.timer = setInterval(refresh, REFRESH_MS);
 }
@@ -270,7 +267,7 @@ const chart = new Chart($("chart"), {
 
 async function drawChart(node, day) {
   $("chart-title").textContent = node.name;
-  const admin = ["republic", "region", "district"].includes(node.level);
+  const admin = LEVELS.admin.includes(node.level);
   const q = new URLSearchParams({ period: "hour", from: day });
   if (admin) {
     q.set("level", node.level);
@@ -280,10 +277,10 @@ async function drawChart(node, day) {
     q.set("node", node.node_id);
   }
   const r = await api("/api/balances?" + q);
-  // Administrative units come link by link: input of the highest link, loss of all.
-  const chain = ["generation", "backbone_substation", "distribution_substation", "feeder",
-    "transformer", "gas_station", "gas_segment"];
-  const rows = r.rows.filter((x) => !admin || chain.indexOf(x.link) < 5);
+  // Administrative units come link by link (the electricity chain's, which the chart
+  // shows): input of the highest link, loss of all.
+  const chain = LEVELS.chains.electricity;
+  const rows = r.rows.filter((x) => !admin || chain.includes(x.link));
   const by = new Map();
   for (const x of rows) {
     const k = x.period;
@@ -374,7 +371,7 @@ async function refreshNode() {
     `<a data-node="${esc(c.node_id)}">${esc(c.name)}</a>`).join("");
   $("crumbs").querySelectorAll("a").forEach((a) =>
     a.addEventListener("click", () => openNode(a.dataset.node)));
-  $("children-title").textContent = LEVEL_NAMES[d.node.level] || "Below";
+  $("children-title").textContent = LEVELS.below[d.node.level] || "Below";
   if (d.children.length) {
     drawMap(d.node, d.children);
     fill("children", childRows(d.children), "nothing below");
