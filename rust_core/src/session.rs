@@ -616,8 +616,11 @@ impl Session {
         leaves.clear();
         let n = flatten_value(&mut r, 0, leaves).map_err(|e| e.truncated_at("DataNotification", 0))?;
         r.finish("DataNotification")?;
-        let info = cx.dir.meter(meter).clone();
-        let profile = cx.dir.profile(info.profile);
+        // Borrowed, not cloned (a serial's String a push): the directory is only read.
+        let Ctx { now, dir, sink, .. } = cx;
+        let now = *now;
+        let info = dir.meter(meter);
+        let profile = dir.profile(info.profile);
         let Some(layout) = profile.layout_for(leaves, 0, n) else {
             return Err(Error::unsupported(
                 "push",
@@ -638,11 +641,11 @@ impl Session {
             .filter(|&c| (c as usize) < n)
             .and_then(|c| clock_of(leaf_bytes(leaves, c as usize)))
             .or_else(|| header_time.as_deref().and_then(clock_of))
-            .unwrap_or((cx.now, STATUS_TIME_FROM_HEADEND));
+            .unwrap_or((now, STATUS_TIME_FROM_HEADEND));
         if let Some(i) = layout.device_id.filter(|&i| (i as usize) < n) {
             let claimed = leaf_bytes(leaves, i as usize);
             if !claimed.is_empty() && claimed != info.serial.as_bytes() {
-                cx.sink.event(&EventRow {
+                sink.event(&EventRow {
                     meter: &info.serial,
                     ts,
                     code: 0,
@@ -651,7 +654,7 @@ impl Session {
                     source: "head-end",
                     peer: &self.peer,
                     detail: &format!("push names device {:?}", String::from_utf8_lossy(claimed)),
-                    received_at: cx.now,
+                    received_at: now,
                 });
             }
         }
@@ -664,7 +667,7 @@ impl Session {
             if raw.is_nan() {
                 continue;
             }
-            cx.sink.reading(&Reading {
+            sink.reading(&Reading {
                 meter: &info.serial,
                 obis: reg.obis.to_u64(),
                 ts,
@@ -673,7 +676,7 @@ impl Session {
                 status,
                 source: SOURCE_PUSH,
                 quality: QUALITY_MEASURED,
-                received_at: cx.now,
+                received_at: now,
             });
             self.stats.readings += 1;
         }
@@ -685,7 +688,7 @@ impl Session {
                     Some(e) => (e.name.clone(), e.category.clone()),
                     None => (format!("event-{code}"), "unknown".to_string()),
                 };
-                cx.sink.event(&EventRow {
+                sink.event(&EventRow {
                     meter: &info.serial,
                     ts,
                     code,
@@ -694,12 +697,12 @@ impl Session {
                     source: "push",
                     peer: &self.peer,
                     detail: &layout.name,
-                    received_at: cx.now,
+                    received_at: now,
                 });
                 self.stats.events += 1;
             }
         }
-        cx.sink.count_push();
+        sink.count_push();
         self.stats.pushes += 1;
         Ok(())
     }
