@@ -101,15 +101,12 @@ def main() -> int:
     best = float("inf")
     for _ in range(3):
         t = time.perf_counter()
-        _, st = codec.consumption_rows(
+        _, st = codec.ConsumptionJob(balance.CHANNELS, native_input=True).rows(
             raw,
-            channels=balance.CHANNELS,
-            unlimited=[],
             keep_from=DAY0,
             keep_to=DAY0 + 86_400,
             now=DAY0 + 2 * 86_400,
             computed_at_ms=1,
-            native_input=True,
         )
         best = min(best, time.perf_counter() - t)
     vee_rate = st["readings"] / best

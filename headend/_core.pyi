@@ -11,6 +11,7 @@ from typing import Any, Final, Literal, final
 __version__: Final[str]
 __all__ = [
     "ApduIn",
+    "ConsumptionJob",
     "Directory",
     "Frame",
     "FrameError",
@@ -27,7 +28,6 @@ __all__ = [
     "Session",
     "StreamDecoder",
     "__version__",
-    "consumption_rows",
     "decode_apdu",
     "decode_data",
     "decode_frame",
@@ -537,41 +537,49 @@ def format_obis(code: bytes) -> str: ...
 def obis_to_int(code: bytes) -> int: ...
 def unit_info(code: int) -> tuple[str, str] | None: ...
 def scale(value: float, scaler: int) -> float: ...
-def consumption_rows(
-    readings: bytes,
-    *,
-    channels: Sequence[tuple[str, float, str, float]],
-    unlimited: Sequence[bytes],
-    keep_from: int,
-    keep_to: int,
-    now: int,
-    computed_at_ms: int,
-    profiles: Sequence[tuple[bytes, int, Sequence[float]]] | None = None,
-    states: Sequence[str] | None = None,
-    native: bool = False,
-    native_input: bool = False,
-    sums: NodeSums | None = None,
-    meter_nodes: bytes | None = None,
-    interval: int = 3600,
-    measured_gap: int = 3600,
-    max_estimate_span: int = 5356800,
-    local_offset: int = 18000,
-    future_tolerance: int = 600,
-) -> tuple[bytes, dict[str, int]]:
-    """Interval consumption (validation, estimation, editing) from RowBinary readings
-    (`meter String, obis UInt64, ts Int64, value Float64`, ordered by meter, obis, ts) to
-    rows of the `consumption` table, keeping intervals that start in
-    [keep_from, keep_to). `channels`: (OBIS code, scale to the consumption's unit, that
-    unit, most a consumer carries per hour in register units); `unlimited`: serials
-    with no such limit; `profiles`: (serial, packed OBIS, 24 typical values by local
-    hour) by which gaps are spread; `states`: OBIS codes of supply-switch registers (0
-    off) whose off periods flag the intervals; `native`: the rows as one block of
-    ClickHouse's Native format instead of RowBinary (faster to insert);
-    `native_input`: the readings are Native blocks (ClickHouse writes them faster than
-    RowBinary), one reading a row or a series a row (`ts Array(UInt32), value
-    Array(Float64)`, ordered by meter, obis); `sums` with `meter_nodes` (a Native block
-    of `serial String, node_id String, balance UInt8`): the kept intervals of its
-    registers are added to their meters' nodes. Runs without the GIL."""
+
+@final
+class ConsumptionJob:
+    """How interval consumption is derived (validation, estimation, editing), set once:
+    `channels`: (OBIS code, scale to the consumption's unit, that unit, most a consumer
+    carries per hour in register units); `states`: OBIS codes of supply-switch
+    registers (0 off) whose off periods flag the intervals; `unlimited`: serials with no
+    rate limit; `native`: the rows as one block of ClickHouse's Native format instead of
+    RowBinary (faster to insert); `native_input`: the readings are Native blocks, one
+    reading a row or a series a row (`ts Array(UInt32), value Array(Float64)`)."""
+
+    def __new__(
+        cls,
+        channels: Sequence[tuple[str, float, str, float]],
+        *,
+        states: Sequence[str] | None = None,
+        unlimited: Sequence[bytes] | None = None,
+        native: bool = False,
+        native_input: bool = False,
+        interval: int = 3600,
+        measured_gap: int = 3600,
+        max_estimate_span: int = 5356800,
+        local_offset: int = 18000,
+        future_tolerance: int = 600,
+    ) -> ConsumptionJob: ...
+    def rows(
+        self,
+        readings: bytes,
+        *,
+        keep_from: int,
+        keep_to: int,
+        now: int,
+        computed_at_ms: int,
+        profiles: Sequence[tuple[bytes, int, Sequence[float]]] | None = None,
+        sums: NodeSums | None = None,
+        meter_nodes: bytes | None = None,
+    ) -> tuple[bytes, dict[str, int]]:
+        """`consumption` rows from `readings` (`meter String, obis UInt64, ts Int64,
+        value Float64`, ordered by meter, obis, ts), keeping intervals that start in
+        [keep_from, keep_to); `profiles`: (serial, packed OBIS, 24 typical values by
+        local hour) by which gaps are spread; `sums` with `meter_nodes` (a Native block
+        of `serial String, node_id String, balance UInt8`): the kept intervals of its
+        registers are added to their meters' nodes. Runs without the GIL."""
 
 def gappy_meters(
     readings: bytes,
@@ -581,7 +589,7 @@ def gappy_meters(
     measured_gap: int = 3600,
     max_estimate_span: int = 5356800,
 ) -> list[bytes]:
-    """Meters of the readings (as `consumption_rows` takes them) with a gap in one of
+    """Meters of the readings (as `ConsumptionJob.rows` takes them) with a gap in one of
     the `channels` registers that an estimate spreads: the ones whose typical day is
     worth fetching. Runs without the GIL."""
 
@@ -597,7 +605,7 @@ def with_earlier(readings: bytes, earlier: bytes) -> bytes:
 
 @final
 class NodeSums:
-    """Balance sums gathered by `consumption_rows`: per network node (in the order
+    """Balance sums gathered by `ConsumptionJob.rows`: per network node (in the order
     given), side (0 the consumers below it, 1 its balance meters) and hour of the window
     from `start`, the consumption of the `obis` registers and how many of its intervals
     were measured."""

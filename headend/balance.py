@@ -429,6 +429,9 @@ def _consumption(
         return
     _, rows = store.query(f"SELECT serial FROM {db}.meters FINAL WHERE role = 'balance'")
     unlimited = [r[0].encode() for r in rows]
+    job = codec.ConsumptionJob(
+        CHANNELS, unlimited=unlimited, states=STATES, native=True, native_input=True
+    )
     obis = sorted(_obis_ints().values())
     states = [obis_int(o) for o in STATES]
     computed_at = int(time.time() * 1000)
@@ -501,14 +504,9 @@ def _consumption(
             assert pending is not None
             raw, profiles, placed = pending.result()
             pending = pool.submit(fetch, n + 1) if n + 1 < len(firsts) else None
-            out, stats = codec.consumption_rows(
+            out, stats = job.rows(
                 raw,
-                channels=CHANNELS,
-                unlimited=unlimited,
                 profiles=profiles,
-                states=STATES,
-                native=True,
-                native_input=True,
                 sums=sums,
                 meter_nodes=placed,
                 keep_from=rep.start,

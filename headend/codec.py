@@ -14,6 +14,7 @@ from typing import Any
 
 from headend._core import (
     ApduIn,
+    ConsumptionJob,
     Directory,
     Frame,
     FrameError,
@@ -30,7 +31,6 @@ from headend._core import (
     Session,
     StreamDecoder,
     __version__,
-    consumption_rows,
     decode_apdu,
     decode_data,
     decode_frame,
@@ -58,6 +58,7 @@ __all__ = [
     "CLOCK",
     "DEFAULT_CONFORMANCE",
     "ApduIn",
+    "ConsumptionJob",
     "Directory",
     "Frame",
     "FrameError",
@@ -76,7 +77,6 @@ __all__ = [
     "__version__",
     "aarq",
     "action_request",
-    "consumption_rows",
     "data",
     "date_time",
     "decode_apdu",

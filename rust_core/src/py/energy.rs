@@ -11,91 +11,123 @@ use super::*;
 /// (serial, packed OBIS, 24 typical values by local hour).
 pub(super) type ProfileRow = (Vec<u8>, u64, Vec<f64>);
 
-/// Interval consumption (VEE) from RowBinary readings, or (`native_input`) Native
-/// blocks (`meter, obis, ts Int64, value`, ordered by meter, obis, ts) to
-/// `consumption` rows, RowBinary or (`native`) one Native block; without the GIL.
-/// `channels`: (obis, scale, unit, max_rate per hour in register units).
-/// Returns (rows, stats).
-#[pyfunction]
-#[pyo3(signature = (
-    readings, *, channels, unlimited, keep_from, keep_to, now, computed_at_ms, profiles = None, states = None, native = false,
-    native_input = false, sums = None, meter_nodes = None, interval = 3600, measured_gap = 3600, max_estimate_span = 5_356_800,
-    local_offset = 18_000, future_tolerance = 600
-))]
-#[allow(clippy::too_many_arguments)]
-pub(super) fn consumption_rows<'py>(
-    py: Python<'py>,
-    readings: &[u8],
-    channels: Vec<(String, f64, String, f64)>,
-    unlimited: Vec<Vec<u8>>,
-    keep_from: i64,
-    keep_to: i64,
-    now: i64,
-    computed_at_ms: i64,
-    profiles: Option<Vec<ProfileRow>>,
-    states: Option<Vec<String>>,
-    native: bool,
-    native_input: bool,
-    sums: Option<PyRefMut<'py, NodeSums>>,
-    meter_nodes: Option<&[u8]>,
-    interval: i64,
-    measured_gap: i64,
-    max_estimate_span: i64,
-    local_offset: i64,
-    future_tolerance: i64,
-) -> PyResult<(Bound<'py, PyBytes>, Bound<'py, PyDict>)> {
-    let mut chans = Vec::with_capacity(channels.len());
-    for (code, scale, unit, max_rate) in channels {
-        let obis = obis_code(py, &code)?;
-        chans.push(Channel { obis: obis.to_u64(), scale, unit, max_rate });
-    }
-    let state_codes = obis_codes(py, &states.unwrap_or_default())?;
-    let profiles = profiles.unwrap_or_default();
-    let mut by_series = std::collections::HashMap::with_capacity(profiles.len());
-    for (meter, obis, hours) in profiles {
-        let Ok(p) = <[f64; 24]>::try_from(hours.as_slice()) else {
-            return Err(local_error(py, "profile", format!("{} values, not 24", hours.len())));
-        };
-        by_series.insert((meter, obis), p);
-    }
-    let job = Job {
-        vee: VeeConfig { interval, measured_gap, max_estimate_span, local_offset, now, future_tolerance },
-        channels: chans,
-        unlimited: unlimited.into_iter().collect(),
-        profiles: by_series,
-        states: state_codes,
-        native,
-        native_input,
-        keep_from,
-        keep_to,
-        computed_at_ms,
-    };
-    let (rows, st) = match (sums, meter_nodes) {
-        (None, None) => codec(py, guarded(py, true, || consumption::run(&job, readings))?)?,
-        (Some(mut sums), Some(placed)) => {
-            let sums = &mut sums.inner;
-            codec(
-                py,
-                guarded(py, true, || {
-                    let placed = consumption::MeterNodes::read(placed)?;
-                    consumption::run_summing(&job, readings, Some((sums, &placed)))
-                })?,
-            )?
-        }
-        _ => return Err(local_error(py, "node sums", "sums and meter_nodes go together")),
-    };
-    let d = PyDict::new(py);
-    d.set_item("readings", st.readings)?;
-    d.set_item("series", st.series)?;
-    d.set_item("rows", st.rows)?;
-    d.set_item("future", st.vee.future)?;
-    d.set_item("not_finite", st.vee.not_finite)?;
-    d.set_item("duplicates", st.vee.duplicates)?;
-    d.set_item("conflicts", st.vee.conflicts)?;
-    Ok((PyBytes::new(py, &rows), d))
+/// How interval consumption is derived (VEE), set once: the registers (`channels`:
+/// (obis, scale, unit, max_rate per hour in register units)), the supply-switch
+/// registers (`states`), the meters with no rate limit (`unlimited`), the formats
+/// (`native`: the rows as one Native block; `native_input`: the readings are Native
+/// blocks) and the VEE settings. `rows` then derives a batch of readings.
+#[pyclass(module = "headend._core", frozen)]
+pub struct ConsumptionJob {
+    base: Job,
 }
 
-/// Meters of the readings (as `consumption_rows` takes them) with a gap in one of the
+#[pymethods]
+impl ConsumptionJob {
+    #[new]
+    #[pyo3(signature = (
+        channels, *, states = None, unlimited = None, native = false, native_input = false, interval = 3600,
+        measured_gap = 3600, max_estimate_span = 5_356_800, local_offset = 18_000, future_tolerance = 600
+    ))]
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        py: Python<'_>,
+        channels: Vec<(String, f64, String, f64)>,
+        states: Option<Vec<String>>,
+        unlimited: Option<Vec<Vec<u8>>>,
+        native: bool,
+        native_input: bool,
+        interval: i64,
+        measured_gap: i64,
+        max_estimate_span: i64,
+        local_offset: i64,
+        future_tolerance: i64,
+    ) -> PyResult<Self> {
+        let mut chans = Vec::with_capacity(channels.len());
+        for (code, scale, unit, max_rate) in channels {
+            let obis = obis_code(py, &code)?;
+            chans.push(Channel { obis: obis.to_u64(), scale, unit, max_rate });
+        }
+        Ok(ConsumptionJob {
+            base: Job {
+                vee: VeeConfig { interval, measured_gap, max_estimate_span, local_offset, now: 0, future_tolerance },
+                channels: chans,
+                unlimited: unlimited.unwrap_or_default().into_iter().collect(),
+                profiles: Default::default(),
+                states: obis_codes(py, &states.unwrap_or_default())?,
+                native,
+                native_input,
+                keep_from: 0,
+                keep_to: 0,
+                computed_at_ms: 0,
+            },
+        })
+    }
+
+    /// `consumption` rows from `readings` (RowBinary, or Native blocks with
+    /// `native_input`: `meter, obis, ts, value`, ordered by meter, obis, ts), keeping
+    /// intervals that start in [keep_from, keep_to); samples later than `now` (plus the
+    /// tolerance) are dropped; rows are versioned `computed_at_ms`. `profiles`:
+    /// (serial, packed OBIS, 24 typical values by local hour) by which gaps are spread;
+    /// `sums` with `meter_nodes` (a Native block of `serial String, node_id String,
+    /// balance UInt8`): the kept intervals of its registers are added to their meters'
+    /// nodes. Returns (rows, stats); without the GIL.
+    #[pyo3(signature = (readings, *, keep_from, keep_to, now, computed_at_ms, profiles = None, sums = None, meter_nodes = None))]
+    #[allow(clippy::too_many_arguments)]
+    fn rows<'py>(
+        &self,
+        py: Python<'py>,
+        readings: &[u8],
+        keep_from: i64,
+        keep_to: i64,
+        now: i64,
+        computed_at_ms: i64,
+        profiles: Option<Vec<ProfileRow>>,
+        sums: Option<PyRefMut<'py, NodeSums>>,
+        meter_nodes: Option<&[u8]>,
+    ) -> PyResult<(Bound<'py, PyBytes>, Bound<'py, PyDict>)> {
+        let profiles = profiles.unwrap_or_default();
+        let mut by_series = std::collections::HashMap::with_capacity(profiles.len());
+        for (meter, obis, hours) in profiles {
+            let Ok(p) = <[f64; 24]>::try_from(hours.as_slice()) else {
+                return Err(local_error(py, "profile", format!("{} values, not 24", hours.len())));
+            };
+            by_series.insert((meter, obis), p);
+        }
+        let job = Job {
+            vee: VeeConfig { now, ..self.base.vee.clone() },
+            profiles: by_series,
+            keep_from,
+            keep_to,
+            computed_at_ms,
+            ..self.base.clone()
+        };
+        let (rows, st) = match (sums, meter_nodes) {
+            (None, None) => codec(py, guarded(py, true, || consumption::run(&job, readings))?)?,
+            (Some(mut sums), Some(placed)) => {
+                let sums = &mut sums.inner;
+                codec(
+                    py,
+                    guarded(py, true, || {
+                        let placed = consumption::MeterNodes::read(placed)?;
+                        consumption::run_summing(&job, readings, Some((sums, &placed)))
+                    })?,
+                )?
+            }
+            _ => return Err(local_error(py, "node sums", "sums and meter_nodes go together")),
+        };
+        let d = PyDict::new(py);
+        d.set_item("readings", st.readings)?;
+        d.set_item("series", st.series)?;
+        d.set_item("rows", st.rows)?;
+        d.set_item("future", st.vee.future)?;
+        d.set_item("not_finite", st.vee.not_finite)?;
+        d.set_item("duplicates", st.vee.duplicates)?;
+        d.set_item("conflicts", st.vee.conflicts)?;
+        Ok((PyBytes::new(py, &rows), d))
+    }
+}
+
+/// Meters of the readings (as `ConsumptionJob.rows` takes them) with a gap in one of the
 /// `channels` registers (OBIS codes) that an estimate spreads: the ones whose typical
 /// day is worth fetching. Without the GIL.
 #[pyfunction]

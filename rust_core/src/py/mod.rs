@@ -30,11 +30,11 @@ use stream::*;
 mod core_module {
     #[pymodule_export]
     use super::{
-        consumption_rows, decode_apdu, decode_data, decode_frame, decode_hdlc_parameters, decrypt, encode_apdu,
-        encode_data, encrypt, format_obis, gappy_meters, hdlc_frame, hdlc_parameters, hdlc_segments, hls_gmac,
-        late_starters, obis_to_int, parse_obis, scale, unit_info, with_earlier, wrap, ApduIn, Directory, Frame,
-        FrameError, Identified, KeyTable, LinkFrame, Lookup, MasterKey, NodeSums, PushBatch, PushDecoder, Reject,
-        RowSink, Session, StreamDecoder,
+        decode_apdu, decode_data, decode_frame, decode_hdlc_parameters, decrypt, encode_apdu, encode_data, encrypt,
+        format_obis, gappy_meters, hdlc_frame, hdlc_parameters, hdlc_segments, hls_gmac, late_starters, obis_to_int,
+        parse_obis, scale, unit_info, with_earlier, wrap, ApduIn, ConsumptionJob, Directory, Frame, FrameError,
+        Identified, KeyTable, LinkFrame, Lookup, MasterKey, NodeSums, PushBatch, PushDecoder, Reject, RowSink, Session,
+        StreamDecoder,
     };
 
     #[pymodule_init]
