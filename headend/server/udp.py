@@ -22,12 +22,33 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import Any, Protocol
 
-if TYPE_CHECKING:
-    from headend.server.worker import MeterProtocol, Worker
+from headend.config import Config
 
 log = logging.getLogger("headend.udp")
+
+
+class Peer(Protocol):
+    """What a UDP peer's protocol is to this module (the worker's `MeterProtocol`)."""
+
+    closed: bool
+
+    def connection_made(self, transport: Any) -> None: ...
+    def data_received(self, data: bytes) -> None: ...
+    def connection_lost(self, exc: BaseException | None) -> None: ...
+
+
+class Host(Protocol):
+    """What the worker is to this module."""
+
+    cfg: Config
+    accepting: bool
+    connections: dict[int, Any]
+
+    def count_reject(self, kind: str) -> None: ...
+
 
 Address = tuple[str, int]
 # Datagrams one paused peer may have waiting.
@@ -37,7 +58,7 @@ MAX_HELD = 64
 class PeerTransport:
     """What `MeterProtocol` needs of a transport, for one UDP peer."""
 
-    def __init__(self, endpoint: UdpEndpoint, addr: Address, proto: MeterProtocol) -> None:
+    def __init__(self, endpoint: UdpEndpoint, addr: Address, proto: Peer) -> None:
         self.endpoint = endpoint
         self.addr = addr
         self.proto = proto
@@ -101,10 +122,12 @@ class PeerTransport:
 
 
 class UdpEndpoint(asyncio.DatagramProtocol):
-    """One worker's UDP socket: datagrams to their peers' sessions."""
+    """One worker's UDP socket: datagrams to their peers' sessions (`make_peer`: a new
+    peer's protocol, a datagram one)."""
 
-    def __init__(self, worker: Worker) -> None:
+    def __init__(self, worker: Host, make_peer: Callable[[], Peer]) -> None:
         self.worker = worker
+        self.make_peer = make_peer
         self.transport: asyncio.DatagramTransport | None = None
         self.peers: dict[Address, PeerTransport] = {}
 
@@ -121,18 +144,16 @@ class UdpEndpoint(asyncio.DatagramProtocol):
         peer.deliver(data)
 
     def _open(self, addr: Address) -> PeerTransport | None:
-        from headend.server.worker import MeterProtocol
-
         w = self.worker
         if not w.accepting:
             return None
         if len(w.connections) >= w.cfg.server.max_connections_per_worker:
             w.count_reject("udp-peers-full")
             return None
-        proto = MeterProtocol(w, "wrapper", datagram=True)
+        proto = self.make_peer()
         peer = PeerTransport(self, addr, proto)
         self.peers[addr] = peer
-        proto.connection_made(peer)  # type: ignore[arg-type]
+        proto.connection_made(peer)
         if proto.closed:  # refused by the per-source limits
             self.peers.pop(addr, None)
             return None

@@ -1005,7 +1005,7 @@ class Worker:
         udp = ""
         if srv.udp:
             port = srv.udp_port or srv.port
-            endpoint = UdpEndpoint(self)
+            endpoint = UdpEndpoint(self, lambda: MeterProtocol(self, "wrapper", datagram=True))
             await loop.create_datagram_endpoint(
                 lambda: endpoint, local_addr=(srv.host, port), reuse_port=True
             )
