@@ -495,10 +495,10 @@ impl Fleet {
 /// The event code a model's firmware uses for a tamper alarm named in the truth file.
 fn alarm_code(model: Model, name: &str) -> u16 {
     match (model.is_gas(), name) {
-        (true, "case-opened") => crate::cosem::EV_GAS_CASE_OPENED,
-        (true, _) => crate::cosem::EV_GAS_MAGNETIC,
-        (false, "terminal-cover-opened") => crate::cosem::EV_TERMINAL_COVER_OPENED,
-        (false, _) => crate::cosem::EV_MAGNETIC,
+        (true, "case-opened") => crate::cosem::events::EV_GAS_CASE_OPENED,
+        (true, _) => crate::cosem::events::EV_GAS_MAGNETIC,
+        (false, "terminal-cover-opened") => crate::cosem::events::EV_TERMINAL_COVER_OPENED,
+        (false, _) => crate::cosem::events::EV_MAGNETIC,
     }
 }
 
