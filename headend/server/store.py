@@ -27,8 +27,6 @@ from collections.abc import Coroutine
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import msgpack
-
 from headend import logs, notify
 from headend.clock import Clock
 from headend.commands import CommandQueue
@@ -41,6 +39,7 @@ from headend.scheduler import Scheduler
 from headend.server import access, ipc
 from headend.server.fieldwork import FieldWork
 from headend.server.keychanges import KeyChanges
+from headend.server.lookups import CounterScanner, Lookups
 from headend.server.polled import PolledRows
 from headend.server.recovery import Recovery
 from headend.server.submit import Submitter
@@ -60,52 +59,10 @@ log = logging.getLogger("headend.store")
 LATE_HOURS_PER_PASS = 7 * 24
 
 
-LOOKUP_GATHER = 0.05
-"""Seconds a lookup round waits for more requests (the workers' requests are merged)."""
-
-
 # Seconds over which the workers' push and reading rates are taken (pushes come in
 # bursts), and the ingest's stored rows per second.
 RATE_WINDOW = 60.0
 INGEST_RATE_WINDOW = 10.0
-
-
-class CounterScanner:
-    """Invocation counters from spool records not yet in ClickHouse, so a meter looked up
-    by another worker right after moving never gets a stale (lower) floor."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.pos: dict[Path, int] = {}
-        self.found: dict[Path, dict[str, tuple[int, int]]] = {}
-
-    def scan(self) -> dict[str, tuple[int, int]]:
-        live = set()
-        for segs in spool.segments(self.root).values():
-            for seg in segs:
-                live.add(seg)
-                done = spool.read_ack(seg).done
-                start = max(self.pos.get(seg, 0), done)
-                found = self.found.setdefault(seg, {})
-                end = start
-                for r in spool.read_records(seg, start):
-                    end = r.end
-                    if r.table == spool.COUNTERS:
-                        for title, last, nxt in msgpack.unpackb(r.payload):
-                            old = found.get(title, (-1, 0))
-                            found[title] = (max(old[0], last), max(old[1], nxt))
-                self.pos[seg] = end
-                if done >= end:
-                    found.clear()  # all of it is in ClickHouse now
-        for gone in set(self.pos) - live:
-            self.pos.pop(gone, None)
-            self.found.pop(gone, None)
-        merged: dict[str, tuple[int, int]] = {}
-        for found in self.found.values():
-            for title, (last, nxt) in found.items():
-                old = merged.get(title, (-1, 0))
-                merged[title] = (max(old[0], last), max(old[1], nxt))
-        return merged
 
 
 def jsonable(v: Any) -> Any:
@@ -166,7 +123,6 @@ class StoreService:
         self.submitter = Submitter(self)
         self.clickhouse_http: tuple[Any, Any] | None = None
         self.ingestor = Ingestor(self.store, cfg.spool_dir, max_bytes=cfg.store.max_insert_bytes)
-        self.scanner = CounterScanner(cfg.spool_dir)
         # Each worker's reported totals over the last RATE_WINDOW seconds.
         self.rates: dict[int, collections.deque[tuple[float, dict[str, int]]]] = {}
         self.started = time.time()
@@ -179,9 +135,7 @@ class StoreService:
         self.ingest_rate: dict[str, float] = {}
         self.backlog = 0
         self.stop = asyncio.Event()
-        self.lookup_pending: list[tuple[list[str], list[str], asyncio.Future[Any]]] = []
-        self.lookup_task: asyncio.Task[None] | None = None
-        self.lookup_stats = {"rounds": 0, "requests": 0, "keys": 0}
+        self.lookups = Lookups(self.store, self.db, CounterScanner(cfg.spool_dir))
         self.commands = CommandQueue(
             self.store,
             cfg.commands,
@@ -310,7 +264,7 @@ class StoreService:
             # A clean exit: its meters' connections were closed, nothing to read back.
             self.recovery.clean_exit(int(msg["worker"]))
         elif t == "lookup":
-            return await self._lookup(msg)
+            return await self.lookups.answer(msg)
         elif t == "claim":
             return {"claim": self.commands.claim(str(msg["command"]), int(msg["worker"]))}
         elif t == "job-result":
@@ -407,138 +361,6 @@ class StoreService:
         if out:
             self.store.insert_rows("events", COLUMNS[spool.EVENTS], out)
         return len(out)
-
-    async def _lookup(self, msg: dict[str, Any]) -> dict[str, Any]:
-        """Answers one worker's lookup. Requests that arrive while a lookup runs are
-        merged into the next one: a lookup's cost is mostly fixed (a handful of
-        primary-key queries), so under a reconnect storm the batches grow instead of
-        the queue."""
-        titles = [bytes(t).hex().upper() for t in msg.get("titles", [])]
-        serials = [bytes(s).decode("utf-8", "replace") for s in msg.get("serials", [])]
-        fut: asyncio.Future[tuple[dict[str, dict[str, Any]], dict[str, Any]]]
-        fut = asyncio.get_running_loop().create_future()
-        self.lookup_pending.append((titles, serials, fut))
-        if self.lookup_task is None or self.lookup_task.done():
-            self.lookup_task = asyncio.get_running_loop().create_task(self._lookup_rounds())
-        by_serial, recent = await fut
-        out, found_titles, found_serials = [], set(), set()
-        want_titles, want_serials = set(titles), set(serials)
-        for m in by_serial.values():
-            th = m["system_title_hex"]
-            if m["serial"] not in want_serials and th not in want_titles:
-                continue
-            found_titles.add(th)
-            found_serials.add(m["serial"])
-            last, nxt = m["last_received"], m["next_sent"]
-            if th in recent:
-                last = max(last, recent[th][0])
-                nxt = max(nxt, recent[th][1])
-            answer = {k: v for k, v in m.items() if k != "system_title_hex"}
-            answer["last_received"] = None if last < 0 else last
-            answer["next_sent"] = nxt if nxt > 0 else None
-            out.append(answer)
-        return {
-            "meters": out,
-            "unknown_titles": [bytes.fromhex(t) for t in titles if t not in found_titles],
-            "unknown_serials": [s.encode() for s in serials if s not in found_serials],
-        }
-
-    async def _lookup_rounds(self) -> None:
-        loop = asyncio.get_running_loop()
-        while self.lookup_pending:
-            await asyncio.sleep(LOOKUP_GATHER)
-            batch, self.lookup_pending = self.lookup_pending, []
-            titles = sorted({t for b in batch for t in b[0]})
-            serials = sorted({s for b in batch for s in b[1]})
-            try:
-                meters, recent = await loop.run_in_executor(None, self._lookup_sql, titles, serials)
-            except Exception as e:
-                for _, _, fut in batch:
-                    if not fut.done():
-                        fut.set_exception(e)
-                continue
-            self.lookup_stats["rounds"] += 1
-            self.lookup_stats["requests"] += len(batch)
-            self.lookup_stats["keys"] += len(titles) + len(serials)
-            by_serial = {m["serial"]: m for m in meters}
-            for _, _, fut in batch:
-                if not fut.done():
-                    fut.set_result((by_serial, recent))
-
-    def _lookup_sql(
-        self, titles: list[str], serials: list[str]
-    ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-        db = self.db
-        recent = self.scanner.scan()
-        # Both by primary key: titles through meter_titles, then meters by serial. A
-        # title counts only if the meter still has it (the meters row confirms it).
-        claimed: list[tuple[Any, ...]] = []
-        if titles:
-            _, claimed = self.store.query(
-                f"SELECT system_title, serial FROM {db}.meter_titles FINAL "
-                "WHERE system_title IN %(t)s",
-                {"t": titles},
-            )
-        wanted = sorted({*serials, *(c[1] for c in claimed)})
-        if not wanted:
-            return [], recent
-        _, rows = self.store.query(
-            "SELECT serial, model, system_title, node_id, ct_ratio, vt_ratio "
-            f"FROM {db}.meters FINAL WHERE serial IN %(s)s",
-            {"s": wanted},
-        )
-        asked = set(serials)
-        owners = {(t, s) for t, s in claimed}
-        rows = [r for r in rows if r[0] in asked or (r[2], r[0]) in owners]
-        if not rows:
-            return [], recent
-        found = {r[0]: r for r in rows}
-        # Previous keys only while their grace lasts; the worker drops them then too.
-        _, keys = self.store.query(
-            f"SELECT serial, ek, ak, password, kek, pending_ek, pending_ak, "
-            f"if(previous_until > now(), previous_ek, ''), "
-            f"if(previous_until > now(), previous_ak, ''), toUnixTimestamp(previous_until) "
-            f"FROM {db}.meter_keys FINAL WHERE serial IN %(s)s",
-            {"s": list(found)},
-        )
-        key_of = {k[0]: k[1:] for k in keys}
-        meter_titles = [r[2] for r in rows if r[2]]
-        counters: dict[str, tuple[int, int]] = {}
-        if meter_titles:
-            _, crows = self.store.query(
-                "SELECT system_title, max(last_received), max(next_sent) "
-                f"FROM {db}.invocation_counters "
-                "WHERE system_title IN %(t)s GROUP BY system_title",
-                {"t": meter_titles},
-            )
-            counters = {c[0]: (int(c[1]), int(c[2])) for c in crows}
-        out = []
-        for serial, model, title, node, ct, vt in rows:
-            ek, ak, password, kek, pek, pak, vek, vak, until = key_of.get(
-                serial, ("", "", "", "", "", "", "", "", 0)
-            )
-            last, nxt = counters.get(title, (-1, 0))
-            out.append(
-                {
-                    "serial": serial,
-                    "model": model,
-                    "node_id": node,
-                    "ct_ratio": float(ct),
-                    "vt_ratio": float(vt),
-                    "system_title": bytes.fromhex(title) if title else None,
-                    "system_title_hex": title,
-                    "ek": bytes.fromhex(ek) if ek else None,
-                    "ak": bytes.fromhex(ak) if ak else None,
-                    "password": bytes.fromhex(password) if password else None,
-                    "kek": bytes.fromhex(kek) if kek else None,
-                    "pending": [bytes.fromhex(pek), bytes.fromhex(pak)] if pek else None,
-                    "previous": [bytes.fromhex(vek), bytes.fromhex(vak)] if vek else None,
-                    "previous_until": int(until) if vek else 0,
-                    "last_received": last,
-                    "next_sent": nxt,
-                }
-            )
-        return out, recent
 
     async def _control_client(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
@@ -797,7 +619,7 @@ class StoreService:
             },
             "rejects": rejects,
             "sources": sources,
-            "lookups": dict(self.lookup_stats),
+            "lookups": dict(self.lookups.stats),
             "commands": {
                 **self.commands.stats(),
                 "polled_readings": self.polled_rows.total,
