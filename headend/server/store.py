@@ -38,6 +38,7 @@ from headend.people import Principal
 from headend.scheduler import Scheduler
 from headend.server import access, ipc
 from headend.server.fieldwork import FieldWork
+from headend.server.keeper import BalanceKeeper
 from headend.server.keychanges import KeyChanges
 from headend.server.lookups import CounterScanner, Lookups
 from headend.server.polled import PolledRows
@@ -50,13 +51,9 @@ from headend.store.ingest import COLUMNS, Backoff, Ingestor
 from headend.waves import Waves
 
 if TYPE_CHECKING:
-    from headend.balance import LateData
     from headend.server.nodelink import NodeLink
 
 log = logging.getLogger("headend.store")
-
-# Hours of late data one balance pass recomputes at most (the rest waits a pass).
-LATE_HOURS_PER_PASS = 7 * 24
 
 
 # Seconds over which the workers' push and reading rates are taken (pushes come in
@@ -382,78 +379,6 @@ class StoreService:
                 with contextlib.suppress(ipc.ChannelClosed, ConnectionError):
                     ch.send({"t": "backlog", "bytes": self.backlog})
             await asyncio.sleep(0.5)
-
-    async def _keep_balances(self) -> None:
-        """Recomputes the recent window's consumption and balances now and then, so
-        they follow the data as it arrives (late data inside the window included); and,
-        every `anomaly_interval`, looks for suspects under lossy transformers."""
-        st = self.cfg.store
-        if st.balance_interval <= 0:
-            return
-        from headend import anomalies, balance
-
-        loop = asyncio.get_running_loop()
-        detected = time.monotonic()
-        # Arrivals since shortly before the last pass of the previous run.
-        late = balance.LateData(int(time.time() - 2 * st.balance_interval - 60))
-        while True:
-            await asyncio.sleep(st.balance_interval)
-            now = self.clock.now()
-            end = balance.hour_floor(now) + 3600
-            start = end - max(3600, st.balance_window)
-            try:
-                await loop.run_in_executor(
-                    None,
-                    functools.partial(
-                        balance.recompute, self.store, start, end, now=now, owner=self.owner
-                    ),
-                )
-                if st.late_days > 0:
-                    await loop.run_in_executor(
-                        None, self._take_late, late, start, start - st.late_days * 86_400, now
-                    )
-            except Exception as e:
-                log.error("recomputing balances failed (will retry): %s", e)
-                continue
-            if st.anomaly_interval > 0 and time.monotonic() - detected >= st.anomaly_interval:
-                detected = time.monotonic()
-                try:
-                    det = await loop.run_in_executor(
-                        None,
-                        functools.partial(
-                            anomalies.detect,
-                            self.store,
-                            int(now) - st.anomaly_window,
-                            int(now),
-                            owner=self.owner,
-                            clock=self.clock,
-                        ),
-                    )
-                    log.info("anomaly detection: %s", det.summary())
-                except Exception as e:
-                    log.error("anomaly detection failed (will retry): %s", e)
-
-    def _take_late(self, late: LateData, before: int, oldest: int, now: float) -> None:
-        """Recomputes the hours before the recent window that late readings changed, for
-        the meters they came from (a bounded number of hours per pass)."""
-        from headend import balance
-
-        if self.nodelink is not None:
-            self.nodelink.take_late_balances(before, oldest, now)
-        if late.fetch(self.store, before, oldest) == 0:
-            return
-        for start, end, meters in late.take(LATE_HOURS_PER_PASS):
-            rep = balance.recompute(
-                self.store, start, end, now=now, meters=meters, owner=self.owner
-            ).as_dict()
-            who = "every meter" if meters is None else f"{len(meters)} meter(s)"
-            log.info(
-                "late data taken in: %s .. %s, %s: %d readings",
-                rep["from"],
-                rep["to"],
-                who,
-                rep["readings"],
-            )
 
     async def _schedule_once(self) -> dict[str, int]:
         due = await asyncio.get_running_loop().run_in_executor(
@@ -957,7 +882,7 @@ class StoreService:
         nodes add the link."""
         services = [
             self._monitor_backlog(),
-            self._keep_balances(),
+            BalanceKeeper(self).run(),
             self.commands.run(),
             self.waves.run(),
             self.fieldwork.run(),
