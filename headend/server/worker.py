@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import heapq
 import itertools
 import json
 import logging
@@ -29,7 +28,7 @@ from typing import Any, Literal, cast
 
 import msgpack
 
-from headend import firmware, logs, meter_address, profiles
+from headend import logs, meter_address, profiles
 from headend.codec import (
     ApduIn,
     Directory,
@@ -42,13 +41,11 @@ from headend.codec import (
 )
 from headend.config import Config, from_dict
 from headend.errors import HeadendError, InternalError
-from headend.firmware import Image
 from headend.keys import load_master_key
 from headend.server import ipc
 from headend.server.admission import Admission
-from headend.server.client import ClientError, HdlcLink, Link, MeterClient, WrapperLink, execute
-from headend.server.firmware import image_for, upgrade
-from headend.server.rekey import StoreKeys, rekey
+from headend.server.client import ClientError, HdlcLink, Link, MeterClient, WrapperLink
+from headend.server.jobs import Jobs
 from headend.server.udp import UdpEndpoint
 from headend.store import spool
 
@@ -162,7 +159,7 @@ class MeterProtocol(asyncio.Protocol):
         if events:
             w.on_events(self, events)
         if self.datagram:
-            w.woke(self)
+            w.jobs.woke(self)
         if session.pending and not self.waiting_pause and self.transport is not None:
             # The meter is being looked up: stop reading until it is known, so TCP
             # holds the meter back instead of the queue overflowing.
@@ -204,31 +201,6 @@ class MeterProtocol(asyncio.Protocol):
         return self.plog
 
 
-class PriorityGate:
-    """At most `n` holders; waiters with a lower priority number go first."""
-
-    def __init__(self, n: int) -> None:
-        self.free = n
-        self._waiting: list[tuple[int, int, asyncio.Future[None]]] = []
-        self._seq = itertools.count()
-
-    async def acquire(self, priority: int) -> None:
-        if self.free > 0 and not self._waiting:
-            self.free -= 1
-            return
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        heapq.heappush(self._waiting, (priority, next(self._seq), fut))
-        await fut
-
-    def release(self) -> None:
-        while self._waiting:
-            _, _, fut = heapq.heappop(self._waiting)
-            if not fut.done():
-                fut.set_result(None)
-                return
-        self.free += 1
-
-
 class Worker:
     def __init__(self, cfg: Config, worker_id: int) -> None:
         self.cfg = cfg
@@ -236,7 +208,6 @@ class Worker:
         self.master = load_master_key(cfg)
         self.key_grace = cfg.security.previous_keys_grace
         # Firmware images read for upgrades (a few, by SHA-256).
-        self.images: dict[str, Image] = {}
         self.directory = Directory(
             require_authentication=cfg.security.require_authentication,
             require_encryption=cfg.security.require_encryption,
@@ -294,13 +265,8 @@ class Worker:
         self.previous_keys_until: dict[str, float] = {}
         # online_by_node() recounts only after `online` changed.
         self._online_counts: dict[str, int] | None = None
-        self.jobs: dict[str, dict[str, Any]] = {}
-        self.wanted: dict[str, list[str]] = {}
-        self.busy: set[str] = set()
-        self.gate = PriorityGate(cfg.commands.max_associations_per_worker)
+        self.jobs = Jobs(self)
         self.own_title = bytes.fromhex(cfg.commands.client_title)
-        self.unreported: list[dict[str, Any]] = []
-        self.job_totals: dict[str, int] = {"done": 0, "failed": 0}
 
     # -- rows and the spool ------------------------------------------------------
 
@@ -438,8 +404,8 @@ class Worker:
                     self.online[serial] = (proto, meter, source)
                     self.meters_delta[serial] = True
                     self._online_counts = None
-                    if serial in self.wanted:
-                        self._start_jobs(serial)
+                    if serial in self.jobs.wanted:
+                        self.jobs.start(serial)
                 case Reject(reason, message, meter_id):
                     # Counted by the sink; told in aggregate per source (sources.py).
                     serial = self.directory.serial(meter_id) if meter_id is not None else ""
@@ -561,165 +527,12 @@ class Worker:
         elif t == "invalidate":
             await self._refresh(msg.get("serials", []))
         elif t == "job":
-            self.offer(msg["job"])
+            self.jobs.offer(msg["job"])
         elif t == "job-cancel":
-            self._drop_job(str(msg["command"]))
+            self.jobs.drop(str(msg["command"]))
         return None
 
-    # -- commands -------------------------------------------------------------------
-
-    def offer(self, job: dict[str, Any]) -> None:
-        """The store offers a job: run it if the meter is here, else wait for it."""
-        jid = str(job["id"])
-        if jid in self.jobs:
-            return
-        self.jobs[jid] = job
-        self.wanted.setdefault(str(job["serial"]), []).append(jid)
-        where = self.online.get(str(job["serial"]))
-        if (where is not None and self.awake(where[0])) or job.get("address"):
-            self._start_jobs(str(job["serial"]))
-
-    def awake(self, proto: MeterProtocol) -> bool:
-        """Whether the meter(s) on `proto` can be asked now: always on a connection; on
-        UDP, within `wake_window` of the peer's last datagram."""
-        return not proto.datagram or time.time() - proto.last_rx <= self.cfg.server.wake_window
-
-    def woke(self, proto: MeterProtocol) -> None:
-        """A datagram came: the jobs waiting for its meters start (their window)."""
-        if not self.wanted or proto.session is None:
-            return
-        for m in proto.session.stats["meters"]:
-            serial = self.directory.serial(m)
-            if serial in self.wanted and self.online.get(serial, (None,))[0] is proto:
-                self._start_jobs(serial)
-
-    def _drop_job(self, jid: str) -> None:
-        job = self.jobs.pop(jid, None)
-        if job is None:
-            return
-        ids = self.wanted.get(job["serial"], [])
-        if jid in ids:
-            ids.remove(jid)
-        if not ids:
-            self.wanted.pop(job["serial"], None)
-
-    def _start_jobs(self, serial: str) -> None:
-        if serial in self.busy:
-            return
-        self.busy.add(serial)
-        task = asyncio.get_running_loop().create_task(self._jobs_for(serial))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def _jobs_for(self, serial: str) -> None:
-        """Runs the jobs offered for `serial` while its meter is connected here, or,
-        for a listening meter, over a connection to it that the jobs share."""
-        try:
-            while self.wanted.get(serial) and self.store is not None:
-                jid = self.wanted[serial][0]
-                job = self.jobs[jid]
-                if serial not in self.online and not job.get("address"):
-                    break
-                if serial in self.online and not self.awake(self.online[serial][0]):
-                    break  # asleep (a meter on UDP): its next datagram starts the jobs
-                try:
-                    answer = await self.store.request(
-                        {"t": "claim", "command": jid, "worker": self.id}
-                    )
-                except (ipc.ChannelClosed, ConnectionError, TimeoutError):
-                    return
-                verdict = answer.get("claim")
-                if verdict == "later":
-                    await asyncio.sleep(1.0)
-                    continue
-                self._drop_job(jid)
-                if verdict != "ok":
-                    continue
-                self._send_outcome(await self._run_job(serial, job))
-        finally:
-            self.busy.discard(serial)
-            where = self.online.get(serial)
-            if where is not None and where[0].dialled:
-                where[0].close("jobs-done")
-
-    async def _run_job(self, serial: str, job: dict[str, Any]) -> dict[str, Any]:
-        started = time.monotonic()
-        out: dict[str, Any] = {"t": "job-result", "command": job["id"]}
-        client: MeterClient | None = None
-        await self.gate.acquire(int(job.get("priority", 0)))
-        try:
-            where = self.online.get(serial)
-            if where is None and job.get("address"):
-                where = await self._dial(serial, str(job["address"]))
-            if where is None:
-                return {**out, "status": "failed", "error": "meter disconnected before the job ran"}
-            proto, meter, source = where
-            client = self._client(proto, meter, source)
-            model = self.models.get(client.model, {})
-            if job["kind"] == "rekey":
-                result = await rekey(
-                    client, self.directory, self.master, self._keys_to_store(job), self.key_grace
-                )
-                # The keys it had are kept for its late frames, here as everywhere.
-                self.previous_keys_until[serial] = time.time() + self.key_grace
-            elif job["kind"] == "firmware":
-                args = job.get("args") or {}
-                image = image_for(self.images, self._load_image, str(args.get("image")))
-                result = await upgrade(client, image, args)
-            else:
-                result = await execute(client, job, model.get("objects", {}), model)
-                if isinstance(result.get("rows"), list):
-                    # A meter on instrument transformers: primary values, as its pushes.
-                    self.directory.to_primary(meter, result["rows"])
-            out.update(status="done", result=result)
-        except ClientError as e:
-            out.update(status="failed", error=str(e), retry=e.retry)
-        except HeadendError as e:
-            out.update(status="failed", error=f"{type(e).__name__}: {e}")
-        finally:
-            self.gate.release()
-            if client is not None:
-                out["association"] = client.mechanism
-        out["elapsed"] = time.monotonic() - started
-        self.job_totals[out["status"]] += 1
-        log.info(
-            "job %s %s for meter %s (%s): %s %s",
-            job["id"],
-            job["kind"],
-            serial,
-            out.get("association", "-"),
-            out["status"],
-            out.get("error", ""),
-        )
-        return out
-
-    def _load_image(self, sha: str) -> Image:
-        return firmware.load(self.cfg.firmware_dir, sha)
-
-    def _keys_to_store(self, job: dict[str, Any]) -> StoreKeys:
-        """How a rotation tells the store of a change of the meter's keys: it waits for
-        the store to have recorded it before telling the meter anything."""
-
-        async def tell(change: dict[str, Any]) -> None:
-            if self.store is None:
-                raise ClientError("the store is away: the meter's keys are left as they are")
-            msg = {
-                "t": "keys",
-                "serial": job["serial"],
-                "command": job["id"],
-                "fingerprint": self.master.fingerprint,
-                **change,
-            }
-            try:
-                reply = await self.store.request(msg)
-            except (ipc.ChannelClosed, ConnectionError, TimeoutError) as e:
-                raise ClientError(f"the store did not record the keys ({e})") from None
-            if reply.get("error"):
-                raise ClientError(f"the store did not record the keys: {reply['error']}")
-
-        return tell
-
-    async def _dial(self, serial: str, address: str) -> tuple[MeterProtocol, int, int]:
+    async def dial(self, serial: str, address: str) -> tuple[MeterProtocol, int, int]:
         """Opens a connection to a listening meter and binds the meter to it."""
         try:
             where = meter_address.parse(address)
@@ -763,7 +576,7 @@ class Worker:
         self._online_counts = None
         return proto, meter, where.server
 
-    def _client(self, proto: MeterProtocol, meter: int, source: int) -> MeterClient:
+    def client(self, proto: MeterProtocol, meter: int, source: int) -> MeterClient:
         if proto.session is None or proto.transport is None or proto.closed:
             raise ClientError("the meter's connection closed")
         if proto.clients is None:
@@ -792,15 +605,6 @@ class Worker:
     def _touch(self, title: bytes) -> None:
         self.touched.add(title)
         self.mark_dirty()
-
-    def _send_outcome(self, outcome: dict[str, Any]) -> None:
-        if self.store is not None:
-            try:
-                self.store.send(outcome)
-                return
-            except (ipc.ChannelClosed, ConnectionError):
-                pass
-        self.unreported.append(outcome)
 
     def connection_gone(self, proto: MeterProtocol) -> None:
         if proto.clients:
@@ -875,12 +679,11 @@ class Worker:
             ch.send({"t": "hello", "worker": self.id, "pid": os.getpid()})
             self.store = ch
             self.meters_full = True
-            for outcome in self.unreported:
+            for outcome in self.jobs.unreported:
                 ch.send(outcome)
-            self.unreported.clear()
+            self.jobs.unreported.clear()
             # The store offers its queue again to a worker that (re)connects.
-            self.jobs.clear()
-            self.wanted.clear()
+            self.jobs.forget()
             if self.lookup_keys:
                 self.queue_lookup(next(iter(self.lookup_keys)))
             log.info("connected to the store")
@@ -927,8 +730,8 @@ class Worker:
                             "spool_error": self.spool_error,
                             "held_bytes": sum(len(r) for r in self.held),
                             "waiting_lookups": len(self.waiting),
-                            "jobs": self.job_totals,
-                            "jobs_waiting": len(self.jobs),
+                            "jobs": self.jobs.totals,
+                            "jobs_waiting": len(self.jobs.offered),
                             "started": self.started,
                             "online": self.online_by_node(),
                         }
@@ -1045,7 +848,7 @@ class Worker:
             self.spool.close()
         except OSError as e:
             log.error("the spool could not be closed cleanly: %s", e.strerror)
-        for t in self._tasks:
+        for t in [*self._tasks, *self.jobs.tasks]:
             t.cancel()
         if self.store is not None:
             # A clean exit: the store does not read the meters' profiles for it.
