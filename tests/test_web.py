@@ -616,7 +616,7 @@ def test_situation_room_in_a_real_browser(live: Live) -> None:
         else:
             assert float(r["input"]) == pytest.approx(e["input"], abs=0.051)
     assert out["crumbs"] == ["Republic of Uzbekistan", "Tashkent city"]
-    assert out["title"] == "Districts"
+    assert out["title"] == "Districts and cities"  # /api/levels: what lies below a region
     assert out["tash_rows"] == ["UZ-TK"]
     assert out["ria_out"]
     assert out["tash_out"]
