@@ -43,6 +43,11 @@ class ServerConfig:
     """Listen on UDP too (the wrapper over UDP, IEC 62056-47: NB-IoT meters)."""
     udp_port: int | None = None
     """UDP port; None: the same number as `port` (4059 is registered for both)."""
+    udp_receive_buffer: int = 4 << 20
+    """Bytes of kernel receive buffer for each worker's UDP socket: meters push in bursts
+    at the start of their intervals, and datagrams the buffer cannot hold are dropped by
+    the kernel (`RcvbufErrors` in /proc/net/snmp). Capped by net.core.rmem_max unless
+    the worker may force it (CAP_NET_ADMIN)."""
     wake_window: float = 20.0
     """Seconds a meter on UDP can be asked after its last datagram (a battery meter
     sleeps between its uplinks: NB-IoT power saving): its commands and reads start on

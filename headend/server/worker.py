@@ -809,9 +809,7 @@ class Worker:
         if srv.udp:
             port = srv.udp_port or srv.port
             endpoint = UdpEndpoint(self, lambda: MeterProtocol(self, "wrapper", datagram=True))
-            await loop.create_datagram_endpoint(
-                lambda: endpoint, local_addr=(srv.host, port), reuse_port=True
-            )
+            await loop.create_datagram_endpoint(lambda: endpoint, sock=udp_socket(srv, port))
             self.udp = endpoint
             udp = f", UDP {port}"
         log.info(
@@ -863,6 +861,35 @@ class Worker:
             self.totals["readings"],
             self.totals["events"],
         )
+
+
+SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)  # Linux
+
+
+def udp_socket(srv: Any, port: int) -> socket.socket:
+    """The worker's UDP socket: shared by the workers (SO_REUSEPORT: a source address
+    always reaches the same one), with a receive buffer for the meters' bursts."""
+    family = socket.AF_INET6 if ":" in srv.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        try:  # past net.core.rmem_max where the worker may (CAP_NET_ADMIN)
+            sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, srv.udp_receive_buffer)
+        except OSError:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, srv.udp_receive_buffer)
+        got = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) // 2  # Linux doubles it
+        if got < srv.udp_receive_buffer:
+            log.warning(
+                "UDP receive buffer %d bytes, not %d: raise net.core.rmem_max",
+                got,
+                srv.udp_receive_buffer,
+            )
+        sock.bind((srv.host, port))
+        sock.setblocking(False)
+    except OSError:
+        sock.close()
+        raise
+    return sock
 
 
 def main(argv: list[str] | None = None) -> int:
