@@ -92,6 +92,14 @@ test: build lint ## build everything and run every test and check
 	cargo test --quiet --workspace
 	$(BIN)/python -m pytest -q
 
+.PHONY: package-check
+package-check: build ## build the wheel, install it in a fresh venv and run headend outside the source tree
+	rm -rf target/package-check
+	$(BIN)/maturin build --release --quiet --out target/package-check/dist
+	$(PYTHON) -m venv target/package-check/venv
+	target/package-check/venv/bin/python -m pip install --quiet target/package-check/dist/*.whl
+	cd /tmp && $(CURDIR)/target/package-check/venv/bin/python $(CURDIR)/tools/package_check.py
+
 .PHONY: lint
 lint: build ## clippy, rustfmt, ruff, mypy, stubtest, generated-code check
 	cargo clippy --quiet --workspace --all-features --all-targets -- -D warnings
