@@ -57,7 +57,7 @@ class FakeTransport:
 
 
 class FakeStore:
-    """Answers lookups as the store's `_lookup` does: the meter with wrapped keys."""
+    """Answers lookups as the store's (`Lookups.answer`) do: the meter, keys wrapped."""
 
     def __init__(self, answer: dict[str, Any]) -> None:
         self.answer = answer
@@ -129,8 +129,8 @@ def test_a_workers_protocol_in_process(tmp_path: Path, caplog: pytest.LogCapture
         p.connection_lost(None)
         w.flush(final=True)
         w.spool.close()
-        if w.lookup_task is not None:
-            await w.lookup_task
+        if w.lookups.task is not None:
+            await w.lookups.task
         return {"stats": stats, "rejects": dict(w.sink.take_stats()["rejects"]), "w": w}
 
     with caplog.at_level(logging.WARNING, logger="asyncio"):

@@ -46,18 +46,13 @@ from headend.server import ipc
 from headend.server.admission import Admission
 from headend.server.client import ClientError, HdlcLink, Link, MeterClient, WrapperLink
 from headend.server.jobs import Jobs
+from headend.server.meter_lookup import LookupKey, MeterLookup
 from headend.server.udp import UdpEndpoint
 from headend.store import spool
 
 log = logging.getLogger("headend.worker")
 
-LookupKey = tuple[str, bytes]  # ("t", system title) or ("s", serial)
 SessionEvent = Lookup | Identified | ApduIn | LinkFrame | Reject
-
-
-def _pair(v: Any) -> tuple[bytes, bytes] | None:
-    """A (EK, AK) pair from a lookup reply (a list after the IPC), or None."""
-    return (bytes(v[0]), bytes(v[1])) if v else None
 
 
 class MeterProtocol(asyncio.Protocol):
@@ -231,8 +226,6 @@ class Worker:
         self.touched: set[bytes] = set()
         self.counters_at = time.monotonic()
         self.waiting: dict[LookupKey, set[MeterProtocol]] = {}
-        self.lookup_keys: set[LookupKey] = set()
-        self.lookup_task: asyncio.Task[None] | None = None
         self.dirty = False
         self.paused = False
         self.accepting = True
@@ -266,6 +259,7 @@ class Worker:
         # online_by_node() recounts only after `online` changed.
         self._online_counts: dict[str, int] | None = None
         self.jobs = Jobs(self)
+        self.lookups = MeterLookup(self)
         self.own_title = bytes.fromhex(cfg.commands.client_title)
 
     # -- rows and the spool ------------------------------------------------------
@@ -397,7 +391,7 @@ class Worker:
                 case Lookup(title, serial):
                     key: LookupKey = ("t", title) if title is not None else ("s", serial or b"")
                     self.waiting.setdefault(key, set()).add(proto)
-                    self.queue_lookup(key)
+                    self.lookups.queue(key)
                 case Identified(meter, serial, source):
                     proto.peer_logger().meter = serial
                     self.admission.trusted(proto)
@@ -427,73 +421,11 @@ class Worker:
                     else:
                         proto.peer_logger().debug("HDLC %s frame from %s", control, source)
 
-    def queue_lookup(self, key: LookupKey) -> None:
-        self.lookup_keys.add(key)
-        if self.lookup_task is None or self.lookup_task.done():
-            self.lookup_task = asyncio.get_running_loop().create_task(self._lookups())
+    def meters_moved(self) -> None:
+        """Meters joined or moved between grid nodes: the online counts are recounted."""
+        self._online_counts = None
 
-    async def _lookups(self) -> None:
-        await asyncio.sleep(self.cfg.server.lookup_batch_delay)
-        while self.lookup_keys:
-            keys, self.lookup_keys = self.lookup_keys, set()
-            try:
-                await self._lookup(keys)
-            except (ipc.ChannelClosed, ConnectionError, TimeoutError):
-                # The store is away: keep the keys and try again shortly; sessions hold
-                # their APDUs meanwhile (bounded per session).
-                self.lookup_keys |= keys
-                await asyncio.sleep(1.0)
-
-    async def _lookup(self, keys: set[LookupKey]) -> None:
-        if self.store is None:
-            raise ConnectionError("no store")
-        titles = [k[1] for k in keys if k[0] == "t"]
-        serials = [k[1] for k in keys if k[0] == "s"]
-        reply = await self.store.request({"t": "lookup", "titles": titles, "serials": serials})
-        self._install(reply)
-        self._retry_waiting(keys)
-        self.mark_dirty()
-
-    def _install(self, reply: dict[str, Any]) -> None:
-        """Puts looked-up meters (and the store's "unknown" answers) into the directory."""
-        until = int(time.time() + self.cfg.server.unknown_meter_ttl)
-        for m in reply.get("meters", []):
-            node = m.get("node_id") or ""
-            if self.node_of.get(m["serial"]) != node:  # new, or moved by a re-import
-                self.node_of[m["serial"]] = node
-                self._online_counts = None
-            try:
-                self.directory.add_meter(
-                    m["serial"],
-                    m["model"],
-                    m["system_title"],
-                    m["ek"],
-                    m["ak"],
-                    self.master if m["ek"] or m.get("password") else None,
-                    m["last_received"],
-                    m["next_sent"],
-                    wrapped_password=m.get("password"),
-                    wrapped_kek=m.get("kek"),
-                    wrapped_previous=_pair(m.get("previous")),
-                    wrapped_pending=_pair(m.get("pending")),
-                    ct_ratio=float(m.get("ct_ratio", 1.0)),
-                    vt_ratio=float(m.get("vt_ratio", 1.0)),
-                )
-                if m.get("previous"):
-                    self.previous_keys_until[m["serial"]] = float(m["previous_until"])
-            except HeadendError as e:
-                # A wrapped key that does not unwrap (another master key) or a model
-                # this worker lacks: the meter cannot be served; say which.
-                log.error("meter %s cannot be loaded: %s", m["serial"], e)
-                if m["system_title"]:
-                    self.directory.mark_unknown(until=until, system_title=m["system_title"])
-                self.directory.mark_unknown(until=until, serial=m["serial"].encode())
-        for t in reply.get("unknown_titles", []):
-            self.directory.mark_unknown(until=until, system_title=t)
-        for s in reply.get("unknown_serials", []):
-            self.directory.mark_unknown(until=until, serial=s)
-
-    def _retry_waiting(self, keys: set[LookupKey]) -> None:
+    def retry_waiting(self, keys: set[LookupKey]) -> None:
         """Runs the sessions' queued APDUs again, resumes their reading, and writes the
         records of sessions that closed while waiting."""
         now = int(time.time())
@@ -543,7 +475,7 @@ class Worker:
         meter = self.directory.find(serial=serial)
         if meter is None:
             try:
-                await self._lookup({("s", serial.encode())})
+                await self.lookups.ask({("s", serial.encode())})
             except (ipc.ChannelClosed, ConnectionError, TimeoutError) as e:
                 raise ClientError(f"meter {serial} could not be looked up: {e}") from None
             meter = self.directory.find(serial=serial)
@@ -622,7 +554,7 @@ class Worker:
         }
         if keys:
             with contextlib.suppress(ipc.ChannelClosed, ConnectionError, TimeoutError):
-                await self._lookup(keys)
+                await self.lookups.ask(keys)
 
     def _backpressure(self, backlog: int) -> None:
         if not self.paused and backlog >= self.cfg.server.pause_backlog_bytes:
@@ -684,8 +616,8 @@ class Worker:
             self.jobs.unreported.clear()
             # The store offers its queue again to a worker that (re)connects.
             self.jobs.forget()
-            if self.lookup_keys:
-                self.queue_lookup(next(iter(self.lookup_keys)))
+            if self.lookups.keys:
+                self.lookups.queue(next(iter(self.lookups.keys)))
             log.info("connected to the store")
             await ch.run()
             self.store = None
