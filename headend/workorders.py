@@ -273,25 +273,32 @@ class Book:
         tree = gridtree.tree(self.store.query(gridtree.tree_sql(self.db))[1])
         cover = self._coverage()
         out: dict[str, Place] = {}
-        for i in range(0, len(wanted), 20_000):
-            _, rows = self.store.query(
-                f"SELECT serial, argMax(account_id, updated_at), argMax(node_id, updated_at), "
-                f"argMax(region, updated_at), argMax(lat, updated_at), argMax(lon, updated_at) "
-                f"FROM {self.db}.meters WHERE serial IN ({lit(wanted[i : i + 20_000])}) "
-                f"GROUP BY serial"
+        fields = ("account_id", "node_id", "region", "lat", "lon")
+        for serial, (account, node, region, lat, lon) in self._meters(wanted, fields).items():
+            district = gridtree.above(tree, node, DISTRICT)
+            out[serial] = Place(
+                serial,
+                account,
+                node,
+                district,
+                region,
+                cover.get(district or f"region:{region}", ""),
+                0.0 if math.isnan(lat) else float(lat),
+                0.0 if math.isnan(lon) else float(lon),
             )
-            for serial, account, node, region, lat, lon in rows:
-                district = gridtree.above(tree, node, DISTRICT)
-                out[serial] = Place(
-                    serial,
-                    account,
-                    node,
-                    district,
-                    region,
-                    cover.get(district or f"region:{region}", ""),
-                    0.0 if math.isnan(lat) else float(lat),
-                    0.0 if math.isnan(lon) else float(lon),
-                )
+        return out
+
+    def _meters(self, serials: list[str], fields: Sequence[str]) -> dict[str, tuple[Any, ...]]:
+        """Each meter's latest `fields` from `meters`, in chunks of 20,000 serials."""
+        cols = ", ".join(f"argMax({f}, updated_at)" for f in fields)
+        out: dict[str, tuple[Any, ...]] = {}
+        for i in range(0, len(serials), 20_000):
+            _, rows = self.store.query(
+                f"SELECT serial, {cols} FROM {self.db}.meters "
+                f"WHERE serial IN %(s)s GROUP BY serial",
+                {"s": serials[i : i + 20_000]},
+            )
+            out.update({str(r[0]): tuple(r[1:]) for r in rows})
         return out
 
     # -- finding causes --------------------------------------------------------------
@@ -474,15 +481,11 @@ class Book:
 
     def coordinates(self, serials: list[str]) -> dict[str, tuple[float, float]]:
         """Where each meter is (lat, lon), for the map."""
-        out: dict[str, tuple[float, float]] = {}
-        for i in range(0, len(serials), 5000):
-            _, rows = self.store.query(
-                f"SELECT serial, argMax(lat, updated_at), argMax(lon, updated_at) "
-                f"FROM {self.db}.meters WHERE serial IN %(s)s GROUP BY serial",
-                {"s": serials[i : i + 5000]},
-            )
-            out.update({str(s): (float(a), float(b)) for s, a, b in rows if a or b})
-        return out
+        return {
+            s: (float(a), float(b))
+            for s, (a, b) in self._meters(serials, ("lat", "lon")).items()
+            if a or b
+        }
 
     def list(
         self,

@@ -94,18 +94,12 @@ class PeerTransport:
         while self.held and not self.paused and not self.closing:
             self.proto.data_received(self.held.popleft())
 
-    def is_reading(self) -> bool:
-        return not self.paused
-
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         if name == "peername":
             return self.addr
         if name == "sockname" and self.endpoint.transport is not None:
             return self.endpoint.transport.get_extra_info("sockname")
         return default
-
-    def get_write_buffer_size(self) -> int:
-        return 0
 
     # -- datagrams -------------------------------------------------------------------
 

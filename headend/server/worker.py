@@ -39,7 +39,7 @@ from headend.codec import (
     RowSink,
     Session,
 )
-from headend.config import Config, from_dict
+from headend.config import Config, ServerConfig, from_dict
 from headend.errors import HeadendError, InternalError
 from headend.keys import load_master_key
 from headend.server import ipc
@@ -798,7 +798,7 @@ class Worker:
 SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)  # Linux
 
 
-def udp_socket(srv: Any, port: int) -> socket.socket:
+def udp_socket(srv: ServerConfig, port: int) -> socket.socket:
     """The worker's UDP socket: shared by the workers (SO_REUSEPORT: a source address
     always reaches the same one), with a receive buffer for the meters' bursts."""
     family = socket.AF_INET6 if ":" in srv.host else socket.AF_INET

@@ -920,6 +920,22 @@ fn wrapper_frames(wire: &[u8]) -> Vec<&[u8]> {
     out
 }
 
+/// Counts a frame that went out and writes its record line.
+fn sent(sh: &Shared, o: Outgoing) {
+    inc(&sh.stats.bytes_out, o.bytes.len() as u64);
+    match o.kind {
+        Kind::Interval(n) => {
+            inc(&sh.stats.pushes, 1);
+            inc(&sh.stats.readings, n as u64);
+        }
+        Kind::Alarm => inc(&sh.stats.alarms, 1),
+        Kind::Event => inc(&sh.stats.events, 1),
+    }
+    if let Some(r) = o.record {
+        sh.record(|l| l.push_str(&r));
+    }
+}
+
 /// Sends the queued frames, a datagram each, counting them as `flush` does.
 async fn send_datagrams(sh: &Shared, sock: &UdpSocket, queue: &mut VecDeque<Outgoing>) {
     while let Some(o) = queue.pop_front() {
@@ -930,18 +946,7 @@ async fn send_datagrams(sh: &Shared, sock: &UdpSocket, queue: &mut VecDeque<Outg
             sleep(Duration::from_millis(200)).await;
             return;
         }
-        inc(&sh.stats.bytes_out, o.bytes.len() as u64);
-        match o.kind {
-            Kind::Interval(n) => {
-                inc(&sh.stats.pushes, 1);
-                inc(&sh.stats.readings, n as u64);
-            }
-            Kind::Alarm => inc(&sh.stats.alarms, 1),
-            Kind::Event => inc(&sh.stats.events, 1),
-        }
-        if let Some(r) = o.record {
-            sh.record(|l| l.push_str(&r));
-        }
+        sent(sh, o);
     }
 }
 
@@ -1175,18 +1180,7 @@ async fn flush(
             inc(&sh.stats.closed_by_peer, 1);
             return Some(End::Closed);
         }
-        inc(&sh.stats.bytes_out, o.bytes.len() as u64);
-        match o.kind {
-            Kind::Interval(n) => {
-                inc(&sh.stats.pushes, 1);
-                inc(&sh.stats.readings, n as u64);
-            }
-            Kind::Alarm => inc(&sh.stats.alarms, 1),
-            Kind::Event => inc(&sh.stats.events, 1),
-        }
-        if let Some(r) = o.record {
-            sh.record(|l| l.push_str(&r));
-        }
+        sent(sh, o);
         if faults && sh.opt.fault_garbage > 0.0 && rng.chance(sh.opt.fault_garbage) {
             inc(&sh.stats.fault_garbage, 1);
             let n = 16 + (rng.next_u64() % 240) as usize;
