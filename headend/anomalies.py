@@ -13,7 +13,13 @@ flow register (active energy import; gas volume):
 - `zero_or_flat`: nothing at all, or the same every hour, while its peers vary;
 - `reverse_energy`: a consumer whose export register runs;
 - `consuming_while_off`: consumption in hours its disconnector (gas: valve) reported
-  off.
+  off;
+- `loss_follows`: the node's loss, quarter hour by quarter hour, follows what the
+  meter registers, well above the technical share every meter leaves
+  (`headend.residual`; `FOLLOWS_T` standard errors): the meter registers only part of
+  what it takes; `loss_follows_weakly` at `WEAK_T`;
+- `below_peers`: consumed less than `weak_peer_ratio` of its peers' median (and not
+  as little as `low_vs_peers` asks): weak alone, as honest meters sit there too.
 
 Each rule adds its weight to a score; a meter with a score of at least 2 is a suspect.
 Findings go to `anomaly_findings` (read through the `anomalies` view), one row per
@@ -30,7 +36,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from headend import balance, replacements
+from headend import balance, replacements, residual
 from headend.clock import Clock
 from headend.levels import CONSUMER_LEVELS
 from headend.ownership import Ownership
@@ -51,7 +57,17 @@ WEIGHTS = {
     "zero_or_flat": 1,
     "reverse_energy": 2,
     "consuming_while_off": 3,
+    "loss_follows": 2,
+    "loss_follows_weakly": 1,
+    "below_peers": 1,
 }
+# Standard errors by which a meter's share of the loss must stand above the technical
+# share, and by how much (a meter registering under about 5/6 of what it takes).
+FOLLOWS_T = 4.5
+WEAK_T = 3.0
+MIN_EXCESS = 0.2
+# Days of quarter hours the loss is fitted over, at least (the window, if longer).
+FIT_DAYS = 7
 SUSPECT_SCORE = 2
 # Hours on supply and switched on a meter needs in the window to be compared at all.
 MIN_HOURS = 6
@@ -113,6 +129,7 @@ def detect(
     min_loss_pct: float = 3.0,
     min_completeness: float = 0.8,
     peer_ratio: float = 0.4,
+    weak_peer_ratio: float = 0.7,
     history_ratio: float = 0.5,
     write: bool = True,
     owner: Ownership | None = None,
@@ -137,6 +154,7 @@ def detect(
             lossy,
             (start, end),
             peer_ratio=peer_ratio,
+            weak_peer_ratio=weak_peer_ratio,
             history_ratio=history_ratio,
             clock=clock,
         )
@@ -155,6 +173,7 @@ def _findings(
     window: tuple[int, int],
     *,
     peer_ratio: float,
+    weak_peer_ratio: float,
     history_ratio: float,
     clock: Clock | None = None,
 ) -> tuple[list[Finding], int]:
@@ -211,6 +230,16 @@ def _findings(
     )
     meters = [r[0] for r in rows]
     tamper = _tamper_events(store, meters, start, end)
+    # The fit reaches back FIT_DAYS when the window is shorter: a meter's share of the
+    # loss shows more surely over more slots.
+    follows, _ = residual.fit(
+        store,
+        sorted(lossy),
+        min(start, end - FIT_DAYS * 86_400),
+        end,
+        min_excess=MIN_EXCESS,
+        min_t=FOLLOWS_T,
+    )
     while_off = _consuming_while_off(store, meters, start, end)
     by_node: dict[str, list[tuple[Any, ...]]] = {}
     for r in rows:
@@ -234,6 +263,11 @@ def _findings(
                     hours=hours,
                     hours_excluded=excluded,
                 )
+            elif hours >= MIN_HOURS and median > 0 and rate < weak_peer_ratio * median:
+                f.add(
+                    "below_peers",
+                    **{f"{u}_per_h": round(rate, 4), f"peer_median_{u}_per_h": round(median, 4)},
+                )
             full_history = before_hours >= 0.8 * hours >= MIN_HOURS
             before_rate = float(before) / before_hours if before_hours else 0.0
             if full_history and before_rate > 0 and rate < history_ratio * before_rate:
@@ -247,6 +281,16 @@ def _findings(
                 f.add("zero_or_flat", **{u: round(now_, 3)}, hourly_sd=round(sd, 6), hours=hours)
             if export > 0.01:
                 f.add("reverse_energy", export_kwh=round(export, 3))
+            share = follows.get(meter)
+            if share is not None and share.excess >= MIN_EXCESS and share.t >= WEAK_T:
+                f.add(
+                    "loss_follows" if share.t >= FOLLOWS_T else "loss_follows_weakly",
+                    registered_share=share.registered_share,
+                    excess=share.excess,
+                    technical=share.technical,
+                    t=share.t,
+                    slots=share.slots,
+                )
             if meter in while_off:
                 w = while_off[meter]
                 f.add("consuming_while_off", hours=w["hours"], **{u: w["kwh"]})
