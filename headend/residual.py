@@ -9,8 +9,10 @@ leaves `c`. So the loss series is fitted as
 
     loss[t] = c · Σ_j x_j[t] + Σ_{j chosen} e_j · x_j[t] + daily shape[t]
 
-(x_j: what meter j registered in slot t; the daily shape, smooth harmonics of the day
-and a slow drift, stands for unmetered loads). Meters are chosen one at a time, the one
+(x_j: what meter j registered in slot t; the daily shape, harmonics of the day whose
+level, slope and first two harmonics are free each day, stands for unmetered loads:
+with one shape for a whole week, honest meters whose own week differs from it were
+taken for thieves). Meters are chosen one at a time, the one
 whose own excess `e_j` would stand highest above the common share by its t statistic,
 while one stands at least `min_t` standard errors and `min_excess` above it; every
 other meter is then tried alone beside those chosen. A meter's excess says it
@@ -195,12 +197,15 @@ def _deltas(
 
 def _daily(mid: np.ndarray, start: int, end: int) -> np.ndarray:
     """The shape unmetered loads may take: smooth over the day (harmonics of 24, 12, 8
-    and 6 hours) and drifting slowly over the window (a quadratic)."""
-    u = (mid - start) / max(end - start, 1)
-    cols = [np.ones_like(u), u, u * u]
-    for k in range(1, HARMONICS + 1):
-        w = 2 * np.pi * k * (mid % 86_400) / 86_400
-        cols += [np.sin(w), np.cos(w)]
+    and 6 hours), its level, slope and first two harmonics free each day (a load that
+    differs on Sundays, a drift over the week)."""
+    day = (mid - start) // 86_400
+    w = 2 * np.pi * (mid % 86_400) / 86_400
+    u = ((mid - start) % 86_400) / 86_400
+    each = [np.ones_like(w), u, np.sin(w), np.cos(w), np.sin(2 * w), np.cos(2 * w)]
+    cols = [c * (day == d) for d in np.unique(day) for c in each]
+    for k in range(3, HARMONICS + 1):
+        cols += [np.sin(k * w), np.cos(k * w)]
     return np.column_stack(cols)
 
 

@@ -52,8 +52,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="simulated seconds per real second (default 240: a day in 6 minutes)",
     )
     p.add_argument("--data", type=Path, default=Path("demo-data"), help="demo directory")
-    p.add_argument("--http-port", type=int, default=8080, help="situation room port (8080)")
-    p.add_argument("--meter-port", type=int, default=0, help="meter port (default: a free one)")
+    p.add_argument("--http-port", type=port_number, default=8080, help="situation room port (8080)")
+    p.add_argument(
+        "--meter-port", type=port_number, default=0, help="meter port (default: a free one)"
+    )
     p.add_argument("--duration", type=float, default=0.0, help="stop after S real seconds")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--debtors", type=float, default=0.01, help="share of accounts in debt")
@@ -71,6 +73,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="a centre and a node per region for the K most populous regions, each with "
         "its own page (default 0: one standalone head-end)",
     )
+
+
+def port_number(text: str) -> int:
+    """A TCP port number, refused with its reason when it is none."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+    if not 0 <= n <= 65535:
+        raise argparse.ArgumentTypeError(f"{n} is not a port number (0-65535)")
+    return n
 
 
 def port_free(port: int) -> bool:

@@ -137,3 +137,17 @@ def test_bad_key_argument() -> None:
     assert r.returncode == 2
     assert "--ek must be 16 bytes" in r.stderr
     assert h("0011") == b"\x00\x11"
+
+
+def test_demo_refuses_a_port_that_is_none() -> None:
+    """A port past 65535 is named as the bad argument, before anything starts."""
+    r = subprocess.run(
+        [sys.executable, "-m", "headend", "demo", "--http-port", "81305"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert r.returncode == 2
+    assert "argument --http-port: 81305 is not a port number (0-65535)" in r.stderr
+    assert "Traceback" not in r.stderr
