@@ -23,6 +23,7 @@ __all__ = [
     "NodeSums",
     "PushBatch",
     "PushDecoder",
+    "ReadingSlice",
     "Reject",
     "RowSink",
     "Session",
@@ -37,17 +38,14 @@ __all__ = [
     "encode_data",
     "encrypt",
     "format_obis",
-    "gappy_meters",
     "hdlc_frame",
     "hdlc_parameters",
     "hdlc_segments",
     "hls_gmac",
-    "late_starters",
     "obis_to_int",
     "parse_obis",
     "scale",
     "unit_info",
-    "with_earlier",
     "wrap",
 ]
 
@@ -564,7 +562,7 @@ class ConsumptionJob:
     ) -> ConsumptionJob: ...
     def rows(
         self,
-        readings: bytes,
+        readings: ReadingSlice | bytes,
         *,
         keep_from: int,
         keep_to: int,
@@ -574,34 +572,40 @@ class ConsumptionJob:
         sums: NodeSums | None = None,
         meter_nodes: bytes | None = None,
     ) -> tuple[bytes, dict[str, int]]:
-        """`consumption` rows from `readings` (`meter String, obis UInt64, ts Int64,
-        value Float64`, ordered by meter, obis, ts), keeping intervals that start in
-        [keep_from, keep_to); `profiles`: (serial, packed OBIS, 24 typical values by
-        local hour) by which gaps are spread; `sums` with `meter_nodes` (a Native block
-        of `serial String, node_id String, balance UInt8`): the kept intervals of its
-        registers are added to their meters' nodes. Runs without the GIL."""
+        """`consumption` rows from `readings` (a `ReadingSlice`, or its bytes: `meter
+        String, obis UInt64, ts Int64, value Float64`, ordered by meter, obis, ts),
+        keeping intervals that start in [keep_from, keep_to); `profiles`: (serial,
+        packed OBIS, 24 typical values by local hour) by which gaps are spread; `sums`
+        with `meter_nodes` (a Native block of `serial String, node_id String, balance
+        UInt8`): the kept intervals of its registers are added to their meters' nodes.
+        Runs without the GIL."""
 
-def gappy_meters(
-    readings: bytes,
-    *,
-    channels: Sequence[str],
-    native_input: bool = False,
-    measured_gap: int = 3600,
-    max_estimate_span: int = 5356800,
-) -> list[bytes]:
-    """Meters of the readings (as `ConsumptionJob.rows` takes them) with a gap in one of
-    the `channels` registers that an estimate spreads: the ones whose typical day is
-    worth fetching. Runs without the GIL."""
+@final
+class ReadingSlice:
+    """A slice of meters' readings (Native blocks ordered by meter, obis: a reading a
+    row, or a series a row; RowBinary rows with `native_input=False`), parsed once
+    without the GIL: it names the meters that start after a window's start or have
+    gaps, takes the samples before a narrow window in, and is what
+    `ConsumptionJob.rows` derives."""
 
-def late_starters(
-    readings: bytes, *, channels: Sequence[str], start: int, native_input: bool = False
-) -> list[bytes]:
-    """Meters of the readings with a series of the `channels` registers whose first
-    sample comes after `start`. Runs without the GIL."""
-
-def with_earlier(readings: bytes, earlier: bytes) -> bytes:
-    """The Native readings with the `earlier` ones put in front of their series, as one
-    Native block of a series a row. Runs without the GIL."""
+    def __new__(cls, readings: bytes, *, native_input: bool = True) -> ReadingSlice: ...
+    @property
+    def readings(self) -> int:
+        """Readings in the slice."""
+    @property
+    def series(self) -> int:
+        """Series (a meter's register) in the slice."""
+    def gappy_meters(
+        self, *, channels: Sequence[str], measured_gap: int = 3600, max_estimate_span: int = 5356800
+    ) -> list[bytes]:
+        """Meters with a series of the `channels` registers that has a gap an estimate
+        spreads: the ones whose typical day is worth fetching."""
+    def late_starters(self, *, channels: Sequence[str], start: int) -> list[bytes]:
+        """Meters with a series of the `channels` registers whose first sample comes
+        after `start`."""
+    def add_earlier(self, earlier: bytes) -> None:
+        """Puts the readings of `earlier` (Native blocks ordered by meter, obis) in
+        front of their series; a refused block changes nothing. Runs without the GIL."""
 
 @final
 class NodeSums:

@@ -600,6 +600,52 @@ def test_a_window_at_the_present_reads_a_narrow_margin_and_the_samples_before(
     assert consumption(store, "C3") == narrow
 
 
+def _native(rows: list[tuple[str, int, int, float]]) -> bytes:
+    """A Native block of a reading a row: meter, obis, ts Int64, value."""
+    import numpy as np
+
+    from headend.store import native
+
+    return native.block(
+        len(rows),
+        [
+            ("meter", "String", native.strings([r[0] for r in rows])),
+            ("obis", "UInt64", np.array([r[1] for r in rows], "<u8").tobytes()),
+            ("ts", "Int64", np.array([r[2] for r in rows], "<i8").tobytes()),
+            ("value", "Float64", np.array([r[3] for r in rows], "<f8").tobytes()),
+        ],
+    )
+
+
+def test_a_slice_is_parsed_once_and_answers_before_it_is_derived() -> None:
+    """The balance pass's questions of a slice, asked of one parsed `ReadingSlice`:
+    C1's import misses two hours (a gap), C2's starts after the window's start (a late
+    starter); its earlier sample taken in, the slice derives what the whole read gives,
+    and bytes still derive as before."""
+    imp = _obis(balance.ELECTRICITY_IMPORT)
+    whole = [("C1", imp, T0 + k * H, 1000.0 * k) for k in (0, 1, 4)]
+    whole += [("C2", imp, T0 + k * H, 500.0 * k) for k in range(5)]
+    narrow = [r for r in whole if not (r[0] == "C2" and r[2] < T0 + 2 * H)]
+    slice_ = codec.ReadingSlice(_native(narrow))
+    assert (slice_.readings, slice_.series) == (6, 2)
+    channels = balance.CHANNEL_CODES
+    assert slice_.gappy_meters(channels=channels) == [b"C1"]
+    assert slice_.gappy_meters(channels=channels, max_estimate_span=2 * H) == []
+    assert slice_.late_starters(channels=channels, start=T0) == [b"C2"]
+    with pytest.raises(HeadendError, match="incomplete value"):
+        slice_.add_earlier(_native(whole)[:-3])
+    assert slice_.readings == 6  # a refused block changes nothing
+    slice_.add_earlier(_native([r for r in whole if r[0] == "C2" and r[2] < T0 + 2 * H]))
+    assert (slice_.readings, slice_.late_starters(channels=channels, start=T0)) == (8, [])
+    job = codec.ConsumptionJob(balance.CHANNELS, native_input=True)
+    kw = {"keep_from": T0, "keep_to": END, "now": END, "computed_at_ms": 1}
+    got, stats = job.rows(slice_, **kw)
+    assert (got, stats) == job.rows(_native(whole), **kw)
+    assert stats["rows"] == 8  # four hours of each
+    with pytest.raises(HeadendError, match="not ordered"):
+        codec.ReadingSlice(_native(list(reversed(whole))))
+
+
 def test_each_node_balances_what_it_owns(tmp_path: Path) -> None:
     """A region node derives its meters' consumption and its grid's balances; the
     centre derives the generation above it, counting the region's feeder with the

@@ -99,7 +99,9 @@ def _consumption(
     # was most of the pass's work. Older windows are read with the whole margin.
     near = min(margin, NEAR) if rep.end + NEAR > now else margin
 
-    def fetch(i: int) -> tuple[bytes, list[tuple[bytes, int, list[float]]], bytes | None]:
+    def fetch(
+        i: int,
+    ) -> tuple[codec.ReadingSlice, list[tuple[bytes, int, list[float]]], bytes | None]:
         last = i + 1 >= len(firsts)
         params: dict[str, Any] = {"lo": firsts[i], "obis": obis, "with_states": obis + states}
         if not last:
@@ -114,15 +116,18 @@ def _consumption(
             # consumption is their owner's to derive.
             serials += f" AND {mine}"
             bounds += f" AND meter IN (SELECT serial FROM {db}.meters FINAL WHERE {serials})"
-        raw = reader.raw_query(
-            READINGS_SQL.format(db=db, bounds=bounds, a=rep.start - near, b=rep.end + near),
-            params,
-            fmt="Native",
+        # The slice's bytes are parsed once; the questions below ask the parsed slice.
+        readings = codec.ReadingSlice(
+            reader.raw_query(
+                READINGS_SQL.format(db=db, bounds=bounds, a=rep.start - near, b=rep.end + near),
+                params,
+                fmt="Native",
+            )
         )
         if near < margin:
-            raw = _with_earlier(
+            _add_earlier(
                 reader,
-                raw,
+                readings,
                 params,
                 start=rep.start,
                 since=rep.start - margin,
@@ -138,11 +143,11 @@ def _consumption(
             )
         # Typical days spread estimates over gaps: only meters with a gap need theirs.
         profiles = []
-        gappy = codec.gappy_meters(raw, channels=CHANNEL_CODES, native_input=True)
+        gappy = readings.gappy_meters(channels=CHANNEL_CODES)
         if gappy:
             only = {"obis": obis, "gappy": [m.decode() for m in gappy]}
             profiles = _profiles(reader, "meter IN {gappy:Array(String)}", only, rep.start)
-        return raw, profiles, placed
+        return readings, profiles, placed
 
     # The slices are read through a client of their own while the previous one is
     # derived, and the consumption goes into one streamed insert through another.
@@ -160,10 +165,10 @@ def _consumption(
         pending = pool.submit(fetch, 0) if firsts else None
         for n in range(len(firsts)):
             assert pending is not None
-            raw, profiles, placed = pending.result()
+            readings, profiles, placed = pending.result()
             pending = pool.submit(fetch, n + 1) if n + 1 < len(firsts) else None
             out, stats = job.rows(
-                raw,
+                readings,
                 profiles=profiles,
                 sums=sums,
                 meter_nodes=placed,
@@ -172,7 +177,7 @@ def _consumption(
                 now=now,
                 computed_at_ms=computed_at,
             )
-            del raw
+            del readings
             rep.add(stats)
             if out:
                 insert(out, stats["rows"])
@@ -189,22 +194,29 @@ EARLIER_SQL = (
 )
 
 
-def _with_earlier(
-    reader: RawStore, raw: bytes, params: dict[str, Any], *, start: int, since: int, read_from: int
-) -> bytes:
-    """`raw` (read from `read_from` on) with, for the meters whose registers' first
-    sample in it comes after the window's `start`, the last sample before it of each
+def _add_earlier(
+    reader: RawStore,
+    readings: codec.ReadingSlice,
+    params: dict[str, Any],
+    *,
+    start: int,
+    since: int,
+    read_from: int,
+) -> None:
+    """Adds to `readings` (read from `read_from` on), for the meters whose registers'
+    first sample comes after the window's `start`, the last sample before it of each
     series (back to `since`). Supply states need no such look: meters report them with
     every interval push, so the few hours before the window hold them."""
-    late = codec.late_starters(raw, channels=CHANNEL_CODES, start=start, native_input=True)
+    late = readings.late_starters(channels=CHANNEL_CODES, start=start)
     if not late:
-        return raw
+        return
     earlier = reader.raw_query(
         EARLIER_SQL.format(db=reader.db, a=since, b=read_from),
         {"with_states": params["with_states"], "late": [m.decode() for m in late]},
         fmt="Native",
     )
-    return codec.with_earlier(raw, earlier) if earlier else raw
+    if earlier:
+        readings.add_earlier(earlier)
 
 
 # Consumption rows a part of the streamed insert (fewer, larger parts: less for

@@ -62,9 +62,10 @@ pub struct JobStats {
 
 const MAX_SERIAL: usize = 256;
 
-/// Runs `job` over RowBinary readings; returns RowBinary consumption rows.
+/// Runs `job` over readings (RowBinary, or Native blocks with `job.native_input`);
+/// returns consumption rows.
 pub fn run(job: &Job, data: &[u8]) -> Result<(Vec<u8>, JobStats)> {
-    run_summing(job, data, None)
+    run_summing(job, &Slice::parse(data, job.native_input)?, None)
 }
 
 /// Balance sums: per network node, side (0 the consumers below it, 1 its balance
@@ -224,219 +225,219 @@ impl<'a> MeterNodes<'a> {
     }
 }
 
-/// Meters with a series of `channels` that has a gap (two samples further apart than
-/// `measured_gap` and at most `max_span`): the ones whose typical day may spread an
-/// estimate, so the caller fetches typical days for these alone. Each meter once.
-pub fn gappy_meters(
-    data: &[u8],
-    native_input: bool,
-    channels: &[u64],
-    measured_gap: i64,
-    max_span: i64,
-) -> Result<Vec<Vec<u8>>> {
-    let mut rows = Rows::new(data, native_input);
-    let mut out: Vec<Vec<u8>> = Vec::new();
-    let gap = |span: i64| span > measured_gap && span <= max_span;
-    if native_input {
-        // A series a row: its times are at hand, no need to go reading by reading.
-        let mut ts: Vec<i64> = Vec::new();
-        let mut scalar = false;
-        while !rows.r.is_empty() {
-            rows.read_block()?;
-            let b = &mut rows.block;
-            if !b.arrays {
-                scalar = true; // blocks of one reading a row: reading by reading, below
-                break;
-            }
-            while b.enter_row() {
-                let obis = u64::from_le_bytes(b.obis[8 * b.current..8 * b.current + 8].try_into().expect("8 bytes"));
-                if !channels.contains(&obis) {
-                    continue;
-                }
-                ts.clear();
-                ts.extend((b.first..b.end).map(|k| b.ts(k)));
-                if !b.order.is_empty() {
-                    ts.sort_unstable();
-                }
-                let (m0, len) = b.meters[b.current];
-                let meter = &data[m0..m0 + len];
-                if ts.windows(2).any(|w| gap(w[1] - w[0])) && out.last().map(Vec::as_slice) != Some(meter) {
-                    out.push(meter.to_vec());
-                }
-            }
-        }
-        if !scalar {
-            return Ok(out);
-        }
-    }
-    let mut last: Option<(&[u8], u64, i64)> = None;
-    while let Some(r) = rows.next()? {
-        if !channels.contains(&r.obis) {
-            continue;
-        }
-        if let Some((m, o, t)) = last {
-            let span = r.t - t;
-            if (m, o) == (r.meter, r.obis) && gap(span) && out.last().map(Vec::as_slice) != Some(r.meter) {
-                out.push(r.meter.to_vec());
-            }
-        }
-        last = Some((r.meter, r.obis, r.t));
-    }
-    Ok(out)
+/// A slice of meters' readings, parsed once: each series (a meter's register) with its
+/// samples, in the input's order (meter, obis; a series' samples by time). It answers
+/// what the balance pass asks of a slice before deriving it (which meters start after
+/// the window's start, which have gaps an estimate spreads), takes in the samples
+/// before a narrow window, and is what [`run_summing`] derives: the bytes are read once.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Slice {
+    /// The serials one after another; a series names its meter by range.
+    meters: Vec<u8>,
+    series: Vec<Series>,
+    ts: Vec<i64>,
+    value: Vec<f64>,
 }
 
-/// Meters with a series of `channels` whose first sample comes after `start`: the
-/// interval before it needs the sample before the window that was read. Each meter once.
-pub fn late_starters(data: &[u8], native_input: bool, channels: &[u64], start: i64) -> Result<Vec<Vec<u8>>> {
-    let mut rows = Rows::new(data, native_input);
-    let mut out: Vec<Vec<u8>> = Vec::new();
-    let mut last: Option<(&[u8], u64)> = None;
-    while let Some(r) = rows.next()? {
-        if last == Some((r.meter, r.obis)) || !channels.contains(&r.obis) {
-            continue;
-        }
-        last = Some((r.meter, r.obis));
-        if r.t > start && out.last().map(Vec::as_slice) != Some(r.meter) {
-            out.push(r.meter.to_vec());
-        }
-    }
-    Ok(out)
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Series {
+    meter: (usize, usize),
+    obis: u64,
+    first: usize,
+    end: usize,
 }
 
-/// The readings of `data` with those of `earlier` (both ordered by meter, obis; either
-/// block shape) put in front of their series, as one Native block of a series a row:
-/// the samples before a narrow window that bound its first intervals.
-pub fn with_earlier(data: &[u8], earlier: &[u8]) -> Result<Vec<u8>> {
-    type Series<'a> = Vec<(&'a [u8], u64, Vec<(i64, f64)>)>;
-    fn series(data: &[u8]) -> Result<Series<'_>> {
-        let mut rows = Rows::new(data, true);
-        let mut out: Series<'_> = Vec::new();
-        while let Some(r) = rows.next()? {
-            match out.last_mut() {
-                Some((m, o, v)) if (*m, *o) == (r.meter, r.obis) => v.push((r.t, r.v)),
-                _ => out.push((r.meter, r.obis, vec![(r.t, r.v)])),
+impl Slice {
+    /// The readings of `data` (RowBinary rows, or Native blocks with `native_input`: a
+    /// reading a row or a series a row), ordered by meter and obis.
+    pub fn parse(data: &[u8], native_input: bool) -> Result<Slice> {
+        let mut rows = Rows::new(data, native_input);
+        let mut s = Slice::default();
+        let mut last: Option<(&[u8], u64)> = None;
+        while let Some(Reading { at, meter, obis, t, v, .. }) = rows.next()? {
+            if s.ts.is_empty() {
+                // Room for every reading up front (a row of one reading takes at least
+                // 26 bytes of the input, serials are about 10; in arrays a reading
+                // takes 12): regrowing columns of millions costs more.
+                let cap = data.len() / if rows.block.arrays { 12 } else { 34 };
+                s.ts.reserve(cap);
+                s.value.reserve(cap);
             }
+            if last != Some((meter, obis)) {
+                if last.is_some_and(|previous| previous > (meter, obis)) {
+                    return Err(Error::invalid("readings", at, "rows not ordered by meter, obis, ts"));
+                }
+                s.open(meter, obis);
+                last = Some((meter, obis));
+            }
+            s.ts.push(t);
+            s.value.push(v);
         }
-        Ok(out)
+        s.close();
+        Ok(s)
     }
-    let (a, b) = (series(data)?, series(earlier)?);
-    let mut merged: Series<'_> = Vec::with_capacity(a.len() + b.len());
-    let (mut a, mut b) = (a.into_iter().peekable(), b.into_iter().peekable());
-    loop {
-        let take_b = match (a.peek(), b.peek()) {
-            (None, None) => break,
-            (Some(_), None) => false,
-            (None, Some(_)) => true,
-            (Some(x), Some(y)) => (y.0, y.1) <= (x.0, x.1),
+
+    /// Starts a series (its meter's bytes shared with the series before when the same).
+    fn open(&mut self, meter: &[u8], obis: u64) {
+        self.close();
+        let range = match self.series.last() {
+            Some(p) if &self.meters[p.meter.0..p.meter.1] == meter => p.meter,
+            _ => {
+                let a = self.meters.len();
+                self.meters.extend_from_slice(meter);
+                (a, self.meters.len())
+            }
         };
-        let next = if take_b { b.next() } else { a.next() };
-        let Some(next) = next else { break };
-        match merged.last_mut() {
-            Some((m, o, v)) if (*m, *o) == (next.0, next.1) => v.extend(next.2),
-            _ => merged.push(next),
+        let at = self.ts.len();
+        self.series.push(Series { meter: range, obis, first: at, end: at });
+    }
+
+    fn close(&mut self) {
+        let end = self.ts.len();
+        if let Some(p) = self.series.last_mut() {
+            p.end = end;
         }
     }
-    let readings: usize = merged.iter().map(|s| s.2.len()).sum();
-    let mut out = Vec::with_capacity(readings * 12 + merged.len() * 40 + 128);
-    put_varuint(&mut out, 4);
-    put_varuint(&mut out, merged.len() as u64);
-    let offsets = |out: &mut Vec<u8>| {
-        let mut end = 0u64;
-        for s in &merged {
-            end += s.2.len() as u64;
-            out.extend_from_slice(&end.to_le_bytes());
+
+    fn meter(&self, s: &Series) -> &[u8] {
+        &self.meters[s.meter.0..s.meter.1]
+    }
+
+    /// Readings in the slice.
+    pub fn readings(&self) -> usize {
+        self.ts.len()
+    }
+
+    /// Series (a meter's register) in the slice.
+    pub fn series(&self) -> usize {
+        self.series.len()
+    }
+
+    /// The meters (each once, in order) with a series of `channels` that `pick` picks
+    /// by its times.
+    fn meters_where(&self, channels: &[u64], pick: impl Fn(&[i64]) -> bool) -> Vec<Vec<u8>> {
+        let mut out: Vec<Vec<u8>> = Vec::new();
+        for s in &self.series {
+            let meter = self.meter(s);
+            if channels.contains(&s.obis)
+                && out.last().map(Vec::as_slice) != Some(meter)
+                && pick(&self.ts[s.first..s.end])
+            {
+                out.push(meter.to_vec());
+            }
         }
-    };
-    put_string(&mut out, b"meter");
-    put_string(&mut out, b"String");
-    merged.iter().for_each(|s| put_string(&mut out, s.0));
-    put_string(&mut out, b"obis");
-    put_string(&mut out, b"UInt64");
-    merged.iter().for_each(|s| out.extend_from_slice(&s.1.to_le_bytes()));
-    put_string(&mut out, b"ts");
-    put_string(&mut out, ARRAYS[0].as_bytes());
-    offsets(&mut out);
-    merged.iter().flat_map(|s| &s.2).for_each(|&(t, _)| out.extend_from_slice(&datetime(t).to_le_bytes()));
-    put_string(&mut out, b"value");
-    put_string(&mut out, ARRAYS[1].as_bytes());
-    offsets(&mut out);
-    merged.iter().flat_map(|s| &s.2).for_each(|&(_, v)| out.extend_from_slice(&v.to_le_bytes()));
-    Ok(out)
+        out
+    }
+
+    /// Meters with a series of `channels` that has a gap (two samples further apart
+    /// than `measured_gap` and at most `max_span`): the ones whose typical day may
+    /// spread an estimate, so the caller fetches typical days for these alone.
+    pub fn gappy_meters(&self, channels: &[u64], measured_gap: i64, max_span: i64) -> Vec<Vec<u8>> {
+        self.meters_where(channels, |ts| ts.windows(2).any(|w| w[1] - w[0] > measured_gap && w[1] - w[0] <= max_span))
+    }
+
+    /// Meters with a series of `channels` whose first sample comes after `start`: the
+    /// interval before it needs the sample before the window that was read.
+    pub fn late_starters(&self, channels: &[u64], start: i64) -> Vec<Vec<u8>> {
+        self.meters_where(channels, |ts| ts.first().is_some_and(|&t| t > start))
+    }
+
+    /// Puts the readings of `earlier` (Native blocks ordered by meter, obis; either
+    /// shape) in front of their series: the samples before a narrow window that bound
+    /// its first intervals.
+    pub fn add_earlier(&mut self, earlier: &[u8]) -> Result<()> {
+        let b = Slice::parse(earlier, true)?;
+        if b.series.is_empty() {
+            return Ok(());
+        }
+        let a = std::mem::take(self);
+        let mut out = Slice::default();
+        out.ts.reserve(a.ts.len() + b.ts.len());
+        out.value.reserve(a.ts.len() + b.ts.len());
+        let key = |s: &Slice, i: usize| (s.meter(&s.series[i]).to_vec(), s.series[i].obis);
+        let (mut i, mut j) = (0, 0);
+        while i < a.series.len() || j < b.series.len() {
+            let take_b = j < b.series.len() && (i >= a.series.len() || key(&b, j) <= key(&a, i));
+            let (from, k) = if take_b { (&b, j) } else { (&a, i) };
+            let s = from.series[k];
+            let meter = from.meter(&s);
+            let same = out.series.last().is_some_and(|p| out.meter(p) == meter && p.obis == s.obis);
+            if !same {
+                out.open(meter, s.obis);
+            }
+            out.ts.extend_from_slice(&from.ts[s.first..s.end]);
+            out.value.extend_from_slice(&from.value[s.first..s.end]);
+            out.close();
+            if take_b {
+                j += 1;
+            } else {
+                i += 1;
+            }
+        }
+        *self = out;
+        Ok(())
+    }
 }
 
-/// Runs `job` over the readings, adding the flow registers' intervals in
+/// Runs `job` over a slice of readings, adding the flow registers' intervals in
 /// `[keep_from, keep_to)` to `sums` by the meters' nodes when given.
 pub fn run_summing(
     job: &Job,
-    data: &[u8],
+    slice: &Slice,
     mut sums: Option<(&mut NodeSums, &MeterNodes<'_>)>,
 ) -> Result<(Vec<u8>, JobStats)> {
-    let mut rows = Rows::new(data, job.native_input);
+    let data = slice.meters.as_slice();
     let mut groups: Vec<u32> = Vec::new(); // per series: its cell group, or NONE
     const NONE: u32 = u32::MAX;
-    // Series: a run of rows with the same meter and obis.
     let mut keys: Vec<(usize, usize, usize)> = Vec::new(); // meter start, meter end, channel
     let mut params: Vec<SeriesParams> = Vec::new();
-    let (mut series, mut ts, mut value) = (Vec::new(), Vec::new(), Vec::new());
-    let mut readings = 0u64;
-    let mut last: Option<(&[u8], u64)> = None;
+    let n = slice.readings();
+    let (mut series, mut ts, mut value) = (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
     // Supply-off periods per meter, from its state register: from a 0 to the next
     // non-zero sample, or one measured gap past the last 0 when none follows.
     let mut off_by_meter: HashMap<&[u8], Vec<(i64, i64)>> = HashMap::new();
     let mut open: Option<(&[u8], i64, i64)> = None; // meter, since, last 0 seen
     let gap = job.vee.measured_gap;
-    while let Some(Reading { at, start, meter, obis, t, v }) = rows.next()? {
-        let len = meter.len();
-        if readings == 0 {
-            // Room for every reading up front (a row of one reading takes at least 26
-            // bytes of the input, serials are about 10; in arrays a reading takes 12):
-            // regrowing three columns of millions costs more.
-            let cap = data.len() / if rows.block.arrays { 12 } else { 34 };
-            series.reserve(cap);
-            ts.reserve(cap);
-            value.reserve(cap);
-        }
-        readings += 1;
+    for sr in &slice.series {
+        let (m0, m1) = sr.meter;
+        let meter = &data[m0..m1];
+        let obis = sr.obis;
+        let samples = sr.first..sr.end;
         if job.states.contains(&obis) {
             if open.is_some_and(|o| o.0 != meter) {
                 close_off(&mut open, &mut off_by_meter, gap);
             }
-            match (&mut open, v == 0.0) {
-                (Some(o), true) => o.2 = t,
-                (None, true) => open = Some((meter, t, t)),
-                (Some(o), false) => {
-                    off_by_meter.entry(o.0).or_default().push((o.1, t));
-                    open = None;
+            for k in samples {
+                let (t, v) = (slice.ts[k], slice.value[k]);
+                match (&mut open, v == 0.0) {
+                    (Some(o), true) => o.2 = t,
+                    (None, true) => open = Some((meter, t, t)),
+                    (Some(o), false) => {
+                        off_by_meter.entry(o.0).or_default().push((o.1, t));
+                        open = None;
+                    }
+                    (None, false) => {}
                 }
-                (None, false) => {}
             }
             continue;
         }
         let Some(ch) = job.channels.iter().position(|c| c.obis == obis) else {
             continue;
         };
-        if last != Some((meter, obis)) {
-            if let Some((m, o)) = last {
-                if (m, o) > (meter, obis) {
-                    return Err(Error::invalid("readings", at, "rows not ordered by meter, obis, ts"));
-                }
-            }
-            let c = &job.channels[ch];
-            let limit = if job.unlimited.contains(meter) { 0.0 } else { c.max_rate };
-            let profile =
-                if job.profiles.is_empty() { None } else { job.profiles.get(&(meter.to_vec(), obis)).copied() };
-            keys.push((start, start + len, ch));
-            if let Some((sums, placed)) = sums.as_mut() {
-                groups.push(sums.group(placed, meter, obis).unwrap_or(NONE));
-            }
-            // A switched-off meter may still show a trickle (its own electronics, rounding).
-            let idle_rate = c.max_rate * 0.0005;
-            params.push(SeriesParams { max_rate: limit, profile, idle_rate, ..SeriesParams::default() });
-            last = Some((meter, obis));
+        let c = &job.channels[ch];
+        let limit = if job.unlimited.contains(meter) { 0.0 } else { c.max_rate };
+        let profile = if job.profiles.is_empty() { None } else { job.profiles.get(&(meter.to_vec(), obis)).copied() };
+        keys.push((m0, m1, ch));
+        if let Some((sums, placed)) = sums.as_mut() {
+            groups.push(sums.group(placed, meter, obis).unwrap_or(NONE));
         }
-        series.push((keys.len() - 1) as u32);
-        ts.push(t);
-        value.push(v);
+        // A switched-off meter may still show a trickle (its own electronics, rounding).
+        let idle_rate = c.max_rate * 0.0005;
+        params.push(SeriesParams { max_rate: limit, profile, idle_rate, ..SeriesParams::default() });
+        let id = (keys.len() - 1) as u32;
+        series.extend(std::iter::repeat_n(id, samples.len()));
+        ts.extend_from_slice(&slice.ts[samples.clone()]);
+        value.extend_from_slice(&slice.value[samples]);
     }
     close_off(&mut open, &mut off_by_meter, gap);
     let mut off = Vec::new();
@@ -465,15 +466,13 @@ pub fn run_summing(
     let rows = keep.len() as u64;
     let out =
         if job.native { native_block(job, data, &keys, &iv, &keep) } else { row_binary(job, data, &keys, &iv, &keep) };
-    let stats = JobStats { readings, series: keys.len() as u64, rows, vee };
+    let stats = JobStats { readings: n as u64, series: keys.len() as u64, rows, vee };
     Ok((out, stats))
 }
 
-/// One reading of the input: where its row starts (for errors), where its meter's
-/// bytes start in the input (the output refers to them), and its fields.
+/// One reading of the input: where its row starts (for errors), and its fields.
 struct Reading<'a> {
     at: usize,
-    start: usize,
     meter: &'a [u8],
     obis: u64,
     t: i64,
@@ -584,7 +583,6 @@ impl<'a> Rows<'a> {
         let row = b.current;
         Ok(Some(Reading {
             at: b.at,
-            start,
             meter: &self.data[start..start + len],
             obis: u64::from_le_bytes(b.obis[8 * row..8 * row + 8].try_into().expect("8 bytes")),
             t: b.ts(k),
@@ -602,12 +600,11 @@ impl<'a> Rows<'a> {
         if len > MAX_SERIAL {
             return Err(Error::invalid("readings", at, format!("meter serial of {len} bytes")));
         }
-        let start = r.position();
         let meter = r.bytes(len, "meter")?;
         let obis = u64::from_le_bytes(r.array::<8>("obis")?);
         let t = i64::from_le_bytes(r.array::<8>("ts")?);
         let v = f64::from_le_bytes(r.array::<8>("value")?);
-        Ok(Some(Reading { at, start, meter, obis, t, v }))
+        Ok(Some(Reading { at, meter, obis, t, v }))
     }
 
     /// A Native block: column count, row count, then each column's name, type and data
@@ -1068,7 +1065,8 @@ mod tests {
         let block = meter_nodes_block(&[("A", "T1", 0), ("B", "T1", 1), ("Z", "elsewhere", 0)]);
         let placed = MeterNodes::read(&block).unwrap();
         let mut sums = NodeSums::new(vec![b"F1".to_vec(), b"T1".to_vec()], 0, 3, vec![7], vec![]).unwrap();
-        let (out, st) = run_summing(&j, &data, Some((&mut sums, &placed))).unwrap();
+        let (out, st) =
+            run_summing(&j, &Slice::parse(&data, j.native_input).unwrap(), Some((&mut sums, &placed))).unwrap();
         assert_eq!((out, st), run(&j, &data).unwrap(), "the rows do not change");
         // T1 is node 1: consumers at cells 6.., balance meters at 9..
         assert_eq!(sums.value, vec![0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0, 1.0, 0.0, 3.0, 3.0]);
@@ -1107,7 +1105,7 @@ mod tests {
         let block = meter_nodes_block(&[("G", "GS", 0), ("H", "GS", 0), ("S", "GS", 1)]);
         let placed = MeterNodes::read(&block).unwrap();
         let mut sums = NodeSums::new(vec![b"GS".to_vec()], 3600, 2, vec![7, 9], vec![(7, 9)]).unwrap();
-        run_summing(&j, &data, Some((&mut sums, &placed))).unwrap();
+        run_summing(&j, &Slice::parse(&data, j.native_input).unwrap(), Some((&mut sums, &placed))).unwrap();
         let close = |got: &[f64], want: &[f64]| got.iter().zip(want).all(|(a, b)| (a - b).abs() < 1e-9);
         assert!(close(&sums.value, &[2.9, 2.9, 3.0, 3.0]), "{:?}", sums.value);
         assert_eq!(sums.measured, vec![2, 2, 1, 1]);
@@ -1115,32 +1113,52 @@ mod tests {
         assert_eq!(sums.preferred, vec![1, 1, 1, 1]);
         // Without the preference both registers would count: the volume twice.
         let mut both = NodeSums::new(vec![b"GS".to_vec()], 3600, 2, vec![7, 9], vec![]).unwrap();
-        run_summing(&j, &data, Some((&mut both, &placed))).unwrap();
+        run_summing(&j, &Slice::parse(&data, j.native_input).unwrap(), Some((&mut both, &placed))).unwrap();
         assert!(close(&both.value, &[3.9, 3.9, 6.2, 6.2]), "{:?}", both.value);
+    }
+
+    /// The meters `Slice::gappy_meters` names in `data`.
+    fn gappy(data: &[u8], native: bool, channels: &[u64], max_span: i64) -> Result<Vec<Vec<u8>>> {
+        Ok(Slice::parse(data, native)?.gappy_meters(channels, 3600, max_span))
     }
 
     #[test]
     fn gappy_meters_are_the_ones_with_a_gap() {
         let rows = sample_rows(); // B's import misses the sample at 2 h
         let data = row_binary_of(&rows);
-        assert_eq!(gappy_meters(&data, false, &[7], 3600, 86_400).unwrap(), vec![b"B".to_vec()]);
+        assert_eq!(gappy(&data, false, &[7], 86_400).unwrap(), vec![b"B".to_vec()]);
         // In arrays, reversed (sorted by the reader), the same.
         let arrays = array_input(&rows, 2, true);
-        assert_eq!(gappy_meters(&arrays, true, &[7], 3600, 86_400).unwrap(), vec![b"B".to_vec()]);
+        assert_eq!(gappy(&arrays, true, &[7], 86_400).unwrap(), vec![b"B".to_vec()]);
         // Only the registers asked for count (obis 9 has one sample a meter); a gap
         // longer than the longest estimate is no estimate.
-        assert!(gappy_meters(&data, false, &[9], 3600, 86_400).unwrap().is_empty());
-        assert!(gappy_meters(&data, false, &[7], 3600, 7199).unwrap().is_empty());
-        assert!(gappy_meters(&arrays[..arrays.len() - 1], true, &[7], 3600, 86_400).is_err());
+        assert!(gappy(&data, false, &[9], 86_400).unwrap().is_empty());
+        assert!(gappy(&data, false, &[7], 7199).unwrap().is_empty());
+        assert!(gappy(&arrays[..arrays.len() - 1], true, &[7], 86_400).is_err());
         // Blocks of a reading a row, and such blocks after array blocks.
         let scalar = native_input(&rows, 4);
-        assert_eq!(gappy_meters(&scalar, true, &[7], 3600, 86_400).unwrap(), vec![b"B".to_vec()]);
+        assert_eq!(gappy(&scalar, true, &[7], 86_400).unwrap(), vec![b"B".to_vec()]);
         let mut mixed = array_input(&rows[..1], 1, false);
         mixed.extend_from_slice(&scalar);
-        assert_eq!(gappy_meters(&mixed, true, &[7], 3600, 86_400).unwrap(), vec![b"B".to_vec()]);
+        assert_eq!(gappy(&mixed, true, &[7], 86_400).unwrap(), vec![b"B".to_vec()]);
         let mut after = array_input(&rows[..rows.len() / 2], 1, false);
         after.extend_from_slice(&native_input(&rows[rows.len() / 2..], 3));
-        assert_eq!(gappy_meters(&after, true, &[7], 3600, 86_400).unwrap(), vec![b"B".to_vec()]);
+        assert_eq!(gappy(&after, true, &[7], 86_400).unwrap(), vec![b"B".to_vec()]);
+    }
+
+    #[test]
+    fn a_slice_is_the_same_whatever_shape_its_readings_came_in() {
+        let rows = sample_rows();
+        let want = Slice::parse(&row_binary_of(&rows), false).unwrap();
+        assert_eq!(want.readings(), rows.len());
+        for (data, native) in
+            [(array_input(&rows, 2, true), true), (array_input(&rows, 1, false), true), (native_input(&rows, 3), true)]
+        {
+            assert_eq!(Slice::parse(&data, native).unwrap(), want);
+        }
+        // One series a meter's register, the meter's bytes once for all its registers.
+        assert_eq!(want.series(), want.series.iter().map(|s| (s.meter, s.obis)).collect::<HashSet<_>>().len());
+        assert_eq!(want.meters, b"ABCC".to_vec());
     }
 
     #[test]
@@ -1153,20 +1171,26 @@ mod tests {
         let narrow: Vec<Sample<'_>> = rows.iter().copied().filter(|r| r.2 >= 3600).collect();
         let before: Vec<Sample<'_>> = rows.iter().copied().filter(|r| r.2 < 3600).collect();
         let data = array_input(&narrow, 2, false);
-        let late = late_starters(&data, true, &[7], 0).unwrap();
-        assert_eq!(late, vec![b"A".to_vec(), b"B".to_vec(), b"CC".to_vec()]);
-        assert!(late_starters(&data, true, &[7], 3600).unwrap().is_empty());
+        let slice = Slice::parse(&data, true).unwrap();
+        assert_eq!(slice.late_starters(&[7], 0), vec![b"A".to_vec(), b"B".to_vec(), b"CC".to_vec()]);
+        assert!(slice.late_starters(&[7], 3600).is_empty());
         let j = Job { native_input: true, ..job() };
         for earlier in [array_input(&before, 3, true), native_input(&before, 2)] {
-            let merged = with_earlier(&data, &earlier).unwrap();
-            assert_eq!(run(&j, &merged).unwrap(), want, "the whole day again");
+            let mut merged = slice.clone();
+            merged.add_earlier(&earlier).unwrap();
+            assert_eq!(run_summing(&j, &merged, None).unwrap(), want, "the whole day again");
+            assert_eq!(merged, Slice::parse(&whole, false).unwrap());
         }
         // Series only in one of them, and nothing earlier at all.
         let only_a: Vec<Sample<'_>> = before.iter().copied().filter(|r| r.0 == "A").collect();
-        let merged = with_earlier(&data, &array_input(&only_a, 1, false)).unwrap();
-        assert_eq!(run(&j, &merged).unwrap().1.readings, (narrow.len() + only_a.len()) as u64);
-        assert_eq!(run(&j, &with_earlier(&data, &[]).unwrap()).unwrap(), run(&j, &data).unwrap());
-        assert!(with_earlier(&data, &data[..data.len() - 1]).is_err());
+        let mut merged = slice.clone();
+        merged.add_earlier(&array_input(&only_a, 1, false)).unwrap();
+        assert_eq!(run_summing(&j, &merged, None).unwrap().1.readings, (narrow.len() + only_a.len()) as u64);
+        let mut same = slice.clone();
+        same.add_earlier(&[]).unwrap();
+        assert_eq!(same, slice);
+        assert!(same.add_earlier(&data[..data.len() - 1]).is_err());
+        assert_eq!(same, slice, "a refused earlier block changes nothing");
     }
 
     #[test]

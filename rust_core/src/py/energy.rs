@@ -63,8 +63,8 @@ impl ConsumptionJob {
         })
     }
 
-    /// `consumption` rows from `readings` (RowBinary, or Native blocks with
-    /// `native_input`: `meter, obis, ts, value`, ordered by meter, obis, ts), keeping
+    /// `consumption` rows from `readings` (a `ReadingSlice`, or bytes: RowBinary, or
+    /// Native blocks with `native_input`, ordered by meter, obis, ts), keeping
     /// intervals that start in [keep_from, keep_to); samples later than `now` (plus the
     /// tolerance) are dropped; rows are versioned `computed_at_ms`. `profiles`:
     /// (serial, packed OBIS, 24 typical values by local hour) by which gaps are spread;
@@ -76,7 +76,7 @@ impl ConsumptionJob {
     fn rows<'py>(
         &self,
         py: Python<'py>,
-        readings: &[u8],
+        readings: Readings<'py>,
         keep_from: i64,
         keep_to: i64,
         now: i64,
@@ -101,15 +101,25 @@ impl ConsumptionJob {
             computed_at_ms,
             ..self.base.clone()
         };
+        let parsed;
+        let slice = match &readings {
+            Readings::Slice(s) => &s.inner,
+            Readings::Bytes(b) => {
+                let data = b.as_bytes();
+                let native = job.native_input;
+                parsed = codec(py, guarded(py, true, || consumption::Slice::parse(data, native))?)?;
+                &parsed
+            }
+        };
         let (rows, st) = match (sums, meter_nodes) {
-            (None, None) => codec(py, guarded(py, true, || consumption::run(&job, readings))?)?,
+            (None, None) => codec(py, guarded(py, true, || consumption::run_summing(&job, slice, None))?)?,
             (Some(mut sums), Some(placed)) => {
                 let sums = &mut sums.inner;
                 codec(
                     py,
                     guarded(py, true, || {
                         let placed = consumption::MeterNodes::read(placed)?;
-                        consumption::run_summing(&job, readings, Some((sums, &placed)))
+                        consumption::run_summing(&job, slice, Some((sums, &placed)))
                     })?,
                 )?
             }
@@ -127,48 +137,77 @@ impl ConsumptionJob {
     }
 }
 
-/// Meters of the readings (as `ConsumptionJob.rows` takes them) with a gap in one of the
-/// `channels` registers (OBIS codes) that an estimate spreads: the ones whose typical
-/// day is worth fetching. Without the GIL.
-#[pyfunction]
-#[pyo3(signature = (readings, *, channels, native_input = false, measured_gap = 3600, max_estimate_span = 5_356_800))]
-pub(super) fn gappy_meters<'py>(
-    py: Python<'py>,
-    readings: &[u8],
-    channels: Vec<String>,
-    native_input: bool,
-    measured_gap: i64,
-    max_estimate_span: i64,
-) -> PyResult<Vec<Bound<'py, PyBytes>>> {
-    let codes = obis_codes(py, &channels)?;
-    let found = guarded(py, true, || {
-        consumption::gappy_meters(readings, native_input, &codes, measured_gap, max_estimate_span)
-    })?;
-    Ok(serials(py, &codec(py, found)?))
+/// A slice of meters' readings (Native blocks ordered by meter, obis: a reading a row,
+/// or a series a row), parsed once without the GIL: it names the meters that start
+/// after a window's start or have gaps, takes the samples before a narrow window in,
+/// and is what `ConsumptionJob.rows` derives.
+#[pyclass(module = "headend._core")]
+pub struct ReadingSlice {
+    inner: consumption::Slice,
 }
 
-/// Meters of the readings with a series of the `channels` registers whose first
-/// sample comes after `start`. Without the GIL.
-#[pyfunction]
-#[pyo3(signature = (readings, *, channels, start, native_input = false))]
-pub(super) fn late_starters<'py>(
-    py: Python<'py>,
-    readings: &[u8],
-    channels: Vec<String>,
-    start: i64,
-    native_input: bool,
-) -> PyResult<Vec<Bound<'py, PyBytes>>> {
-    let codes = obis_codes(py, &channels)?;
-    let found = guarded(py, true, || consumption::late_starters(readings, native_input, &codes, start))?;
-    Ok(serials(py, &codec(py, found)?))
+#[pymethods]
+impl ReadingSlice {
+    #[new]
+    #[pyo3(signature = (readings, *, native_input = true))]
+    fn new(py: Python<'_>, readings: &[u8], native_input: bool) -> PyResult<Self> {
+        let inner = codec(py, guarded(py, true, || consumption::Slice::parse(readings, native_input))?)?;
+        Ok(ReadingSlice { inner })
+    }
+
+    /// Readings in the slice.
+    #[getter]
+    fn readings(&self) -> usize {
+        self.inner.readings()
+    }
+
+    /// Series (a meter's register) in the slice.
+    #[getter]
+    fn series(&self) -> usize {
+        self.inner.series()
+    }
+
+    /// Meters with a series of the `channels` registers (OBIS codes) that has a gap an
+    /// estimate spreads (two samples more than `measured_gap` and at most
+    /// `max_estimate_span` apart): the ones whose typical day is worth fetching.
+    #[pyo3(signature = (*, channels, measured_gap = 3600, max_estimate_span = 5_356_800))]
+    fn gappy_meters<'py>(
+        &self,
+        py: Python<'py>,
+        channels: Vec<String>,
+        measured_gap: i64,
+        max_estimate_span: i64,
+    ) -> PyResult<Vec<Bound<'py, PyBytes>>> {
+        let codes = obis_codes(py, &channels)?;
+        Ok(serials(py, &self.inner.gappy_meters(&codes, measured_gap, max_estimate_span)))
+    }
+
+    /// Meters with a series of the `channels` registers whose first sample comes after
+    /// `start`.
+    #[pyo3(signature = (*, channels, start))]
+    fn late_starters<'py>(
+        &self,
+        py: Python<'py>,
+        channels: Vec<String>,
+        start: i64,
+    ) -> PyResult<Vec<Bound<'py, PyBytes>>> {
+        let codes = obis_codes(py, &channels)?;
+        Ok(serials(py, &self.inner.late_starters(&codes, start)))
+    }
+
+    /// Puts the readings of `earlier` (Native blocks ordered by meter, obis) in front of
+    /// their series; a refused block changes nothing. Without the GIL.
+    fn add_earlier(&mut self, py: Python<'_>, earlier: &[u8]) -> PyResult<()> {
+        let inner = &mut self.inner;
+        codec(py, guarded(py, true, || inner.add_earlier(earlier))?)
+    }
 }
 
-/// The Native readings with the `earlier` ones put in front of their series, as one
-/// Native block of a series a row. Without the GIL.
-#[pyfunction]
-pub(super) fn with_earlier<'py>(py: Python<'py>, readings: &[u8], earlier: &[u8]) -> PyResult<Bound<'py, PyBytes>> {
-    let out = guarded(py, true, || consumption::with_earlier(readings, earlier))?;
-    Ok(PyBytes::new(py, &codec(py, out)?))
+/// What `ConsumptionJob.rows` derives: a parsed slice, or the readings' bytes.
+#[derive(FromPyObject)]
+pub(super) enum Readings<'py> {
+    Slice(PyRef<'py, ReadingSlice>),
+    Bytes(Bound<'py, PyBytes>),
 }
 
 /// Balance sums gathered by `consumption_rows`: per network node (in the order given),

@@ -31,10 +31,9 @@ mod core_module {
     #[pymodule_export]
     use super::{
         decode_apdu, decode_data, decode_frame, decode_hdlc_parameters, decrypt, encode_apdu, encode_data, encrypt,
-        format_obis, gappy_meters, hdlc_frame, hdlc_parameters, hdlc_segments, hls_gmac, late_starters, obis_to_int,
-        parse_obis, scale, unit_info, with_earlier, wrap, ApduIn, ConsumptionJob, Directory, Frame, FrameError,
-        Identified, KeyTable, LinkFrame, Lookup, MasterKey, NodeSums, PushBatch, PushDecoder, Reject, RowSink, Session,
-        StreamDecoder,
+        format_obis, hdlc_frame, hdlc_parameters, hdlc_segments, hls_gmac, obis_to_int, parse_obis, scale, unit_info,
+        wrap, ApduIn, ConsumptionJob, Directory, Frame, FrameError, Identified, KeyTable, LinkFrame, Lookup, MasterKey,
+        NodeSums, PushBatch, PushDecoder, ReadingSlice, Reject, RowSink, Session, StreamDecoder,
     };
 
     #[pymodule_init]
