@@ -9,7 +9,9 @@ flow register (active energy import; gas volume):
   of its transformer (a bypass shows as almost nothing);
 - `drop_vs_history`: consumed less than `history_ratio` of what it did over the window
   before (when it has such a window);
-- `tamper_events`: cover opened, magnetic field (the meter's own alarms);
+- `tamper_events`: a magnetic field (the meter's own alarm), with any cover openings;
+- `cover_opened`: cover openings alone: weak, as the utility's own crews open covers
+  on inspections and replacements, where a magnet has no innocent cause;
 - `zero_or_flat`: nothing at all, or the same every hour, while its peers vary;
 - `reverse_energy`: a consumer whose export register runs;
 - `consuming_while_off`: consumption in hours its disconnector (gas: valve) reported
@@ -46,6 +48,7 @@ TAMPER_EVENTS = (
     "meter-cover-opened",
     "magnetic-field-detected",
 )
+COVERS = ("terminal-cover-opened", "meter-cover-opened")
 DISCONNECTOR_STATE = "0.0.96.3.10.255"
 VALVE_STATE = "0.0.24.4.0.255"
 # Network levels whose consumers are examined: the last link before them.
@@ -54,6 +57,7 @@ WEIGHTS = {
     "low_vs_peers": 2,
     "drop_vs_history": 1,
     "tamper_events": 2,
+    "cover_opened": 1,
     "zero_or_flat": 1,
     "reverse_energy": 2,
     "consuming_while_off": 3,
@@ -276,21 +280,13 @@ def _findings(
                     **{f"{u}_per_h": round(rate, 4), f"before_{u}_per_h": round(before_rate, 4)},
                 )
             if meter in tamper:
-                f.add("tamper_events", events=tamper[meter])
+                _alarms(f, tamper[meter])
             if hours >= 12 and (now_ <= 1e-6 or sd <= 1e-6) and median > 0:
                 f.add("zero_or_flat", **{u: round(now_, 3)}, hourly_sd=round(sd, 6), hours=hours)
             if export > 0.01:
                 f.add("reverse_energy", export_kwh=round(export, 3))
-            share = follows.get(meter)
-            if share is not None and share.excess >= MIN_EXCESS and share.t >= WEAK_T:
-                f.add(
-                    "loss_follows" if share.t >= FOLLOWS_T else "loss_follows_weakly",
-                    registered_share=share.registered_share,
-                    excess=share.excess,
-                    technical=share.technical,
-                    t=share.t,
-                    slots=share.slots,
-                )
+            if meter in follows:
+                _loss_follows(f, follows[meter])
             if meter in while_off:
                 w = while_off[meter]
                 f.add("consuming_while_off", hours=w["hours"], **{u: w["kwh"]})
@@ -298,6 +294,26 @@ def _findings(
                 findings.append(f)
     findings.sort(key=lambda f: (-f.score, f.node_id, f.meter))
     return findings, len(rows)
+
+
+def _alarms(f: Finding, events: dict[str, int]) -> None:
+    """A magnet is theft's; cover openings alone may be our own crews'."""
+    magnet = any(name not in COVERS for name in events)
+    f.add("tamper_events" if magnet else "cover_opened", events=events)
+
+
+def _loss_follows(f: Finding, share: residual.Share) -> None:
+    """The loss follows the meter well above the technical share: strongly at
+    FOLLOWS_T standard errors, weakly at WEAK_T."""
+    if share.excess >= MIN_EXCESS and share.t >= WEAK_T:
+        f.add(
+            "loss_follows" if share.t >= FOLLOWS_T else "loss_follows_weakly",
+            registered_share=share.registered_share,
+            excess=share.excess,
+            technical=share.technical,
+            t=share.t,
+            slots=share.slots,
+        )
 
 
 def _write(store: Any, det: Detection) -> None:

@@ -264,6 +264,18 @@ def _fit_node(
         starts = np.concatenate([[True], np.diff(np.flatnonzero(rows)) != 1])
         loss, xs, base = (_undo_ma(v, theta, starts) for v in (loss, xs, base))
     picks, c = _select(xs, base, loss, min_excess, min_t)
+    # A meter the loss falls with reads its quarter hours early or late (its clock is
+    # off): its slots before and after explain what it took in this one, so they join
+    # the common part and the fit is made again without its noise.
+    off = [j for j, excess, _ in picks if excess < 0]
+    if off:
+        near = [_shifted(xs[:, j], k) for j in off for k in (-1, 1)]
+        # (The first and last slots have no neighbour on one side: left out.)
+        inner = slice(1, -1)
+        base = np.column_stack([base, *near])[inner]
+        xs, loss = xs[inner], loss[inner]
+        n_slots = len(loss)
+        picks, c = _select(xs, base, loss, min_excess, min_t)
     chosen = [j for j, _, _ in picks]
     # The others, each tried alone beside those chosen: weaker evidence, which the
     # caller may weigh with other signs.
@@ -285,6 +297,16 @@ def _fit_node(
         for j, (excess, t_stat) in sorted(found.items())
     ]
     return NodeFit(node, slot, n_slots, len(fitted), theta=round(theta, 3)), shares
+
+
+def _shifted(v: np.ndarray, k: int) -> np.ndarray:
+    """`v` moved `k` slots later (earlier when negative), zeros where it has none."""
+    out = np.zeros_like(v)
+    if k > 0:
+        out[k:] = v[:-k]
+    else:
+        out[:k] = v[-k:]
+    return out
 
 
 def _ma_theta(loss: np.ndarray, base: np.ndarray) -> float:
@@ -316,10 +338,13 @@ def _undo_ma(v: np.ndarray, theta: float, starts: np.ndarray) -> np.ndarray:
 def _select(
     xs: np.ndarray, base: np.ndarray, loss: np.ndarray, min_excess: float, min_t: float
 ) -> tuple[list[tuple[int, float, float]], float]:
-    """Forward selection: the meter whose own coefficient would stand highest above the
-    common one (by its t statistic) joins the fit, while one stands above `min_t` by at
-    least `min_excess`; then each chosen meter is tested again in the final fit and the
-    weakest dropped until all hold. Returns (meter index, excess, t) and the common
+    """Forward selection: the meter whose own coefficient would stand furthest from the
+    common one (by its t statistic) joins the fit, while one stands `min_t` standard
+    errors and `min_excess` away; then each chosen meter is tested again in the final
+    fit and the weakest dropped until all hold. A meter below the common share (its
+    clock off by a quarter hour, or it sits under another node: the loss falls when it
+    registers) is chosen too, so that it does not pull the common share down and make
+    honest meters stand above it. Returns (meter index, excess, t) and the common
     coefficient."""
     chosen: list[int] = []
     n = len(loss)
@@ -334,8 +359,8 @@ def _select(
         b = np.where(ok, (xt.T @ r) / np.where(ok, norm2, 1.0), 0.0)
         rss = float(r @ r) - b * b * np.where(ok, norm2, 0.0)
         dof = n - design.shape[1] - 1
-        t = b * np.sqrt(np.where(ok, norm2, 0.0)) / np.sqrt(np.maximum(rss, 1e-12) / dof)
-        t[(b < min_excess) | ~ok] = -np.inf
+        t = np.abs(b) * np.sqrt(np.where(ok, norm2, 0.0)) / np.sqrt(np.maximum(rss, 1e-12) / dof)
+        t[(np.abs(b) < min_excess) | ~ok] = -np.inf
         j = int(np.argmax(t))
         if t[j] < min_t:
             break
@@ -347,8 +372,8 @@ def _select(
             return [], float(coef[0])
         k = base.shape[1]
         excess, ts = coef[k:], coef[k:] / se[k:]
-        weakest = int(np.argmin(ts))
-        if ts[weakest] >= min_t and excess[weakest] >= min_excess:
+        weakest = int(np.argmin(np.abs(ts)))
+        if abs(ts[weakest]) >= min_t and abs(excess[weakest]) >= min_excess:
             picks = [(j, float(e), float(t)) for j, e, t in zip(chosen, excess, ts, strict=True)]
             return picks, float(coef[0])
         chosen.pop(weakest)

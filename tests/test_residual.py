@@ -33,9 +33,11 @@ SWAP = T0 + 12 * 3600  # OLD taken away, NEW put in
 LIMITS = {"min_excess": anomalies.MIN_EXCESS, "min_t": anomalies.FOLLOWS_T}
 
 
-def _households(seed: int = 7) -> tuple[np.ndarray, dict[str, np.ndarray], dict[str, np.ndarray]]:
+def _households(
+    seed: int = 7, late: str = ""
+) -> tuple[np.ndarray, dict[str, np.ndarray], dict[str, np.ndarray]]:
     """Slot boundaries; what each consumer took and what its meter registered per slot
-    (Wh)."""
+    (Wh). `late`: a large consumer whose meter's clock runs a quarter hour late."""
     rng = np.random.default_rng(seed)
     grid = T0 + SLOT * np.arange(SLOTS + 1)
     hour = (grid[:-1] % 86_400) / 3600
@@ -50,7 +52,11 @@ def _households(seed: int = 7) -> tuple[np.ndarray, dict[str, np.ndarray], dict[
     # One household, two meters: OLD until the swap, NEW after it.
     took["NEW"] = np.where(grid[:-1] >= SWAP, took["OLD"], 0.0)
     took["OLD"] = np.where(grid[:-1] < SWAP, took["OLD"], 0.0)
+    if late:
+        took[late] = took[late] * 8
     registered = {n: v * SHARE.get(n, 1.0) for n, v in took.items()}
+    if late:
+        registered[late] = np.concatenate([[registered[late][0]], registered[late][:-1]])
     return grid, took, registered
 
 
@@ -58,8 +64,8 @@ def _registers(grid: np.ndarray, per_slot: np.ndarray, start: float = 0.0) -> np
     return np.round(start + np.concatenate([[0.0], np.cumsum(per_slot)]))
 
 
-def _transformer() -> tuple[np.ndarray, dict[str, tuple[np.ndarray, np.ndarray]]]:
-    grid, took, registered = _households()
+def _transformer(late: str = "") -> tuple[np.ndarray, dict[str, tuple[np.ndarray, np.ndarray]]]:
+    grid, took, registered = _households(late=late)
     hour = (grid[:-1] % 86_400) / 3600
     lamps = 250 * np.clip(np.cos(2 * np.pi * hour / 24), 0, None)  # on at night (UTC+5)
     total = sum(took.values()) + lamps
@@ -75,8 +81,8 @@ def _transformer() -> tuple[np.ndarray, dict[str, tuple[np.ndarray, np.ndarray]]
     return grid, series
 
 
-def _fit() -> tuple[residual.NodeFit, dict[str, residual.Share]]:
-    _, series = _transformer()
+def _fit(late: str = "") -> tuple[residual.NodeFit, dict[str, residual.Share]]:
+    _, series = _transformer(late)
     consumers = sorted(n for n in series if n != "BT")
     served = {"OLD": (0, SWAP), "NEW": (SWAP, 0)}
     nf, shares = residual._fit_node(
@@ -103,6 +109,19 @@ def test_the_loss_follows_the_meter_that_registers_half() -> None:
     # Nobody else stands out: not the meter off a day, not the replaced pair.
     for m in ("OFF", "OLD", "NEW"):
         assert shares[m].t < anomalies.WEAK_T, m
+
+
+def test_a_meter_whose_clock_is_off_does_not_make_honest_meters_thieves() -> None:
+    """C10, a large consumer, reads a quarter hour late: the loss falls when it
+    registers (its own coefficient far below the common one). Chosen for its own
+    coefficient, it leaves the technical share where it is; TA is still the one."""
+    nf, shares = _fit(late="C10")
+    assert nf.skipped == ""
+    assert shares["C10"].excess < -0.5
+    assert shares["C10"].t <= -anomalies.FOLLOWS_T
+    assert shares["TA"].technical == pytest.approx(TECHNICAL, abs=0.01)
+    strong = {m for m, s in shares.items() if s.t >= anomalies.FOLLOWS_T}
+    assert strong == {"TA", "BY"}
 
 
 def test_too_few_slots_for_the_meters_is_said_not_guessed() -> None:
@@ -185,8 +204,16 @@ def test_detection_names_the_meter_the_loss_follows(store: Store) -> None:
     """Through the store: the loss (about 10 % here) makes T1 lossy; TA is a suspect,
     its evidence what the fit found; BY by its peers and the loss. (No replacement is
     recorded here: OLD and NEW, each unknown half the window, are left out of the fit.)"""
+    # An honest meter's cover opened (an inspection): weak alone, where a magnet is not.
+    when = dt.datetime.fromtimestamp(T0 + 3600, dt.UTC)
+    cols = ["meter", "ts", "code", "name", "category", "source", "peer", "detail", "received_at"]
+    store.insert_rows(
+        "events", cols, [["C00", when, 40, "terminal-cover-opened", "alarm", "push", "", "", when]]
+    )
     balance.recompute(store, T0, END, now=END + 60)
     det = anomalies.detect(store, T0, END, write=False)
+    cover = next(f for f in det.findings if f.meter == "C00")
+    assert (cover.rules, cover.score) == (["cover_opened"], 1)
     assert det.lossy_nodes["T1"] > 3.0
     got = {f.meter: f for f in det.suspects()}
     # (TA, a small household registering half, also sits below 0.7 of its peers.)
