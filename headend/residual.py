@@ -280,10 +280,10 @@ def _fit_node(
     # The others, each tried alone beside those chosen: weaker evidence, which the
     # caller may weigh with other signs.
     found = {j: (e, t) for j, e, t in picks}
+    b, t = _candidates(xs, np.column_stack([base, xs[:, chosen]]), loss, chosen)
     for j in range(len(fitted)):
         if j not in found:
-            coef, se = _ols(np.column_stack([base, xs[:, [*chosen, j]]]), loss)
-            found[j] = (float(coef[-1]), float(coef[-1] / se[-1]))
+            found[j] = (float(b[j]), float(t[j]))
     shares = [
         Share(
             fitted[j],
@@ -347,20 +347,11 @@ def _select(
     honest meters stand above it. Returns (meter index, excess, t) and the common
     coefficient."""
     chosen: list[int] = []
-    n = len(loss)
     while len(chosen) < MAX_PICKS:
         design = np.column_stack([base, xs[:, chosen]]) if chosen else base
-        q, _ = np.linalg.qr(design)
-        r = loss - q @ (q.T @ loss)
-        xt = xs - q @ (q.T @ xs)
-        norm2 = (xt * xt).sum(axis=0)
-        ok = norm2 > 1e-9
-        ok[chosen] = False
-        b = np.where(ok, (xt.T @ r) / np.where(ok, norm2, 1.0), 0.0)
-        rss = float(r @ r) - b * b * np.where(ok, norm2, 0.0)
-        dof = n - design.shape[1] - 1
-        t = np.abs(b) * np.sqrt(np.where(ok, norm2, 0.0)) / np.sqrt(np.maximum(rss, 1e-12) / dof)
-        t[(np.abs(b) < min_excess) | ~ok] = -np.inf
+        b, t = _candidates(xs, design, loss, chosen)
+        t = np.abs(t)
+        t[np.abs(b) < min_excess] = -np.inf
         j = int(np.argmax(t))
         if t[j] < min_t:
             break
@@ -377,6 +368,26 @@ def _select(
             picks = [(j, float(e), float(t)) for j, e, t in zip(chosen, excess, ts, strict=True)]
             return picks, float(coef[0])
         chosen.pop(weakest)
+
+
+def _candidates(
+    xs: np.ndarray, design: np.ndarray, loss: np.ndarray, chosen: list[int]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Every meter's coefficient and t statistic were it added alone to `design` (one
+    projection for all of them); those in `chosen` or with nothing of their own left
+    get t = -inf."""
+    q, _ = np.linalg.qr(design)
+    r = loss - q @ (q.T @ loss)
+    xt = xs - q @ (q.T @ xs)
+    norm2 = (xt * xt).sum(axis=0)
+    ok = norm2 > 1e-9
+    ok[chosen] = False
+    safe = np.where(ok, norm2, 1.0)
+    b = np.where(ok, (xt.T @ r) / safe, 0.0)
+    rss = np.maximum(float(r @ r) - b * b * np.where(ok, norm2, 0.0), 1e-12)
+    dof = max(len(loss) - design.shape[1] - 1, 1)
+    t = np.where(ok, b * np.sqrt(safe) / np.sqrt(rss / dof), -np.inf)
+    return b, t
 
 
 def _ols(design: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
