@@ -10,6 +10,7 @@ flow register (active energy import; gas volume):
 - `drop_vs_history`: consumed less than `history_ratio` of what it did over the window
   before (when it has such a window);
 - `tamper_events`: a magnetic field (the meter's own alarm), with any cover openings;
+  under any node, lossy or not (a magnet has no innocent cause);
 - `cover_opened`: cover openings alone: weak, as the utility's own crews open covers
   on inspections and replacements, where a magnet has no innocent cause;
 - `zero_or_flat`: nothing at all, or the same every hour, while its peers vary;
@@ -152,6 +153,7 @@ def detect(
         {"a": start, "b": end, "levels": list(LEVELS)},
     )
     lossy = {n: float(p) for n, p, c in nodes if p >= min_loss_pct and c >= min_completeness}
+    loss_pct = {n: float(p) for n, p, _ in nodes}
     findings, checked = (
         _findings(
             store,
@@ -165,6 +167,9 @@ def detect(
         if lossy
         else ([], 0)
     )
+    # A magnet is evidence wherever it is: one thief among a gas segment's two hundred
+    # meters stays under the loss gate, its alarm does not.
+    findings += _magnets_elsewhere(store, (start, end), lossy, loss_pct, mine)
     det = Detection(start, end, lossy, checked, findings)
     if write:
         _write(store, det)
@@ -294,6 +299,39 @@ def _findings(
                 findings.append(f)
     findings.sort(key=lambda f: (-f.score, f.node_id, f.meter))
     return findings, len(rows)
+
+
+def _magnets_elsewhere(
+    store: Any,
+    window: tuple[int, int],
+    lossy: dict[str, float],
+    loss_pct: dict[str, float],
+    mine: str,
+) -> list[Finding]:
+    """Consumers of nodes that are not lossy (or have no balance) whose own alarms
+    report a magnetic field in the window: `tamper_events` findings, with any cover
+    openings beside."""
+    db = store.db
+    start, end = window
+    _, rows = store.query(
+        f"SELECT e.meter, m.node_id, e.name, count() FROM {db}.events AS e "
+        f"INNER JOIN (SELECT serial, node_id FROM {db}.meters FINAL "
+        f"            WHERE role = 'consumer' AND {mine}) AS m ON e.meter = m.serial "
+        "WHERE e.name IN %(names)s AND e.ts >= toDateTime(%(a)s) AND e.ts < toDateTime(%(b)s) "
+        "GROUP BY e.meter, m.node_id, e.name",
+        {"names": list(TAMPER_EVENTS), "a": start, "b": end},
+    )
+    events: dict[tuple[str, str], dict[str, int]] = {}
+    for meter, node, name, n in rows:
+        if node not in lossy:
+            events.setdefault((meter, node), {})[name] = int(n)
+    out = []
+    for (meter, node), seen in sorted(events.items()):
+        if any(name not in COVERS for name in seen):
+            f = Finding(meter, node, round(loss_pct.get(node, 0.0), 2))
+            f.add("tamper_events", events=seen)
+            out.append(f)
+    return out
 
 
 def _alarms(f: Finding, events: dict[str, int]) -> None:

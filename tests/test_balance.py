@@ -386,7 +386,10 @@ def test_suspects_under_a_lossy_transformer_with_their_evidence(store: Store) ->
     # it reported its disconnector off through the hour before and the first hour while
     # consuming 3 kWh in it.
     _events(store, [("C1", T0 + 600, "magnetic-field-detected")] * 2)
-    _events(store, [("C3", T0 + 600, "magnetic-field-detected")])  # T2 has no balance
+    # C3's magnet is evidence though T2 has no balance meter (a magnet has no innocent
+    # cause); C3's cover opening beside it goes with it.
+    _events(store, [("C3", T0 + 600, "magnetic-field-detected")])
+    _events(store, [("C3", T0 + 700, "terminal-cover-opened")])
     export = _obis(balance.ELECTRICITY_EXPORT)
     state = _obis(anomalies.DISCONNECTOR_STATE)
     cols = ["meter", "obis", "ts", "value", "unit", "status", "source", "quality", "received_at"]
@@ -426,18 +429,29 @@ def test_suspects_under_a_lossy_transformer_with_their_evidence(store: Store) ->
             },
             5,
         ),
+        "C3": (
+            ["tamper_events"],
+            {
+                "tamper_events": {
+                    "events": {"magnetic-field-detected": 1, "terminal-cover-opened": 1}
+                }
+            },
+            2,
+        ),
     }
+    assert next(f for f in det.findings if f.meter == "C3").node_loss_pct == 0.0
     _, rows = store.query("SELECT meter, score, rules FROM ami.anomalies ORDER BY meter")
     assert rows == [
         ("C1", 2, ["tamper_events"]),
         ("C2", 5, ["reverse_energy", "consuming_while_off"]),
+        ("C3", 2, ["tamper_events"]),
     ]
-    # With completeness required at 0.8, T1 (0.75) is not trusted: nothing, and the
-    # window's earlier findings are gone.
+    # With completeness required at 0.8, T1 (0.75) is not trusted: its consumers are
+    # not compared, the window's earlier findings are gone; the magnets stay.
     det = anomalies.detect(store, T0, END)
     assert det.lossy_nodes == {}
-    _, rows = store.query("SELECT count() FROM ami.anomalies")
-    assert rows == [(0,)]
+    _, rows = store.query("SELECT meter, rules FROM ami.anomalies ORDER BY meter")
+    assert rows == [("C1", ["tamper_events"]), ("C3", ["tamper_events"])]
 
 
 def test_suspects_under_a_lossy_gas_segment(store: Store, tmp_path: Path) -> None:
