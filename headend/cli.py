@@ -121,7 +121,7 @@ class _Access:
             migrate(self.store)
 
     def sql(self, query: str) -> tuple[list[str], list[list[Any]]]:
-        from headend.server.store import jsonable
+        from headend.server.admin import jsonable
 
         if self.admin is not None:
             r = self.admin.call("sql", query=query)
@@ -456,7 +456,7 @@ def _table_command(
     work: Callable[[config_mod.Config, _Access, int, int], tuple[list[str], list[Any]]],
 ) -> int:
     """Runs `work` on the store for the command's window and prints the rows it returns."""
-    from headend.server.store import jsonable
+    from headend.server.admin import jsonable
 
     try:
         cfg = _config(args)

@@ -4,7 +4,10 @@ server runs. One JSON object per line each way over ``<data>/admin.sock`` (mode 
 
 from __future__ import annotations
 
+import datetime as dt
+import decimal
 import json
+import math
 import os
 import socket
 from collections.abc import Sequence
@@ -25,10 +28,26 @@ class AdminError(HeadendError):
     """The server refused the command."""
 
 
-def _json_default(v: Any) -> Any:
-    from headend.server.store import jsonable
-
-    return jsonable(v)
+def jsonable(v: Any) -> Any:
+    """A value as the admin socket carries it in JSON: datetimes and dates as ISO text,
+    bytes as hex, decimals as text, NaN and infinities as null."""
+    if isinstance(v, dt.datetime):
+        return v.isoformat()
+    if isinstance(v, dt.date):
+        return v.isoformat()
+    if isinstance(v, bytes):
+        return v.hex()
+    if isinstance(v, decimal.Decimal):
+        return str(v)
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    if isinstance(v, (list, tuple)):
+        return [jsonable(x) for x in v]
+    if isinstance(v, dict):
+        return {str(k): jsonable(x) for k, x in v.items()}
+    if isinstance(v, (str, int, float, bool)) or v is None:
+        return v
+    return str(v)
 
 
 class AdminClient:
@@ -56,7 +75,7 @@ class AdminClient:
         # and regions apply. Without one, the socket's owner (the service user) acts.
         token = os.environ.get("HEADEND_TOKEN")
         req = {"cmd": cmd, **args, **({"token": token} if token else {})}
-        s.sendall(json.dumps(req, default=_json_default).encode() + b"\n")
+        s.sendall(json.dumps(req, default=jsonable).encode() + b"\n")
         while b"\n" not in self._buf:
             chunk = s.recv(1 << 20)
             if not chunk:

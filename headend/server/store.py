@@ -4,7 +4,7 @@ It ingests the workers' spool (a thread, so inserts never block the event loop),
 answers workers' meter lookups, tells them the spool backlog (they pause reading above
 a threshold), keeps the command queue (``headend/commands.py``), the scheduler and the
 billing policy, and serves the admin socket (``headend ctl``, ``headend sql``,
-imports while the server runs).
+imports while the server runs: ``headend/server/admin_server.py``).
 """
 
 from __future__ import annotations
@@ -13,18 +13,15 @@ import asyncio
 import collections
 import contextlib
 import datetime as dt
-import decimal
 import functools
 import json
 import logging
-import math
 import os
 import signal
 import sys
 import threading
 import time
 from collections.abc import Coroutine
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from headend import logs, notify
@@ -37,6 +34,7 @@ from headend.ownership import Ownership
 from headend.people import Principal
 from headend.scheduler import Scheduler
 from headend.server import access, ipc
+from headend.server.admin_server import AdminServer
 from headend.server.fieldwork import FieldWork
 from headend.server.keeper import BalanceKeeper
 from headend.server.keychanges import KeyChanges
@@ -60,26 +58,6 @@ log = logging.getLogger("headend.store")
 # bursts), and the ingest's stored rows per second.
 RATE_WINDOW = 60.0
 INGEST_RATE_WINDOW = 10.0
-
-
-def jsonable(v: Any) -> Any:
-    if isinstance(v, dt.datetime):
-        return v.isoformat()
-    if isinstance(v, dt.date):
-        return v.isoformat()
-    if isinstance(v, bytes):
-        return v.hex()
-    if isinstance(v, decimal.Decimal):
-        return str(v)
-    if isinstance(v, float) and not math.isfinite(v):
-        return None
-    if isinstance(v, (list, tuple)):
-        return [jsonable(x) for x in v]
-    if isinstance(v, dict):
-        return {str(k): jsonable(x) for k, x in v.items()}
-    if isinstance(v, (str, int, float, bool)) or v is None:
-        return v
-    return str(v)
 
 
 class StoreService:
@@ -155,6 +133,8 @@ class StoreService:
         self.fieldwork = FieldWork(self)
         # Warnings to consumers through the notification gateway (headend.notify).
         self.notifier = Notifier(self.store, self.db, cfg.billing)
+        # The admin socket's commands (headend ctl, headend sql, imports).
+        self.admin = AdminServer(self)
 
     def invalidate(
         self, table: str, columns: list[str], rows: list[list[Any]], skip: int | None = None
@@ -380,7 +360,7 @@ class StoreService:
                     ch.send({"t": "backlog", "bytes": self.backlog})
             await asyncio.sleep(0.5)
 
-    async def _schedule_once(self) -> dict[str, int]:
+    async def schedule_once(self) -> dict[str, int]:
         due = await asyncio.get_running_loop().run_in_executor(
             None, self.scheduler.candidates, self.clock.now()
         )
@@ -402,7 +382,7 @@ class StoreService:
                 if self.scheduler.pass_due(time.monotonic() - started):
                     break
             try:
-                queued = await self._schedule_once()
+                queued = await self.schedule_once()
                 if any(queued.values()):
                     log.info("scheduled: %s", queued)
             except Exception as e:
@@ -617,245 +597,6 @@ class StoreService:
                     out[node] = out.get(node, 0) + n
         return out
 
-    async def _admin(self, req: dict[str, Any], who: Principal) -> Any:
-        """One admin-socket command for `who` (the service user, named by the kernel).
-        Writes leave audit rows."""
-        cmd = str(req.get("cmd"))
-        loop = asyncio.get_running_loop()
-        access.check_person(who, req)
-        if cmd.startswith("users.") or cmd == "audit":
-            return await access.admin_command(self.people, self.guard, self.store, who, req)
-        if cmd.startswith("waves."):
-            return await self.wave_request(cmd.removeprefix("waves."), req, who)
-        if cmd.startswith("workorders."):
-            return await self.fieldwork.request(cmd.removeprefix("workorders."), req, who)
-        if cmd.startswith("outages."):
-            return await self.fieldwork.outage_request(cmd.removeprefix("outages."), req, who)
-        if cmd == "approvals":
-            found = await loop.run_in_executor(None, self.submitter.approvals.visible, who)
-            return {"pending": [r.public() for r in found]}
-        if cmd in ("approve", "reject"):
-            return await self.submitter.decide(
-                who, str(req.get("id", "")), cmd == "approve", str(req.get("note") or "")
-            )
-        if cmd in (
-            "command",
-            "submit",
-            "cancel",
-            "policy",
-            "schedule",
-            "handover",
-            "recompute",
-            "detect",
-            "insert",
-            "drain",
-            "maintain",
-            "backup",
-        ):
-            return await self._admin_write(req, who)
-        if cmd == "ping":
-            return {"ok": True}
-        if cmd == "status":
-            return self.status()
-        if cmd == "sessions":
-            out: list[dict[str, Any]] = []
-            for ch in list(self.workers.values()):
-                with contextlib.suppress(ipc.ChannelClosed, ConnectionError, TimeoutError):
-                    r = await ch.request({"t": "sessions", "meter": req.get("meter")}, timeout=10)
-                    out.extend(r.get("sessions", []))
-            return {"sessions": sorted(out, key=lambda s: s["connected_at"])}
-        if cmd == "sql":  # people's SQL (headend sql): headend.sqlguard
-            cols, rows = await access.admin_command(self.people, self.guard, self.store, who, req)
-            return {"columns": cols, "rows": jsonable(rows)}
-        if cmd == "query":
-            # The service's own tooling (imports read what they check against):
-            # parameters allowed, read-only; the socket is the service user's alone.
-            query = str(req.get("query", ""))
-            cols, rows = await loop.run_in_executor(
-                None,
-                functools.partial(
-                    self.store.query, query, req.get("params"), settings={"readonly": 1}
-                ),
-            )
-            return {"columns": cols, "rows": jsonable(rows)}
-        if cmd == "commands":
-            only = req.get("serial")
-            return {
-                "pending": [
-                    c.public()
-                    for c in self.commands.commands.values()
-                    if not only or c.serial == only
-                ],
-                "stats": self.commands.stats(),
-            }
-        raise HeadendError(f"unknown admin command {cmd!r}")
-
-    async def _admin_write(self, req: dict[str, Any], who: Principal) -> Any:
-        """The admin socket's writes, each with its audit row."""
-        cmd = str(req.get("cmd"))
-        if cmd == "command":
-            return await self.submit_command(req, who)
-        if cmd == "submit":  # a batch
-            return await self.submit_commands(
-                list(req.get("commands") or []), who, reason=str(req.get("reason") or "")
-            )
-        try:
-            out = await self._admin_act(req, who)
-        except HeadendError as e:
-            await self.audit(
-                who, cmd, str(req.get("table") or req.get("id") or ""), "failed", {"why": str(e)}
-            )
-            raise
-        detail: dict[str, Any] = {}
-        target = ""
-        if cmd == "insert":
-            target = str(req.get("table"))
-            detail = {"rows": len(req.get("rows") or [])}
-        elif cmd == "cancel":
-            target = str(req.get("id"))
-        elif cmd == "handover":
-            target = str(req.get("region"))
-            detail = {"to": req.get("to")}
-        elif cmd == "maintain":
-            detail = {"query": str(req.get("query", ""))[:4000]}
-        elif cmd == "backup":
-            target = str(req.get("dest"))
-            detail = {"rows": out.get("rows"), "bytes": out.get("bytes")}
-        elif cmd in ("recompute", "detect"):
-            detail = {"start": req.get("start"), "end": req.get("end")}
-        elif cmd == "policy":
-            detail = {"act": bool(req.get("act"))}
-        if cmd != "policy" or req.get("act"):
-            await self.audit(who, cmd, target, detail=detail)
-        return out
-
-    async def _admin_act(self, req: dict[str, Any], who: Principal) -> Any:
-        cmd = str(req.get("cmd"))
-        loop = asyncio.get_running_loop()
-        if cmd == "drain":
-            log.info("drain requested through the admin socket by %s", who.name)
-            os.kill(os.getppid(), signal.SIGTERM)
-            return {"ok": True, "draining": True}
-        if cmd == "maintain":
-            # The service user's own statement (a repair, a test's simulated loss):
-            # what stopping the server and opening the store would allow, on the
-            # record instead. No person's API or CLI reaches it.
-            await loop.run_in_executor(None, self.store.command, str(req.get("query", "")))
-            return {"ok": True}
-        if cmd == "backup":
-            # The service user's copy of the store, written by this process (the
-            # embedded store is this process's alone).
-            from headend.store import backup
-
-            def run() -> dict[str, Any]:
-                # Its own client: ingest and people's queries go on meanwhile.
-                reader = self.store.companion(tapped=False)
-                try:
-                    return backup.backup(
-                        reader, Path(str(req["dest"])), self.cfg.node.name
-                    ).as_dict()
-                finally:
-                    reader.close()
-
-            return await loop.run_in_executor(None, run)
-        if cmd == "insert":
-            table = str(req["table"])
-            if table in ("users", "user_tokens", "audit"):
-                raise HeadendError(f"{table} is written by headend users and the audit only")
-            rows, columns = req["rows"], list(req["columns"])
-
-            def insert() -> list[list[Any]]:
-                # Beside the loop: reviving many rows is Python work too.
-                revived = [self._revive(table, r) for r in rows]
-                self.store.insert_rows(table, columns, revived, None)
-                return revived
-
-            new_rows = await loop.run_in_executor(None, insert)
-            self.invalidate(table, list(req["columns"]), new_rows)
-            return {"ok": True, "rows": len(new_rows)}
-        if cmd == "policy":
-            act = bool(req.get("act", False)) and self.cfg.billing.policy
-            return await self.policy_pass(act)
-        if cmd == "schedule":
-            return await self._schedule_once()
-        if cmd == "cancel":
-            return self.commands.cancel(str(req["id"])).public()
-        if cmd == "handover":
-            if self.nodelink is None:
-                raise HeadendError("regions are handed over at the centre")
-            return await self.nodelink.handover(str(req.get("region", "")), str(req.get("to", "")))
-        if cmd == "recompute":
-            from headend import balance
-
-            rep = await loop.run_in_executor(
-                None,
-                lambda: balance.recompute(
-                    self.store,
-                    int(req["start"]),
-                    int(req["end"]),
-                    now=self.clock.now(),
-                    owner=self.owner,
-                ),
-            )
-            return rep.as_dict()
-        if cmd == "detect":
-            from headend import anomalies
-
-            det = await loop.run_in_executor(
-                None,
-                lambda: anomalies.detect(
-                    self.store,
-                    int(req["start"]),
-                    int(req["end"]),
-                    owner=self.owner,
-                    clock=self.clock,
-                ),
-            )
-            return det.summary()
-        raise HeadendError(f"unknown admin command {cmd!r}")
-
-    @staticmethod
-    def _revive(table: str, row: list[Any]) -> list[Any]:
-        """JSON carried datetimes as ISO text and NaN as null; restore them."""
-        out: list[Any] = []
-        for v in row:
-            if isinstance(v, str) and len(v) >= 19 and v[4] == "-" and v[10] == "T":
-                try:
-                    out.append(dt.datetime.fromisoformat(v))
-                    continue
-                except ValueError:
-                    pass
-            if table == "billing_accounts" and isinstance(v, str) and len(v) == 10:
-                with contextlib.suppress(ValueError):
-                    out.append(dt.date.fromisoformat(v))
-                    continue
-            out.append(math.nan if v is None and table in ("grid_nodes", "meters") else v)
-        return out
-
-    async def _admin_client(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> None:
-        owner = access.socket_principal(writer.get_extra_info("socket"))
-        try:
-            while line := await reader.readline():
-                try:
-                    req = json.loads(line)
-                    who = access.socket_person(self.people, owner, req.pop("token", None))
-                    result = await self._admin(req, who)
-                    reply = {"ok": True, "result": result}
-                except HeadendError as e:
-                    reply = {"ok": False, "error": str(e)}
-                except Exception as e:
-                    log.exception("admin command failed")
-                    reply = {"ok": False, "error": f"internal error: {type(e).__name__}: {e}"}
-                writer.write(json.dumps(reply, default=jsonable).encode() + b"\n")
-                await writer.drain()
-        except (ConnectionError, asyncio.IncompleteReadError):
-            pass
-        finally:
-            with contextlib.suppress(Exception):
-                writer.close()
-
     # -- life cycle ------------------------------------------------------------------
 
     async def _open_sockets(self) -> tuple[asyncio.Server, asyncio.Server]:
@@ -870,7 +611,7 @@ class StoreService:
                 self._control_client, str(cfg.control_socket), limit=ipc.MAX_MESSAGE
             )
             admin = await asyncio.start_unix_server(
-                self._admin_client, str(cfg.admin_socket), limit=64 << 20
+                self.admin.client, str(cfg.admin_socket), limit=64 << 20
             )
         finally:
             os.umask(old)
