@@ -24,18 +24,39 @@ from headend.server import access, ipc
 from headend.server.admin import jsonable
 
 if TYPE_CHECKING:
+    from headend.approvals import Approvals
     from headend.clock import Clock
     from headend.commands import CommandQueue
     from headend.config import Config
     from headend.ownership import Ownership
     from headend.people import People
-    from headend.server.fieldwork import FieldWork
-    from headend.server.nodelink import NodeLink
-    from headend.server.submit import Submitter
     from headend.sqlguard import Guard
     from headend.store.db import Store
 
 log = logging.getLogger("headend.store")
+
+
+class FieldRequests(Protocol):
+    """Work orders and outages (`headend.server.fieldwork`)."""
+
+    async def request(self, what: str, req: dict[str, Any], who: Principal) -> Any: ...
+    async def outage_request(self, what: str, req: dict[str, Any], who: Principal) -> Any: ...
+
+
+class Decisions(Protocol):
+    """Requests waiting for a second person (`headend.server.submit`)."""
+
+    @property
+    def approvals(self) -> Approvals: ...
+    async def decide(
+        self, who: Principal, approval_id: str, approve: bool, note: str = ""
+    ) -> dict[str, Any]: ...
+
+
+class Handover(Protocol):
+    """The centre's side of the link between nodes (`headend.server.nodelink`)."""
+
+    async def handover(self, region: str, to: str) -> dict[str, Any]: ...
 
 
 class Served(Protocol):
@@ -45,13 +66,17 @@ class Served(Protocol):
     store: Store
     people: People
     guard: Guard
-    fieldwork: FieldWork
-    submitter: Submitter
     workers: dict[int, ipc.Channel]
     commands: CommandQueue
-    nodelink: NodeLink | None
     clock: Clock
     owner: Ownership
+
+    @property
+    def fieldwork(self) -> FieldRequests: ...
+    @property
+    def submitter(self) -> Decisions: ...
+    @property
+    def nodelink(self) -> Handover | None: ...
 
     def status(self) -> dict[str, Any]: ...
     async def wave_request(self, what: str, req: dict[str, Any], who: Principal) -> Any: ...
