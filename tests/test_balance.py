@@ -660,6 +660,49 @@ def test_a_slice_is_parsed_once_and_answers_before_it_is_derived() -> None:
         codec.ReadingSlice(_native(list(reversed(whole))))
 
 
+def test_a_meter_back_from_a_long_silence_has_its_gap_estimated(store: Store) -> None:
+    """C3 falls silent after T0+4h (12 kWh) and is back ten days later, 240 kWh on. The
+    periodic pass over the window it came back in names it (no sample within its
+    two-day margin), and the late hours take its gap in, in two passes of at most a
+    week each, each reading as far as the sample that ended the gap: every hour of the
+    gap estimated, 1 kWh each, without an operator."""
+    back = T0 + 4 * H + 240 * H
+    _readings(store, [("C3", back, 12_000 + 240_000), ("C3", back + H, 12_000 + 241_000)])
+    start, end = back - H, back + 2 * H
+    rep = balance.recompute(store, start, end, now=end + 60)
+    assert rep.returning == {"C3": T0 + 4 * H}
+    late = balance.LateData(0)
+    assert late.add_returning(rep.returning, (start, end)) == 240 + 4 - 5  # T0+4h .. start
+    runs = []
+    while late.pending:
+        for a, b, meters in late.take(7 * 24):
+            margin = late.margin(a, b, meters, balance.MARGIN)
+            runs.append((a, b, meters, margin > balance.MARGIN))
+            balance.recompute(store, a, b, now=end + 60, meters=meters, margin=margin)
+    assert len(runs) == 2
+    assert all(r[2] == ["C3"] for r in runs)
+    # Each piece reads past its two days, to the samples on both sides of the gap.
+    assert all(r[3] for r in runs)
+    assert late.take(7 * 24) == []
+    assert late.gaps == {}
+    _, rows = store.query(
+        "SELECT toInt64(interval_start), value, quality FROM ami.consumption FINAL "
+        "WHERE meter = 'C3' AND obis = %(o)s AND interval_start >= toDateTime(%(a)s) "
+        "AND interval_start < toDateTime(%(b)s) ORDER BY interval_start",
+        {"o": _obis(balance.ELECTRICITY_IMPORT), "a": T0 + 4 * H, "b": back},
+    )
+    assert len(rows) == 240
+    assert {q for _, _, q in rows} == {"estimated"}
+    assert sum(v for _, v, _ in rows) == pytest.approx(240.0)
+    # The next pass over the same window names C3 again; its gap is not queued twice.
+    rep = balance.recompute(store, start, end, now=end + 60)
+    assert rep.returning == {"C3": T0 + 4 * H}
+    assert late.add_returning(rep.returning, (start, end)) == 0
+    # Once its window has moved past the return, nobody is named.
+    rep = balance.recompute(store, back + 2 * H, back + 3 * H, now=back + 3 * H + 60)
+    assert rep.returning == {}
+
+
 def test_each_node_balances_what_it_owns(tmp_path: Path) -> None:
     """A region node derives its meters' consumption and its grid's balances; the
     centre derives the generation above it, counting the region's feeder with the

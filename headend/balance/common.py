@@ -47,6 +47,10 @@ COUNTED = sorted({*FLOW.values(), *(p for _, p in PREFER)})
 # Supply switches (0 off): the disconnector's output state and the gas valve.
 STATES = ["0.0.96.3.10.255", "0.0.24.4.0.255"]
 
+# Seconds of readings read on either side of a window (samples that bound its first and
+# last intervals, and gaps that cross its edges).
+MARGIN = 2 * 86_400
+
 CONSUMPTION_COLUMNS = [
     "meter",
     "obis",
@@ -117,6 +121,10 @@ class RecomputeReport:
     balance_rows: int = 0
     dropped: dict[str, int] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
+    # Meters back from a silence longer than the margin read before a window at the
+    # present: their last sample before it (Unix seconds). The hours between are theirs
+    # to estimate again (`LateData.add_returning`).
+    returning: dict[str, int] = field(default_factory=dict)
 
     def add(self, stats: dict[str, int]) -> None:
         """Counts a slice's VEE statistics."""
@@ -136,6 +144,7 @@ class RecomputeReport:
             "balance_rows": self.balance_rows,
             "dropped": self.dropped,
             "seconds": self.seconds,
+            "returning": len(self.returning),
         }
 
 

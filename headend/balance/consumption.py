@@ -16,6 +16,7 @@ from headend.balance.common import (
     CHANNEL_CODES,
     CHANNELS,
     CONSUMPTION_COLUMNS,
+    FLOW,
     HOUR,
     STATES,
     RawStore,
@@ -23,6 +24,7 @@ from headend.balance.common import (
     _obis_ints,
     obis_int,
 )
+from headend.balance.late import MAX_GAP
 from headend.ownership import Ownership
 
 log = logging.getLogger("headend.balance")
@@ -101,7 +103,9 @@ def _consumption(
 
     def fetch(
         i: int,
-    ) -> tuple[codec.ReadingSlice, list[tuple[bytes, int, list[float]]], bytes | None]:
+    ) -> tuple[
+        codec.ReadingSlice, list[tuple[bytes, int, list[float]]], bytes | None, dict[str, int]
+    ]:
         last = i + 1 >= len(firsts)
         params: dict[str, Any] = {"lo": firsts[i], "obis": obis, "with_states": obis + states}
         if not last:
@@ -124,8 +128,9 @@ def _consumption(
                 fmt="Native",
             )
         )
+        returning: dict[str, int] = {}
         if near < margin:
-            _add_earlier(
+            returning = _add_earlier(
                 reader,
                 readings,
                 params,
@@ -147,7 +152,7 @@ def _consumption(
         if gappy:
             only = {"obis": obis, "gappy": [m.decode() for m in gappy]}
             profiles = _profiles(reader, "meter IN {gappy:Array(String)}", only, rep.start)
-        return readings, profiles, placed
+        return readings, profiles, placed, returning
 
     # The slices are read through a client of their own while the previous one is
     # derived, and the consumption goes into one streamed insert through another.
@@ -165,7 +170,8 @@ def _consumption(
         pending = pool.submit(fetch, 0) if firsts else None
         for n in range(len(firsts)):
             assert pending is not None
-            readings, profiles, placed = pending.result()
+            readings, profiles, placed, returning = pending.result()
+            rep.returning.update(returning)
             pending = pool.submit(fetch, n + 1) if n + 1 < len(firsts) else None
             out, stats = job.rows(
                 readings,
@@ -202,14 +208,16 @@ def _add_earlier(
     start: int,
     since: int,
     read_from: int,
-) -> None:
+) -> dict[str, int]:
     """Adds to `readings` (read from `read_from` on), for the meters whose registers'
     first sample comes after the window's `start`, the last sample before it of each
     series (back to `since`). Supply states need no such look: meters report them with
-    every interval push, so the few hours before the window hold them."""
+    every interval push, so the few hours before the window hold them. Returns the
+    meters with none back to `since` whose flow register has a sample within the
+    longest estimate before it: back from a long silence, with that sample's time."""
     late = readings.late_starters(channels=CHANNEL_CODES, start=start)
     if not late:
-        return
+        return {}
     earlier = reader.raw_query(
         EARLIER_SQL.format(db=reader.db, a=since, b=read_from),
         {"with_states": params["with_states"], "late": [m.decode() for m in late]},
@@ -217,6 +225,21 @@ def _add_earlier(
     )
     if earlier:
         readings.add_earlier(earlier)
+    silent = readings.late_starters(channels=list(FLOW.values()), start=start)
+    if not silent:
+        return {}
+    _, rows = reader.query(
+        f"SELECT meter, toInt64(max(ts)) FROM {reader.db}.readings "
+        "WHERE meter IN %(m)s AND obis IN %(flow)s "
+        "AND ts >= toDateTime(%(a)s) AND ts < toDateTime(%(b)s) GROUP BY meter",
+        {
+            "m": [m.decode() for m in silent],
+            "flow": [obis_int(o) for o in FLOW.values()],
+            "a": since - MAX_GAP,
+            "b": since,
+        },
+    )
+    return {str(m): int(t) for m, t in rows}
 
 
 # Consumption rows a part of the streamed insert (fewer, larger parts: less for

@@ -13,6 +13,8 @@ log = logging.getLogger("headend.balance")
 # Late data: at most this many meters are named per hour; beyond, every meter's
 # consumption is recomputed (the store was away, a whole fleet's data is late).
 LATE_METERS = 100_000
+# The longest gap an estimate spans (the VEE's `max_estimate_span`, 62 days).
+MAX_GAP = 62 * 86_400
 # Seconds between a late reading's arrival (its insert block's now()) and the fetch
 # that may count it: every block of an insert is visible well within this.
 LATE_SETTLE = 10
@@ -28,6 +30,13 @@ class LateData:
     def __init__(self, since: int) -> None:
         self.since = since  # arrivals from here on (Unix seconds, real time) not yet seen
         self.pending: dict[int, set[str] | None] = {}
+        # Returning meters: their gap, from the last sample before it to by when the
+        # sample that ended it came (the end of the window they came back in).
+        self.gaps: dict[str, tuple[int, int]] = {}
+        # Gaps already queued, by meter: the last sample before each. The periodic
+        # pass names a returning meter on every pass while its window covers the
+        # return; its gap is queued once.
+        self.queued: dict[str, int] = {}
 
     def fetch(self, store: RawStore, before: int, oldest: int, until: int | None = None) -> int:
         """Adds the hours in [oldest, before) with readings that arrived since the last
@@ -57,11 +66,53 @@ class LateData:
         self.since = until
         return len(self.pending)
 
+    def add_returning(self, returning: dict[str, int], window: tuple[int, int]) -> int:
+        """The hours from each returning meter's last sample (`RecomputeReport.returning`)
+        up to the start of `window`, the one it came back in: its gap, to be estimated
+        now that the sample after it (somewhere in the window) exists. Returns how many
+        hours are pending."""
+        before, back = window
+        for meter, last in returning.items():
+            if self.queued.get(meter) == last:
+                continue
+            self.queued[meter] = last
+            since, until = self.gaps.get(meter, (last, back))
+            self.gaps[meter] = (min(since, last), max(until, back))
+            h = last // HOUR * HOUR
+            while h < before:
+                have = self.pending.get(h, set())
+                if have is not None:
+                    have.add(meter)
+                    self.pending[h] = None if len(have) > LATE_METERS else have
+                h += HOUR
+        # Forget gaps too old to be named again (the longest estimate, past the window).
+        for meter, last in list(self.queued.items()):
+            if last < before - MAX_GAP:
+                del self.queued[meter]
+        return len(self.pending)
+
+    def margin(self, start: int, end: int, meters: list[str] | None, least: int) -> int:
+        """The margin a recompute of [start, end) for `meters` reads around it: `least`,
+        or enough to reach both samples around a returning meter's gap, so a gap longer
+        than a pass's hours is estimated whole, piece by piece."""
+        if meters is None:
+            return least
+        reach = [
+            max(end_of - end, start - since)
+            for m in meters
+            if m in self.gaps
+            for since, end_of in [self.gaps[m]]
+        ]
+        return max([least, *reach])
+
     def take(self, max_hours: int) -> list[tuple[int, int, list[str] | None]]:
         """Ranges to recompute, [start, end) with their meters, covering at most
         `max_hours` pending hours, oldest first. A late reading changes the intervals on
         either side of it, so each run of hours is widened by an hour before and two
         after."""
+        if not self.pending:
+            # Every gap was taken in by the ranges the last call gave.
+            self.gaps.clear()
         hours = sorted(self.pending)[:max_hours]
         out: list[tuple[int, int, list[str] | None]] = []
         run: list[int] = []

@@ -10,6 +10,7 @@ from headend import codec
 from headend.balance.common import (
     COUNTED,
     HOUR,
+    MARGIN,
     PREFER,
     BalanceError,
     RawStore,
@@ -30,7 +31,7 @@ def recompute(
     end: int,
     *,
     now: float | None = None,
-    margin: int = 2 * 86_400,
+    margin: int = MARGIN,
     meters_per_slice: int = 20_000,
     meters: Sequence[str] | None = None,
     owner: Ownership | None = None,

@@ -1,7 +1,8 @@
 """The store's periodic balance pass: every `[store] balance_interval` the recent window's
 consumption and balances are recomputed (late data inside it included), the hours
-before it that late readings changed are taken in for their meters (a bounded number
-per pass, oldest first), and every `anomaly_interval` suspects are looked for."""
+before it that late readings changed, and the gaps of meters back from a long silence,
+are taken in for their meters (a bounded number per pass, oldest first), and every
+`anomaly_interval` suspects are looked for."""
 
 from __future__ import annotations
 
@@ -56,12 +57,17 @@ class BalanceKeeper:
             end = balance.hour_floor(now) + 3600
             start = end - max(3600, st.balance_window)
             try:
-                await loop.run_in_executor(
+                rep = await loop.run_in_executor(
                     None,
                     functools.partial(
                         balance.recompute, self.svc.store, start, end, now=now, owner=self.svc.owner
                     ),
                 )
+                # Meters back from a long silence: their gap is estimated with the late
+                # hours, now that the sample after it exists.
+                if rep.returning:
+                    late.add_returning(rep.returning, (start, end))
+                    log.info("%d meter(s) back from a silence: their gaps", len(rep.returning))
                 if st.late_days > 0:
                     await loop.run_in_executor(
                         None, self.take_late, late, start, start - st.late_days * 86_400, now
@@ -97,8 +103,15 @@ class BalanceKeeper:
         if late.fetch(self.svc.store, before, oldest) == 0:
             return
         for start, end, meters in late.take(LATE_HOURS_PER_PASS):
+            margin = late.margin(start, end, meters, balance.MARGIN)
             rep = balance.recompute(
-                self.svc.store, start, end, now=now, meters=meters, owner=self.svc.owner
+                self.svc.store,
+                start,
+                end,
+                now=now,
+                meters=meters,
+                owner=self.svc.owner,
+                margin=margin,
             ).as_dict()
             who = "every meter" if meters is None else f"{len(meters)} meter(s)"
             log.info(
