@@ -584,9 +584,9 @@ class ConsumptionJob:
 class ReadingSlice:
     """A slice of meters' readings (Native blocks ordered by meter, obis: a reading a
     row, or a series a row; RowBinary rows with `native_input=False`), parsed once
-    without the GIL: it names the meters that start after a window's start or have
-    gaps, takes the samples before a narrow window in, and is what
-    `ConsumptionJob.rows` derives."""
+    without the GIL: it names the meters that start after a window's start, end before
+    its end, or have gaps, takes the samples on either side of a narrow window in, and
+    is what `ConsumptionJob.rows` derives."""
 
     def __new__(cls, readings: bytes, *, native_input: bool = True) -> ReadingSlice: ...
     @property
@@ -603,9 +603,15 @@ class ReadingSlice:
     def late_starters(self, *, channels: Sequence[str], start: int) -> list[bytes]:
         """Meters with a series of the `channels` registers whose first sample comes
         after `start`."""
+    def early_finishers(self, *, channels: Sequence[str], end: int) -> list[bytes]:
+        """Meters with a series of the `channels` registers whose last sample comes
+        before `end`."""
     def add_earlier(self, earlier: bytes) -> None:
         """Puts the readings of `earlier` (Native blocks ordered by meter, obis) in
         front of their series; a refused block changes nothing. Runs without the GIL."""
+    def add_later(self, later: bytes) -> None:
+        """Puts the readings of `later` (Native blocks ordered by meter, obis) behind
+        their series; a refused block changes nothing. Runs without the GIL."""
 
 @final
 class NodeSums:

@@ -607,10 +607,11 @@ def test_a_window_at_the_present_reads_a_narrow_margin_and_the_samples_before(
     gap = [(3.0, "estimated", 1), (3.0, "estimated", 1)]
     assert consumption(store, "C3")[-2:] == gap
     assert hourly(store, "T2")[-4:-2] == [(0.0, 3.0, 0.0, 0, 1, 0)] * 2
-    # A window in the past is read with the whole margin: the same rows.
+    # A window in the past reads only what it needs too (C3's sample after it is the
+    # one in it): the same rows as the whole margin gives.
     narrow = consumption(store, "C3")
     rep = balance.recompute(store, start, end, now=end + 30 * 86_400)
-    assert rep.readings > 2
+    assert rep.readings == 2
     assert consumption(store, "C3") == narrow
 
 
@@ -658,6 +659,24 @@ def test_a_slice_is_parsed_once_and_answers_before_it_is_derived() -> None:
     assert stats["rows"] == 8  # four hours of each
     with pytest.raises(HeadendError, match="not ordered"):
         codec.ReadingSlice(_native(list(reversed(whole))))
+
+
+def test_a_window_in_the_past_reads_a_narrow_margin_and_the_samples_after(
+    store: Store,
+) -> None:
+    """C3 is quiet from T0+4h to T0+10h (18 kWh later). A past window [T0+2h, T0+6h)
+    is read a few hours either side; C3's series ends inside what was read, so its
+    first sample after (T0+10h) is looked up: the gap's hours in the window are
+    estimated as a wider recompute estimates them."""
+    _readings(store, [("C3", T0 + 10 * H, 30_000)])
+    wide = balance.recompute(store, T0, T0 + 12 * H, now=T0 + 30 * 86_400)
+    assert wide.readings > 0
+    want = consumption(store, "C3")[2:6]
+    assert want[2:] == [(3.0, "estimated", 1)] * 2
+    # (The sample at T0+10h lies past what the window reads, T0+9h: only the look-up
+    # can bound the gap.)
+    balance.recompute(store, T0 + 2 * H, T0 + 6 * H, now=T0 + 30 * 86_400)
+    assert consumption(store, "C3")[2:6] == want
 
 
 def test_a_meter_back_from_a_long_silence_has_its_gap_estimated(store: Store) -> None:

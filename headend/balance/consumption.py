@@ -1,6 +1,7 @@
 """Consumption of a window (VEE in Rust): the meters in slices of the primary key,
-each slice's readings read as series, the samples before a window at the present,
-the typical days that spread gaps; one streamed insert."""
+each slice's readings read as series with a margin of a few hours, the samples just
+before and after it looked up for the series that need them, the typical days that
+spread gaps; one streamed insert."""
 
 from __future__ import annotations
 
@@ -95,11 +96,12 @@ def _consumption(
     obis = sorted(_obis_ints().values())
     states = [obis_int(o) for o in STATES]
     computed_at = int(time.time() * 1000)
-    # A window that reaches the present (the periodic pass) is read with a margin of a
-    # few hours; series that start inside it get their last sample from before. Nothing
-    # after it exists yet, and two days of every meter's readings for each 6-hour pass
-    # was most of the pass's work. Older windows are read with the whole margin.
-    near = min(margin, NEAR) if rep.end + NEAR > now else margin
+    # Every window is read with a margin of a few hours; series that start inside it
+    # get their last sample from before (back to `margin`), series that end inside it
+    # their first sample after (up to `margin`, when the window is not at the present,
+    # where nothing after it exists yet). Two days of every meter's readings on either
+    # side was most of the work of a 6-hour pass, and of an hour of late data.
+    near = min(margin, NEAR)
 
     def fetch(
         i: int,
@@ -137,6 +139,15 @@ def _consumption(
                 start=rep.start,
                 since=rep.start - margin,
                 read_from=rep.start - near,
+            )
+        if near < margin and rep.end + near < now:
+            _add_later(
+                reader,
+                readings,
+                params,
+                end=rep.end,
+                read_to=rep.end + near,
+                until=rep.end + margin,
             )
         placed = None
         if sums is not None:
@@ -240,6 +251,39 @@ def _add_earlier(
         },
     )
     return {str(m): int(t) for m, t in rows}
+
+
+# The first sample after [a, b) of each series of the meters named.
+LATER_SQL = (
+    "SELECT meter, obis, [toUInt32(min(ts))], [argMin(value, ts)] "
+    "FROM {db}.readings WHERE meter IN %(late)s AND obis IN %(with_states)s "
+    "AND ts >= toDateTime({a}) AND ts < toDateTime({b}) "
+    "GROUP BY meter, obis ORDER BY meter, obis"
+)
+
+
+def _add_later(
+    reader: RawStore,
+    readings: codec.ReadingSlice,
+    params: dict[str, Any],
+    *,
+    end: int,
+    read_to: int,
+    until: int,
+) -> None:
+    """Adds to `readings` (read up to `read_to`), for the meters whose registers' last
+    sample comes before the window's `end`, the first sample after it of each series
+    (up to `until`)."""
+    early = readings.early_finishers(channels=CHANNEL_CODES, end=end)
+    if not early:
+        return
+    later = reader.raw_query(
+        LATER_SQL.format(db=reader.db, a=read_to, b=until),
+        {"with_states": params["with_states"], "late": [m.decode() for m in early]},
+        fmt="Native",
+    )
+    if later:
+        readings.add_later(later)
 
 
 # Consumption rows a part of the streamed insert (fewer, larger parts: less for

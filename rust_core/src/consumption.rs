@@ -342,11 +342,29 @@ impl Slice {
         self.meters_where(channels, |ts| ts.first().is_some_and(|&t| t > start))
     }
 
+    /// Meters with a series of `channels` whose last sample comes before `end`: the
+    /// interval after it needs the sample after the window that was read.
+    pub fn early_finishers(&self, channels: &[u64], end: i64) -> Vec<Vec<u8>> {
+        self.meters_where(channels, |ts| ts.last().is_some_and(|&t| t < end))
+    }
+
     /// Puts the readings of `earlier` (Native blocks ordered by meter, obis; either
     /// shape) in front of their series: the samples before a narrow window that bound
     /// its first intervals.
     pub fn add_earlier(&mut self, earlier: &[u8]) -> Result<()> {
-        let b = Slice::parse(earlier, true)?;
+        self.merge(earlier, true)
+    }
+
+    /// Puts the readings of `later` behind their series: the samples after a narrow
+    /// window that bound its last intervals.
+    pub fn add_later(&mut self, later: &[u8]) -> Result<()> {
+        self.merge(later, false)
+    }
+
+    /// Merges the series of `other` into this slice's, `other`'s samples in front of a
+    /// series' own (`before`) or behind them.
+    fn merge(&mut self, other: &[u8], before: bool) -> Result<()> {
+        let b = Slice::parse(other, true)?;
         if b.series.is_empty() {
             return Ok(());
         }
@@ -357,7 +375,15 @@ impl Slice {
         let key = |s: &Slice, i: usize| (s.meter(&s.series[i]).to_vec(), s.series[i].obis);
         let (mut i, mut j) = (0, 0);
         while i < a.series.len() || j < b.series.len() {
-            let take_b = j < b.series.len() && (i >= a.series.len() || key(&b, j) <= key(&a, i));
+            let take_b = j < b.series.len()
+                && (i >= a.series.len() || {
+                    let (kb, ka) = (key(&b, j), key(&a, i));
+                    if before {
+                        kb <= ka
+                    } else {
+                        kb < ka
+                    }
+                });
             let (from, k) = if take_b { (&b, j) } else { (&a, i) };
             let s = from.series[k];
             let meter = from.meter(&s);
@@ -1191,6 +1217,28 @@ mod tests {
         assert_eq!(same, slice);
         assert!(same.add_earlier(&data[..data.len() - 1]).is_err());
         assert_eq!(same, slice, "a refused earlier block changes nothing");
+    }
+
+    #[test]
+    fn later_samples_bound_a_narrow_window() {
+        let rows = sample_rows();
+        let whole = row_binary_of(&rows);
+        let want = run(&job(), &whole).unwrap();
+        // A window read up to 3 h: every meter's import ends before 4 h; the samples
+        // at 4 h come as the later ones, and with the earlier ones the whole day again.
+        let narrow: Vec<Sample<'_>> = rows.iter().copied().filter(|r| r.2 < 4 * 3600).collect();
+        let after: Vec<Sample<'_>> = rows.iter().copied().filter(|r| r.2 >= 4 * 3600).collect();
+        let mut slice = Slice::parse(&array_input(&narrow, 2, false), true).unwrap();
+        assert_eq!(slice.early_finishers(&[7], 4 * 3600), vec![b"A".to_vec(), b"B".to_vec(), b"CC".to_vec()]);
+        assert!(slice.early_finishers(&[7], 3 * 3600).is_empty());
+        slice.add_later(&native_input(&after, 2)).unwrap();
+        assert_eq!(slice, Slice::parse(&whole, false).unwrap());
+        let j = Job { native_input: true, ..job() };
+        assert_eq!(run_summing(&j, &slice, None).unwrap(), want);
+        // A series only in the later block, between two of the slice's.
+        let mut slice = Slice::parse(&array_input(&narrow, 1, false), true).unwrap();
+        slice.add_later(&native_input(&[("B", 8, 9 * 3600, 1.0)], 1)).unwrap();
+        assert_eq!(slice.series(), Slice::parse(&array_input(&narrow, 1, false), true).unwrap().series() + 1);
     }
 
     #[test]

@@ -139,8 +139,8 @@ impl ConsumptionJob {
 
 /// A slice of meters' readings (Native blocks ordered by meter, obis: a reading a row,
 /// or a series a row), parsed once without the GIL: it names the meters that start
-/// after a window's start or have gaps, takes the samples before a narrow window in,
-/// and is what `ConsumptionJob.rows` derives.
+/// after a window's start, end before its end, or have gaps, takes the samples on
+/// either side of a narrow window in, and is what `ConsumptionJob.rows` derives.
 #[pyclass(module = "headend._core")]
 pub struct ReadingSlice {
     inner: consumption::Slice,
@@ -195,11 +195,31 @@ impl ReadingSlice {
         Ok(serials(py, &self.inner.late_starters(&codes, start)))
     }
 
+    /// Meters with a series of the `channels` registers whose last sample comes before
+    /// `end`.
+    #[pyo3(signature = (*, channels, end))]
+    fn early_finishers<'py>(
+        &self,
+        py: Python<'py>,
+        channels: Vec<String>,
+        end: i64,
+    ) -> PyResult<Vec<Bound<'py, PyBytes>>> {
+        let codes = obis_codes(py, &channels)?;
+        Ok(serials(py, &self.inner.early_finishers(&codes, end)))
+    }
+
     /// Puts the readings of `earlier` (Native blocks ordered by meter, obis) in front of
     /// their series; a refused block changes nothing. Without the GIL.
     fn add_earlier(&mut self, py: Python<'_>, earlier: &[u8]) -> PyResult<()> {
         let inner = &mut self.inner;
         codec(py, guarded(py, true, || inner.add_earlier(earlier))?)
+    }
+
+    /// Puts the readings of `later` (Native blocks ordered by meter, obis) behind their
+    /// series; a refused block changes nothing. Without the GIL.
+    fn add_later(&mut self, py: Python<'_>, later: &[u8]) -> PyResult<()> {
+        let inner = &mut self.inner;
+        codec(py, guarded(py, true, || inner.add_later(later))?)
     }
 }
 
