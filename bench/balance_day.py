@@ -37,6 +37,14 @@ from loadtest.grid import generate  # noqa: E402
 DAY0 = 1_793_559_600  # 2026-11-02 00:00 in Tashkent (UTC+5)
 
 
+def import_fleet(store: Store, tmp: Path, meters: int) -> None:
+    """A grid of about `meters` plain meters (`loadtest.grid`, seed 1) into `store`."""
+    generate(meters, 0.3, tmp / "grid", seed=1, plain=True)
+    models = profiles.kinds(profiles.load_all(REPO_ROOT / "protocols" / "profiles"))
+    import_grid(tmp / "grid" / "grid.csv", store)
+    import_meters(tmp / "grid" / "meters.csv", store, codec.MasterKey(os.urandom(32)), models)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--meters", type=int, default=1_000_000)
@@ -51,10 +59,7 @@ def main() -> int:
     (have,) = store.query("SELECT count() FROM ami.meters")[1][0]
     if have == 0:
         t = time.monotonic()
-        generate(args.meters, 0.3, tmp / "grid", seed=1, plain=True)
-        models = profiles.kinds(profiles.load_all(REPO_ROOT / "protocols" / "profiles"))
-        import_grid(tmp / "grid" / "grid.csv", store)
-        import_meters(tmp / "grid" / "meters.csv", store, codec.MasterKey(os.urandom(32)), models)
+        import_fleet(store, tmp, args.meters)
         setup["grid_and_import_s"] = round(time.monotonic() - t, 1)
         t = time.monotonic()
         e_obis = balance.obis_int(balance.ELECTRICITY_IMPORT)

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import tempfile
 import time
@@ -29,12 +28,10 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from headend import balance, codec, profiles  # noqa: E402
-from headend.config import REPO_ROOT  # noqa: E402
+from bench.balance_day import import_fleet  # noqa: E402
+from headend import balance  # noqa: E402
 from headend.store.db import Store, migrate  # noqa: E402
-from headend.store.imports import import_grid, import_meters  # noqa: E402
 from loadtest import results  # noqa: E402
-from loadtest.grid import generate  # noqa: E402
 
 # 2026-10-01 00:00 UTC: thirty days stay inside one month, so the last pass reads a
 # partition that holds them all (`readings` is partitioned by month: a pass just past a
@@ -97,10 +94,7 @@ def main() -> int:
         print(f"{tmp} already holds a store: give an empty directory", file=sys.stderr)
         return 2
     t = time.monotonic()
-    generate(args.meters, 0.3, tmp / "grid", seed=1, plain=True)
-    models = profiles.kinds(profiles.load_all(REPO_ROOT / "protocols" / "profiles"))
-    import_grid(tmp / "grid" / "grid.csv", store)
-    import_meters(tmp / "grid" / "meters.csv", store, codec.MasterKey(os.urandom(32)), models)
+    import_fleet(store, tmp, args.meters)
     setup = {"grid_and_import_s": round(time.monotonic() - t, 1)}
     t = time.monotonic()
     write_day(store, 0)

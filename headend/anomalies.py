@@ -154,11 +154,15 @@ def detect(
     )
     lossy = {n: float(p) for n, p, c in nodes if p >= min_loss_pct and c >= min_completeness}
     loss_pct = {n: float(p) for n, p, _ in nodes}
+    # The consumers' tamper alarms of the window, once: evidence under lossy nodes, and
+    # a magnet's wherever it is.
+    alarms = _tamper_events(store, (start, end), mine)
     findings, checked = (
         _findings(
             store,
             lossy,
             (start, end),
+            alarms,
             peer_ratio=peer_ratio,
             weak_peer_ratio=weak_peer_ratio,
             history_ratio=history_ratio,
@@ -169,7 +173,7 @@ def detect(
     )
     # A magnet is evidence wherever it is: one thief among a gas segment's two hundred
     # meters stays under the loss gate, its alarm does not.
-    findings += _magnets_elsewhere(store, (start, end), lossy, loss_pct, mine)
+    findings += _magnets_elsewhere(alarms, lossy, loss_pct)
     det = Detection(start, end, lossy, checked, findings)
     if write:
         _write(store, det)
@@ -180,6 +184,7 @@ def _findings(
     store: Any,
     lossy: dict[str, float],
     window: tuple[int, int],
+    alarms: dict[str, tuple[str, dict[str, int]]],
     *,
     peer_ratio: float,
     weak_peer_ratio: float,
@@ -238,7 +243,7 @@ def _findings(
         },
     )
     meters = [r[0] for r in rows]
-    tamper = _tamper_events(store, meters, start, end)
+    tamper = {m: alarms[m][1] for m in meters if m in alarms}
     # The fit reaches back FIT_DAYS when the window is shorter: a meter's share of the
     # loss shows more surely over more slots.
     follows, _ = residual.fit(
@@ -302,32 +307,15 @@ def _findings(
 
 
 def _magnets_elsewhere(
-    store: Any,
-    window: tuple[int, int],
+    alarms: dict[str, tuple[str, dict[str, int]]],
     lossy: dict[str, float],
     loss_pct: dict[str, float],
-    mine: str,
 ) -> list[Finding]:
     """Consumers of nodes that are not lossy (or have no balance) whose own alarms
-    report a magnetic field in the window: `tamper_events` findings, with any cover
-    openings beside."""
-    db = store.db
-    start, end = window
-    _, rows = store.query(
-        f"SELECT e.meter, m.node_id, e.name, count() FROM {db}.events AS e "
-        f"INNER JOIN (SELECT serial, node_id FROM {db}.meters FINAL "
-        f"            WHERE role = 'consumer' AND {mine}) AS m ON e.meter = m.serial "
-        "WHERE e.name IN %(names)s AND e.ts >= toDateTime(%(a)s) AND e.ts < toDateTime(%(b)s) "
-        "GROUP BY e.meter, m.node_id, e.name",
-        {"names": list(TAMPER_EVENTS), "a": start, "b": end},
-    )
-    events: dict[tuple[str, str], dict[str, int]] = {}
-    for meter, node, name, n in rows:
-        if node not in lossy:
-            events.setdefault((meter, node), {})[name] = int(n)
+    report a magnetic field: `tamper_events` findings, with any cover openings beside."""
     out = []
-    for (meter, node), seen in sorted(events.items()):
-        if any(name not in COVERS for name in seen):
+    for meter, (node, seen) in sorted(alarms.items()):
+        if node not in lossy and any(name not in COVERS for name in seen):
             f = Finding(meter, node, round(loss_pct.get(node, 0.0), 2))
             f.add("tamper_events", events=seen)
             out.append(f)
@@ -379,19 +367,23 @@ def _write(store: Any, det: Detection) -> None:
 
 
 def _tamper_events(
-    store: Any, meters: list[str], start: int, end: int
-) -> dict[str, dict[str, int]]:
-    if not meters:
-        return {}
+    store: Any, window: tuple[int, int], mine: str
+) -> dict[str, tuple[str, dict[str, int]]]:
+    """Each consumer (of the nodes `mine` keeps) with tamper alarms in the window: its
+    node and the alarms by name."""
+    db = store.db
+    start, end = window
     _, rows = store.query(
-        f"SELECT meter, name, count() FROM {store.db}.events "
-        "WHERE meter IN %(m)s AND name IN %(names)s "
-        "AND ts >= toDateTime(%(a)s) AND ts < toDateTime(%(b)s) GROUP BY meter, name",
-        {"m": meters, "names": list(TAMPER_EVENTS), "a": start, "b": end},
+        f"SELECT e.meter, m.node_id, e.name, count() FROM {db}.events AS e "
+        f"INNER JOIN (SELECT serial, node_id FROM {db}.meters FINAL "
+        f"            WHERE role = 'consumer' AND {mine}) AS m ON e.meter = m.serial "
+        "WHERE e.name IN %(names)s AND e.ts >= toDateTime(%(a)s) AND e.ts < toDateTime(%(b)s) "
+        "GROUP BY e.meter, m.node_id, e.name",
+        {"names": list(TAMPER_EVENTS), "a": start, "b": end},
     )
-    out: dict[str, dict[str, int]] = {}
-    for meter, name, n in rows:
-        out.setdefault(meter, {})[name] = int(n)
+    out: dict[str, tuple[str, dict[str, int]]] = {}
+    for meter, node, name, n in rows:
+        out.setdefault(meter, (node, {}))[1][name] = int(n)
     return out
 
 

@@ -201,14 +201,26 @@ def _consumption(
 
 
 NEAR = 3 * HOUR
-# The last sample before [a, b) of each series of the meters named (a series a row, as
-# READINGS_SQL gives them).
-EARLIER_SQL = (
-    "SELECT meter, obis, [toUInt32(max(ts))], [argMax(value, ts)] "
-    "FROM {db}.readings WHERE meter IN %(late)s AND obis IN %(with_states)s "
+# The last (`argMax`) or first (`argMin`) sample in [a, b) of each series of the meters
+# named (a series a row, as READINGS_SQL gives them).
+EDGE_SQL = (
+    "SELECT meter, obis, [toUInt32({arg}(ts, ts))], [{arg}(value, ts)] "
+    "FROM {db}.readings WHERE meter IN %(named)s AND obis IN %(with_states)s "
     "AND ts >= toDateTime({a}) AND ts < toDateTime({b}) "
     "GROUP BY meter, obis ORDER BY meter, obis"
 )
+
+
+def _edge_samples(
+    reader: RawStore, params: dict[str, Any], meters: list[bytes], span: tuple[int, int], arg: str
+) -> bytes:
+    """Each series' last (`argMax`) or first (`argMin`) sample in `span` for `meters`."""
+    a, b = span
+    return reader.raw_query(
+        EDGE_SQL.format(db=reader.db, arg=arg, a=a, b=b),
+        {"with_states": params["with_states"], "named": [m.decode() for m in meters]},
+        fmt="Native",
+    )
 
 
 def _add_earlier(
@@ -229,11 +241,7 @@ def _add_earlier(
     late = readings.late_starters(channels=CHANNEL_CODES, start=start)
     if not late:
         return {}
-    earlier = reader.raw_query(
-        EARLIER_SQL.format(db=reader.db, a=since, b=read_from),
-        {"with_states": params["with_states"], "late": [m.decode() for m in late]},
-        fmt="Native",
-    )
+    earlier = _edge_samples(reader, params, late, (since, read_from), "argMax")
     if earlier:
         readings.add_earlier(earlier)
     silent = readings.late_starters(channels=list(FLOW.values()), start=start)
@@ -253,15 +261,6 @@ def _add_earlier(
     return {str(m): int(t) for m, t in rows}
 
 
-# The first sample after [a, b) of each series of the meters named.
-LATER_SQL = (
-    "SELECT meter, obis, [toUInt32(min(ts))], [argMin(value, ts)] "
-    "FROM {db}.readings WHERE meter IN %(late)s AND obis IN %(with_states)s "
-    "AND ts >= toDateTime({a}) AND ts < toDateTime({b}) "
-    "GROUP BY meter, obis ORDER BY meter, obis"
-)
-
-
 def _add_later(
     reader: RawStore,
     readings: codec.ReadingSlice,
@@ -277,11 +276,7 @@ def _add_later(
     early = readings.early_finishers(channels=CHANNEL_CODES, end=end)
     if not early:
         return
-    later = reader.raw_query(
-        LATER_SQL.format(db=reader.db, a=read_to, b=until),
-        {"with_states": params["with_states"], "late": [m.decode() for m in early]},
-        fmt="Native",
-    )
+    later = _edge_samples(reader, params, early, (read_to, until), "argMin")
     if later:
         readings.add_later(later)
 
