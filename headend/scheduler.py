@@ -104,8 +104,15 @@ class Scheduler:
             return {}
         _, last_reading = self.queue.store.query(
             f"SELECT meter, toInt64(max(ts)) FROM {self.db}.readings "
-            "WHERE meter IN {m:Array(String)} AND obis IN {o:Array(UInt64)} GROUP BY meter",
-            {"m": serials, "o": [balance.obis_int(o) for o in balance.FLOW.values()]},
+            "WHERE meter IN {m:Array(String)} AND obis IN {o:Array(UInt64)} "
+            # Older ones would start the read at `since` all the same; the bound keeps
+            # the lookup to the days it needs (readings are partitioned by day).
+            "AND ts >= toDateTime({since:Int64}) GROUP BY meter",
+            {
+                "m": serials,
+                "o": [balance.obis_int(o) for o in balance.FLOW.values()],
+                "since": since,
+            },
         )
         _, last_event = self.queue.store.query(
             f"SELECT meter, toInt64(max(ts)) FROM {self.db}.events "

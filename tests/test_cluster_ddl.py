@@ -10,7 +10,7 @@ import re
 import pytest
 
 from headend.store import cluster
-from headend.store.db import Store, migrations, statements
+from headend.store.db import REBUILDS, Store, migrations, statements
 
 
 @pytest.fixture(scope="module")
@@ -27,8 +27,10 @@ def every_statement() -> list[str]:
         "applied_at DateTime('UTC') DEFAULT now()) ENGINE = MergeTree ORDER BY version",
         "ALTER TABLE ami.readings MODIFY TTL toDateTime(ts) + INTERVAL 30 DAY",
     ]
-    for _, _, sql in migrations():
+    for version, _, sql in migrations():
         out += [s.replace("{db}", "ami") for s in statements(sql)]
+        if r := REBUILDS.get(version):
+            out += [*r.statements("ami", ["meter", "ts", "value"]), r.drop("ami")]
     return out
 
 
@@ -80,6 +82,23 @@ def test_views_read_the_right_tables() -> None:
     assert [s.split(" ON ")[0] for s in cluster.statements(add, "national", "ami")] == [
         "ALTER TABLE ami.meters_local",
         "ALTER TABLE ami.meters",
+    ]
+    # A rebuilt table: the rows copied through the Distributed tables, the local tables
+    # swapped (each Distributed table reads its local one by name), both forms dropped.
+    empty, copy, swap = (
+        cluster.statements(s, "national", "ami")
+        for s in REBUILDS[21].statements("ami", ["meter", "ts"])
+    )
+    assert empty == ["TRUNCATE TABLE IF EXISTS ami.readings_by_day_local ON CLUSTER national"]
+    assert copy == [
+        "INSERT INTO ami.readings_by_day (meter, ts) SELECT meter, ts FROM ami.readings"
+    ]
+    assert swap == [
+        "EXCHANGE TABLES ami.readings_local AND ami.readings_by_day_local ON CLUSTER national"
+    ]
+    assert cluster.statements(REBUILDS[21].drop("ami"), "national", "ami") == [
+        "DROP TABLE IF EXISTS ami.readings_by_day ON CLUSTER national",
+        "DROP TABLE IF EXISTS ami.readings_by_day_local ON CLUSTER national",
     ]
     with pytest.raises(cluster.ClusterDDLError, match="no cluster form"):
         cluster.statements("DROP TABLE ami.readings", "national", "ami")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import struct
 from pathlib import Path
 from typing import Any
@@ -21,14 +22,14 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Store:
     return s
 
 
-def reading_rows(meter: str, n: int, start_ts: int = 1_700_000_000) -> bytes:
+def reading_rows(meter: str, n: int, start_ts: int = 1_700_000_000, step: int = 900) -> bytes:
     out = bytearray()
     for i in range(n):
         m = meter.encode()
         out += bytes([len(m)]) + m
-        out += struct.pack("<QId", 0x0100010800FF, start_ts + 900 * i, float(i))
+        out += struct.pack("<QId", 0x0100010800FF, start_ts + step * i, float(i))
         out += bytes([2]) + b"Wh" + bytes([0, 1, 1])
-        out += struct.pack("<I", start_ts + 900 * i + 5)
+        out += struct.pack("<I", start_ts + step * i + 5)
     return bytes(out)
 
 
@@ -124,6 +125,39 @@ def test_ingest_waits_through_an_outage(tmp_path: Path, store: Store) -> None:
     Ingestor(store, root).run_once()
     assert count(store, "OUTAGE") == 4
     assert spool.backlog(root) == 0
+
+
+def test_a_round_of_many_days_goes_in(tmp_path: Path, store: Store) -> None:
+    """`readings` is partitioned by day: a round holding a meter's buffer of 150 days
+    (over ClickHouse's default of 100 partitions per insert) is stored, not refused
+    round after round (which would hold every worker's data back)."""
+    root = tmp_path / "spool"
+    w = spool.SpoolWriter(root, 1, fsync="never")
+    rows = reading_rows("BUFFER", 150, step=86_400)
+    w.append([spool.encode_record(spool.READINGS, spool.ROWBINARY, 150, rows)])
+    Ingestor(store, root).run_once()
+    assert count(store, "BUFFER") == 150
+    assert spool.backlog(root) == 0
+    # The other road in (rows from Python: polls, manual readings) too.
+    store.insert_rows(
+        "readings",
+        COLUMNS[spool.READINGS],
+        [
+            (
+                "POLLED",
+                0x0100010800FF,
+                dt.datetime.fromtimestamp(1_700_000_000 + 86_400 * i, dt.UTC),
+                float(i),
+                "Wh",
+                0,
+                "poll",
+                "measured",
+                dt.datetime.now(dt.UTC).replace(microsecond=0),
+            )
+            for i in range(150)
+        ],
+    )
+    assert count(store, "POLLED") == 150
 
 
 def test_sealed_segments_are_removed_and_torn_tails_dropped(tmp_path: Path, store: Store) -> None:

@@ -25,6 +25,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("headend.store")
 
+#: Seconds back a lost worker's meters' last push is looked for (a week).
+LOOKBACK = 7 * 86_400
+
 
 class Recovery:
     def __init__(self, svc: StoreService) -> None:
@@ -107,14 +110,19 @@ class Recovery:
         log.info("recovery after worker %d: %d profile reads queued", wid, queued)
 
     def last_pushed(self, serials: list[str]) -> dict[str, int]:
-        """Each meter's newest pushed reading (Unix seconds); a query: an executor."""
+        """Each meter's newest pushed reading (Unix seconds) within LOOKBACK; a query:
+        an executor. A meter that pushed nothing for longer is left to the scheduler's
+        backfill (the lookup reads only the days it names: readings are partitioned by
+        day)."""
         svc = self.svc
         out: dict[str, int] = {}
+        since = int(svc.clock.now()) - LOOKBACK
         for i in range(0, len(serials), 10_000):
             _, rows = svc.store.query(
                 f"SELECT meter, toInt64(max(ts)) FROM {svc.db}.readings "
-                "WHERE meter IN {m:Array(String)} AND source = 'push' GROUP BY meter",
-                {"m": serials[i : i + 10_000]},
+                "WHERE meter IN {m:Array(String)} AND source = 'push' "
+                "AND ts >= toDateTime({since:Int64}) GROUP BY meter",
+                {"m": serials[i : i + 10_000], "since": since},
             )
             out.update({str(m): int(t) for m, t in rows})
         return out

@@ -32,6 +32,7 @@ import re
 
 SHARDING: dict[str, str] = {
     "readings": "cityHash64(meter)",
+    "readings_by_day": "cityHash64(meter)",
     "events": "cityHash64(meter)",
     "consumption": "cityHash64(meter)",
     "late_readings": "cityHash64(meter)",
@@ -79,9 +80,20 @@ _VIEW = re.compile(
 )
 _DATABASE = re.compile(r"^CREATE DATABASE IF NOT EXISTS (?P<db>\w+)$")
 _DROP_VIEW = re.compile(r"^DROP VIEW IF EXISTS (?P<name>\w+\.\w+)$")
+_TRUNCATE = re.compile(r"^TRUNCATE TABLE IF EXISTS (?P<name>\w+\.\w+)$")
+_EXCHANGE = re.compile(r"^EXCHANGE TABLES (?P<a>\w+\.\w+) AND (?P<b>\w+\.\w+)$")
+_DROP_TABLE = re.compile(r"^DROP TABLE IF EXISTS (?P<name>\w+\.\w+)$")
+# A table's rows are in its local tables; its Distributed table names the local one,
+# so swapping the local tables swaps what the Distributed ones read and write.
 _SIMPLE = (
-    (_DATABASE, "CREATE DATABASE IF NOT EXISTS {db} {on}"),
-    (_DROP_VIEW, "DROP VIEW IF EXISTS {name} {on}"),
+    (_DATABASE, ["CREATE DATABASE IF NOT EXISTS {db} {on}"]),
+    (_DROP_VIEW, ["DROP VIEW IF EXISTS {name} {on}"]),
+    (_TRUNCATE, [f"TRUNCATE TABLE IF EXISTS {{name}}{LOCAL} {{on}}"]),
+    (_EXCHANGE, [f"EXCHANGE TABLES {{a}}{LOCAL} AND {{b}}{LOCAL} {{on}}"]),
+    (
+        _DROP_TABLE,
+        ["DROP TABLE IF EXISTS {name} {on}", f"DROP TABLE IF EXISTS {{name}}{LOCAL} {{on}}"],
+    ),
 )
 
 
@@ -94,9 +106,9 @@ def statements(stmt: str, cluster: str, db: str) -> list[str]:
     does on one server."""
     text = stmt.strip()
     on = f"ON CLUSTER {cluster}"
-    for pattern, form in _SIMPLE:
+    for pattern, forms in _SIMPLE:
         if m := pattern.match(text):
-            return [form.format(**m.groupdict(), on=on)]
+            return [form.format(**m.groupdict(), on=on) for form in forms]
     if m := _CREATE.match(text):
         return _table(m, cluster)
     if m := _VIEW.match(text):
