@@ -12,9 +12,9 @@ the last day, when the store holds them all: as the parts stand after the insert
 again once every partition is merged into one part (OPTIMIZE ... FINAL), as
 ClickHouse's background merges leave it late in a month. (`readings` was partitioned
 by month until migration 0021: then the merged month cost 11.9 times day 1; by day, a
-pass reads its own days' partitions however they are merged.) Each pass is run three times; the least
-is reported, with the readings it read and the ratios to day 1. Results go to
-bench/results/flat-pass-<time>.json.
+pass reads its own days' partitions however they are merged.) Each pass is run three
+times; the least is reported, with the readings it read and the ratios to day 1.
+Results go to bench/results/flat-pass-<time>.json.
 """
 
 from __future__ import annotations
