@@ -80,9 +80,48 @@ impl PushBatch {
         self.value.len()
     }
 
+    /// Empties the batch and keeps its memory: a worker's sink clears one batch per
+    /// push, and rebuilding the vectors (as this did) cost a tenth of `Session.feed`.
     pub fn clear(&mut self) {
-        *self = PushBatch { blobs: std::mem::take(&mut self.blobs), ..Default::default() };
-        self.blobs.clear();
+        // Every field, so a new one cannot be forgotten here.
+        let PushBatch {
+            push_frame,
+            push_kind,
+            push_system_title,
+            push_invocation_counter,
+            push_security_control,
+            push_invoke_id,
+            push_time,
+            push_source,
+            push_first_value,
+            value_push,
+            value_index,
+            value_tag,
+            value,
+            value_blob_start,
+            value_blob_len,
+            blobs,
+            errors,
+            others,
+        } = self;
+        push_frame.clear();
+        push_kind.clear();
+        push_system_title.clear();
+        push_invocation_counter.clear();
+        push_security_control.clear();
+        push_invoke_id.clear();
+        push_time.clear();
+        push_source.clear();
+        push_first_value.clear();
+        value_push.clear();
+        value_index.clear();
+        value_tag.clear();
+        value.clear();
+        value_blob_start.clear();
+        value_blob_len.clear();
+        blobs.clear();
+        errors.clear();
+        others.clear();
     }
 
     fn mark(&self) -> (usize, usize) {

@@ -12,7 +12,6 @@
 //! plaintext is returned. Keys live only inside [`Keys`], which has no accessor and
 //! whose Debug output hides them.
 
-use std::collections::HashMap;
 use std::fmt;
 
 use aes::Aes128;
@@ -246,7 +245,9 @@ struct Entry {
 /// raise but never lower them.
 #[derive(Clone, Debug, Default)]
 pub struct KeyTable {
-    meters: HashMap<SystemTitle, Entry>,
+    // Looked up on every push; filled only with meters the store knows, never with
+    // what a peer sends, so a fast hash (seeded per process) cannot be flooded.
+    meters: foldhash::HashMap<SystemTitle, Entry>,
 }
 
 impl KeyTable {

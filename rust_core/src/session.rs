@@ -55,7 +55,9 @@ pub struct Directory {
     /// device name comes first in the push object lists of common models).
     pub device_leaf: u16,
     meters: Vec<MeterInfo>,
-    by_title: HashMap<SystemTitle, u32>,
+    // Looked up on every push; filled only with meters the store knows (a fast hash,
+    // seeded per process; `unknown`, which peers fill, keeps SipHash).
+    by_title: foldhash::HashMap<SystemTitle, u32>,
     by_serial: HashMap<Vec<u8>, u32>,
     profiles: Vec<Profile>,
     profile_by_name: HashMap<String, usize>,
@@ -69,7 +71,7 @@ impl Default for Directory {
             policy: Policy::default(),
             device_leaf: 0,
             meters: Vec::new(),
-            by_title: HashMap::new(),
+            by_title: foldhash::HashMap::default(),
             by_serial: HashMap::new(),
             profiles: Vec::new(),
             profile_by_name: HashMap::new(),
@@ -330,8 +332,19 @@ impl Session {
         out: &mut Vec<SessionEvent>,
     ) {
         self.stats.bytes_in += data.len() as u64;
-        self.stream.receive(data);
         let mut cx = Ctx { now, dir, sink, out };
+        // Whole wrapper frames go from `data` to the APDU without a copy (most reads
+        // hold one whole push); the rest through the stream decoder's buffer.
+        let mut rest = data;
+        while self.pending.len() < self.max_pending {
+            let Some((header, apdu, used)) = self.stream.direct_wrapper(rest) else { break };
+            self.stats.frames += 1;
+            rest = &rest[used..];
+            self.apdu(&mut cx, header.source_wport as u32, apdu);
+        }
+        if data.is_empty() || !rest.is_empty() {
+            self.stream.receive(rest); // empty only when the peer closed
+        }
         self.decode(&mut cx);
     }
 
@@ -397,7 +410,7 @@ impl Session {
                         }
                     }
                     if let Some(apdu) = f.apdu {
-                        self.apdu(cx, source, apdu);
+                        self.apdu(cx, source, &apdu);
                     }
                 }
             }
@@ -411,7 +424,7 @@ impl Session {
         let queued: Vec<Pending> = self.pending.drain(..).collect();
         let mut cx = Ctx { now, dir, sink, out };
         for p in queued {
-            self.apdu(&mut cx, p.source, p.apdu);
+            self.apdu(&mut cx, p.source, &p.apdu);
         }
         // Then the frames that waited in the decoder for room in the queue.
         self.decode(&mut cx);
@@ -460,7 +473,8 @@ impl Session {
         }
     }
 
-    fn apdu(&mut self, cx: &mut Ctx<'_>, source: u32, apdu: Vec<u8>) {
+    /// An APDU, borrowed: it is copied only to wait for a lookup or to go up as an event.
+    fn apdu(&mut self, cx: &mut Ctx<'_>, source: u32, apdu: &[u8]) {
         let Some(&t) = apdu.first() else {
             self.reject_kind(cx, "malformed", "empty APDU", None);
             return;
@@ -472,8 +486,8 @@ impl Session {
         }
     }
 
-    fn ciphered(&mut self, cx: &mut Ctx<'_>, source: u32, apdu: Vec<u8>) {
-        let env = match Envelope::parse(&apdu) {
+    fn ciphered(&mut self, cx: &mut Ctx<'_>, source: u32, apdu: &[u8]) {
+        let env = match Envelope::parse(apdu) {
             Ok(e) => e,
             Err(e) => return self.reject(cx, &e, self.learned(source)),
         };
@@ -491,7 +505,7 @@ impl Session {
             }
         };
         let Some(meter) = cx.dir.by_title(&st) else {
-            return self.wait_for(cx, LookupKey::Title(st), source, apdu);
+            return self.wait_for(cx, LookupKey::Title(st), source, apdu.to_vec());
         };
         let mut plain = std::mem::take(&mut cx.sink.plain);
         plain.clear();
@@ -530,14 +544,14 @@ impl Session {
         cx.sink.plain = plain;
     }
 
-    fn plain_apdu(&mut self, cx: &mut Ctx<'_>, source: u32, apdu: Vec<u8>) {
+    fn plain_apdu(&mut self, cx: &mut Ctx<'_>, source: u32, apdu: &[u8]) {
         // A push that names its device says who sent it; the address learned on this
         // connection only stands in when it does not.
         let meter = if apdu[0] == apdu_tag::DATA_NOTIFICATION {
-            match self.device_id(cx, &apdu) {
+            match self.device_id(cx, apdu) {
                 Ok(Some(serial)) => match cx.dir.by_serial(&serial) {
                     Some(m) => Some(m),
-                    None => return self.wait_for(cx, LookupKey::Serial(serial), source, apdu),
+                    None => return self.wait_for(cx, LookupKey::Serial(serial), source, apdu.to_vec()),
                 },
                 Ok(None) => self.learned(source),
                 Err(e) => return self.reject(cx, &e, None),
@@ -557,7 +571,7 @@ impl Session {
             }
             Some(m) => {
                 self.learn(cx, source, m);
-                self.known(cx, source, m, &apdu);
+                self.known(cx, source, m, apdu);
             }
             None if is_push(apdu[0]) => self.reject_kind(
                 cx,
@@ -565,7 +579,7 @@ impl Session {
                 &format!("plain {} from an unidentified sender", push_name(apdu[0])),
                 None,
             ),
-            None => cx.out.push(SessionEvent::Apdu { source, meter: None, apdu }),
+            None => cx.out.push(SessionEvent::Apdu { source, meter: None, apdu: apdu.to_vec() }),
         }
     }
 
@@ -905,6 +919,48 @@ mod tests {
         // longer than "V").
         let v_at = 33 + 15;
         assert_eq!(&r[v_at..v_at + 8], &230.1f64.to_le_bytes());
+    }
+
+    /// Whole frames in a read go straight from it (no copy into the stream buffer);
+    /// frames split across reads, garbage and a frame after it go through the buffer.
+    /// Every way of cutting the same bytes gives the same rows and the same refusals.
+    #[test]
+    fn frames_read_whole_or_in_pieces_give_the_same_rows_and_refusals() {
+        let frame =
+            |ic: u32| wrapper::encode(1, 1, &enc(&push("E1", ic, 2300, 1_700_000_000 + ic as i64), ic)).unwrap();
+        let mut bytes = Vec::new();
+        for ic in 5..9 {
+            bytes.extend(frame(ic));
+        }
+        bytes.extend(b"\xde\xad\xbe\xef");
+        bytes.extend(frame(9));
+        bytes.extend(frame(9)); // a replay
+        let feed_in = |cuts: &[usize]| {
+            let (mut d, mut sink, mut s) = (dir(), RowSink::new(), new_session());
+            let mut out = Vec::new();
+            let mut at = 0;
+            for &c in cuts.iter().chain([bytes.len()].iter()) {
+                s.feed(&bytes[at..c], 1_800_000_000, &mut d, &mut sink, &mut out);
+                at = c;
+            }
+            let ((rows, n), _, _) = sink.drain();
+            let refused: Vec<&str> = out
+                .iter()
+                .filter_map(|e| match e {
+                    SessionEvent::Reject { kind, .. } => Some(*kind),
+                    _ => None,
+                })
+                .collect();
+            (rows, n, refused, s.stats.frames, s.stream.pending())
+        };
+        let whole = feed_in(&[]);
+        assert_eq!(whole.1, 10, "five pushes of two readings");
+        assert_eq!(whole.2, ["malformed", "replayed-invocation-counter"]);
+        assert_eq!(whole.4, 0);
+        let one = bytes.len() / 7;
+        for cuts in [vec![1], vec![one], vec![one, 2 * one, 3 * one + 1], (1..bytes.len()).collect()] {
+            assert_eq!(feed_in(&cuts), whole, "cut at {:?}", &cuts[..cuts.len().min(4)]);
+        }
     }
 
     #[test]

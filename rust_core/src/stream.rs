@@ -179,6 +179,27 @@ impl StreamDecoder {
         self.buf.extend_from_slice(data);
     }
 
+    /// The next wrapper frame straight from `data` (bytes just read), when nothing is
+    /// buffered, the stream is in step and wrapper-framed: the header, the APDU
+    /// (borrowed from `data`) and the bytes it used, counted as consumed. `None` when
+    /// that does not hold or `data` does not start with a whole, valid frame: the
+    /// caller then `receive`s what is left and takes it from `next_event`, which
+    /// reports what is wrong. A push read whole is thus never copied into the buffer.
+    pub fn direct_wrapper<'a>(&mut self, data: &'a [u8]) -> Option<(WrapperHeader, &'a [u8], usize)> {
+        if self.start != self.buf.len() || self.resync || self.closed || data.is_empty() {
+            return None;
+        }
+        match self.framing {
+            Framing::Wrapper => {}
+            Framing::Auto if data[0] == 0x00 => {}
+            _ => return None,
+        }
+        let (header, apdu, used) = wrapper::parse_frame(data, self.cfg.max_wrapper_apdu).ok()?;
+        self.framing = Framing::Wrapper;
+        self.base += used as u64;
+        Some((header, apdu, used))
+    }
+
     fn offset(&self) -> u64 {
         self.base + self.start as u64
     }
