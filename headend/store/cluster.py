@@ -15,7 +15,12 @@ rewritten here:
 - views are created `ON CLUSTER`; the late-readings view reads the local table on
   each shard and writes the local one; settings and TTL go to the local tables;
   `non_replicated_deduplication_window` becomes `replicated_deduplication_window`;
-- lightweight deletes go to the local tables `ON CLUSTER` (`Store.delete`).
+- lightweight deletes go to the local tables `ON CLUSTER` (`Store.delete`);
+- a table rebuilt under a new layout (`db.REBUILDS`) is copied through the Distributed
+  tables, then the local tables are swapped `ON CLUSTER` (each Distributed table names
+  its local one) and the old layout dropped. The swapped table keeps the replication
+  path it was created with (`.../readings_by_day_local`): a later rebuild of the same
+  table must use another name.
 
 What was run here: every migration's rewritten statements are parsed by
 ClickHouse's own parser (`EXPLAIN AST`, in the embedded engine) in the tests. What was
