@@ -504,19 +504,21 @@ def rebuild(store: Store, r: Rebuild) -> int:
         (rows_now,) = store.query(f"SELECT count() FROM {db}.{r.table}")[1][0]
         # About 3.4 M rows a second on 2 cores (docs/SCALING.md): say so before an
         # upgrade's first start goes quiet for minutes or hours.
-        log.warning(
-            "rebuilding %s under partition key %s: copying %d rows; the store is ready "
-            "once they are copied",
-            r.table,
-            r.partition_key,
-            rows_now,
-        )
+        if rows_now:  # a new store has nothing to copy, nor to say
+            log.warning(
+                "rebuilding %s under partition key %s: copying %d rows; the store is "
+                "ready once they are copied",
+                r.table,
+                r.partition_key,
+                rows_now,
+            )
         empty, copy, swap = r.statements(db, columns)
         store.ddl(empty)
         store.ddl(copy)
         (copied,) = store.query(f"SELECT count() FROM {db}.{r.into}")[1][0]
         store.ddl(swap)
-        log.info("%s rebuilt: %d rows under partition key %s", r.table, copied, r.partition_key)
+        if copied:
+            log.info("%s rebuilt: %d rows under partition key %s", r.table, copied, r.partition_key)
     store.ddl(r.drop(db))
     return int(copied)
 
