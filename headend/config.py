@@ -150,7 +150,8 @@ class StoreConfig:
     fsync_interval: float = 1.0
     """Seconds between fsyncs with fsync = interval (the loss window on power failure)."""
     readings_ttl_days: int = 0
-    """Delete readings older than this many days; 0 keeps them."""
+    """Delete readings older than this many days (whole days at a time, as ClickHouse
+    merges); readings that arrive already older are not kept. 0 keeps them all."""
     sessions_ttl_days: int = 90
     """Delete session records older than this many days; 0 keeps them."""
     retry_delay: float = 1.0

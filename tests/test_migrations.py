@@ -43,19 +43,21 @@ def migrate_until(store: Store, last: int) -> None:
         store.insert_rows("schema_migrations", ["version", "name"], [(version, name)])
 
 
-def readings(meter: str, days: int, obis: int = ENERGY) -> list[tuple[object, ...]]:
-    """A quarter-hour series over `days` days from DAY."""
+def readings(
+    meter: str, days: int, obis: int = ENERGY, start: dt.datetime = DAY
+) -> list[tuple[object, ...]]:
+    """A quarter-hour series over `days` days from `start`."""
     return [
         (
             meter,
             obis,
-            DAY + dt.timedelta(minutes=15 * i),
+            start + dt.timedelta(minutes=15 * i),
             float(i),
             "Wh",
             0,
             "push",
             "measured",
-            DAY + dt.timedelta(minutes=15 * i),
+            start + dt.timedelta(minutes=15 * i),
         )
         for i in range(days * 96)
     ]
@@ -148,3 +150,31 @@ def test_a_start_killed_after_the_swap_only_drops_the_old_layout(store: Store) -
     assert partition_key(store, "readings") == "toYYYYMMDD(ts)"
     assert partition_key(store, "readings_by_day") == ""
     assert count(store, "SELECT count() FROM ami.readings") == n
+
+
+def test_readings_past_their_retention_go_by_whole_days(store: Store) -> None:
+    """`[store] readings_ttl_days`: days older than the retention are dropped whole
+    (the table is partitioned by day); the recent ones stay, every row of them."""
+    migrate(store)
+    today = dt.datetime.now(dt.UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    old = readings("E1", 3, start=today - dt.timedelta(days=40))
+    new = readings("E1", 2, start=today - dt.timedelta(days=2))
+    store.insert_rows("readings", COLUMNS[READINGS], old + new)
+    assert count(store, "SELECT count() FROM ami.readings") == len(old) + len(new)
+    # The next start with a retention of 30 days; ClickHouse applies it as it merges.
+    migrate(store, readings_ttl_days=30)
+    store.command("OPTIMIZE TABLE ami.readings FINAL")
+    assert count(store, "SELECT count() FROM ami.readings") == len(new)
+    # Readings that arrive already past it (a meter's buffer of months) are not kept.
+    store.insert_rows(
+        "readings", COLUMNS[READINGS], readings("E2", 1, start=today - dt.timedelta(days=31))
+    )
+    assert count(store, "SELECT count() FROM ami.readings WHERE meter = 'E2'") == 0
+    assert count(store, "SELECT uniqExact(toDate(ts)) FROM ami.readings") == 2
+    # Retention follows the configuration: off again, nothing more goes.
+    migrate(store)
+    _, rows = store.query(
+        "SELECT create_table_query FROM system.tables WHERE database = 'ami' AND name = 'readings'"
+    )
+    assert " TTL " not in rows[0][0]
+    assert "ttl_only_drop_parts = 1" in rows[0][0]

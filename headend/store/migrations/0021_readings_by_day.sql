@@ -8,6 +8,9 @@
 -- a meter's series is still one range of each partition, so the per-meter reads stay
 -- index lookups (one per day they cover, so they name the days they need).
 --
+-- Retention (`[store] readings_ttl_days`) drops whole days' parts once all their rows
+-- have expired (`ttl_only_drop_parts`) instead of rewriting parts row by row.
+--
 -- The table is rebuilt under the new layout: this creates it, and the migration step
 -- `headend/store/db.py` (REBUILDS) copies the rows, swaps the two and drops the old
 -- one, safely again if a start is killed half way. The views fed by `readings` follow
@@ -31,4 +34,4 @@ CREATE TABLE IF NOT EXISTS {db}.readings_by_day
 ENGINE = ReplacingMergeTree(received_at)
 PARTITION BY toYYYYMMDD(ts)
 ORDER BY (meter, obis, ts)
-SETTINGS non_replicated_deduplication_window = 10000;
+SETTINGS non_replicated_deduplication_window = 10000, ttl_only_drop_parts = 1;
