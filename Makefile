@@ -90,7 +90,8 @@ samples: build ## decode the sample captures (Green Book examples, a real meter'
 .PHONY: test
 test: build lint ## build everything and run every test and check
 	cargo test --quiet --workspace
-	$(BIN)/python -m pytest -q
+	# The slowest tests named at the end: `make test` must stay under 15 minutes.
+	$(BIN)/python -m pytest -q --durations=12
 
 .PHONY: package-check
 package-check: build ## build the wheel, install it in a fresh venv and run headend outside the source tree
