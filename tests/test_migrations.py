@@ -120,6 +120,19 @@ def test_readings_move_to_daily_partitions_with_every_row_and_their_views(store:
     assert count(store, "SELECT count() FROM ami.readings") == n + 1
 
 
+def test_a_store_of_more_than_100_days_is_rebuilt_whole(store: Store) -> None:
+    """The copy writes more days than ClickHouse's 100 partitions per insert block (it
+    refused the whole migration at every start before)."""
+    migrate_until(store, 20)
+    start = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+    rows = readings("E1", 150, start=start) + readings("E2", 150, start=start)
+    store.insert_rows("readings", COLUMNS[READINGS], rows)
+    migrate(store)
+    assert partition_key(store, "readings") == "toYYYYMMDD(ts)"
+    assert count(store, "SELECT count() FROM ami.readings") == len(rows)
+    assert count(store, "SELECT uniqExact(toDate(ts)) FROM ami.readings") == 150
+
+
 def test_a_start_killed_during_the_copy_copies_again_without_doubling(store: Store) -> None:
     n = old_store_with_rows(store)
     # Killed half way through the copy: the new table holds part of the rows.

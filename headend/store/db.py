@@ -31,7 +31,15 @@ IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 # pass, a slice's meters with gaps: up to 100,000 serials), more than ClickHouse's
 # default 256 KiB of query text (the demo's recompute failed on it with 20,000 meters).
 # People's SQL keeps its own limit (sqlguard.MAX_TEXT).
-CLIENT_SETTINGS = {"max_query_size": 32 << 20}
+# Every query's settings. An insert whose rows fall on more days than
+# `max_partitions_per_insert_block` (100; `readings` is partitioned by day) goes in,
+# with a warning in ClickHouse's log: a meter's buffer of months, a round with a few
+# clocks gone wrong, or migration 0021 copying a store of months must not be refused
+# (round after round, holding every worker's data back; or at every start), and chdb's
+# streamed insert reports success while dropping what it refused (measured: a round
+# over 101 days stored nothing). Set on the client, it reaches every road in: the
+# streamed inserts, `insert_rows`, INSERT ... SELECT.
+CLIENT_SETTINGS = {"max_query_size": 32 << 20, "throw_on_max_partitions_per_insert_block": 0}
 # Free bytes the embedded store's disk must keep for an insert to be tried.
 MIN_FREE_BYTES = 256 << 20
 
@@ -374,7 +382,7 @@ class Store:
         tap = self._tapped(table)
         if tap is not None and rows:
             tap.rows(table, columns, rows, token)
-        settings = {**PARTITIONS, **({"insert_deduplication_token": token} if token else {})}
+        settings = {"insert_deduplication_token": token} if token else None
         with self._lock:
             try:
                 self.client.insert(
@@ -393,20 +401,11 @@ def cluster_settings() -> dict[str, str]:
     return dict(cluster.SETTINGS)
 
 
-#: An insert whose rows fall on more days than `max_partitions_per_insert_block` (100;
-#: `readings` is partitioned by day) goes in, with a warning in ClickHouse's log: a
-#: meter's buffer of months, or a round with a few clocks gone wrong, must not be
-#: refused round after round (holding every worker's data back), and chdb's streamed
-#: insert reports success while dropping what it refused (measured: a round over 101
-#: days stored nothing).
-PARTITIONS: dict[str, object] = {"throw_on_max_partitions_per_insert_block": 0}
-
-
 def _insert_settings(token: str) -> dict[str, object]:
     """Settings of every insert: `token` makes a repeated insert a no-op. Re-sent
     readings collapse in merges (ReplacingMergeTree); collapsing each block on insert
     as well costs ~10% more CPU for nothing."""
-    return {"insert_deduplication_token": token, "optimize_on_insert": 0, **PARTITIONS}
+    return {"insert_deduplication_token": token, "optimize_on_insert": 0}
 
 
 def _sql_literal(v: object) -> str:
