@@ -500,24 +500,19 @@ def rebuild(store: Store, r: Rebuild) -> int:
             "ORDER BY position)",
             {"db": db, "t": r.table + local},
         )[1][0]
-        (rows_now,) = store.query(f"SELECT count() FROM {db}.{r.table}")[1][0]
+        (copied,) = store.query(f"SELECT count() FROM {db}.{r.table}")[1][0]
         # About 3.4 M rows a second on 2 cores (docs/SCALING.md): say so before an
         # upgrade's first start goes quiet for minutes or hours.
-        if rows_now:  # a new store has nothing to copy, nor to say
+        if copied:  # a new store has nothing to copy, nor to say
             log.warning(
                 "rebuilding %s under partition key %s: copying %d rows; the store is "
                 "ready once they are copied",
                 r.table,
                 r.partition_key,
-                rows_now,
+                copied,
             )
-        empty, copy, swap = r.statements(db, columns)
-        store.ddl(empty)
-        store.ddl(copy)
-        (copied,) = store.query(f"SELECT count() FROM {db}.{r.into}")[1][0]
-        store.ddl(swap)
-        if copied:
-            log.info("%s rebuilt: %d rows under partition key %s", r.table, copied, r.partition_key)
+        for stmt in r.statements(db, columns):  # empty the new table, copy, swap
+            store.ddl(stmt)
     store.ddl(r.drop(db))
     return int(copied)
 

@@ -19,6 +19,7 @@ pub mod codes;
 pub mod consumption;
 pub mod data_json;
 pub mod datetime;
+pub mod directory;
 pub mod error;
 pub mod hdlc;
 pub mod keytransfer;
